@@ -1,0 +1,371 @@
+"""`LLMCall`: one model call, normalized from whatever instrumentation described it.
+
+`extract_call(span)` reads an SDK `ReadableSpan`; `call_from_parts(...)` reads the same
+fields from anything else (the OTLP decoder uses it), so both front doors agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+from otel_puppy import semconv
+
+__all__ = ("ErrorClass", "LLMCall", "call_from_parts", "extract_call", "is_genai_span")
+
+MAX_TOKENS = 10**12
+"""More tokens than this in one call is not a measurement; the span is counted as invalid."""
+_MAX_NAME = 256
+
+
+class ErrorClass(StrEnum):
+    """Why a call failed. Breakers count all but `client_error` as provider failures."""
+
+    CLIENT_ERROR = "client_error"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    RATE_LIMIT = "rate_limit"
+    CONNECTION = "connection"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class LLMCall:
+    """One model call: who made it, what it used, how it ended.
+
+    Token counts follow the GenAI conventions: `input_tokens` includes cache reads and writes,
+    `output_tokens` includes reasoning tokens.
+    """
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    provider: str
+    request_model: str | None
+    response_model: str | None
+    operation: str
+    start_ns: int
+    end_ns: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    has_usage: bool = False
+    error_class: ErrorClass | None = None
+    agent: str | None = None
+    service: str | None = None
+    conversation: str | None = None
+    user: str | None = None
+    team: str | None = None
+    environment: str | None = None
+    reported_cost_usd: float | None = None
+    decision_id: str | None = None
+    problems: tuple[str, ...] = ()
+    """Attributes that were present but unusable; such a call is counted but never priced."""
+
+    @property
+    def model(self) -> str:
+        """The model that answered, else the one asked for, else `unknown`."""
+        return self.response_model or self.request_model or "unknown"
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.end_ns - self.start_ns, 0) / 1e9
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def scope(self) -> dict[str, str | None]:
+        """The dimensions budgets match and group on."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "agent": self.agent,
+            "service": self.service,
+            "user": self.user,
+            "team": self.team,
+            "environment": self.environment,
+            "conversation": self.conversation,
+            "operation": self.operation,
+        }
+
+
+def is_genai_span(attributes: Mapping[str, Any]) -> bool:
+    """The cheap test: does this span carry any GenAI attribute at all?"""
+    return not semconv.MARKERS.isdisjoint(attributes)
+
+
+def extract_call(span: ReadableSpan) -> LLMCall | None:
+    """Normalize an SDK span into an `LLMCall`, or `None` when it is not one model call.
+
+    Not calls: spans without GenAI attributes, agent runs carrying aggregated usage,
+    tool executions, and logfire pending spans.
+
+    >>> extract_call(some_span_without_genai_attributes) is None  # doctest: +SKIP
+    True
+    """
+    attributes = span.attributes or {}
+    if not is_genai_span(attributes):
+        return None
+    context = span.get_span_context()
+    if context is None:
+        return None
+    error = span.status.status_code is StatusCode.ERROR
+    return call_from_parts(
+        attributes,
+        resource=span.resource.attributes,
+        trace_id=context.trace_id,
+        span_id=context.span_id,
+        parent_span_id=span.parent.span_id if span.parent is not None else 0,
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time or 0,
+        error=error,
+        status_message=span.status.description,
+        exception_events=(event.attributes or {} for event in span.events if event.name == semconv.EXCEPTION_EVENT)
+        if error
+        else (),
+    )
+
+
+def call_from_parts(
+    attributes: Mapping[str, Any],
+    *,
+    resource: Mapping[str, Any],
+    trace_id: int,
+    span_id: int,
+    parent_span_id: int,
+    start_ns: int,
+    end_ns: int,
+    error: bool,
+    status_message: str | None = None,
+    exception_events: Iterable[Mapping[str, Any]] = (),
+) -> LLMCall | None:
+    """Build an `LLMCall` from span parts, or `None` when the span is not one model call."""
+    if attributes.get(semconv.LOGFIRE_SPAN_TYPE) == semconv.LOGFIRE_PENDING:
+        return None
+    operation = _text(_first(attributes, semconv.OPERATION))
+    if operation in semconv.NOT_CALL_OPERATIONS:
+        return None
+    oi_kind = attributes.get(semconv.OPENINFERENCE_KIND)
+    if oi_kind is not None and oi_kind not in semconv.OPENINFERENCE_CALL_KINDS:
+        return None
+    tl_kind = attributes.get(semconv.TRACELOOP_KIND)
+    if tl_kind is not None and tl_kind not in {"llm", "embedding"}:
+        return None
+
+    has_usage = any(key in attributes for key in semconv.USAGE_KEYS)
+    if not has_usage:
+        # A call without usage is still a call when it says it is one (failed calls carry none).
+        if any(key.startswith(semconv.AGGREGATED_PREFIX) for key in attributes):
+            return None
+        is_call = operation in semconv.CALL_OPERATIONS or oi_kind in semconv.OPENINFERENCE_CALL_KINDS
+        if not is_call or _first(attributes, semconv.REQUEST_MODEL + semconv.RESPONSE_MODEL) is None:
+            return None
+
+    problems: list[str] = []
+    tokens = [
+        _tokens(attributes, keys, problems)
+        for keys in (
+            semconv.INPUT_TOKENS,
+            semconv.OUTPUT_TOKENS,
+            semconv.CACHE_READ_TOKENS,
+            semconv.CACHE_WRITE_TOKENS,
+            semconv.REASONING_TOKENS,
+        )
+    ]
+    input_tokens, output_tokens, cache_read, cache_write, reasoning = tokens
+    if cache_read + cache_write > input_tokens:
+        problems.append("cache tokens exceed input tokens")
+    if reasoning > output_tokens:
+        problems.append("reasoning tokens exceed output tokens")
+
+    return LLMCall(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
+        provider=normalize_provider(_first(attributes, semconv.PROVIDER)),
+        request_model=_name(attributes, semconv.REQUEST_MODEL, problems),
+        response_model=_name(attributes, semconv.RESPONSE_MODEL, problems),
+        operation=operation or ("embeddings" if oi_kind == "EMBEDDING" else "chat"),
+        start_ns=start_ns,
+        end_ns=end_ns,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        has_usage=has_usage,
+        error_class=classify_error(attributes, status_message, exception_events) if error else None,
+        agent=_label(attributes, semconv.AGENT),
+        service=_text(resource.get(semconv.RESOURCE_SERVICE)),
+        conversation=_label(attributes, semconv.CONVERSATION),
+        user=_label(attributes, semconv.USER),
+        team=_label(attributes, semconv.TEAM) or _label(resource, semconv.RESOURCE_TEAM),
+        environment=_label(attributes, semconv.ENVIRONMENT) or _label(resource, semconv.RESOURCE_ENVIRONMENT),
+        reported_cost_usd=_cost(attributes),
+        decision_id=_text(attributes.get(semconv.DECISION_ID)),
+        problems=tuple(problems),
+    )
+
+
+def normalize_provider(value: object) -> str:
+    """Map the conventions' provider spellings to one name (`gcp.vertex_ai` -> `google`)."""
+    text = _text(value)
+    if not text:
+        return "unknown"
+    lowered = text.strip().lower()
+    return semconv.PROVIDER_ALIASES.get(lowered, lowered)
+
+
+_STATUS_IN_TEXT = re.compile(r"(?:status[_ ]code[:= ]+|Error code: |\b)([45]\d\d)\b")
+_NAME_CLASSES: tuple[tuple[re.Pattern[str], ErrorClass], ...] = (
+    (re.compile(r"ratelimit|rate_limit|too ?many ?requests|throttl|resourceexhausted", re.I), ErrorClass.RATE_LIMIT),
+    (re.compile(r"timeout|timed ?out|deadline", re.I), ErrorClass.TIMEOUT),
+    (re.compile(r"connect|network|remoteprotocol|readerror|unreachable", re.I), ErrorClass.CONNECTION),
+    (
+        re.compile(r"internalserver|serviceunavailable|overloaded|badgateway|servererror|server_error", re.I),
+        ErrorClass.SERVER_ERROR,
+    ),
+    (
+        re.compile(
+            r"badrequest|authentication|permissiondenied|notfound|unprocessable|conflict|invalidrequest"
+            r"|invalid_request|contentfilter|usererror|validation",
+            re.I,
+        ),
+        ErrorClass.CLIENT_ERROR,
+    ),
+)
+
+
+def classify_error(
+    attributes: Mapping[str, Any], status_message: str | None, exception_events: Iterable[Mapping[str, Any]]
+) -> ErrorClass:
+    """Why a failed call failed: from the HTTP status, `error.type`, or the exception recorded."""
+    status = _first(attributes, semconv.HTTP_STATUS)
+    if isinstance(status, int) and not isinstance(status, bool):
+        return _class_of_status(status) or ErrorClass.OTHER
+    texts: list[str] = []
+    error_type = attributes.get(semconv.ERROR_TYPE)
+    if isinstance(error_type, str):
+        texts.append(error_type)
+    for event in exception_events:
+        for key in (semconv.EXCEPTION_TYPE, semconv.EXCEPTION_MESSAGE):
+            value = event.get(key)
+            if isinstance(value, str):
+                texts.append(value[:500])
+    if status_message:
+        texts.append(status_message[:500])
+    for text in texts:
+        for pattern, error_class in _NAME_CLASSES:
+            if pattern.search(text):
+                return error_class
+    for text in texts:
+        match = _STATUS_IN_TEXT.search(text)
+        if match and (found := _class_of_status(int(match.group(1)))):
+            return found
+    return ErrorClass.OTHER
+
+
+def _class_of_status(status: int) -> ErrorClass | None:
+    if status == 429:
+        return ErrorClass.RATE_LIMIT
+    if status in (408, 504):
+        return ErrorClass.TIMEOUT
+    if 500 <= status <= 599:
+        return ErrorClass.SERVER_ERROR
+    if 400 <= status <= 499:
+        return ErrorClass.CLIENT_ERROR
+    return None
+
+
+def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value or None
+    return None
+
+
+def _tokens(attributes: Mapping[str, Any], keys: tuple[str, ...], problems: list[str]) -> int:
+    for key in keys:
+        if key not in attributes:
+            continue
+        value = attributes[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{key} is not a number")
+            return 0
+        if isinstance(value, float):
+            if not math.isfinite(value) or not value.is_integer():
+                problems.append(f"{key} is not a whole number")
+                return 0
+            value = int(value)
+        if value < 0 or value > MAX_TOKENS:
+            problems.append(f"{key} is out of range")
+            return 0
+        return value
+    return 0
+
+
+def _name(attributes: Mapping[str, Any], keys: tuple[str, ...], problems: list[str]) -> str | None:
+    for key in keys:
+        if key not in attributes:
+            continue
+        value = attributes[key]
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(f"{key} is not UTF-8")
+                return None
+        if not isinstance(value, str):
+            problems.append(f"{key} is not a string")
+            return None
+        cleaned = value.strip()
+        if not cleaned or len(cleaned) > _MAX_NAME or not cleaned.isprintable() or not _utf8(cleaned):
+            problems.append(f"{key} is not a usable model name")
+            return None
+        return cleaned
+    return None
+
+
+def _label(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    value = _first(attributes, keys)
+    if isinstance(value, str) and value and len(value) <= _MAX_NAME and _utf8(value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _cost(attributes: Mapping[str, Any]) -> float | None:
+    value = _first(attributes, semconv.REPORTED_COST)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None

@@ -1,0 +1,97 @@
+"""`otel-puppy`: the command line.
+
+otel-puppy demo [--duration S]   a simulated agent fleet with /metrics, so dashboards have data
+otel-puppy check [PATH]          validate policy files: file:line:column errors, exit 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from otel_puppy.exceptions import PolicyErrors, SettingsError
+
+__all__ = ("main",)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.handler(args)
+    except SettingsError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    from otel_puppy import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="otel-puppy", description="Cost and reliability control for LLM agents, in the OpenTelemetry pipeline."
+    )
+    parser.add_argument("--version", action="version", version=f"otel-puppy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run a simulated agent fleet and serve /metrics")
+    demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=8.0, help="agent runs per second (default 8)")
+    demo.add_argument("--port", type=int, default=None, help="port for /metrics (default OTEL_PUPPY_PORT or 4319)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--no-live", action="store_true", help="print one summary at the end instead of a live view")
+    demo.set_defaults(handler=_demo)
+
+    check = commands.add_parser("check", help="validate policy files")
+    check.add_argument("path", nargs="?", type=Path, default=None, help="directory or file (default: settings)")
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from otel_puppy import demo
+    from otel_puppy.settings import PuppySettings
+
+    overrides: dict[str, object] = {}
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = PuppySettings.load(**overrides)
+    try:
+        demo.run(settings, duration=args.duration, rate=args.rate, seed=args.seed, live=not args.no_live)
+    except PolicyErrors as exc:
+        _print_policy_errors(exc)
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from otel_puppy.policies import load_policies
+    from otel_puppy.settings import PuppySettings
+
+    path: Path = args.path if args.path is not None else PuppySettings.load().policies
+    console = Console(highlight=False)
+    try:
+        policies = load_policies(path)
+    except PolicyErrors as exc:
+        _print_policy_errors(exc)
+        return 1
+    files = ", ".join(str(p) for p in policies.sources) or "no policy files"
+    console.print(f"[green]ok[/green]: {path} ({files})")
+    for line in policies.summary():
+        console.print(f"  {line}")
+    return 0
+
+
+def _print_policy_errors(exc: PolicyErrors) -> None:
+    for error in exc.errors:
+        print(error, file=sys.stderr)
+    print(f"{len(exc.errors)} error(s)", file=sys.stderr)

@@ -1,0 +1,231 @@
+"""What an agent asks before a call (`DecisionRequest`) and what it is told (`Decision`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+__all__ = ("Action", "Decision", "DecisionRequest", "PolicyHit", "Priority", "Severity")
+
+
+class Action(StrEnum):
+    """The decision ladder, from permissive to strict. The strictest matching action wins."""
+
+    ALLOW = "allow"
+    WARN = "warn"
+    DEGRADE = "degrade"
+    DENY = "deny"
+
+    @property
+    def rank(self) -> int:
+        return _ACTION_RANK[self]
+
+    @staticmethod
+    def strictest(actions: list[Action]) -> Action:
+        return max(actions, key=_ACTION_RANK.__getitem__, default=Action.ALLOW)
+
+
+_ACTION_RANK = {Action.ALLOW: 0, Action.WARN: 1, Action.DEGRADE: 2, Action.DENY: 3}
+
+
+class Priority(StrEnum):
+    """How much a call matters. Budgets can keep their last fraction for the higher priorities."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+    BULK = "bulk"
+
+    @property
+    def rank(self) -> int:
+        """Higher is more important: bulk 0 ... critical 4."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.BULK: 0, Priority.LOW: 1, Priority.NORMAL: 2, Priority.HIGH: 3, Priority.CRITICAL: 4}
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    EMERGENCY = "emergency"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """May I make this call? Everything a policy can match or group on, plus an estimate.
+
+    Give `estimated_cost_usd`, or token estimates (priced with the `Pricer` for the model that
+    will actually be used), so the engine can reserve the spend before it happens.
+    """
+
+    provider: str
+    model: str
+    agent: str | None = None
+    service: str | None = None
+    user: str | None = None
+    team: str | None = None
+    environment: str | None = None
+    conversation: str | None = None
+    operation: str = "chat"
+    priority: Priority = Priority.NORMAL
+    estimated_cost_usd: Decimal | None = None
+    estimated_input_tokens: int | None = None
+    estimated_output_tokens: int | None = None
+    capabilities: tuple[str, ...] = ()
+    """Capabilities the call needs (e.g. `tools`, `vision`); routing only picks models that have them."""
+    context_tokens: int | None = None
+    """Prompt size; routing only picks models whose context window holds it."""
+
+    def scope(self) -> dict[str, str | None]:
+        """The dimensions budgets match and group on (same keys as `LLMCall.scope()`)."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "agent": self.agent,
+            "service": self.service,
+            "user": self.user,
+            "team": self.team,
+            "environment": self.environment,
+            "conversation": self.conversation,
+            "operation": self.operation,
+        }
+
+    def with_model(self, provider: str, model: str) -> DecisionRequest:
+        return replace(self, provider=provider, model=model)
+
+    @property
+    def estimated_tokens(self) -> int:
+        return (self.estimated_input_tokens or 0) + (self.estimated_output_tokens or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyHit:
+    """One policy's say in a decision: what it would do and why."""
+
+    kind: str
+    """`budget`, `breaker`, `anomaly` or `routing`."""
+    policy: str
+    action: Action
+    message: str
+    scope: str = ""
+    """Which instance of the policy: `agent=support` for a `per: [agent]` budget, a provider for a breaker."""
+    severity: Severity = Severity.INFO
+    shadow: bool = False
+    spent_usd: Decimal | None = None
+    limit_usd: Decimal | None = None
+    spent_tokens: int | None = None
+    limit_tokens: int | None = None
+    reserved_usd: Decimal | None = None
+    utilization: float | None = None
+    window: str | None = None
+    resets_at: datetime | None = None
+    retry_after_s: float | None = None
+    model: str | None = None
+    """For `degrade`: the model to use instead (`provider:model` or a bare model)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = _jsonable(asdict(self))
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer: go ahead, go ahead but know this, use a cheaper model, or stop.
+
+    `provider` and `model` are what to call (changed on `degrade` or by routing). `reasons` lists
+    every enforced policy that matched; `shadow` what shadow policies would have done.
+    """
+
+    action: Action
+    provider: str
+    model: str
+    reasons: tuple[PolicyHit, ...] = ()
+    shadow: tuple[PolicyHit, ...] = ()
+    decision_id: str | None = None
+    """Set when spend was reserved; put it on the call's span (`otel_puppy.decision_id`) to settle."""
+    retry_after_s: float | None = None
+    resets_at: datetime | None = None
+    estimated_cost_usd: Decimal | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def allowed(self) -> bool:
+        """Whether the call may go ahead (every action but `deny`)."""
+        return self.action is not Action.DENY
+
+    @property
+    def model_ref(self) -> str:
+        """`provider:model`, the form pydantic-ai takes."""
+        return f"{self.provider}:{self.model}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: decimals as strings, datetimes as ISO 8601."""
+        data: dict[str, Any] = _jsonable(asdict(self))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        """The inverse of `to_dict`, for decisions that came over HTTP."""
+        hits = [tuple(_hit(h) for h in data.get(key, ())) for key in ("reasons", "shadow")]
+        return cls(
+            action=Action(data["action"]),
+            provider=data["provider"],
+            model=data["model"],
+            reasons=hits[0],
+            shadow=hits[1],
+            decision_id=data.get("decision_id"),
+            retry_after_s=data.get("retry_after_s"),
+            resets_at=_datetime(data.get("resets_at")),
+            estimated_cost_usd=_decimal(data.get("estimated_cost_usd")),
+            created_at=_datetime(data.get("created_at")) or datetime.now(UTC),
+        )
+
+
+def _hit(data: dict[str, Any]) -> PolicyHit:
+    return PolicyHit(
+        kind=data["kind"],
+        policy=data["policy"],
+        action=Action(data["action"]),
+        message=data["message"],
+        scope=data.get("scope", ""),
+        severity=Severity(data.get("severity", "info")),
+        shadow=bool(data.get("shadow", False)),
+        spent_usd=_decimal(data.get("spent_usd")),
+        limit_usd=_decimal(data.get("limit_usd")),
+        spent_tokens=data.get("spent_tokens"),
+        limit_tokens=data.get("limit_tokens"),
+        reserved_usd=_decimal(data.get("reserved_usd")),
+        utilization=data.get("utilization"),
+        window=data.get("window"),
+        resets_at=_datetime(data.get("resets_at")),
+        retry_after_s=data.get("retry_after_s"),
+        model=data.get("model"),
+    )
+
+
+def _decimal(value: object) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _datetime(value: object) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, StrEnum):
+        return value.value
+    return value

@@ -1,0 +1,59 @@
+"""One exception hierarchy, rooted at `PuppyError`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ("InvalidSpanError", "PolicyError", "PolicyErrors", "PuppyError", "SettingsError", "StoreError")
+
+
+class PuppyError(Exception):
+    """Base class of every error otel_puppy raises on purpose."""
+
+
+class PolicyError(PuppyError):
+    """A policy file is wrong at a precise place.
+
+    `str(error)` reads like a compiler message: `policies/budgets.yaml:12:5: budgets[0].limit_usd: ...`.
+    """
+
+    def __init__(self, file: Path | str, line: int | None, column: int | None, message: str, path: str = "") -> None:
+        self.file = Path(file)
+        self.line = line
+        self.column = column
+        self.path = path
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = str(self.file)
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}: {field}{self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.file, self.line, self.column, self.message, self.path))
+
+
+class PolicyErrors(PuppyError):
+    """Every error found while loading a policy set, so users fix them in one pass."""
+
+    def __init__(self, errors: list[PolicyError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class StoreError(PuppyError):
+    """The state store could not do what was asked (unreachable, read-only, corrupt)."""
+
+
+class InvalidSpanError(PuppyError):
+    """A span looks like a model call but its attributes cannot be used."""
+
+
+class SettingsError(PuppyError):
+    """Settings are invalid; the message names each `OTEL_PUPPY_*` variable that is wrong."""

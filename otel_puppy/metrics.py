@@ -1,0 +1,260 @@
+"""Prometheus metrics, built at scrape time from the engine's own accumulators.
+
+The worker adds to plain dicts under one short lock per batch; a scrape copies them under the
+same lock and builds metric families, like prometheus_client's custom collectors. Label values
+pass a cardinality guard: past `max_label_values` distinct values per label, new values become
+`other` and `otel_puppy_label_overflow_total{label}` counts each fold. User, session and
+conversation ids are never labels: they live in budgets.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from otel_puppy.calls import LLMCall
+from otel_puppy.money import nanos_to_float
+from otel_puppy.pricing import Price
+
+__all__ = ("DURATION_BUCKETS", "OVERFLOW", "LabelGuard", "Metrics")
+
+OVERFLOW: Final = "other"
+DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+CALL_LABELS: Final = ("provider", "model", "agent", "service")
+TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+class LabelGuard:
+    """Keeps each label to a bounded set of values; later values fold into `other`."""
+
+    def __init__(self, max_values: int) -> None:
+        self.max_values = max_values
+        self._seen: dict[str, set[str]] = {}
+        self.overflow: dict[str, int] = {}
+
+    def __call__(self, label: str, value: str | None) -> str:
+        text = value or ""
+        seen = self._seen.setdefault(label, set())
+        if text in seen:
+            return text
+        if len(seen) < self.max_values:
+            seen.add(text)
+            return text
+        self.overflow[label] = self.overflow.get(label, 0) + 1
+        return OVERFLOW
+
+
+class _Histogram:
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(DURATION_BUCKETS, value)] += 1
+        self.count += 1
+        self.sum += value
+
+
+class Metrics:
+    """All of otel_puppy's series for one engine, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry, max_label_values: int = 200) -> None:
+        self._lock = threading.Lock()
+        self.guard = LabelGuard(max_label_values)
+        self._requests: dict[tuple[str, ...], int] = {}
+        self._tokens: dict[tuple[str, ...], int] = {}
+        self._cost: dict[tuple[str, ...], int] = {}
+        self._unpriced: dict[tuple[str, ...], int] = {}
+        self._drift: dict[tuple[str, ...], int] = {}
+        self._durations: dict[tuple[str, ...], _Histogram] = {}
+        self._spans: dict[str, int] = {}
+        self._internal_errors: dict[str, int] = {}
+        self._extra: list[Callable[[], Iterable[Metric]]] = []
+        registry.register(_Collector(self))
+
+    def add_collector(self, produce: Callable[[], Iterable[Metric]]) -> None:
+        """Other parts (budgets, breakers, queues) add families built at scrape time."""
+        self._extra.append(produce)
+
+    def record_calls(self, observed: Iterable[tuple[LLMCall, Price]]) -> None:
+        """Count applied calls: requests, tokens, cost or unpriced, drift, duration."""
+        with self._lock:
+            guard = self.guard
+            for call, price in observed:
+                base = (
+                    guard("provider", call.provider),
+                    guard("model", call.model),
+                    guard("agent", call.agent),
+                    guard("service", call.service),
+                )
+                error_class = call.error_class.value if call.error_class else ""
+                key = (*base, "error" if error_class else "ok", error_class)
+                self._requests[key] = self._requests.get(key, 0) + 1
+                for token_type, count in zip(
+                    TOKEN_TYPES,
+                    (
+                        call.input_tokens,
+                        call.output_tokens,
+                        call.cache_read_tokens,
+                        call.cache_write_tokens,
+                        call.reasoning_tokens,
+                    ),
+                    strict=True,
+                ):
+                    if count:
+                        token_key = (*base, token_type)
+                        self._tokens[token_key] = self._tokens.get(token_key, 0) + count
+                if price.nanos is not None:
+                    if call.has_usage:  # a failed call without usage adds no $0 series
+                        self._cost[base] = self._cost.get(base, 0) + price.nanos
+                    if call.reported_cost_usd is not None:
+                        # reported costs are floats: nano-USD is finer than their useful precision
+                        drift = round(call.reported_cost_usd * 1e9) - price.nanos
+                        if drift:
+                            drift_key = (base[0], base[1], "over" if drift > 0 else "under")
+                            self._drift[drift_key] = self._drift.get(drift_key, 0) + abs(drift)
+                else:
+                    unpriced_key = (*base, price.unpriced_reason or "")
+                    self._unpriced[unpriced_key] = self._unpriced.get(unpriced_key, 0) + 1
+                histogram = self._durations.get(base)
+                if histogram is None:
+                    histogram = self._durations[base] = _Histogram()
+                histogram.observe(call.duration_s)
+
+    def record_spans(self, result: str, count: int = 1) -> None:
+        """Count spans by what became of them (applied, duplicate, nested, invalid, dropped, ...)."""
+        with self._lock:
+            self._spans[result] = self._spans.get(result, 0) + count
+
+    def record_internal_error(self, component: str) -> None:
+        with self._lock:
+            self._internal_errors[component] = self._internal_errors.get(component, 0) + 1
+
+    def internal_errors(self) -> int:
+        with self._lock:
+            return sum(self._internal_errors.values())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            requests = dict(self._requests)
+            tokens = dict(self._tokens)
+            cost = dict(self._cost)
+            unpriced = dict(self._unpriced)
+            drift = dict(self._drift)
+            durations = {k: (list(h.buckets), h.count, h.sum) for k, h in self._durations.items()}
+            spans = dict(self._spans)
+            errors = dict(self._internal_errors)
+            overflow = dict(self.guard.overflow)
+
+        family = CounterMetricFamily(
+            "otel_puppy_llm_requests",
+            "Model calls, by outcome and error class.",
+            labels=(*CALL_LABELS, "outcome", "error_class"),
+        )
+        for key, value in requests.items():
+            family.add_metric(key, float(value))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_llm_tokens",
+            "Tokens used, by type (input includes cache reads and writes).",
+            labels=(*CALL_LABELS, "type"),
+        )
+        for key, value in tokens.items():
+            family.add_metric(key, float(value))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_llm_cost_usd", "Spend in USD, priced with genai-prices.", labels=CALL_LABELS
+        )
+        for key, nanos in cost.items():
+            family.add_metric(key, nanos_to_float(nanos))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_llm_unpriced_requests",
+            "Calls that could not be priced (unknown model, invalid usage); never counted as $0.",
+            labels=(*CALL_LABELS, "reason"),
+        )
+        for key, value in unpriced.items():
+            family.add_metric(key, float(value))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_llm_cost_drift_usd",
+            "Absolute difference between the cost a span reported and ours; over: it reported more.",
+            labels=("provider", "model", "direction"),
+        )
+        for key, nanos in drift.items():
+            family.add_metric(key, nanos_to_float(nanos))
+        yield family
+
+        histogram = HistogramMetricFamily(
+            "otel_puppy_llm_request_duration_seconds", "Model call duration.", labels=CALL_LABELS
+        )
+        for key, (buckets, _count, total) in durations.items():
+            cumulative, running = [], 0
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+                running += count
+                cumulative.append((_bucket_label(bound), running))
+            histogram.add_metric(key, cumulative, total)
+        yield histogram
+
+        family = CounterMetricFamily(
+            "otel_puppy_spans", "Spans handed to otel_puppy, by what became of them.", labels=("result",)
+        )
+        for result, value in spans.items():
+            family.add_metric((result,), float(value))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_internal_errors", "Errors inside otel_puppy, counted and survived.", labels=("component",)
+        )
+        for component, value in errors.items():
+            family.add_metric((component,), float(value))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_label_overflow",
+            "Label values folded into 'other' by the cardinality guard.",
+            labels=("label",),
+        )
+        for label, value in overflow.items():
+            family.add_metric((label,), float(value))
+        yield family
+
+        for produce in self._extra:
+            yield from produce()
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics.collect()
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+
+def gauge(
+    name: str, documentation: str, labels: tuple[str, ...], samples: Iterable[tuple[tuple[str, ...], float]]
+) -> GaugeMetricFamily:
+    """A gauge family from (labels, value) pairs, for collectors other modules add."""
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in samples:
+        family.add_metric(key, float(value))
+    return family

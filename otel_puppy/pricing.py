@@ -1,0 +1,375 @@
+"""`Pricer`: the exact cost of a call, from genai-prices, fast.
+
+`genai_prices.calc_price` resolves the provider and model, picks the price in force, decomposes
+usage into priced units and sums `Decimal`s on every call. For one resolved `ModelPrice` that is a
+linear function of the token counts (per tier), so we derive its integer coefficients once, by
+asking genai-prices itself at a few probe points, check them against genai-prices at another
+point, and from then on price a call with a handful of integer multiplications. A price that is
+not linear (a rule we do not model) keeps using genai-prices per call, so results are identical
+either way.
+
+Caches: model lookup per (provider, model reference); the price in force per (model, price
+period), where a period ends when a dated or time-of-day price starts or stops; coefficients per
+resolved price.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Final
+
+from genai_prices import data_snapshot
+from genai_prices import types as gp
+
+from otel_puppy.calls import LLMCall
+from otel_puppy.money import usd_to_nanos
+
+__all__ = ("Price", "PriceOverride", "Pricer", "Unpriced")
+
+_FIELDS: Final = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "output_reasoning_tokens")
+_FOREVER_START: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FOREVER_END: Final = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+class Unpriced:
+    """Reasons a call has no price. An unpriced call is counted as such, never as $0."""
+
+    UNKNOWN_MODEL: Final = "unknown_model"
+    INVALID_USAGE: Final = "invalid_usage"
+    NO_USAGE: Final = "no_usage"
+    """A call that succeeded but reported no usage (e.g. cancelled mid-stream): spend unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """The cost of one call, or why there is none."""
+
+    nanos: int | None
+    """Cost in integer nano-USD, rounded half to even; `None` when unpriced."""
+    unpriced_reason: str | None = None
+    source: str = "genai-prices"
+    """`genai-prices` or `override` (a `prices:` entry in the policy files)."""
+    scaled: int = 0
+    scale: int = 9
+
+    @property
+    def priced(self) -> bool:
+        return self.nanos is not None
+
+    @property
+    def exact_usd(self) -> Decimal | None:
+        """The exact cost genai-prices computes, before rounding to nano-USD."""
+        return None if self.nanos is None else Decimal(self.scaled).scaleb(-self.scale)
+
+
+FREE: Final = Price(nanos=0)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """A price from the policy files, for models genai-prices does not know (or to correct it).
+
+    Prices are USD per million tokens, like genai-prices' `*_mtok` fields.
+    """
+
+    provider: str
+    model: str
+    input_mtok: Decimal
+    output_mtok: Decimal
+    cache_read_mtok: Decimal | None = None
+    cache_write_mtok: Decimal | None = None
+
+    def model_price(self) -> gp.ModelPrice:
+        return gp.ModelPrice(
+            input_mtok=self.input_mtok,
+            output_mtok=self.output_mtok,
+            cache_read_mtok=self.cache_read_mtok,
+            cache_write_mtok=self.cache_write_mtok,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Linear:
+    """cost * 10**scale = c0 + sum(coefficient * count), valid while input_tokens <= upper."""
+
+    upper: int | None
+    scale: int
+    c0: int
+    coefficients: tuple[int, int, int, int, int]
+
+
+@dataclass(slots=True)
+class _Resolved:
+    """One model as genai-prices (or an override) knows it, with the price period last used."""
+
+    model: gp.ModelInfo | None
+    provider: gp.Provider | None
+    static_price: gp.ModelPrice | None
+    source: str
+    period_start: datetime = _FOREVER_START
+    period_end: datetime = _FOREVER_START
+    period_price: gp.ModelPrice | None = None
+
+
+class Pricer:
+    """Prices calls exactly as genai-prices does, memoized.
+
+    >>> pricer = Pricer()
+    >>> pricer.price_usage("openai", "gpt-4o", input_tokens=1000, output_tokens=100).nanos
+    3500000
+    """
+
+    def __init__(self, overrides: Sequence[PriceOverride] = ()) -> None:
+        self._overrides = {(o.provider.lower(), o.model.lower()): o for o in overrides}
+        self._snapshot = data_snapshot.get_snapshot()
+        self._known_providers = frozenset(p.id for p in self._snapshot.providers)
+        self._models: dict[tuple[str, str], _Resolved | None] = {}
+        self._linear: dict[int, tuple[gp.ModelPrice, tuple[_Linear, ...] | None]] = {}
+        self._lock = threading.Lock()
+
+    def with_overrides(self, overrides: Sequence[PriceOverride]) -> Pricer:
+        """A new pricer with these overrides (the policy set changed); this one is untouched."""
+        return Pricer(overrides)
+
+    def price(self, call: LLMCall) -> Price:
+        """The cost of a call. Never raises: bad usage gives an unpriced result with its reason."""
+        if call.problems:
+            return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)
+        if not call.has_usage:
+            # Providers do not bill failed calls; a successful call without usage cost something unknown.
+            return FREE if call.error_class is not None else Price(nanos=None, unpriced_reason=Unpriced.NO_USAGE)
+        at = call.start_ns / 1e9 if call.start_ns > 0 else None
+        for model_ref in _model_refs(call):
+            price = self.price_usage(
+                call.provider,
+                model_ref,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                cache_read_tokens=call.cache_read_tokens,
+                cache_write_tokens=call.cache_write_tokens,
+                reasoning_tokens=call.reasoning_tokens,
+                at=at,
+            )
+            if price.unpriced_reason != Unpriced.UNKNOWN_MODEL:
+                return price
+        return Price(nanos=None, unpriced_reason=Unpriced.UNKNOWN_MODEL)
+
+    def price_usage(
+        self,
+        provider: str | None,
+        model: str,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        at: datetime | float | None = None,
+    ) -> Price:
+        """The cost of this usage of `provider`/`model` at `at` (a datetime or epoch seconds; now by default)."""
+        resolved = self._resolve(provider or "", model)
+        if resolved is None:
+            return Price(nanos=None, unpriced_reason=Unpriced.UNKNOWN_MODEL)
+        if (
+            input_tokens < 0
+            or output_tokens < 0
+            or cache_read_tokens < 0
+            or cache_write_tokens < 0
+            or reasoning_tokens < 0
+            or cache_read_tokens + cache_write_tokens > input_tokens
+            or reasoning_tokens > output_tokens
+        ):
+            return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE, source=resolved.source)
+        model_price = resolved.static_price or self._price_in_force(resolved, _as_datetime(at))
+        linear = self._linear_for(model_price)
+        if linear is not None:
+            for piece in linear:
+                if piece.upper is None or input_tokens <= piece.upper:
+                    c_in, c_out, c_cr, c_cw, c_rs = piece.coefficients
+                    scaled = (
+                        piece.c0
+                        + c_in * input_tokens
+                        + c_out * output_tokens
+                        + c_cr * cache_read_tokens
+                        + c_cw * cache_write_tokens
+                        + c_rs * reasoning_tokens
+                    )
+                    return Price(_round_nanos(scaled, piece.scale), None, resolved.source, scaled, piece.scale)
+        counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
+        try:
+            total = model_price.calc_price(_usage(counts))["total_price"]
+        except (ValueError, ArithmeticError):
+            return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE, source=resolved.source)
+        exponent = -int(total.as_tuple().exponent)
+        scale = max(9, exponent)
+        scaled = int(total.scaleb(scale))
+        return Price(usd_to_nanos(total), None, resolved.source, scaled, scale)
+
+    # --- resolution, memoized ---------------------------------------------------------------
+
+    def _resolve(self, provider: str, model: str) -> _Resolved | None:
+        key = (provider, model)
+        try:
+            return self._models[key]
+        except KeyError:
+            pass
+        resolved = self._lookup(provider, model)
+        with self._lock:
+            self._models[key] = resolved
+        return resolved
+
+    def _lookup(self, provider: str, model: str) -> _Resolved | None:
+        override = self._overrides.get((provider.lower(), model.lower()))
+        if override is not None:
+            return _Resolved(None, None, override.model_price(), "override")
+        provider_id = provider if provider in self._known_providers else None
+        try:
+            found_provider, info = self._snapshot.find_provider_model(model, None, provider_id, None)
+        except LookupError:
+            if provider_id is None:
+                return None
+            try:  # a provider we know that serves a model it does not list (e.g. through a proxy)
+                found_provider, info = self._snapshot.find_provider_model(model, None, None, None)
+            except LookupError:
+                return None
+        static = info.prices if isinstance(info.prices, gp.ModelPrice) else None
+        return _Resolved(info, found_provider, static, "genai-prices")
+
+    def _price_in_force(self, resolved: _Resolved, when: datetime) -> gp.ModelPrice:
+        if resolved.static_price is not None:
+            return resolved.static_price
+        if resolved.period_price is not None and resolved.period_start <= when < resolved.period_end:
+            return resolved.period_price
+        assert resolved.model is not None
+        model_price = resolved.model.get_prices(when)
+        start, end = _period(resolved.model, when)
+        with self._lock:
+            resolved.period_start, resolved.period_end, resolved.period_price = start, end, model_price
+        return model_price
+
+    def _linear_for(self, model_price: gp.ModelPrice) -> tuple[_Linear, ...] | None:
+        cached = self._linear.get(id(model_price))
+        if cached is not None and cached[0] is model_price:  # the id of a collected price can be reused
+            return cached[1]
+        linear = _derive_linear(model_price)
+        with self._lock:
+            self._linear[id(model_price)] = (model_price, linear)
+        return linear
+
+
+def _model_refs(call: LLMCall) -> tuple[str, ...]:
+    refs = tuple(dict.fromkeys(ref for ref in (call.response_model, call.request_model) if ref))
+    return refs or ("unknown",)
+
+
+def _usage(counts: tuple[int, ...]) -> gp.Usage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gp.Usage(**{field: count for field, count in zip(_FIELDS, counts, strict=True) if count})
+
+
+def _as_datetime(at: datetime | float | None) -> datetime:
+    if at is None:
+        return datetime.now(tz=UTC)
+    if isinstance(at, datetime):
+        return at
+    return datetime.fromtimestamp(at, tz=UTC)
+
+
+def _round_nanos(scaled: int, scale: int) -> int:
+    """`scaled * 10**-scale` USD in nano-USD, rounded half to even, in integers."""
+    if scale == 9:
+        return scaled
+    unit: int = 10 ** (scale - 9)
+    quotient, remainder = divmod(scaled, unit)
+    twice, half = 2 * remainder, unit
+    if twice > half or (twice == half and quotient % 2):
+        quotient += 1
+    return quotient
+
+
+def _derive_linear(model_price: gp.ModelPrice) -> tuple[_Linear, ...] | None:
+    """Integer coefficients per tier, derived by probing genai-prices and then checked against it."""
+    thresholds = sorted(
+        {
+            tier.start
+            for value in vars(model_price).values()
+            if isinstance(value, gp.TieredPrices)
+            for tier in value.tiers
+        }
+    )
+    pieces: list[_Linear] = []
+    lower = 0
+    try:
+        for upper in [*thresholds, None]:
+            piece = _probe_piece(model_price, lower, upper)
+            if piece is None:
+                return None
+            pieces.append(piece)
+            lower = (upper or 0) + 1
+    except (ValueError, ArithmeticError, TypeError, AttributeError):
+        return None
+    return tuple(pieces)
+
+
+def _probe_piece(model_price: gp.ModelPrice, lower: int, upper: int | None) -> _Linear | None:
+    a = max(lower, 1)
+    b = a + 1
+    if upper is not None and b > upper:
+        return None
+
+    def cost(inp: int, out: int = 0, cr: int = 0, cw: int = 0, rs: int = 0) -> Decimal:
+        return model_price.calc_price(_usage((inp, out, cr, cw, rs)))["total_price"]
+
+    base = cost(a)
+    c_in = cost(b) - base
+    c_out = cost(a, out=1) - base
+    c_cr = cost(a, cr=1) - base
+    c_cw = cost(a, cw=1) - base
+    c_rs = cost(a, out=1, rs=1) - cost(a, out=1)
+    c0 = base - c_in * a
+    decimals = (c0, c_in, c_out, c_cr, c_cw, c_rs)
+    scale = max(9, *(-int(d.as_tuple().exponent) for d in decimals if d != 0))
+    if scale > 30:
+        return None
+    factor = Decimal(10) ** scale
+    ints = [d * factor for d in decimals]
+    if any(i != i.to_integral_value() for i in ints):
+        return None
+    c0_i, *coefficients = (int(i) for i in ints)
+    piece = _Linear(upper, scale, c0_i, tuple(coefficients))  # type: ignore[arg-type]
+    # Check at a point far from the probes: a rule we do not model shows up here.
+    check_in = a + 997 if upper is None else min(upper, a + 997)
+    counts = (check_in, 311, min(113, check_in // 3), min(59, check_in // 3), 17)
+    expected = cost(*counts)
+    got = Decimal(c0_i + sum(c * n for c, n in zip(coefficients, counts, strict=True))).scaleb(-scale)
+    return piece if got == expected else None
+
+
+def _period(model: gp.ModelInfo, when: datetime) -> tuple[datetime, datetime]:
+    """The interval around `when` in which no dated or time-of-day price starts or stops."""
+    changes: list[datetime] = []
+    prices = model.prices if isinstance(model.prices, list) else []
+    day = when.astimezone(UTC).date()
+    for conditional in prices:
+        constraint = conditional.constraint
+        if isinstance(constraint, gp.StartDateConstraint):
+            changes.append(datetime.combine(constraint.start_date, time(), UTC))
+        elif isinstance(constraint, gp.TimeOfDateConstraint):
+            for moment in (constraint.start_time, constraint.end_time):
+                utc_time = _utc_time(moment)
+                changes.extend(datetime.combine(day + timedelta(days=offset), utc_time) for offset in (-1, 0, 1))
+    start = max((c for c in changes if c <= when), default=_FOREVER_START)
+    end = min((c for c in changes if c > when), default=_FOREVER_END)
+    return start, end
+
+
+def _utc_time(moment: time) -> time:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return datetime.combine(date(1970, 1, 1), moment).astimezone(UTC).timetz()

@@ -1,0 +1,191 @@
+"""`PuppySpanProcessor`: the in-process front door.
+
+`on_end` runs on the thread that ends the span. It must not block or raise, and should cost
+about what `BatchSpanProcessor.on_end` costs: it looks up a few attribute names in the span's
+dict, appends the span to a deque and, only when the worker sleeps, sets an event. Extraction,
+pricing and the store all happen on the worker thread. A full queue drops the span and counts
+it (`otel_puppy_spans_total{result="dropped"}`); it never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from otel_puppy import semconv
+from otel_puppy.calls import LLMCall, extract_call
+
+if TYPE_CHECKING:
+    from otel_puppy.engine import PolicyEngine
+
+__all__ = ("PuppySpanProcessor",)
+
+logger = logging.getLogger("otel_puppy")
+
+_MARKERS: Final = semconv.MARKERS
+_PENDING: Final = semconv.LOGFIRE_PENDING
+_SPAN_TYPE: Final = semconv.LOGFIRE_SPAN_TYPE
+_BATCH: Final = 512
+
+
+class _Flush:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class PuppySpanProcessor(SpanProcessor):
+    """Feeds ended GenAI spans to a `PolicyEngine` on a worker thread.
+
+    Get one from `engine.span_processor()` and give it to the tracer provider, for example
+    `logfire.configure(additional_span_processors=[engine.span_processor()])`.
+    """
+
+    def __init__(self, engine: PolicyEngine, max_queue_size: int = 20_000) -> None:
+        self._engine = engine
+        self._max_queue_size = max_queue_size
+        self._shutdown = False
+        self._worker_error: BaseException | None = None
+        self._start()
+        # A forked child gets a copy of this object but not its thread: give it a fresh queue and
+        # worker there. A weak reference, so registering does not keep the processor alive.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reinit_in_child(ref))
+
+    def _start(self) -> None:
+        self._queue: deque[ReadableSpan | _Flush] = deque()
+        self._wake = threading.Event()
+        self._idle = True
+        self._drop_lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run, name="otel-puppy-worker", daemon=True)
+        self._worker.start()
+
+    # --- app thread ---------------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Nothing to do when a span starts."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Hand a GenAI span to the worker; ignore every other span. Never blocks, never raises."""
+        try:
+            attributes: Any = span._attributes  # the public property copies into a MappingProxy
+            if not attributes:
+                return
+            if type(attributes) is BoundedAttributes:
+                attributes = attributes._dict
+            if attributes.keys().isdisjoint(_MARKERS) or attributes.get(_SPAN_TYPE) == _PENDING:
+                return
+            queue = self._queue
+            if len(queue) >= self._max_queue_size or self._shutdown:
+                self._drop()
+                return
+            queue.append(span)
+            if self._idle:
+                self._idle = False
+                self._wake.set()
+        except Exception:
+            self._engine._internal_error("processor.on_end")
+
+    def _drop(self) -> None:
+        with self._drop_lock:
+            self._engine.metrics.record_spans("dropped")
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Return once every span handed over so far has been applied (or the timeout passed)."""
+        if self._shutdown and not self._worker.is_alive():
+            return True
+        marker = _Flush()
+        self._queue.append(marker)
+        self._idle = False
+        self._wake.set()
+        done = marker.done.wait(timeout_millis / 1000)
+        error, self._worker_error = self._worker_error, None
+        if error is not None:
+            raise error
+        return done
+
+    def shutdown(self) -> None:
+        """Apply what is queued, then stop the worker. Calling it again does nothing."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._wake.set()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=30)
+
+    # --- worker thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue, wake = self._queue, self._wake
+        while True:
+            batch: list[ReadableSpan] = []
+            flushes: list[_Flush] = []
+            while queue and len(batch) < _BATCH:
+                item = queue.popleft()
+                if type(item) is _Flush:
+                    flushes.append(item)
+                    break  # everything before the marker is in `batch`
+                batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                self._process(batch)
+            for flush in flushes:
+                flush.done.set()
+            if batch or flushes:
+                continue
+            if self._shutdown:
+                return
+            wake.clear()
+            self._idle = True
+            if queue or self._shutdown:  # appended between our check and `_idle = True`
+                continue
+            wake.wait(1.0)
+
+    def _process(self, spans: list[ReadableSpan]) -> None:
+        calls: list[LLMCall] = []
+        ignored = 0
+        for span in spans:
+            try:
+                call = extract_call(span)
+            except Exception as exc:
+                self._record_worker_error(exc, "extract")
+                continue
+            if call is None:
+                ignored += 1
+            else:
+                calls.append(call)
+        engine = self._engine
+        if ignored:
+            engine.metrics.record_spans("ignored", ignored)
+        if not calls:
+            return
+        try:
+            engine.observe_many(calls)
+        except Exception as exc:
+            self._record_worker_error(exc, "observe")
+
+    def _record_worker_error(self, exc: Exception, component: str) -> None:
+        try:
+            self._engine._internal_error(f"processor.{component}", reraise=False)
+        finally:
+            if self._engine.settings.reraise:
+                # Under pytest the error surfaces from the next force_flush, in the test's thread.
+                self._worker_error = exc
+
+
+def _reinit_in_child(ref: weakref.ReferenceType[PuppySpanProcessor]) -> None:
+    processor = ref()
+    if processor is None:
+        return
+    processor._engine._after_fork()
+    processor._shutdown = False
+    processor._worker_error = None
+    processor._start()

@@ -1,0 +1,117 @@
+"""Settings, from `OTEL_PUPPY_*` environment variables, a `.env` file, or keyword arguments."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from otel_puppy.exceptions import SettingsError
+
+__all__ = ("PuppySettings", "running_under_pytest")
+
+
+def running_under_pytest() -> bool:
+    """True inside a pytest run: internal errors are then re-raised instead of swallowed."""
+    return "PYTEST_VERSION" in os.environ or "pytest" in sys.modules
+
+
+class PuppySettings(BaseSettings):
+    """Everything that varies between deployments.
+
+    >>> PuppySettings(store="memory://", timezone="Europe/Paris").timezone
+    'Europe/Paris'
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="OTEL_PUPPY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    policies: Path = Path("policies")
+    """A directory of `*.yaml`/`*.yml` policy files, or one file."""
+    store: str = "memory://"
+    """`memory://`, `sqlite:///path/to/state.db` or `redis://host:port/db`."""
+    host: str = "127.0.0.1"
+    """Address `otel-puppy serve` binds to."""
+    port: int = Field(default=4319, ge=0, le=65535)
+    """Port for OTLP/HTTP, the decision API and `/metrics`."""
+    api_token: SecretStr | None = None
+    """Bearer token required on every endpoint but health checks; required to bind beyond loopback."""
+    timezone: str = "UTC"
+    """IANA timezone of calendar windows (`day` resets at local midnight)."""
+
+    queue_size: int = Field(default=20_000, ge=1)
+    """Spans the span processor holds for its worker before it drops (and counts) new ones."""
+    max_label_values: int = Field(default=200, ge=1)
+    """Distinct values a metric label may take before further values are folded into `other`."""
+    dedupe_ttl_s: float = Field(default=24 * 3600, gt=0)
+    """How long a span id is remembered, so a retried span is never counted twice."""
+    raise_internal_errors: bool | None = None
+    """Re-raise internal errors instead of counting them; unset means: only under pytest."""
+
+    @classmethod
+    def load(cls, **overrides: object) -> PuppySettings:
+        """Build settings, turning validation errors into one `SettingsError` naming each variable.
+
+        Raises:
+            SettingsError: e.g. `OTEL_PUPPY_PORT: Input should be a valid integer (got 'x')`.
+        """
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            lines = []
+            for error in exc.errors():
+                field = ".".join(str(part) for part in error["loc"])
+                name = f"OTEL_PUPPY_{field.upper()}" if field else "settings"
+                got = "" if field in {"", "api_token"} else f" (got {error.get('input')!r})"
+                lines.append(f"{name}: {error['msg']}{got}")
+            raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {value!r} (e.g. 'UTC', 'Europe/Paris')") from None
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        if scheme not in {"memory", "sqlite", "redis", "rediss", "unix"} or "://" not in value:
+            raise ValueError(f"store must be memory://, sqlite:///path or redis://host:port/db, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> PuppySettings:
+        if self.api_token is None and not _is_loopback(self.host):
+            raise ValueError(f"binding to {self.host!r} (beyond loopback) needs OTEL_PUPPY_API_TOKEN to be set")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def reraise(self) -> bool:
+        return running_under_pytest() if self.raise_internal_errors is None else self.raise_internal_errors
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,95 @@
+"""Helpers for testing code that uses otel_puppy (and for otel_puppy's own tests).
+
+- `FakeClock`: time that moves only when told to.
+- `make_span(...)`: a finished SDK `ReadableSpan` with the attributes you give it.
+- `engine_for_tests(...)`: an engine on a memory store, its own registry, and a fake clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from prometheus_client.registry import CollectorRegistry
+
+from otel_puppy.engine import PolicyEngine
+from otel_puppy.policies import PolicySet
+from otel_puppy.settings import PuppySettings
+from otel_puppy.store.memory import MemoryStore
+
+__all__ = ("FakeClock", "engine_for_tests", "make_span")
+
+_ids = itertools.count(1)
+
+
+class FakeClock:
+    """A clock for tests: `now()` returns what it was set to; `advance(seconds)` moves it."""
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
+        self.value = start
+
+    def now(self) -> float:
+        return self.value
+
+    def advance(self, seconds: float) -> float:
+        self.value += seconds
+        return self.value
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+def make_span(
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    name: str = "chat",
+    trace_id: int | None = None,
+    span_id: int | None = None,
+    parent_span_id: int | None = None,
+    start_ns: int = 1_767_225_600_000_000_000,
+    duration_s: float = 1.0,
+    error: bool = False,
+    exception_type: str | None = None,
+    resource: Mapping[str, Any] | None = None,
+) -> ReadableSpan:
+    """A finished span, as the SDK hands it to `on_end`. Ids are unique unless given."""
+    trace_id = trace_id if trace_id is not None else next(_ids)
+    span_id = span_id if span_id is not None else next(_ids)
+    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    parent = (
+        SpanContext(trace_id, parent_span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        if parent_span_id
+        else None
+    )
+    events: Sequence[Event] = ()
+    if exception_type:
+        events = (Event("exception", {"exception.type": exception_type, "exception.message": "failed"}),)
+    return ReadableSpan(
+        name=name,
+        context=context,
+        parent=parent,
+        resource=Resource.create(dict(resource or {"service.name": "test-service"})),
+        attributes=dict(attributes or {}),
+        events=events,
+        kind=SpanKind.CLIENT,
+        status=Status(StatusCode.ERROR if error else StatusCode.UNSET),
+        start_time=start_ns,
+        end_time=start_ns + int(duration_s * 1e9),
+    )
+
+
+def engine_for_tests(
+    policies: PolicySet | None = None, clock: FakeClock | None = None, **settings: Any
+) -> PolicyEngine:
+    """An engine on a fresh memory store and registry, with a fake clock by default."""
+    return PolicyEngine(
+        PuppySettings.load(**{"store": "memory://", **settings}),
+        policies=policies or PolicySet(),
+        store=MemoryStore(),
+        clock=clock or FakeClock(),
+        registry=CollectorRegistry(auto_describe=True),
+    )

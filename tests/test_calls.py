@@ -1,0 +1,230 @@
+"""extract_call across conventions, and hostile attributes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from otel_puppy.calls import ErrorClass, LLMCall, extract_call
+from otel_puppy.testing import make_span
+
+
+def call(attributes: dict[str, object], **kwargs: object) -> LLMCall:
+    result = extract_call(make_span(attributes, **kwargs))  # type: ignore[arg-type]
+    assert result is not None
+    return result
+
+
+def test_current_genai_conventions() -> None:
+    c = call(
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "gcp.vertex_ai",
+            "gen_ai.request.model": "gemini-2.5-pro",
+            "gen_ai.response.model": "gemini-2.5-pro-001",
+            "gen_ai.usage.input_tokens": 1000,
+            "gen_ai.usage.output_tokens": 400,
+            "gen_ai.usage.cache_read.input_tokens": 600,
+            "gen_ai.usage.cache_creation.input_tokens": 100,
+            "gen_ai.usage.reasoning.output_tokens": 250,
+            "gen_ai.agent.name": "research",
+            "gen_ai.conversation.id": "conv-9",
+            "user.id": "u-1",
+            "otel_puppy.team": "growth",
+        },
+        resource={"service.name": "svc", "deployment.environment.name": "prod"},
+        duration_s=2.5,
+    )
+    assert (c.provider, c.request_model, c.response_model, c.model, c.operation) == (
+        "google",
+        "gemini-2.5-pro",
+        "gemini-2.5-pro-001",
+        "gemini-2.5-pro-001",
+        "chat",
+    )
+    assert (c.input_tokens, c.output_tokens, c.cache_read_tokens, c.cache_write_tokens, c.reasoning_tokens) == (
+        1000,
+        400,
+        600,
+        100,
+        250,
+    )
+    assert (c.agent, c.conversation, c.user, c.team, c.service, c.environment) == (
+        "research",
+        "conv-9",
+        "u-1",
+        "growth",
+        "svc",
+        "prod",
+    )
+    assert c.duration_s == 2.5
+    assert c.ok
+    assert c.problems == ()
+
+
+def test_legacy_conventions_and_openllmetry() -> None:
+    c = call(
+        {
+            "gen_ai.system": "OpenAI",
+            "llm.request.type": "chat",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.prompt_tokens": 80,
+            "gen_ai.usage.completion_tokens": 15,
+            "gen_ai.usage.cache_read_input_tokens": 40,
+            "llm.usage.total_tokens": 95,
+            "traceloop.span.kind": "llm",
+        }
+    )
+    assert (c.provider, c.model, c.operation) == ("openai", "gpt-4o-mini", "chat")
+    assert (c.input_tokens, c.output_tokens, c.cache_read_tokens) == (80, 15, 40)
+
+
+def test_openinference() -> None:
+    c = call(
+        {
+            "openinference.span.kind": "LLM",
+            "llm.model_name": "claude-3-5-haiku-20241022",
+            "llm.provider": "anthropic",
+            "llm.token_count.prompt": 1000,
+            "llm.token_count.completion": 500,
+            "llm.token_count.prompt_details.cache_read": 700,
+            "llm.token_count.prompt_details.cache_write": 100,
+            "llm.token_count.completion_details.reasoning": 200,
+            "session.id": "sess-456",
+            "user.id": "user-123",
+            "llm.cost.total": 0.0049,
+        }
+    )
+    assert (c.provider, c.model, c.operation, c.conversation, c.user) == (
+        "anthropic",
+        "claude-3-5-haiku-20241022",
+        "chat",
+        "sess-456",
+        "user-123",
+    )
+    assert (c.cache_read_tokens, c.cache_write_tokens, c.reasoning_tokens) == (700, 100, 200)
+    assert c.reported_cost_usd == 0.0049
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.aggregated_usage.input_tokens": 10},
+        {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup"},
+        {"openinference.span.kind": "AGENT", "llm.token_count.prompt": 5, "llm.token_count.completion": 1},
+        {"traceloop.span.kind": "workflow", "gen_ai.usage.prompt_tokens": 5},
+        {
+            "logfire.span_type": "pending_span",
+            "gen_ai.usage.input_tokens": 5,
+            "gen_ai.request.model": "gpt-4o",
+        },
+        {"gen_ai.system": "openai"},  # GenAI-looking, but neither usage nor a call operation
+        {"http.method": "GET"},
+    ],
+)
+def test_spans_that_are_not_calls(attributes: dict[str, object]) -> None:
+    assert extract_call(make_span(attributes)) is None
+
+
+def test_failed_call_without_usage_is_still_a_call() -> None:
+    c = call(
+        {"gen_ai.operation.name": "chat", "gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4-5"},
+        error=True,
+        exception_type="anthropic.RateLimitError",
+    )
+    assert (c.has_usage, c.error_class, c.ok) == (False, ErrorClass.RATE_LIMIT, False)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "exception_type", "expected"),
+    [
+        ({"http.response.status_code": 429}, None, ErrorClass.RATE_LIMIT),
+        ({"http.response.status_code": 503}, None, ErrorClass.SERVER_ERROR),
+        ({"http.response.status_code": 401}, None, ErrorClass.CLIENT_ERROR),
+        ({"http.response.status_code": 504}, None, ErrorClass.TIMEOUT),
+        ({"error.type": "timeout"}, None, ErrorClass.TIMEOUT),
+        ({}, "openai.APITimeoutError", ErrorClass.TIMEOUT),
+        ({}, "openai.APIConnectionError", ErrorClass.CONNECTION),
+        ({}, "httpx.ConnectError", ErrorClass.CONNECTION),
+        ({}, "openai.InternalServerError", ErrorClass.SERVER_ERROR),
+        ({}, "anthropic.OverloadedError", ErrorClass.SERVER_ERROR),
+        ({}, "openai.BadRequestError", ErrorClass.CLIENT_ERROR),
+        ({}, "openai.AuthenticationError", ErrorClass.CLIENT_ERROR),
+        ({}, "pydantic_ai.exceptions.ModelHTTPError", ErrorClass.OTHER),
+        ({}, "ValueError", ErrorClass.OTHER),
+    ],
+)
+def test_error_classes(attributes: dict[str, object], exception_type: str | None, expected: ErrorClass) -> None:
+    c = call(
+        {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", **attributes},
+        error=True,
+        exception_type=exception_type,
+    )
+    assert c.error_class is expected
+
+
+BASE = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o"}
+
+
+@pytest.mark.parametrize(
+    ("attributes", "problem"),
+    [
+        (
+            {"gen_ai.usage.input_tokens": -5, "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is out of range",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": math.nan, "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a whole number",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": math.inf, "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a whole number",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": 10**15, "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is out of range",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": "12", "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a number",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": True, "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a number",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": 1.5, "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a whole number",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": [1, 2], "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a number",
+        ),
+        (
+            {
+                "gen_ai.usage.input_tokens": 10,
+                "gen_ai.usage.output_tokens": 1,
+                "gen_ai.usage.cache_read.input_tokens": 11,
+            },
+            "cache tokens exceed input tokens",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": 1, "gen_ai.usage.output_tokens": 1, "gen_ai.response.model": ""},
+            "gen_ai.response.model is not a usable model name",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": 1, "gen_ai.usage.output_tokens": 1, "gen_ai.response.model": "gpt\udcff"},
+            "gen_ai.response.model is not a usable model name",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": 1, "gen_ai.usage.output_tokens": 1, "gen_ai.response.model": 42},
+            "gen_ai.response.model is not a string",
+        ),
+    ],
+)
+def test_hostile_attributes_become_problems_not_exceptions(attributes: dict[str, object], problem: str) -> None:
+    c = extract_call(make_span({**BASE, **attributes}))
+    assert c is not None
+    assert problem in c.problems

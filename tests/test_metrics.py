@@ -1,0 +1,67 @@
+"""Metric names, labels and exact values; the cardinality guard."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from otel_puppy.calls import extract_call
+from otel_puppy.engine import PolicyEngine
+from otel_puppy.testing import engine_for_tests, make_span
+
+
+def observe(engine: PolicyEngine, **attributes: object) -> None:
+    base = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": "gpt-4.1",
+        "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 100,
+    }
+    c = extract_call(make_span({**base, **attributes}, duration_s=0.3))
+    assert c is not None
+    engine.observe(c)
+
+
+def test_exposition_names_and_values(engine: PolicyEngine) -> None:
+    observe(engine, **{"gen_ai.agent.name": "support", "operation.cost": 0.0030})
+    observe(engine, **{"gen_ai.request.model": "mystery-model-9000"})
+    text = generate_latest(engine.registry).decode()
+    labels = 'agent="support",model="gpt-4.1",provider="openai",service="test-service"'
+    assert f"otel_puppy_llm_cost_usd_total{{{labels}}} 0.0028\n" in text
+    assert (
+        'otel_puppy_llm_requests_total{agent="support",error_class="",model="gpt-4.1",outcome="ok",'
+        'provider="openai",service="test-service"} 1.0\n'
+    ) in text
+    assert f'otel_puppy_llm_tokens_total{{{labels},type="input"}} 1000.0\n' in text
+    hist = 'otel_puppy_llm_request_duration_seconds_bucket{agent="support",le="%s",model="gpt-4.1",provider="openai"'
+    assert hist % "0.25" + ',service="test-service"} 0.0\n' in text
+    assert hist % "0.5" + ',service="test-service"} 1.0\n' in text
+    assert (
+        'otel_puppy_llm_unpriced_requests_total{agent="",model="mystery-model-9000",provider="openai",'
+        'reason="unknown_model",service="test-service"} 1.0\n'
+    ) in text
+    drift = engine.registry.get_sample_value(
+        "otel_puppy_llm_cost_drift_usd_total", {"provider": "openai", "model": "gpt-4.1", "direction": "over"}
+    )
+    assert drift == 0.0002
+    assert "# TYPE otel_puppy_llm_cost_usd_total counter" in text
+    assert 'otel_puppy_spans_total{result="applied"} 2.0' in text
+
+
+def test_cardinality_guard_folds_into_other() -> None:
+    engine = engine_for_tests(max_label_values=3)
+    for i in range(5):
+        observe(engine, **{"gen_ai.agent.name": f"agent-{i}"})
+    values = {
+        s.labels["agent"] for m in engine.registry.collect() if m.name == "otel_puppy_llm_requests" for s in m.samples
+    }
+    assert values == {"agent-0", "agent-1", "agent-2", "other"}
+    assert engine.registry.get_sample_value("otel_puppy_label_overflow_total", {"label": "agent"}) == 2.0
+    engine.close()
+
+
+def test_user_and_conversation_are_never_labels(engine: PolicyEngine) -> None:
+    observe(engine, **{"user.id": "alice", "gen_ai.conversation.id": "c-1"})
+    text = generate_latest(engine.registry).decode()
+    assert "alice" not in text
+    assert "c-1" not in text

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from otel_puppy.exceptions import SettingsError
+from otel_puppy.settings import PuppySettings
+
+
+def test_env_prefix_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("OTEL_PUPPY_TIMEZONE=Europe/Paris\nOTEL_PUPPY_PORT=9000\n")
+    monkeypatch.setenv("OTEL_PUPPY_PORT", "9100")
+    settings = PuppySettings.load()
+    assert (settings.timezone, settings.port) == ("Europe/Paris", 9100)  # env beats .env
+
+
+def test_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PUPPY_PORT", "eighty")
+    monkeypatch.setenv("OTEL_PUPPY_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(SettingsError) as info:
+        PuppySettings.load()
+    message = str(info.value)
+    assert "OTEL_PUPPY_PORT: Input should be a valid integer" in message
+    assert "OTEL_PUPPY_TIMEZONE: Value error, unknown IANA timezone 'Mars/Olympus'" in message
+
+
+def test_token_required_beyond_loopback_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="needs OTEL_PUPPY_API_TOKEN"):
+        PuppySettings.load(host="0.0.0.0")
+    settings = PuppySettings.load(host="0.0.0.0", api_token="s3cret-token")
+    assert "s3cret-token" not in repr(settings)
+    assert "s3cret-token" not in str(settings)
+    assert PuppySettings.load(host="::1").host == "::1"
+
+
+def test_store_url_is_checked() -> None:
+    with pytest.raises(SettingsError, match="OTEL_PUPPY_STORE"):
+        PuppySettings.load(store="postgres://x")
