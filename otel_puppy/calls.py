@@ -6,6 +6,8 @@ fields from anything else (the OTLP decoder uses it), so both front doors agree 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -18,7 +20,7 @@ from opentelemetry.trace import StatusCode
 
 from otel_puppy import semconv
 
-__all__ = ("ErrorClass", "LLMCall", "call_from_parts", "extract_call", "is_genai_span")
+__all__ = ("ErrorClass", "LLMCall", "call_from_parts", "extract_call", "is_genai_span", "prompt_digest")
 
 MAX_TOKENS = 10**12
 """More tokens than this in one call is not a measurement; the span is counted as invalid."""
@@ -68,6 +70,8 @@ class LLMCall:
     environment: str | None = None
     reported_cost_usd: float | None = None
     decision_id: str | None = None
+    prompt_hash: str | None = None
+    """A digest of the normalized prompt when the span captured it; the text is never kept."""
     problems: tuple[str, ...] = ()
     """Attributes that were present but unusable; such a call is counted but never priced."""
 
@@ -217,8 +221,39 @@ def call_from_parts(
         environment=_label(attributes, semconv.ENVIRONMENT) or _label(resource, semconv.RESOURCE_ENVIRONMENT),
         reported_cost_usd=_cost(attributes),
         decision_id=_text(attributes.get(semconv.DECISION_ID)),
+        prompt_hash=prompt_digest(_first(attributes, semconv.PROMPT)),
         problems=tuple(problems),
     )
+
+
+def prompt_digest(prompt: object) -> str | None:
+    """A stable digest of a prompt: the same conversation, however it is spaced, gives the same digest.
+
+    Messages in the GenAI JSON form are reduced to their roles and texts first, so ids and
+    timestamps in the payload do not make identical prompts look different.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        return None
+    text = prompt
+    if prompt[:1] in "[{":
+        try:
+            text = _message_text(json.loads(prompt))
+        except (ValueError, RecursionError):
+            text = prompt
+    normalized = " ".join(text.split())
+    return hashlib.blake2b(normalized.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _message_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(_message_text(item) for item in value)
+    if isinstance(value, dict):
+        parts = [f"{value['role']}:" if isinstance(value.get("role"), str) else ""]
+        parts.extend(_message_text(value[key]) for key in ("content", "parts", "text") if key in value)
+        return " ".join(p for p in parts if p)
+    return ""
 
 
 def normalize_provider(value: object) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ("InvalidSpanError", "PolicyError", "PolicyErrors", "PuppyError", "SettingsError", "StoreError")
+__all__ = (
+    "CircuitOpenError",
+    "InvalidSpanError",
+    "PolicyError",
+    "PolicyErrors",
+    "PuppyError",
+    "SettingsError",
+    "StoreError",
+)
 
 
 class PuppyError(Exception):
@@ -57,3 +65,16 @@ class InvalidSpanError(PuppyError):
 
 class SettingsError(PuppyError):
     """Settings are invalid; the message names each `OTEL_PUPPY_*` variable that is wrong."""
+
+
+class CircuitOpenError(PuppyError):
+    """A circuit breaker is open (or half-open with no probe left): the call was not made."""
+
+    def __init__(self, breaker: str, subject: str, retry_after_s: float) -> None:
+        self.breaker = breaker
+        self.subject = subject
+        self.retry_after_s = retry_after_s
+        super().__init__(f"circuit {breaker} is open for {subject}; retry in {retry_after_s:.1f}s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.breaker, self.subject, self.retry_after_s))

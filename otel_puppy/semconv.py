@@ -54,6 +54,15 @@ RESOURCE_SERVICE: Final = "service.name"
 RESOURCE_ENVIRONMENT: Final = ("deployment.environment.name", "deployment.environment", "otel_puppy.environment")
 RESOURCE_TEAM: Final = ("otel_puppy.team",)
 
+# --- prompts (hashed for the redundant-call advisor; the text itself is never kept) -----------
+PROMPT: Final = (
+    "gen_ai.input.messages",
+    "gen_ai.prompt",
+    "llm.input_messages",
+    "input.value",
+    "gen_ai.prompt.0.content",
+)
+
 # --- errors ---------------------------------------------------------------------------------
 HTTP_STATUS: Final = ("http.response.status_code", "http.status_code")
 ERROR_TYPE: Final = "error.type"

@@ -228,3 +228,16 @@ def test_hostile_attributes_become_problems_not_exceptions(attributes: dict[str,
     c = extract_call(make_span({**BASE, **attributes}))
     assert c is not None
     assert problem in c.problems
+
+
+def test_prompt_digest_ignores_spacing_and_ids_but_not_content() -> None:
+    from otel_puppy.calls import prompt_digest
+
+    one = '[{"role":"user","parts":[{"type":"text","content":"What  is my\\nbalance?"}]}]'
+    same = '[{"role": "user", "parts": [{"type": "text", "content": "What is my balance?", "id": "x1"}]}]'
+    other = '[{"role":"user","parts":[{"type":"text","content":"What is my bill?"}]}]'
+    assert prompt_digest(one) == prompt_digest(same)
+    assert prompt_digest(one) != prompt_digest(other)
+    assert prompt_digest("") is None
+    assert prompt_digest(42) is None
+    assert prompt_digest("[not json") == prompt_digest("[not   json")

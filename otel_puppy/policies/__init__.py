@@ -1,6 +1,7 @@
-"""Policy files: the grammar (`models`) and the loader that turns YAML into a `PolicySet`."""
+"""Policies: the YAML grammar users edit, and its loader."""
 
+from otel_puppy.policies.base import PriceEntry
 from otel_puppy.policies.loader import load_policies, parse_policy_text
-from otel_puppy.policies.models import PolicySet, PriceEntry
+from otel_puppy.policies.models import PolicySet
 
 __all__ = ("PolicySet", "PriceEntry", "load_policies", "parse_policy_text")

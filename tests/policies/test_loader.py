@@ -27,6 +27,8 @@ LLAMA = PriceEntry(
     output_mtok=Decimal("0.6"),
 )
 
+SECTIONS = "budgets, anomalies, breakers, routing, prices"
+
 
 def error_lines(text: str) -> list[str]:
     """The errors `text` gives, as users read them."""
@@ -151,7 +153,11 @@ ERROR_CASES = [
     ),
     pytest.param(
         "price:\n  - {provider: a}\n",
-        ["policies/prices.yaml:1:1: price: unknown section 'price'; did you mean 'prices'? (known sections: prices)"],
+        [
+            "policies/prices.yaml:1:1: price: unknown section 'price'; did you mean 'prices'? (known sections: "
+            + SECTIONS
+            + ")"
+        ],
         id="unknown-section",
     ),
     pytest.param(
@@ -207,7 +213,7 @@ ERROR_CASES = [
     ),
     pytest.param(
         "- prices\n",
-        ["policies/prices.yaml:1:1: expected a mapping of sections (prices), got a list"],
+        ["policies/prices.yaml:1:1: expected a mapping of sections (" + SECTIONS + "), got a list"],
         id="document-not-a-mapping",
     ),
     pytest.param(
@@ -310,13 +316,13 @@ def test_every_error_in_a_file_is_reported_in_position_order() -> None:
 prices:
   - {provider: a, model: b, input_mtok: x, output_mtok: 1, model: c}
   - {provider: a, model: b, input_mtok: 1}
-budgets: []
+quotas: []
 """
     assert error_lines(text) == [
         "policies/prices.yaml:2:41: prices[0].input_mtok: expected a number, got 'x'",
         "policies/prices.yaml:2:60: prices[0].model: duplicate key 'model' (first at line 2, column 19)",
         "policies/prices.yaml:3:5: prices[1]: missing required key 'output_mtok'",
-        "policies/prices.yaml:4:1: budgets: unknown section 'budgets' (known sections: prices)",
+        "policies/prices.yaml:4:1: quotas: unknown section 'quotas' (known sections: " + SECTIONS + ")",
     ]
 
 
@@ -403,16 +409,16 @@ def test_all_errors_of_two_broken_files_at_once(tmp_path: Path) -> None:
         "prices:\n  - {provider: a, model: b, input_mtok: -1, output_mtok: 1}\n"
         "  - {provider: a, model: c, input_mtok: 1, outptu_mtok: 1}\n",
     )
-    second = write(tmp_path / "b.yaml", "prices:\n  - {provider: a, model: b\nbudgets: []\n")
+    second = write(tmp_path / "b.yaml", "prices:\n  - {provider: a, model: b\nquotas: []\n")
     third = write(tmp_path / "c.yaml", "price: []\n")
 
     assert load_errors(tmp_path) == [
         f"{first}:2:41: prices[0].input_mtok: expected a number >= 0, got -1",
         f"{first}:3:44: prices[1].outptu_mtok: unknown key 'outptu_mtok'; did you mean 'output_mtok'? "
         f"(allowed keys: {ENTRY_KEYS})",
-        f"{second}:3:8: invalid YAML: expected ',' or '}}', but got ':' "
+        f"{second}:3:7: invalid YAML: expected ',' or '}}', but got ':' "
         "(while parsing a flow mapping started at line 2, column 5)",
-        f"{third}:1:1: price: unknown section 'price'; did you mean 'prices'? (known sections: prices)",
+        f"{third}:1:1: price: unknown section 'price'; did you mean 'prices'? (known sections: " + SECTIONS + ")",
     ]
 
 

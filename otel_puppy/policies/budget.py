@@ -1,0 +1,236 @@
+"""Budgets: spend or token limits per window, scoped by `match` and split by `per`.
+
+The model is the grammar; `BudgetBook` resolves which budget instances a call or a request falls
+in (memoized per scope), and `budget_hit` turns an instance's state into a `PolicyHit`. The store
+does the counting and the atomic admission; the engine composes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Final, Self
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, field_validator, model_validator
+
+from otel_puppy.decision import Action, PolicyHit, Priority, Severity
+from otel_puppy.money import nanos_to_usd, usd_to_nanos
+from otel_puppy.policies.base import Degrade, LimitAction, Name, SectionEntry
+from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, Scope, scope_label
+from otel_puppy.windows import Window, parse_window
+
+__all__ = ("BudgetBook", "BudgetInstance", "BudgetPolicy", "budget_hit")
+
+logger = logging.getLogger("otel_puppy")
+
+OVERFLOW_SCOPE: Final = "other"
+_CACHE_LIMIT: Final = 50_000
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class BudgetPolicy(SectionEntry):
+    """A limit on spend (`limit_usd`) or tokens (`limit_tokens`) per window.
+
+    >>> BudgetPolicy(name="org-daily", limit_usd=100, window="day", action="deny").describe()
+    'budget org-daily: $100 per day, deny when over'
+    """
+
+    name: Name
+    match: Match | None = None
+    """Which calls count; every call when absent."""
+    per: tuple[Dimension, ...] = ()
+    """One budget per distinct value of these dimensions (bounded by `max_scopes`)."""
+    limit_usd: Annotated[Decimal, Field(gt=0, le=10**9, allow_inf_nan=False)] | None = None
+    limit_tokens: Annotated[int, Field(gt=0, le=10**15)] | None = None
+    window: str
+    """`hour`, `day`, `week`, `month` (calendar, in the configured timezone) or `15m`, `1h`, `24h`, `7d`, `30d`."""
+    action: LimitAction = "deny"
+    alerts: tuple[Annotated[float, Field(gt=0, le=1)], ...] = ()
+    """Utilization thresholds that emit an alert once per crossing: info, warning, critical; 1.0 is emergency."""
+    reserve: dict[Priority, Fraction] = Field(default_factory=dict)
+    """The last fraction of the limit kept for this priority and higher (`{critical: 0.1}`)."""
+    shadow: bool = False
+    """Evaluated and reported, never enforced."""
+    max_scopes: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """With `per`: distinct instances kept; later ones share one `other` instance."""
+
+    @field_validator("window")
+    @classmethod
+    def _known_window(cls, value: str) -> str:
+        parse_window(value, ZoneInfo("UTC"))
+        return value
+
+    @field_validator("per")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("each dimension may appear once in per")
+        return value
+
+    @field_validator("alerts")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if list(value) != sorted(set(value)):
+            raise ValueError("alert thresholds must be distinct and increasing, e.g. [0.5, 0.75, 0.9]")
+        return value
+
+    @field_validator("reserve")
+    @classmethod
+    def _no_bulk_reserve(cls, value: dict[Priority, float]) -> dict[Priority, float]:
+        if Priority.BULK in value:
+            raise ValueError("bulk is the lowest priority: a reserve for bulk and above is the whole budget")
+        return value
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Self:
+        if (self.limit_usd is None) == (self.limit_tokens is None):
+            raise ValueError("give exactly one of limit_usd or limit_tokens")
+        return self
+
+    def identity(self) -> str:
+        return self.name
+
+    def describe(self) -> str:
+        limit = f"${self.limit_usd:f}" if self.limit_usd is not None else f"{self.limit_tokens:,} tokens"
+        scope = f" for {self.match.describe()}" if self.match else ""
+        per = f", one per {'/'.join(self.per)}" if self.per else ""
+        action = f"degrade to {self.action.degrade}" if isinstance(self.action, Degrade) else self.action
+        extras = ""
+        if self.reserve:
+            extras += ", reserving " + ", ".join(f"{f:.0%} for {p.value}" for p, f in self.reserve.items())
+        if self.alerts:
+            extras += ", alerts at " + ", ".join(f"{t:.0%}" for t in self.alerts)
+        shadow = " (shadow)" if self.shadow else ""
+        return f"budget {self.name}: {limit} per {self.window}{scope}{per}, {action} when over{extras}{shadow}"
+
+    @property
+    def on_exceed(self) -> Action:
+        if isinstance(self.action, Degrade):
+            return Action.DEGRADE
+        return Action(self.action)
+
+    def usable_fraction(self, priority: Priority) -> float:
+        """Share of the limit this priority may use: what higher priorities' reserves leave."""
+        held_back = [fraction for p, fraction in self.reserve.items() if p.rank > priority.rank]
+        return 1.0 - max(held_back, default=0.0)
+
+    def severity(self, utilization: float) -> Severity:
+        if utilization >= 1.0:
+            return Severity.EMERGENCY
+        crossed = [i for i, t in enumerate(self.alerts) if utilization >= t]
+        if not crossed:
+            return Severity.INFO
+        return (Severity.INFO, Severity.WARNING, Severity.CRITICAL)[min(crossed[-1], 2)]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetInstance:
+    """One budget for one scope: `per-agent` for `agent=support`."""
+
+    policy: BudgetPolicy
+    window: Window
+    label: str
+
+    @property
+    def key(self) -> str:
+        return f"budget:{self.policy.name}|{self.label}"
+
+    @property
+    def limit_nanos(self) -> int | None:
+        return usd_to_nanos(self.policy.limit_usd) if self.policy.limit_usd is not None else None
+
+
+class BudgetBook:
+    """The budgets of a policy set, compiled for fast lookup by scope."""
+
+    def __init__(self, budgets: tuple[BudgetPolicy, ...], zone: ZoneInfo) -> None:
+        self.budgets = budgets
+        self._windows = {b.name: parse_window(b.window, zone) for b in budgets}
+        self._cache: dict[tuple[str | None, ...], tuple[BudgetInstance, ...]] = {}
+        self._labels: dict[str, set[str]] = {b.name: set() for b in budgets}
+        self.folded = 0
+        """Scopes sent to the shared `other` instance because a budget had `max_scopes` already."""
+
+    def instances(self, scope: Scope) -> tuple[BudgetInstance, ...]:
+        """Every budget instance this scope counts against."""
+        key = tuple(scope.get(d) for d in DIMENSIONS)
+        found = self._cache.get(key)
+        if found is None:
+            found = tuple(self._resolve(budget, scope) for budget in self.budgets if self._applies(budget, scope))
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    @staticmethod
+    def _applies(budget: BudgetPolicy, scope: Scope) -> bool:
+        return budget.match is None or budget.match.matches(scope)
+
+    def _resolve(self, budget: BudgetPolicy, scope: Scope) -> BudgetInstance:
+        label = scope_label(budget.per, scope)
+        labels = self._labels[budget.name]
+        if label not in labels:
+            if len(labels) >= budget.max_scopes:
+                self.folded += 1
+                logger.warning(
+                    "budget %s has %d scopes already; %r counts as %r",
+                    budget.name,
+                    budget.max_scopes,
+                    label,
+                    OVERFLOW_SCOPE,
+                )
+                label = OVERFLOW_SCOPE
+            labels.add(label)
+        return BudgetInstance(budget, self._windows[budget.name], label)
+
+
+def budget_hit(
+    instance: BudgetInstance,
+    *,
+    spent_nanos: int,
+    spent_tokens: int,
+    reserved_nanos: int,
+    exceeded: bool,
+    now: float,
+) -> PolicyHit:
+    """What this budget instance says about a request, given its state in the store."""
+    policy = instance.policy
+    if policy.limit_usd is not None:
+        limit_nanos = usd_to_nanos(policy.limit_usd)
+        utilization = (spent_nanos + reserved_nanos) / limit_nanos
+        amount = f"${nanos_to_usd(spent_nanos + reserved_nanos):f} of ${policy.limit_usd:f}"
+    else:
+        assert policy.limit_tokens is not None
+        utilization = spent_tokens / policy.limit_tokens
+        amount = f"{spent_tokens:,} of {policy.limit_tokens:,} tokens"
+    resets_at = instance.window.resets_at(now)
+    action = policy.on_exceed if exceeded else Action.ALLOW
+    where = f" for {instance.label}" if instance.label else ""
+    if exceeded:
+        what = {Action.DENY: "denied", Action.WARN: "over, warning only", Action.DEGRADE: "degrading"}[action]
+        message = f"budget {policy.name}{where}: {amount} this {policy.window} ({utilization:.0%}); {what}"
+    else:
+        message = f"budget {policy.name}{where}: {amount} this {policy.window} ({utilization:.0%})"
+    return PolicyHit(
+        kind="budget",
+        policy=policy.name,
+        action=action,
+        message=message,
+        scope=instance.label,
+        severity=policy.severity(utilization),
+        shadow=policy.shadow,
+        spent_usd=nanos_to_usd(spent_nanos),
+        limit_usd=policy.limit_usd,
+        spent_tokens=spent_tokens,
+        limit_tokens=policy.limit_tokens,
+        reserved_usd=nanos_to_usd(reserved_nanos),
+        utilization=utilization,
+        window=policy.window,
+        resets_at=datetime.fromtimestamp(resets_at, UTC),
+        retry_after_s=max(resets_at - now, 0.0) if exceeded and action is Action.DENY else None,
+        model=policy.action.degrade if isinstance(policy.action, Degrade) else None,
+    )

@@ -1,0 +1,107 @@
+"""Scopes: which calls a policy applies to (`match`) and how it splits them (`per`).
+
+`match` takes a glob or a list of globs per dimension; a call matches when every given dimension
+matches one of its globs. `per: [agent]` gives the policy one instance per distinct agent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from fnmatch import translate
+from functools import cached_property
+from typing import Annotated, Final, Literal
+
+from pydantic import BeforeValidator, StringConstraints, field_validator
+
+from otel_puppy.policies.base import PolicyModel
+
+__all__ = ("DIMENSIONS", "Dimension", "Match", "Scope", "scope_label")
+
+DIMENSIONS: Final = (
+    "provider",
+    "model",
+    "agent",
+    "service",
+    "user",
+    "team",
+    "environment",
+    "conversation",
+    "operation",
+)
+Dimension = Literal["provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation"]
+Scope = Mapping[str, str | None]
+"""Dimension values of a call or a decision request (`LLMCall.scope()`, `DecisionRequest.scope()`)."""
+
+Glob = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+
+
+def _one_or_many(value: object) -> object:
+    return (value,) if isinstance(value, str) else value
+
+
+Globs = Annotated[tuple[Glob, ...], BeforeValidator(_one_or_many)]
+
+
+class Match(PolicyModel):
+    """Globs per dimension, e.g. `{provider: openai, model: [gpt-4.1*, o3*]}`."""
+
+    provider: Globs | None = None
+    model: Globs | None = None
+    agent: Globs | None = None
+    service: Globs | None = None
+    user: Globs | None = None
+    team: Globs | None = None
+    environment: Globs | None = None
+    conversation: Globs | None = None
+    operation: Globs | None = None
+
+    @field_validator(*DIMENSIONS)
+    @classmethod
+    def _valid_globs(cls, globs: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for glob in globs or ():
+            if glob.count("[") != glob.count("]"):
+                raise ValueError(f"bad glob {glob!r}: unbalanced '[' or ']'")
+            if "[]" in glob:
+                raise ValueError(f"bad glob {glob!r}: empty character class '[]'")
+        if globs is not None and not globs:
+            raise ValueError("an empty list matches nothing; leave the key out to match everything")
+        return globs
+
+    @cached_property
+    def _compiled(self) -> tuple[tuple[str, frozenset[str], re.Pattern[str] | None], ...]:
+        compiled = []
+        for dimension in DIMENSIONS:
+            globs: tuple[str, ...] | None = getattr(self, dimension)
+            if globs is None:
+                continue
+            exact = frozenset(g for g in globs if not _is_glob(g))
+            patterns = [translate(g) for g in globs if _is_glob(g)]
+            regex = re.compile("|".join(patterns)) if patterns else None
+            compiled.append((dimension, exact, regex))
+        return tuple(compiled)
+
+    def matches(self, scope: Scope) -> bool:
+        """Whether every dimension given here matches the scope's value (a missing value never does)."""
+        for dimension, exact, regex in self._compiled:
+            value = scope.get(dimension)
+            if value is None:
+                return False
+            if value in exact:
+                continue
+            if regex is None or not regex.match(value):
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = [f"{d}={'|'.join(getattr(self, d))}" for d in DIMENSIONS if getattr(self, d) is not None]
+        return " ".join(parts)
+
+
+def _is_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
+def scope_label(per: tuple[str, ...], scope: Scope) -> str:
+    """`agent=support,user=u1` for a `per: [agent, user]` instance; empty for a policy without `per`."""
+    return ",".join(f"{dimension}={scope.get(dimension) or ''}" for dimension in per)
