@@ -1,41 +1,60 @@
-"""`PolicyEngine`: one place that prices calls, keeps state and answers questions about it.
+"""`PolicyEngine`: prices calls, keeps state, and answers agents before they spend.
 
 Both front doors (the span processor and, in service mode, the OTLP receiver) feed
 `observe_many`; the store dedupes and applies atomically, so a span is counted once however
-often it arrives and however many instrumentations describe its call.
+often it arrives and however many instrumentations describe its call. `decide` composes the
+policy kinds: routing picks the model, breakers and anomalies may stop it, and budgets reserve
+the estimate atomically (reserve, then settle when the call's span arrives).
+
+Everything derived from the policy files lives in one immutable `_Rules` swapped whole on
+reload, so a decision never sees half of an old set and half of a new one.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from types import TracebackType
 from typing import Final
 
+from opentelemetry import context as otel_context
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
+from otel_puppy.alerts import AlertEvent, Alerts, AlertSink, LogSink, WebhookSink
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock, SystemClock
-from otel_puppy.exceptions import PolicyErrors
+from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity
+from otel_puppy.exceptions import PolicyDenied, PolicyErrors
 from otel_puppy.metrics import Metrics
-from otel_puppy.money import nanos_to_usd
+from otel_puppy.model_stats import ModelStat, ModelStats
+from otel_puppy.money import nanos_to_float, nanos_to_usd, usd_to_nanos
 from otel_puppy.policies import PolicySet, load_policies
+from otel_puppy.policies.anomaly import AnomalyEvent, AnomalyStatus, AnomalyWatch
+from otel_puppy.policies.base import Degrade
+from otel_puppy.policies.breaker import BreakerBoard, BreakerGuard, BreakerStatus
+from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit
+from otel_puppy.policies.routing import Router
 from otel_puppy.pricing import Price, Pricer
-from otel_puppy.processor import PuppySpanProcessor
+from otel_puppy.processor import DECISION_CONTEXT_KEY, PuppySpanProcessor
+from otel_puppy.redundant import RedundancyTracker
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store import ApplyResult, SpendRecord, Store, open_store
-from otel_puppy.store.base import Increment
+from otel_puppy.store.base import Admission, BudgetCheck, Increment
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
-__all__ = ("Observation", "PolicyEngine", "Snapshot")
+__all__ = ("DecisionGuard", "Observation", "PolicyEngine", "Snapshot", "WindowSpend")
 
 logger = logging.getLogger("otel_puppy")
 
 TOTAL_SCOPE: Final = "total"
 _EXPIRE_EVERY_S: Final = 60.0
+_ID_DIMENSIONS: Final = frozenset({"user", "conversation"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +77,13 @@ class WindowSpend:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Spend across everything, per window, read from the store."""
+    """The engine's state now: total spend per window, every budget, breaker, anomaly and model."""
 
     windows: tuple[WindowSpend, ...]
+    budgets: tuple[PolicyHit, ...] = ()
+    breakers: tuple[BreakerStatus, ...] = ()
+    anomalies: tuple[AnomalyStatus, ...] = ()
+    models: tuple[ModelStat, ...] = ()
 
     def spend(self, window: str) -> Decimal:
         for item in self.windows:
@@ -68,13 +91,33 @@ class Snapshot:
                 return item.spend_usd
         raise KeyError(window)
 
+    def budget(self, policy: str, scope: str = "") -> PolicyHit:
+        for hit in self.budgets:
+            if hit.policy == policy and hit.scope == scope:
+                return hit
+        raise KeyError((policy, scope))
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """Everything derived from one policy set; replaced whole on reload."""
+
+    policies: PolicySet
+    pricer: Pricer
+    book: BudgetBook
+    breakers: BreakerBoard
+    anomalies: AnomalyWatch
+    router: Router
+    alerting: tuple[BudgetInstance, ...] = field(default=())
+
 
 class PolicyEngine:
-    """Prices calls, keeps spend in a store, and exports it all to Prometheus.
+    """Prices calls, keeps spend in a store, decides before calls, and exports it all to Prometheus.
 
-    >>> engine = PolicyEngine.from_settings(PuppySettings(store="memory://", policies="policies"))
-    ... # doctest: +SKIP
+    >>> engine = PolicyEngine.from_settings()  # doctest: +SKIP
     >>> logfire.configure(additional_span_processors=[engine.span_processor()])  # doctest: +SKIP
+    >>> engine.decide(provider="openai", model="gpt-4.1", agent="support").action  # doctest: +SKIP
+    <Action.ALLOW: 'allow'>
     """
 
     def __init__(
@@ -85,14 +128,20 @@ class PolicyEngine:
         store: Store | None = None,
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
+        alert_sinks: Sequence[AlertSink] | None = None,
     ) -> None:
         self.settings = settings or PuppySettings.load()
         self.clock: Clock = clock or SystemClock()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.metrics = Metrics(self.registry, max_label_values=self.settings.max_label_values)
         self._store = store or open_store(self.settings.store)
-        self._policies = policies if policies is not None else PolicySet()
-        self._pricer = Pricer(self._policies.price_overrides())
+        if alert_sinks is None:
+            alert_sinks = [LogSink()]
+            if self.settings.alert_webhook_url:
+                alert_sinks.append(WebhookSink(self.settings.alert_webhook_url))
+        self.alerts = Alerts(alert_sinks)
+        self.stats = ModelStats(self.clock)
+        self.redundancy = RedundancyTracker(self.clock)
         zone = self.settings.zone
         self._total_windows: tuple[Window, ...] = (
             CalendarWindow("hour", zone),
@@ -100,10 +149,14 @@ class PolicyEngine:
             RollingWindow(3600, "1h"),
             RollingWindow(86400, "24h"),
         )
+        self._rules = self._build_rules(policies if policies is not None else PolicySet(), previous=None)
+        self._decisions: dict[tuple[str, str], int] = {}
+        self._decisions_lock = threading.Lock()
         self._processor: PuppySpanProcessor | None = None
         self._processor_lock = threading.Lock()
         self._next_expiry = 0.0
         self._closed = False
+        self.metrics.add_collector(self._collect)
 
     @classmethod
     def from_settings(cls, settings: PuppySettings | None = None, **kwargs: object) -> PolicyEngine:
@@ -116,6 +169,21 @@ class PolicyEngine:
         settings = settings or PuppySettings.load()
         policies = load_policies(settings.policies) if Path(settings.policies).exists() else PolicySet()
         return cls(settings, policies=policies, **kwargs)  # type: ignore[arg-type]
+
+    def _build_rules(self, policies: PolicySet, previous: _Rules | None) -> _Rules:
+        book = BudgetBook(policies.budgets, self.settings.zone)
+        if previous is None:
+            pricer = Pricer(policies.price_overrides())
+            breakers = BreakerBoard(policies.breakers, self.clock, on_transition=self._on_breaker_transition)
+            anomalies = AnomalyWatch(policies.anomalies, self.clock, on_anomaly=self._on_anomaly)
+            router = Router(policies.routing, self.stats, pricer)
+        else:
+            book.carry_over(previous.book)
+            pricer = previous.pricer.with_overrides(policies.price_overrides())
+            breakers = previous.breakers.with_policies(policies.breakers)
+            anomalies = previous.anomalies.with_policies(policies.anomalies)
+            router = previous.router.with_policies(policies.routing, pricer=pricer)
+        return _Rules(policies, pricer, book, breakers, anomalies, router)
 
     # --- front doors --------------------------------------------------------------------------
 
@@ -133,14 +201,24 @@ class PolicyEngine:
     def observe_many(self, calls: Sequence[LLMCall]) -> list[Observation]:
         """Price calls and apply them in one store round trip, each deduped atomically."""
         now = self.clock.now()
-        pricer, ttl = self._pricer, self.settings.dedupe_ttl_s
+        rules = self._rules
+        pricer, ttl = rules.pricer, self.settings.dedupe_ttl_s
         prices = [pricer.price(call) for call in calls]
-        records = [self._record(call, price, now, ttl) for call, price in zip(calls, prices, strict=True)]
+        touched: dict[str, BudgetInstance] = {}
+        records = [self._record(rules, c, p, now, ttl=ttl, touched=touched) for c, p in zip(calls, prices, strict=True)]
         results = self._store.apply(records, now)
         observations = [Observation(c, p, r) for c, p, r in zip(calls, prices, results, strict=True)]
         applied = [(o.call, o.price) for o in observations if o.result is ApplyResult.APPLIED]
         metrics = self.metrics
         metrics.record_calls(applied)
+        if applied:
+            observed = [(call, price.nanos) for call, price in applied]
+            rules.breakers.observe([call for call, _ in applied])
+            rules.anomalies.observe(observed)
+            rules.anomalies.tick(now)
+            self.stats.observe(observed)
+            self.redundancy.observe(observed)
+            self._check_alerts([i for i in touched.values() if i.policy.alerts], now)
         invalid = sum(1 for call, _ in applied if call.problems)
         for result, count in (
             ("applied", len(applied) - invalid),
@@ -155,56 +233,393 @@ class PolicyEngine:
             self._store.expire(now)
         return observations
 
-    def _record(self, call: LLMCall, price: Price, now: float, ttl: float) -> SpendRecord:
+    def _record(
+        self, rules: _Rules, call: LLMCall, price: Price, now: float, *, ttl: float, touched: dict[str, BudgetInstance]
+    ) -> SpendRecord:
         # Spend belongs to the window the call ended in, but never to one in the future (skew).
         ts = min(call.end_ns / 1e9, now) if call.end_ns > 0 else now
         nanos = price.nanos or 0
         tokens = call.input_tokens + call.output_tokens
-        increments = tuple(
-            Increment(f"{TOTAL_SCOPE}|{bucket.key}", nanos, tokens, bucket.end + window.retention())
-            for window in self._total_windows
-            for bucket in (window.bucket(ts),)
-        )
+        increments = [Increment(TOTAL_SCOPE, window, ts, nanos, tokens) for window in self._total_windows]
+        settle_key = None
+        if rules.book.budgets:
+            for instance in rules.book.instances(call.scope()):
+                increments.append(Increment(instance.key, instance.window, ts, nanos, tokens))
+                touched[instance.key] = instance
+            settle_key = _settle_key(call.provider, call.request_model or call.model, call.agent, call.user)
         trace = f"{call.trace_id:032x}"
         return SpendRecord(
             span_key=f"{trace}{call.span_id:016x}",
             parent_key=f"{trace}{call.parent_span_id:016x}" if call.parent_span_id else None,
-            increments=increments,
+            increments=tuple(increments),
             dedupe_until=now + ttl,
+            decision_id=call.decision_id,
+            settle_key=settle_key,
         )
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    def decide(self, request: DecisionRequest | None = None, /, **fields: object) -> Decision:
+        """May this call go ahead, and with which model?
+
+        Pass a `DecisionRequest` or its fields: `decide(provider="openai", model="gpt-4.1",
+        agent="support", priority="normal", estimated_cost_usd=Decimal("0.02"))`. The strictest
+        action of every matching policy wins; each is listed in `reasons`. With an estimate, the
+        spend is reserved on every matching budget until the call's span settles it.
+        """
+        req = request if request is not None else _request(fields)
+        try:
+            return self._decide(req)
+        except Exception:
+            self._internal_error("engine.decide")
+            action = Action.ALLOW if self.settings.fail_open else Action.DENY
+            hit = PolicyHit(
+                kind="internal",
+                policy="otel_puppy",
+                action=action,
+                message=f"otel_puppy failed to decide; failing {'open' if self.settings.fail_open else 'closed'}",
+                severity=Severity.CRITICAL,
+            )
+            return Decision(action, req.provider, req.model, reasons=(hit,))
+
+    def _decide(self, req: DecisionRequest) -> Decision:
+        now = self.clock.now()
+        rules = self._rules
+        rules.anomalies.tick(now)
+        hits: list[PolicyHit] = []
+        request = req
+        if rules.policies.routing:
+            route = rules.router.route(req, available=lambda p, m: self._available(rules, req.with_model(p, m), now))
+            if route is not None:
+                hits.append(route.hit)
+                if not route.hit.shadow and (route.provider, route.model) != (req.provider, req.model):
+                    request = req.with_model(route.provider, route.model)
+        decision_id = uuid.uuid4().hex
+        hits += rules.breakers.check(request.provider, request.model)
+        hits += rules.anomalies.check(request.scope())
+        stopped = _denied(hits)
+        budget_hits, reserved = self._admit(rules, request, now, decision_id, reserve=not stopped)
+        hits += budget_hits
+
+        action = Action.strictest([h.action for h in hits if not h.shadow])
+        if action is Action.DEGRADE:
+            target = next(h.model for h in hits if h.action is Action.DEGRADE and not h.shadow and h.model)
+            provider, model = Degrade(degrade=target).target(request.provider)
+            if (provider, model) != (request.provider, request.model):
+                if reserved:
+                    self._store.release(decision_id)
+                rules.breakers.release(request.provider, request.model)
+                request = req.with_model(provider, model)
+                # The hits that asked for the degrade stay; the cheaper model is checked afresh.
+                kept = [h for h in hits if h.kind not in ("budget", "breaker") or h.action is Action.DEGRADE]
+                listed = {(h.kind, h.policy, h.scope) for h in kept}
+                again = rules.breakers.check(provider, model)
+                more, reserved = self._admit(rules, request, now, decision_id, reserve=not _denied(kept + again))
+                hits = kept + [h for h in again + more if (h.kind, h.policy, h.scope) not in listed]
+                action = Action.strictest([h.action for h in hits if not h.shadow])
+        if action is Action.DENY:
+            if reserved:
+                self._store.release(decision_id)
+            rules.breakers.release(request.provider, request.model)
+
+        enforced = tuple(h for h in hits if not h.shadow)
+        deciding = [h for h in enforced if h.action is action and action is not Action.ALLOW]
+        retry_after = max((h.retry_after_s for h in deciding if h.retry_after_s is not None), default=None)
+        resets_at = min((h.resets_at for h in deciding if h.resets_at is not None), default=None)
+        decision = Decision(
+            action=action,
+            provider=request.provider,
+            model=request.model,
+            reasons=enforced,
+            shadow=tuple(h for h in hits if h.shadow),
+            decision_id=decision_id,
+            retry_after_s=retry_after if action is Action.DENY else None,
+            resets_at=resets_at,
+            estimated_cost_usd=self._estimate_usd(rules, request),
+        )
+        key = (action.value, deciding[0].policy if deciding else "")
+        with self._decisions_lock:
+            self._decisions[key] = self._decisions.get(key, 0) + 1
+        return decision
+
+    def _estimate(self, rules: _Rules, request: DecisionRequest) -> tuple[int, int]:
+        tokens = request.estimated_tokens
+        if request.estimated_cost_usd is not None:
+            return usd_to_nanos(request.estimated_cost_usd), tokens
+        if tokens:
+            price = rules.pricer.price_usage(
+                request.provider,
+                request.model,
+                input_tokens=request.estimated_input_tokens or 0,
+                output_tokens=request.estimated_output_tokens or 0,
+            )
+            return price.nanos or 0, tokens
+        return 0, 0
+
+    def _estimate_usd(self, rules: _Rules, request: DecisionRequest) -> Decimal | None:
+        nanos, tokens = self._estimate(rules, request)
+        return nanos_to_usd(nanos) if nanos or tokens or request.estimated_cost_usd is not None else None
+
+    def _admit(
+        self, rules: _Rules, request: DecisionRequest, now: float, decision_id: str, *, reserve: bool
+    ) -> tuple[list[PolicyHit], bool]:
+        instances = rules.book.instances(request.scope())
+        if not instances:
+            return [], False
+        nanos, tokens = self._estimate(rules, request)
+        checks = tuple(_check(instance, request.priority, nanos, tokens) for instance in instances)
+        admitted = self._store.admit(
+            Admission(
+                decision_id=decision_id,
+                checks=checks,
+                expires_at=now + self.settings.reservation_ttl_s,
+                settle_key=_settle_key(request.provider, request.model, request.agent, request.user),
+                reserve=reserve,
+            ),
+            now,
+        )
+        hits = [
+            budget_hit(
+                instance,
+                spent_nanos=state.spent_nanos,
+                spent_tokens=state.spent_tokens,
+                reserved_nanos=state.reserved_nanos,
+                exceeded=not state.fits,
+                now=now,
+            )
+            for instance, state in zip(instances, admitted.states, strict=True)
+        ]
+        return hits, admitted.reserved
+
+    def _available(self, rules: _Rules, request: DecisionRequest, now: float) -> bool:
+        """For routing: no open breaker and no exhausted deny budget for this model."""
+        if not rules.breakers.available(request.provider, request.model):
+            return False
+        hits, _ = self._admit(rules, request, now, "", reserve=False)
+        return not any(h.action is Action.DENY and not h.shadow for h in hits)
+
+    def guard(self, provider: str, model: str, **fields: object) -> DecisionGuard:
+        """Decide before a call, as a context manager (`with` or `async with`).
+
+        Raises `PolicyDenied` on deny; otherwise yields the `Decision` (use `decision.model`) and
+        marks every span started inside with its `otel_puppy.decision_id`, so the call's span
+        settles the reservation.
+        """
+        return DecisionGuard(self, _request({"provider": provider, "model": model, **fields}))
+
+    def breaker(self, provider: str, model: str | None = None) -> BreakerGuard:
+        """`async with engine.breaker("openai"):` fails fast with `CircuitOpenError` while open.
+
+        Without a span processor the guard reports the call's outcome to the breaker itself; with
+        one, the call's span does (so a failure is not counted twice).
+        """
+        return self._rules.breakers.guard(provider, model, record=self._processor is None)
+
+    # --- alerts -------------------------------------------------------------------------------
+
+    def _check_alerts(self, instances: list[BudgetInstance], now: float) -> None:
+        if not instances:
+            return
+        counters = self._store.totals([(i.key, i.window) for i in instances], now)
+        for instance, counter in zip(instances, counters, strict=True):
+            policy = instance.policy
+            if policy.limit_usd is not None:
+                utilization = counter.nanos / usd_to_nanos(policy.limit_usd)
+            else:
+                utilization = counter.tokens / (policy.limit_tokens or 1)
+            thresholds = (*policy.alerts, 1.0) if policy.alerts[-1] < 1.0 else policy.alerts
+            window = instance.window
+            if isinstance(window, CalendarWindow):
+                start, end = window.bounds(now)
+                suffix, expires_at = f"|{start:.0f}", end
+            else:
+                suffix, expires_at = "", now + window.seconds
+            for index, threshold in enumerate(thresholds):
+                key = f"alert|{instance.key}|{threshold}{suffix}"
+                if utilization < threshold:
+                    if not suffix:
+                        self._store.unmark(key)  # a rolling window drops below: the next crossing alerts again
+                    continue
+                if not self._store.mark(key, expires_at):
+                    continue
+                severity = (
+                    Severity.EMERGENCY
+                    if threshold >= 1.0
+                    else (Severity.INFO, Severity.WARNING, Severity.CRITICAL)[min(index, 2)]
+                )
+                where = f" for {instance.label}" if instance.label else ""
+                self.alerts.emit(
+                    AlertEvent(
+                        kind="budget",
+                        policy=policy.name,
+                        scope=instance.label,
+                        severity=severity,
+                        message=f"budget {policy.name}{where} crossed {threshold:.0%} of its {policy.window} limit "
+                        f"({utilization:.1%} used)",
+                        at=now,
+                        value=utilization,
+                        threshold=threshold,
+                    )
+                )
+
+    def _on_breaker_transition(self, status: BreakerStatus, previous: str) -> None:
+        severity = Severity.CRITICAL if status.state == "open" else Severity.INFO
+        self.alerts.emit(
+            AlertEvent(
+                kind="breaker",
+                policy=status.policy,
+                scope=status.subject,
+                severity=severity,
+                message=f"breaker {status.policy} for {status.subject}: {previous} -> {status.state}",
+                at=self.clock.now(),
+            )
+        )
+
+    def _on_anomaly(self, event: AnomalyEvent) -> None:
+        status = event.status
+        self.alerts.emit(
+            AlertEvent(
+                kind="anomaly",
+                policy=status.policy,
+                scope=status.subject,
+                severity=Severity.WARNING,
+                message=event.message,
+                at=event.at,
+                value=status.current,
+                threshold=status.baseline,
+            )
+        )
+        if status.action == "open_breaker" and not status.shadow:
+            subject = dict(part.split("=", 1) for part in status.subject.split(",") if "=" in part)
+            provider = subject.get("provider")
+            if provider:
+                self._rules.breakers.trip(provider, subject.get("model"), reason=event.message)
+            else:
+                logger.warning("anomaly %s wants to open a breaker but is not per provider", status.policy)
 
     # --- reading state ------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """Total spend, tokens and requests in each built-in window, as the store has them now."""
+        """Spend per window, every known budget instance, breaker, anomaly and model, as of now."""
         now = self.clock.now()
-        windows = []
-        for window in self._total_windows:
-            buckets = window.buckets_for_read(now)
-            counters = self._store.read([f"{TOTAL_SCOPE}|{b.key}" for b in buckets])
-            windows.append(
-                WindowSpend(
-                    window=window.name,
-                    spend_usd=nanos_to_usd(sum(c.nanos for c in counters)),
-                    tokens=sum(c.tokens for c in counters),
-                    requests=sum(c.requests for c in counters),
-                    resets_at=window.resets_at(now),
-                )
+        rules = self._rules
+        reads = [(TOTAL_SCOPE, w) for w in self._total_windows]
+        counters = self._store.totals(reads, now)
+        windows = tuple(
+            WindowSpend(w.name, nanos_to_usd(c.nanos), c.tokens, c.requests, w.resets_at(now))
+            for w, c in zip(self._total_windows, counters, strict=True)
+        )
+        return Snapshot(
+            windows=windows,
+            budgets=tuple(self._budget_states(rules, now)),
+            breakers=tuple(rules.breakers.statuses()),
+            anomalies=tuple(rules.anomalies.statuses()),
+            models=tuple(self.stats.all()),
+        )
+
+    def _budget_states(self, rules: _Rules, now: float) -> list[PolicyHit]:
+        instances = rules.book.known_instances()
+        if not instances:
+            return []
+        admitted = self._store.admit(
+            Admission("", tuple(_check(i, Priority.CRITICAL, 0, 0) for i in instances), now, None, reserve=False),
+            now,
+        )
+        return [
+            budget_hit(
+                instance,
+                spent_nanos=s.spent_nanos,
+                spent_tokens=s.spent_tokens,
+                reserved_nanos=s.reserved_nanos,
+                exceeded=not s.fits,
+                now=now,
             )
-        return Snapshot(tuple(windows))
+            for instance, s in zip(instances, admitted.states, strict=True)
+        ]
 
     @property
     def policies(self) -> PolicySet:
-        return self._policies
+        return self._rules.policies
 
     @property
     def pricer(self) -> Pricer:
-        return self._pricer
+        return self._rules.pricer
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def _collect(self) -> Iterable[Metric]:
+        rules = self._rules
+        now = self.clock.now()
+        guard = self.metrics.guard
+        spend = GaugeMetricFamily(
+            "otel_puppy_budget_spend_usd",
+            "Spend counted against a budget in its current window.",
+            labels=("budget", "scope", "window"),
+        )
+        limit = GaugeMetricFamily(
+            "otel_puppy_budget_limit_usd", "A budget's limit.", labels=("budget", "scope", "window")
+        )
+        utilization = GaugeMetricFamily(
+            "otel_puppy_budget_utilization_ratio",
+            "Spent plus reserved over the limit (1 is exhausted).",
+            labels=("budget", "scope", "window"),
+        )
+        reserved = GaugeMetricFamily(
+            "otel_puppy_budget_reserved_usd",
+            "Estimates reserved by decisions and not yet settled.",
+            labels=("budget", "scope", "window"),
+        )
+        states = self._budget_states(rules, now)
+        by_policy: dict[str, list[PolicyHit]] = {}
+        for hit in states:
+            by_policy.setdefault(hit.policy, []).append(hit)
+        per_ids = {b.name for b in rules.book.budgets if _ID_DIMENSIONS.intersection(b.per)}
+        for name, hits in by_policy.items():
+            if name in per_ids:
+                # One series per user or conversation would be unbounded: export the fullest one.
+                top = max(hits, key=lambda h: h.utilization or 0.0)
+                exported = [(top, "max")]
+            else:
+                exported = [(h, guard("scope", h.scope)) for h in hits]
+            for hit, scope in exported:
+                labels = (name, scope, hit.window or "")
+                utilization.add_metric(labels, hit.utilization or 0.0)
+                if hit.limit_usd is not None:
+                    spend.add_metric(labels, float(hit.spent_usd or 0))
+                    limit.add_metric(labels, float(hit.limit_usd))
+                    reserved.add_metric(labels, float(hit.reserved_usd or 0))
+        yield from (spend, limit, utilization, reserved)
+        with self._decisions_lock:
+            decisions = dict(self._decisions)
+        family = CounterMetricFamily(
+            "otel_puppy_decisions", "Decisions, by action and the policy that decided.", labels=("action", "policy")
+        )
+        for key, count in decisions.items():
+            family.add_metric(key, float(count))
+        yield family
+        yield from rules.breakers.collect()
+        yield from rules.anomalies.collect()
+        yield from self.alerts.collect()
+        yield from self.redundancy.collect()
+        total = GaugeMetricFamily("otel_puppy_spend_usd", "Total spend in each built-in window.", labels=("window",))
+        for window, counter in zip(
+            self._total_windows,
+            self._store.totals([(TOTAL_SCOPE, w) for w in self._total_windows], now),
+            strict=True,
+        ):
+            total.add_metric((window.name,), nanos_to_float(counter.nanos))
+        yield total
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def reload(self) -> PolicySet:
         """Load the policy files again. A broken edit raises and the running set stays in force.
+
+        Window spend is kept: it lives in the store, keyed by budget name and scope.
 
         Raises:
             PolicyErrors: every error in the new files; nothing changed.
@@ -214,9 +629,11 @@ class PolicyEngine:
         except PolicyErrors:
             logger.exception("policy reload failed; keeping the last good policy set")
             raise
-        # Swapped whole: readers see either the old pair or the new one, never a mix.
-        self._pricer = self._pricer.with_overrides(policies.price_overrides())
-        self._policies = policies
+        return self.use_policies(policies)
+
+    def use_policies(self, policies: PolicySet) -> PolicySet:
+        """Put a validated policy set in force, keeping breaker, anomaly and window state."""
+        self._rules = self._build_rules(policies, previous=self._rules)
         return policies
 
     def close(self) -> None:
@@ -226,6 +643,7 @@ class PolicyEngine:
         self._closed = True
         if self._processor is not None:
             self._processor.shutdown()
+        self.alerts.close()
         self._store.close()
 
     def __enter__(self) -> PolicyEngine:
@@ -253,7 +671,80 @@ class PolicyEngine:
         """In a forked child: locks held by the parent's threads would never be released here."""
         self.metrics._lock = threading.Lock()
         self._processor_lock = threading.Lock()
+        self._decisions_lock = threading.Lock()
         store_lock = getattr(self._store, "_lock", None)
         if store_lock is not None:
             self._store._lock = threading.Lock()  # type: ignore[attr-defined]
-        self._pricer._lock = threading.Lock()
+        self._rules.pricer._lock = threading.Lock()
+        self.stats._lock = threading.Lock()
+        self._rules.router._lock = threading.Lock()
+        self._rules.breakers._lock = threading.Lock()
+        self._rules.anomalies._lock = threading.Lock()
+
+
+class DecisionGuard:
+    """`with engine.guard(...) as decision:` / `async with ...`: decide, raise on deny, tag spans."""
+
+    def __init__(self, engine: PolicyEngine, request: DecisionRequest) -> None:
+        self._engine = engine
+        self._request = request
+        self._token: object | None = None
+        self.decision: Decision | None = None
+
+    def __enter__(self) -> Decision:
+        decision = self._engine.decide(self._request)
+        self.decision = decision
+        if not decision.allowed:
+            raise PolicyDenied(decision)
+        self._token = otel_context.attach(otel_context.set_value(DECISION_CONTEXT_KEY, decision.decision_id))
+        return decision
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+            self._token = None
+
+    async def __aenter__(self) -> Decision:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _request(fields: dict[str, object]) -> DecisionRequest:
+    values = dict(fields)
+    priority = values.get("priority")
+    if isinstance(priority, str):
+        values["priority"] = Priority(priority)
+    cost = values.get("estimated_cost_usd")
+    if cost is not None and not isinstance(cost, Decimal):
+        values["estimated_cost_usd"] = Decimal(str(cost))
+    return DecisionRequest(**values)  # type: ignore[arg-type]
+
+
+def _check(instance: BudgetInstance, priority: Priority, nanos: int, tokens: int) -> BudgetCheck:
+    policy = instance.policy
+    fraction = policy.usable_fraction(priority)
+    limit_nanos = instance.limit_nanos
+    return BudgetCheck(
+        scope=instance.key,
+        window=instance.window,
+        limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
+        limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+        nanos=nanos,
+        tokens=tokens,
+        blocking=not policy.shadow and policy.on_exceed is Action.DENY,
+    )
+
+
+def _denied(hits: Iterable[PolicyHit]) -> bool:
+    return any(h.action is Action.DENY and not h.shadow for h in hits)
+
+
+def _settle_key(provider: str, model: str, agent: str | None, user: str | None) -> str:
+    """Which reservation a span without a decision id settles: the oldest with the same key."""
+    return f"{provider}|{model}|{agent or ''}|{user or ''}"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from otel_puppy.decision import Decision
 
 __all__ = (
     "CircuitOpenError",
     "InvalidSpanError",
+    "PolicyDenied",
     "PolicyError",
     "PolicyErrors",
     "PuppyError",
@@ -78,3 +82,15 @@ class CircuitOpenError(PuppyError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.breaker, self.subject, self.retry_after_s))
+
+
+class PolicyDenied(PuppyError):
+    """A decision said `deny`; the call was not made. `decision` says why and when to retry."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        reasons = "; ".join(hit.message for hit in decision.reasons if hit.action.value == "deny")
+        super().__init__(f"denied: {reasons or 'by policy'}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.decision,))

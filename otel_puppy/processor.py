@@ -16,6 +16,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry import context as otel_context
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -26,7 +27,7 @@ from otel_puppy.calls import LLMCall, extract_call
 if TYPE_CHECKING:
     from otel_puppy.engine import PolicyEngine
 
-__all__ = ("PuppySpanProcessor",)
+__all__ = ("DECISION_CONTEXT_KEY", "PuppySpanProcessor")
 
 logger = logging.getLogger("otel_puppy")
 
@@ -34,6 +35,10 @@ _MARKERS: Final = semconv.MARKERS
 _PENDING: Final = semconv.LOGFIRE_PENDING
 _SPAN_TYPE: Final = semconv.LOGFIRE_SPAN_TYPE
 _BATCH: Final = 512
+
+DECISION_CONTEXT_KEY: Final = otel_context.create_key("otel_puppy.decision_id")
+"""Set by `engine.guard()` / `guarded()`; spans started inside get `otel_puppy.decision_id`."""
+_DECISION_ATTRIBUTE: Final = semconv.DECISION_ID
 
 
 class _Flush:
@@ -72,7 +77,13 @@ class PuppySpanProcessor(SpanProcessor):
     # --- app thread ---------------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Nothing to do when a span starts."""
+        """Inside a guarded call, stamp the span with the decision that allowed it (to settle it)."""
+        try:
+            decision_id = otel_context.get_value(DECISION_CONTEXT_KEY, parent_context)
+            if decision_id is not None:
+                span.set_attribute(_DECISION_ATTRIBUTE, decision_id)  # type: ignore[arg-type]
+        except Exception:
+            self._engine._internal_error("processor.on_start")
 
     def on_end(self, span: ReadableSpan) -> None:
         """Hand a GenAI span to the worker; ignore every other span. Never blocks, never raises."""

@@ -55,6 +55,12 @@ class PuppySettings(BaseSettings):
     """Distinct values a metric label may take before further values are folded into `other`."""
     dedupe_ttl_s: float = Field(default=24 * 3600, gt=0)
     """How long a span id is remembered, so a retried span is never counted twice."""
+    reservation_ttl_s: float = Field(default=300.0, gt=0)
+    """How long a `decide()` reservation waits for the span that settles it before it expires."""
+    alert_webhook_url: str | None = None
+    """POST alert events as JSON here (the only URL otel_puppy fetches)."""
+    fail_open: bool = True
+    """When otel_puppy itself fails (store down, internal error), allow calls (True) or deny them."""
     raise_internal_errors: bool | None = None
     """Re-raise internal errors instead of counting them; unset means: only under pytest."""
 

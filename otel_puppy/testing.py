@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client.registry import CollectorRegistry
 
+from otel_puppy.clock import ManualClock
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.policies import PolicySet
 from otel_puppy.settings import PuppySettings
@@ -26,21 +27,8 @@ __all__ = ("FakeClock", "engine_for_tests", "make_span")
 _ids = itertools.count(1)
 
 
-class FakeClock:
-    """A clock for tests: `now()` returns what it was set to; `advance(seconds)` moves it."""
-
-    def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
-        self.value = start
-
-    def now(self) -> float:
-        return self.value
-
-    def advance(self, seconds: float) -> float:
-        self.value += seconds
-        return self.value
-
-    def set(self, value: float) -> None:
-        self.value = value
+FakeClock = ManualClock
+"""A clock for tests: `now()` returns what it was set to; `advance(seconds)` moves it."""
 
 
 def make_span(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import warnings
 from collections.abc import Iterator
 
 import logfire
@@ -29,3 +31,20 @@ def logfire_engine() -> Iterator[PolicyEngine]:
     yield engine
     engine.span_processor().force_flush()
     engine.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_leftover_event_loop() -> Iterator[None]:
+    """pydantic-ai's `run_sync` leaves its event loop set on the thread; close it so it is not
+    collected later, in another test, with a ResourceWarning."""
+    yield
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:
+            return
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+    policy.set_event_loop(None)

@@ -112,6 +112,9 @@ def test_store_expires_old_counters_and_dedupe_keys() -> None:
     clock.advance(3 * 86400)
     engine.observe(one_call(start_ns=int(clock.now() * 1e9) - 10**9, duration_s=0.5))  # triggers expiry
     assert f"{c.span_id:016x}" not in str(engine._store._seen)  # type: ignore[attr-defined]
-    assert all(int(key.split(":")[-1]) > 0 for key in engine._store._counters)  # type: ignore[attr-defined]
-    assert len(engine._store._counters) == 4  # type: ignore[attr-defined]
+    store = engine._store
+    # the first call's hour and day buckets are gone; the new call's remain, and one ring per rolling window
+    assert sorted(unit for _, unit, _ in store._calendar) == ["day", "hour"]  # type: ignore[attr-defined]
+    assert all(start >= clock.now() - 86400 for _, _, start in store._calendar)  # type: ignore[attr-defined]
+    assert sorted(store._rings) == [("total", "1h"), ("total", "24h")]  # type: ignore[attr-defined]
     engine.close()

@@ -1,15 +1,64 @@
-"""Anomaly detectors: a signal per (policy, subject) against its own baseline."""
+"""Anomaly detectors: a signal per (policy, subject) against its own baseline.
+
+`AnomalyPolicy` is the grammar; `AnomalyWatch` is the runtime. The watch adds applied calls to
+the open interval of every matching (policy, subject); when an interval ends, `tick()` compares
+its value with the subject's EWMA baseline *before* folding the value in, and reports increases
+past the threshold as `AnomalyEvent`s, at most one per `cooldown`. `check()` turns firing
+anomalies into `PolicyHit`s for `decide()`.
+
+How the numbers are made:
+
+- Intervals are aligned to multiples of `interval` on the clock. Rate signals (`cost_rate`,
+  `token_rate`, `request_rate`) are per second and an interval without calls is a sample of 0;
+  `error_rate` (failed calls / calls) and `latency_p95` have no value without calls, so such an
+  interval is not a sample.
+- The interval in progress when the watch (or a policy with a new `interval`) started is not a
+  sample: it saw only part of the traffic.
+- The baseline is an EWMA of mean and variance with `alpha = interval / baseline` (at most 1).
+  Until `1 / alpha` samples exist it is the plain running mean and population variance, so a
+  young baseline is not biased towards its first interval.
+- `zscore`: `(value - mean) / stddev`, the stddev floored at `MIN_RELATIVE_STDDEV` of the mean
+  so a perfectly flat baseline still gives finite scores. `ratio`: `value / mean`. Against a
+  baseline of exactly 0 the score and `deviation_pct` are `inf` when the value is above 0 (and 0
+  when it is 0); `AnomalyStatus.to_dict()` reports non-finite numbers as `null`.
+- A subject without a single call for a whole `baseline` (and not in cooldown) is forgotten:
+  its slot under `max_subjects` is freed and it learns a new baseline when it comes back, rather
+  than alarming against a baseline that decayed to nothing while it was idle.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Discriminator, Field, Tag, field_validator
 
+from otel_puppy.calls import LLMCall
+from otel_puppy.clock import Clock
+from otel_puppy.decision import Action, PolicyHit, Severity
+from otel_puppy.money import NANOS_PER_USD
 from otel_puppy.policies.base import Duration, Name, PolicyModel, SectionEntry
-from otel_puppy.policies.matching import Dimension, Match
+from otel_puppy.policies.matching import Dimension, Match, Scope, scope_label
 
-__all__ = ("AnomalyPolicy", "Ratio", "Signal", "ZScore")
+__all__ = (
+    "MIN_RELATIVE_STDDEV",
+    "RESERVOIR_SIZE",
+    "AnomalyEvent",
+    "AnomalyPolicy",
+    "AnomalyStatus",
+    "AnomalyWatch",
+    "Ratio",
+    "Signal",
+    "ZScore",
+)
+
+logger = logging.getLogger("otel_puppy")
 
 Signal = Literal["cost_rate", "token_rate", "request_rate", "error_rate", "latency_p95"]
 
@@ -81,3 +130,551 @@ class AnomalyPolicy(SectionEntry):
             f"anomaly {self.name}: {self.signal}{per}{scope} {threshold} over a {baseline} baseline, "
             f"{self.action}{shadow}"
         )
+
+
+# --- runtime ------------------------------------------------------------------------------------
+
+MIN_RELATIVE_STDDEV: Final = 0.05
+"""Floor of the baseline's standard deviation, as a fraction of its mean: against a perfectly flat
+baseline, `zscore: 4` fires 20% above it instead of on any rounding noise."""
+RESERVOIR_SIZE: Final = 512
+"""Durations kept per subject and interval for `latency_p95` (reservoir sampling past this)."""
+_RATES: Final = frozenset({"cost_rate", "token_rate", "request_rate"})
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyStatus:
+    """Where one (policy, subject) detector stands, as of its last closed interval."""
+
+    policy: str
+    signal: str
+    subject: str
+    """`provider=openai` for a `per: [provider]` policy (`scope_label`); empty without `per`."""
+    current: float
+    """The signal over the last closed interval: per second for `*_rate`, a fraction for
+    `error_rate`, seconds for `latency_p95`."""
+    baseline: float
+    """The EWMA of the intervals before it: what `current` was compared with."""
+    deviation_pct: float
+    """`(current - baseline) / baseline * 100`; `inf` when the baseline is 0 and current is not."""
+    score: float
+    """The z-score for `zscore` thresholds, `current / baseline` for `ratio` thresholds."""
+    samples: int
+    """Closed intervals observed (the baseline is judged only from `min_samples` on)."""
+    firing: bool
+    """Past the threshold at the last closed interval, or fired less than `cooldown` ago."""
+    fired_at: float | None
+    """When it last fired (the end of the interval that was anomalous), epoch seconds."""
+    action: str
+    shadow: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready; non-finite numbers (against a zero baseline) become `None`."""
+        return {
+            "policy": self.policy,
+            "signal": self.signal,
+            "subject": self.subject,
+            "current": _finite(self.current),
+            "baseline": _finite(self.baseline),
+            "deviation_pct": _finite(self.deviation_pct),
+            "score": _finite(self.score),
+            "samples": self.samples,
+            "firing": self.firing,
+            "fired_at": self.fired_at,
+            "action": self.action,
+            "shadow": self.shadow,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyEvent:
+    """An anomaly fired: once per detector per `cooldown`."""
+
+    status: AnomalyStatus
+    at: float
+    """The end of the anomalous interval, epoch seconds."""
+    message: str
+    """e.g. `anomaly spend-spike for provider=openai: cost_rate $0.012/s is 500% above baseline $0.002/s (z=100.0)`."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"at": self.at, "message": self.message, **self.status.to_dict()}
+
+
+class _Detector:
+    """One subject of one policy: the open interval's accumulators and the baseline."""
+
+    __slots__ = (
+        "amount",
+        "baseline",
+        "calls",
+        "current",
+        "deviation",
+        "durations",
+        "errors",
+        "exceeded",
+        "fired_at",
+        "last_seen",
+        "mean",
+        "message",
+        "samples",
+        "score",
+        "var",
+    )
+
+    def __init__(self, now: float) -> None:
+        # open interval
+        self.calls = 0
+        self.errors = 0
+        self.amount = 0
+        """Nano-USD for cost_rate, tokens for token_rate, calls for request_rate."""
+        self.durations: list[float] = []
+        self.last_seen = now
+        # baseline
+        self.mean = 0.0
+        self.var = 0.0
+        self.samples = 0
+        # the last closed interval
+        self.current = 0.0
+        self.baseline = 0.0
+        self.score = 0.0
+        self.deviation = 0.0
+        self.exceeded = False
+        self.fired_at: float | None = None
+        self.message = ""
+        """Said about the last interval past the threshold."""
+
+    def copy(self, *, keep_open: bool) -> _Detector:
+        other = _Detector.__new__(_Detector)
+        for name in _Detector.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.durations = list(self.durations) if keep_open else []
+        if not keep_open:
+            other.calls = other.errors = other.amount = 0
+        return other
+
+
+class _Watched:
+    """One policy's detectors and the interval they are all in."""
+
+    __slots__ = ("alpha", "detectors", "first_full", "index", "overflowed", "policy", "threshold", "warmup", "zscore")
+
+    def __init__(self, policy: AnomalyPolicy, now: float) -> None:
+        self.policy = policy
+        self.alpha = min(policy.interval / policy.baseline, 1.0)
+        # while a baseline has fewer samples than this, it is the plain running mean and variance
+        self.warmup = max(1, int(policy.baseline // policy.interval))
+        self.zscore = isinstance(policy.threshold, ZScore)
+        self.threshold = policy.threshold.zscore if isinstance(policy.threshold, ZScore) else policy.threshold.ratio
+        self.index = math.floor(now / policy.interval)
+        """The open interval: `[index * interval, (index + 1) * interval)`."""
+        self.first_full = self.index if self.index * policy.interval == now else self.index + 1
+        """Intervals before this one started before the watch did: not samples."""
+        self.detectors: dict[str, _Detector] = {}
+        self.overflowed = False
+
+
+class AnomalyWatch:
+    """The detectors of a policy set's `anomalies`: fed applied calls, ticked by the clock.
+
+    Thread-safe: one short lock; `on_anomaly` is called outside it, on the thread that called
+    `tick()`. Replace the whole watch on reload with `with_policies`, which keeps baselines.
+
+    >>> watch = AnomalyWatch((AnomalyPolicy(name="spend-spike", signal="cost_rate"),), SystemClock())
+    ... # doctest: +SKIP
+    >>> watch.observe([(call, 1_200_000)]); events = watch.tick()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        policies: tuple[AnomalyPolicy, ...],
+        clock: Clock,
+        on_anomaly: Callable[[AnomalyEvent], None] | None = None,
+    ) -> None:
+        self.policies = policies
+        self._clock = clock
+        self._on_anomaly = on_anomaly
+        self._lock = threading.Lock()
+        now = clock.now()
+        self._watched = tuple(_Watched(policy, now) for policy in policies)
+        self._pending: list[AnomalyEvent] = []
+        """Events from intervals closed by `observe` (it saw a boundary before `tick` did)."""
+        self._fired: dict[tuple[str, str, str], int] = {}
+        # the reservoir only needs to be unbiased, not unpredictable; seeded so runs repeat
+        self._random = random.Random(0)
+        self._due = math.inf
+        self._update_due()
+
+    # --- feeding --------------------------------------------------------------------------------
+
+    def observe(self, observed: Sequence[tuple[LLMCall, int | None]]) -> None:
+        """Add applied calls, with their cost in nano-USD (`None`: unpriced, adds no cost), to the
+        open interval of every matching (policy, subject). O(1) per call and matching policy.
+
+        Intervals that ended meanwhile are closed first; their events come out of the next `tick()`.
+        """
+        if not self._watched or not observed:
+            return
+        now = self._clock.now()
+        overflowed: list[AnomalyPolicy] = []
+        with self._lock:
+            if now >= self._due:
+                self._roll_all(now, self._pending)
+            for call, nanos in observed:
+                scope = call.scope()
+                for watched in self._watched:
+                    policy = watched.policy
+                    if policy.match is not None and not policy.match.matches(scope):
+                        continue
+                    subject = scope_label(policy.per, scope)
+                    detector = watched.detectors.get(subject)
+                    if detector is None:
+                        if len(watched.detectors) >= policy.max_subjects:
+                            if not watched.overflowed:
+                                watched.overflowed = True
+                                overflowed.append(policy)
+                            continue
+                        detector = watched.detectors[subject] = _Detector(now)
+                    detector.last_seen = now
+                    detector.calls += 1
+                    signal = policy.signal
+                    if signal == "cost_rate":
+                        detector.amount += nanos or 0
+                    elif signal == "token_rate":
+                        detector.amount += call.input_tokens + call.output_tokens
+                    elif signal == "request_rate":
+                        detector.amount += 1
+                    elif signal == "error_rate":
+                        detector.errors += not call.ok
+                    else:
+                        durations = detector.durations
+                        if len(durations) < RESERVOIR_SIZE:
+                            durations.append(call.duration_s)
+                        else:
+                            slot = self._random.randrange(detector.calls)
+                            if slot < RESERVOIR_SIZE:
+                                durations[slot] = call.duration_s
+        for policy in overflowed:
+            logger.warning(
+                "anomaly policy %s watches %d subjects already; new %s values are not watched",
+                policy.name,
+                policy.max_subjects,
+                "/".join(policy.per),
+            )
+
+    def tick(self, now: float | None = None) -> list[AnomalyEvent]:
+        """Close every interval that ended and return the anomalies found (also given to `on_anomaly`).
+
+        Cheap when no interval ended. A long idle gap costs O(1) per subject: empty intervals are
+        folded into the baseline in closed form. If `on_anomaly` raises, every event is still
+        delivered, then the first exception propagates.
+        """
+        if now is None:
+            now = self._clock.now()
+        if now < self._due and not self._pending:
+            return []
+        with self._lock:
+            events, self._pending = self._pending, []
+            if now >= self._due:
+                self._roll_all(now, events)
+        if events and self._on_anomaly is not None:
+            error: Exception | None = None
+            for event in events:
+                try:
+                    self._on_anomaly(event)
+                except Exception as exc:
+                    error = error or exc
+            if error is not None:
+                raise error
+        return events
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def check(self, scope: Scope) -> list[PolicyHit]:
+        """Hits for the anomalies firing for this scope's subject of every matching policy.
+
+        `warn` -> WARN, `deny` -> DENY (`retry_after_s`: the cooldown left), `alert` and
+        `open_breaker` -> ALLOW (informational; opening the breaker is the engine's part).
+        """
+        if not self._watched:
+            return []
+        now = self._clock.now()
+        found: list[tuple[AnomalyPolicy, AnomalyStatus, str, float]] = []
+        with self._lock:
+            for watched in self._watched:
+                policy = watched.policy
+                if policy.match is not None and not policy.match.matches(scope):
+                    continue
+                subject = scope_label(policy.per, scope)
+                detector = watched.detectors.get(subject)
+                if detector is None or not _firing(policy, detector, now):
+                    continue
+                status = _status(watched, subject, detector, now)
+                found.append((policy, status, detector.message, (watched.index + 1) * policy.interval))
+        return [_hit(policy, status, message, now, next_close) for policy, status, message, next_close in found]
+
+    def statuses(self) -> list[AnomalyStatus]:
+        """Every watched (policy, subject), in policy order."""
+        now = self._clock.now()
+        with self._lock:
+            return [
+                _status(watched, subject, detector, now)
+                for watched in self._watched
+                for subject, detector in watched.detectors.items()
+            ]
+
+    def collect(self) -> Iterable[Metric]:
+        """`otel_puppy_anomaly_score{policy, signal, subject}` (subjects with a closed interval) and
+        `otel_puppy_anomalies_total{policy, signal, action}`, built now."""
+        with self._lock:
+            scores = [
+                ((watched.policy.name, watched.policy.signal, subject), detector.score)
+                for watched in self._watched
+                for subject, detector in watched.detectors.items()
+                if detector.samples
+            ]
+            fired = dict(self._fired)
+        gauge = GaugeMetricFamily(
+            "otel_puppy_anomaly_score",
+            "The last closed interval against its baseline: z-score, or current/baseline for ratio thresholds.",
+            labels=("policy", "signal", "subject"),
+        )
+        for labels, score in scores:
+            gauge.add_metric(labels, score)
+        counter = CounterMetricFamily(
+            "otel_puppy_anomalies", "Anomalies fired (at most one per cooldown).", labels=("policy", "signal", "action")
+        )
+        for key, count in fired.items():
+            counter.add_metric(key, float(count))
+        return [gauge, counter]
+
+    # --- reload ---------------------------------------------------------------------------------
+
+    def with_policies(self, policies: tuple[AnomalyPolicy, ...]) -> AnomalyWatch:
+        """A watch for a new policy set, keeping the baselines (and cooldowns) of every policy
+        whose name, `signal` and `per` are unchanged, the event counts, and undelivered events.
+
+        With an unchanged `interval` the open interval carries over too; with a new one, the
+        partial interval in progress is not a sample.
+        """
+        new = AnomalyWatch(policies, self._clock, self._on_anomaly)
+        now = self._clock.now()
+        with self._lock:
+            if now >= self._due:
+                self._roll_all(now, self._pending)
+            previous = {watched.policy.name: watched for watched in self._watched}
+            for watched in new._watched:
+                old = previous.get(watched.policy.name)
+                if old is None or old.policy.signal != watched.policy.signal or old.policy.per != watched.policy.per:
+                    continue
+                same_interval = old.policy.interval == watched.policy.interval
+                if same_interval:
+                    watched.index, watched.first_full = old.index, old.first_full
+                for subject, detector in old.detectors.items():
+                    if len(watched.detectors) >= watched.policy.max_subjects:
+                        break
+                    kept = watched.detectors[subject] = detector.copy(keep_open=same_interval)
+                    if old.zscore != watched.zscore:
+                        # a z-score is no ratio: judged afresh at the next close
+                        kept.score, kept.exceeded = 0.0, False
+            new._fired = dict(self._fired)
+            new._pending, self._pending = self._pending, []
+            new._update_due()
+        return new
+
+    # --- intervals (under the lock) -----------------------------------------------------------
+
+    def _update_due(self) -> None:
+        self._due = min(((w.index + 1) * w.policy.interval for w in self._watched), default=math.inf)
+
+    def _roll_all(self, now: float, events: list[AnomalyEvent]) -> None:
+        for watched in self._watched:
+            index = math.floor(now / watched.policy.interval)
+            if index > watched.index:
+                self._roll(watched, index, events)
+        self._update_due()
+
+    def _roll(self, watched: _Watched, index: int, events: list[AnomalyEvent]) -> None:
+        """Close the open interval, then the empty ones up to `index`, which becomes the open one."""
+        policy = watched.policy
+        interval = policy.interval
+        end = (watched.index + 1) * interval
+        boundary = index * interval
+        empty = index - watched.index - 1
+        counted = watched.index >= watched.first_full
+        rate = policy.signal in _RATES
+        forget_before = boundary - max(policy.baseline, interval)
+        for subject, detector in list(watched.detectors.items()):
+            value = _take(policy.signal, detector, interval)
+            if counted and value is not None:
+                self._close(watched, subject, detector, value, end=end, events=events)
+            if detector.last_seen <= forget_before and not (
+                detector.fired_at is not None and boundary - detector.fired_at < policy.cooldown
+            ):
+                del watched.detectors[subject]
+                continue
+            if empty and rate:
+                _decay(watched, detector, empty - 1)
+                self._close(watched, subject, detector, 0.0, end=boundary, events=events)
+        watched.index = index
+
+    def _close(
+        self,
+        watched: _Watched,
+        subject: str,
+        detector: _Detector,
+        value: float,
+        *,
+        end: float,
+        events: list[AnomalyEvent],
+    ) -> None:
+        """Judge one closed interval against the baseline, then fold it in."""
+        policy = watched.policy
+        mean = detector.mean
+        if detector.samples:
+            score, deviation = _score(watched, value, mean, detector.var), _deviation(value, mean)
+        else:
+            score = deviation = 0.0
+        exceeded = detector.samples >= policy.min_samples and score >= watched.threshold
+        fire = exceeded and (detector.fired_at is None or end - detector.fired_at >= policy.cooldown)
+        detector.current, detector.baseline, detector.score = value, mean, score
+        detector.deviation, detector.exceeded = deviation, exceeded
+        samples = detector.samples + 1
+        alpha = 1.0 / samples if samples <= watched.warmup else watched.alpha
+        diff = value - mean
+        step = alpha * diff
+        detector.mean = mean + step
+        detector.var = (1.0 - alpha) * (detector.var + diff * step)
+        detector.samples = samples
+        if exceeded:
+            if fire:
+                detector.fired_at = end
+            status = _status(watched, subject, detector, end)
+            detector.message = _message(watched, status)
+            if fire:
+                key = (policy.name, policy.signal, policy.action)
+                self._fired[key] = self._fired.get(key, 0) + 1
+                events.append(AnomalyEvent(status, end, detector.message))
+
+
+def _take(signal: str, detector: _Detector, interval: float) -> float | None:
+    """The open interval's value (None: no value without calls), resetting the accumulators."""
+    calls, amount = detector.calls, detector.amount
+    detector.calls = detector.amount = 0
+    if signal == "cost_rate":
+        return amount / (NANOS_PER_USD * interval)
+    if signal in _RATES:
+        return amount / interval
+    if signal == "error_rate":
+        errors, detector.errors = detector.errors, 0
+        return errors / calls if calls else None
+    durations, detector.durations = detector.durations, []
+    if not durations:
+        return None
+    durations.sort()
+    return durations[math.ceil(0.95 * len(durations)) - 1]  # nearest rank
+
+
+def _decay(watched: _Watched, detector: _Detector, count: int) -> None:
+    """Fold `count` zero-valued samples into the baseline in O(1): what as many `_close` calls would do."""
+    if count <= 0:
+        return
+    samples = detector.samples
+    warm = max(0, min(count, watched.warmup - samples))
+    if warm and samples:
+        # the running mean and population variance of the samples so far plus `warm` zeros
+        mean, total = detector.mean, samples + warm
+        new_mean = mean * samples / total
+        detector.var = max(samples * (detector.var + mean * mean) / total - new_mean * new_mean, 0.0)
+        detector.mean = new_mean
+    rest = count - warm
+    if rest:
+        # x -> 0 repeated: mean *= f, var = f * (var + mean^2 * (1 - f)) with f = (1 - alpha)^rest
+        keep = (1.0 - watched.alpha) ** rest
+        detector.var = keep * (detector.var + detector.mean * detector.mean * (1.0 - keep))
+        detector.mean *= keep
+    detector.samples = samples + count
+
+
+def _score(watched: _Watched, value: float, mean: float, var: float) -> float:
+    if watched.zscore:
+        stddev = max(math.sqrt(var), MIN_RELATIVE_STDDEV * mean)
+        if stddev > 0:
+            return (value - mean) / stddev
+    elif mean > 0:
+        return value / mean
+    return math.inf if value > mean else 0.0
+
+
+def _deviation(value: float, mean: float) -> float:
+    if mean > 0:
+        return (value - mean) / mean * 100
+    return math.inf if value > 0 else 0.0
+
+
+def _firing(policy: AnomalyPolicy, detector: _Detector, now: float) -> bool:
+    return detector.exceeded or (detector.fired_at is not None and now - detector.fired_at < policy.cooldown)
+
+
+def _status(watched: _Watched, subject: str, detector: _Detector, now: float) -> AnomalyStatus:
+    policy = watched.policy
+    return AnomalyStatus(
+        policy=policy.name,
+        signal=policy.signal,
+        subject=subject,
+        current=detector.current,
+        baseline=detector.baseline,
+        deviation_pct=detector.deviation,
+        score=detector.score,
+        samples=detector.samples,
+        firing=_firing(policy, detector, now),
+        fired_at=detector.fired_at,
+        action=policy.action,
+        shadow=policy.shadow,
+    )
+
+
+def _message(watched: _Watched, status: AnomalyStatus) -> str:
+    where = f" for {status.subject}" if status.subject else ""
+    signal = status.signal
+    score = f"z={status.score:.1f}" if watched.zscore else f"{status.score:.1f}x baseline"
+    baseline = _format(signal, status.baseline)
+    if math.isfinite(status.deviation_pct):
+        change = f"is {status.deviation_pct:.0f}% above baseline {baseline}"
+    else:
+        change = f"rose from a baseline of {baseline}"
+    return f"anomaly {status.policy}{where}: {signal} {_format(signal, status.current)} {change} ({score})"
+
+
+def _format(signal: str, value: float) -> str:
+    if signal == "cost_rate":
+        return f"${value:.3g}/s"
+    if signal == "token_rate":
+        return f"{value:.3g} tokens/s"
+    if signal == "request_rate":
+        return f"{value:.3g} requests/s"
+    if signal == "error_rate":
+        return f"{value:.1%}"
+    return f"{value:.3g}s"
+
+
+def _hit(policy: AnomalyPolicy, status: AnomalyStatus, message: str, now: float, next_close: float) -> PolicyHit:
+    action = {"warn": Action.WARN, "deny": Action.DENY}.get(policy.action, Action.ALLOW)
+    retry_after: float | None = None
+    if action is Action.DENY:
+        left = status.fired_at + policy.cooldown - now if status.fired_at is not None else 0.0
+        # past the cooldown but still past the threshold: judged again when the open interval closes
+        retry_after = left if left > 0 else max(next_close - now, 0.0)
+    return PolicyHit(
+        kind="anomaly",
+        policy=policy.name,
+        action=action,
+        message=message,
+        scope=status.subject,
+        severity=Severity.CRITICAL if action is Action.DENY else Severity.WARNING,
+        shadow=policy.shadow,
+        retry_after_s=retry_after,
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -166,6 +166,22 @@ class BudgetBook:
             self._cache[key] = found
         return found
 
+    def known_instances(self) -> tuple[BudgetInstance, ...]:
+        """Every instance seen so far (a budget without `per` always has its one instance)."""
+        found: list[BudgetInstance] = []
+        for budget in self.budgets:
+            labels = self._labels[budget.name] or ({""} if not budget.per else set())
+            found.extend(BudgetInstance(budget, self._windows[budget.name], label) for label in sorted(labels))
+        return tuple(found)
+
+    def carry_over(self, previous: BudgetBook) -> None:
+        """After a reload: remember the scopes seen by budgets whose name and `per` did not change."""
+        old = {b.name: b for b in previous.budgets}
+        for budget in self.budgets:
+            before = old.get(budget.name)
+            if before is not None and before.per == budget.per:
+                self._labels[budget.name] = set(previous._labels[budget.name])
+
     @staticmethod
     def _applies(budget: BudgetPolicy, scope: Scope) -> bool:
         return budget.match is None or budget.match.matches(scope)

@@ -1,4 +1,12 @@
-"""The `Store` protocol: every backend does the same few things atomically, on integers."""
+"""The `Store` protocol: every backend does the same few things atomically, on integers.
+
+- `apply`: dedupe a span by (trace, span) and add its spend to window counters, all-or-nothing,
+  settling the reservation it answers.
+- `admit`: read every budget a request falls in and, only if every blocking one fits, reserve the
+  estimate on all of them, in one atomic step. N concurrent callers therefore cannot overshoot a
+  budget by more than their estimates were wrong.
+- `totals`, `mark`/`unmark` (alert crossings), `release`, `expire`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,20 @@ from enum import StrEnum
 from typing import Protocol
 
 from otel_puppy.exceptions import StoreError
+from otel_puppy.windows import Window
 
-__all__ = ("ApplyResult", "Counter", "Increment", "SpendRecord", "Store", "open_store")
+__all__ = (
+    "Admission",
+    "Admitted",
+    "ApplyResult",
+    "BudgetCheck",
+    "CheckState",
+    "Counter",
+    "Increment",
+    "SpendRecord",
+    "Store",
+    "open_store",
+)
 
 
 class ApplyResult(StrEnum):
@@ -22,10 +42,13 @@ class ApplyResult(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Increment:
-    key: str
+    """Add spend at time `ts` to the counter of `scope` in `window`."""
+
+    scope: str
+    window: Window
+    ts: float
     nanos: int
     tokens: int
-    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +57,16 @@ class SpendRecord:
 
     `span_key` identifies the span (trace id and span id); `parent_key` its parent in the same
     trace. When two instrumentations describe one call, one span is the other's parent: the
-    store counts whichever arrives first and reports the other as `NESTED`.
+    store counts whichever arrives first and reports the other as `NESTED`. The record settles
+    the reservation `decision_id` names, or else the oldest open one with the same `settle_key`.
     """
 
     span_key: str
     parent_key: str | None
     increments: tuple[Increment, ...]
     dedupe_until: float
+    decision_id: str | None = None
+    settle_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +76,70 @@ class Counter:
     requests: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    """One budget instance in an admission: its usable limit and the amount to reserve on it."""
+
+    scope: str
+    window: Window
+    limit_nanos: int | None
+    limit_tokens: int | None
+    nanos: int
+    tokens: int
+    blocking: bool
+    """A blocking check that does not fit stops the whole reservation (enforced `deny` budgets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckState:
+    spent_nanos: int
+    spent_tokens: int
+    reserved_nanos: int
+    reserved_tokens: int
+    fits: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    decision_id: str
+    checks: tuple[BudgetCheck, ...]
+    expires_at: float
+    settle_key: str | None
+    reserve: bool = True
+    """False: only read the checks' state (the request is already denied for another reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    reserved: bool
+    states: tuple[CheckState, ...]
+
+
 class Store(Protocol):
     def apply(self, records: Sequence[SpendRecord], now: float) -> list[ApplyResult]:
         """Dedupe and apply each record atomically; the results are in the records' order."""
         ...
 
-    def read(self, keys: Sequence[str]) -> list[Counter]:
-        """Current counters for these keys (zero for unknown keys)."""
+    def totals(self, reads: Sequence[tuple[str, Window]], now: float) -> list[Counter]:
+        """Spend of each (scope, window) in the window current at `now` (zero when unknown)."""
         ...
 
+    def admit(self, admission: Admission, now: float) -> Admitted:
+        """Check every budget and reserve on all of them iff every blocking one fits, atomically."""
+        ...
+
+    def release(self, decision_id: str) -> bool:
+        """Drop a reservation (the call will not happen); False if it was not open."""
+        ...
+
+    def mark(self, key: str, expires_at: float) -> bool:
+        """Set `key` if absent (True) or report it was set already (False): once-per-crossing alerts."""
+        ...
+
+    def unmark(self, key: str) -> None: ...
+
     def expire(self, now: float) -> int:
-        """Forget counters and dedupe keys past their expiry; returns how many were dropped."""
+        """Forget what is past its expiry (windows, dedupe keys, reservations, marks); returns how many."""
         ...
 
     def close(self) -> None: ...

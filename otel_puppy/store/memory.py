@@ -1,13 +1,89 @@
-"""In-memory store: one lock, dicts of integers. The library default."""
+"""In-memory store: one lock, dicts of integers. The library default.
+
+Calendar windows keep one counter per (scope, window, bucket start). Rolling windows keep a ring
+of 61 sub-buckets per (scope, window) with a running total, so reading a trailing 24 hours is
+O(1) rather than a sum over 61 counters.
+"""
 
 from __future__ import annotations
 
+import heapq
 import threading
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from otel_puppy.store.base import ApplyResult, Counter, SpendRecord
+from otel_puppy.store.base import (
+    Admission,
+    Admitted,
+    ApplyResult,
+    CheckState,
+    Counter,
+    Increment,
+    SpendRecord,
+)
+from otel_puppy.windows import SUB_BUCKETS, CalendarWindow, RollingWindow, Window
 
 __all__ = ("MemoryStore",)
+
+_SLOTS = SUB_BUCKETS + 1
+
+
+class _Ring:
+    """61 sub-buckets of a rolling window and their running total."""
+
+    __slots__ = ("index", "last", "nanos", "requests", "step", "tokens", "totals")
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.last = -1
+        self.index = [-1] * _SLOTS
+        self.nanos = [0] * _SLOTS
+        self.tokens = [0] * _SLOTS
+        self.requests = [0] * _SLOTS
+        self.totals = [0, 0, 0]
+
+    def _advance(self, newest: int) -> None:
+        if newest <= self.last:
+            return
+        first = max(self.last + 1, newest - SUB_BUCKETS)
+        totals = self.totals
+        for i in range(first, newest + 1):
+            slot = i % _SLOTS
+            if self.index[slot] != -1:
+                totals[0] -= self.nanos[slot]
+                totals[1] -= self.tokens[slot]
+                totals[2] -= self.requests[slot]
+            self.index[slot] = i
+            self.nanos[slot] = self.tokens[slot] = self.requests[slot] = 0
+        self.last = newest
+
+    def add(self, ts: float, nanos: int, tokens: int) -> None:
+        i = int(ts // self.step)
+        self._advance(i)
+        slot = i % _SLOTS
+        if self.index[slot] != i:  # older than the window: it no longer counts
+            return
+        self.nanos[slot] += nanos
+        self.tokens[slot] += tokens
+        self.requests[slot] += 1
+        self.totals[0] += nanos
+        self.totals[1] += tokens
+        self.totals[2] += 1
+
+    def read(self, now: float) -> Counter:
+        self._advance(int(now // self.step))
+        return Counter(*self.totals)
+
+    def empty(self) -> bool:
+        return self.totals == [0, 0, 0]
+
+
+@dataclass(slots=True)
+class _Reservation:
+    items: tuple[tuple[str, int, int], ...]
+    expires_at: float
+    settle_key: str | None
 
 
 class MemoryStore:
@@ -15,10 +91,19 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[str, list[int]] = {}
-        self._expiry: dict[str, float] = {}
+        self._calendar: dict[tuple[str, str, float], list[int]] = {}
+        self._calendar_expiry: dict[tuple[str, str, float], float] = {}
+        self._rings: dict[tuple[str, str], _Ring] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
         self._seen: dict[str, float] = {}
         self._covered: dict[str, float] = {}
+        self._reservations: dict[str, _Reservation] = {}
+        self._reserved: dict[str, list[int]] = {}
+        self._by_settle_key: dict[str, deque[str]] = {}
+        self._reservation_heap: list[tuple[float, str]] = []
+        self._marks: dict[str, float] = {}
+
+    # --- spans ---------------------------------------------------------------------------------
 
     def apply(self, records: Sequence[SpendRecord], now: float) -> list[ApplyResult]:
         with self._lock:
@@ -30,40 +115,177 @@ class MemoryStore:
             return ApplyResult.DUPLICATE
         seen[record.span_key] = record.dedupe_until
         if record.span_key in self._covered or (record.parent_key is not None and record.parent_key in seen):
+            if record.decision_id is not None:
+                self._release(record.decision_id)
             return ApplyResult.NESTED
         if record.parent_key is not None:
             self._covered[record.parent_key] = record.dedupe_until
-        counters, expiry = self._counters, self._expiry
-        for inc in record.increments:
-            counter = counters.get(inc.key)
-            if counter is None:
-                counters[inc.key] = [inc.nanos, inc.tokens, 1]
-            else:
-                counter[0] += inc.nanos
-                counter[1] += inc.tokens
-                counter[2] += 1
-            if expiry.get(inc.key, 0.0) < inc.expires_at:
-                expiry[inc.key] = inc.expires_at
+        for increment in record.increments:
+            self._add(increment)
+        if not (record.decision_id is not None and self._release(record.decision_id)) and record.settle_key:
+            self._settle_oldest(record.settle_key)
         return ApplyResult.APPLIED
 
-    def read(self, keys: Sequence[str]) -> list[Counter]:
+    def _add(self, inc: Increment) -> None:
+        window = inc.window
+        if isinstance(window, RollingWindow):
+            ring_key = (inc.scope, window.label)
+            ring = self._rings.get(ring_key)
+            if ring is None:
+                ring = self._rings[ring_key] = _Ring(window.step)
+            ring.add(inc.ts, inc.nanos, inc.tokens)
+            return
+        start, end = self._bucket(window, inc.ts)
+        key = (inc.scope, window.unit, start)
+        counter = self._calendar.get(key)
+        if counter is None:
+            self._calendar[key] = [inc.nanos, inc.tokens, 1]
+            self._calendar_expiry[key] = end + window.retention()
+        else:
+            counter[0] += inc.nanos
+            counter[1] += inc.tokens
+            counter[2] += 1
+
+    def _bucket(self, window: CalendarWindow, ts: float) -> tuple[float, float]:
+        # Computing local-time bounds is the slow part; the current bucket is the usual answer.
+        name = f"{window.unit}:{window.zone.key}"
+        cached = self._buckets.get(name)
+        if cached is not None and cached[0] <= ts < cached[1]:
+            return cached
+        bounds = window.bounds(ts)
+        if cached is None or bounds[0] >= cached[0]:
+            self._buckets[name] = bounds
+        return bounds
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def totals(self, reads: Sequence[tuple[str, Window]], now: float) -> list[Counter]:
         with self._lock:
-            return [Counter(*c) if (c := self._counters.get(key)) else Counter() for key in keys]
+            return [self._total(scope, window, now) for scope, window in reads]
+
+    def _total(self, scope: str, window: Window, now: float) -> Counter:
+        if isinstance(window, RollingWindow):
+            ring = self._rings.get((scope, window.label))
+            return ring.read(now) if ring is not None else Counter()
+        start, _ = self._bucket(window, now)
+        counter = self._calendar.get((scope, window.unit, start))
+        return Counter(*counter) if counter is not None else Counter()
+
+    # --- admission -----------------------------------------------------------------------------
+
+    def admit(self, admission: Admission, now: float) -> Admitted:
+        with self._lock:
+            self._expire_reservations(now)
+            states = []
+            admitted = True
+            for check in admission.checks:
+                spent = self._total(check.scope, check.window, now)
+                reserved = self._reserved.get(check.scope)
+                reserved_nanos, reserved_tokens = (reserved[0], reserved[1]) if reserved else (0, 0)
+                fits = _fits(spent.nanos + reserved_nanos, check.nanos, check.limit_nanos) and _fits(
+                    spent.tokens + reserved_tokens, check.tokens, check.limit_tokens
+                )
+                states.append(CheckState(spent.nanos, spent.tokens, reserved_nanos, reserved_tokens, fits))
+                if check.blocking and not fits:
+                    admitted = False
+            reserve = admitted and admission.reserve and any(c.nanos or c.tokens for c in admission.checks)
+            if reserve:
+                items = tuple((c.scope, c.nanos, c.tokens) for c in admission.checks)
+                self._reservations[admission.decision_id] = _Reservation(
+                    items, admission.expires_at, admission.settle_key
+                )
+                for scope, nanos, tokens in items:
+                    totals = self._reserved.get(scope)
+                    if totals is None:
+                        self._reserved[scope] = [nanos, tokens]
+                    else:
+                        totals[0] += nanos
+                        totals[1] += tokens
+                if admission.settle_key:
+                    self._by_settle_key.setdefault(admission.settle_key, deque()).append(admission.decision_id)
+                heapq.heappush(self._reservation_heap, (admission.expires_at, admission.decision_id))
+            return Admitted(reserve, tuple(states))
+
+    def release(self, decision_id: str) -> bool:
+        with self._lock:
+            return self._release(decision_id)
+
+    def _release(self, decision_id: str) -> bool:
+        reservation = self._reservations.pop(decision_id, None)
+        if reservation is None:
+            return False
+        for scope, nanos, tokens in reservation.items:
+            totals = self._reserved[scope]
+            totals[0] -= nanos
+            totals[1] -= tokens
+            if totals == [0, 0]:
+                del self._reserved[scope]
+        if reservation.settle_key:
+            queue = self._by_settle_key.get(reservation.settle_key)
+            if queue is not None:
+                if decision_id in queue:
+                    queue.remove(decision_id)
+                if not queue:
+                    del self._by_settle_key[reservation.settle_key]
+        return True
+
+    def _settle_oldest(self, settle_key: str) -> None:
+        queue = self._by_settle_key.get(settle_key)
+        while queue:
+            if self._release(queue[0]):
+                return
+            queue.popleft()
+
+    def _expire_reservations(self, now: float) -> None:
+        heap = self._reservation_heap
+        while heap and heap[0][0] <= now:
+            _, decision_id = heapq.heappop(heap)
+            self._release(decision_id)
+
+    # --- marks ---------------------------------------------------------------------------------
+
+    def mark(self, key: str, expires_at: float) -> bool:
+        with self._lock:
+            if key in self._marks:
+                return False
+            self._marks[key] = expires_at
+            return True
+
+    def unmark(self, key: str) -> None:
+        with self._lock:
+            self._marks.pop(key, None)
+
+    # --- housekeeping --------------------------------------------------------------------------
 
     def expire(self, now: float) -> int:
         with self._lock:
             dropped = 0
-            for table in (self._seen, self._covered, self._expiry):
+            for table in (self._seen, self._covered, self._marks):
                 stale = [key for key, until in table.items() if until <= now]
                 for key in stale:
                     del table[key]
-                    if table is self._expiry:
-                        del self._counters[key]
                 dropped += len(stale)
-            return dropped
+            old = [bucket for bucket, until in self._calendar_expiry.items() if until <= now]
+            for bucket in old:
+                del self._calendar_expiry[bucket]
+                del self._calendar[bucket]
+            idle = [ring_key for ring_key, ring in self._rings.items() if ring.read(now).requests == 0]
+            for ring_key in idle:
+                del self._rings[ring_key]
+            before = len(self._reservations)
+            self._expire_reservations(now)
+            return dropped + len(old) + len(idle) + before - len(self._reservations)
 
     def close(self) -> None:
         pass
 
     def __len__(self) -> int:
-        return len(self._counters) + len(self._seen)
+        return len(self._calendar) + len(self._rings) + len(self._seen)
+
+
+def _fits(used: int, amount: int, limit: int | None) -> bool:
+    if limit is None:
+        return True
+    if amount == 0:  # no estimate: allowed while anything is left
+        return used < limit
+    return used + amount <= limit

@@ -1,0 +1,158 @@
+"""Alert events (budget thresholds crossed, anomalies, breakers opening) and where they go.
+
+Every event is counted in `otel_puppy_alerts_total{kind, policy, severity}` and logged; with
+`OTEL_PUPPY_ALERT_WEBHOOK_URL` set it is also POSTed as JSON from a background thread, so the
+engine never waits on the network. The webhook is the only URL otel_puppy ever fetches, and it
+comes from settings, never from policy files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from otel_puppy.decision import Severity
+
+__all__ = ("AlertEvent", "AlertSink", "Alerts", "LogSink", "WebhookSink")
+
+logger = logging.getLogger("otel_puppy.alerts")
+
+_LOG_LEVELS: Final = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.ERROR,
+    Severity.EMERGENCY: logging.CRITICAL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    kind: str
+    """`budget`, `anomaly` or `breaker`."""
+    policy: str
+    scope: str
+    severity: Severity
+    message: str
+    at: float
+    value: float | None = None
+    threshold: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["severity"] = self.severity.value
+        data["at"] = datetime.fromtimestamp(self.at, UTC).isoformat()
+        return data
+
+
+class AlertSink(Protocol):
+    def send(self, event: AlertEvent) -> None:
+        """Deliver an event; must not block for long and must not raise."""
+        ...
+
+
+class LogSink:
+    """Alerts to the `otel_puppy.alerts` logger, at a level that follows the severity."""
+
+    def send(self, event: AlertEvent) -> None:
+        logger.log(_LOG_LEVELS[event.severity], "%s alert [%s] %s", event.kind, event.severity.value, event.message)
+
+
+class WebhookSink:
+    """POSTs each event as JSON to one URL from a background thread; a full queue drops and counts."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0, max_queue: int = 1_000) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"alert webhook must be an http(s) URL, not {url!r}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.dropped = 0
+        self.failed = 0
+        self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._run, name="otel-puppy-webhook", daemon=True)
+        self._thread.start()
+
+    def send(self, event: AlertEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while (event := self._queue.get()) is not None:
+            request = urllib.request.Request(  # noqa: S310 - the URL is checked to be http(s) above
+                self.url,
+                data=json.dumps(event.to_dict()).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s):  # noqa: S310
+                    pass
+            except Exception:  # the receiver being down must not stop alerting
+                self.failed += 1
+                logger.warning("alert webhook POST failed", exc_info=True)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until queued events are delivered (for tests and shutdown)."""
+        done = threading.Event()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        done.wait(timeout_s)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=self.timeout_s + 1)
+
+
+class Alerts:
+    """Counts events and hands them to every sink."""
+
+    def __init__(self, sinks: Sequence[AlertSink]) -> None:
+        self.sinks = tuple(sinks)
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self.recent: list[AlertEvent] = []
+        """The last 100 events, newest last (for status pages and tests)."""
+
+    def emit(self, event: AlertEvent) -> None:
+        with self._lock:
+            key = (event.kind, event.policy, event.severity.value)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            self.recent.append(event)
+            del self.recent[:-100]
+        for sink in self.sinks:
+            try:
+                sink.send(event)
+            except Exception:
+                logger.exception("alert sink %r failed", sink)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            counts = dict(self._counts)
+        family = CounterMetricFamily(
+            "otel_puppy_alerts", "Alert events, by kind, policy and severity.", labels=("kind", "policy", "severity")
+        )
+        for key, value in counts.items():
+            family.add_metric(key, float(value))
+        yield family
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()

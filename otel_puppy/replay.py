@@ -1,0 +1,300 @@
+"""`otel-puppy replay FILE`: what would the current policies have decided over recorded spans?
+
+The OpenTelemetry Collector's `file` exporter writes one OTLP/JSON `ExportTraceServiceRequest`
+per line; `read_spans` reads such a file (or one JSON document, gzipped or not) back into model
+calls, and `replay` runs them through a fresh engine on a fake clock, in time order, asking
+`decide` before each call as an agent would have and feeding the engine each allowed call's
+span when it ended.
+
+Approximations, stated so nobody mistakes a replay for a recording:
+
+- A denied call did not happen, so its spend is not applied (it is reported as
+  `spend_denied_usd`); the calls after it in the file happened anyway.
+- A degraded call is applied as recorded (at the original model's cost): what the cheaper model
+  would have cost depends on tokens it never produced.
+- The decision's estimate is the call's actual cost: a perfect estimator, which shows what the
+  policies decide, not how good an agent's estimates are.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Final, Protocol
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from otel_puppy.calls import LLMCall
+from otel_puppy.clock import ManualClock
+from otel_puppy.decision import Action, Decision, DecisionRequest
+from otel_puppy.money import nanos_to_usd
+from otel_puppy.pricing import Price
+from otel_puppy.server.otlp import JSON, OtlpDecodeError, calls_from_request, decode_traces
+
+__all__ = ("ReplayEngine", "ReplayReport", "ReplayRow", "read_spans", "render", "replay")
+
+logger = logging.getLogger("otel_puppy")
+
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_ACTION_STYLES: Final = {Action.ALLOW: "green", Action.WARN: "yellow", Action.DEGRADE: "magenta", Action.DENY: "red"}
+
+
+class _Pricing(Protocol):
+    def price(self, call: LLMCall) -> Price: ...
+
+
+class ReplayEngine(Protocol):
+    """What `replay` needs of an engine; `PolicyEngine` is one."""
+
+    @property
+    def pricer(self) -> _Pricing: ...
+
+    def decide(self, request: DecisionRequest, /) -> Decision: ...
+
+    def observe(self, call: LLMCall) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRow:
+    """One recorded call and what the policies decided about it."""
+
+    at: float
+    """When the call started, in seconds since the epoch (UTC)."""
+    provider: str
+    model: str
+    """The model the call asked for (as an agent would name it to `decide`)."""
+    agent: str | None
+    action: str
+    policies: tuple[str, ...]
+    """Every enforced policy that matched, in the decision's order."""
+    cost_usd: Decimal | None
+    """What the call cost as recorded; `None` when it could not be priced."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    rows: tuple[ReplayRow, ...]
+    allowed: int
+    """Calls decided `allow` (each row is counted under exactly one action)."""
+    warned: int
+    degraded: int
+    denied: int
+    spend_usd: Decimal
+    """Priced spend of the calls that went ahead (allowed, warned, degraded)."""
+    spend_denied_usd: Decimal
+    """Priced spend the denials would have prevented."""
+    skipped: int = 0
+    """Spans not replayed: repeats of a span already seen, or a call nested in one (two
+    instrumentations describing one call), which the engine would count once."""
+    unpriced: int = 0
+    """Calls replayed without a price: in no spend total, never counted as $0."""
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def read_spans(path: Path) -> Iterator[LLMCall]:
+    """The model calls recorded in a Collector `file` exporter output (OTLP/JSON, one request a line).
+
+    A single JSON document (pretty-printed over many lines) works too, as do gzipped files.
+    Blank lines are skipped; spans with invalid ids are skipped and logged.
+
+    Raises:
+        OtlpDecodeError: a line (or the document) is not OTLP/JSON; the message names the line.
+    """
+    with path.open("rb") as probe:
+        magic = probe.read(4)
+    if magic.startswith(_ZSTD_MAGIC):
+        raise OtlpDecodeError(f"{path}: zstd-compressed; decompress it first (zstd -d)")
+    lineno = 0
+    try:
+        stream: io.BufferedIOBase
+        with gzip.open(path, "rb") if magic.startswith(_GZIP_MAGIC) else path.open("rb") as stream:
+            first = True
+            for lineno, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue
+                if first:
+                    first = False
+                    if not _is_json(line):
+                        # Not a JSON value on its own: the file is one document spread over lines.
+                        # Blank lines before it keep JSON's error positions true to the file.
+                        document = b"\n" * (lineno - 1) + line + stream.read()
+                        yield from _calls(path, None, document)
+                        return
+                yield from _calls(path, lineno, line)
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise OtlpDecodeError(f"{path}: damaged gzip data after line {lineno}: {exc}") from exc
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line.removeprefix(b"\xef\xbb\xbf"))
+    except ValueError:
+        return False
+    return True
+
+
+def _calls(path: Path, lineno: int | None, body: bytes) -> list[LLMCall]:
+    where = f"{path}:{lineno}" if lineno is not None else str(path)
+    try:
+        request = decode_traces(body, JSON)
+    except OtlpDecodeError as exc:
+        raise OtlpDecodeError(f"{where}: {exc}") from exc
+    calls, rejected, messages = calls_from_request(request)
+    if rejected:
+        logger.warning("%s: skipped %d spans with invalid ids: %s", where, rejected, "; ".join(messages))
+    return calls
+
+
+# --- replaying ------------------------------------------------------------------------------
+
+
+def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], ReplayEngine]) -> ReplayReport:
+    """Decide every call again, in start order, on a fresh engine whose clock follows the recording.
+
+    The engine sees events as it would have live, and the clock never runs backwards: before a
+    call's decision, every earlier allowed call that had ended by then is observed (clock at its
+    end); calls still running are known only by what `decide` reserved for them. Duplicated and
+    nested spans are skipped (`ReplayReport.skipped`).
+
+    Each request names the model the call asked for (`request_model`, else the one that
+    answered): that is what an agent passes to `decide`, and what settles the reservation.
+    """
+    ordered = sorted(calls, key=lambda c: (c.start_ns, -c.end_ns, c.trace_id, c.span_id))
+    clock = ManualClock(ordered[0].start_ns / 1e9) if ordered else ManualClock()
+    engine = engine_factory(clock)
+    pricer = engine.pricer
+    running: list[tuple[int, int, LLMCall]] = []  # (end_ns, order, call): a heap of allowed calls in flight
+    seen: set[tuple[int, int]] = set()
+    rows: list[ReplayRow] = []
+    counts = dict.fromkeys(Action, 0)
+    spend = denied_spend = 0
+    skipped = unpriced = 0
+
+    def finish(until_ns: int | None) -> None:
+        while running and (until_ns is None or running[0][0] <= until_ns):
+            end_ns, _, done = heapq.heappop(running)
+            clock.set(max(clock.now(), end_ns / 1e9))
+            engine.observe(done)
+
+    for order, call in enumerate(ordered):
+        key = (call.trace_id, call.span_id)
+        nested = call.parent_span_id != 0 and (call.trace_id, call.parent_span_id) in seen
+        if key in seen or nested:
+            seen.add(key)  # a call nested in a skipped one is the same call again
+            skipped += 1
+            continue
+        seen.add(key)
+        finish(call.start_ns)
+        clock.set(max(clock.now(), call.start_ns / 1e9))
+        price = pricer.price(call)
+        cost = nanos_to_usd(price.nanos) if price.nanos is not None else None
+        model = call.request_model or call.model
+        decision = engine.decide(
+            DecisionRequest(
+                provider=call.provider,
+                model=model,
+                agent=call.agent,
+                service=call.service,
+                user=call.user,
+                team=call.team,
+                environment=call.environment,
+                conversation=call.conversation,
+                operation=call.operation,
+                estimated_cost_usd=cost,
+            )
+        )
+        action = Action(decision.action)
+        counts[action] += 1
+        if price.nanos is None:
+            unpriced += 1
+        if action is Action.DENY:
+            denied_spend += price.nanos or 0
+        else:
+            spend += price.nanos or 0
+            heapq.heappush(running, (max(call.end_ns, call.start_ns), order, call))
+        rows.append(
+            ReplayRow(
+                at=call.start_ns / 1e9,
+                provider=call.provider,
+                model=model,
+                agent=call.agent,
+                action=action.value,
+                policies=tuple(dict.fromkeys(hit.policy for hit in decision.reasons)),
+                cost_usd=cost,
+            )
+        )
+    finish(None)
+    return ReplayReport(
+        rows=tuple(rows),
+        allowed=counts[Action.ALLOW],
+        warned=counts[Action.WARN],
+        degraded=counts[Action.DEGRADE],
+        denied=counts[Action.DENY],
+        spend_usd=nanos_to_usd(spend),
+        spend_denied_usd=nanos_to_usd(denied_spend),
+        skipped=skipped,
+        unpriced=unpriced,
+    )
+
+
+# --- showing --------------------------------------------------------------------------------
+
+
+def render(report: ReplayReport, console: Console) -> None:
+    """The decisions as a table (time in UTC, ISO 8601), then the totals."""
+    table = Table(title=f"Replay: {len(report.rows)} calls", title_justify="left")
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("agent")
+    table.add_column("model")
+    table.add_column("action")
+    table.add_column("policies")
+    table.add_column("cost (USD)", justify="right")
+    for row in report.rows:
+        # Span data is text, never rich markup: a model named "[red]x" must print as written.
+        table.add_row(
+            _utc(row.at),
+            Text(row.agent or "-"),
+            Text(f"{row.provider}:{row.model}"),
+            Text(row.action, style=_ACTION_STYLES.get(Action(row.action), "")),
+            Text(", ".join(row.policies)),
+            _usd(row.cost_usd),
+        )
+    console.print(table)
+    totals = Text()
+    totals.append(f"allowed {report.allowed}", style="green")
+    totals.append(", ")
+    totals.append(f"warned {report.warned}", style="yellow")
+    totals.append(", ")
+    totals.append(f"degraded {report.degraded}", style="magenta")
+    totals.append(", ")
+    totals.append(f"denied {report.denied}", style="red")
+    console.print(totals)
+    console.print(Text(f"spend {_usd(report.spend_usd)} applied, {_usd(report.spend_denied_usd)} prevented by denials"))
+    notes = []
+    if report.unpriced:
+        notes.append(f"{report.unpriced} calls could not be priced (not in the totals)")
+    if report.skipped:
+        notes.append(f"{report.skipped} duplicate or nested spans skipped")
+    if notes:
+        console.print(Text("; ".join(notes), style="dim"))
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _usd(value: Decimal | None) -> str:
+    return "unpriced" if value is None else f"${value:,.6f}"
