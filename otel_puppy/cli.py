@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate policy files")
     check.add_argument("path", nargs="?", type=Path, default=None, help="directory or file (default: settings)")
     check.set_defaults(handler=_check)
+
+    replay = commands.add_parser("replay", help="what would the policies have decided over recorded spans?")
+    replay.add_argument("file", type=Path, help="OTLP JSON lines, as the Collector's file exporter writes (.gz ok)")
+    replay.add_argument("--policies", type=Path, default=None, help="directory or file (default: settings)")
+    replay.set_defaults(handler=_replay)
     return parser
 
 
@@ -78,7 +83,7 @@ def _check(args: argparse.Namespace) -> int:
     from otel_puppy.settings import PuppySettings
 
     path: Path = args.path if args.path is not None else PuppySettings.load().policies
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         policies = load_policies(path)
     except PolicyErrors as exc:
@@ -88,6 +93,43 @@ def _check(args: argparse.Namespace) -> int:
     console.print(f"[green]ok[/green]: {path} ({files})")
     for line in policies.summary():
         console.print(f"  {line}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from prometheus_client.registry import CollectorRegistry
+
+    from otel_puppy.clock import ManualClock
+    from otel_puppy.engine import PolicyEngine
+    from otel_puppy.policies import load_policies
+    from otel_puppy.replay import read_spans, render, replay
+    from otel_puppy.server.otlp import OtlpDecodeError
+    from otel_puppy.settings import PuppySettings
+    from otel_puppy.store.memory import MemoryStore
+
+    settings = PuppySettings.load()
+    try:
+        policies = load_policies(args.policies if args.policies is not None else settings.policies)
+    except PolicyErrors as exc:
+        _print_policy_errors(exc)
+        return 1
+
+    def engine_factory(clock: ManualClock) -> PolicyEngine:
+        return PolicyEngine(
+            settings,
+            policies=policies,
+            store=MemoryStore(),
+            clock=clock,
+            registry=CollectorRegistry(),
+            alert_sinks=[],
+        )
+
+    try:
+        report = replay(read_spans(args.file), engine_factory)
+    except (OSError, OtlpDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    render(report, Console(highlight=False))
     return 0
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
-__all__ = ("Action", "Decision", "DecisionRequest", "PolicyHit", "Priority", "Severity")
+__all__ = ("Action", "Decision", "DecisionRequest", "LazyHits", "PolicyHit", "Priority", "Severity")
 
 
 class Action(StrEnum):
@@ -134,6 +135,51 @@ class PolicyHit:
         return data
 
 
+class LazyHits(Sequence[PolicyHit]):
+    """Policy hits built on first access.
+
+    Most decisions are `allow` and nobody reads their reasons; building a `PolicyHit` (amounts,
+    messages, reset times) for every matching budget would dominate `decide()`. Items are hits
+    or zero-argument callables that build one.
+    """
+
+    __slots__ = ("_built", "_items")
+
+    def __init__(self, items: Sequence[PolicyHit | Callable[[], PolicyHit]] = ()) -> None:
+        self._items = items
+        self._built: tuple[PolicyHit, ...] | None = None
+
+    def _hits(self) -> tuple[PolicyHit, ...]:
+        built = self._built
+        if built is None:
+            built = self._built = tuple(item if isinstance(item, PolicyHit) else item() for item in self._items)
+        return built
+
+    @overload
+    def __getitem__(self, index: int) -> PolicyHit: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[PolicyHit, ...]: ...
+    def __getitem__(self, index: int | slice) -> PolicyHit | tuple[PolicyHit, ...]:
+        return self._hits()[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[PolicyHit]:
+        return iter(self._hits())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return self._hits() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._hits())
+
+    def __repr__(self) -> str:
+        return repr(self._hits())
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The answer: go ahead, go ahead but know this, use a cheaper model, or stop.
@@ -145,8 +191,8 @@ class Decision:
     action: Action
     provider: str
     model: str
-    reasons: tuple[PolicyHit, ...] = ()
-    shadow: tuple[PolicyHit, ...] = ()
+    reasons: Sequence[PolicyHit] = ()
+    shadow: Sequence[PolicyHit] = ()
     decision_id: str | None = None
     """Set when spend was reserved; put it on the call's span (`otel_puppy.decision_id`) to settle."""
     retry_after_s: float | None = None
@@ -166,7 +212,9 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: decimals as strings, datetimes as ISO 8601."""
-        data: dict[str, Any] = _jsonable(asdict(self))
+        data: dict[str, Any] = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        data["reasons"] = [hit.to_dict() for hit in self.reasons]
+        data["shadow"] = [hit.to_dict() for hit in self.shadow]
         return data
 
     @classmethod

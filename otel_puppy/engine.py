@@ -12,11 +12,14 @@ reload, so a decision never sees half of an old set and half of a new one.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -29,7 +32,7 @@ from prometheus_client.registry import CollectorRegistry
 from otel_puppy.alerts import AlertEvent, Alerts, AlertSink, LogSink, WebhookSink
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock, SystemClock
-from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity
+from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit, Priority, Severity
 from otel_puppy.exceptions import PolicyDenied, PolicyErrors
 from otel_puppy.metrics import Metrics
 from otel_puppy.model_stats import ModelStat, ModelStats
@@ -45,7 +48,7 @@ from otel_puppy.processor import DECISION_CONTEXT_KEY, PuppySpanProcessor
 from otel_puppy.redundant import RedundancyTracker
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store import ApplyResult, SpendRecord, Store, open_store
-from otel_puppy.store.base import Admission, BudgetCheck, Increment
+from otel_puppy.store.base import Admission, CheckState, Increment
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
 __all__ = ("DecisionGuard", "Observation", "PolicyEngine", "Snapshot", "WindowSpend")
@@ -286,7 +289,7 @@ class PolicyEngine:
         now = self.clock.now()
         rules = self._rules
         rules.anomalies.tick(now)
-        hits: list[PolicyHit] = []
+        hits: list[_Hit] = []
         request = req
         if rules.policies.routing:
             route = rules.router.route(req, available=lambda p, m: self._available(rules, req.with_model(p, m), now))
@@ -294,11 +297,12 @@ class PolicyEngine:
                 hits.append(route.hit)
                 if not route.hit.shadow and (route.provider, route.model) != (req.provider, req.model):
                     request = req.with_model(route.provider, route.model)
-        decision_id = uuid.uuid4().hex
+        decision_id = _decision_id()
         hits += rules.breakers.check(request.provider, request.model)
         hits += rules.anomalies.check(request.scope())
         stopped = _denied(hits)
-        budget_hits, reserved = self._admit(rules, request, now, decision_id, reserve=not stopped)
+        estimate = self._estimate(rules, request)
+        budget_hits, reserved = self._admit(rules, request, estimate, now, decision_id, reserve=not stopped)
         hits += budget_hits
 
         action = Action.strictest([h.action for h in hits if not h.shadow])
@@ -313,8 +317,11 @@ class PolicyEngine:
                 # The hits that asked for the degrade stay; the cheaper model is checked afresh.
                 kept = [h for h in hits if h.kind not in ("budget", "breaker") or h.action is Action.DEGRADE]
                 listed = {(h.kind, h.policy, h.scope) for h in kept}
-                again = rules.breakers.check(provider, model)
-                more, reserved = self._admit(rules, request, now, decision_id, reserve=not _denied(kept + again))
+                again: list[_Hit] = list(rules.breakers.check(provider, model))
+                estimate = self._estimate(rules, request)
+                more, reserved = self._admit(
+                    rules, request, estimate, now, decision_id, reserve=not _denied(kept + again)
+                )
                 hits = kept + [h for h in again + more if (h.kind, h.policy, h.scope) not in listed]
                 action = Action.strictest([h.action for h in hits if not h.shadow])
         if action is Action.DENY:
@@ -322,7 +329,7 @@ class PolicyEngine:
                 self._store.release(decision_id)
             rules.breakers.release(request.provider, request.model)
 
-        enforced = tuple(h for h in hits if not h.shadow)
+        enforced = [h for h in hits if not h.shadow]
         deciding = [h for h in enforced if h.action is action and action is not Action.ALLOW]
         retry_after = max((h.retry_after_s for h in deciding if h.retry_after_s is not None), default=None)
         resets_at = min((h.resets_at for h in deciding if h.resets_at is not None), default=None)
@@ -330,12 +337,12 @@ class PolicyEngine:
             action=action,
             provider=request.provider,
             model=request.model,
-            reasons=enforced,
-            shadow=tuple(h for h in hits if h.shadow),
+            reasons=LazyHits(enforced),
+            shadow=LazyHits([h for h in hits if h.shadow]),
             decision_id=decision_id,
             retry_after_s=retry_after if action is Action.DENY else None,
             resets_at=resets_at,
-            estimated_cost_usd=self._estimate_usd(rules, request),
+            estimated_cost_usd=nanos_to_usd(estimate[0]) if estimate != (0, 0) else request.estimated_cost_usd,
         )
         key = (action.value, deciding[0].policy if deciding else "")
         with self._decisions_lock:
@@ -356,38 +363,34 @@ class PolicyEngine:
             return price.nanos or 0, tokens
         return 0, 0
 
-    def _estimate_usd(self, rules: _Rules, request: DecisionRequest) -> Decimal | None:
-        nanos, tokens = self._estimate(rules, request)
-        return nanos_to_usd(nanos) if nanos or tokens or request.estimated_cost_usd is not None else None
-
     def _admit(
-        self, rules: _Rules, request: DecisionRequest, now: float, decision_id: str, *, reserve: bool
-    ) -> tuple[list[PolicyHit], bool]:
+        self,
+        rules: _Rules,
+        request: DecisionRequest,
+        estimate: tuple[int, int],
+        now: float,
+        decision_id: str,
+        *,
+        reserve: bool,
+    ) -> tuple[list[_Hit], bool]:
         instances = rules.book.instances(request.scope())
         if not instances:
             return [], False
-        nanos, tokens = self._estimate(rules, request)
-        checks = tuple(_check(instance, request.priority, nanos, tokens) for instance in instances)
+        priority = request.priority
         admitted = self._store.admit(
             Admission(
                 decision_id=decision_id,
-                checks=checks,
+                checks=tuple(instance.checks[priority] for instance in instances),
+                nanos=estimate[0],
+                tokens=estimate[1],
                 expires_at=now + self.settings.reservation_ttl_s,
                 settle_key=_settle_key(request.provider, request.model, request.agent, request.user),
                 reserve=reserve,
             ),
             now,
         )
-        hits = [
-            budget_hit(
-                instance,
-                spent_nanos=state.spent_nanos,
-                spent_tokens=state.spent_tokens,
-                reserved_nanos=state.reserved_nanos,
-                exceeded=not state.fits,
-                now=now,
-            )
-            for instance, state in zip(instances, admitted.states, strict=True)
+        hits: list[_Hit] = [
+            _PendingBudgetHit(instance, state, now) for instance, state in zip(instances, admitted.states, strict=True)
         ]
         return hits, admitted.reserved
 
@@ -395,7 +398,7 @@ class PolicyEngine:
         """For routing: no open breaker and no exhausted deny budget for this model."""
         if not rules.breakers.available(request.provider, request.model):
             return False
-        hits, _ = self._admit(rules, request, now, "", reserve=False)
+        hits, _ = self._admit(rules, request, (0, 0), now, "", reserve=False)
         return not any(h.action is Action.DENY and not h.shadow for h in hits)
 
     def guard(self, provider: str, model: str, **fields: object) -> DecisionGuard:
@@ -522,8 +525,7 @@ class PolicyEngine:
         if not instances:
             return []
         admitted = self._store.admit(
-            Admission("", tuple(_check(i, Priority.CRITICAL, 0, 0) for i in instances), now, None, reserve=False),
-            now,
+            Admission("", tuple(i.checks[Priority.CRITICAL] for i in instances), 0, 0, now, None, reserve=False), now
         )
         return [
             budget_hit(
@@ -682,6 +684,59 @@ class PolicyEngine:
         self._rules.anomalies._lock = threading.Lock()
 
 
+class _PendingBudgetHit:
+    """A budget's say in a decision: its action is known at once, its `PolicyHit` built if read."""
+
+    __slots__ = ("_built", "action", "instance", "now", "shadow", "state")
+    kind: Final = "budget"
+
+    def __init__(self, instance: BudgetInstance, state: CheckState, now: float) -> None:
+        self.instance = instance
+        self.state = state
+        self.now = now
+        self.action = Action.ALLOW if state.fits else instance.on_exceed
+        self.shadow = instance.policy.shadow
+        self._built: PolicyHit | None = None
+
+    def __call__(self) -> PolicyHit:
+        built = self._built
+        if built is None:
+            state = self.state
+            built = self._built = budget_hit(
+                self.instance,
+                spent_nanos=state.spent_nanos,
+                spent_tokens=state.spent_tokens,
+                reserved_nanos=state.reserved_nanos,
+                exceeded=not state.fits,
+                now=self.now,
+            )
+        return built
+
+    @property
+    def policy(self) -> str:
+        return self.instance.policy.name
+
+    @property
+    def scope(self) -> str:
+        return self.instance.label
+
+    @property
+    def model(self) -> str | None:
+        action = self.instance.policy.action
+        return action.degrade if isinstance(action, Degrade) else None
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return self().retry_after_s
+
+    @property
+    def resets_at(self) -> datetime | None:
+        return self().resets_at
+
+
+_Hit = PolicyHit | _PendingBudgetHit
+
+
 class DecisionGuard:
     """`with engine.guard(...) as decision:` / `async with ...`: decide, raise on deny, tag spans."""
 
@@ -726,22 +781,25 @@ def _request(fields: dict[str, object]) -> DecisionRequest:
     return DecisionRequest(**values)  # type: ignore[arg-type]
 
 
-def _check(instance: BudgetInstance, priority: Priority, nanos: int, tokens: int) -> BudgetCheck:
-    policy = instance.policy
-    fraction = policy.usable_fraction(priority)
-    limit_nanos = instance.limit_nanos
-    return BudgetCheck(
-        scope=instance.key,
-        window=instance.window,
-        limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
-        limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
-        nanos=nanos,
-        tokens=tokens,
-        blocking=not policy.shadow and policy.on_exceed is Action.DENY,
-    )
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
 
 
-def _denied(hits: Iterable[PolicyHit]) -> bool:
+def _decision_id() -> str:
+    """Unique across processes and replicas (a random prefix per process) and cheap (a counter)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def _reset_decision_ids() -> None:
+    global _ID_PREFIX, _ID_COUNTER  # noqa: PLW0603 - a forked child must not repeat its parent's ids
+    _ID_PREFIX = uuid.uuid4().hex[:16]
+    _ID_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reset_decision_ids)
+
+
+def _denied(hits: Iterable[_Hit]) -> bool:
     return any(h.action is Action.DENY and not h.shadow for h in hits)
 
 

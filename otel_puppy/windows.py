@@ -8,8 +8,8 @@ Calendar windows (`hour`, `day`, `week`, `month`) follow the wall clock of a tim
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -34,6 +34,11 @@ class Bucket:
 class CalendarWindow:
     unit: str
     zone: ZoneInfo
+    _last: list[tuple[float, float, datetime]] = field(
+        default_factory=lambda: [(0.0, 0.0, datetime.min.replace(tzinfo=UTC))], compare=False, hash=False, repr=False
+    )
+    """The bucket computed last (start, end, end as a datetime): local-time arithmetic is the slow part,
+    and the current bucket is nearly always the answer. One list item, replaced whole: thread-safe."""
 
     @property
     def name(self) -> str:
@@ -49,7 +54,23 @@ class CalendarWindow:
     def resets_at(self, now: float) -> float:
         return self.bounds(now)[1]
 
+    def resets_at_datetime(self, now: float) -> datetime:
+        """When the window current at `now` ends, as an aware UTC datetime."""
+        start, end, end_datetime = self._last[0]
+        if start <= now < end:
+            return end_datetime
+        return datetime.fromtimestamp(self.bounds(now)[1], UTC)
+
     def bounds(self, ts: float) -> tuple[float, float]:
+        start, end, _ = self._last[0]
+        if start <= ts < end:
+            return start, end
+        start, end = self._compute(ts)
+        if start >= self._last[0][0]:
+            self._last[0] = (start, end, datetime.fromtimestamp(end, UTC))
+        return start, end
+
+    def _compute(self, ts: float) -> tuple[float, float]:
         local = datetime.fromtimestamp(ts, self.zone)
         if self.unit == "hour":
             start = local.replace(minute=0, second=0, microsecond=0)
@@ -101,6 +122,9 @@ class RollingWindow:
     def resets_at(self, now: float) -> float:
         """When the oldest sub-bucket counted now drops out."""
         return (int(now // self.step) + 1) * self.step
+
+    def resets_at_datetime(self, now: float) -> datetime:
+        return datetime.fromtimestamp(self.resets_at(now), UTC)
 
     def retention(self) -> float:
         return self.seconds + 2 * self.step

@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from otel_puppy.alerts import AlertEvent
-from otel_puppy.calls import LLMCall
+from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.decision import Action, Priority, Severity
 from otel_puppy.engine import PolicyEngine
-from otel_puppy.exceptions import PolicyErrors
+from otel_puppy.exceptions import CircuitOpenError, PolicyErrors
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.testing import FakeClock, engine_for_tests
 
@@ -374,3 +374,124 @@ def test_reload_keeps_window_spend_and_a_broken_edit_keeps_the_last_good_set(tmp
     assert engine.policies.budgets[0].limit_usd == Decimal("0.002")
     assert engine.decide(provider="openai", model="gpt-4.1").action is Action.DENY
     engine.close()
+
+
+# --- breakers, anomalies, routing through decide() -----------------------------------------------
+
+
+def fail(engine: PolicyEngine, provider: str = "openai", model: str = "gpt-4.1") -> None:
+    end = int(engine.clock.now() * 1e9)
+    engine.observe(
+        LLMCall(
+            trace_id=next(_ids),
+            span_id=next(_ids),
+            parent_span_id=0,
+            provider=provider,
+            request_model=model,
+            response_model=None,
+            operation="chat",
+            start_ns=end - 10**9,
+            end_ns=end,
+            error_class=ErrorClass.SERVER_ERROR,
+        )
+    )
+
+
+def test_breaker_opens_denies_probes_and_recovers() -> None:
+    clock = FakeClock()
+    engine, sink = engine_with(
+        "breakers:\n  - {name: providers, failure_threshold: 3, recovery_timeout: 30s, success_threshold: 2,"
+        " half_open_max_calls: 2}\n",
+        clock,
+    )
+    for _ in range(3):
+        fail(engine)
+    denied = engine.decide(provider="openai", model="gpt-4.1")
+    assert (denied.action, denied.retry_after_s) == (Action.DENY, 30.0)
+    assert denied.reasons[0].message == "breaker providers: openai is open after 3 failures; retry in 30.0s"
+    assert engine.decide(provider="anthropic", model="claude-sonnet-4-5").action is Action.ALLOW
+    clock.advance(30)
+    assert [engine.decide(provider="openai", model="gpt-4.1").action for _ in range(3)] == [
+        Action.ALLOW,
+        Action.ALLOW,
+        Action.DENY,  # two probes, then wait for them
+    ]
+    spend(engine)
+    spend(engine)
+    assert engine.decide(provider="openai", model="gpt-4.1").reasons == ()
+    assert [e.message for e in sink.events] == [
+        "breaker providers for openai: closed -> open",
+        "breaker providers for openai: open -> half_open",
+        "breaker providers for openai: half_open -> closed",
+    ]
+    assert (
+        engine.registry.get_sample_value(
+            "otel_puppy_breaker_state", {"policy": "providers", "provider": "openai", "model": ""}
+        )
+        == 0.0
+    )
+
+
+def test_engine_breaker_guard_fails_fast_while_open() -> None:
+    import asyncio
+
+    engine, _ = engine_with("breakers:\n  - {name: providers, failure_threshold: 1}\n")
+    fail(engine)
+
+    async def call() -> None:
+        async with engine.breaker("openai"):
+            raise AssertionError("must not run")
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(CircuitOpenError, match=r"circuit providers is open for openai; retry in 30\.0s"):
+            loop.run_until_complete(call())
+    finally:
+        loop.close()
+
+
+def test_anomaly_with_deny_action_denies_its_subject_only() -> None:
+    clock = FakeClock()
+    engine, sink = engine_with(
+        "anomalies:\n  - {name: spike, signal: request_rate, per: [provider], interval: 1m, baseline: 10m,"
+        " threshold: {ratio: 3}, min_samples: 5, cooldown: 5m, action: deny}\n",
+        clock,
+    )
+    for _ in range(8):  # a steady 2 calls a minute
+        spend(engine)
+        spend(engine)
+        clock.advance(60)
+    for _ in range(10):  # 10 in the next minute: 5x the baseline
+        spend(engine)
+    clock.advance(60)
+    decision = engine.decide(provider="openai", model="gpt-4.1")
+    assert decision.action is Action.DENY
+    assert decision.reasons[0].kind == "anomaly"
+    assert engine.decide(provider="anthropic", model="claude-sonnet-4-5").action is Action.ALLOW
+    assert [e.kind for e in sink.events] == ["anomaly"]
+    assert (
+        engine.registry.get_sample_value(
+            "otel_puppy_anomalies_total", {"policy": "spike", "signal": "request_rate", "action": "deny"}
+        )
+        == 1.0
+    )
+
+
+def test_routing_picks_the_model_and_skips_an_open_breaker() -> None:
+    engine, _ = engine_with(
+        """
+routing:
+  - {name: cheap-first, match: {agent: batch}, strategy: cheapest,
+     candidates: [openai:gpt-4.1, openai:gpt-4.1-mini, anthropic:claude-sonnet-4-5]}
+breakers:
+  - {name: models, per: [provider, model], failure_threshold: 1}
+"""
+    )
+    decision = engine.decide(provider="openai", model="gpt-4.1", agent="batch")
+    assert (decision.action, decision.model) == (Action.ALLOW, "gpt-4.1-mini")
+    assert decision.reasons[0].kind == "routing"
+    fail(engine, model="gpt-4.1-mini")
+    decision = engine.decide(provider="openai", model="gpt-4.1", agent="batch")
+    assert decision.model == "gpt-4.1"
+    assert "skipped openai:gpt-4.1-mini (unavailable)" in decision.reasons[0].message
+    assert engine.decide(provider="openai", model="gpt-4.1", agent="support").model == "gpt-4.1"  # no match

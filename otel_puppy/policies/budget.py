@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Final, Self
 from zoneinfo import ZoneInfo
@@ -17,9 +16,10 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, field_validator, model_validator
 
 from otel_puppy.decision import Action, PolicyHit, Priority, Severity
-from otel_puppy.money import nanos_to_usd, usd_to_nanos
+from otel_puppy.money import usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, Name, SectionEntry
 from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, Scope, scope_label
+from otel_puppy.store.base import BudgetCheck
 from otel_puppy.windows import Window, parse_window
 
 __all__ = ("BudgetBook", "BudgetInstance", "BudgetPolicy", "budget_hit")
@@ -129,19 +129,35 @@ class BudgetPolicy(SectionEntry):
 
 @dataclass(frozen=True, slots=True)
 class BudgetInstance:
-    """One budget for one scope: `per-agent` for `agent=support`."""
+    """One budget for one scope: `per-agent` for `agent=support`, with what decide() needs precomputed."""
 
     policy: BudgetPolicy
     window: Window
     label: str
+    key: str
+    limit_nanos: int | None
+    limit_text: str
+    on_exceed: Action
+    checks: dict[Priority, BudgetCheck]
+    """The admission check for each priority (the usable limit shrinks with higher priorities' reserves)."""
 
-    @property
-    def key(self) -> str:
-        return f"budget:{self.policy.name}|{self.label}"
-
-    @property
-    def limit_nanos(self) -> int | None:
-        return usd_to_nanos(self.policy.limit_usd) if self.policy.limit_usd is not None else None
+    @classmethod
+    def of(cls, policy: BudgetPolicy, window: Window, label: str) -> BudgetInstance:
+        key = f"budget:{policy.name}|{label}"
+        limit_nanos = usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None
+        blocking = not policy.shadow and policy.on_exceed is Action.DENY
+        checks = {}
+        for priority in Priority:
+            fraction = policy.usable_fraction(priority)
+            checks[priority] = BudgetCheck(
+                scope=key,
+                window=window,
+                limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
+                limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+                blocking=blocking,
+            )
+        limit_text = f"{policy.limit_usd:f}" if policy.limit_usd is not None else ""
+        return cls(policy, window, label, key, limit_nanos, limit_text, policy.on_exceed, checks)
 
 
 class BudgetBook:
@@ -171,7 +187,7 @@ class BudgetBook:
         found: list[BudgetInstance] = []
         for budget in self.budgets:
             labels = self._labels[budget.name] or ({""} if not budget.per else set())
-            found.extend(BudgetInstance(budget, self._windows[budget.name], label) for label in sorted(labels))
+            found.extend(BudgetInstance.of(budget, self._windows[budget.name], label) for label in sorted(labels))
         return tuple(found)
 
     def carry_over(self, previous: BudgetBook) -> None:
@@ -201,7 +217,7 @@ class BudgetBook:
                 )
                 label = OVERFLOW_SCOPE
             labels.add(label)
-        return BudgetInstance(budget, self._windows[budget.name], label)
+        return BudgetInstance.of(budget, self._windows[budget.name], label)
 
 
 def budget_hit(
@@ -215,22 +231,20 @@ def budget_hit(
 ) -> PolicyHit:
     """What this budget instance says about a request, given its state in the store."""
     policy = instance.policy
-    if policy.limit_usd is not None:
-        limit_nanos = usd_to_nanos(policy.limit_usd)
-        utilization = (spent_nanos + reserved_nanos) / limit_nanos
-        amount = f"${nanos_to_usd(spent_nanos + reserved_nanos):f} of ${policy.limit_usd:f}"
+    used = spent_nanos + reserved_nanos
+    if instance.limit_nanos is not None:
+        utilization = used / instance.limit_nanos
+        amount = f"${_usd(used)} of ${instance.limit_text}"
     else:
-        assert policy.limit_tokens is not None
-        utilization = spent_tokens / policy.limit_tokens
-        amount = f"{spent_tokens:,} of {policy.limit_tokens:,} tokens"
-    resets_at = instance.window.resets_at(now)
-    action = policy.on_exceed if exceeded else Action.ALLOW
+        limit_tokens = policy.limit_tokens or 1
+        utilization = spent_tokens / limit_tokens
+        amount = f"{spent_tokens:,} of {limit_tokens:,} tokens"
+    action = instance.on_exceed if exceeded else Action.ALLOW
     where = f" for {instance.label}" if instance.label else ""
+    message = f"budget {policy.name}{where}: {amount} this {policy.window} ({utilization:.0%})"
     if exceeded:
-        what = {Action.DENY: "denied", Action.WARN: "over, warning only", Action.DEGRADE: "degrading"}[action]
-        message = f"budget {policy.name}{where}: {amount} this {policy.window} ({utilization:.0%}); {what}"
-    else:
-        message = f"budget {policy.name}{where}: {amount} this {policy.window} ({utilization:.0%})"
+        message += _OUTCOME[action]
+    resets_at = instance.window.resets_at_datetime(now)
     return PolicyHit(
         kind="budget",
         policy=policy.name,
@@ -239,14 +253,22 @@ def budget_hit(
         scope=instance.label,
         severity=policy.severity(utilization),
         shadow=policy.shadow,
-        spent_usd=nanos_to_usd(spent_nanos),
+        spent_usd=Decimal(spent_nanos).scaleb(-9),
         limit_usd=policy.limit_usd,
         spent_tokens=spent_tokens,
         limit_tokens=policy.limit_tokens,
-        reserved_usd=nanos_to_usd(reserved_nanos),
+        reserved_usd=Decimal(reserved_nanos).scaleb(-9),
         utilization=utilization,
         window=policy.window,
-        resets_at=datetime.fromtimestamp(resets_at, UTC),
-        retry_after_s=max(resets_at - now, 0.0) if exceeded and action is Action.DENY else None,
+        resets_at=resets_at,
+        retry_after_s=max(resets_at.timestamp() - now, 0.0) if exceeded and action is Action.DENY else None,
         model=policy.action.degrade if isinstance(policy.action, Degrade) else None,
     )
+
+
+_OUTCOME: Final = {Action.DENY: "; denied", Action.WARN: "; over, warning only", Action.DEGRADE: "; degrading"}
+
+
+def _usd(nanos: int) -> str:
+    """Exact USD text for nano-USD, like `Decimal` would print it: 5600000 -> `0.005600000`."""
+    return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"

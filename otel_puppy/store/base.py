@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.windows import Window
@@ -78,20 +78,19 @@ class Counter:
 
 @dataclass(frozen=True, slots=True)
 class BudgetCheck:
-    """One budget instance in an admission: its usable limit and the amount to reserve on it."""
+    """One budget instance in an admission: its usable limit (for the request's priority)."""
 
     scope: str
     window: Window
     limit_nanos: int | None
     limit_tokens: int | None
-    nanos: int
-    tokens: int
     blocking: bool
     """A blocking check that does not fit stops the whole reservation (enforced `deny` budgets)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CheckState:
+class CheckState(NamedTuple):
+    """A budget's state in an admission (a named tuple: `decide()` makes one per matching budget)."""
+
     spent_nanos: int
     spent_tokens: int
     reserved_nanos: int
@@ -101,8 +100,12 @@ class CheckState:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
+    """Reserve `nanos` and `tokens` on every check's budget, iff every blocking one fits."""
+
     decision_id: str
     checks: tuple[BudgetCheck, ...]
+    nanos: int
+    tokens: int
     expires_at: float
     settle_key: str | None
     reserve: bool = True

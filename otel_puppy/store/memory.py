@@ -22,11 +22,13 @@ from otel_puppy.store.base import (
     Increment,
     SpendRecord,
 )
-from otel_puppy.windows import SUB_BUCKETS, CalendarWindow, RollingWindow, Window
+from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 
 __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
+_ZERO = [0, 0, 0]
+_NONE_RESERVED = [0, 0]
 
 
 class _Ring:
@@ -72,8 +74,12 @@ class _Ring:
         self.totals[2] += 1
 
     def read(self, now: float) -> Counter:
+        return Counter(*self.read_raw(now))
+
+    def read_raw(self, now: float) -> list[int]:
+        """[nanos, tokens, requests] now; the caller must not keep or change it."""
         self._advance(int(now // self.step))
-        return Counter(*self.totals)
+        return self.totals
 
     def empty(self) -> bool:
         return self.totals == [0, 0, 0]
@@ -94,7 +100,6 @@ class MemoryStore:
         self._calendar: dict[tuple[str, str, float], list[int]] = {}
         self._calendar_expiry: dict[tuple[str, str, float], float] = {}
         self._rings: dict[tuple[str, str], _Ring] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}
         self._seen: dict[str, float] = {}
         self._covered: dict[str, float] = {}
         self._reservations: dict[str, _Reservation] = {}
@@ -135,7 +140,7 @@ class MemoryStore:
                 ring = self._rings[ring_key] = _Ring(window.step)
             ring.add(inc.ts, inc.nanos, inc.tokens)
             return
-        start, end = self._bucket(window, inc.ts)
+        start, end = window.bounds(inc.ts)
         key = (inc.scope, window.unit, start)
         counter = self._calendar.get(key)
         if counter is None:
@@ -146,17 +151,6 @@ class MemoryStore:
             counter[1] += inc.tokens
             counter[2] += 1
 
-    def _bucket(self, window: CalendarWindow, ts: float) -> tuple[float, float]:
-        # Computing local-time bounds is the slow part; the current bucket is the usual answer.
-        name = f"{window.unit}:{window.zone.key}"
-        cached = self._buckets.get(name)
-        if cached is not None and cached[0] <= ts < cached[1]:
-            return cached
-        bounds = window.bounds(ts)
-        if cached is None or bounds[0] >= cached[0]:
-            self._buckets[name] = bounds
-        return bounds
-
     # --- reading -------------------------------------------------------------------------------
 
     def totals(self, reads: Sequence[tuple[str, Window]], now: float) -> list[Counter]:
@@ -164,12 +158,14 @@ class MemoryStore:
             return [self._total(scope, window, now) for scope, window in reads]
 
     def _total(self, scope: str, window: Window, now: float) -> Counter:
+        return Counter(*self._raw_total(scope, window, now))
+
+    def _raw_total(self, scope: str, window: Window, now: float) -> list[int]:
         if isinstance(window, RollingWindow):
             ring = self._rings.get((scope, window.label))
-            return ring.read(now) if ring is not None else Counter()
-        start, _ = self._bucket(window, now)
-        counter = self._calendar.get((scope, window.unit, start))
-        return Counter(*counter) if counter is not None else Counter()
+            return ring.read_raw(now) if ring is not None else _ZERO
+        counter = self._calendar.get((scope, window.unit, window.bounds(now)[0]))
+        return counter if counter is not None else _ZERO
 
     # --- admission -----------------------------------------------------------------------------
 
@@ -178,19 +174,23 @@ class MemoryStore:
             self._expire_reservations(now)
             states = []
             admitted = True
+            nanos, tokens = admission.nanos, admission.tokens
+            reserved_totals = self._reserved
             for check in admission.checks:
-                spent = self._total(check.scope, check.window, now)
-                reserved = self._reserved.get(check.scope)
-                reserved_nanos, reserved_tokens = (reserved[0], reserved[1]) if reserved else (0, 0)
-                fits = _fits(spent.nanos + reserved_nanos, check.nanos, check.limit_nanos) and _fits(
-                    spent.tokens + reserved_tokens, check.tokens, check.limit_tokens
-                )
-                states.append(CheckState(spent.nanos, spent.tokens, reserved_nanos, reserved_tokens, fits))
+                spent = self._raw_total(check.scope, check.window, now)
+                reserved = reserved_totals.get(check.scope) or _NONE_RESERVED
+                used_nanos = spent[0] + reserved[0]
+                used_tokens = spent[1] + reserved[1]
+                limit = check.limit_nanos
+                fits = limit is None or (used_nanos + nanos <= limit if nanos else used_nanos < limit)
+                if fits and (limit := check.limit_tokens) is not None:
+                    fits = used_tokens + tokens <= limit if tokens else used_tokens < limit
+                states.append(CheckState(spent[0], spent[1], reserved[0], reserved[1], fits))
                 if check.blocking and not fits:
                     admitted = False
-            reserve = admitted and admission.reserve and any(c.nanos or c.tokens for c in admission.checks)
+            reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(admission.checks)
             if reserve:
-                items = tuple((c.scope, c.nanos, c.tokens) for c in admission.checks)
+                items = tuple((c.scope, nanos, tokens) for c in admission.checks)
                 self._reservations[admission.decision_id] = _Reservation(
                     items, admission.expires_at, admission.settle_key
                 )
@@ -269,7 +269,7 @@ class MemoryStore:
             for bucket in old:
                 del self._calendar_expiry[bucket]
                 del self._calendar[bucket]
-            idle = [ring_key for ring_key, ring in self._rings.items() if ring.read(now).requests == 0]
+            idle = [ring_key for ring_key, ring in self._rings.items() if ring.read_raw(now)[2] == 0]
             for ring_key in idle:
                 del self._rings[ring_key]
             before = len(self._reservations)
@@ -281,11 +281,3 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._calendar) + len(self._rings) + len(self._seen)
-
-
-def _fits(used: int, amount: int, limit: int | None) -> bool:
-    if limit is None:
-        return True
-    if amount == 0:  # no estimate: allowed while anything is left
-        return used < limit
-    return used + amount <= limit
