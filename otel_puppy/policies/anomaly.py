@@ -43,7 +43,7 @@ from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock
 from otel_puppy.decision import Action, PolicyHit, Severity
 from otel_puppy.money import NANOS_PER_USD
-from otel_puppy.policies.base import Duration, Name, PolicyModel, SectionEntry
+from otel_puppy.policies.base import Duration, NamedEntry, PolicyModel
 from otel_puppy.policies.matching import Dimension, Match, Scope, scope_label
 
 __all__ = (
@@ -84,7 +84,7 @@ def _threshold_tag(value: object) -> str:
 Threshold = Annotated[Annotated[ZScore, Tag("zscore")] | Annotated[Ratio, Tag("ratio")], Discriminator(_threshold_tag)]
 
 
-class AnomalyPolicy(SectionEntry):
+class AnomalyPolicy(NamedEntry):
     """Watch `signal` per subject (`per`), sampled every `interval`, against a baseline spanning
     `baseline`; after `min_samples` intervals, a value past `threshold` is an anomaly, acted on at most
     once per `cooldown`.
@@ -93,7 +93,6 @@ class AnomalyPolicy(SectionEntry):
     'anomaly spend-spike: cost_rate zscore > 4 over a 1h baseline, alert'
     """
 
-    name: Name
     signal: Signal
     match: Match | None = None
     per: tuple[Dimension, ...] = ()
@@ -112,9 +111,6 @@ class AnomalyPolicy(SectionEntry):
         if len(set(value)) != len(value):
             raise ValueError("each dimension may appear once in per")
         return value
-
-    def identity(self) -> str:
-        return self.name
 
     def describe(self) -> str:
         threshold = (

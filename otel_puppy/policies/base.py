@@ -26,6 +26,7 @@ __all__ = (
     "Duration",
     "LimitAction",
     "Name",
+    "NamedEntry",
     "PolicyModel",
     "PriceEntry",
     "SectionEntry",
@@ -106,6 +107,16 @@ class SectionEntry(PolicyModel):
     @abstractmethod
     def describe(self) -> str:
         """One human line saying what this entry will do, for `PolicySet.summary()`."""
+
+
+class NamedEntry(SectionEntry):
+    """An entry users refer to by name (budgets, anomalies, breakers, routing): names are unique."""
+
+    name: Name
+
+    def identity(self) -> str:
+        """The name: two policies of one kind may not share it."""
+        return self.name
 
 
 def _usd(amount: Decimal) -> str:

@@ -24,7 +24,7 @@ from otel_puppy.calls import ErrorClass, LLMCall, classify_error
 from otel_puppy.clock import Clock
 from otel_puppy.decision import Action, PolicyHit, Severity
 from otel_puppy.exceptions import CircuitOpenError
-from otel_puppy.policies.base import Duration, Name, SectionEntry
+from otel_puppy.policies.base import Duration, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Match, Scope
 
 __all__ = (
@@ -53,7 +53,7 @@ DEFAULT_FAILURES = (
 )
 
 
-class BreakerPolicy(SectionEntry):
+class BreakerPolicy(NamedEntry):
     """closed -> open after `failure_threshold` consecutive failures -> half-open after
     `recovery_timeout`, letting `half_open_max_calls` probes through -> closed after
     `success_threshold` successes (or open again on a failure).
@@ -62,7 +62,6 @@ class BreakerPolicy(SectionEntry):
     'breaker providers: per provider, open after 5 failures, probe after 30s'
     """
 
-    name: Name
     match: Match | None = None
     per: tuple[Literal["provider", "model"], ...] = ("provider",)
     failure_threshold: Annotated[int, Field(ge=1, le=10_000)] = 5
@@ -93,9 +92,6 @@ class BreakerPolicy(SectionEntry):
         if value not in (("provider",), ("provider", "model")):
             raise ValueError("per must be [provider] or [provider, model]")
         return value
-
-    def identity(self) -> str:
-        return self.name
 
     def describe(self) -> str:
         scope = f" for {self.match.describe()}" if self.match else ""

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from otel_puppy.decision import Action, PolicyHit, Priority, Severity
 from otel_puppy.money import usd_to_nanos
-from otel_puppy.policies.base import Degrade, LimitAction, Name, SectionEntry
+from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, Scope, scope_label
 from otel_puppy.store.base import BudgetCheck
 from otel_puppy.windows import Window, parse_window
@@ -32,14 +32,13 @@ _CACHE_LIMIT: Final = 50_000
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
-class BudgetPolicy(SectionEntry):
+class BudgetPolicy(NamedEntry):
     """A limit on spend (`limit_usd`) or tokens (`limit_tokens`) per window.
 
     >>> BudgetPolicy(name="org-daily", limit_usd=100, window="day", action="deny").describe()
     'budget org-daily: $100 per day, deny when over'
     """
 
-    name: Name
     match: Match | None = None
     """Which calls count; every call when absent."""
     per: tuple[Dimension, ...] = ()
@@ -90,9 +89,6 @@ class BudgetPolicy(SectionEntry):
         if (self.limit_usd is None) == (self.limit_tokens is None):
             raise ValueError("give exactly one of limit_usd or limit_tokens")
         return self
-
-    def identity(self) -> str:
-        return self.name
 
     def describe(self) -> str:
         limit = f"${self.limit_usd:f}" if self.limit_usd is not None else f"{self.limit_tokens:,} tokens"

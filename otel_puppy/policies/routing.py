@@ -20,7 +20,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.model_stats import ModelStat, ModelStats
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
-from otel_puppy.policies.base import Duration, Name, PolicyModel, SectionEntry
+from otel_puppy.policies.base import Duration, NamedEntry, PolicyModel
 from otel_puppy.policies.matching import Match
 from otel_puppy.pricing import Pricer
 
@@ -58,14 +58,13 @@ class Weights(PolicyModel):
     capability: Annotated[float, Field(ge=0)] = 0.25
 
 
-class RoutingPolicy(SectionEntry):
+class RoutingPolicy(NamedEntry):
     """Choose the model for requests matching `match` among `candidates`.
 
     >>> RoutingPolicy(name="default", candidates=["openai:gpt-4.1", "openai:gpt-4.1-mini"]).describe()
     'routing default: balanced among openai:gpt-4.1, openai:gpt-4.1-mini'
     """
 
-    name: Name
     match: Match | None = None
     strategy: Strategy = "balanced"
     weights: Weights = Weights()
@@ -86,9 +85,6 @@ class RoutingPolicy(SectionEntry):
         if len(set(models)) != len(models):
             raise ValueError("each candidate may appear once")
         return value
-
-    def identity(self) -> str:
-        return self.name
 
     def describe(self) -> str:
         scope = f" for {self.match.describe()}" if self.match else ""
