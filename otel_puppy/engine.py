@@ -43,6 +43,7 @@ from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerBoard, BreakerGuard, BreakerStatus
 from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit
 from otel_puppy.policies.routing import Router
+from otel_puppy.policies.watch import PolicyWatcher
 from otel_puppy.pricing import Price, Pricer
 from otel_puppy.processor import DECISION_CONTEXT_KEY, PuppySpanProcessor
 from otel_puppy.redundant import RedundancyTracker
@@ -158,6 +159,7 @@ class PolicyEngine:
         self._processor: PuppySpanProcessor | None = None
         self._processor_lock = threading.Lock()
         self._next_expiry = 0.0
+        self._watcher: PolicyWatcher | None = None
         self._closed = False
         self.metrics.add_collector(self._collect)
 
@@ -171,7 +173,16 @@ class PolicyEngine:
         """
         settings = settings or PuppySettings.load()
         policies = load_policies(settings.policies) if Path(settings.policies).exists() else PolicySet()
-        return cls(settings, policies=policies, **kwargs)  # type: ignore[arg-type]
+        engine = cls(settings, policies=policies, **kwargs)  # type: ignore[arg-type]
+        if settings.watch_policies_s is not None and Path(settings.policies).exists():
+            engine.watch_policies(settings.watch_policies_s)
+        return engine
+
+    def watch_policies(self, interval_s: float = 1.0) -> PolicyWatcher:
+        """Reload whenever the policy files change (a broken edit keeps the last good set)."""
+        if self._watcher is None:
+            self._watcher = PolicyWatcher(self.settings.policies, self.reload, interval_s).start()
+        return self._watcher
 
     def _build_rules(self, policies: PolicySet, previous: _Rules | None) -> _Rules:
         book = BudgetBook(policies.budgets, self.settings.zone)
@@ -628,8 +639,9 @@ class PolicyEngine:
         """
         try:
             policies = load_policies(self.settings.policies)
-        except PolicyErrors:
-            logger.exception("policy reload failed; keeping the last good policy set")
+        except PolicyErrors as exc:
+            # The errors are the message (file:line:column each); a traceback would only hide them.
+            logger.error("policy reload failed; keeping the last good policy set:\n%s", exc)  # noqa: TRY400
             raise
         return self.use_policies(policies)
 
@@ -643,6 +655,8 @@ class PolicyEngine:
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.stop()
         if self._processor is not None:
             self._processor.shutdown()
         self.alerts.close()

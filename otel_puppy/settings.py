@@ -55,6 +55,8 @@ class PuppySettings(BaseSettings):
     """Distinct values a metric label may take before further values are folded into `other`."""
     dedupe_ttl_s: float = Field(default=24 * 3600, gt=0)
     """How long a span id is remembered, so a retried span is never counted twice."""
+    watch_policies_s: float | None = Field(default=1.0, gt=0)
+    """Poll the policy files this often and reload on change; unset to only reload on request."""
     reservation_ttl_s: float = Field(default=300.0, gt=0)
     """How long a `decide()` reservation waits for the span that settles it before it expires."""
     alert_webhook_url: str | None = None

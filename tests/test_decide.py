@@ -495,3 +495,77 @@ breakers:
     assert decision.model == "gpt-4.1"
     assert "skipped openai:gpt-4.1-mini (unavailable)" in decision.reasons[0].message
     assert engine.decide(provider="openai", model="gpt-4.1", agent="support").model == "gpt-4.1"  # no match
+
+
+def test_file_watching_reloads_good_edits_and_keeps_the_last_good_set(tmp_path: Path) -> None:
+    from otel_puppy.policies.watch import PolicyWatcher
+
+    policy = tmp_path / "budgets.yaml"
+    policy.write_text("budgets:\n  - {name: b, limit_usd: 1, window: day}\n")
+    engine = PolicyEngine.from_settings(
+        engine_for_tests().settings.model_copy(update={"policies": tmp_path, "watch_policies_s": None}),
+        clock=FakeClock(),
+    )
+    watcher = PolicyWatcher(tmp_path, engine.reload)  # polled by hand: the test does not wait on time
+    assert watcher.check() is False
+    policy.write_text("budgets:\n  - {name: b, limit_usd: 2, window: day}\n")
+    assert watcher.check() is True
+    assert engine.policies.budgets[0].limit_usd == 2
+    policy.write_text("budgets:\n  - {name: b, limit_usd: 3, window: day, colour: red}\n")
+    assert watcher.check() is False
+    assert (watcher.reloads, watcher.failures) == (1, 1)
+    assert watcher.last_error is not None
+    assert str(watcher.last_error.errors[0]).startswith(f"{policy}:2:42: budgets[0].colour: unknown key")
+    assert engine.policies.budgets[0].limit_usd == 2
+    (tmp_path / "more.yml").write_text("prices:\n  - {provider: p, model: m, input_mtok: 1, output_mtok: 1}\n")
+    policy.write_text("budgets:\n  - {name: b, limit_usd: 4, window: day}\n")
+    assert watcher.check() is True
+    assert (engine.policies.budgets[0].limit_usd, len(engine.policies.prices)) == (4, 1)
+    engine.close()
+
+
+def test_from_settings_starts_a_watcher_that_close_stops(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text("budgets: []\n")
+    engine = PolicyEngine.from_settings(engine_for_tests().settings.model_copy(update={"policies": tmp_path}))
+    watcher = engine._watcher
+    assert watcher is not None
+    assert watcher._thread is not None
+    assert watcher._thread.is_alive()
+    engine.close()
+    assert watcher._thread is None
+
+
+def test_alert_webhook_posts_json_to_a_real_http_server() -> None:
+    import json as jsonlib
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from otel_puppy.alerts import WebhookSink
+
+    received: list[dict[str, object]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(jsonlib.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sink = WebhookSink(f"http://127.0.0.1:{server.server_port}/hook")
+    try:
+        engine, _ = engine_with("budgets:\n  - {name: b, limit_usd: 0.004, window: day, alerts: [0.5]}\n")
+        engine.alerts.sinks = (sink,)
+        spend(engine)
+        sink.flush()
+        assert [(r["kind"], r["policy"], r["severity"], r["threshold"]) for r in received] == [
+            ("budget", "b", "info", 0.5)
+        ]
+        assert received[0]["message"] == "budget b crossed 50% of its day limit (70.0% used)"
+    finally:
+        sink.close()
+        server.shutdown()
+        server.server_close()
