@@ -263,8 +263,6 @@ def test_render_prints_rows_and_totals(tmp_path: Path) -> None:
 
 
 def test_replay_with_the_real_engine(tmp_path: Path) -> None:
-    if not hasattr(PolicyEngine, "decide"):
-        pytest.skip("PolicyEngine.decide does not exist yet")
     from otel_puppy.policies import parse_policy_text
     from otel_puppy.testing import engine_for_tests
 

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from otel_puppy.store.base import ApplyResult, Counter, SpendRecord, Store, open_store
 from otel_puppy.store.memory import MemoryStore
+from otel_puppy.store.sqlite import SQLiteStore
 
-__all__ = ("ApplyResult", "Counter", "MemoryStore", "SpendRecord", "Store", "open_store")
+__all__ = ("ApplyResult", "Counter", "MemoryStore", "SQLiteStore", "SpendRecord", "Store", "open_store")

@@ -149,9 +149,17 @@ class Store(Protocol):
 
 
 def open_store(url: str) -> Store:
-    """A store for a settings URL: `memory://` (SQLite and Redis arrive with service mode)."""
+    """A store for a settings URL: `memory://`, `sqlite:///path/to/state.db` (`sqlite://`: in memory).
+
+    Raises:
+        StoreError: an unknown or unavailable kind of store, or one that cannot be opened.
+    """
     from otel_puppy.store.memory import MemoryStore
 
     if url.startswith("memory://"):
         return MemoryStore()
-    raise StoreError(f"store {url!r} is not available in this version; use memory://")
+    if url.startswith("sqlite:"):
+        from otel_puppy.store.sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    raise StoreError(f"store {url!r} is not available in this version; use memory:// or sqlite:///path")

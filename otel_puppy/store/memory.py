@@ -190,6 +190,7 @@ class MemoryStore:
                     admitted = False
             reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(admission.checks)
             if reserve:
+                self._release(admission.decision_id)  # the same decision admitted again replaces its reservation
                 items = tuple((c.scope, nanos, tokens) for c in admission.checks)
                 self._reservations[admission.decision_id] = _Reservation(
                     items, admission.expires_at, admission.settle_key

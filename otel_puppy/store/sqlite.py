@@ -1,0 +1,500 @@
+"""SQLite store: the service's embedded state, one file that survives restarts.
+
+Every method is one transaction on one connection, shared by threads under a lock. Writes
+start with `BEGIN IMMEDIATE`, which takes the file's write lock before reading anything, so
+`admit`'s read-then-reserve is atomic across processes on the same file as well as threads,
+and `apply` dedupes and applies a whole batch or nothing: a caller may acknowledge a batch
+once `apply` returns, and retry the whole of it when `apply` raises.
+
+The semantics are `MemoryStore`'s (it is the reference; tests/store/test_conformance.py runs
+one suite on both). Two differences, both invisible while `now` does not go backwards:
+
+- A rolling window is one row per sub-bucket index, and its total is the sum over the current
+  index (the later of `now`'s and the newest written) and the 60 before it. `MemoryStore`'s
+  ring also moves forward when it is read; here a read never writes, so reads stay cheap and
+  never wait for the write lock.
+- `expire` forgets a rolling window (and counts it) two steps after its last sub-bucket stopped
+  counting, where `MemoryStore` does so as soon as it is idle: a row is never deleted while a
+  read could still count it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from hashlib import blake2b
+from pathlib import Path
+from typing import Final
+
+from otel_puppy.exceptions import StoreError
+from otel_puppy.store.base import (
+    Admission,
+    Admitted,
+    ApplyResult,
+    CheckState,
+    Counter,
+    SpendRecord,
+)
+from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
+
+__all__ = ("SCHEMA_VERSION", "SQLiteStore")
+
+SCHEMA_VERSION: Final = 1
+"""Bumped on every incompatible schema change; a file with a newer version is refused."""
+
+_CACHE_KIB: Final = 32 * 1024
+_CHECKPOINT_PAGES: Final = 10_000
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    # Calendar windows: one counter per (scope, unit, bucket start), kept until end + retention.
+    """CREATE TABLE IF NOT EXISTS calendar (
+        scope TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        start REAL NOT NULL,
+        nanos INTEGER NOT NULL,
+        tokens INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (scope, unit, start)
+    ) WITHOUT ROWID""",
+    # Rolling windows: one row per sub-bucket index (ts // step); the primary key serves both the
+    # newest-index lookup and the range sum of a read.
+    """CREATE TABLE IF NOT EXISTS rolling (
+        scope TEXT NOT NULL,
+        label TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        nanos INTEGER NOT NULL,
+        tokens INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (scope, label, idx)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS rolling_expiry ON rolling (expires_at)",
+    # Dedupe keys are 16-byte digests of span keys (see `_digest`): a day of spans is most of the
+    # file, and every key is stored twice (the table and its expiry index).
+    "CREATE TABLE IF NOT EXISTS seen (span_key BLOB PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS seen_expiry ON seen (until)",
+    "CREATE TABLE IF NOT EXISTS covered (parent_key BLOB PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS covered_expiry ON covered (until)",
+    # `seq` is an INTEGER PRIMARY KEY (the rowid itself), so it keeps admission order even through
+    # VACUUM, which may renumber an implicit rowid: settling by key takes the lowest `seq`.
+    """CREATE TABLE IF NOT EXISTS reservations (
+        seq INTEGER PRIMARY KEY,
+        decision_id TEXT NOT NULL UNIQUE,
+        settle_key TEXT,
+        expires_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS reservations_settle ON reservations (settle_key) WHERE settle_key IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at)",
+    """CREATE TABLE IF NOT EXISTS reservation_items (
+        seq INTEGER NOT NULL,
+        item INTEGER NOT NULL,
+        scope TEXT NOT NULL,
+        nanos INTEGER NOT NULL,
+        tokens INTEGER NOT NULL,
+        PRIMARY KEY (seq, item)
+    ) WITHOUT ROWID""",
+    # Covering: a scope's reserved total is a sum over this index alone.
+    "CREATE INDEX IF NOT EXISTS reservation_items_scope ON reservation_items (scope, nanos, tokens)",
+    "CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
+)
+
+_CALENDAR_ADD: Final = """
+INSERT INTO calendar (scope, unit, start, nanos, tokens, requests, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, unit, start) DO UPDATE SET
+    nanos = nanos + excluded.nanos, tokens = tokens + excluded.tokens, requests = requests + excluded.requests
+"""
+_ROLLING_ADD: Final = """
+INSERT INTO rolling (scope, label, idx, nanos, tokens, requests, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, label, idx) DO UPDATE SET
+    nanos = nanos + excluded.nanos, tokens = tokens + excluded.tokens, requests = requests + excluded.requests
+"""
+_CALENDAR_TOTAL: Final = "SELECT nanos, tokens, requests FROM calendar WHERE scope = ? AND unit = ? AND start = ?"
+# The current index is the later of now's and the newest written; every row is at or below it.
+_ROLLING_TOTAL: Final = """
+SELECT COALESCE(SUM(nanos), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(requests), 0) FROM rolling
+WHERE scope = ?1 AND label = ?2 AND idx >= (
+    SELECT max(COALESCE(MAX(idx), ?3), ?3) FROM rolling WHERE scope = ?1 AND label = ?2
+) - ?4
+"""
+_RESERVED: Final = "SELECT COALESCE(SUM(nanos), 0), COALESCE(SUM(tokens), 0) FROM reservation_items WHERE scope = ?"
+_COVERED_ADD: Final = """
+INSERT INTO covered (parent_key, until) VALUES (?, ?) ON CONFLICT (parent_key) DO UPDATE SET until = excluded.until
+"""
+_RINGS_GONE: Final = """
+SELECT COUNT(*) FROM (SELECT scope, label FROM rolling WHERE expires_at <= ?1 GROUP BY scope, label) AS old
+WHERE NOT EXISTS (
+    SELECT 1 FROM rolling AS r WHERE r.scope = old.scope AND r.label = old.label AND r.expires_at > ?1
+)
+"""
+
+# Key lookups bind a fixed number of parameters (padded with NULLs, which match nothing), so a
+# handful of statements cover every batch size and stay in sqlite3's statement cache.
+_LOOKUP_SIZES: Final = (8, 64, 512)
+_SEEN_LOOKUP: Final = {
+    n: f"SELECT span_key FROM seen WHERE span_key IN ({', '.join('?' * n)})"  # noqa: S608 - placeholders only
+    for n in _LOOKUP_SIZES
+}
+_COVERED_LOOKUP: Final = {
+    n: f"SELECT parent_key FROM covered WHERE parent_key IN ({', '.join('?' * n)})"  # noqa: S608 - placeholders only
+    for n in _LOOKUP_SIZES
+}
+
+
+class SQLiteStore:
+    """State in one SQLite file (WAL mode), shared safely by threads and by processes on one host.
+
+    >>> store = SQLiteStore("/var/lib/otel-puppy/state.db")  # doctest: +SKIP
+    >>> store = SQLiteStore(":memory:")  # doctest: +SKIP  (nothing survives close(): for tests)
+
+    Raises:
+        StoreError: the file cannot be opened or written, is not a database, or was written by
+            a newer otel_puppy (its schema version is higher than `SCHEMA_VERSION`).
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: no implicit transactions; each method issues its own BEGIN.
+            db = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False, cached_statements=64
+            )
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from exc
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode, NORMAL syncs the log at checkpoints rather than at every commit. A
+            # commit is in the WAL file (the OS's page cache) when COMMIT returns, so a crash of
+            # this process, kill -9 included, never loses a committed transaction; only an OS
+            # crash or power loss can lose the last few, and never corrupts the file. In exchange
+            # a commit costs no fsync, which is what lets `apply` keep up with span batches.
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = OFF")
+            # Dedupe keys land on random pages, so a batch dirties hundreds of them: a larger page
+            # cache and checkpoints every ~40 MB of log instead of 4 MB let repeated writes to the
+            # same pages coalesce (measured: about a third off the cost of a span).
+            db.execute(f"PRAGMA cache_size = {-_CACHE_KIB}")
+            db.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+            self._create_schema(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise self._error("cannot open", exc) from exc
+        except StoreError:
+            db.close()
+            raise
+        self._db: sqlite3.Connection | None = db
+
+    def _create_schema(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._schema_version(db)
+            for statement in _SCHEMA:
+                db.execute(statement)
+            if version is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
+    def _schema_version(self, db: sqlite3.Connection) -> int | None:
+        """The file's schema version (None for a new file); refuses one from a newer otel_puppy."""
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone():
+            return None
+        version: int | None = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"sqlite store {self.path}: schema version {version} was written by a newer otel_puppy "
+                f"(this one reads up to {SCHEMA_VERSION}); upgrade otel_puppy or use another file"
+            )
+        return version
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """`sqlite:///relative/state.db`, `sqlite:////absolute/state.db`, or `sqlite://` (in memory).
+
+        Raises:
+            StoreError: not a `sqlite://` URL of that shape, or the file cannot be opened.
+        """
+        if url in ("sqlite://", "sqlite:///"):
+            return cls(":memory:")
+        if not url.startswith("sqlite:///"):
+            raise StoreError(
+                f"store {url!r}: use sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite:// (in memory)"
+            )
+        return cls(url.removeprefix("sqlite:///"))
+
+    # --- transactions --------------------------------------------------------------------------
+
+    def _error(self, doing: str, exc: sqlite3.Error) -> StoreError:
+        name = getattr(exc, "sqlite_errorname", None)
+        cause = f"{exc} ({name})" if name else str(exc)
+        return StoreError(f"sqlite store {self.path}: {doing}: {cause}")
+
+    def _connection(self) -> sqlite3.Connection:
+        db = self._db
+        if db is None:
+            raise StoreError(f"sqlite store {self.path} is closed")
+        return db
+
+    @contextmanager
+    def _transaction(self, doing: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction under the lock: committed if the block returns, rolled back if it raises.
+
+        A write transaction takes the write lock at BEGIN (waiting up to the busy timeout), so it
+        never fails half-way for want of it.
+        """
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(f"{doing} failed" + (", nothing was written" if write else ""), exc) from exc
+
+    # --- spans ---------------------------------------------------------------------------------
+
+    def apply(self, records: Sequence[SpendRecord], now: float) -> list[ApplyResult]:
+        """Dedupe and apply every record, in order, in one transaction: all of them or none.
+
+        Raises:
+            StoreError: the transaction failed (locked past the busy timeout, disk full, read-only
+                file); nothing of the batch was applied, so the whole batch can be retried.
+        """
+        if not records:
+            return []
+        with self._transaction("apply") as db:
+            return self._apply(db, records)
+
+    def _apply(self, db: sqlite3.Connection, records: Sequence[SpendRecord]) -> list[ApplyResult]:
+        # The write lock is held: read which keys exist once, decide each record in Python exactly
+        # as MemoryStore._apply_one does, then write the batch with a few executemany calls.
+        # Counters are summed per row first; no decision depends on them, so order is kept.
+        keys = [(_digest(r.span_key), None if r.parent_key is None else _digest(r.parent_key)) for r in records]
+        span_keys = [key for key, _ in keys]
+        seen_before = _lookup(db, _SEEN_LOOKUP, span_keys + [parent for _, parent in keys if parent is not None])
+        covered_before = _lookup(db, _COVERED_LOOKUP, span_keys)
+        settling = db.execute("SELECT EXISTS (SELECT 1 FROM reservations)").fetchone()[0] == 1
+        seen: dict[bytes, float] = {}
+        covered: dict[bytes, float] = {}
+        calendar: dict[tuple[str, str, float], list[float]] = {}
+        rolling: dict[tuple[str, str, int], list[float]] = {}
+        results: list[ApplyResult] = []
+        append = results.append
+        for record, (key, parent) in zip(records, keys, strict=True):
+            if key in seen or key in seen_before:
+                append(ApplyResult.DUPLICATE)
+                continue
+            seen[key] = record.dedupe_until
+            if (
+                key in covered
+                or key in covered_before
+                or (parent is not None and (parent in seen or parent in seen_before))
+            ):
+                if settling and record.decision_id is not None:
+                    _release(db, record.decision_id)
+                append(ApplyResult.NESTED)
+                continue
+            if parent is not None:
+                covered[parent] = record.dedupe_until
+            for inc in record.increments:
+                window = inc.window
+                row: list[float] | None
+                if isinstance(window, RollingWindow):
+                    step = window.step
+                    index = int(inc.ts // step)
+                    rolling_key = (inc.scope, window.label, index)
+                    row = rolling.get(rolling_key)
+                    if row is None:
+                        # Kept two steps past the moment it stops counting (index + 61 steps).
+                        rolling[rolling_key] = [inc.nanos, inc.tokens, 1, (index + 1) * step + window.retention()]
+                        continue
+                else:
+                    start, end = window.bounds(inc.ts)
+                    calendar_key = (inc.scope, window.unit, start)
+                    row = calendar.get(calendar_key)
+                    if row is None:
+                        calendar[calendar_key] = [inc.nanos, inc.tokens, 1, end + window.retention()]
+                        continue
+                row[0] += inc.nanos
+                row[1] += inc.tokens
+                row[2] += 1
+            if (
+                settling
+                and not (record.decision_id is not None and _release(db, record.decision_id))
+                and record.settle_key
+            ):
+                _settle_oldest(db, record.settle_key)
+            append(ApplyResult.APPLIED)
+        db.executemany("INSERT INTO seen (span_key, until) VALUES (?, ?)", seen.items())
+        if covered:
+            db.executemany(_COVERED_ADD, covered.items())
+        if calendar:
+            db.executemany(_CALENDAR_ADD, [(*k, *v) for k, v in calendar.items()])
+        if rolling:
+            db.executemany(_ROLLING_ADD, [(*k, *v) for k, v in rolling.items()])
+        return results
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def totals(self, reads: Sequence[tuple[str, Window]], now: float) -> list[Counter]:
+        """Spend of each (scope, window) in the window current at `now`, read in one snapshot."""
+        if not reads:
+            return []
+        with self._transaction("totals", write=False) as db:
+            return [Counter(*_total(db, scope, window, now)) for scope, window in reads]
+
+    # --- admission -----------------------------------------------------------------------------
+
+    def admit(self, admission: Admission, now: float) -> Admitted:
+        """Check every budget and reserve on all of them iff every blocking one fits, atomically.
+
+        Raises:
+            StoreError: the transaction failed; nothing was reserved.
+        """
+        with self._transaction("admit") as db:
+            _expire_reservations(db, now)
+            states = []
+            admitted = True
+            nanos, tokens = admission.nanos, admission.tokens
+            for check in admission.checks:
+                spent = _total(db, check.scope, check.window, now)
+                reserved = db.execute(_RESERVED, (check.scope,)).fetchone()
+                used_nanos = spent[0] + reserved[0]
+                used_tokens = spent[1] + reserved[1]
+                limit = check.limit_nanos
+                fits = limit is None or (used_nanos + nanos <= limit if nanos else used_nanos < limit)
+                if fits and (limit := check.limit_tokens) is not None:
+                    fits = used_tokens + tokens <= limit if tokens else used_tokens < limit
+                states.append(CheckState(spent[0], spent[1], reserved[0], reserved[1], fits))
+                if check.blocking and not fits:
+                    admitted = False
+            reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(admission.checks)
+            if reserve:
+                # A decision id is admitted once; should it come again, the new reservation replaces
+                # the old one rather than adding to it.
+                _release(db, admission.decision_id)
+                seq = db.execute(
+                    "INSERT INTO reservations (decision_id, settle_key, expires_at) VALUES (?, ?, ?)",
+                    (admission.decision_id, admission.settle_key or None, admission.expires_at),
+                ).lastrowid
+                db.executemany(
+                    "INSERT INTO reservation_items (seq, item, scope, nanos, tokens) VALUES (?, ?, ?, ?, ?)",
+                    [(seq, item, check.scope, nanos, tokens) for item, check in enumerate(admission.checks)],
+                )
+            return Admitted(reserve, tuple(states))
+
+    def release(self, decision_id: str) -> bool:
+        """Drop a reservation (the call will not happen); False if it was not open."""
+        with self._transaction("release") as db:
+            return _release(db, decision_id)
+
+    # --- marks ---------------------------------------------------------------------------------
+
+    def mark(self, key: str, expires_at: float) -> bool:
+        """Set `key` if absent (True) or report it was set already (False)."""
+        with self._transaction("mark") as db:
+            cursor = db.execute("INSERT OR IGNORE INTO marks (key, expires_at) VALUES (?, ?)", (key, expires_at))
+            return cursor.rowcount == 1
+
+    def unmark(self, key: str) -> None:
+        with self._transaction("unmark") as db:
+            db.execute("DELETE FROM marks WHERE key = ?", (key,))
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Forget what is past its expiry; returns how many keys, counters, windows and reservations."""
+        with self._transaction("expire") as db:
+            dropped = 0
+            for statement in (
+                "DELETE FROM seen WHERE until <= ?",
+                "DELETE FROM covered WHERE until <= ?",
+                "DELETE FROM marks WHERE expires_at <= ?",
+                "DELETE FROM calendar WHERE expires_at <= ?",
+            ):
+                dropped += db.execute(statement, (now,)).rowcount
+            # Counted per rolling window whose every sub-bucket is gone, as MemoryStore counts rings.
+            dropped += int(db.execute(_RINGS_GONE, (now,)).fetchone()[0])
+            db.execute("DELETE FROM rolling WHERE expires_at <= ?", (now,))
+            return dropped + _expire_reservations(db, now)
+
+    def close(self) -> None:
+        """Close the connection (idempotent); the file keeps everything for the next open."""
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # Some errors (a full disk, an I/O error) roll the transaction back themselves; and a failing
+    # ROLLBACK must not hide the error that caused it.
+    if db.in_transaction:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def _digest(key: str) -> bytes:
+    """A span key's 128-bit digest: 16 bytes whatever the key looks like; a collision (which
+    would count a span as a duplicate) is out of reach below 2**64 keys."""
+    return blake2b(key.encode(), digest_size=16).digest()
+
+
+def _lookup(db: sqlite3.Connection, statements: dict[int, str], keys: list[bytes]) -> set[bytes]:
+    """Which of `keys` the table holds."""
+    found: set[bytes] = set()
+    largest = _LOOKUP_SIZES[-1]
+    for first in range(0, len(keys), largest):
+        chunk: list[bytes | None] = list(keys[first : first + largest])
+        size = next(n for n in _LOOKUP_SIZES if n >= len(chunk))
+        chunk += [None] * (size - len(chunk))
+        found.update(row[0] for row in db.execute(statements[size], chunk))
+    return found
+
+
+def _total(db: sqlite3.Connection, scope: str, window: Window, now: float) -> tuple[int, int, int]:
+    if isinstance(window, RollingWindow):
+        row = db.execute(_ROLLING_TOTAL, (scope, window.label, int(now // window.step), SUB_BUCKETS)).fetchone()
+    else:
+        row = db.execute(_CALENDAR_TOTAL, (scope, window.unit, window.bounds(now)[0])).fetchone()
+    return (row[0], row[1], row[2]) if row is not None else (0, 0, 0)
+
+
+def _release(db: sqlite3.Connection, decision_id: str) -> bool:
+    row = db.execute("SELECT seq FROM reservations WHERE decision_id = ?", (decision_id,)).fetchone()
+    if row is None:
+        return False
+    _drop_reservation(db, row[0])
+    return True
+
+
+def _settle_oldest(db: sqlite3.Connection, settle_key: str) -> None:
+    row = db.execute("SELECT seq FROM reservations WHERE settle_key = ? ORDER BY seq LIMIT 1", (settle_key,)).fetchone()
+    if row is not None:
+        _drop_reservation(db, row[0])
+
+
+def _drop_reservation(db: sqlite3.Connection, seq: int) -> None:
+    db.execute("DELETE FROM reservations WHERE seq = ?", (seq,))
+    db.execute("DELETE FROM reservation_items WHERE seq = ?", (seq,))
+
+
+def _expire_reservations(db: sqlite3.Connection, now: float) -> int:
+    expired = db.execute("SELECT seq FROM reservations WHERE expires_at <= ?", (now,)).fetchall()
+    if expired:
+        db.executemany("DELETE FROM reservations WHERE seq = ?", expired)
+        db.executemany("DELETE FROM reservation_items WHERE seq = ?", expired)
+    return len(expired)

@@ -1,0 +1,404 @@
+"""One suite, every store: `MemoryStore` is the reference and each backend must answer exactly as it does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from otel_puppy.store.base import (
+    Admission,
+    Admitted,
+    ApplyResult,
+    BudgetCheck,
+    CheckState,
+    Counter,
+    Increment,
+    SpendRecord,
+    Store,
+)
+from otel_puppy.store.memory import MemoryStore
+from otel_puppy.store.sqlite import SQLiteStore
+from otel_puppy.windows import CalendarWindow, RollingWindow, Window
+
+UTC = ZoneInfo("UTC")
+DAY = CalendarWindow("day", UTC)
+HOUR = CalendarWindow("hour", UTC)
+H1 = RollingWindow(3600, "1h")  # 60 sub-buckets of 60 s
+T0 = datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()  # noon, on a sub-bucket boundary of 1h
+STEP = 60.0
+
+APPLIED, DUPLICATE, NESTED = ApplyResult.APPLIED, ApplyResult.DUPLICATE, ApplyResult.NESTED
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "state.db")
+    yield store
+    store.close()
+
+
+def rec(
+    key: str,
+    *,
+    parent: str | None = None,
+    nanos: int = 100,
+    tokens: int = 10,
+    ts: float = T0,
+    scope: str = "s",
+    windows: tuple[Window, ...] = (DAY, H1),
+    decision_id: str | None = None,
+    settle_key: str | None = None,
+    until: float = T0 + 86400,
+) -> SpendRecord:
+    increments = tuple(Increment(scope, window, ts, nanos, tokens) for window in windows)
+    return SpendRecord(key, parent, increments, until, decision_id=decision_id, settle_key=settle_key)
+
+
+def check(
+    scope: str = "s",
+    window: Window = DAY,
+    *,
+    limit_nanos: int | None = 1000,
+    limit_tokens: int | None = None,
+    blocking: bool = True,
+) -> BudgetCheck:
+    return BudgetCheck(scope, window, limit_nanos, limit_tokens, blocking)
+
+
+def admit(
+    store: Store,
+    decision_id: str,
+    *checks: BudgetCheck,
+    nanos: int = 0,
+    tokens: int = 0,
+    settle_key: str | None = None,
+    expires_at: float = T0 + 300,
+    reserve: bool = True,
+    now: float = T0,
+) -> Admitted:
+    admission = Admission(decision_id, checks or (check(),), nanos, tokens, expires_at, settle_key, reserve=reserve)
+    return store.admit(admission, now)
+
+
+def read(store: Store, window: Window = DAY, scope: str = "s", now: float = T0) -> Counter:
+    return store.totals([(scope, window)], now)[0]
+
+
+def reserved(store: Store, scope: str = "s", now: float = T0) -> tuple[int, int]:
+    state = store.admit(Admission("", (check(scope),), 0, 0, now, None, reserve=False), now).states[0]
+    return state.reserved_nanos, state.reserved_tokens
+
+
+# --- apply: exactly once ----------------------------------------------------------------------
+
+
+def test_a_span_is_applied_once_and_a_retry_is_a_duplicate(store: Store) -> None:
+    assert store.apply([rec("a")], T0) == [APPLIED]
+    assert store.apply([rec("a")], T0 + 5) == [DUPLICATE]
+    assert store.totals([("s", DAY), ("s", H1)], T0) == [Counter(100, 10, 1), Counter(100, 10, 1)]
+
+
+def test_the_same_span_twice_in_one_batch_counts_once(store: Store) -> None:
+    assert store.apply([rec("a"), rec("a")], T0) == [APPLIED, DUPLICATE]
+    assert read(store) == Counter(100, 10, 1)
+
+
+def test_a_retried_batch_is_all_duplicate(store: Store) -> None:
+    batch = [rec("a"), rec("b", nanos=200), rec("c", parent="a")]
+    assert store.apply(batch, T0) == [APPLIED, APPLIED, NESTED]
+    assert store.apply(batch, T0) == [DUPLICATE, DUPLICATE, DUPLICATE]
+    assert read(store) == Counter(300, 20, 2)
+
+
+def test_an_empty_batch(store: Store) -> None:
+    assert store.apply([], T0) == []
+
+
+@pytest.mark.parametrize("one_batch", [True, False], ids=["one batch", "two batches"])
+@pytest.mark.parametrize("child_first", [True, False], ids=["child first", "parent first"])
+def test_nested_spans_of_one_call_count_once_whichever_arrives_first(
+    store: Store, child_first: bool, one_batch: bool
+) -> None:
+    parent, child = rec("p", nanos=100), rec("c", parent="p", nanos=70)
+    first, second = (child, parent) if child_first else (parent, child)
+    if one_batch:
+        assert store.apply([first, second], T0) == [APPLIED, NESTED]
+    else:
+        assert (store.apply([first], T0), store.apply([second], T0)) == ([APPLIED], [NESTED])
+    assert read(store) == (Counter(70, 10, 1) if child_first else Counter(100, 10, 1))
+    assert store.apply([parent, child], T0) == [DUPLICATE, DUPLICATE]
+
+
+def test_sibling_calls_both_count_and_their_parent_is_then_nested(store: Store) -> None:
+    assert store.apply([rec("a", parent="run"), rec("b", parent="run")], T0) == [APPLIED, APPLIED]
+    assert store.apply([rec("run")], T0) == [NESTED]
+    assert store.apply([rec("grandchild", parent="a"), rec("x", parent="run")], T0) == [NESTED, NESTED]
+    assert read(store) == Counter(200, 20, 2)
+
+
+# --- windows ----------------------------------------------------------------------------------
+
+
+def test_calendar_spend_counts_in_the_bucket_of_its_time(store: Store) -> None:
+    windows = (DAY, HOUR)
+    store.apply(
+        [
+            rec("noon", ts=T0, windows=windows),
+            rec("yesterday", ts=T0 - 12 * 3600 - 1, nanos=7, windows=windows),  # 23:59:59 the day before
+            rec("end of hour", ts=T0 + 3599.5, nanos=20, windows=windows),
+        ],
+        T0,
+    )
+    assert store.totals([("s", DAY), ("s", HOUR), ("t", DAY)], T0) == [
+        Counter(120, 20, 2),
+        Counter(120, 20, 2),
+        Counter(0, 0, 0),
+    ]
+    assert store.totals([("s", DAY), ("s", HOUR)], T0 + 3600) == [Counter(120, 20, 2), Counter(0, 0, 0)]
+    assert read(store, DAY, now=T0 + 12 * 3600) == Counter(0, 0, 0)  # midnight: a new day
+    assert read(store, DAY, now=T0 - 12 * 3600 - 0.5) == Counter(7, 10, 1)
+    assert read(store, HOUR, now=T0 - 12 * 3600 - 0.5) == Counter(7, 10, 1)
+
+
+def test_rolling_spend_counts_in_its_sub_bucket_and_the_sixty_after(store: Store) -> None:
+    # Spend at the start of a sub-bucket counts for 61 steps, at its end for just over 60.
+    store.apply([rec("start", ts=T0, nanos=1), rec("end", ts=T0 + STEP - 0.001, nanos=2)], T0 + STEP)
+    assert read(store, H1, now=T0 + 61 * STEP - 0.001) == Counter(3, 20, 2)
+    assert read(store, H1, now=T0 + 61 * STEP) == Counter(0, 0, 0)
+
+
+def test_rolling_total_drops_sub_buckets_one_by_one(store: Store) -> None:
+    store.apply(
+        [
+            rec("a", ts=T0, nanos=1),
+            rec("b", ts=T0 + 30 * STEP, nanos=2),
+            rec("c", ts=T0 + 60 * STEP, nanos=4),
+            rec("d", ts=T0 + 60 * STEP + 59, nanos=8),
+        ],
+        T0 + 60 * STEP + 59,
+    )
+    assert read(store, H1, now=T0 + 60 * STEP + 59) == Counter(15, 40, 4)
+    assert read(store, H1, now=T0 + 61 * STEP) == Counter(14, 30, 3)
+    assert read(store, H1, now=T0 + 90 * STEP + 59) == Counter(14, 30, 3)
+    assert read(store, H1, now=T0 + 91 * STEP) == Counter(12, 20, 2)
+    assert read(store, H1, now=T0 + 121 * STEP - 1) == Counter(12, 20, 2)
+    assert read(store, H1, now=T0 + 121 * STEP) == Counter(0, 0, 0)
+
+
+def test_spend_older_than_a_rolling_window_does_not_count(store: Store) -> None:
+    store.apply([rec("new", ts=T0 + 60 * STEP, nanos=1)], T0 + 60 * STEP)
+    store.apply([rec("late", ts=T0 - 1, nanos=2), rec("in time", ts=T0, nanos=4)], T0 + 60 * STEP)
+    assert read(store, H1, now=T0 + 60 * STEP) == Counter(5, 20, 2)
+    assert read(store, DAY, now=T0 + 60 * STEP) == Counter(7, 30, 3)
+
+
+def test_totals_answer_each_read_in_order(store: Store) -> None:
+    store.apply([rec("a", scope="s"), rec("b", scope="t", nanos=5, tokens=1)], T0)
+    reads: list[tuple[str, Window]] = [("t", H1), ("s", DAY), ("unknown", HOUR), ("t", DAY), ("unknown", H1)]
+    assert store.totals(reads, T0) == [
+        Counter(5, 1, 1),
+        Counter(100, 10, 1),
+        Counter(0, 0, 0),
+        Counter(5, 1, 1),
+        Counter(0, 0, 0),
+    ]
+    assert store.totals([], T0) == []
+
+
+# --- admission --------------------------------------------------------------------------------
+
+
+def test_admission_reserves_while_the_budget_fits(store: Store) -> None:
+    store.apply([rec("a", nanos=100, tokens=10)], T0)
+    assert admit(store, "d1", nanos=500) == Admitted(True, (CheckState(100, 10, 0, 0, True),))
+    assert admit(store, "d2", nanos=400, tokens=3) == Admitted(True, (CheckState(100, 10, 500, 0, True),))
+    assert admit(store, "d3", nanos=1) == Admitted(False, (CheckState(100, 10, 900, 3, False),))
+    assert reserved(store) == (900, 3)
+
+
+def test_a_blocking_check_that_does_not_fit_reserves_nothing_anywhere(store: Store) -> None:
+    checks = (check("s", limit_nanos=1000), check("t", limit_nanos=100))
+    assert admit(store, "d1", *checks, nanos=200) == Admitted(
+        False, (CheckState(0, 0, 0, 0, True), CheckState(0, 0, 0, 0, False))
+    )
+    assert (reserved(store, "s"), reserved(store, "t")) == ((0, 0), (0, 0))
+    assert store.release("d1") is False
+
+
+def test_a_non_blocking_check_that_does_not_fit_still_reserves_on_every_check(store: Store) -> None:
+    checks = (check("s", limit_nanos=1000), check("t", limit_nanos=100, blocking=False))
+    assert admit(store, "d1", *checks, nanos=200, tokens=2) == Admitted(
+        True, (CheckState(0, 0, 0, 0, True), CheckState(0, 0, 0, 0, False))
+    )
+    assert (reserved(store, "s"), reserved(store, "t")) == ((200, 2), (200, 2))
+
+
+def test_an_amount_of_zero_fits_while_the_budget_is_not_used_up(store: Store) -> None:
+    store.apply([rec("a", nanos=999, tokens=0)], T0)
+    assert admit(store, "d1") == Admitted(False, (CheckState(999, 0, 0, 0, True),))  # nothing to reserve
+    store.apply([rec("b", nanos=1, tokens=0)], T0)
+    assert admit(store, "d2") == Admitted(False, (CheckState(1000, 0, 0, 0, False),))
+    assert admit(store, "d3", check(limit_nanos=None)) == Admitted(False, (CheckState(1000, 0, 0, 0, True),))
+    assert reserved(store) == (0, 0)
+
+
+def test_reserve_false_only_reads(store: Store) -> None:
+    assert admit(store, "d1", nanos=500, reserve=False) == Admitted(False, (CheckState(0, 0, 0, 0, True),))
+    assert reserved(store) == (0, 0)
+    assert store.release("d1") is False
+
+
+def test_an_admission_without_checks_reserves_nothing(store: Store) -> None:
+    assert store.admit(Admission("d1", (), 500, 5, T0 + 300, "k"), T0) == Admitted(False, ())
+    assert store.release("d1") is False
+
+
+def test_token_limits(store: Store) -> None:
+    tokens_only = check(limit_nanos=None, limit_tokens=100)
+    store.apply([rec("a", nanos=100, tokens=10)], T0)
+    assert admit(store, "d1", tokens_only, tokens=90) == Admitted(True, (CheckState(100, 10, 0, 0, True),))
+    assert admit(store, "d2", tokens_only, tokens=1) == Admitted(False, (CheckState(100, 10, 0, 90, False),))
+    # no tokens asked: fits while tokens used < limit, and 10 + 90 is the limit
+    assert admit(store, "d3", tokens_only, nanos=5) == Admitted(False, (CheckState(100, 10, 0, 90, False),))
+    both = check(limit_nanos=1000, limit_tokens=1000)
+    assert admit(store, "d4", both, nanos=901, tokens=1) == Admitted(False, (CheckState(100, 10, 0, 90, False),))
+    assert admit(store, "d5", both, nanos=900, tokens=900) == Admitted(True, (CheckState(100, 10, 0, 90, True),))
+    assert reserved(store) == (900, 990)
+
+
+def test_a_rolling_budget_admits_on_the_spend_of_its_trailing_window(store: Store) -> None:
+    rolling = check(window=H1, limit_nanos=150)
+    store.apply([rec("a", nanos=100)], T0)
+    later = T0 + 61 * STEP
+    assert admit(store, "d1", rolling, nanos=100, now=later - 1, expires_at=later) == Admitted(
+        False, (CheckState(100, 10, 0, 0, False),)
+    )
+    assert admit(store, "d2", rolling, nanos=100, now=later, expires_at=later + 300) == Admitted(
+        True, (CheckState(0, 0, 0, 0, True),)
+    )
+
+
+# --- settlement -------------------------------------------------------------------------------
+
+
+def test_a_span_with_a_decision_id_settles_that_reservation(store: Store) -> None:
+    admit(store, "d1", nanos=500, settle_key="k")
+    admit(store, "d2", nanos=300, settle_key="k")
+    assert store.apply([rec("a", decision_id="d2", settle_key="k")], T0) == [APPLIED]
+    assert reserved(store) == (500, 0)
+    assert (store.release("d2"), store.release("d1")) == (False, True)
+
+
+def test_a_span_without_a_decision_id_settles_the_oldest_reservation_with_its_key(store: Store) -> None:
+    admit(store, "d1", nanos=500, settle_key="k")
+    admit(store, "d2", nanos=300, settle_key="k")
+    admit(store, "d3", nanos=70, settle_key="other")
+    admit(store, "d4", nanos=9)
+    store.apply([rec("a", settle_key="k")], T0)
+    assert reserved(store) == (379, 0)
+    store.apply([rec("b", settle_key="k")], T0)
+    assert reserved(store) == (79, 0)
+    store.apply([rec("c", settle_key="k"), rec("d")], T0)  # nothing open for k; no key: settles nothing
+    assert reserved(store) == (79, 0)
+    assert (store.release("d1"), store.release("d2"), store.release("d3"), store.release("d4")) == (
+        False,
+        False,
+        True,
+        True,
+    )
+
+
+def test_a_decision_id_no_longer_open_falls_back_to_the_settle_key(store: Store) -> None:
+    admit(store, "d1", nanos=500, settle_key="k")
+    admit(store, "d2", nanos=300, settle_key="k")
+    admit(store, "d3", nanos=70, settle_key="k")
+    # In one batch, in order: "a" settles d1 (the oldest); "b" names d1, gone by then, so settles d2.
+    assert store.apply([rec("a", settle_key="k"), rec("b", decision_id="d1", settle_key="k")], T0) == [
+        APPLIED,
+        APPLIED,
+    ]
+    assert reserved(store) == (70, 0)
+    assert store.apply([rec("c", decision_id="unknown")], T0) == [APPLIED]
+    assert reserved(store) == (70, 0)
+
+
+def test_a_nested_span_releases_the_reservation_its_decision_id_names(store: Store) -> None:
+    store.apply([rec("call")], T0)
+    admit(store, "d1", nanos=500, settle_key="k")
+    admit(store, "d2", nanos=300, settle_key="k")
+    assert store.apply([rec("sdk", parent="call", decision_id="d1", settle_key="k")], T0) == [NESTED]
+    assert reserved(store) == (300, 0)
+    # Without a decision id, a nested span settles nothing (the span it nests in did or will)...
+    assert store.apply([rec("sdk2", parent="call", settle_key="k")], T0) == [NESTED]
+    # ...nor does a duplicate, whatever it carries.
+    assert store.apply([rec("call", decision_id="d2", settle_key="k")], T0) == [DUPLICATE]
+    assert reserved(store) == (300, 0)
+    assert read(store) == Counter(100, 10, 1)
+
+
+def test_release(store: Store) -> None:
+    admit(store, "d1", nanos=500, tokens=5, settle_key="k")
+    assert reserved(store) == (500, 5)
+    assert store.release("d1") is True
+    assert reserved(store) == (0, 0)
+    assert store.release("d1") is False
+    assert store.release("never admitted") is False
+    store.apply([rec("a", settle_key="k")], T0)  # a released reservation is not settled again
+    assert reserved(store) == (0, 0)
+
+
+def test_reservations_expire_at_their_time(store: Store) -> None:
+    admit(store, "d1", nanos=500, expires_at=T0 + 300)
+    assert reserved(store, now=T0 + 299.999) == (500, 0)
+    assert reserved(store, now=T0 + 300) == (0, 0)
+    assert store.release("d1") is False
+
+
+def test_expire_drops_expired_reservations(store: Store) -> None:
+    admit(store, "d1", nanos=500, expires_at=T0 + 300)
+    admit(store, "d2", nanos=20, expires_at=T0 + 400)
+    assert store.expire(T0 + 299) == 0
+    assert store.expire(T0 + 300) == 1
+    assert (store.release("d1"), store.release("d2")) == (False, True)
+
+
+# --- marks and expiry -------------------------------------------------------------------------
+
+
+def test_marks_are_set_once_until_unmarked_or_expired(store: Store) -> None:
+    assert store.mark("m", T0 + 10) is True
+    assert store.mark("m", T0 + 20) is False
+    store.unmark("m")
+    store.unmark("never set")
+    assert store.mark("m", T0 + 10) is True
+    assert store.expire(T0 + 9) == 0
+    assert store.expire(T0 + 10) == 1
+    assert store.mark("m", T0 + 20) is True
+
+
+def test_expire_forgets_each_kind_at_its_time_and_counts_it(store: Store) -> None:
+    store.apply(
+        [
+            rec("a", until=T0 + 600, windows=(DAY, HOUR, H1)),
+            rec("c", parent="p", until=T0 + 900, windows=(HOUR,)),
+        ],
+        T0,
+    )
+    store.mark("m", T0 + 100)
+    admit(store, "d1", nanos=10, expires_at=T0 + 200)
+    assert store.expire(T0 + 99) == 0
+    assert store.expire(T0 + 100) == 1  # the mark
+    assert store.expire(T0 + 200) == 1  # the reservation
+    assert store.expire(T0 + 600) == 1  # a's dedupe key
+    assert store.expire(T0 + 900) == 2  # c's dedupe key and p, covered by c
+    assert store.expire(T0 + 3 * 3600) == 2  # the noon hour (kept 2 h after it ends) and the 1h window
+    assert store.totals([("s", HOUR), ("s", DAY)], T0) == [Counter(0, 0, 0), Counter(100, 10, 1)]
+    assert store.expire(T0 + 60 * 3600) == 1  # the day, 2 days after it ends
+    assert store.expire(T0 + 100 * 86400) == 0
+    assert store.totals([("s", DAY), ("s", H1)], T0) == [Counter(0, 0, 0), Counter(0, 0, 0)]
+    # forgotten keys: the same spans now count again
+    assert store.apply([rec("a", windows=()), rec("p", windows=())], T0) == [APPLIED, APPLIED]

@@ -1,0 +1,335 @@
+"""SQLite store: what only a file can do (restart, failures, crashes, other connections)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client.registry import CollectorRegistry
+
+from otel_puppy.calls import LLMCall
+from otel_puppy.engine import PolicyEngine
+from otel_puppy.exceptions import StoreError
+from otel_puppy.policies import parse_policy_text
+from otel_puppy.settings import PuppySettings
+from otel_puppy.store.base import ApplyResult, Counter, SpendRecord, open_store
+from otel_puppy.store.memory import MemoryStore
+from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from otel_puppy.testing import FakeClock
+from tests.store.test_conformance import DAY, H1, T0, admit, check, read, rec, reserved
+
+APPLIED, DUPLICATE, NESTED = ApplyResult.APPLIED, ApplyResult.DUPLICATE, ApplyResult.NESTED
+
+
+def store_at(path: Path) -> str:
+    """The start of every error message about the store at `path`, as a pattern."""
+    return re.escape(f"sqlite store {path}")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+# --- opening ----------------------------------------------------------------------------------
+
+
+def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    absolute = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    assert isinstance(absolute, SQLiteStore)
+    assert absolute.path == str(tmp_path / "a.db")
+    absolute.close()
+    assert (tmp_path / "a.db").exists()
+    monkeypatch.chdir(tmp_path)
+    relative = open_store("sqlite:///relative.db")
+    relative.close()
+    assert (tmp_path / "relative.db").exists()
+    in_memory = open_store("sqlite://")
+    assert isinstance(in_memory, SQLiteStore)
+    assert in_memory.path == ":memory:"
+    assert in_memory.apply([rec("a")], T0) == [APPLIED]
+    assert read(in_memory) == Counter(100, 10, 1)
+    in_memory.close()
+    assert isinstance(open_store("memory://"), MemoryStore)
+    with pytest.raises(StoreError, match=re.escape("sqlite:///relative/path.db")):
+        open_store("sqlite:state.db")
+    with pytest.raises(StoreError, match="not available"):
+        open_store("etcd://localhost")
+
+
+def test_the_file_is_in_wal_mode_with_normal_sync(path: Path) -> None:
+    store = SQLiteStore(path)
+    db = store._db
+    assert db is not None
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert db.execute("PRAGMA foreign_keys").fetchone() == (0,)
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        assert other.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_file_from_a_newer_version_is_refused(path: Path) -> None:
+    SQLiteStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as other, other:
+        other.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(
+        StoreError, match=store_at(path) + rf": schema version {SCHEMA_VERSION + 1} was written by a newer"
+    ):
+        SQLiteStore(path)
+
+
+def test_a_file_that_is_not_a_database_is_refused(path: Path) -> None:
+    path.write_bytes(b"not a database, just some bytes " * 100)
+    with pytest.raises(StoreError, match=store_at(path) + r": cannot open: file is not a database"):
+        SQLiteStore(path)
+
+
+def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "state.db"
+    with pytest.raises(StoreError, match=store_at(missing) + r": cannot open: unable to open database file"):
+        SQLiteStore(missing)
+
+
+def test_a_closed_store_says_so(path: Path) -> None:
+    store = SQLiteStore(path)
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match=store_at(path) + r" is closed"):
+        store.apply([rec("a")], T0)
+
+
+# --- restart ----------------------------------------------------------------------------------
+
+
+def test_a_restart_restores_everything(path: Path) -> None:
+    store = SQLiteStore(path)
+    assert store.apply([rec("a"), rec("c", parent="p", nanos=50)], T0) == [APPLIED, APPLIED]
+    admit(store, "d1", nanos=500, settle_key="k")
+    admit(store, "d2", nanos=300, settle_key="k")
+    admit(store, "d3", check(limit_nanos=None), nanos=70, expires_at=T0 + 60)
+    assert store.mark("m", T0 + 3600) is True
+    store.close()
+
+    store = SQLiteStore(path)
+    assert store.totals([("s", DAY), ("s", H1)], T0) == [Counter(150, 20, 2), Counter(150, 20, 2)]
+    assert store.apply([rec("a"), rec("p")], T0) == [DUPLICATE, NESTED]  # dedupe and covered keys
+    assert reserved(store) == (870, 0)
+    assert store.mark("m", T0 + 3600) is False
+    store.apply([rec("b", settle_key="k")], T0)  # settles the oldest: admission order survives
+    assert reserved(store) == (370, 0)
+    assert reserved(store, now=T0 + 60) == (300, 0)  # and expiry times
+    assert (store.release("d1"), store.release("d2")) == (False, True)
+    store.close()
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+def test_a_locked_database_fails_the_whole_batch_and_a_retry_applies_it_once(path: Path) -> None:
+    store = SQLiteStore(path, busy_timeout_s=0.05)
+    batch = [rec("a"), rec("b", nanos=5), rec("a")]
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(StoreError, match=store_at(path) + r": apply failed, nothing was written: database is"):
+            store.apply(batch, T0)
+        with pytest.raises(StoreError, match=r"admit failed.*\(SQLITE_BUSY\)"):
+            admit(store, "d1", nanos=1)
+        assert read(store) == Counter(0, 0, 0)  # readers are not blocked by a writer in WAL mode
+        other.execute("ROLLBACK")
+    assert store.apply(batch, T0) == [APPLIED, APPLIED, DUPLICATE]
+    assert store.apply(batch, T0) == [DUPLICATE, DUPLICATE, DUPLICATE]
+    assert read(store) == Counter(105, 20, 2)
+    store.close()
+
+
+def test_a_full_disk_half_way_through_a_batch_applies_none_of_it(path: Path) -> None:
+    store = SQLiteStore(path)
+    assert store.apply([rec("first")], T0) == [APPLIED]
+    admit(store, "d1", nanos=500, settle_key="k")
+    db = store._db
+    assert db is not None
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full: no page may be added
+    batch = [rec(f"span-{i}", scope=f"scope-{i % 50}", settle_key="k") for i in range(2000)]
+    with pytest.raises(StoreError, match=store_at(path) + r": apply failed.*full"):
+        store.apply(batch, T0)
+    assert read(store) == Counter(100, 10, 1)
+    assert reserved(store) == (500, 0)  # the first record's settlement was rolled back too
+    db.execute("PRAGMA max_page_count = 1000000000")
+    assert store.apply(batch, T0) == [APPLIED] * 2000
+    assert store.apply(batch, T0) == [DUPLICATE] * 2000
+    assert read(store, scope="scope-7") == Counter(40 * 100, 40 * 10, 40)
+    assert reserved(store) == (0, 0)
+    store.close()
+
+
+_WRITER = """
+import sys
+from zoneinfo import ZoneInfo
+from otel_puppy.store.base import Increment, SpendRecord
+from otel_puppy.store.sqlite import SQLiteStore
+from otel_puppy.windows import CalendarWindow
+
+day = CalendarWindow("day", ZoneInfo("UTC"))
+store = SQLiteStore(sys.argv[1])
+batch = 0
+while True:
+    batch += 1
+    increments = (Increment("s", day, {t0}, batch, 1),)
+    records = [SpendRecord(f"{{batch}}-{{i}}", None, increments, {t0} + 86400) for i in range({size})]
+    print("applying", batch, flush=True)
+    store.apply(records, {t0})
+    print(batch, flush=True)
+"""
+
+
+def test_kill_9_loses_no_committed_batch_and_leaves_no_half_batch(path: Path) -> None:
+    size, target = 500, 25
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER.format(t0=T0, size=size), str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    with writer.stdout:
+        printed, applying, began, spent = 0, 0, 0.0, 0.0
+        while applying <= target:
+            line = writer.stdout.readline()
+            assert line, f"the writer died: exit code {writer.poll()}"
+            if line.startswith("applying"):
+                applying, began = int(line.split()[1]), time.perf_counter()
+            else:
+                printed, spent = int(line), spent + time.perf_counter() - began
+        # Batch `target + 1` is being applied: kill it at a random moment of a typical apply (a
+        # random point in the transaction, not a wait for time to pass).
+        time.sleep(random.uniform(0, spent / printed))
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait(timeout=10) == -signal.SIGKILL
+        rest = writer.stdout.read().splitlines()
+        printed = max([printed, *(int(line) for line in rest if not line.startswith("applying"))])
+
+    def batch(n: int) -> list[SpendRecord]:  # the writer's spans, without their increments
+        return [rec(f"{n}-{i}", windows=()) for i in range(size)]
+
+    def nanos(batches: int) -> int:  # every span of batch n adds n nano-USD
+        return size * batches * (batches + 1) // 2
+
+    store = SQLiteStore(path)
+    counter = read(store)
+    in_flight = store.apply(batch(printed + 1), T0)
+    assert set(in_flight) in ({APPLIED}, {DUPLICATE})  # the batch in flight is all there or not at all
+    committed = printed + (in_flight[0] is DUPLICATE)
+    assert counter == Counter(nanos(committed), size * committed, size * committed)
+    assert store.apply(batch(printed), T0) == [DUPLICATE] * size
+    assert store.apply(batch(printed + 2), T0) == [APPLIED] * size
+    store.close()
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+def test_two_connections_racing_never_reserve_more_than_the_budget(path: Path) -> None:
+    # Two stores on one file are two processes as far as SQLite can tell.
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+    admitted: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def agent(worker: int) -> None:
+        store = stores[worker % 2]
+        start.wait()
+        for attempt in range(40):
+            decision_id = f"{worker}-{attempt}"
+            if admit(store, decision_id, check(limit_nanos=1000), nanos=10, expires_at=T0 + 3600).reserved:
+                with lock:
+                    admitted.append(decision_id)
+
+    threads = [threading.Thread(target=agent, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(admitted) == 100  # exactly 1000 / 10, out of 320 attempts
+    assert reserved(stores[0]) == reserved(stores[1]) == (1000, 0)
+    for store in stores:
+        store.close()
+
+
+# --- through the engine -----------------------------------------------------------------------
+
+
+def test_an_engine_on_sqlite_keeps_spend_and_reservations_across_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    policies = parse_policy_text("budgets:\n  - {name: b, limit_usd: 1, window: day}\n", Path("policies/test.yaml"))
+    clock = FakeClock()
+
+    def engine() -> PolicyEngine:
+        settings = PuppySettings.load(store=url, watch_policies_s=None)
+        return PolicyEngine(settings, policies=policies, clock=clock, registry=CollectorRegistry(auto_describe=True))
+
+    def call(span_id: int, agent: str, decision_id: str | None = None) -> LLMCall:
+        end = int(clock.now() * 1e9)
+        return LLMCall(
+            trace_id=1,
+            span_id=span_id,
+            parent_span_id=0,
+            provider="openai",
+            request_model="gpt-4.1",
+            response_model="gpt-4.1",
+            operation="chat",
+            start_ns=end - 10**9,
+            end_ns=end,
+            input_tokens=1000,
+            output_tokens=100,
+            has_usage=True,
+            agent=agent,
+            decision_id=decision_id,
+        )
+
+    first = engine()
+    assert isinstance(first.store, SQLiteStore)
+    decision = first.decide(provider="openai", model="gpt-4.1", agent="support", estimated_cost_usd="0.5")
+    assert decision.allowed
+    assert first.observe(call(10, agent="other")).result is APPLIED  # another agent: settles nothing
+    first.close()
+
+    clock.advance(30)
+    second = engine()
+    state = second.snapshot().budget("b")
+    assert (state.spent_usd, state.reserved_usd) == (Decimal("0.002800000"), Decimal("0.500000000"))
+    assert second.observe(call(10, agent="other")).result is DUPLICATE
+    assert second.observe(call(11, agent="support", decision_id=decision.decision_id)).result is APPLIED
+    state = second.snapshot().budget("b")
+    assert (state.spent_usd, state.reserved_usd) == (Decimal("0.005600000"), Decimal("0E-9"))
+    assert second.snapshot().spend("day") == Decimal("0.005600000")
+    second.close()
+
+
+def test_store_errors_name_the_file_and_never_leak_sqlite3_exceptions(path: Path) -> None:
+    store = SQLiteStore(path, busy_timeout_s=0.01)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        for operation in (
+            lambda: store.release("d"),
+            lambda: store.mark("m", T0),
+            lambda: store.unmark("m"),
+            lambda: store.expire(T0),
+        ):
+            with pytest.raises(StoreError, match=re.escape(str(path))) as raised:
+                operation()
+            assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        other.execute("ROLLBACK")
+    store.close()
+    assert not os.path.exists(f"{path}-wal")  # the last connection checkpoints and removes its log
