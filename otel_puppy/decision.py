@@ -271,7 +271,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")  # fixed-point: 0.000000000, never 0E-9
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, StrEnum):

@@ -1,0 +1,265 @@
+"""Request and response models of the JSON API, so its OpenAPI document is precise.
+
+Responses are built by the engine's own `to_dict()` methods (`Decision.to_dict`,
+`PolicyHit.to_dict`, `BreakerStatus.to_dict`, ...) and sent as they are: these models describe
+that shape exactly (money as decimal strings, times as ISO 8601 or epoch seconds as documented)
+and validate it, so a client can read any response with `Model.model_validate(response.json())`
+and `Decision.from_dict(response.json())` round-trips.
+
+>>> DecideRequest(provider="openai", model="gpt-4.1", estimated_cost_usd="0.02").to_request().estimated_cost_usd
+Decimal('0.02')
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from otel_puppy.decision import Action, DecisionRequest, Priority, Severity
+
+__all__ = (
+    "AnomaliesResponse",
+    "AnomalyStatusModel",
+    "BreakerStatusModel",
+    "BreakersResponse",
+    "BudgetsResponse",
+    "DecideRequest",
+    "DecisionResponse",
+    "ErrorResponse",
+    "HealthIndicator",
+    "HealthResponse",
+    "HealthStatus",
+    "InvalidPoliciesResponse",
+    "LiveResponse",
+    "ModelStatModel",
+    "ModelsResponse",
+    "PolicyErrorModel",
+    "PolicyHitModel",
+    "ReadyResponse",
+    "ReloadResponse",
+)
+
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
+"""Worst first is `unhealthy`; the overall status is the worst of the indicators'."""
+
+_USD = "USD as a decimal string (exact), e.g. `0.0028`."
+
+
+class DecideRequest(BaseModel):
+    """`POST /v1/decide`: may I make this call, and with which model? (the `DecisionRequest` fields)"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str = Field(min_length=1, description="Provider of the model to call, e.g. `openai`.")
+    model: str = Field(min_length=1, description="Model to call, e.g. `gpt-4.1`.")
+    agent: str | None = None
+    service: str | None = None
+    user: str | None = None
+    team: str | None = None
+    environment: str | None = None
+    conversation: str | None = None
+    operation: str = "chat"
+    priority: Priority = Field(
+        default=Priority.NORMAL, description="Budgets can keep their last fraction for the higher priorities."
+    )
+    estimated_cost_usd: Decimal | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description='Estimated cost in USD (a decimal string such as `"0.02"`, or a number), reserved '
+        "against every matching budget until the call's span settles it.",
+    )
+    estimated_input_tokens: int | None = Field(default=None, ge=0)
+    estimated_output_tokens: int | None = Field(default=None, ge=0)
+    capabilities: tuple[str, ...] = Field(
+        default=(), description="Capabilities the call needs (e.g. `tools`); routing only picks models with them."
+    )
+    context_tokens: int | None = Field(
+        default=None, ge=0, description="Prompt size; routing only picks models whose context window holds it."
+    )
+
+    def to_request(self) -> DecisionRequest:
+        return DecisionRequest(
+            provider=self.provider,
+            model=self.model,
+            agent=self.agent,
+            service=self.service,
+            user=self.user,
+            team=self.team,
+            environment=self.environment,
+            conversation=self.conversation,
+            operation=self.operation,
+            priority=self.priority,
+            estimated_cost_usd=self.estimated_cost_usd,
+            estimated_input_tokens=self.estimated_input_tokens,
+            estimated_output_tokens=self.estimated_output_tokens,
+            capabilities=self.capabilities,
+            context_tokens=self.context_tokens,
+        )
+
+
+class PolicyHitModel(BaseModel):
+    """One policy's say in a decision, or a budget's state (`PolicyHit.to_dict()`)."""
+
+    kind: str = Field(description="`budget`, `breaker`, `anomaly`, `routing` (or `internal`).")
+    policy: str
+    action: Action
+    message: str
+    scope: str = Field(default="", description="The policy's instance, e.g. `agent=support`.")
+    severity: Severity = Severity.INFO
+    shadow: bool = False
+    spent_usd: Decimal | None = Field(default=None, description=_USD)
+    limit_usd: Decimal | None = Field(default=None, description=_USD)
+    spent_tokens: int | None = None
+    limit_tokens: int | None = None
+    reserved_usd: Decimal | None = Field(default=None, description=_USD)
+    utilization: float | None = Field(default=None, description="Spent plus reserved over the limit; 1 is exhausted.")
+    window: str | None = None
+    resets_at: datetime | None = None
+    retry_after_s: float | None = None
+    model: str | None = Field(default=None, description="For `degrade`: the model to use instead.")
+
+
+class DecisionResponse(BaseModel):
+    """The answer (`Decision.to_dict()`); `Decision.from_dict` reads it back."""
+
+    action: Action
+    provider: str = Field(description="The provider to call (changed on `degrade` or by routing).")
+    model: str = Field(description="The model to call (changed on `degrade` or by routing).")
+    reasons: list[PolicyHitModel] = Field(description="Every enforced policy that matched.")
+    shadow: list[PolicyHitModel] = Field(description="What shadow policies would have done.")
+    decision_id: str | None = Field(
+        default=None, description="Put it on the call's span as `otel_puppy.decision_id` to settle the reservation."
+    )
+    retry_after_s: float | None = None
+    resets_at: datetime | None = None
+    estimated_cost_usd: Decimal | None = Field(default=None, description=_USD)
+    created_at: datetime
+
+
+class BudgetsResponse(BaseModel):
+    """`GET /v1/budgets`: every known budget instance in its current window."""
+
+    budgets: list[PolicyHitModel]
+
+
+class BreakerStatusModel(BaseModel):
+    """One subject's circuit breaker (`BreakerStatus.to_dict()`)."""
+
+    policy: str
+    subject: str = Field(description="`openai`, or `openai:gpt-4.1` for a per-model breaker.")
+    provider: str
+    model: str | None
+    state: Literal["closed", "half_open", "open"]
+    failures: int = Field(description="Consecutive failures since the breaker last closed.")
+    successes: int = Field(description="Successful probes while half-open.")
+    opened_at: float | None = Field(description="Epoch seconds.")
+    retry_at: float | None = Field(description="When half-open begins (or began), epoch seconds.")
+    transitions: int
+    shadow: bool
+
+
+class BreakersResponse(BaseModel):
+    """`GET /v1/breakers`."""
+
+    breakers: list[BreakerStatusModel]
+
+
+class AnomalyStatusModel(BaseModel):
+    """One (policy, subject) detector (`AnomalyStatus.to_dict()`); non-finite numbers are `null`."""
+
+    policy: str
+    signal: str
+    subject: str
+    current: float | None
+    baseline: float | None
+    deviation_pct: float | None
+    score: float | None
+    samples: int
+    firing: bool
+    fired_at: float | None = Field(description="Epoch seconds.")
+    action: str
+    shadow: bool
+
+
+class AnomaliesResponse(BaseModel):
+    """`GET /v1/anomalies`."""
+
+    anomalies: list[AnomalyStatusModel]
+
+
+class ModelStatModel(BaseModel):
+    """One model over the recent window (`ModelStat.to_dict()`)."""
+
+    provider: str
+    model: str
+    requests: int
+    errors: int
+    success_rate: float
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_p99_s: float
+    tokens_per_request: float
+    cost_per_request_usd: Decimal | None = Field(description=_USD)
+    cost_per_1k_tokens_usd: Decimal | None = Field(description=_USD)
+
+
+class ModelsResponse(BaseModel):
+    """`GET /v1/models`."""
+
+    models: list[ModelStatModel]
+
+
+class ReloadResponse(BaseModel):
+    """`POST /v1/policies/reload`: the policy set now in force."""
+
+    summary: list[str] = Field(description="One line per policy: what it will do.")
+    sources: list[str] = Field(description="The files it was loaded from.")
+
+
+class PolicyErrorModel(BaseModel):
+    file: str
+    line: int | None
+    column: int | None
+    path: str = Field(description="The field path inside the file, e.g. `budgets[0].limit_usd`.")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every JSON API error."""
+
+    code: str = Field(description="Machine-readable, e.g. `unauthorized`, `invalid_request`, `not_found`.")
+    message: str
+
+
+class InvalidPoliciesResponse(ErrorResponse):
+    """`422` from a reload: every error in the files; the running policy set stays in force."""
+
+    code: Literal["invalid_policies"] = "invalid_policies"
+    errors: list[PolicyErrorModel]
+
+
+class HealthIndicator(BaseModel):
+    name: str
+    value: float | None = Field(description="The measured value; `null` when it could not be measured.")
+    threshold: float = Field(description="Past this value the indicator is no longer healthy.")
+    status: HealthStatus
+    message: str
+
+
+class HealthResponse(BaseModel):
+    """`GET /v1/health`: the worst indicator's status, and every indicator."""
+
+    status: HealthStatus
+    indicators: list[HealthIndicator]
+
+
+class LiveResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
