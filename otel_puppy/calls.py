@@ -160,6 +160,8 @@ def call_from_parts(
     """Build an `LLMCall` from span parts, or `None` when the span is not one model call."""
     if attributes.get(semconv.LOGFIRE_SPAN_TYPE) == semconv.LOGFIRE_PENDING:
         return None
+    if attributes.get(semconv.DECISION_ACTION) == "deny":
+        return None  # our guard stopped it: no model was called, nothing was spent, nothing failed
     operation = _text(_first(attributes, semconv.OPERATION))
     if operation in semconv.NOT_CALL_OPERATIONS:
         return None
@@ -196,12 +198,20 @@ def call_from_parts(
     if reasoning > output_tokens:
         problems.append("reasoning tokens exceed output tokens")
 
+    provider = normalize_provider(_first(attributes, semconv.PROVIDER))
+    request_model = _name(attributes, semconv.REQUEST_MODEL, problems)
+    decided = attributes.get(semconv.DECISION_MODEL)
+    if isinstance(decided, str) and ":" in decided:
+        # A degrade or a route sent the request elsewhere; the instrumentation's span still names
+        # the model the agent was built with, so a failed call would be booked to the wrong one.
+        decided_provider, _, decided_model = decided.partition(":")
+        provider, request_model = normalize_provider(decided_provider), decided_model or request_model
     return LLMCall(
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=parent_span_id,
-        provider=normalize_provider(_first(attributes, semconv.PROVIDER)),
-        request_model=_name(attributes, semconv.REQUEST_MODEL, problems),
+        provider=provider,
+        request_model=request_model,
         response_model=_name(attributes, semconv.RESPONSE_MODEL, problems),
         operation=operation or ("embeddings" if oi_kind == "EMBEDDING" else "chat"),
         start_ns=start_ns,

@@ -1,17 +1,33 @@
-"""`otel-puppy demo`: a simulated fleet of pydantic-ai agents, so every metric has data.
+"""`otel-puppy demo`: a simulated fleet of pydantic-ai agents under real policies, so every metric has data.
 
 Real pydantic-ai `Agent`s, instrumented by real logfire with our span processor, talk to
 simulated providers: a `FunctionModel` that reports a real provider and model (so the spans look
 exactly like those of `openai:gpt-4.1` or `anthropic:claude-sonnet-4-5`), returns seeded-random
 usage with cached prefixes, calls tools, and fails now and then like providers do (a 3% background
-of 429/500/503, plus an occasional outage of one provider). Nothing leaves the machine but the
-Prometheus endpoint on `settings.host:settings.port`.
+of 429/500/503, plus outages). Every agent's model is wrapped in `otel_puppy.guarded(...)`, as an
+application would do it: each request asks the engine first, a denied run ends with `PolicyDenied`
+(counted apart from failures), and a degraded or routed one goes to a simulated model of the
+cheaper kind, whose spans name it. Nothing leaves the machine but the Prometheus endpoint on
+`settings.host:settings.port`.
+
+The scenario is the same for a given seed, on a clock that starts with the demo; `run()`'s keyword
+arguments set its timing, and the defaults suit the shipped `policies/`:
+
+- at `outage_at` (20 s) `outage_provider` (the self-hosted model server) fails every call for
+  `outage_for` (25 s): its breaker opens, probes fail while the outage lasts and succeed once it is
+  over. Milder outages of providers drawn from the seed follow now and then (`outage_every`: mean
+  seconds between them).
+- at `spike_at` (90 s) the research agent starts pasting whole pages into its prompts (16x the
+  context, not in the provider's cache) for `spike_for` (45 s), spending about ten times as much:
+  the spend-spike anomaly fires, and the per-agent budget soon stops it.
+- at the default rate, budgets cross their alert thresholds and `openai-hourly` degrades gpt-4.1
+  and gpt-4o to gpt-4.1-mini within about two minutes.
 
 User and conversation ids reach the `chat` spans as OpenTelemetry baggage: OTel attributes are not
 inherited by child spans, and pydantic-ai opens the `chat` spans itself, so each run is wrapped in
 `logfire.set_baggage(...)` and logfire (`add_baggage_to_attributes=True`) copies the baggage onto
 every span started inside, `chat` spans included, where `extract_call` reads `otel_puppy.user` and
-`otel_puppy.conversation`.
+`otel_puppy.conversation`. Decisions get the user from the guarded model of each run.
 
 >>> summary = run(PuppySettings.load(port=9464), duration=30, rate=8)  # doctest: +SKIP
 >>> summary.spend_usd  # doctest: +SKIP
@@ -25,7 +41,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -44,6 +60,7 @@ from pydantic_ai.exceptions import (
     ModelUnavailableError,
 )
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models import Model
 from pydantic_ai.models.function import AgentInfo, FunctionDef, FunctionModel
 from pydantic_ai.usage import RequestUsage
 from rich.columns import Columns
@@ -53,25 +70,40 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from otel_puppy.engine import PolicyEngine
+import otel_puppy
+from otel_puppy.decision import Action, PolicyHit, Priority
+from otel_puppy.engine import PolicyEngine, Snapshot
+from otel_puppy.exceptions import PolicyDenied
+from otel_puppy.integrations.pydantic_ai import GuardedModel
 from otel_puppy.money import NANOS_PER_USD, nanos_to_usd
+from otel_puppy.policies import PolicySet
+from otel_puppy.policies.base import Degrade
 from otel_puppy.settings import PuppySettings
 
-__all__ = ("FLEET", "AgentSpec", "DemoSummary", "run")
+__all__ = ("FLEET", "SPIKE_AGENT", "AgentSpec", "DemoSummary", "run")
 
 SERVICE_NAME: Final = "otel-puppy-demo"
 USER_KEY: Final = "otel_puppy.user"
 CONVERSATION_KEY: Final = "otel_puppy.conversation"
+SPIKE_AGENT: Final = "research"
+"""The agent whose prompts balloon during the spend spike."""
 
 _ERROR_SHARE: Final = 0.03
 """Share of calls that fail outside outages, like the background error rate of real providers."""
 _CACHE_SHARE: Final = 0.45
 """Share of first calls in a run whose prompt prefix (instructions, tools) is already cached."""
+_OUTAGE_SHARE: Final = 1.0
+"""Share of calls the first outage fails: the server is down, so the breaker sees failures in a row."""
+_SPIKE_FACTOR: Final = 16
+"""How much larger the spiking agent's context is (and may grow)."""
 _MIN_INPUT, _MAX_INPUT = 300, 20_000
 _MIN_OUTPUT, _MAX_OUTPUT = 50, 2_000
 _MAX_IN_FLIGHT: Final = 256
 _REFRESH_S: Final = 0.5
 _USERS: Final = 60
+_BUDGET_ROWS: Final = 8
+_ALERT_ROWS: Final = 6
+"""Alerts the live view shows; the summary printed at the end (`live=False`) shows twice as many."""
 
 Caching = Literal["explicit", "implicit", "none"]
 
@@ -151,6 +183,8 @@ class AgentSpec:
     speed: float = 1.0
     """Latency multiplier: above 1 is slower."""
     outage_status: int = 503
+    priority: Priority = Priority.NORMAL
+    """What its decisions ask with: budgets keep their last fraction for the higher priorities."""
 
     @property
     def instructions(self) -> str:
@@ -167,6 +201,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         ("Where is my order?", "How do I return a jacket?", "Can I change my delivery address?"),
         speed=0.6,
         outage_status=429,
+        priority=Priority.HIGH,
     ),
     AgentSpec(
         "triage",
@@ -177,6 +212,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         ("Customer says they were charged twice.", "Login page shows a 500 error.", "Spam from a partner."),
         caching="explicit",
         speed=0.5,
+        priority=Priority.HIGH,
     ),
     AgentSpec(
         "summarizer",
@@ -186,6 +222,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         (fetch_document,),
         ("Summarize the Q3 review.", "Summarize this incident report.", "TL;DR of the board memo."),
         speed=0.6,
+        priority=Priority.LOW,
     ),
     AgentSpec(
         "research",
@@ -196,6 +233,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         ("Compare vector databases for 10M documents.", "What changed in the EU AI Act this year?"),
         caching="explicit",
         speed=1.4,
+        priority=Priority.NORMAL,
     ),
     AgentSpec(
         "billing",
@@ -206,6 +244,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         ("Why did my invoice go up?", "Add 3 seats to our plan.", "Send me last month's invoice."),
         speed=1.0,
         outage_status=429,
+        priority=Priority.CRITICAL,
     ),
     AgentSpec(
         "analyst",
@@ -215,6 +254,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         (run_sql,),
         ("Weekly active users by region?", "Churn by plan over the last quarter?"),
         speed=1.6,
+        priority=Priority.NORMAL,
     ),
     AgentSpec(
         "scheduler",
@@ -225,6 +265,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         ("Find 30 minutes with the design team next week.", "Move my 1:1 to Friday."),
         speed=0.9,
         outage_status=429,
+        priority=Priority.NORMAL,
     ),
     AgentSpec(
         "kb-search",
@@ -236,6 +277,7 @@ FLEET: Final[tuple[AgentSpec, ...]] = (
         caching="none",
         speed=0.7,
         outage_status=500,
+        priority=Priority.BULK,
     ),
 )
 """Eight agents on four providers and eight models, one of them self-hosted and unpriced."""
@@ -254,24 +296,38 @@ class SimulatedModel(FunctionModel):
         self._system = provider
 
 
-# --- one run ---------------------------------------------------------------------------------
+def _alternatives(policies: PolicySet, spec: AgentSpec) -> list[tuple[str, str]]:
+    """Every model a decision for this agent may switch to: degrade targets and routing candidates.
+
+    Each gets a simulated model, so a degraded or routed request never reaches a real provider.
+    """
+    found: dict[tuple[str, str], None] = {}
+    for budget in policies.budgets:
+        if isinstance(budget.action, Degrade):
+            found[budget.action.target(spec.provider)] = None
+    for routing in policies.routing:
+        for candidate in routing.candidates:
+            found[candidate.provider_model] = None
+    found.pop((spec.provider, spec.model), None)
+    return list(found)
 
 
-@dataclass(slots=True)
-class _Run:
-    """What one agent run will do, drawn up front from its own seeded generator."""
-
-    spec: AgentSpec
-    rng: random.Random
-    user: str
-    conversation: str
-    prompt: str
-    tool_rounds: int
-    context_tokens: int
-    cached_tokens: int = 0
+# --- the scenario ----------------------------------------------------------------------------
 
 
-_CURRENT_RUN: ContextVar[_Run] = ContextVar("otel_puppy_demo_run")
+@dataclass(frozen=True, slots=True)
+class _Scenario:
+    """When things go wrong, in seconds since the demo started."""
+
+    outage_at: float
+    outage_for: float
+    outage_every: float
+    """Mean seconds between the milder outages after the first (`math.inf`: none)."""
+    spike_at: float
+    spike_for: float
+
+    def spiking(self, elapsed: float) -> bool:
+        return self.spike_at <= elapsed < self.spike_at + self.spike_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,41 +342,104 @@ class _Outage:
         return provider == self.provider and now < self.until and draw < self.share
 
 
+# --- one run ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one agent run will do, drawn up front from its own seeded generator."""
+
+    spec: AgentSpec
+    rng: random.Random
+    user: str
+    conversation: str
+    prompt: str
+    tool_rounds: int
+    context_tokens: int
+    scale: int = 1
+    """How many times larger than usual its prompts and tool results are (the spend spike)."""
+    cached_tokens: int = 0
+
+
+_CURRENT_RUN: ContextVar[_Run] = ContextVar("otel_puppy_demo_run")
+
+
 @dataclass(slots=True)
 class _Counts:
     runs: int = 0
     failed_runs: int = 0
+    denied_runs: int = 0
     calls: int = 0
 
 
 class _Fleet:
     """The agents, the traffic they get and the failures their providers have."""
 
-    def __init__(self, specs: tuple[AgentSpec, ...], seed: int) -> None:
+    def __init__(
+        self,
+        specs: tuple[AgentSpec, ...],
+        engine: PolicyEngine,
+        scenario: _Scenario,
+        *,
+        seed: int,
+        outage_provider: str,
+    ) -> None:
         self.specs = specs
-        self.agents = {spec.name: self._agent(spec) for spec in specs}
+        self.engine = engine
+        self.scenario = scenario
         self.counts = _Counts()
         self._rng = random.Random(seed)
-        # Outages are drawn from their own generator: when they start depends on the wall clock,
-        # and that must not shift what the runs themselves draw.
+        # Outages are drawn from their own generator, so they never shift what the runs draw.
         self._outage_rng = random.Random(f"{seed}:outages")
+        self._providers = sorted({spec.provider for spec in specs})
+        self.outage_provider = outage_provider
+        """The provider of the first outage."""
         self._weights = [spec.weight for spec in specs]
         self._conversations: dict[str, str] = {}
         self._outage: _Outage | None = None
+        self._outages = 0
         self._next_outage = math.inf
         self._launched = 0
+        self._start = 0.0
+        self.started_at = 0.0
+        """When the demo started, on the engine's clock (epoch seconds), to date its alerts."""
+        self._models = {spec.name: self._simulated(spec, spec.provider, spec.model) for spec in specs}
+        self._degrade_to: dict[str, Mapping[str, Model]] = {
+            spec.name: {f"{p}:{m}": self._simulated(spec, p, m) for p, m in _alternatives(engine.policies, spec)}
+            for spec in specs
+        }
+        self.agents = {spec.name: self._agent(spec) for spec in specs}
+
+    def _simulated(self, spec: AgentSpec, provider: str, model: str) -> SimulatedModel:
+        return SimulatedModel(self._respond_as(spec, provider, model), provider=provider, model_name=model)
+
+    def _guarded(self, spec: AgentSpec, user: str | None) -> GuardedModel:
+        """The agent's model behind otel_puppy: every request is decided before it is made."""
+        return otel_puppy.guarded(
+            self._models[spec.name],
+            self.engine,
+            agent=spec.name,
+            priority=spec.priority,
+            user=user,
+            service=SERVICE_NAME,
+            degrade_to=self._degrade_to[spec.name],
+        )
 
     def _agent(self, spec: AgentSpec) -> Agent[None, str]:
-        model = SimulatedModel(self._respond_as(spec), provider=spec.provider, model_name=spec.model)
-        agent: Agent[None, str] = Agent(model, name=spec.name, instructions=spec.instructions)
+        agent: Agent[None, str] = Agent(self._guarded(spec, None), name=spec.name, instructions=spec.instructions)
         for tool in spec.tools:
             agent.tool_plain(tool)
         return agent
 
     def start(self, now: float) -> None:
-        self._next_outage = now + self._outage_rng.uniform(15, 45)
+        self._start = now
+        self.started_at = self.engine.clock.now()
+        self._next_outage = now + self.scenario.outage_at
 
-    def plan(self) -> _Run:
+    def elapsed(self, now: float) -> float:
+        return now - self._start
+
+    def plan(self, now: float) -> _Run:
         """The next run. The first pass goes once through the fleet, so every series exists early."""
         index, rng = self._launched, self._rng
         self._launched += 1
@@ -330,14 +449,20 @@ class _Fleet:
         conversation = self._conversations.get(user)
         if conversation is None or run_rng.random() < 0.3:
             conversation = self._conversations[user] = f"conv-{run_rng.getrandbits(48):012x}"
+        prompt = run_rng.choice(spec.prompts)
+        tool_rounds = run_rng.choices((0, 1, 2), (0.15, 0.65, 0.20))[0]
+        context_tokens = _log_uniform(run_rng, _MIN_INPUT, 12_000)
+        # The spike changes the sizes, never the draws: the rest of the run is the same.
+        scale = _SPIKE_FACTOR if spec.name == SPIKE_AGENT and self.scenario.spiking(self.elapsed(now)) else 1
         return _Run(
             spec=spec,
             rng=run_rng,
             user=user,
             conversation=conversation,
-            prompt=run_rng.choice(spec.prompts),
-            tool_rounds=run_rng.choices((0, 1, 2), (0.15, 0.65, 0.20))[0],
-            context_tokens=_log_uniform(run_rng, _MIN_INPUT, 12_000),
+            prompt=prompt,
+            tool_rounds=tool_rounds,
+            context_tokens=context_tokens * scale,
+            scale=scale,
         )
 
     def next_arrival(self, rate: float) -> float:
@@ -345,32 +470,39 @@ class _Fleet:
         return self._rng.expovariate(rate)
 
     def update_outage(self, now: float) -> None:
-        if self._outage is not None and now >= self._outage.until:
+        """End the outage that is over and start the one that is due, on the scenario's schedule."""
+        outage, rng = self._outage, self._outage_rng
+        if outage is not None and now >= outage.until:
             self._outage = None
-            self._next_outage = now + self._outage_rng.expovariate(1 / 60)
+            every = self.scenario.outage_every
+            self._next_outage = outage.until + rng.expovariate(1 / every) if math.isfinite(every) else math.inf
         if self._outage is None and now >= self._next_outage:
-            rng = self._outage_rng
-            provider = rng.choice(sorted({spec.provider for spec in self.specs}))
-            self._outage = _Outage(provider, now + rng.uniform(5, 15), rng.uniform(0.4, 0.8))
+            begins = self._next_outage
+            if self._outages == 0:
+                outage = _Outage(self.outage_provider, begins + self.scenario.outage_for, _OUTAGE_SHARE)
+            else:
+                outage = _Outage(rng.choice(self._providers), begins + rng.uniform(5, 15), rng.uniform(0.4, 0.8))
+            self._outages += 1
+            self._outage = outage
 
-    def _failure(self, run: _Run, now: float) -> int | None:
+    def _failure(self, run: _Run, provider: str, now: float) -> int | None:
         """The HTTP status this call fails with, or None. Always draws twice, outage or not."""
         background, in_outage = run.rng.random(), run.rng.random()
         outage = self._outage
-        if outage is not None and outage.fails(run.spec.provider, now, in_outage):
+        if outage is not None and outage.fails(provider, now, in_outage):
             return run.spec.outage_status
         if background < _ERROR_SHARE:
             return run.rng.choices((429, 500, 503), (0.4, 0.35, 0.25))[0]
         return None
 
-    def _respond_as(self, spec: AgentSpec) -> FunctionDef:
+    def _respond_as(self, spec: AgentSpec, provider: str, model: str) -> FunctionDef:
         async def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
             run = _CURRENT_RUN.get()
             self.counts.calls += 1
-            status = self._failure(run, time.monotonic())
+            status = self._failure(run, provider, time.monotonic())
             if status is not None:
                 await asyncio.sleep(run.rng.uniform(0.02, 0.3) * spec.speed)
-                raise _http_error(spec, status)
+                raise _http_error(provider, model, status)
             rounds_done = sum(
                 1
                 for message in messages
@@ -393,8 +525,8 @@ class _Fleet:
             return ModelResponse(
                 parts=parts,
                 usage=usage,
-                model_name=spec.model,
-                provider_name=spec.provider,
+                model_name=model,
+                provider_name=provider,
                 finish_reason=finish,
             )
 
@@ -410,7 +542,12 @@ class _Fleet:
                 logfire.set_baggage(**{USER_KEY: run.user, CONVERSATION_KEY: run.conversation}),
                 logfire.span("{agent} request", agent=spec.name),
             ):
-                await self.agents[spec.name].run(run.prompt, conversation_id=run.conversation)
+                # The end user is known per request: a guarded wrapper per run carries it to decide().
+                model = self._guarded(spec, run.user)
+                await self.agents[spec.name].run(run.prompt, model=model, conversation_id=run.conversation)
+        except PolicyDenied:
+            # A policy said no before a model call: the application's choice, not a provider failure.
+            self.counts.denied_runs += 1
         except AgentRunError:
             self.counts.failed_runs += 1
 
@@ -422,7 +559,7 @@ def _log_uniform(rng: random.Random, low: int, high: int) -> int:
 def _usage(run: _Run, output_tokens: int) -> RequestUsage:
     """Usage of the next call of `run`; input includes cache reads and writes, as pydantic-ai counts."""
     spec, rng = run.spec, run.rng
-    input_tokens = min(max(run.context_tokens, _MIN_INPUT), _MAX_INPUT)
+    input_tokens = min(max(run.context_tokens, _MIN_INPUT), _MAX_INPUT * run.scale)
     cache_read = cache_write = 0
     if spec.caching != "none":
         if run.cached_tokens:
@@ -430,12 +567,13 @@ def _usage(run: _Run, output_tokens: int) -> RequestUsage:
             if rng.random() < 0.85:
                 cache_read = min(run.cached_tokens, input_tokens)
         elif rng.random() < _CACHE_SHARE:
-            cache_read = int(input_tokens * rng.uniform(0.4, 0.9))
+            # The cached prefix (instructions, tools) does not grow with pasted pages.
+            cache_read = int(input_tokens * rng.uniform(0.4, 0.9) / run.scale)
         if spec.caching == "explicit" and rng.random() < 0.5:
             cache_write = input_tokens - cache_read
     run.cached_tokens = input_tokens
-    # The next call sees this one's output and a tool result.
-    run.context_tokens = input_tokens + output_tokens + rng.randint(100, 3_000)
+    # The next call sees this one's output and a tool result (whole pages during a spike).
+    run.context_tokens = input_tokens + output_tokens + rng.randint(100, 3_000) * run.scale
     return RequestUsage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
@@ -458,16 +596,16 @@ _BODIES: Final[dict[tuple[str, int], object]] = {
 }
 
 
-def _http_error(spec: AgentSpec, status: int) -> ModelHTTPError:
+def _http_error(provider: str, model: str, status: int) -> ModelHTTPError:
     """The error pydantic-ai's own models raise for this status (a `ModelHTTPError` of a category)."""
     category: _Category = _CATEGORIES[status]
-    if spec.provider == "anthropic" and status == 503:
+    if provider == "anthropic" and status == 503:
         category = ModelOverloadedError
     return ModelHTTPError.for_category(
         category,
         status_code=status,
-        model_name=spec.model,
-        body=_BODIES.get((spec.provider, status)),
+        model_name=model,
+        body=_BODIES.get((provider, status)),
     )
 
 
@@ -494,42 +632,61 @@ class _Totals:
     nanos: int = 0
     by_model: dict[tuple[str, str], _Row] = field(default_factory=dict)
     by_agent: dict[str, _Row] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+    """`otel_puppy_decisions_total` by action."""
+    alerts: dict[str, int] = field(default_factory=dict)
+    """`otel_puppy_alerts_total` by kind."""
+    breaker_opened: int = 0
+    """`otel_puppy_breaker_transitions_total{to="open"}`."""
+    anomalies: int = 0
+    """`otel_puppy_anomalies_total`."""
 
     @classmethod
     def read(cls, registry: CollectorRegistry) -> _Totals:
         totals = cls()
         for family in registry.collect():
             for sample in family.samples:
-                if sample.name not in _READ:
-                    continue
-                labels = sample.labels
-                rows = (
-                    totals.by_model.setdefault((labels["provider"], labels["model"]), _Row()),
-                    totals.by_agent.setdefault(labels["agent"], _Row()),
-                )
-                value = sample.value
-                if sample.name == "otel_puppy_llm_requests_total":
-                    count, failed = int(value), int(value) if labels["outcome"] == "error" else 0
-                    totals.calls += count
-                    totals.errors += failed
-                    for row in rows:
-                        row.calls += count
-                        row.errors += failed
-                elif sample.name == "otel_puppy_llm_cost_usd_total":
-                    # Exported as float USD; integer nano-USD again (exact below $4.5M a series).
-                    nanos = round(value * NANOS_PER_USD)
-                    totals.nanos += nanos
-                    for row in rows:
-                        row.nanos += nanos
-                        row.priced = True
-                else:
-                    totals.unpriced += int(value)
-                    for row in rows:
-                        row.unpriced += int(value)
+                name, labels, value = sample.name, sample.labels, sample.value
+                if name in _CALLS:
+                    totals._add_call(name, labels, value)
+                elif name == "otel_puppy_decisions_total":
+                    action = labels["action"]
+                    totals.decisions[action] = totals.decisions.get(action, 0) + int(value)
+                elif name == "otel_puppy_alerts_total":
+                    kind = labels["kind"]
+                    totals.alerts[kind] = totals.alerts.get(kind, 0) + int(value)
+                elif name == "otel_puppy_breaker_transitions_total" and labels["to"] == "open":
+                    totals.breaker_opened += int(value)
+                elif name == "otel_puppy_anomalies_total":
+                    totals.anomalies += int(value)
         return totals
 
+    def _add_call(self, name: str, labels: dict[str, str], value: float) -> None:
+        rows = (
+            self.by_model.setdefault((labels["provider"], labels["model"]), _Row()),
+            self.by_agent.setdefault(labels["agent"], _Row()),
+        )
+        if name == "otel_puppy_llm_requests_total":
+            count, failed = int(value), int(value) if labels["outcome"] == "error" else 0
+            self.calls += count
+            self.errors += failed
+            for row in rows:
+                row.calls += count
+                row.errors += failed
+        elif name == "otel_puppy_llm_cost_usd_total":
+            # Exported as float USD; integer nano-USD again (exact below $4.5M a series).
+            nanos = round(value * NANOS_PER_USD)
+            self.nanos += nanos
+            for row in rows:
+                row.nanos += nanos
+                row.priced = True
+        else:
+            self.unpriced += int(value)
+            for row in rows:
+                row.unpriced += int(value)
 
-_READ: Final = frozenset(
+
+_CALLS: Final = frozenset(
     {"otel_puppy_llm_requests_total", "otel_puppy_llm_cost_usd_total", "otel_puppy_llm_unpriced_requests_total"}
 )
 
@@ -554,6 +711,14 @@ class DemoSummary:
     spend_by_agent: dict[str, Decimal]
     unpriced_calls: int
     metrics_url: str
+    denied_runs: int
+    """Runs a decision denied (`PolicyDenied`): stopped before a model call, not failed."""
+    degraded_decisions: int
+    """Decisions that sent a request to a cheaper model."""
+    alerts: dict[str, int]
+    """Alert events by kind: `budget`, `breaker`, `anomaly`."""
+    breaker_opened: bool
+    anomalies_fired: int
 
 
 def _summary(fleet: _Fleet, totals: _Totals, metrics_url: str) -> DemoSummary:
@@ -570,7 +735,19 @@ def _summary(fleet: _Fleet, totals: _Totals, metrics_url: str) -> DemoSummary:
         spend_by_agent={agent: nanos_to_usd(row.nanos) for agent, row in sorted(totals.by_agent.items()) if row.priced},
         unpriced_calls=totals.unpriced,
         metrics_url=metrics_url,
+        denied_runs=fleet.counts.denied_runs,
+        degraded_decisions=totals.decisions.get(Action.DEGRADE.value, 0),
+        alerts=dict(sorted(totals.alerts.items())),
+        breaker_opened=totals.breaker_opened > 0,
+        anomalies_fired=totals.anomalies,
     )
+
+
+# --- the display -----------------------------------------------------------------------------
+
+_ACTION_STYLES: Final = {"allow": "green", "warn": "yellow", "degrade": "magenta", "deny": "red"}
+_STATE_STYLES: Final = {"closed": "green", "half_open": "yellow", "open": "bold red"}
+_SEVERITY_STYLES: Final = {"info": "cyan", "warning": "yellow", "critical": "red", "emergency": "bold red"}
 
 
 def _spend(row: _Row) -> str:
@@ -594,19 +771,28 @@ def _progress(elapsed: float, duration: float | None, *, finished: bool) -> Rend
     return line
 
 
-def _render(fleet: _Fleet, engine: PolicyEngine, progress: RenderableType | None = None) -> RenderableType:
+def _render(
+    fleet: _Fleet, engine: PolicyEngine, progress: RenderableType | None = None, *, alerts: int = _ALERT_ROWS
+) -> RenderableType:
     totals = _Totals.read(engine.registry)
-    today = engine.snapshot().spend("day")
+    snapshot = engine.snapshot()
     parts: list[RenderableType] = [progress] if progress is not None else []
 
     counts = fleet.counts
     summary = Table.grid(padding=(0, 2))
     summary.add_row(
-        f"runs [bold]{counts.runs}[/] ([red]{counts.failed_runs} failed[/])",
+        f"runs [bold]{counts.runs}[/] ([red]{counts.failed_runs} failed[/], [magenta]{counts.denied_runs} denied[/])",
         f"calls [bold]{totals.calls}[/] ([red]{totals.errors} errors[/])",
         f"unpriced [yellow]{totals.unpriced}[/]",
         f"spend [bold green]${totals.nanos / NANOS_PER_USD:,.4f}[/] (metrics)",
-        f"[green]${today:,.4f}[/] today (store)",
+        f"[green]${snapshot.spend('day'):,.4f}[/] today (store)",
+    )
+    by_kind = ", ".join(f"{count} {kind}" for kind, count in sorted(totals.alerts.items())) or "none"
+    summary.add_row(
+        f"degraded [magenta]{totals.decisions.get('degrade', 0)}[/] decisions",
+        f"alerts {by_kind}",
+        f"breakers opened [bold]{totals.breaker_opened}[/]x",
+        f"anomalies fired [bold]{totals.anomalies}[/]",
     )
     parts.append(summary)
 
@@ -625,7 +811,109 @@ def _render(fleet: _Fleet, engine: PolicyEngine, progress: RenderableType | None
         by_agent.add_row(agent, str(row.calls), str(row.errors), _spend(row))
 
     parts.append(Columns([by_model, by_agent], padding=(0, 4)))  # side by side when they fit
+    now = engine.clock.now()
+    parts.append(
+        Columns(
+            [
+                _decisions_table(totals),
+                _breakers_table(snapshot, now),
+                _anomalies_table(snapshot, fleet.started_at),
+                _budgets_table(snapshot),
+            ],
+            padding=(0, 4),
+        )
+    )
+    parts.append(_alerts_table(engine, fleet.started_at, alerts))
     return Group(*parts)
+
+
+def _decisions_table(totals: _Totals) -> Table:
+    table = Table(title="Decisions", title_justify="left", expand=False)
+    table.add_column("action")
+    table.add_column("count", justify="right")
+    for action in Action:
+        style = _ACTION_STYLES[action.value]
+        table.add_row(f"[{style}]{action.value}[/]", str(totals.decisions.get(action.value, 0)))
+    return table
+
+
+def _breakers_table(snapshot: Snapshot, now: float) -> Table:
+    table = Table(title="Breakers", title_justify="left", expand=False)
+    for column in ("breaker", "subject", "state", "failures"):
+        table.add_column(column, justify="right" if column == "failures" else "left")
+    for status in snapshot.breakers:
+        state = f"[{_STATE_STYLES[status.state]}]{status.state}[/]"
+        if status.state == "open" and status.retry_at is not None:
+            state += f" ({max(status.retry_at - now, 0):.0f}s)"
+        table.add_row(status.policy, status.subject, state, str(status.failures))
+    if not snapshot.breakers:
+        table.add_row("[dim]no calls seen yet[/]", "", "", "")
+    return table
+
+
+def _anomalies_table(snapshot: Snapshot, started_at: float) -> Table:
+    """Anomalies past their threshold now or within their cooldown; `now` is the last interval."""
+    table = Table(title="Anomalies firing", title_justify="left", expand=False)
+    for column in ("anomaly", "subject", "fired", "now", "baseline", "score"):
+        table.add_column(column, justify="left" if column in ("anomaly", "subject") else "right")
+    firing = [status for status in snapshot.anomalies if status.firing]
+    for status in firing:
+        unit = "$" if status.signal == "cost_rate" else ""
+        table.add_row(
+            f"[red]{status.policy}[/]",
+            status.subject,
+            f"{status.fired_at - started_at:+.0f}s" if status.fired_at is not None else "",
+            f"{unit}{status.current:.3g}",
+            f"{unit}{status.baseline:.3g}",
+            f"{status.score:.1f}",
+        )
+    if not firing:
+        watched = len(snapshot.anomalies)
+        table.add_row(f"[dim]none of {watched} watched[/]", "", "", "", "", "")
+    return table
+
+
+def _budgets_table(snapshot: Snapshot) -> Table:
+    table = Table(title="Budgets (fullest)", title_justify="left", expand=False)
+    for column in ("budget", "scope", "spent", "limit", "used"):
+        table.add_column(column, justify="left" if column in ("budget", "scope") else "right")
+    fullest = sorted(snapshot.budgets, key=lambda hit: -(hit.utilization or 0.0))
+    shown = fullest[:_BUDGET_ROWS]
+    for hit in shown:
+        name = f"[dim]{hit.policy}[/]" if hit.shadow else hit.policy
+        table.add_row(name, hit.scope, *_amounts(hit), _utilization(hit.utilization or 0.0))
+    notes = [f"and {len(fullest) - len(shown)} more"] if len(fullest) > len(shown) else []
+    if any(hit.shadow for hit in shown):
+        notes.append("dimmed: shadow")
+    table.caption = "; ".join(notes) or None
+    if not fullest:
+        table.add_row("[dim]none[/]", "", "", "", "")
+    return table
+
+
+def _amounts(hit: PolicyHit) -> tuple[str, str]:
+    if hit.limit_usd is not None:
+        return f"${hit.spent_usd or 0:,.4f}", f"${hit.limit_usd:,.2f}"
+    return f"{hit.spent_tokens or 0:,}", f"{hit.limit_tokens or 0:,} tok"
+
+
+def _utilization(ratio: float) -> str:
+    style = "bold red" if ratio >= 1 else "red" if ratio >= 0.9 else "yellow" if ratio >= 0.75 else ""
+    text = f"{ratio:.0%}"
+    return f"[{style}]{text}[/]" if style else text
+
+
+def _alerts_table(engine: PolicyEngine, started_at: float, rows: int) -> Table:
+    table = Table(title="Latest alerts", title_justify="left", expand=False)
+    for column in ("at", "severity", "alert"):
+        table.add_column(column, justify="right" if column == "at" else "left")
+    recent = list(engine.alerts.recent[-rows:])
+    for event in recent:
+        severity = event.severity.value
+        table.add_row(f"{event.at - started_at:+.0f}s", f"[{_SEVERITY_STYLES[severity]}]{severity}[/]", event.message)
+    if not recent:
+        table.add_row("", "", "[dim]none yet[/]")
+    return table
 
 
 # --- driving it ------------------------------------------------------------------------------
@@ -670,10 +958,11 @@ async def _launch(fleet: _Fleet, tasks: set[asyncio.Task[None]], *, start: float
         delay = next_at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        fleet.update_outage(time.monotonic())
+        now = time.monotonic()
+        fleet.update_outage(now)
         if len(tasks) >= _MAX_IN_FLIGHT:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.create_task(fleet.run_one(fleet.plan()))
+        task = asyncio.create_task(fleet.run_one(fleet.plan(now)))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         next_at += fleet.next_arrival(rate)
@@ -722,6 +1011,12 @@ def run(
     seed: int = 7,
     console: Console | None = None,
     live: bool = True,
+    outage_at: float = 20.0,
+    outage_for: float = 25.0,
+    outage_provider: str = "self-hosted",
+    outage_every: float = 120.0,
+    spike_at: float = 90.0,
+    spike_for: float = 45.0,
 ) -> DemoSummary:
     """Run the simulated fleet for `duration` seconds (forever when None, until Ctrl-C).
 
@@ -729,14 +1024,32 @@ def run(
     configures logfire (nothing is sent anywhere) with the engine's span processor, and returns
     what the fleet did once every span has been applied and everything is shut down.
 
+    The scenario, in seconds since the start: `outage_provider` fails every call from
+    `outage_at` for `outage_for`; milder outages of providers drawn from `seed` follow every
+    `outage_every` seconds on average (`math.inf` for none); the research agent's prompts are 16x
+    larger from `spike_at` for `spike_for`. Pass `math.inf` as `outage_at` or `spike_at` to leave
+    either out.
+
     Raises:
-        ValueError: `rate` is not positive or `duration` is negative.
+        ValueError: `rate` is not positive, a duration or time is negative, or no agent of the
+            fleet uses `outage_provider`.
         OSError: the metrics port cannot be bound.
+        PolicyErrors: a policy file is invalid.
     """
     if not rate > 0:
         raise ValueError(f"rate must be positive, not {rate!r}")
     if duration is not None and not duration >= 0:
         raise ValueError(f"duration must be zero or more seconds, not {duration!r}")
+    times = {"outage_at": outage_at, "outage_for": outage_for, "spike_at": spike_at, "spike_for": spike_for}
+    for name, value in times.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be zero or more seconds, not {value!r}")
+    if not outage_every > 0:
+        raise ValueError(f"outage_every must be positive (math.inf for no later outages), not {outage_every!r}")
+    providers = sorted({spec.provider for spec in FLEET})
+    if outage_provider not in providers:
+        raise ValueError(f"outage_provider must be one of {', '.join(providers)}, not {outage_provider!r}")
+    scenario = _Scenario(outage_at, outage_for, outage_every, spike_at, spike_for)
     console = console if console is not None else Console()
     engine = PolicyEngine.from_settings(settings)
     with contextlib.ExitStack() as stack:
@@ -753,21 +1066,45 @@ def run(
         stack.callback(_shutdown_logfire)
         stack.callback(engine.close)
         logfire.instrument_pydantic_ai()
-        fleet = _Fleet(FLEET, seed)
-        providers = len({spec.provider for spec in FLEET})
-        console.print(
-            Text.assemble(
-                ("otel-puppy demo", "bold"),
-                f": {len(FLEET)} agents on {providers} providers, {rate:g} runs/s; metrics at ",
-                (metrics_url, f"link {metrics_url}"),
-            )
-        )
+        fleet = _Fleet(FLEET, engine, scenario, seed=seed, outage_provider=outage_provider)
+        _introduce(console, fleet, engine, rate=rate, metrics_url=metrics_url)
         _drive_with_display(fleet, engine, console, duration=duration, rate=rate, live=live)
         engine.span_processor().force_flush()
         summary = _summary(fleet, _Totals.read(engine.registry), metrics_url)
         if not live:
-            console.print(_render(fleet, engine))
+            console.print(_render(fleet, engine, alerts=2 * _ALERT_ROWS))
     return summary
+
+
+def _introduce(console: Console, fleet: _Fleet, engine: PolicyEngine, *, rate: float, metrics_url: str) -> None:
+    providers = len({spec.provider for spec in FLEET})
+    console.print(
+        Text.assemble(
+            ("otel-puppy demo", "bold"),
+            f": {len(FLEET)} agents on {providers} providers, {rate:g} runs/s; metrics at ",
+            (metrics_url, f"link {metrics_url}"),
+        )
+    )
+    policies = engine.policies
+    kinds = [
+        f"{len(entries)} {name}"
+        for name, entries in (
+            ("budgets", policies.budgets),
+            ("breakers", policies.breakers),
+            ("anomalies", policies.anomalies),
+            ("routing", policies.routing),
+        )
+        if entries
+    ]
+    where = ", ".join(str(path) for path in policies.sources) or "no policy files"
+    console.print(f"policies: {', '.join(kinds) or 'none'} ({where})", highlight=False)
+    scenario = fleet.scenario
+    events = []
+    if math.isfinite(scenario.outage_at):
+        events.append(f"{fleet.outage_provider} outage at {scenario.outage_at:g}s for {scenario.outage_for:g}s")
+    if math.isfinite(scenario.spike_at) and scenario.spike_for:
+        events.append(f"{SPIKE_AGENT} prompt spike at {scenario.spike_at:g}s for {scenario.spike_for:g}s")
+    console.print(f"scenario: {'; '.join(events) or 'quiet'}", highlight=False)
 
 
 def _drive_with_display(

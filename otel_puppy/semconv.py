@@ -50,6 +50,10 @@ USER: Final = ("otel_puppy.user", "user.id", "enduser.id", "gen_ai.user.id")
 TEAM: Final = ("otel_puppy.team",)
 ENVIRONMENT: Final = ("otel_puppy.environment",)
 DECISION_ID: Final = "otel_puppy.decision_id"
+DECISION_ACTION: Final = "otel_puppy.decision.action"
+"""Set by `guarded()` on the span of a guarded request; `deny` means no model was called."""
+DECISION_MODEL: Final = "otel_puppy.decision.model"
+"""`provider:model` the decision sent the request to (a degrade or a route may change both)."""
 RESOURCE_SERVICE: Final = "service.name"
 RESOURCE_ENVIRONMENT: Final = ("deployment.environment.name", "deployment.environment", "otel_puppy.environment")
 RESOURCE_TEAM: Final = ("otel_puppy.team",)

@@ -241,3 +241,20 @@ def test_prompt_digest_ignores_spacing_and_ids_but_not_content() -> None:
     assert prompt_digest("") is None
     assert prompt_digest(42) is None
     assert prompt_digest("[not json") == prompt_digest("[not   json")
+
+
+def test_a_span_our_guard_denied_is_not_a_call() -> None:
+    denied = {**BASE, "otel_puppy.decision.action": "deny", "otel_puppy.decision.model": "openai:gpt-4o"}
+    assert extract_call(make_span(denied, error=True, exception_type="otel_puppy.exceptions.PolicyDenied")) is None
+
+
+def test_a_degraded_call_is_booked_to_the_model_the_decision_chose() -> None:
+    attributes = {**BASE, "otel_puppy.decision.action": "degrade", "otel_puppy.decision.model": "openai:gpt-4o-mini"}
+    c = extract_call(make_span(attributes, error=True, exception_type="openai.InternalServerError"))
+    assert c is not None
+    assert (c.provider, c.request_model, c.model, c.error_class) == (
+        "openai",
+        "gpt-4o-mini",
+        "gpt-4o-mini",
+        ErrorClass.SERVER_ERROR,
+    )

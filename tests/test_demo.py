@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import socket
 import threading
@@ -21,7 +22,10 @@ from rich.console import Console
 from rich.text import Text
 
 from otel_puppy import demo
+from otel_puppy.decision import Priority, Severity
 from otel_puppy.engine import PolicyEngine
+from otel_puppy.policies import load_policies
+from otel_puppy.policies.base import Degrade
 from otel_puppy.settings import PuppySettings
 
 PROVIDERS = {"openai", "anthropic", "google", "self-hosted"}
@@ -36,6 +40,42 @@ MODELS = {
     "acme-kb-7b-instruct",
 }
 SELF_HOSTED = "acme-kb-7b-instruct"
+SHIPPED_POLICIES = Path(__file__).resolve().parents[1] / "policies"
+
+# The shipped policies' knobs, scaled down so the demo's events happen within seconds.
+SCALED_POLICIES = """
+budgets:
+  - name: fleet
+    limit_usd: 1.5
+    window: 1h
+    action: warn
+    alerts: [0.5, 0.75, 0.9]
+  - name: openai-hourly
+    match: {provider: openai}
+    limit_usd: 0.2
+    window: 1h
+    action: {degrade: gpt-4.1-mini}
+anomalies:
+  - name: spend-spike
+    signal: cost_rate
+    per: [agent]
+    interval: 1s
+    baseline: 10s
+    min_samples: 5
+    # 4, not the shipped 5: a baseline of a few one-second samples is noisier, and one lumpy
+    # interval in it must not hide the spike.
+    threshold: {zscore: 4}
+    cooldown: 1m
+    action: warn
+breakers:
+  - name: providers
+    per: [provider]
+    failure_threshold: 3
+    recovery_timeout: 2s
+    success_threshold: 2
+    half_open_max_calls: 3
+    failures: [server_error, timeout, rate_limit, connection]
+"""
 
 
 def free_port() -> int:
@@ -68,6 +108,16 @@ def total(samples: dict[str, list[Sample]], name: str) -> float:
 
 def labels(samples: dict[str, list[Sample]], name: str, label: str) -> set[str]:
     return {sample.labels[label] for sample in samples.get(name, [])}
+
+
+def by_label(samples: dict[str, list[Sample]], name: str, label: str, **where: str) -> dict[str, float]:
+    """Sum of a family's samples per value of `label`, over the samples whose labels match `where`."""
+    sums: dict[str, float] = {}
+    for sample in samples.get(name, []):
+        if all(sample.labels.get(key) == value for key, value in where.items()):
+            key = sample.labels[label]
+            sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
 
 
 def capture_engines(monkeypatch: pytest.MonkeyPatch) -> list[PolicyEngine]:
@@ -108,7 +158,14 @@ def test_demo_fills_every_metric_and_stops_cleanly(tmp_path: Path, monkeypatch: 
     url = f"http://127.0.0.1:{port}/metrics"
 
     thread, outcome = run_in_thread(
-        settings=settings, duration=3, rate=20, live=False, console=Console(file=output, width=160)
+        settings=settings,
+        duration=3,
+        rate=20,
+        live=False,
+        console=Console(file=output, width=160),
+        outage_at=0.5,  # the self-hosted server fails for a while, so failures are certain
+        outage_for=1.5,
+        spike_at=float("inf"),
     )
     live_scrape: dict[str, list[Sample]] | None = None
     while thread.is_alive():
@@ -168,6 +225,11 @@ def test_demo_fills_every_metric_and_stops_cleanly(tmp_path: Path, monkeypatch: 
         if sample.labels["model"] == SELF_HOSTED  # only its failed calls, which cost nothing
     )
 
+    # Every model request was decided first; without policies, each was allowed and none denied.
+    assert by_label(final, "otel_puppy_decisions_total", "action") == {"allow": summary.calls}
+    assert (summary.denied_runs, summary.degraded_decisions, summary.alerts) == (0, 0, {})
+    assert (summary.breaker_opened, summary.anomalies_fired) == (False, 0)
+
     # Failures: like providers', classified, and each one ended its run (no retries configured).
     errors = [s for s in final["otel_puppy_llm_requests_total"] if s.labels["outcome"] == "error"]
     assert errors
@@ -208,3 +270,104 @@ def test_live_display_shows_the_tables(tmp_path: Path) -> None:
     assert "Spend by agent" in text
     assert "claude-haiku-4-5" in text
     assert f"runs {summary.runs} " in text
+    for title in ("Decisions", "Breakers", "Anomalies firing", "Budgets", "Latest alerts"):
+        assert title in text
+    assert "scenario: self-hosted outage at 20s for 25s; research prompt spike at 90s for 45s" in text
+
+
+def test_scaled_scenario_crosses_alerts_opens_and_closes_a_breaker_spikes_and_degrades(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped policies' story in 16 seconds: knobs and scenario scaled down together."""
+    engines = capture_engines(monkeypatch)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "scaled.yaml").write_text(SCALED_POLICIES)
+    settings = PuppySettings.load(store="memory://", port=free_port(), policies=policies)
+    output = io.StringIO()
+
+    summary = demo.run(
+        settings,
+        duration=16,
+        rate=20,
+        seed=11,
+        live=False,
+        console=Console(file=output, width=200),
+        outage_at=2,
+        outage_for=4,
+        outage_every=float("inf"),
+        spike_at=10,
+        spike_for=6,
+    )
+
+    (engine,) = engines
+    final = parse(generate_latest(engine.registry).decode())
+    events = list(engine.alerts.recent)
+
+    # Budget alerts: the fleet budget crossed 50%, 75% and 90%, each once (then 100%: emergency).
+    budget_alerts = by_label(final, "otel_puppy_alerts_total", "severity", kind="budget", policy="fleet")
+    assert budget_alerts == {"info": 1, "warning": 1, "critical": 1, "emergency": 1}
+    assert [e.severity for e in events if e.kind == "budget" and e.policy == "fleet"] == [
+        Severity.INFO,
+        Severity.WARNING,
+        Severity.CRITICAL,
+        Severity.EMERGENCY,
+    ]
+
+    # The self-hosted outage opened its breaker; probes after the outage closed it again.
+    transitions = by_label(final, "otel_puppy_breaker_transitions_total", "to", provider="self-hosted")
+    assert transitions.keys() == {"open", "half_open", "closed"}
+    changes = [e.message.split(": ", 1)[1] for e in events if e.kind == "breaker" and e.scope == "self-hosted"]
+    assert changes[0] == "closed -> open"
+    assert changes[-1] == "half_open -> closed"
+    assert "open -> half_open" in changes
+    assert {b.subject: b.state for b in engine.snapshot().breakers}["self-hosted"] == "closed"
+    assert summary.breaker_opened
+
+    # The research agent's prompt spike fired the spend-spike anomaly for it.
+    assert total(final, "otel_puppy_anomalies_total") == summary.anomalies_fired > 0
+    assert any(e.kind == "anomaly" and e.scope == "agent=research" for e in events)
+
+    # openai-hourly degraded: billing (gpt-4.1) and scheduler (gpt-4o) calls went to gpt-4.1-mini.
+    decisions = by_label(final, "otel_puppy_decisions_total", "action")
+    assert decisions["degrade"] == summary.degraded_decisions > 0
+    degraded = by_label(final, "otel_puppy_llm_requests_total", "agent", model="gpt-4.1-mini", outcome="ok")
+    assert degraded.keys() >= {"billing", "scheduler"}
+
+    # Every model call was decided first; each denied run was one deny decision and made no call.
+    assert decisions["deny"] == summary.denied_runs > 0
+    assert decisions["allow"] + decisions.get("warn", 0) + decisions["degrade"] == summary.calls
+    assert summary.alerts.keys() == {"anomaly", "breaker", "budget"}
+
+    text = output.getvalue()
+    for figure in (f"{summary.denied_runs} denied", f"degraded {summary.degraded_decisions} decisions"):
+        assert figure in text
+
+
+def test_shipped_policies_load_and_fit_the_demo_scenario() -> None:
+    policies = load_policies(SHIPPED_POLICIES)
+    lines = policies.summary()
+    kinds = {line.split(" ", 1)[0] for line in lines}
+    assert kinds == {"budget", "anomaly", "breaker", "routing", "price"}
+
+    budgets = {b.name: b for b in policies.budgets}
+    assert budgets["org-daily"].alerts == (0.5, 0.75, 0.9)
+    assert budgets["openai-hourly"].action == Degrade(degrade="gpt-4.1-mini")
+    assert budgets["per-agent"].per == ("agent",)
+    assert budgets["per-agent"].reserve == {Priority.CRITICAL: 0.10}
+    assert budgets["tokens-per-user"].shadow
+    assert [p.provider for p in policies.prices] == ["self-hosted"]
+
+    # The timings fit the demo's default scenario: the anomaly has its minimum samples before the
+    # spike, and the breaker probes soon enough after the outage to be closed again before it.
+    defaults = {name: p.default for name, p in inspect.signature(demo.run).parameters.items()}
+    (spike,) = policies.anomalies
+    assert spike.per == ("agent",)
+    assert spike.interval * (spike.min_samples + 1) < defaults["spike_at"]
+    assert spike.interval * 2 < defaults["spike_for"]
+    (breaker,) = policies.breakers
+    assert breaker.per == ("provider",)
+    assert defaults["outage_at"] + defaults["outage_for"] + breaker.recovery_timeout < defaults["spike_at"]
+    (routing,) = policies.routing
+    assert routing.match is not None
+    assert routing.match.agent == ("summarizer",)

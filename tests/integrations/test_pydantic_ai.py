@@ -111,6 +111,15 @@ def test_guarded_agent_is_allowed_then_degraded_then_denied(
     assert second["gen_ai.response.model"] == "gpt-4.1-mini"
     assert (third["otel_puppy.decision.action"], third["otel_puppy.decision.policies"]) == ("deny", "support-daily")
 
+    # the denied request reached no model: it is neither a call nor an error
+    requests = {
+        (sample.labels["model"], sample.labels["outcome"]): sample.value
+        for family in engine.registry.collect()
+        if family.name == "otel_puppy_llm_requests"
+        for sample in family.samples
+    }
+    assert requests == {("gpt-4.1", "ok"): 1.0, ("gpt-4.1-mini", "ok"): 1.0}
+
     decision = denied.value.decision
     assert decision.action is Action.DENY
     assert [h.policy for h in decision.reasons if h.action is Action.DENY] == ["support-daily"]
