@@ -14,7 +14,7 @@ from otel_puppy.alerts import AlertEvent
 from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.decision import Action, Priority, Severity
 from otel_puppy.engine import PolicyEngine
-from otel_puppy.exceptions import CircuitOpenError, PolicyErrors
+from otel_puppy.exceptions import CircuitOpenError, PolicyDenied, PolicyErrors
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.testing import FakeClock, engine_for_tests
 
@@ -569,3 +569,26 @@ def test_alert_webhook_posts_json_to_a_real_http_server() -> None:
         sink.close()
         server.shutdown()
         server.server_close()
+
+
+def test_engine_guard_async_reserves_and_raises_on_deny() -> None:
+    import asyncio
+
+    engine, _ = engine_with("budgets:\n  - {name: b, limit_usd: 0.01, window: day}\n")
+
+    async def calls() -> Decimal:
+        async with engine.guard("openai", "gpt-4.1", agent="a", estimated_cost_usd="0.006") as decision:
+            assert decision.action is Action.ALLOW
+        reserved = engine.snapshot().budget("b").reserved_usd
+        with pytest.raises(PolicyDenied) as denied:
+            async with engine.guard("openai", "gpt-4.1", agent="a", estimated_cost_usd="0.006"):
+                raise AssertionError("must not run")
+        assert denied.value.decision.reasons[0].policy == "b"
+        assert reserved is not None
+        return reserved
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(calls()) == Decimal("0.006")
+    finally:
+        loop.close()
