@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from otel_puppy.calls import ErrorClass, LLMCall, extract_call
+from otel_puppy.client import DecisionClient, DecisionServiceError
 from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity
 from otel_puppy.engine import DecisionGuard, Observation, PolicyEngine, Snapshot
 from otel_puppy.exceptions import (
@@ -52,8 +53,10 @@ __all__ = (
     "Action",
     "CircuitOpenError",
     "Decision",
+    "DecisionClient",
     "DecisionGuard",
     "DecisionRequest",
+    "DecisionServiceError",
     "ErrorClass",
     "InvalidSpanError",
     "LLMCall",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import warnings
 from collections.abc import Iterator
 
@@ -48,3 +49,7 @@ def _close_leftover_event_loop() -> Iterator[None]:
     if not loop.is_running() and not loop.is_closed():
         loop.close()
     policy.set_event_loop(None)
+    # Collect now, in this test's teardown: a finalizer run by a collection in the middle of a later
+    # test's `ast.parse` (logfire parses sources when instrumenting) trips CPython 3.11's "AST
+    # constructor recursion depth mismatch" SystemError.
+    gc.collect()

@@ -37,7 +37,11 @@ DEFAULT_OUTPUT_TOKENS = 500
 
 
 class Decider(Protocol):
-    """Anything that decides: a `PolicyEngine` in-process or a `DecisionClient` over HTTP."""
+    """Anything that decides: a `PolicyEngine` in-process or a `DecisionClient` over HTTP.
+
+    A decider that also has `adecide` (the client) is awaited, so a slow or unreachable service
+    never blocks the agent's event loop.
+    """
 
     def decide(self, request: Any = None, /, **fields: Any) -> Decision: ...
 
@@ -74,7 +78,7 @@ class GuardedModel(WrapperModel):
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
-        decision, model = self._decide(messages, model_settings)
+        decision, model = await self._decide(messages, model_settings)
         token = otel_context.attach(otel_context.set_value(DECISION_CONTEXT_KEY, decision.decision_id))
         try:
             return await model.request(messages, model_settings, model_request_parameters)
@@ -89,7 +93,7 @@ class GuardedModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
         run_context: RunContext[Any] | None = None,
     ) -> AsyncGenerator[StreamedResponse]:
-        decision, model = self._decide(messages, model_settings)
+        decision, model = await self._decide(messages, model_settings)
         token = otel_context.attach(otel_context.set_value(DECISION_CONTEXT_KEY, decision.decision_id))
         try:
             async with model.request_stream(
@@ -99,19 +103,23 @@ class GuardedModel(WrapperModel):
         finally:
             otel_context.detach(token)
 
-    def _decide(self, messages: list[ModelMessage], model_settings: ModelSettings | None) -> tuple[Decision, Model]:
+    async def _decide(
+        self, messages: list[ModelMessage], model_settings: ModelSettings | None
+    ) -> tuple[Decision, Model]:
         max_tokens = (model_settings or {}).get("max_tokens")
-        decision = self.decider.decide(
-            provider=_provider(self.wrapped),
-            model=self.wrapped.model_name,
-            agent=self.agent,
-            priority=self.priority,
-            user=self.user,
-            team=self.team,
-            service=self.service,
-            estimated_input_tokens=_estimate_tokens(messages),
-            estimated_output_tokens=max_tokens if isinstance(max_tokens, int) else self.output_tokens,
-        )
+        fields: dict[str, Any] = {
+            "provider": _provider(self.wrapped),
+            "model": self.wrapped.model_name,
+            "agent": self.agent,
+            "priority": self.priority,
+            "user": self.user,
+            "team": self.team,
+            "service": self.service,
+            "estimated_input_tokens": _estimate_tokens(messages),
+            "estimated_output_tokens": max_tokens if isinstance(max_tokens, int) else self.output_tokens,
+        }
+        adecide = getattr(self.decider, "adecide", None)
+        decision: Decision = await adecide(**fields) if adecide is not None else self.decider.decide(**fields)
         _record(decision)
         if not decision.allowed:
             raise PolicyDenied(decision)
