@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
-import time
 import zlib
 from collections.abc import Iterable
 from typing import Any, Final
@@ -38,15 +37,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import Metric
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import otel_puppy
-from otel_puppy.decision import Action
-from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine, Snapshot
+from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreError
+from otel_puppy.health import assess
 from otel_puppy.server.otlp import (
     JSON,
     PROTOBUF,
@@ -64,7 +62,6 @@ from otel_puppy.server.schemas import (
     DecisionResponse,
     ErrorResponse,
     HealthResponse,
-    HealthStatus,
     InvalidPoliciesResponse,
     LiveResponse,
     ModelsResponse,
@@ -230,8 +227,9 @@ def create_app(
 
     @app.get("/v1/health", tags=["state"], response_model=HealthResponse, responses=_JSON_ERRORS)
     def health() -> JSONResponse:
-        """The system's health as data: the worst indicator's status, and every indicator."""
-        return JSONResponse(_health(engine))
+        """The system's health as data: the worst indicator's status, every indicator, recommendations
+        naming the provider, model or budget to act on, and hourly cost, error and latency trends."""
+        return JSONResponse(assess(engine).to_dict())
 
     @app.post(
         "/v1/policies/reload",
@@ -661,143 +659,3 @@ def _validation_message(errors: Iterable[Any]) -> str:
         else:
             parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
     return "; ".join(parts) or "invalid request"
-
-
-# --- health ---------------------------------------------------------------------------------
-
-_RANK: Final[dict[str, int]] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
-_BUDGET_THRESHOLD: Final = 0.9
-_ERROR_RATE_THRESHOLD: Final = 0.1
-_UNPRICED_THRESHOLD: Final = 0.05
-_STORE_LATENCY_THRESHOLD_S: Final = 0.1
-_COUNTERS: Final = frozenset(
-    {"otel_puppy_llm_requests", "otel_puppy_llm_unpriced_requests", "otel_puppy_spans", "otel_puppy_internal_errors"}
-)
-
-
-def _indicator(
-    name: str, value: float | None, threshold: float, status: HealthStatus, message: str
-) -> dict[str, object]:
-    return {"name": name, "value": value, "threshold": threshold, "status": status, "message": message}
-
-
-def _health(engine: PolicyEngine) -> dict[str, object]:
-    """Indicators from what the engine already knows: state (snapshot) and counters (metrics)."""
-    indicators: list[dict[str, object]] = []
-    started = time.perf_counter()
-    snapshot: Snapshot | None = None
-    try:
-        snapshot = engine.snapshot()
-    except StoreError as exc:
-        indicators.append(_indicator("store", None, _STORE_LATENCY_THRESHOLD_S, "unhealthy", f"store failed: {exc}"))
-    else:
-        elapsed = time.perf_counter() - started
-        slow = elapsed > _STORE_LATENCY_THRESHOLD_S
-        message = f"state read in {elapsed * 1000:.1f} ms" + (" (slow)" if slow else "")
-        indicators.append(
-            _indicator("store", elapsed, _STORE_LATENCY_THRESHOLD_S, "degraded" if slow else "healthy", message)
-        )
-    if snapshot is not None:
-        indicators += _state_indicators(snapshot)
-    indicators += _counter_indicators(engine)
-    status = max((str(i["status"]) for i in indicators), key=_RANK.__getitem__, default="healthy")
-    return {"status": status, "indicators": indicators}
-
-
-def _state_indicators(snapshot: Snapshot) -> list[dict[str, object]]:
-    indicators = []
-    enforced = [b for b in snapshot.breakers if not b.shadow]
-    open_ = [b for b in enforced if b.state == "open"]
-    half_open = [b for b in enforced if b.state == "half_open"]
-    if open_ or half_open:
-        listed = [f"{b.policy} for {b.subject} is {b.state.replace('_', '-')}" for b in open_ + half_open]
-        message = f"calls are refused or probed: {'; '.join(listed)}"
-    else:
-        message = "no breaker open"
-    status: HealthStatus = "degraded" if open_ or half_open else "healthy"
-    indicators.append(_indicator("open_breakers", float(len(open_)), 0, status, message))
-
-    firing = [a for a in snapshot.anomalies if a.firing and not a.shadow]
-    if firing:
-        listed = [f"{a.policy} ({a.signal}) for {a.subject or 'all'}" for a in firing]
-        message = f"firing: {'; '.join(listed)}"
-    else:
-        message = "no anomaly firing"
-    indicators.append(_indicator("anomalies", float(len(firing)), 0, "degraded" if firing else "healthy", message))
-
-    budgets = [b for b in snapshot.budgets if not b.shadow and b.utilization is not None]
-    if budgets:
-        fullest = max(budgets, key=lambda b: b.utilization or 0.0)
-        utilization = fullest.utilization or 0.0
-        over = [b for b in budgets if (b.utilization or 0.0) >= _BUDGET_THRESHOLD]
-        denying = [b for b in over if b.action is Action.DENY]
-        status = "unhealthy" if denying else "degraded" if over else "healthy"
-        where = f" for {fullest.scope}" if fullest.scope else ""
-        message = f"fullest: {fullest.policy}{where} at {utilization:.0%} of its {fullest.window} limit"
-        if over:
-            message += f"; {len(over)} over {_BUDGET_THRESHOLD:.0%}"
-        if denying:
-            message += f", {len(denying)} denying calls"
-        indicators.append(_indicator("budget_utilization", utilization, _BUDGET_THRESHOLD, status, message))
-    else:
-        indicators.append(_indicator("budget_utilization", 0.0, _BUDGET_THRESHOLD, "healthy", "no budget in use"))
-
-    requests = sum(m.requests for m in snapshot.models)
-    errors = sum(m.errors for m in snapshot.models)
-    rate = errors / requests if requests else 0.0
-    status = "degraded" if rate > _ERROR_RATE_THRESHOLD else "healthy"
-    message = f"{errors} of {requests} recent model calls failed ({rate:.1%})" if requests else "no recent model calls"
-    indicators.append(_indicator("error_rate", rate, _ERROR_RATE_THRESHOLD, status, message))
-    return indicators
-
-
-def _counter_indicators(engine: PolicyEngine) -> list[dict[str, object]]:
-    totals = _read_counters(engine.metrics.collect())
-    requests = totals.get(("otel_puppy_llm_requests", ""), 0.0)
-    unpriced = totals.get(("otel_puppy_llm_unpriced_requests", ""), 0.0)
-    share = unpriced / requests if requests else 0.0
-    status: HealthStatus = "degraded" if share > _UNPRICED_THRESHOLD else "healthy"
-    message = (
-        f"{unpriced:.0f} of {requests:.0f} calls since start could not be priced ({share:.1%}); "
-        "add their models under prices: in the policy files"
-        if unpriced
-        else "every call was priced"
-    )
-    indicators = [_indicator("unpriced_share", share, _UNPRICED_THRESHOLD, status, message)]
-
-    dropped = totals.get(("otel_puppy_spans", "dropped"), 0.0)
-    message = (
-        f"{dropped:.0f} spans dropped since start: the span processor's queue was full (raise queue_size)"
-        if dropped
-        else "no span dropped"
-    )
-    indicators.append(_indicator("dropped_spans", dropped, 0, "degraded" if dropped else "healthy", message))
-
-    errors = totals.get(("otel_puppy_internal_errors", ""), 0.0)
-    message = f"{errors:.0f} internal errors since start; see the service log" if errors else "no internal error"
-    indicators.append(_indicator("internal_errors", errors, 0, "degraded" if errors else "healthy", message))
-    return indicators
-
-
-def _read_counters(families: Iterable[Metric]) -> dict[tuple[str, str], float]:
-    """Totals of the counters health reads: per family, and per `result` for spans.
-
-    The families otel_puppy counts itself come first; stop there, before the budget and store
-    collectors run.
-    """
-    totals: dict[tuple[str, str], float] = {}
-    seen: set[str] = set()
-    for family in families:
-        if family.name not in _COUNTERS:
-            continue
-        seen.add(family.name)
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                key = (family.name, "")
-                totals[key] = totals.get(key, 0.0) + sample.value
-                result = sample.labels.get("result")
-                if result:
-                    totals[(family.name, result)] = totals.get((family.name, result), 0.0) + sample.value
-        if seen == _COUNTERS:
-            break
-    return totals

@@ -250,11 +250,34 @@ class HealthIndicator(BaseModel):
     message: str
 
 
+class HealthRecommendation(BaseModel):
+    kind: str
+    message: str
+    provider: str | None = None
+    model: str | None = None
+    alternative: str | None = Field(default=None, description="A model to use instead, as `provider:model`.")
+
+
+class HealthHour(BaseModel):
+    hour: datetime = Field(description="Start of the hour, UTC.")
+    value: float
+
+
+class HealthTrend(BaseModel):
+    name: Literal["cost", "errors", "latency"]
+    direction: Literal["up", "down", "stable"]
+    change_pct: float = Field(description="The last complete hour against the mean of the hours before it.")
+    hourly: list[HealthHour]
+
+
 class HealthResponse(BaseModel):
-    """`GET /v1/health`: the worst indicator's status, and every indicator."""
+    """`GET /v1/health`: the worst indicator's status, every indicator, what to do, and where it is heading."""
 
     status: HealthStatus
+    at: datetime
     indicators: list[HealthIndicator]
+    recommendations: list[HealthRecommendation]
+    trends: list[HealthTrend]
 
 
 class LiveResponse(BaseModel):

@@ -435,6 +435,18 @@ def test_health_reports_an_open_breaker(client: httpx.Client) -> None:
         "dropped_spans",
         "internal_errors",
     }
+    assert set(health) == {"status", "at", "indicators", "recommendations", "trends"}
+    assert health["at"] == "2026-01-01T00:02:00+00:00"
+    assert [(r["kind"], r["provider"], r["alternative"]) for r in health["recommendations"]] == [
+        ("budget", None, None),
+        ("breaker", "anthropic", "openai:gpt-4.1"),
+    ]
+    assert health["trends"][0] == {
+        "name": "cost",
+        "direction": "stable",
+        "change_pct": 0.0,
+        "hourly": [{"hour": "2026-01-01T00:00:00+00:00", "value": 0.0084}],
+    }
 
 
 def test_health_is_healthy_with_nothing_wrong() -> None:
