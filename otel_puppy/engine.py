@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -58,6 +58,10 @@ logger = logging.getLogger("otel_puppy")
 
 TOTAL_SCOPE: Final = "total"
 _EXPIRE_EVERY_S: Final = 60.0
+_SAVE_STATE_EVERY_S: Final = 60.0
+"""Anomaly baselines (and every breaker) are saved this often from `observe_many`, and on `close()`."""
+_BREAKERS: Final = "breakers"
+_ANOMALIES: Final = "anomalies"
 _ID_DIMENSIONS: Final = frozenset({"user", "conversation"})
 
 
@@ -138,7 +142,8 @@ class PolicyEngine:
         self.clock: Clock = clock or SystemClock()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.metrics = Metrics(self.registry, max_label_values=self.settings.max_label_values)
-        self._store = store or open_store(self.settings.store)
+        # not `store or ...`: an empty MemoryStore is falsy (it has a length)
+        self._store = store if store is not None else open_store(self.settings.store)
         if alert_sinks is None:
             alert_sinks = [LogSink()]
             if self.settings.alert_webhook_url:
@@ -154,6 +159,12 @@ class PolicyEngine:
             RollingWindow(86400, "24h"),
         )
         self._rules = self._build_rules(policies if policies is not None else PolicySet(), previous=None)
+        self._state_lock = threading.Lock()
+        self._saved: dict[str, set[str]] = {}
+        """Keys of each state namespace in the store as far as we know: a full save deletes the rest."""
+        self._saving = True
+        self._next_state_save = self.clock.now() + _SAVE_STATE_EVERY_S
+        self._restore_state()
         self._decisions: dict[tuple[str, str], int] = {}
         self._decisions_lock = threading.Lock()
         self._processor: PuppySpanProcessor | None = None
@@ -245,6 +256,9 @@ class PolicyEngine:
         if now >= self._next_expiry:
             self._next_expiry = now + _EXPIRE_EVERY_S
             self._store.expire(now)
+        if now >= self._next_state_save:
+            self._next_state_save = now + _SAVE_STATE_EVERY_S
+            self._save_all_state()
         return observations
 
     def _record(
@@ -488,6 +502,8 @@ class PolicyEngine:
                 at=self.clock.now(),
             )
         )
+        board = self._rules.breakers
+        self._save_state(_BREAKERS, lambda: board.export_state(only=(status.policy, status.subject)), full=False)
 
     def _on_anomaly(self, event: AnomalyEvent) -> None:
         status = event.status
@@ -510,6 +526,48 @@ class PolicyEngine:
                 self._rules.breakers.trip(provider, subject.get("model"), reason=event.message)
             else:
                 logger.warning("anomaly %s wants to open a breaker but is not per provider", status.policy)
+
+    # --- persisted state ----------------------------------------------------------------------
+
+    def _restore_state(self) -> None:
+        """Breaker and anomaly state from the store, as a previous engine on it left them. An
+        unreadable store or entry costs that state only: the engine starts regardless."""
+        rules = self._rules
+        for namespace, target in ((_BREAKERS, rules.breakers), (_ANOMALIES, rules.anomalies)):
+            try:
+                items = self._store.load_state(namespace)
+                self._saved[namespace] = set(items)
+                target.import_state(items)
+            except Exception:
+                self._internal_error("engine.restore_state", reraise=False)
+
+    def _save_all_state(self) -> None:
+        rules = self._rules
+        self._save_state(_BREAKERS, rules.breakers.export_state, full=True)
+        self._save_state(_ANOMALIES, rules.anomalies.export_state, full=True)
+
+    def _save_state(self, namespace: str, export: Callable[[], dict[str, bytes]], *, full: bool) -> None:
+        """Write exported state; `full`: it is the whole namespace, so delete what it no longer has.
+
+        Never raises: a failed save is counted, and the state is written again at the next one.
+        """
+        try:
+            # export and write under one lock, so an older export never overwrites a newer one
+            with self._state_lock:
+                if not self._saving:
+                    return
+                items = export()
+                self._store.save_state(namespace, items)
+                saved = self._saved.setdefault(namespace, set())
+                if full:
+                    stale = saved - items.keys()
+                    if stale:
+                        self._store.delete_state(namespace, stale)
+                    self._saved[namespace] = set(items)
+                else:
+                    saved.update(items)
+        except Exception:
+            self._internal_error("engine.save_state", reraise=False)
 
     # --- reading state ------------------------------------------------------------------------
 
@@ -659,6 +717,9 @@ class PolicyEngine:
             self._watcher.stop()
         if self._processor is not None:
             self._processor.shutdown()
+        self._save_all_state()
+        with self._state_lock:
+            self._saving = False
         self.alerts.close()
         self._store.close()
 
@@ -688,6 +749,7 @@ class PolicyEngine:
         self.metrics._lock = threading.Lock()
         self._processor_lock = threading.Lock()
         self._decisions_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         store_lock = getattr(self._store, "_lock", None)
         if store_lock is not None:
             self._store._lock = threading.Lock()  # type: ignore[attr-defined]

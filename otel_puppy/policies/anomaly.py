@@ -28,13 +28,14 @@ How the numbers are made:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Discriminator, Field, Tag, field_validator
@@ -477,6 +478,70 @@ class AnomalyWatch:
             new._update_due()
         return new
 
+    # --- persistence --------------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, bytes]:
+        """Every (policy, subject)'s baseline and cooldown as blobs for `Store.save_state`.
+
+        Keys are `policy|subject`; each value is a small JSON object (the policy's name, `signal`
+        and `per` beside the numbers). The open interval's partial data is not part of it.
+        """
+        items: dict[str, bytes] = {}
+        with self._lock:
+            for watched in self._watched:
+                policy = watched.policy
+                for subject, detector in watched.detectors.items():
+                    record: dict[str, object] = {
+                        "policy": policy.name,
+                        "signal": policy.signal,
+                        "per": list(policy.per),
+                        "subject": subject,
+                    }
+                    record.update((name, getattr(detector, name)) for name in _SAVED)
+                    # json writes inf as Infinity (not strict JSON, but json.loads reads it back)
+                    items[f"{policy.name}|{subject}"] = json.dumps(record, separators=(",", ":")).encode()
+        return items
+
+    def import_state(self, items: Mapping[str, bytes]) -> None:
+        """Restore baselines saved by `export_state` (an earlier process's watch, usually).
+
+        A detector is restored when a policy of the same name, `signal` and `per` exists here;
+        other entries (a policy removed or changed, unreadable data) are skipped with a warning.
+        The restored baseline is judged from the next full interval on, without learning again.
+        """
+        by_name = {watched.policy.name: watched for watched in self._watched}
+        now = self._clock.now()
+        unknown: list[str] = []
+        corrupt: list[str] = []
+        with self._lock:
+            for item_key, blob in items.items():
+                try:
+                    record = json.loads(blob)
+                    watched = by_name.get(record["policy"])
+                    if (
+                        watched is None
+                        or record["signal"] != watched.policy.signal
+                        or tuple(record["per"]) != watched.policy.per
+                    ):
+                        unknown.append(item_key)
+                        continue
+                    subject, detector = _restored_detector(record, now)
+                except (ValueError, TypeError, KeyError):
+                    corrupt.append(item_key)
+                    continue
+                if subject not in watched.detectors and len(watched.detectors) >= watched.policy.max_subjects:
+                    unknown.append(item_key)
+                    continue
+                watched.detectors[subject] = detector
+        if corrupt:
+            logger.warning("anomaly state: %d unreadable entries ignored: %s", len(corrupt), ", ".join(corrupt[:5]))
+        if unknown:
+            logger.warning(
+                "anomaly state: %d entries for policies no longer configured (or full) ignored: %s",
+                len(unknown),
+                ", ".join(unknown[:5]),
+            )
+
     # --- intervals (under the lock) -----------------------------------------------------------
 
     def _update_due(self) -> None:
@@ -550,6 +615,47 @@ class AnomalyWatch:
                 key = (policy.name, policy.signal, policy.action)
                 self._fired[key] = self._fired.get(key, 0) + 1
                 events.append(AnomalyEvent(status, end, detector.message))
+
+
+_SAVED: Final = (
+    "mean",
+    "var",
+    "samples",
+    "last_seen",
+    "current",
+    "baseline",
+    "score",
+    "deviation",
+    "exceeded",
+    "fired_at",
+    "message",
+)
+"""The `_Detector` fields `export_state` keeps: the baseline, the last closed interval, the cooldown."""
+
+
+def _restored_detector(record: dict[str, Any], now: float) -> tuple[str, _Detector]:
+    """A saved subject and its detector, checked field by field; the open interval starts empty."""
+    subject = record["subject"]
+    if not isinstance(subject, str):
+        raise TypeError("subject")
+    detector = _Detector(now)
+    for name in ("mean", "var", "last_seen", "current", "baseline", "score", "deviation"):
+        value = record[name]
+        if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+            raise TypeError(name)
+        setattr(detector, name, float(value))
+    if not (math.isfinite(detector.mean) and math.isfinite(detector.var) and detector.var >= 0):
+        raise ValueError("mean, var")
+    samples, exceeded, fired_at, message = record["samples"], record["exceeded"], record["fired_at"], record["message"]
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+        raise ValueError("samples")
+    if not isinstance(exceeded, bool) or not isinstance(message, str):
+        raise TypeError("exceeded, message")
+    if fired_at is not None and (not isinstance(fired_at, int | float) or isinstance(fired_at, bool)):
+        raise TypeError("fired_at")
+    detector.samples, detector.exceeded, detector.message = samples, exceeded, message
+    detector.fired_at = None if fired_at is None else float(fired_at)
+    return subject, detector
 
 
 def _take(signal: str, detector: _Detector, interval: float) -> float | None:

@@ -9,6 +9,7 @@ scrape time (`collect`), and usable directly around a call (`guard`).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -491,6 +492,67 @@ class BreakerBoard:
             transitions.add_metric((policy, provider, model or "", to), float(count))
         return [state, transitions]
 
+    # --- persistence --------------------------------------------------------------------------
+
+    def export_state(self, *, only: tuple[str, str] | None = None) -> dict[str, bytes]:
+        """Every subject's state (or only `(policy, subject)`'s) as blobs for `Store.save_state`.
+
+        Keys are `policy|subject`; each value is a small JSON object of the `BreakerState` fields
+        with the policy's name and `per` and the subject's provider and model, so `import_state`
+        needs nothing from the key.
+        """
+        items: dict[str, bytes] = {}
+        with self._lock:
+            for breaker in self._breakers:
+                policy = breaker.policy
+                if only is not None and only[0] != policy.name:
+                    continue
+                for key, state in breaker.subjects.items():
+                    subject = _subject(key)
+                    if only is not None and only[1] != subject:
+                        continue
+                    record = {"policy": policy.name, "per": list(policy.per), "provider": key[0], "model": key[1]}
+                    record.update(asdict(state))
+                    items[f"{policy.name}|{subject}"] = json.dumps(record, separators=(",", ":")).encode()
+        return items
+
+    def import_state(self, items: Mapping[str, bytes]) -> None:
+        """Restore subjects saved by `export_state` (an earlier process's board, usually).
+
+        A subject is restored when a breaker of the same name and `per` exists here; other entries
+        (a policy removed or changed, unreadable data) are skipped with a warning. Probe permits in
+        flight are not restored: their calls belonged to the old process, so a half-open subject
+        starts with none taken. Restoring reports no transitions.
+        """
+        by_name = {breaker.policy.name: breaker for breaker in self._breakers}
+        unknown: list[str] = []
+        corrupt: list[str] = []
+        with self._lock:
+            for item_key, blob in items.items():
+                try:
+                    record = json.loads(blob)
+                    breaker = by_name.get(record["policy"])
+                    if breaker is None or tuple(record["per"]) != breaker.policy.per:
+                        unknown.append(item_key)
+                        continue
+                    key = _restored_key(record, breaker.policy)
+                    state = _restored_state(record)
+                except (ValueError, TypeError, KeyError):
+                    corrupt.append(item_key)
+                    continue
+                if key not in breaker.subjects and len(breaker.subjects) >= breaker.policy.max_subjects:
+                    unknown.append(item_key)
+                    continue
+                breaker.subjects[key] = state
+        if corrupt:
+            logger.warning("breaker state: %d unreadable entries ignored: %s", len(corrupt), ", ".join(corrupt[:5]))
+        if unknown:
+            logger.warning(
+                "breaker state: %d entries for breakers no longer configured (or full) ignored: %s",
+                len(unknown),
+                ", ".join(unknown[:5]),
+            )
+
     def with_policies(self, policies: tuple[BreakerPolicy, ...]) -> BreakerBoard:
         """A board for a reloaded policy set, keeping the state of every subject whose policy kept
         its name and `per` (thresholds and timeouts may change); other subjects start afresh."""
@@ -667,6 +729,49 @@ class BreakerBoard:
                 callback(status, previous)
             except Exception:
                 logger.exception("breaker on_transition callback failed for %s %s", status.policy, status.subject)
+
+
+_STATES: Final = frozenset(STATE_VALUES)
+
+
+def _restored_key(record: dict[str, Any], policy: BreakerPolicy) -> _Key:
+    provider, model = record["provider"], record["model"]
+    if not isinstance(provider, str) or not provider:
+        raise ValueError("provider")
+    if len(policy.per) == 1:
+        if model is not None:
+            raise ValueError("model")
+        return (provider, None)
+    if not isinstance(model, str):
+        raise TypeError("model")
+    return (provider, model)
+
+
+def _restored_state(record: dict[str, Any]) -> BreakerState:
+    """A saved `BreakerState`, checked field by field; without its in-flight probe permits."""
+    state = record["state"]
+    if state not in _STATES:
+        raise ValueError("state")
+    counts = [record[name] for name in ("failures", "successes", "transitions")]
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in counts):
+        raise ValueError("counts")
+    opened_at = record["opened_at"]
+    if opened_at is not None and (not isinstance(opened_at, int | float) or isinstance(opened_at, bool)):
+        raise TypeError("opened_at")
+    if state != "closed" and opened_at is None:
+        raise ValueError("opened_at")
+    reason = record.get("reason", "")
+    if not isinstance(reason, str):
+        raise TypeError("reason")
+    failures, successes, transitions = counts
+    return BreakerState(
+        state=state,
+        failures=failures,
+        successes=successes,
+        opened_at=None if opened_at is None else float(opened_at),
+        reason=reason,
+        transitions=transitions,
+    )
 
 
 def _steps(

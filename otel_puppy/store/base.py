@@ -6,11 +6,13 @@
   estimate on all of them, in one atomic step. N concurrent callers therefore cannot overshoot a
   budget by more than their estimates were wrong.
 - `totals`, `mark`/`unmark` (alert crossings), `release`, `expire`.
+- `save_state`/`load_state`/`delete_state`: opaque blobs by (namespace, key), so breaker and
+  anomaly state survives a restart; the store never looks inside them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -143,6 +145,18 @@ class Store(Protocol):
 
     def expire(self, now: float) -> int:
         """Forget what is past its expiry (windows, dedupe keys, reservations, marks); returns how many."""
+        ...
+
+    def save_state(self, namespace: str, items: Mapping[str, bytes]) -> None:
+        """Insert or replace each key's blob in `namespace`, all of them in one transaction."""
+        ...
+
+    def load_state(self, namespace: str) -> dict[str, bytes]:
+        """Every key's blob in `namespace` (empty when there is none)."""
+        ...
+
+    def delete_state(self, namespace: str, keys: Iterable[str]) -> None:
+        """Forget these keys of `namespace` (absent keys are ignored), in one transaction."""
         ...
 
     def close(self) -> None: ...

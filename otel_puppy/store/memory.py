@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from otel_puppy.store.base import (
@@ -107,6 +107,7 @@ class MemoryStore:
         self._by_settle_key: dict[str, deque[str]] = {}
         self._reservation_heap: list[tuple[float, str]] = []
         self._marks: dict[str, float] = {}
+        self._state: dict[str, dict[str, bytes]] = {}
 
     # --- spans ---------------------------------------------------------------------------------
 
@@ -255,6 +256,23 @@ class MemoryStore:
     def unmark(self, key: str) -> None:
         with self._lock:
             self._marks.pop(key, None)
+
+    # --- state blobs ---------------------------------------------------------------------------
+
+    def save_state(self, namespace: str, items: Mapping[str, bytes]) -> None:
+        with self._lock:
+            self._state.setdefault(namespace, {}).update(items)
+
+    def load_state(self, namespace: str) -> dict[str, bytes]:
+        with self._lock:
+            return dict(self._state.get(namespace, {}))
+
+    def delete_state(self, namespace: str, keys: Iterable[str]) -> None:
+        with self._lock:
+            blobs = self._state.get(namespace)
+            if blobs is not None:
+                for key in keys:
+                    blobs.pop(key, None)
 
     # --- housekeeping --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from hashlib import blake2b
 from pathlib import Path
@@ -41,8 +41,11 @@ from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 
 __all__ = ("SCHEMA_VERSION", "SQLiteStore")
 
-SCHEMA_VERSION: Final = 1
-"""Bumped on every incompatible schema change; a file with a newer version is refused."""
+SCHEMA_VERSION: Final = 2
+"""Bumped on every schema change; a file with a newer version is refused, an older one migrated.
+
+1 -> 2: the `state` table (breaker and anomaly state). Every table is created `IF NOT EXISTS`,
+so opening a version-1 file adds it; the version is then raised in the same transaction."""
 
 _CACHE_KIB: Final = 32 * 1024
 _CHECKPOINT_PAGES: Final = 10_000
@@ -100,6 +103,13 @@ _SCHEMA: Final = (
     # Covering: a scope's reserved total is a sum over this index alone.
     "CREATE INDEX IF NOT EXISTS reservation_items_scope ON reservation_items (scope, nanos, tokens)",
     "CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
+    # Since version 2: opaque blobs (breaker and anomaly state) by namespace and key.
+    """CREATE TABLE IF NOT EXISTS state (
+        namespace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (namespace, key)
+    ) WITHOUT ROWID""",
 )
 
 _CALENDAR_ADD: Final = """
@@ -120,6 +130,8 @@ WHERE scope = ?1 AND label = ?2 AND idx >= (
     SELECT max(COALESCE(MAX(idx), ?3), ?3) FROM rolling WHERE scope = ?1 AND label = ?2
 ) - ?4
 """
+# CAST: a row written as text by hand (or another tool) still comes back as bytes.
+_STATE_LOAD: Final = "SELECT key, CAST(data AS BLOB) FROM state WHERE namespace = ?"
 _RESERVED: Final = "SELECT COALESCE(SUM(nanos), 0), COALESCE(SUM(tokens), 0) FROM reservation_items WHERE scope = ?"
 _COVERED_ADD: Final = """
 INSERT INTO covered (parent_key, until) VALUES (?, ?) ON CONFLICT (parent_key) DO UPDATE SET until = excluded.until
@@ -196,6 +208,8 @@ class SQLiteStore:
                 db.execute(statement)
             if version is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
@@ -409,6 +423,44 @@ class SQLiteStore:
     def unmark(self, key: str) -> None:
         with self._transaction("unmark") as db:
             db.execute("DELETE FROM marks WHERE key = ?", (key,))
+
+    # --- state blobs ---------------------------------------------------------------------------
+
+    def save_state(self, namespace: str, items: Mapping[str, bytes]) -> None:
+        """Insert or replace each key's blob, all in one transaction.
+
+        Raises:
+            StoreError: the transaction failed; nothing was written.
+        """
+        if not items:
+            return
+        with self._transaction("save state") as db:
+            db.executemany(
+                "INSERT INTO state (namespace, key, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (namespace, key) DO UPDATE SET data = excluded.data",
+                [(namespace, key, data) for key, data in items.items()],
+            )
+
+    def load_state(self, namespace: str) -> dict[str, bytes]:
+        """Every key's blob in `namespace`.
+
+        Raises:
+            StoreError: the read failed.
+        """
+        with self._transaction("load state", write=False) as db:
+            return {key: bytes(data) for key, data in db.execute(_STATE_LOAD, (namespace,))}
+
+    def delete_state(self, namespace: str, keys: Iterable[str]) -> None:
+        """Forget these keys of `namespace`, in one transaction.
+
+        Raises:
+            StoreError: the transaction failed; nothing was deleted.
+        """
+        rows = [(namespace, key) for key in keys]
+        if not rows:
+            return
+        with self._transaction("delete state") as db:
+            db.executemany("DELETE FROM state WHERE namespace = ? AND key = ?", rows)
 
     # --- housekeeping --------------------------------------------------------------------------
 

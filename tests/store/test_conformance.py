@@ -402,3 +402,29 @@ def test_expire_forgets_each_kind_at_its_time_and_counts_it(store: Store) -> Non
     assert store.totals([("s", DAY), ("s", H1)], T0) == [Counter(0, 0, 0), Counter(0, 0, 0)]
     # forgotten keys: the same spans now count again
     assert store.apply([rec("a", windows=()), rec("p", windows=())], T0) == [APPLIED, APPLIED]
+
+
+# --- state blobs ----------------------------------------------------------------------------------
+
+
+def test_state_is_upserted_loaded_and_deleted_per_namespace(store: Store) -> None:
+    assert store.load_state("breakers") == {}
+    store.save_state("breakers", {"p|openai": b'{"a":1}', "p|anthropic": b"\x00\xff"})
+    store.save_state("anomalies", {"p|openai": b"other namespace"})
+    store.save_state("breakers", {"p|openai": b'{"a":2}'})  # replaces, keeps the rest
+    store.save_state("breakers", {})
+    assert store.load_state("breakers") == {"p|openai": b'{"a":2}', "p|anthropic": b"\x00\xff"}
+    store.delete_state("breakers", ["p|anthropic", "never saved"])
+    store.delete_state("breakers", [])
+    assert store.load_state("breakers") == {"p|openai": b'{"a":2}'}
+    assert store.load_state("anomalies") == {"p|openai": b"other namespace"}
+    assert store.expire(T0 + 100 * 86400) == 0  # state never expires
+    assert store.load_state("breakers") == {"p|openai": b'{"a":2}'}
+
+
+def test_loaded_state_is_a_copy(store: Store) -> None:
+    store.save_state("n", {"k": b"v"})
+    loaded = store.load_state("n")
+    loaded["k"] = b"changed"
+    loaded["new"] = b"x"
+    assert store.load_state("n") == {"k": b"v"}
