@@ -1,14 +1,21 @@
-"""`otel-puppy demo`: a simulated fleet of pydantic-ai agents under real policies, so every metric has data.
+"""`otel-puppy demo`: the service, and a simulated fleet of pydantic-ai agents under real policies driving it.
 
-Real pydantic-ai `Agent`s, instrumented by real logfire with our span processor, talk to
-simulated providers: a `FunctionModel` that reports a real provider and model (so the spans look
-exactly like those of `openai:gpt-4.1` or `anthropic:claude-sonnet-4-5`), returns seeded-random
-usage with cached prefixes, calls tools, and fails now and then like providers do (a 3% background
-of 429/500/503, plus outages). Every agent's model is wrapped in `otel_puppy.guarded(...)`, as an
-application would do it: each request asks the engine first, a denied run ends with `PolicyDenied`
-(counted apart from failures), and a degraded or routed one goes to a simulated model of the
-cheaper kind, whose spans name it. Nothing leaves the machine but the Prometheus endpoint on
-`settings.host:settings.port`.
+The demo runs as production does. The service (`create_app` on uvicorn, as `otel-puppy serve`
+runs it) serves OTLP/HTTP, the decision API and /metrics on `settings.host:settings.port` from a
+thread of the demo's process; the fleet runs in `fleet_processes` spawned processes, each an
+application of its own: logfire exports its spans with the standard OTLP/HTTP exporter to the
+service, and every model request is decided by the service through a `DecisionClient`. The live
+view and the summary read the service's engine. (`in_process=True` runs the fleet in the demo's
+own process instead, with the engine's span processor and the engine as the decider.)
+
+Real pydantic-ai `Agent`s, instrumented by real logfire, talk to simulated providers: a
+`FunctionModel` that reports a real provider and model (so the spans look exactly like those of
+`openai:gpt-4.1` or `anthropic:claude-sonnet-4-5`), returns seeded-random usage with cached
+prefixes, calls tools, and fails now and then like providers do (a 3% background of 429/500/503,
+plus outages). Every agent's model is wrapped in `otel_puppy.guarded(...)`, as an application would
+do it: each request asks for a decision first, a denied run ends with `PolicyDenied` (counted apart
+from failures), and a degraded or routed one goes to a simulated model of the cheaper kind, whose
+spans name it. Nothing leaves the machine: the fleet talks to the service only.
 
 The scenario is the same for a given seed, on a clock that starts with the demo; `run()`'s keyword
 arguments set its timing, and the defaults suit the shipped `policies/`:
@@ -38,17 +45,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
+import multiprocessing
+import queue
 import random
+import signal
+import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event as EventType
 from typing import Final, Literal
 
 import logfire
-import prometheus_client
+import uvicorn
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client.registry import CollectorRegistry
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import (
@@ -71,18 +89,23 @@ from rich.table import Table
 from rich.text import Text
 
 import otel_puppy
+from otel_puppy.client import DecisionClient
 from otel_puppy.decision import Action, PolicyHit, Priority
 from otel_puppy.engine import PolicyEngine, Snapshot
 from otel_puppy.exceptions import PolicyDenied
-from otel_puppy.integrations.pydantic_ai import GuardedModel
+from otel_puppy.integrations.pydantic_ai import Decider, GuardedModel
 from otel_puppy.money import NANOS_PER_USD, nanos_to_usd
 from otel_puppy.policies import PolicySet
 from otel_puppy.policies.base import Degrade
+from otel_puppy.server.app import TRACES_PATH, create_app
 from otel_puppy.settings import PuppySettings
 
 __all__ = ("FLEET", "SPIKE_AGENT", "AgentSpec", "DemoSummary", "run")
 
 SERVICE_NAME: Final = "otel-puppy-demo"
+"""The service name of the fleet's spans when it runs in the demo's own process (`in_process`)."""
+FLEET_SERVICE_NAME: Final = "otel-puppy-demo-fleet"
+"""The service name of the fleet processes' spans, exported to the service over OTLP."""
 USER_KEY: Final = "otel_puppy.user"
 CONVERSATION_KEY: Final = "otel_puppy.conversation"
 SPIKE_AGENT: Final = "research"
@@ -100,6 +123,14 @@ _MIN_INPUT, _MAX_INPUT = 300, 20_000
 _MIN_OUTPUT, _MAX_OUTPUT = 50, 2_000
 _MAX_IN_FLIGHT: Final = 256
 _REFRESH_S: Final = 0.5
+_DECIDE_TIMEOUT_S: Final = 5.0
+"""Generous for loopback: a decision that times out is failed open and never reaches the service's counts."""
+_SERVICE_START_S: Final = 30.0
+_SERVICE_STOP_S: Final = 5
+_WORKER_START_S: Final = 120.0
+"""Spawning imports pydantic-ai and logfire afresh in each process: seconds on a slow machine."""
+_WORKER_STOP_S: Final = 30.0
+"""How long the fleet processes may take to finish their runs in flight and export their spans."""
 _USERS: Final = 60
 _BUDGET_ROWS: Final = 8
 _ALERT_ROWS: Final = 6
@@ -378,17 +409,26 @@ class _Fleet:
     def __init__(
         self,
         specs: tuple[AgentSpec, ...],
-        engine: PolicyEngine,
+        decider: Decider,
+        alternatives: Mapping[str, Sequence[tuple[str, str]]],
         scenario: _Scenario,
         *,
         seed: int,
         outage_provider: str,
+        service: str = SERVICE_NAME,
+        worker: int | None = None,
     ) -> None:
+        """`alternatives`: the models each agent's decisions may switch to (`_alternatives`).
+
+        `worker` numbers one of several fleet processes: its runs are drawn from a seed derived
+        from `seed`, its outages from `seed` itself, so every process sees the same outages.
+        """
         self.specs = specs
-        self.engine = engine
+        self.decider = decider
+        self.service = service
         self.scenario = scenario
         self.counts = _Counts()
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed if worker is None else f"{seed}:worker:{worker}")
         # Outages are drawn from their own generator, so they never shift what the runs draw.
         self._outage_rng = random.Random(f"{seed}:outages")
         self._providers = sorted({spec.provider for spec in specs})
@@ -401,11 +441,9 @@ class _Fleet:
         self._next_outage = math.inf
         self._launched = 0
         self._start = 0.0
-        self.started_at = 0.0
-        """When the demo started, on the engine's clock (epoch seconds), to date its alerts."""
         self._models = {spec.name: self._simulated(spec, spec.provider, spec.model) for spec in specs}
         self._degrade_to: dict[str, Mapping[str, Model]] = {
-            spec.name: {f"{p}:{m}": self._simulated(spec, p, m) for p, m in _alternatives(engine.policies, spec)}
+            spec.name: {f"{p}:{m}": self._simulated(spec, p, m) for p, m in alternatives.get(spec.name, ())}
             for spec in specs
         }
         self.agents = {spec.name: self._agent(spec) for spec in specs}
@@ -417,11 +455,11 @@ class _Fleet:
         """The agent's model behind otel_puppy: every request is decided before it is made."""
         return otel_puppy.guarded(
             self._models[spec.name],
-            self.engine,
+            self.decider,
             agent=spec.name,
             priority=spec.priority,
             user=user,
-            service=SERVICE_NAME,
+            service=self.service,
             degrade_to=self._degrade_to[spec.name],
         )
 
@@ -433,7 +471,6 @@ class _Fleet:
 
     def start(self, now: float) -> None:
         self._start = now
-        self.started_at = self.engine.clock.now()
         self._next_outage = now + self.scenario.outage_at
 
     def elapsed(self, now: float) -> float:
@@ -721,11 +758,21 @@ class DemoSummary:
     anomalies_fired: int
 
 
-def _summary(fleet: _Fleet, totals: _Totals, metrics_url: str) -> DemoSummary:
+@dataclass(slots=True)
+class _Board:
+    """What the display and the summary read besides the engine: the fleet's own counts."""
+
+    counts: _Counts = field(default_factory=_Counts)
+    """The in-process fleet's counts, or the sum of the fleet processes' latest reports."""
+    started_at: float = 0.0
+    """When the fleet started, on the engine's clock (epoch seconds), to date its alerts."""
+
+
+def _summary(board: _Board, totals: _Totals, metrics_url: str) -> DemoSummary:
     return DemoSummary(
-        runs=fleet.counts.runs,
-        failed_runs=fleet.counts.failed_runs,
-        calls=fleet.counts.calls,
+        runs=board.counts.runs,
+        failed_runs=board.counts.failed_runs,
+        calls=board.counts.calls,
         spend_usd=nanos_to_usd(totals.nanos),
         spend_by_model={
             f"{provider}:{model}": nanos_to_usd(row.nanos)
@@ -735,7 +782,7 @@ def _summary(fleet: _Fleet, totals: _Totals, metrics_url: str) -> DemoSummary:
         spend_by_agent={agent: nanos_to_usd(row.nanos) for agent, row in sorted(totals.by_agent.items()) if row.priced},
         unpriced_calls=totals.unpriced,
         metrics_url=metrics_url,
-        denied_runs=fleet.counts.denied_runs,
+        denied_runs=board.counts.denied_runs,
         degraded_decisions=totals.decisions.get(Action.DEGRADE.value, 0),
         alerts=dict(sorted(totals.alerts.items())),
         breaker_opened=totals.breaker_opened > 0,
@@ -772,13 +819,13 @@ def _progress(elapsed: float, duration: float | None, *, finished: bool) -> Rend
 
 
 def _render(
-    fleet: _Fleet, engine: PolicyEngine, progress: RenderableType | None = None, *, alerts: int = _ALERT_ROWS
+    board: _Board, engine: PolicyEngine, progress: RenderableType | None = None, *, alerts: int = _ALERT_ROWS
 ) -> RenderableType:
     totals = _Totals.read(engine.registry)
     snapshot = engine.snapshot()
     parts: list[RenderableType] = [progress] if progress is not None else []
 
-    counts = fleet.counts
+    counts = board.counts
     summary = Table.grid(padding=(0, 2))
     summary.add_row(
         f"runs [bold]{counts.runs}[/] ([red]{counts.failed_runs} failed[/], [magenta]{counts.denied_runs} denied[/])",
@@ -817,13 +864,13 @@ def _render(
             [
                 _decisions_table(totals),
                 _breakers_table(snapshot, now),
-                _anomalies_table(snapshot, fleet.started_at),
+                _anomalies_table(snapshot, board.started_at),
                 _budgets_table(snapshot),
             ],
             padding=(0, 4),
         )
     )
-    parts.append(_alerts_table(engine, fleet.started_at, alerts))
+    parts.append(_alerts_table(engine, board.started_at, alerts))
     return Group(*parts)
 
 
@@ -977,17 +1024,260 @@ async def _tick(on_tick: Callable[[float], None], start: float) -> None:
         await asyncio.sleep(_REFRESH_S)
 
 
+# --- the service -----------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
-def _metrics_server(settings: PuppySettings, registry: CollectorRegistry) -> Iterator[str]:
-    """Serve `registry` on /metrics; yields its URL. Stopped, and its port closed, on exit."""
-    server, thread = prometheus_client.start_http_server(settings.port, addr=settings.host, registry=registry)
+def _service(settings: PuppySettings, engine: PolicyEngine) -> Iterator[str]:
+    """Serve `create_app(engine)` as `otel-puppy serve` does, from a thread; yields its base URL.
+
+    One port for OTLP/HTTP, the decision API and /metrics. The socket is bound here, so a port in
+    use is an `OSError` at once (uvicorn would exit the process), and port 0 picks a free one.
+    Stopped, and its port closed, on exit.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    with contextlib.closing(sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        config = uvicorn.Config(
+            create_app(engine),
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=_SERVICE_STOP_S,
+        )
+        server = uvicorn.Server(config)
+        # uvicorn installs no signal handlers off the main thread: Ctrl-C stays the demo's.
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="otel-puppy-service", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + _SERVICE_START_S
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the otel-puppy service did not start")
+                time.sleep(0.01)
+            host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+            yield f"http://{host}:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=_SERVICE_STOP_S + 5)
+
+
+# --- the fleet processes ---------------------------------------------------------------------
+
+_Report = tuple[Literal["ready", "counts", "done", "error"], int, "_Counts | str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerPlan:
+    """What one fleet process needs, as plain data: it is pickled into a spawned process."""
+
+    worker: int
+    url: str
+    """The service's base URL: spans go to its `/v1/traces`, decisions to its `/v1/decide`."""
+    api_token: str | None
+    fail_open: bool
+    seed: int
+    rate: float
+    scenario: _Scenario
+    outage_provider: str
+    alternatives: dict[str, list[tuple[str, str]]]
+
+
+def _work(plan: _WorkerPlan, start: EventType, stop: EventType, reports: Queue[_Report]) -> None:
+    """One fleet process, as an application of the fleet would run: the standard OTLP exporter
+    sends its spans to the service and a `DecisionClient` asks it before every model request.
+
+    Runs from `start` until `stop`, reports its counts on `reports` twice a second, and reports
+    them a last time (`done`) once its spans are exported, so the service has applied them all.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the demo's: it sets `stop`
     try:
-        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        yield f"http://{host}:{server.server_port}/metrics"
+        headers = {"authorization": f"Bearer {plan.api_token}"} if plan.api_token else None
+        exporter = OTLPSpanExporter(endpoint=f"{plan.url}{TRACES_PATH}", headers=headers)
+        processor = BatchSpanProcessor(exporter, schedule_delay_millis=200)
+        _configure_logfire(FLEET_SERVICE_NAME, processor)
+        reports.put(("ready", plan.worker, None))
+        while not start.wait(0.1):
+            if stop.is_set():
+                return
+        counts = asyncio.run(_work_until(plan, stop, reports))
+        processor.force_flush()  # the service answers an export once it has applied it
+        reports.put(("done", plan.worker, counts))
+        _shutdown_logfire()
+    except BaseException as exc:
+        reports.put(("error", plan.worker, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+async def _work_until(plan: _WorkerPlan, stop: EventType, reports: Queue[_Report]) -> _Counts:
+    async with DecisionClient(
+        plan.url, api_token=plan.api_token, timeout_s=_DECIDE_TIMEOUT_S, fail_open=plan.fail_open
+    ) as client:
+        fleet = _Fleet(
+            FLEET,
+            client,
+            plan.alternatives,
+            plan.scenario,
+            seed=plan.seed,
+            outage_provider=plan.outage_provider,
+            service=FLEET_SERVICE_NAME,
+            worker=plan.worker,
+        )
+
+        def report(elapsed: float) -> None:
+            reports.put(("counts", plan.worker, dataclasses.replace(fleet.counts)))
+
+        drive = asyncio.create_task(_drive(fleet, duration=None, rate=plan.rate, on_tick=report))
+        while not stop.is_set() and not drive.done():
+            await asyncio.wait({drive}, timeout=0.1)
+        # Cancelling stops the launches; the runs in flight finish, so their spans are complete.
+        drive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drive
+        return dataclasses.replace(fleet.counts)
+
+
+class _Workers:
+    """The fleet processes seen from the demo: started, watched through their reports, stopped."""
+
+    def __init__(self, plans: list[_WorkerPlan]) -> None:
+        context = multiprocessing.get_context("spawn")  # not fork: the service's threads stay here
+        self.start, self.stop = context.Event(), context.Event()
+        self.reports: Queue[_Report] = context.Queue()
+        self.processes = [
+            context.Process(
+                target=_work,
+                args=(plan, self.start, self.stop, self.reports),
+                name=f"otel-puppy-fleet-{plan.worker}",
+                daemon=True,
+            )
+            for plan in plans
+        ]
+        self.ready: set[int] = set()
+        self.done: set[int] = set()
+        self.counts: dict[int, _Counts] = {}
+        self.errors: list[str] = []
+        self._closed = False
+
+    def launch(self) -> None:
+        """Start the processes and wait until each is ready; then start them all at once."""
+        for process in self.processes:
+            process.start()
+        deadline = time.monotonic() + _WORKER_START_S
+        while len(self.ready) < len(self.processes):
+            if self.errors:
+                raise RuntimeError(f"a fleet process failed: {self.errors[0]}")
+            if time.monotonic() > deadline or not all(p.is_alive() for p in self.processes):
+                raise RuntimeError("the fleet processes did not start")
+            self.collect(0.1)
+        self.start.set()
+
+    def collect(self, timeout: float) -> None:
+        """Take the reports that arrive within `timeout` seconds, or until a process is done."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                kind, worker, payload = self.reports.get(timeout=left)
+            except queue.Empty:
+                return
+            if kind == "ready":
+                self.ready.add(worker)
+            elif kind == "error":
+                self.errors.append(str(payload))
+                self.done.add(worker)
+                return
+            elif isinstance(payload, _Counts):
+                # A late periodic report never replaces the final one.
+                if worker not in self.done:
+                    self.counts[worker] = payload
+                if kind == "done":
+                    self.done.add(worker)
+                    return  # the caller may be waiting for exactly this
+
+    def total(self) -> _Counts:
+        counts = _Counts()
+        for reported in self.counts.values():
+            counts.runs += reported.runs
+            counts.failed_runs += reported.failed_runs
+            counts.denied_runs += reported.denied_runs
+            counts.calls += reported.calls
+        return counts
+
+    def finishing(self) -> bool:
+        return len(self.done) < len(self.processes) and any(p.is_alive() for p in self.processes)
+
+    def close(self) -> None:
+        """Stop every process: the ones still running after `_WORKER_STOP_S` are terminated."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop.set()
+        deadline = time.monotonic() + _WORKER_STOP_S
+        while self.finishing() and time.monotonic() < deadline:
+            self.collect(0.1)  # drained first: a process joins only once its queue is flushed
+        for process in self.processes:
+            process.join(timeout=max(deadline - time.monotonic(), 1.0))
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        self.collect(0)
+        self.reports.close()
+
+
+def _run_fleet(
+    workers: _Workers,
+    board: _Board,
+    engine: PolicyEngine,
+    console: Console,
+    *,
+    duration: float | None,
+    live: bool,
+) -> None:
+    """Run the fleet processes until `duration` (or Ctrl-C), showing the engine's state if `live`."""
+    display = Live(console=console, auto_refresh=False, transient=False) if live else None
+    try:
+        workers.launch()
+        board.started_at = engine.clock.now()
+        began = time.monotonic()
+        with display if display is not None else contextlib.nullcontext():
+
+            def show(*, finished: bool = False) -> None:
+                board.counts = workers.total()
+                if display is not None:
+                    progress = _progress(time.monotonic() - began, duration, finished=finished)
+                    display.update(_render(board, engine, progress), refresh=True)
+
+            with contextlib.suppress(KeyboardInterrupt):
+                while duration is None or (left := began + duration - time.monotonic()) > 0:
+                    workers.collect(_REFRESH_S if duration is None else min(_REFRESH_S, left))
+                    show()
+                workers.stop.set()
+                while workers.finishing():
+                    workers.collect(_REFRESH_S)
+                    show()
+            workers.close()
+            show(finished=True)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        workers.close()
+    if workers.errors:
+        raise RuntimeError(f"a fleet process failed: {workers.errors[0]}")
+
+
+# --- running it ------------------------------------------------------------------------------
+
+
+def _configure_logfire(service_name: str, processor: SpanProcessor) -> None:
+    """Logfire as the fleet's applications configure it: nothing sent to Logfire, no console."""
+    logfire.configure(
+        send_to_logfire=False,
+        console=False,
+        service_name=service_name,
+        additional_span_processors=[processor],
+        add_baggage_to_attributes=True,  # how user and conversation ids reach the chat spans
+    )
+    logfire.instrument_pydantic_ai()
 
 
 def _shutdown_logfire() -> None:
@@ -1017,24 +1307,31 @@ def run(
     outage_every: float = 120.0,
     spike_at: float = 90.0,
     spike_for: float = 45.0,
+    fleet_processes: int = 2,
+    in_process: bool = False,
 ) -> DemoSummary:
-    """Run the simulated fleet for `duration` seconds (forever when None, until Ctrl-C).
+    """Run the service and the simulated fleet for `duration` seconds (forever when None, until Ctrl-C).
 
-    Serves the engine's metrics on `http://{settings.host}:{settings.port}/metrics` while it runs,
-    configures logfire (nothing is sent anywhere) with the engine's span processor, and returns
-    what the fleet did once every span has been applied and everything is shut down.
+    Serves the engine as `otel-puppy serve` does (OTLP/HTTP, the decision API and /metrics on
+    `http://{settings.host}:{settings.port}`, port 0 for a free one) from a thread, and drives it
+    from `fleet_processes` processes, each running every agent at `rate / fleet_processes` runs a
+    second: their spans reach the service through the standard OTLP exporter, their decisions
+    through a `DecisionClient`. Returns what the fleet did once every span has been applied and
+    everything is shut down. `in_process` runs the fleet in this process instead, with the
+    engine's span processor and the engine as the decider (no export, no HTTP but /metrics).
 
     The scenario, in seconds since the start: `outage_provider` fails every call from
     `outage_at` for `outage_for`; milder outages of providers drawn from `seed` follow every
     `outage_every` seconds on average (`math.inf` for none); the research agent's prompts are 16x
     larger from `spike_at` for `spike_for`. Pass `math.inf` as `outage_at` or `spike_at` to leave
-    either out.
+    either out. Every fleet process sees the same outages; its runs are drawn from its own seed.
 
     Raises:
-        ValueError: `rate` is not positive, a duration or time is negative, or no agent of the
-            fleet uses `outage_provider`.
-        OSError: the metrics port cannot be bound.
+        ValueError: `rate` is not positive, a duration or time is negative, no agent of the
+            fleet uses `outage_provider`, or `fleet_processes` is not positive.
+        OSError: the service's port cannot be bound.
         PolicyErrors: a policy file is invalid.
+        RuntimeError: a fleet process failed.
     """
     if not rate > 0:
         raise ValueError(f"rate must be positive, not {rate!r}")
@@ -1049,39 +1346,69 @@ def run(
     providers = sorted({spec.provider for spec in FLEET})
     if outage_provider not in providers:
         raise ValueError(f"outage_provider must be one of {', '.join(providers)}, not {outage_provider!r}")
+    if fleet_processes < 1:
+        raise ValueError(f"fleet_processes must be 1 or more, not {fleet_processes!r}")
     scenario = _Scenario(outage_at, outage_for, outage_every, spike_at, spike_for)
     console = console if console is not None else Console()
     engine = PolicyEngine.from_settings(settings)
+    alternatives = {spec.name: _alternatives(engine.policies, spec) for spec in FLEET}
+    board = _Board()
     with contextlib.ExitStack() as stack:
-        # Unwound in reverse: engine (flushed), then logfire, then the metrics server.
+        # Unwound in reverse: the service stops once everything is applied, then the engine closes.
         stack.callback(engine.close)  # also when the port cannot be bound
-        metrics_url = stack.enter_context(_metrics_server(settings, engine.registry))
-        logfire.configure(
-            send_to_logfire=False,
-            console=False,
-            service_name=SERVICE_NAME,
-            additional_span_processors=[engine.span_processor()],
-            add_baggage_to_attributes=True,  # how user and conversation ids reach the chat spans
-        )
-        stack.callback(_shutdown_logfire)
-        stack.callback(engine.close)
-        logfire.instrument_pydantic_ai()
-        fleet = _Fleet(FLEET, engine, scenario, seed=seed, outage_provider=outage_provider)
-        _introduce(console, fleet, engine, rate=rate, metrics_url=metrics_url)
-        _drive_with_display(fleet, engine, console, duration=duration, rate=rate, live=live)
-        engine.span_processor().force_flush()
-        summary = _summary(fleet, _Totals.read(engine.registry), metrics_url)
+        url = stack.enter_context(_service(settings, engine))
+        metrics_url = f"{url}/metrics"
+        processes = None if in_process else fleet_processes
+        _introduce(console, engine, scenario, outage_provider, rate=rate, url=url, processes=processes)
+        if in_process:
+            _configure_logfire(SERVICE_NAME, engine.span_processor())
+            stack.callback(_shutdown_logfire)
+            fleet = _Fleet(FLEET, engine, alternatives, scenario, seed=seed, outage_provider=outage_provider)
+            board.counts = fleet.counts
+            _drive_with_display(fleet, board, engine, console, duration=duration, rate=rate, live=live)
+            engine.span_processor().force_flush()
+        else:
+            token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+            plans = [
+                _WorkerPlan(
+                    worker=worker,
+                    url=url,
+                    api_token=token,
+                    fail_open=settings.fail_open,
+                    seed=seed,
+                    rate=rate / fleet_processes,
+                    scenario=scenario,
+                    outage_provider=outage_provider,
+                    alternatives=alternatives,
+                )
+                for worker in range(fleet_processes)
+            ]
+            _run_fleet(_Workers(plans), board, engine, console, duration=duration, live=live)
+        summary = _summary(board, _Totals.read(engine.registry), metrics_url)
         if not live:
-            console.print(_render(fleet, engine, alerts=2 * _ALERT_ROWS))
+            console.print(_render(board, engine, alerts=2 * _ALERT_ROWS))
     return summary
 
 
-def _introduce(console: Console, fleet: _Fleet, engine: PolicyEngine, *, rate: float, metrics_url: str) -> None:
+def _introduce(
+    console: Console,
+    engine: PolicyEngine,
+    scenario: _Scenario,
+    outage_provider: str,
+    *,
+    rate: float,
+    url: str,
+    processes: int | None,
+) -> None:
     providers = len({spec.provider for spec in FLEET})
+    where = "in this process" if processes is None else f"in {processes} processes over OTLP/HTTP"
+    metrics_url = f"{url}/metrics"
     console.print(
         Text.assemble(
             ("otel-puppy demo", "bold"),
-            f": {len(FLEET)} agents on {providers} providers, {rate:g} runs/s; metrics at ",
+            f": {len(FLEET)} agents on {providers} providers, {rate:g} runs/s {where}; service at ",
+            (url, f"link {url}"),
+            ", metrics at ",
             (metrics_url, f"link {metrics_url}"),
         )
     )
@@ -1096,20 +1423,27 @@ def _introduce(console: Console, fleet: _Fleet, engine: PolicyEngine, *, rate: f
         )
         if entries
     ]
-    where = ", ".join(str(path) for path in policies.sources) or "no policy files"
-    console.print(f"policies: {', '.join(kinds) or 'none'} ({where})", highlight=False)
-    scenario = fleet.scenario
+    sources = ", ".join(str(path) for path in policies.sources) or "no policy files"
+    console.print(f"policies: {', '.join(kinds) or 'none'} ({sources})", highlight=False)
     events = []
     if math.isfinite(scenario.outage_at):
-        events.append(f"{fleet.outage_provider} outage at {scenario.outage_at:g}s for {scenario.outage_for:g}s")
+        events.append(f"{outage_provider} outage at {scenario.outage_at:g}s for {scenario.outage_for:g}s")
     if math.isfinite(scenario.spike_at) and scenario.spike_for:
         events.append(f"{SPIKE_AGENT} prompt spike at {scenario.spike_at:g}s for {scenario.spike_for:g}s")
     console.print(f"scenario: {'; '.join(events) or 'quiet'}", highlight=False)
 
 
 def _drive_with_display(
-    fleet: _Fleet, engine: PolicyEngine, console: Console, *, duration: float | None, rate: float, live: bool
+    fleet: _Fleet,
+    board: _Board,
+    engine: PolicyEngine,
+    console: Console,
+    *,
+    duration: float | None,
+    rate: float,
+    live: bool,
 ) -> None:
+    board.started_at = engine.clock.now()
     if not live:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_drive(fleet, duration=duration, rate=rate, on_tick=None))
@@ -1119,10 +1453,10 @@ def _drive_with_display(
     with Live(console=console, auto_refresh=False, transient=False) as display:
 
         def on_tick(elapsed: float) -> None:
-            display.update(_render(fleet, engine, _progress(elapsed, duration, finished=False)), refresh=True)
+            display.update(_render(board, engine, _progress(elapsed, duration, finished=False)), refresh=True)
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_drive(fleet, duration=duration, rate=rate, on_tick=on_tick))
         engine.span_processor().force_flush()
         elapsed = time.monotonic() - start
-        display.update(_render(fleet, engine, _progress(elapsed, duration, finished=True)), refresh=True)
+        display.update(_render(board, engine, _progress(elapsed, duration, finished=True)), refresh=True)

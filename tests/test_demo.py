@@ -1,4 +1,9 @@
-"""The demo fleet, end to end: real pydantic-ai agents, real logfire, our processor, a real /metrics."""
+"""The demo, end to end: the service on uvicorn, real pydantic-ai agents and logfire in fleet processes
+exporting with the standard OTLP exporter and deciding over HTTP, and a real /metrics.
+
+The in-process path (`in_process=True`: the engine's span processor, the engine as decider) tells
+the scaled scenario's story quickly and deterministically.
+"""
 
 from __future__ import annotations
 
@@ -166,6 +171,7 @@ def test_demo_fills_every_metric_and_stops_cleanly(tmp_path: Path, monkeypatch: 
         outage_at=0.5,  # the self-hosted server fails for a while, so failures are certain
         outage_for=1.5,
         spike_at=float("inf"),
+        in_process=True,
     )
     live_scrape: dict[str, list[Sample]] | None = None
     while thread.is_alive():
@@ -298,6 +304,7 @@ def test_scaled_scenario_crosses_alerts_opens_and_closes_a_breaker_spikes_and_de
         outage_every=float("inf"),
         spike_at=10,
         spike_for=6,
+        in_process=True,
     )
 
     (engine,) = engines
@@ -342,6 +349,105 @@ def test_scaled_scenario_crosses_alerts_opens_and_closes_a_breaker_spikes_and_de
     text = output.getvalue()
     for figure in (f"{summary.denied_runs} denied", f"degraded {summary.degraded_decisions} decisions"):
         assert figure in text
+
+
+# Small enough to be crossed within seconds: openai-hourly degrades, the research cap denies.
+OTLP_POLICIES = """
+budgets:
+  - name: openai-hourly
+    match: {provider: openai}
+    limit_usd: 0.05
+    window: 1h
+    action: {degrade: gpt-4.1-mini}
+  - name: research-cap
+    match: {agent: research}
+    limit_usd: 0.1
+    window: 1h
+    action: deny
+"""
+
+
+def test_fleet_processes_export_over_otlp_and_decide_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default path: the service in a thread, two spawned fleet processes, everything over HTTP."""
+    engines = capture_engines(monkeypatch)
+    port = free_port()
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "otlp.yaml").write_text(OTLP_POLICIES)
+    settings = PuppySettings.load(store="memory://", port=port, policies=policies)
+    output = io.StringIO()
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    thread, outcome = run_in_thread(
+        settings=settings,
+        duration=6,
+        rate=20,
+        seed=5,
+        live=False,
+        console=Console(file=output, width=200),
+        outage_at=1,
+        outage_for=2,
+        spike_at=float("inf"),
+        fleet_processes=2,
+    )
+    live_scrape: dict[str, list[Sample]] | None = None
+    while thread.is_alive():
+        samples = scrape(url)
+        if samples and total(samples, "otel_puppy_llm_requests_total") > 0:
+            live_scrape = samples
+        time.sleep(0.2)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    if "error" in outcome:
+        raise outcome["error"]
+    summary: demo.DemoSummary = outcome["summary"]
+
+    # The service answered /metrics while the fleet ran, with spans it received over OTLP.
+    assert live_scrape is not None, "never saw a call on /metrics while the demo ran"
+    assert labels(live_scrape, "otel_puppy_llm_requests_total", "service") == {demo.FLEET_SERVICE_NAME}
+    assert f"http://127.0.0.1:{port}" in output.getvalue()
+    assert summary.metrics_url == url
+
+    # The service is gone: nothing listens on the port any more.
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+    (engine,) = engines
+    final = parse(generate_latest(engine.registry).decode())
+    assert summary.runs > 0
+    assert summary.calls > 0
+
+    # Every model request the fleet processes reported reached the service as an applied span.
+    assert total(final, "otel_puppy_llm_requests_total") == summary.calls
+    spans = by_label(final, "otel_puppy_spans_total", "result")
+    assert spans["applied"] == summary.calls > 0
+    assert "dropped" not in spans
+    assert "rejected" not in spans
+    assert "otel_puppy_internal_errors_total" not in final
+    assert labels(final, "otel_puppy_llm_requests_total", "agent") == {spec.name for spec in demo.FLEET}
+
+    # Spend: metrics, summary and store agree, to the nano-dollar.
+    assert summary.spend_usd > 0
+    assert total(final, "otel_puppy_llm_cost_usd_total") == pytest.approx(float(summary.spend_usd), abs=1e-9)
+    assert sum(summary.spend_by_model.values(), Decimal(0)) == summary.spend_usd
+    assert sum(summary.spend_by_agent.values(), Decimal(0)) == summary.spend_usd
+    assert engine.snapshot().spend("24h") == summary.spend_usd
+
+    # Every decision was made by the service, over HTTP: one before each model call, and one for
+    # each denied run, which then made no call.
+    decisions = by_label(final, "otel_puppy_decisions_total", "action")
+    assert decisions.keys() <= {"allow", "warn", "degrade", "deny"}
+    assert total(final, "otel_puppy_decisions_total") == sum(decisions.values()) > 0
+    assert sum(decisions.values()) == summary.calls + summary.denied_runs
+    assert decisions.get("deny", 0) == summary.denied_runs > 0
+    assert decisions.get("degrade", 0) == summary.degraded_decisions > 0
+    degraded = by_label(final, "otel_puppy_llm_requests_total", "agent", model="gpt-4.1-mini")
+    assert degraded.keys() > {"support"}  # billing or scheduler went to gpt-4.1-mini
+
+    # The self-hosted outage: failures, each of which ended its run.
+    errors = by_label(final, "otel_puppy_llm_requests_total", "provider", outcome="error")
+    assert errors.get("self-hosted", 0) > 0
+    assert sum(errors.values()) == summary.failed_runs
 
 
 def test_shipped_policies_load_and_fit_the_demo_scenario() -> None:
