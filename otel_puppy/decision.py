@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -131,8 +131,8 @@ class PolicyHit:
     """For `degrade`: the model to use instead (`provider:model` or a bare model)."""
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable(asdict(self))
-        return data
+        # Field by field: `asdict` deep-copies every value first, which costs more than the rest of decide().
+        return {name: _jsonable(getattr(self, name)) for name in _HIT_FIELDS}
 
 
 class LazyHits(Sequence[PolicyHit]):
@@ -212,7 +212,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: decimals as strings, datetimes as ISO 8601."""
-        data: dict[str, Any] = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        data: dict[str, Any] = {name: _jsonable(getattr(self, name)) for name in _DECISION_SCALARS}
         data["reasons"] = [hit.to_dict() for hit in self.reasons]
         data["shadow"] = [hit.to_dict() for hit in self.shadow]
         return data
@@ -233,6 +233,10 @@ class Decision:
             estimated_cost_usd=_decimal(data.get("estimated_cost_usd")),
             created_at=_datetime(data.get("created_at")) or datetime.now(UTC),
         )
+
+
+_HIT_FIELDS = tuple(f.name for f in fields(PolicyHit))
+_DECISION_SCALARS = tuple(f.name for f in fields(Decision) if f.name not in ("reasons", "shadow"))
 
 
 def _hit(data: dict[str, Any]) -> PolicyHit:
@@ -266,6 +270,8 @@ def _datetime(value: object) -> datetime | None:
 
 
 def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float):
+        return value
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -579,6 +579,7 @@ def test_encode_response_in_both_encodings() -> None:
 
 def test_encode_status_in_both_encodings() -> None:
     from google.rpc import status_pb2
+
     assert json.loads(encode_status(3, "resourceSpans: expected an array", JSON)) == {
         "code": 3,
         "message": "resourceSpans: expected an array",

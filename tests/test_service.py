@@ -1,0 +1,368 @@
+"""`otel-puppy serve` as it is deployed: a real process on loopback, fed by the standard OTLP
+exporter, asked by the `decide` and `status` commands, stopped by SIGTERM, killed by SIGKILL.
+
+Every process is started on a free 127.0.0.1 port and stopped by the test that started it.
+Calendar windows are put in a timezone where it is about noon, so a `day` budget cannot reset
+in the middle of a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+from genai_prices import Usage, calc_price
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client.parser import text_string_to_metric_families
+
+from otel_puppy.cli import DENY_EXIT_CODE
+from otel_puppy.money import usd_to_nanos
+
+PRICE = calc_price(Usage(input_tokens=1000, output_tokens=100), "gpt-4.1", provider_id="openai").total_price
+NANOS = usd_to_nanos(PRICE)
+"""Every span these tests export is one gpt-4.1 call of 1,000 input and 100 output tokens."""
+TOKEN = "a-long-random-token-for-tests"
+READY_WITHIN_S = 30.0
+STOP_WITHIN_S = 15.0
+
+BUDGETS = """\
+budgets:
+  - {name: everything, limit_usd: 1000, window: day}
+  - {name: support-daily, match: {agent: support}, limit_usd: 0.01, window: day, action: deny}
+"""
+
+
+def test_the_price_is_what_genai_prices_says() -> None:
+    assert Decimal("0.0028") == PRICE
+
+
+# --- running the service --------------------------------------------------------------------
+
+
+def noon_timezone() -> str:
+    """An `Etc/GMT` zone where it is now between 11:00 and 13:00: its midnight is hours away."""
+    offset = 12 - datetime.now(UTC).hour  # hours east of UTC, -11..12
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"  # POSIX sign
+
+
+def environment(**settings: str) -> dict[str, str]:
+    """This environment without any OpenTelemetry or otel_puppy settings, plus `settings`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env["OTEL_PUPPY_TIMEZONE"] = noon_timezone()
+    env.update({f"OTEL_PUPPY_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+    stdout: Path
+    stderr: Path
+
+    def output(self) -> str:
+        return self.stdout.read_text() + self.stderr.read_text()
+
+    def stop(self, signum: signal.Signals = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(STOP_WITHIN_S)
+
+
+@contextmanager
+def service(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Service]:
+    """`otel-puppy serve` in `cwd` on a free loopback port, once `/readyz` answers; killed if still running."""
+    port = free_port()
+    run = len(list(cwd.glob("serve-*.out")))
+    stdout, stderr = cwd / f"serve-{run}.out", cwd / f"serve-{run}.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "otel_puppy", "serve", "--port", str(port), *args],
+            cwd=cwd,
+            env=env or environment(),
+            stdout=out,
+            stderr=err,
+        )
+    running = Service(process, f"http://127.0.0.1:{port}", stdout, stderr)
+    try:
+        wait_until_ready(running)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_WITHIN_S)
+
+
+def wait_until_ready(running: Service) -> None:
+    deadline = time.monotonic() + READY_WITHIN_S
+    with httpx.Client(base_url=running.url, timeout=1) as client:
+        while True:
+            code = running.process.poll()
+            assert code is None, f"otel-puppy serve exited with {code}:\n{running.output()}"
+            with suppress(httpx.TransportError):
+                if client.get("/readyz").status_code == 200:
+                    return
+            assert time.monotonic() < deadline, f"not ready within {READY_WITHIN_S}s:\n{running.output()}"
+            time.sleep(0.05)  # polling for an event (the port answering), not waiting out time
+
+
+def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "otel_puppy", *args],
+        cwd=cwd,
+        env=env or environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# --- spans and state --------------------------------------------------------------------------
+
+
+def chat_spans(count: int, agent: str = "support", service_name: str = "support-bot") -> list[ReadableSpan]:
+    """`count` finished GenAI chat spans of the real SDK, each with its own random ids."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests")
+    attributes: dict[str, str | int] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4.1",
+        "gen_ai.response.model": "gpt-4.1",
+        "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 100,
+        "gen_ai.agent.name": agent,
+    }
+    for _ in range(count):
+        with tracer.start_as_current_span("chat gpt-4.1", kind=SpanKind.CLIENT, attributes=attributes):
+            pass
+    provider.shutdown()
+    return list(exporter.get_finished_spans())
+
+
+def export(url: str, spans: Sequence[ReadableSpan], headers: dict[str, str] | None = None) -> SpanExportResult:
+    exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces", timeout=10, headers=headers)
+    try:
+        result: SpanExportResult = exporter.export(spans)
+        return result
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+def metric(url: str, name: str, **labels: str) -> float | None:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def spent_nanos(url: str, policy: str, headers: dict[str, str] | None = None) -> int:
+    response = httpx.get(f"{url}/v1/budgets", headers=headers, timeout=5)
+    assert response.status_code == 200, response.text
+    [budget] = [b for b in response.json()["budgets"] if b["policy"] == policy and b["scope"] == ""]
+    return usd_to_nanos(Decimal(budget["spent_usd"]))
+
+
+def write_policies(tmp_path: Path, text: str) -> Path:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "budgets.yaml").write_text(text)
+    return policies
+
+
+# --- the service's life -----------------------------------------------------------------------
+
+
+def test_serve_ingests_answers_and_keeps_its_state_in_sqlite_across_a_restart(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path, BUDGETS)
+    with service(tmp_path, "--policies", str(policies)) as running:
+        assert running.stdout.read_text() == (
+            f"otel-puppy serving OTLP/HTTP, the decision API and /metrics on {running.url}\n"
+        )
+        # the standard exporter, protobuf; the same batch again (a retry) is counted once
+        spans = chat_spans(4)
+        assert export(running.url, spans) is SpanExportResult.SUCCESS
+        assert export(running.url, spans) is SpanExportResult.SUCCESS
+        labels = {"provider": "openai", "model": "gpt-4.1", "agent": "support", "service": "support-bot"}
+        assert metric(running.url, "otel_puppy_llm_cost_usd_total", **labels) == 4 * NANOS / 1e9
+        assert metric(running.url, "otel_puppy_spans_total", result="duplicate") == 4.0
+
+        # $0.0112 spent by support, over its $0.01: support is denied, research is not
+        denied = cli(tmp_path, "decide", "--provider", "openai", "--model", "gpt-4.1", "--agent", "support",
+                     "--url", running.url)  # fmt: skip
+        assert denied.returncode == DENY_EXIT_CODE, denied.stderr
+        assert "deny" in denied.stdout
+        assert "support-daily" in denied.stdout
+        allowed = cli(tmp_path, "decide", "--provider", "openai", "--model", "gpt-4.1", "--agent", "research",
+                      "--priority", "high", "--estimated-cost-usd", "0.02", "--url", running.url, "--json")  # fmt: skip
+        assert allowed.returncode == 0, allowed.stderr
+        decision = json.loads(allowed.stdout)
+        assert (decision["action"], decision["model"]) == ("allow", "gpt-4.1")
+        assert Decimal(decision["estimated_cost_usd"]) == Decimal("0.02")
+        assert [reason["policy"] for reason in decision["reasons"]] == ["everything"]
+
+        status = cli(tmp_path, "status", "--url", running.url, "--json")
+        assert status.returncode == 0, status.stderr
+        state = json.loads(status.stdout)
+        budgets = {b["policy"]: b for b in state["budgets"]}
+        assert Decimal(budgets["support-daily"]["spent_usd"]) == 4 * PRICE
+        assert Decimal(budgets["everything"]["spent_usd"]) == 4 * PRICE
+        assert Decimal(budgets["everything"]["reserved_usd"]) == Decimal("0.02")  # research's estimate
+        assert state["health"]["status"] in ("healthy", "degraded", "unhealthy")
+        assert (state["breakers"], state["anomalies"]) == ([], [])
+
+        tables = cli(tmp_path, "status", "--url", running.url, env={**environment(), "COLUMNS": "200"})
+        assert tables.returncode == 0, tables.stderr
+        assert "support-daily" in tables.stdout
+        assert "$0.0112 / $0.01" in tables.stdout
+
+        assert running.stop(signal.SIGTERM) == 0
+        assert "Traceback" not in running.output()
+
+    # no --store and no OTEL_PUPPY_STORE: the service's state is SQLite, in the working directory
+    assert (tmp_path / "otel-puppy.db").is_file()
+    with service(tmp_path, "--policies", str(policies)) as restarted:
+        assert spent_nanos(restarted.url, "everything") == 4 * NANOS
+        assert spent_nanos(restarted.url, "support-daily") == 4 * NANOS
+        assert export(restarted.url, spans) is SpanExportResult.SUCCESS  # still remembered: not counted again
+        assert spent_nanos(restarted.url, "everything") == 4 * NANOS
+        assert restarted.stop(signal.SIGINT) == 0
+
+
+def test_kill_9_mid_load_loses_no_acknowledged_span_and_counts_none_twice(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path, "budgets:\n  - {name: everything, limit_usd: 1000000, window: day}\n")
+    args = ("--policies", str(policies), "--store", "sqlite:///state.db")
+    spans = chat_spans(30 * 200)
+    # Batches of 20 to 30 spans, so the batch in flight at the kill has a cost of its own.
+    batches: list[list[ReadableSpan]] = []
+    while spans:
+        size = 20 + len(batches) % 11
+        batches.append(spans[:size])
+        del spans[:size]
+    cost = [len(batch) * NANOS for batch in batches]
+
+    with service(tmp_path, *args) as running:
+        results: dict[int, SpanExportResult] = {}
+        started: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            exporter = OTLPSpanExporter(endpoint=f"{running.url}/v1/traces", timeout=2)
+            try:
+                for index, batch in enumerate(batches):
+                    if stop.is_set():
+                        return
+                    started.append(index)
+                    results[index] = exporter.export(batch)
+                    if results[index] is not SpanExportResult.SUCCESS:
+                        return  # the service is gone
+            finally:
+                exporter.shutdown()  # type: ignore[no-untyped-call]
+
+        loader = threading.Thread(target=load, name="otlp-load")
+        loader.start()
+        began = time.monotonic()
+        while sum(result is SpanExportResult.SUCCESS for result in results.values()) < 15:
+            assert loader.is_alive(), f"the load stopped early: {results}"
+            assert time.monotonic() < began + 30, "15 batches were not acknowledged within 30s"
+            time.sleep(0.001)
+        # Somewhere inside the next batch's round trip: before, during or after its transaction.
+        time.sleep(random.uniform(0, (time.monotonic() - began) / 15))
+        running.process.kill()  # SIGKILL: no shutdown, no flush
+        assert running.process.wait(STOP_WITHIN_S) == -signal.SIGKILL
+        stop.set()
+        loader.join(30)
+        assert not loader.is_alive()
+
+    acknowledged = [i for i in started if results.get(i) is SpanExportResult.SUCCESS]
+    assert acknowledged == list(range(len(acknowledged))), "a batch failed before the kill"
+    assert len(acknowledged) < len(batches), "the load ended before the kill"
+    in_flight = len(acknowledged)  # sent when the service died: applied entirely or not at all
+    acked_nanos = sum(cost[i] for i in acknowledged)
+
+    with service(tmp_path, *args) as restarted:
+        assert spent_nanos(restarted.url, "everything") in (acked_nanos, acked_nanos + cost[in_flight])
+        # every batch again, acknowledged or not, as exporters retrying after an outage would
+        exporter = OTLPSpanExporter(endpoint=f"{restarted.url}/v1/traces", timeout=10)
+        try:
+            assert all(exporter.export(batch) is SpanExportResult.SUCCESS for batch in batches)
+        finally:
+            exporter.shutdown()  # type: ignore[no-untyped-call]
+        assert spent_nanos(restarted.url, "everything") == sum(cost)
+        assert restarted.stop() == 0
+
+
+# --- security ---------------------------------------------------------------------------------
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> None:
+    result = cli(tmp_path, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "OTEL_PUPPY_API_TOKEN" in result.stderr
+    assert "0.0.0.0" in result.stderr
+    assert not (tmp_path / "otel-puppy.db").exists()  # refused before anything was opened
+
+
+def test_with_a_token_every_request_without_it_is_401(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path, BUDGETS)
+    env = environment(api_token=TOKEN)
+    with service(tmp_path, "--policies", str(policies), env=env) as running:  # /readyz needs no token
+        for path in ("/v1/budgets", "/v1/health", "/metrics"):
+            response = httpx.get(f"{running.url}{path}", timeout=5)
+            assert (response.status_code, response.json()["code"]) == (401, "unauthorized"), path
+        wrong = httpx.get(f"{running.url}/v1/budgets", headers={"Authorization": "Bearer nope"}, timeout=5)
+        assert wrong.status_code == 401
+        decide = httpx.post(f"{running.url}/v1/decide", json={"provider": "openai", "model": "gpt-4.1"}, timeout=5)
+        assert decide.status_code == 401
+        spans = chat_spans(2)
+        assert export(running.url, spans) is SpanExportResult.FAILURE
+        assert spent_nanos(running.url, "everything", {"Authorization": f"Bearer {TOKEN}"}) == 0
+        assert export(running.url, spans, headers={"Authorization": f"Bearer {TOKEN}"}) is SpanExportResult.SUCCESS
+        assert spent_nanos(running.url, "everything", {"Authorization": f"Bearer {TOKEN}"}) == 2 * NANOS
+
+        # the commands send the token from the settings, and say what is wrong without it
+        assert cli(tmp_path, "status", "--url", running.url, env=env).returncode == 0
+        refused = cli(tmp_path, "status", "--url", running.url)
+        assert refused.returncode == 1
+        assert "OTEL_PUPPY_API_TOKEN" in refused.stderr
+        assert running.stop() == 0
+
+
+def test_commands_say_when_the_service_is_unreachable(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    status = cli(tmp_path, "status", "--url", url)
+    assert (status.returncode, status.stdout) == (1, "")
+    assert f"cannot reach otel-puppy at {url}" in status.stderr
+    decide = cli(tmp_path, "decide", "--provider", "openai", "--model", "gpt-4.1", "--url", url)
+    assert (decide.returncode, decide.stdout) == (1, "")
+    assert f"cannot get a decision from {url}" in decide.stderr
