@@ -16,13 +16,14 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client.registry import CollectorRegistry
 
+from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.clock import ManualClock
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.policies import PolicySet
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
 
-__all__ = ("FakeClock", "engine_for_tests", "make_span")
+__all__ = ("FakeClock", "engine_for_tests", "make_call", "make_span")
 
 _ids = itertools.count(1)
 
@@ -67,6 +68,43 @@ def make_span(
         status=Status(StatusCode.ERROR if error else StatusCode.UNSET),
         start_time=start_ns,
         end_time=start_ns + int(duration_s * 1e9),
+    )
+
+
+def make_call(
+    *,
+    end_s: float,
+    provider: str = "openai",
+    model: str = "gpt-4.1",
+    agent: str | None = None,
+    user: str | None = None,
+    service: str | None = None,
+    input_tokens: int = 1000,
+    output_tokens: int = 100,
+    error: ErrorClass | None = None,
+    duration_s: float = 2.0,
+    decision_id: str | None = None,
+) -> LLMCall:
+    """A finished model call as `extract_call` makes it, ending at `end_s`; a failed call has no usage."""
+    end_ns = int(end_s * 1e9)
+    return LLMCall(
+        trace_id=next(_ids),
+        span_id=next(_ids),
+        parent_span_id=0,
+        provider=provider,
+        request_model=model,
+        response_model=model if error is None else None,
+        operation="chat",
+        start_ns=end_ns - int(duration_s * 1e9),
+        end_ns=end_ns,
+        input_tokens=input_tokens if error is None else 0,
+        output_tokens=output_tokens if error is None else 0,
+        has_usage=error is None,
+        error_class=error,
+        agent=agent,
+        user=user,
+        service=service,
+        decision_id=decision_id,
     )
 
 

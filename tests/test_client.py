@@ -33,7 +33,7 @@ from otel_puppy.exceptions import PolicyDenied, PuppyError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
 from otel_puppy.settings import PuppySettings
-from otel_puppy.testing import engine_for_tests
+from otel_puppy.testing import engine_for_tests, make_call
 
 POLICIES = """
 budgets:
@@ -142,8 +142,6 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 # --- state ------------------------------------------------------------------------------------
 
-_ids = itertools.count(1)
-
 
 def call(
     engine: PolicyEngine,
@@ -153,23 +151,8 @@ def call(
     agent: str = "support",
     error: ErrorClass | None = None,
 ) -> LLMCall:
-    end = int(engine.clock.now() * 1e9)
-    return LLMCall(
-        trace_id=next(_ids),
-        span_id=next(_ids),
-        parent_span_id=0,
-        provider=provider,
-        request_model=model,
-        response_model=model,
-        operation="chat",
-        start_ns=end - 2 * 10**9,
-        end_ns=end,
-        input_tokens=1000 if error is None else 0,
-        output_tokens=100 if error is None else 0,
-        has_usage=error is None,
-        error_class=error,
-        agent=agent,
-        service="support-bot",
+    return make_call(
+        end_s=engine.clock.now(), provider=provider, model=model, agent=agent, error=error, service="support-bot"
     )
 
 

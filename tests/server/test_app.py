@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from otel_puppy.server.schemas import (
 )
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
-from otel_puppy.testing import FakeClock, engine_for_tests
+from otel_puppy.testing import FakeClock, engine_for_tests, make_call
 
 POLICIES = """
 budgets:
@@ -103,8 +102,6 @@ def client_for(engine: PolicyEngine, **options: Any) -> Iterator[httpx.Client]:
 
 # --- state ------------------------------------------------------------------------------------
 
-_ids = itertools.count(1)
-
 
 def call(
     engine: PolicyEngine,
@@ -114,23 +111,8 @@ def call(
     agent: str = "support",
     error: ErrorClass | None = None,
 ) -> LLMCall:
-    end = int(engine.clock.now() * 1e9)
-    return LLMCall(
-        trace_id=next(_ids),
-        span_id=next(_ids),
-        parent_span_id=0,
-        provider=provider,
-        request_model=model,
-        response_model=model,
-        operation="chat",
-        start_ns=end - 2 * 10**9,
-        end_ns=end,
-        input_tokens=1000 if error is None else 0,
-        output_tokens=100 if error is None else 0,
-        has_usage=error is None,
-        error_class=error,
-        agent=agent,
-        service="support-bot",
+    return make_call(
+        end_s=engine.clock.now(), provider=provider, model=model, agent=agent, error=error, service="support-bot"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -515,4 +516,7 @@ def test_otlp_http_conformance(case: Case, monkeypatch: pytest.MonkeyPatch) -> N
         if growth is not None:
             assert growth < 64 * MiB, f"peak RSS grew by {growth / MiB:.0f} MiB"
         elif "bomb" in case.id:
+            # CI runs on Linux, where peak RSS can be reset: there the bound must be checked, not skipped.
+            if os.environ.get("CI") == "true":
+                pytest.fail("peak RSS cannot be reset here, so the gzip bomb's memory bound is unchecked")
             pytest.skip("peak RSS cannot be reset on this platform")
