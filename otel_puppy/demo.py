@@ -51,10 +51,8 @@ import multiprocessing
 import queue
 import random
 import signal
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -63,7 +61,6 @@ from multiprocessing.synchronize import Event as EventType
 from typing import Final, Literal
 
 import logfire
-import uvicorn
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -98,6 +95,7 @@ from otel_puppy.money import NANOS_PER_USD, nanos_to_usd
 from otel_puppy.policies import PolicySet
 from otel_puppy.policies.base import Degrade
 from otel_puppy.server.app import TRACES_PATH, create_app
+from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 
 __all__ = ("FLEET", "SPIKE_AGENT", "AgentSpec", "DemoSummary", "run")
@@ -125,8 +123,6 @@ _MAX_IN_FLIGHT: Final = 256
 _REFRESH_S: Final = 0.5
 _DECIDE_TIMEOUT_S: Final = 5.0
 """Generous for loopback: a decision that times out is failed open and never reaches the service's counts."""
-_SERVICE_START_S: Final = 30.0
-_SERVICE_STOP_S: Final = 5
 _WORKER_START_S: Final = 120.0
 """Spawning imports pydantic-ai and logfire afresh in each process: seconds on a slow machine."""
 _WORKER_STOP_S: Final = 30.0
@@ -1027,43 +1023,6 @@ async def _tick(on_tick: Callable[[float], None], start: float) -> None:
 # --- the service -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _service(settings: PuppySettings, engine: PolicyEngine) -> Iterator[str]:
-    """Serve `create_app(engine)` as `otel-puppy serve` does, from a thread; yields its base URL.
-
-    One port for OTLP/HTTP, the decision API and /metrics. The socket is bound here, so a port in
-    use is an `OSError` at once (uvicorn would exit the process), and port 0 picks a free one.
-    Stopped, and its port closed, on exit.
-    """
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    with contextlib.closing(sock):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((settings.host, settings.port))
-        config = uvicorn.Config(
-            create_app(engine),
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=_SERVICE_STOP_S,
-        )
-        server = uvicorn.Server(config)
-        # uvicorn installs no signal handlers off the main thread: Ctrl-C stays the demo's.
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="otel-puppy-service", daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + _SERVICE_START_S
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the otel-puppy service did not start")
-                time.sleep(0.01)
-            host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-            yield f"http://{host}:{sock.getsockname()[1]}"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=_SERVICE_STOP_S + 5)
-
-
 # --- the fleet processes ---------------------------------------------------------------------
 
 _Report = tuple[Literal["ready", "counts", "done", "error"], int, "_Counts | str | None"]
@@ -1356,7 +1315,7 @@ def run(
     with contextlib.ExitStack() as stack:
         # Unwound in reverse: the service stops once everything is applied, then the engine closes.
         stack.callback(engine.close)  # also when the port cannot be bound
-        url = stack.enter_context(_service(settings, engine))
+        url = stack.enter_context(serving(create_app(engine), settings.host, settings.port))
         metrics_url = f"{url}/metrics"
         processes = None if in_process else fleet_processes
         _introduce(console, engine, scenario, outage_provider, rate=rate, url=url, processes=processes)

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
@@ -32,33 +31,11 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import PolicyDenied, PuppyError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
+from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests, make_call
+from tests.server.test_app import POLICIES
 
-POLICIES = """
-budgets:
-  - name: org-daily
-    limit_usd: 0.02
-    window: day
-    action: deny
-  - name: per-agent
-    per: [agent]
-    limit_usd: 0.005
-    window: day
-    action: {degrade: gpt-4.1-mini}
-  - name: tokens-hourly
-    limit_tokens: 1000
-    window: hour
-    action: deny
-    shadow: true
-breakers:
-  - name: providers
-    per: [provider]
-    failure_threshold: 2
-    recovery_timeout: 30s
-    success_threshold: 1
-    half_open_max_calls: 1
-"""
 TOKEN = "s3cret-token"
 T = TypeVar("T")
 
@@ -93,24 +70,10 @@ class Recorder:
 
 @contextmanager
 def serve(engine: PolicyEngine) -> Iterator[tuple[str, Seen]]:
-    """`create_app(engine)` on uvicorn in a thread, on a free loopback port."""
+    """`create_app(engine)` on uvicorn in a thread, on a free loopback port, with what reached it."""
     seen = Seen()
-    config = uvicorn.Config(Recorder(create_app(engine), seen), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:  # an event we poll for, not time we wait out
-        assert thread.is_alive(), "uvicorn failed to start"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10s"
-        time.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive()
+    with serving(Recorder(create_app(engine), seen)) as url:
+        yield url, seen
 
 
 def free_port() -> int:

@@ -46,6 +46,7 @@ from otel_puppy.decision import Action, PolicyHit, Severity
 from otel_puppy.money import NANOS_PER_USD
 from otel_puppy.policies.base import Duration, NamedEntry, PolicyModel
 from otel_puppy.policies.matching import Dimension, Match, Scope, scope_label
+from otel_puppy.store.base import report_unrestored
 
 __all__ = (
     "MIN_RELATIVE_STDDEV",
@@ -533,14 +534,7 @@ class AnomalyWatch:
                     unknown.append(item_key)
                     continue
                 watched.detectors[subject] = detector
-        if corrupt:
-            logger.warning("anomaly state: %d unreadable entries ignored: %s", len(corrupt), ", ".join(corrupt[:5]))
-        if unknown:
-            logger.warning(
-                "anomaly state: %d entries for policies no longer configured (or full) ignored: %s",
-                len(unknown),
-                ", ".join(unknown[:5]),
-            )
+        report_unrestored("anomaly", corrupt, unknown)
 
     # --- intervals (under the lock) -----------------------------------------------------------
 

@@ -27,6 +27,7 @@ from otel_puppy.decision import Action, PolicyHit, Severity
 from otel_puppy.exceptions import CircuitOpenError
 from otel_puppy.policies.base import Duration, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Match, Scope
+from otel_puppy.store.base import report_unrestored
 
 __all__ = (
     "BreakerBoard",
@@ -544,14 +545,7 @@ class BreakerBoard:
                     unknown.append(item_key)
                     continue
                 breaker.subjects[key] = state
-        if corrupt:
-            logger.warning("breaker state: %d unreadable entries ignored: %s", len(corrupt), ", ".join(corrupt[:5]))
-        if unknown:
-            logger.warning(
-                "breaker state: %d entries for breakers no longer configured (or full) ignored: %s",
-                len(unknown),
-                ", ".join(unknown[:5]),
-            )
+        report_unrestored("breaker", corrupt, unknown, owners="breakers")
 
     def with_policies(self, policies: tuple[BreakerPolicy, ...]) -> BreakerBoard:
         """A board for a reloaded policy set, keeping the state of every subject whose policy kept

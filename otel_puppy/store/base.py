@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +20,8 @@ from typing import NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.windows import Window
+
+logger = logging.getLogger("otel_puppy")
 
 __all__ = (
     "Admission",
@@ -30,7 +33,9 @@ __all__ = (
     "Increment",
     "SpendRecord",
     "Store",
+    "check_state",
     "open_store",
+    "report_unrestored",
 )
 
 
@@ -98,6 +103,37 @@ class CheckState(NamedTuple):
     reserved_nanos: int
     reserved_tokens: int
     fits: bool
+
+
+def report_unrestored(kind: str, corrupt: Sequence[str], unknown: Sequence[str], owners: str = "policies") -> None:
+    """Log, once per restore, the saved entries of `kind` that were not restored, and why."""
+    if corrupt:
+        logger.warning("%s state: %d unreadable entries ignored: %s", kind, len(corrupt), ", ".join(corrupt[:5]))
+    if unknown:
+        logger.warning(
+            "%s state: %d entries for %s no longer configured (or full) ignored: %s",
+            kind,
+            len(unknown),
+            owners,
+            ", ".join(unknown[:5]),
+        )
+
+
+def check_state(
+    check: BudgetCheck, spent: Sequence[int], reserved: Sequence[int], nanos: int, tokens: int
+) -> CheckState:
+    """Whether `nanos` and `tokens` more fit in a budget already at `spent` + `reserved`.
+
+    Every store decides with this one rule: with no estimate a request fits while anything is
+    left; with one it fits when spend, reservations and the estimate stay within the limit.
+    """
+    used_nanos = spent[0] + reserved[0]
+    used_tokens = spent[1] + reserved[1]
+    limit = check.limit_nanos
+    fits = limit is None or (used_nanos + nanos <= limit if nanos else used_nanos < limit)
+    if fits and (limit := check.limit_tokens) is not None:
+        fits = used_tokens + tokens <= limit if tokens else used_tokens < limit
+    return CheckState(spent[0], spent[1], reserved[0], reserved[1], fits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,10 @@ from otel_puppy.store.base import (
     Admission,
     Admitted,
     ApplyResult,
-    CheckState,
     Counter,
     Increment,
     SpendRecord,
+    check_state,
 )
 from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 
@@ -179,15 +179,9 @@ class MemoryStore:
             reserved_totals = self._reserved
             for check in admission.checks:
                 spent = self._raw_total(check.scope, check.window, now)
-                reserved = reserved_totals.get(check.scope) or _NONE_RESERVED
-                used_nanos = spent[0] + reserved[0]
-                used_tokens = spent[1] + reserved[1]
-                limit = check.limit_nanos
-                fits = limit is None or (used_nanos + nanos <= limit if nanos else used_nanos < limit)
-                if fits and (limit := check.limit_tokens) is not None:
-                    fits = used_tokens + tokens <= limit if tokens else used_tokens < limit
-                states.append(CheckState(spent[0], spent[1], reserved[0], reserved[1], fits))
-                if check.blocking and not fits:
+                state = check_state(check, spent, reserved_totals.get(check.scope) or _NONE_RESERVED, nanos, tokens)
+                states.append(state)
+                if check.blocking and not state.fits:
                     admitted = False
             reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(admission.checks)
             if reserve:

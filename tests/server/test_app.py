@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -12,8 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
 
 import otel_puppy
@@ -31,6 +27,7 @@ from otel_puppy.server.schemas import (
     HealthResponse,
     ModelsResponse,
 )
+from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
@@ -74,24 +71,8 @@ TOKEN = "s3cret-token"
 # --- a real server ----------------------------------------------------------------------------
 
 
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run `app` on uvicorn in a background thread, on a free loopback port; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:  # an event we poll for, not time we wait out
-        assert thread.is_alive(), "uvicorn failed to start"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10s"
-        time.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive()
+serve = serving
+"""Other server tests import `serve` from here: the app on uvicorn, in a thread, on a free loopback port."""
 
 
 @contextmanager
