@@ -4,8 +4,9 @@ demo:
 test:
 	./scripts/test
 lint:
-	.venv/bin/ruff check otel_puppy tests bench
+	.venv/bin/ruff check otel_puppy tests bench grafana
 typecheck:
 	.venv/bin/mypy
+	.venv/bin/mypy grafana/generate.py
 bench:
 	.venv/bin/python -m bench

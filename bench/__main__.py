@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench._harness import Result, machine
 
-BENCHES = ("on_end", "pricing", "decide", "service")
+BENCHES = ("on_end", "stall", "freshness", "pricing", "decide", "service", "memory", "scaling", "redis")
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
@@ -67,6 +67,13 @@ def _markdown(results: list[Result]) -> str:
         "  no-op exporter; mean per span over the loop, best of 5 rounds. Thread switches are held off",
         "  while timing so both processors' worker threads run outside the timed loop: the figure is",
         "  what the application thread pays. p99 is per call over a quarter of the spans.",
+        "- stall: 30,000 GenAI spans go through `on_end` in bursts of 100 every 5 ms, once into an engine",
+        "  whose store waits 100 ms in every write and once into one whose store does not; each call is",
+        "  timed (thread switches held off within a burst, the worker runs between bursts, so it sits in",
+        "  the stalled store while later bursts are timed). The queue fills and drops (counted); no call waits.",
+        "- freshness: real clock, real worker thread: 500 GenAI spans end 0.5-5 ms apart, and after each",
+        "  this thread asks `decide()` every 200 us until the span's per-agent budget shows its spend. The",
+        "  yardstick is the floor of any hand-off: `Event.set()` to the waiting thread running, same run.",
         "- pricing: 3,000 calls over six models (OpenAI, Anthropic, Google; half with cache reads) priced",
         "  by `Pricer.price` and by `genai_prices.calc_price`; every result compared for equality first.",
         "- decide(): 50 policies (38 budgets incl. per-agent and per-user, 5 breakers, 5 anomaly detectors,",
@@ -76,9 +83,25 @@ def _markdown(results: list[Result]) -> str:
         "- service: `otel-puppy serve` in a subprocess on loopback, with the memory and the SQLite store.",
         "  `/v1/decide` is paced open-loop at 1,000 requests/s for about 5 s over 4 kept-alive connections",
         "  (latency counted from when each request was due), against `GET /healthz` paced the same way.",
+        "  The load generator shares the cores it measures, so it is a minimal HTTP/1.1 client (prebuilt",
+        "  requests on kept-alive sockets, a few tens of microseconds each) rather than an HTTP library.",
         "  OTLP ingest: pydantic-ai chat spans with message bodies in 100-span gzip batches from 4",
         "  concurrent exporters, each acknowledged only after it is applied, against the parse-only",
         "  ceiling (gunzip, decode, attribute walk, no engine) measured in-process in the same run.",
+        "- memory: in a fresh child process, 1,000,000 GenAI spans (2,000 alive at a time) go through the",
+        "  span processor into an engine on the memory store, with budgets per agent, per user (24h",
+        "  rolling) and per conversation over 10,000 distinct values of each; RSS after minus RSS before,",
+        "  against the RSS of the same million span ids in a Python `set` (another child). The scrape is",
+        "  `generate_latest` on that engine (median of 3), against the same engine before any span; its",
+        "  series are bounded when no label has more values than the cardinality guard lets through and",
+        "  no series repeats.",
+        "- scaling: 1, 2 and 4 `otel-puppy serve` replicas on one real `redis-server` (loopback, no",
+        "  persistence), 20,000 spans of OTLP protobuf ingest from 2 exporters per replica; 1 replica on",
+        "  Redis against one service on the memory store, more against 1 replica. Not measured (and said",
+        "  why) without the Redis store or `redis-server`.",
+        "- redis: the same service on a real `redis-server` (loopback, no persistence) against the memory",
+        "  store in the same run: `/v1/decide` back to back over 4 connections (3,000 requests after a",
+        "  1,000-request warm-up), and 15,000 spans of OTLP protobuf ingest from 4 exporters.",
         "",
     ]
     return "\n".join(lines)

@@ -8,9 +8,14 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,31 @@ def no_thread_switches() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+_RESOURCE = Resource.create({"service.name": "bench"})
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def finished_spans(attributes: Mapping[str, Any], count: int, *, first_id: int = 1) -> list[ReadableSpan]:
+    """`count` finished CLIENT spans with these attributes, each with ids of its own, sharing one
+    resource (`otel_puppy.testing.make_span` makes a resource per span: slow for a million)."""
+    spans = []
+    start = time.time_ns() - 2_000_000_000
+    for i in range(first_id, first_id + count):
+        context = SpanContext(i, i, is_remote=False, trace_flags=_SAMPLED)
+        spans.append(
+            ReadableSpan(
+                name="chat gpt-4.1",
+                context=context,
+                resource=_RESOURCE,
+                attributes=dict(attributes),
+                kind=SpanKind.CLIENT,
+                start_time=start,
+                end_time=start + 1_000_000_000,
+            )
+        )
+    return spans
 
 
 def machine() -> str:

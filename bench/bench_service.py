@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from base64 import b64decode
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +116,63 @@ def service(store: str, workdir: Path) -> Iterator[Service]:
 # --- decide latency, paced --------------------------------------------------------------------
 
 
+class Connection:
+    """One kept-alive HTTP/1.1 connection that sends prebuilt requests and reads whole answers.
+
+    The load generator runs on the cores it measures: an HTTP client library costs a few hundred
+    microseconds of CPU (and of the GIL, across the sending threads) per request, which at 1,000
+    requests per second would be most of a core taken from the service, and time that shows up
+    in the latencies. This one writes bytes, reads until the `Content-Length` is in, and parses
+    the status: a few tens of microseconds. Both the decisions and their `/healthz` baseline use it.
+    """
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host = f"{host}:{port}".encode()
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = b""
+
+    def get(self, path: str) -> bytes:
+        """A GET request for `path`, ready to send."""
+        return b"GET %s HTTP/1.1\r\nhost: %s\r\n\r\n" % (path.encode(), self.host)
+
+    def post(self, path: str, body: bytes, content_type: str = "application/json", encoding: str = "") -> bytes:
+        """A POST request of `body` to `path` (`encoding`: its `Content-Encoding`), ready to send."""
+        head = b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+        head %= (path.encode(), self.host, content_type.encode(), len(body))
+        if encoding:
+            head += b"content-encoding: %s\r\n" % encoding.encode()
+        return head + b"\r\n" + body
+
+    def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request and read its whole answer: (status, body)."""
+        self.sock.sendall(request)
+        data = self.pending
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            data += self._recv()
+        head = data[:end].lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        total = end + 4 + length
+        while len(data) < total:
+            data += self._recv()
+        self.pending = data[total:]
+        return int(head[9:12]), data[end + 4 : total]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise ConnectionError("the service closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @dataclass(frozen=True)
 class Paced:
     p50_ms: float
@@ -127,14 +184,15 @@ class Paced:
         return f"p50 {self.p50_ms:.2f} ms, p99 {self.p99_ms:.2f} ms at {self.rate:,.0f} req/s"
 
 
-def paced(url: str, request: Callable[[httpx.Client, int], int], duration_s: float, rate: float = RATE) -> Paced:
-    """Send `request(client, i)` (returning an HTTP status) at `rate` per second, open-loop.
+def paced(url: str, requests: Callable[[Connection], list[bytes]], duration_s: float, rate: float = RATE) -> Paced:
+    """Send the requests `requests(connection)` builds, in turn, at `rate` per second, open-loop.
 
     Request `i` is due at `start + i / rate` whatever happened to the others. `CONNECTIONS`
     threads, each with one kept-alive connection, take the requests in turn. Latency runs from
     when a request was due if it had to wait for a free connection (the service was slow: that
     wait counts, no coordinated omission), else from when it went out (a sleeping thread wakes
-    a little late, and that is the client's imprecision, not the service's).
+    a little late, and that is the client's imprecision, not the service's). An answer other
+    than 200 counts as an error.
     """
     count = int(duration_s * rate)
     start = 0.0
@@ -155,8 +213,10 @@ def paced(url: str, request: Callable[[httpx.Client, int], int], duration_s: flo
         clock = time.perf_counter
         mine: list[float] = []
         failed = 0
-        with httpx.Client(base_url=url, timeout=30) as client:
-            client.get("/healthz")
+        connection = Connection(url)
+        try:
+            prepared = requests(connection)
+            connection.send(connection.get("/healthz"))
             ready.wait()
             while True:
                 with lock:
@@ -170,9 +230,11 @@ def paced(url: str, request: Callable[[httpx.Client, int], int], duration_s: flo
                     began = clock()
                 else:
                     began = due
-                if request(client, i) != 200:
+                if connection.send(prepared[i % len(prepared)])[0] != 200:
                     failed += 1
                 mine.append(clock() - began)
+        finally:
+            connection.close()
         with lock:
             latencies.extend(mine)
             errors += failed
@@ -195,20 +257,24 @@ def paced(url: str, request: Callable[[httpx.Client, int], int], duration_s: flo
     )
 
 
-def one_at_a_time(url: str, request: Callable[[httpx.Client, int], int], count: int = 1000) -> float:
-    """Median milliseconds of `request`, sent back to back on one connection: the service time."""
+def one_at_a_time(url: str, requests: Callable[[Connection], list[bytes]], count: int = 1000) -> float:
+    """Median milliseconds of a request, sent back to back on one connection: the service time."""
     samples = []
-    with httpx.Client(base_url=url, timeout=30) as client:
+    connection = Connection(url)
+    try:
+        prepared = requests(connection)
         for i in range(count):
             began = time.perf_counter()
-            request(client, i)
+            connection.send(prepared[i % len(prepared)])
             samples.append(time.perf_counter() - began)
+    finally:
+        connection.close()
     return statistics.median(samples) * 1000
 
 
-def decide_latency(url: str) -> tuple[Paced, Paced, float]:
-    """`POST /v1/decide` and `GET /healthz` paced at `RATE`, and decide's service time."""
-    bodies = [
+def decision_bodies() -> list[bytes]:
+    """1,000 distinct decision requests (5 agents, 200 users, 30 teams), each matching 9 of the 50 policies."""
+    return [
         json.dumps(
             {
                 "provider": "openai",
@@ -221,18 +287,30 @@ def decide_latency(url: str) -> tuple[Paced, Paced, float]:
         ).encode()
         for i in range(1000)
     ]
-    headers = {"content-type": "application/json"}
 
-    def decide(client: httpx.Client, i: int) -> int:
-        return client.post("/v1/decide", content=bodies[i % len(bodies)], headers=headers).status_code
 
-    def healthz(client: httpx.Client, i: int) -> int:
-        return client.get("/healthz").status_code
+def decide_latency(url: str) -> tuple[Paced, Paced, float]:
+    """`POST /v1/decide` and `GET /healthz` paced at `RATE`, and decide's service time."""
+    bodies = decision_bodies()
+
+    def decide(connection: Connection) -> list[bytes]:
+        return [connection.post("/v1/decide", body) for body in bodies]
+
+    def healthz(connection: Connection) -> list[bytes]:
+        return [connection.get("/healthz")]
 
     paced(url, healthz, WARMUP_S)
     baseline = paced(url, healthz, DURATION_S)  # first, on a service that has done nothing else yet
     service_ms = one_at_a_time(url, decide)  # also warms every scope the paced run will touch
-    return paced(url, decide, DURATION_S), baseline, service_ms
+    with_decisions = paced(url, decide, DURATION_S)
+    check = Connection(url)
+    try:  # the answers were decisions: one more, read in full
+        status, answer = check.send(decide(check)[0])
+        if status != 200 or json.loads(answer)["action"] not in ("allow", "warn", "degrade", "deny"):
+            raise RuntimeError(f"/v1/decide answered {status}: {answer[:200]!r}")
+    finally:
+        check.close()
+    return with_decisions, baseline, service_ms
 
 
 # --- OTLP ingest --------------------------------------------------------------------------------
@@ -296,39 +374,50 @@ def parse_only(bodies: list[bytes], content_type: str) -> float:
     return best
 
 
-def ingest(url: str, bodies: list[bytes], content_type: str) -> tuple[float, int]:
-    """Spans per second acknowledged by the service from `INGEST_THREADS` exporters; and 503s retried."""
+def ingest(
+    url: str | Sequence[str], bodies: list[bytes], content_type: str, *, threads: int = INGEST_THREADS
+) -> tuple[float, int]:
+    """Spans per second acknowledged by the service from `threads` exporters; and 503s retried.
+
+    With several URLs (replicas), exporter `i` sends to `url[i % len(url)]`.
+    """
+    urls = [url] if isinstance(url, str) else list(url)
     lock = threading.Lock()
     pending = list(reversed(bodies))
     refused = 0
     failures: list[str] = []
-    headers = {"content-type": content_type, "content-encoding": "gzip"}
 
-    def export() -> None:
+    def export(target: str) -> None:
         nonlocal refused
-        with httpx.Client(base_url=url, timeout=30) as client:
+        connection = Connection(target)
+        try:
             while True:
                 with lock:
                     if not pending:
                         return
                     body = pending.pop()
+                request = connection.post("/v1/traces", body, content_type, encoding="gzip")
                 while True:
-                    response = client.post("/v1/traces", content=body, headers=headers)
-                    if response.status_code != 503:
+                    status, answer = connection.send(request)
+                    if status != 503:
                         break
                     with lock:
                         refused += 1
                     time.sleep(0.01)
-                if response.status_code != 200:
-                    failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                if status != 200:
+                    failures.append(f"HTTP {status}: {answer[:200]!r}")
                     return
+        finally:
+            connection.close()
 
-    threads = [threading.Thread(target=export, name=f"exporter-{i}") for i in range(INGEST_THREADS)]
+    workers = [
+        threading.Thread(target=export, args=(urls[i % len(urls)],), name=f"exporter-{i}") for i in range(threads)
+    ]
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     elapsed = time.perf_counter() - start
     if failures:
         raise RuntimeError(f"ingest failed: {failures[0]}")

@@ -16,11 +16,13 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from email.message import Message
+from typing import IO, Any, Final, Protocol
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from otel_puppy.decision import Severity
+from otel_puppy.settings import redact_url
 
 __all__ = ("AlertEvent", "AlertSink", "Alerts", "LogSink", "WebhookSink")
 
@@ -66,12 +68,27 @@ class LogSink:
         logger.log(_LOG_LEVELS[event.severity], "%s alert [%s] %s", event.kind, event.severity.value, event.message)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The webhook is the only URL otel_puppy fetches: a redirect elsewhere is a failed delivery."""
+
+    def redirect_request(  # noqa: PLR0917 - urllib's signature
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Message, newurl: str
+    ) -> None:
+        return None  # urllib then raises HTTPError for the 3xx answer
+
+
+_OPENER: Final = urllib.request.build_opener(_NoRedirects)
+
+
 class WebhookSink:
-    """POSTs each event as JSON to one URL from a background thread; a full queue drops and counts."""
+    """POSTs each event as JSON to one URL from a background thread; a full queue drops and counts.
+
+    Redirects are not followed. The URL is never printed whole (its path is often the secret).
+    """
 
     def __init__(self, url: str, timeout_s: float = 5.0, max_queue: int = 1_000) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"alert webhook must be an http(s) URL, not {url!r}")
+            raise ValueError(f"alert webhook must be an http(s) URL, not {redact_url(url, keep_path=False)!r}")
         self.url = url
         self.timeout_s = timeout_s
         self.dropped = 0
@@ -95,7 +112,7 @@ class WebhookSink:
                 method="POST",
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s):  # noqa: S310
+                with _OPENER.open(request, timeout=self.timeout_s):
                     pass
             except Exception:  # the receiver being down must not stop alerting
                 self.failed += 1

@@ -165,11 +165,14 @@ def call_from_parts(
     operation = _text(_first(attributes, semconv.OPERATION))
     if operation in semconv.NOT_CALL_OPERATIONS:
         return None
+    # A kind that is not a string (the SDK keeps maps and lists) names no kind: it is ignored.
     oi_kind = attributes.get(semconv.OPENINFERENCE_KIND)
-    if oi_kind is not None and oi_kind not in semconv.OPENINFERENCE_CALL_KINDS:
+    if not isinstance(oi_kind, str):
+        oi_kind = None
+    elif oi_kind not in semconv.OPENINFERENCE_CALL_KINDS:
         return None
     tl_kind = attributes.get(semconv.TRACELOOP_KIND)
-    if tl_kind is not None and tl_kind not in {"llm", "embedding"}:
+    if isinstance(tl_kind, str) and tl_kind not in {"llm", "embedding"}:
         return None
 
     has_usage = any(key in attributes for key in semconv.USAGE_KEYS)

@@ -41,7 +41,7 @@ from pydantic import SecretStr
 
 from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity
 from otel_puppy.exceptions import PuppyError, SettingsError
-from otel_puppy.settings import PuppySettings
+from otel_puppy.settings import PuppySettings, redact_url
 
 __all__ = ("DEFAULT_URL", "UNREACHABLE_RETRY_AFTER_S", "DecisionClient", "DecisionServiceError")
 
@@ -162,7 +162,7 @@ class DecisionClient:
         return cls(**options)
 
     def __repr__(self) -> str:
-        return f"DecisionClient({self.url!r}, fail_open={self.fail_open})"
+        return f"DecisionClient({redact_url(self.url)!r}, fail_open={self.fail_open})"
 
     # --- deciding -----------------------------------------------------------------------------
 

@@ -7,9 +7,19 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any, overload
 
-__all__ = ("Action", "Decision", "DecisionRequest", "LazyHits", "PolicyHit", "Priority", "Severity")
+__all__ = (
+    "Action",
+    "Decision",
+    "DecisionRequest",
+    "LazyHits",
+    "PolicyHit",
+    "Priority",
+    "Severity",
+    "policy_hit_dict",
+)
 
 
 class Action(StrEnum):
@@ -131,8 +141,58 @@ class PolicyHit:
     """For `degrade`: the model to use instead (`provider:model` or a bare model)."""
 
     def to_dict(self) -> dict[str, Any]:
-        # Field by field: `asdict` deep-copies every value first, which costs more than the rest of decide().
-        return {name: _jsonable(getattr(self, name)) for name in _HIT_FIELDS}
+        """JSON-ready: decimals as strings, datetimes as ISO 8601, enums as their values."""
+        return policy_hit_dict(_hit_values(self))
+
+
+_hit_values = attrgetter(*(f.name for f in fields(PolicyHit)))
+"""A hit's field values, in field order."""
+
+
+def policy_hit_dict(values: Sequence[Any]) -> dict[str, Any]:
+    """`PolicyHit(*values).to_dict()` (values in `PolicyHit`'s field order), with no `PolicyHit` built.
+
+    Each field converted by its type: a decision over HTTP is mostly this (`asdict`, or
+    `_jsonable` over every field, costs several times as much).
+    """
+    (
+        kind,
+        policy,
+        action,
+        message,
+        scope,
+        severity,
+        shadow,
+        spent_usd,
+        limit_usd,
+        spent_tokens,
+        limit_tokens,
+        reserved_usd,
+        utilization,
+        window,
+        resets_at,
+        retry_after_s,
+        model,
+    ) = values
+    return {
+        "kind": kind,
+        "policy": policy,
+        "action": _text(action),
+        "message": message,
+        "scope": scope,
+        "severity": _text(severity),
+        "shadow": shadow,
+        "spent_usd": _money(spent_usd),
+        "limit_usd": _money(limit_usd),
+        "spent_tokens": spent_tokens,
+        "limit_tokens": limit_tokens,
+        "reserved_usd": _money(reserved_usd),
+        "utilization": utilization,
+        "window": window,
+        "resets_at": _when(resets_at),
+        "retry_after_s": retry_after_s,
+        "model": model,
+    }
 
 
 class LazyHits(Sequence[PolicyHit]):
@@ -140,14 +200,26 @@ class LazyHits(Sequence[PolicyHit]):
 
     Most decisions are `allow` and nobody reads their reasons; building a `PolicyHit` (amounts,
     messages, reset times) for every matching budget would dominate `decide()`. Items are hits
-    or zero-argument callables that build one.
+    or zero-argument callables that build one. `dicts`, if given, returns what `to_dicts()`
+    would, without building the hits (a decision sent over HTTP needs only those).
     """
 
-    __slots__ = ("_built", "_items")
+    __slots__ = ("_built", "_dicts", "_items")
 
-    def __init__(self, items: Sequence[PolicyHit | Callable[[], PolicyHit]] = ()) -> None:
+    def __init__(
+        self,
+        items: Sequence[PolicyHit | Callable[[], PolicyHit]] = (),
+        dicts: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self._items = items
+        self._dicts = dicts
         self._built: tuple[PolicyHit, ...] | None = None
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """`[hit.to_dict() for hit in self]`."""
+        if self._built is None and self._dicts is not None:
+            return self._dicts()
+        return [hit.to_dict() for hit in self._hits()]
 
     def _hits(self) -> tuple[PolicyHit, ...]:
         built = self._built
@@ -213,8 +285,8 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: decimals as strings, datetimes as ISO 8601."""
         data: dict[str, Any] = {name: _jsonable(getattr(self, name)) for name in _DECISION_SCALARS}
-        data["reasons"] = [hit.to_dict() for hit in self.reasons]
-        data["shadow"] = [hit.to_dict() for hit in self.shadow]
+        data["reasons"] = _hit_dicts(self.reasons)
+        data["shadow"] = _hit_dicts(self.shadow)
         return data
 
     @classmethod
@@ -235,7 +307,6 @@ class Decision:
         )
 
 
-_HIT_FIELDS = tuple(f.name for f in fields(PolicyHit))
 _DECISION_SCALARS = tuple(f.name for f in fields(Decision) if f.name not in ("reasons", "shadow"))
 
 
@@ -267,6 +338,22 @@ def _decimal(value: object) -> Decimal | None:
 
 def _datetime(value: object) -> datetime | None:
     return None if value is None else datetime.fromisoformat(str(value))
+
+
+def _hit_dicts(hits: Sequence[PolicyHit]) -> list[dict[str, Any]]:
+    return hits.to_dicts() if isinstance(hits, LazyHits) else [hit.to_dict() for hit in hits]
+
+
+def _text(value: str) -> str:
+    return str.__str__(value)  # an enum member's value (they are `StrEnum`s): a plain `str` either way
+
+
+def _money(value: Decimal | None) -> str | None:
+    return format(value, "f") if isinstance(value, Decimal) else _jsonable(value)
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else _jsonable(value)
 
 
 def _jsonable(value: Any) -> Any:

@@ -92,7 +92,7 @@ from otel_puppy.engine import PolicyEngine, Snapshot
 from otel_puppy.exceptions import PolicyDenied
 from otel_puppy.integrations.pydantic_ai import Decider, GuardedModel
 from otel_puppy.money import NANOS_PER_USD, nanos_to_usd
-from otel_puppy.policies import PolicySet
+from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.policies.base import Degrade
 from otel_puppy.server.app import TRACES_PATH, create_app
 from otel_puppy.server.thread import serving
@@ -121,6 +121,7 @@ _MIN_INPUT, _MAX_INPUT = 300, 20_000
 _MIN_OUTPUT, _MAX_OUTPUT = 50, 2_000
 _MAX_IN_FLIGHT: Final = 256
 _REFRESH_S: Final = 0.5
+_FLEET_REPORT_S: Final = 10.0
 _DECIDE_TIMEOUT_S: Final = 5.0
 """Generous for loopback: a decision that times out is failed open and never reaches the service's counts."""
 _WORKER_START_S: Final = 120.0
@@ -1034,7 +1035,7 @@ class _WorkerPlan:
 
     worker: int
     url: str
-    """The service's base URL: spans go to its `/v1/traces`, decisions to its `/v1/decide`."""
+    """The service's base URL: decisions go to its `/v1/decide` (and spans to its `/v1/traces`)."""
     api_token: str | None
     fail_open: bool
     seed: int
@@ -1042,6 +1043,8 @@ class _WorkerPlan:
     scenario: _Scenario
     outage_provider: str
     alternatives: dict[str, list[tuple[str, str]]]
+    traces_url: str | None = None
+    """Export spans here instead (a Collector's OTLP/HTTP `/v1/traces`), as a scaled-out fleet does."""
 
 
 def _work(plan: _WorkerPlan, start: EventType, stop: EventType, reports: Queue[_Report]) -> None:
@@ -1054,7 +1057,8 @@ def _work(plan: _WorkerPlan, start: EventType, stop: EventType, reports: Queue[_
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the demo's: it sets `stop`
     try:
         headers = {"authorization": f"Bearer {plan.api_token}"} if plan.api_token else None
-        exporter = OTLPSpanExporter(endpoint=f"{plan.url}{TRACES_PATH}", headers=headers)
+        traces_url = plan.traces_url or f"{plan.url}{TRACES_PATH}"
+        exporter = OTLPSpanExporter(endpoint=traces_url, headers=None if plan.traces_url else headers)
         processor = BatchSpanProcessor(exporter, schedule_delay_millis=200)
         _configure_logfire(FLEET_SERVICE_NAME, processor)
         reports.put(("ready", plan.worker, None))
@@ -1347,6 +1351,74 @@ def run(
         if not live:
             console.print(_render(board, engine, alerts=2 * _ALERT_ROWS))
     return summary
+
+
+def run_fleet(
+    settings: PuppySettings,
+    url: str,
+    *,
+    traces_url: str | None = None,
+    duration: float | None = None,
+    rate: float = 8.0,
+    seed: int = 7,
+    fleet_processes: int = 2,
+    console: Console | None = None,
+) -> None:
+    """Only the fleet, against a service already running at `url` (one replica, or a balancer).
+
+    Spans go to `traces_url` (a Collector's OTLP/HTTP traces endpoint) when given, else to the
+    service. Runs until `duration` or Ctrl-C, printing the fleet's counts every 10 seconds. The
+    scenario is `run`'s defaults; the policies (for degrade alternatives) are `settings.policies`.
+
+    Raises:
+        PolicyErrors: a policy file is invalid.
+        RuntimeError: a fleet process failed.
+    """
+    console = console if console is not None else Console(soft_wrap=True, highlight=False)
+    policies = load_policies(settings.policies) if settings.policies.exists() else PolicySet()
+    scenario = _Scenario(20.0, 25.0, 120.0, 90.0, 45.0)
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    plans = [
+        _WorkerPlan(
+            worker=worker,
+            url=url.rstrip("/"),
+            api_token=token,
+            fail_open=settings.fail_open,
+            seed=seed,
+            rate=rate / fleet_processes,
+            scenario=scenario,
+            outage_provider="self-hosted",
+            alternatives={spec.name: _alternatives(policies, spec) for spec in FLEET},
+            traces_url=traces_url,
+        )
+        for worker in range(fleet_processes)
+    ]
+    workers = _Workers(plans)
+    console.print(f"otel-puppy fleet: {fleet_processes} processes deciding at {url}, spans to {traces_url or url}")
+    try:
+        workers.launch()
+        began = last = time.monotonic()
+        with contextlib.suppress(KeyboardInterrupt):
+            while duration is None or time.monotonic() < began + duration:
+                workers.collect(_REFRESH_S)
+                if workers.errors:
+                    break
+                if time.monotonic() - last >= _FLEET_REPORT_S:
+                    last = time.monotonic()
+                    _print_counts(console, workers.total(), last - began)
+        workers.close()
+        _print_counts(console, workers.total(), time.monotonic() - began)
+    finally:
+        workers.close()
+    if workers.errors:
+        raise RuntimeError(f"a fleet process failed: {workers.errors[0]}")
+
+
+def _print_counts(console: Console, counts: _Counts, elapsed: float) -> None:
+    console.print(
+        f"+{elapsed:.0f}s: {counts.runs} runs ({counts.failed_runs} failed, {counts.denied_runs} denied), "
+        f"{counts.calls} model calls"
+    )
 
 
 def _introduce(

@@ -13,17 +13,19 @@ reload, so a decision never sees half of an old set and half of a new one.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, overload
 
 from opentelemetry import context as otel_context
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,7 +35,7 @@ from otel_puppy.alerts import AlertEvent, Alerts, AlertSink, LogSink, WebhookSin
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock, SystemClock
 from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit, Priority, Severity
-from otel_puppy.exceptions import PolicyDenied, PolicyErrors
+from otel_puppy.exceptions import PolicyDenied, PolicyErrors, StoreError
 from otel_puppy.metrics import Metrics
 from otel_puppy.model_stats import ModelStat, ModelStats
 from otel_puppy.money import nanos_to_float, nanos_to_usd, usd_to_nanos
@@ -41,7 +43,7 @@ from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.policies.anomaly import AnomalyEvent, AnomalyStatus, AnomalyWatch
 from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerBoard, BreakerGuard, BreakerStatus
-from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit
+from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit, budget_hit_dict
 from otel_puppy.policies.routing import Router
 from otel_puppy.policies.watch import PolicyWatcher
 from otel_puppy.pricing import Price, Pricer
@@ -49,8 +51,9 @@ from otel_puppy.processor import DECISION_CONTEXT_KEY, PuppySpanProcessor
 from otel_puppy.redundant import RedundancyTracker
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store import ApplyResult, SpendRecord, Store, open_store
-from otel_puppy.store.base import Admission, CheckState, Increment
-from otel_puppy.windows import CalendarWindow, RollingWindow, Window
+from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState, Counter, Increment
+from otel_puppy.store.memory import MemoryStore
+from otel_puppy.windows import CalendarWindow, RollingWindow, Window, parse_window
 
 __all__ = ("DecisionGuard", "Observation", "PolicyEngine", "Snapshot", "WindowSpend")
 
@@ -60,6 +63,8 @@ TOTAL_SCOPE: Final = "total"
 _EXPIRE_EVERY_S: Final = 60.0
 _SAVE_STATE_EVERY_S: Final = 60.0
 """Anomaly baselines (and every breaker) are saved this often from `observe_many`, and on `close()`."""
+_SYNC_BREAKERS_EVERY_S: Final = 1.0
+"""How often spans being applied also share breaker state with other replicas (see `_sync_breakers`)."""
 _BREAKERS: Final = "breakers"
 _ANOMALIES: Final = "anomalies"
 _ID_DIMENSIONS: Final = frozenset({"user", "conversation"})
@@ -117,6 +122,8 @@ class _Rules:
     anomalies: AnomalyWatch
     router: Router
     alerting: tuple[BudgetInstance, ...] = field(default=())
+    plans: dict[tuple[object, ...], _Plan] = field(default_factory=dict)
+    """`decide()`'s work per request shape, kept until the next reload (see `_Plan`)."""
 
 
 class PolicyEngine:
@@ -164,6 +171,9 @@ class PolicyEngine:
         """Keys of each state namespace in the store as far as we know: a full save deletes the rest."""
         self._saving = True
         self._next_state_save = self.clock.now() + _SAVE_STATE_EVERY_S
+        self._next_breaker_sync = self.clock.now() + _SYNC_BREAKERS_EVERY_S
+        self._share_breakers = not isinstance(self._store, MemoryStore)
+        """Other processes may use the store (SQLite, Redis): sync breakers with them every second."""
         self._restore_state()
         self._decisions: dict[tuple[str, str], int] = {}
         self._decisions_lock = threading.Lock()
@@ -231,7 +241,11 @@ class PolicyEngine:
         prices = [pricer.price(call) for call in calls]
         touched: dict[str, BudgetInstance] = {}
         records = [self._record(rules, c, p, now, ttl=ttl, touched=touched) for c, p in zip(calls, prices, strict=True)]
-        results = self._store.apply(records, now)
+        try:
+            results = self._store.apply(records, now)
+        except StoreError:
+            self.metrics.record_store_error("apply")
+            raise
         observations = [Observation(c, p, r) for c, p, r in zip(calls, prices, results, strict=True)]
         applied = [(o.call, o.price) for o in observations if o.result is ApplyResult.APPLIED]
         metrics = self.metrics
@@ -243,7 +257,9 @@ class PolicyEngine:
             rules.anomalies.tick(now)
             self.stats.observe(observed)
             self.redundancy.observe(observed)
-            self._check_alerts([i for i in touched.values() if i.policy.alerts], now)
+            # The spend is applied: a store failing now delays an alert, it must not fail the batch.
+            with self._surviving_store("alerts"):
+                self._check_alerts([i for i in touched.values() if i.policy.alerts], now)
         invalid = sum(1 for call, _ in applied if call.problems)
         for result, count in (
             ("applied", len(applied) - invalid),
@@ -255,10 +271,14 @@ class PolicyEngine:
                 metrics.record_spans(result, count)
         if now >= self._next_expiry:
             self._next_expiry = now + _EXPIRE_EVERY_S
-            self._store.expire(now)
+            with self._surviving_store("expire"):
+                self._store.expire(now)
         if now >= self._next_state_save:
             self._next_state_save = now + _SAVE_STATE_EVERY_S
             self._save_all_state()
+        elif self._share_breakers and now >= self._next_breaker_sync:
+            self._next_breaker_sync = now + _SYNC_BREAKERS_EVERY_S
+            self._sync_breakers()
         return observations
 
     def _record(
@@ -296,39 +316,70 @@ class PolicyEngine:
         spend is reserved on every matching budget until the call's span settles it.
         """
         req = request if request is not None else _request(fields)
+        if self._share_breakers and self.clock.now() >= self._next_breaker_sync:
+            # a replica that only decides still sees the breakers others opened
+            self._next_breaker_sync = self.clock.now() + _SYNC_BREAKERS_EVERY_S
+            self._sync_breakers()
         try:
             return self._decide(req)
+        except StoreError as exc:
+            # An outage, not a bug: decided by the fail mode, within the store's timeout.
+            self.metrics.record_store_error("decide")
+            logger.warning("otel_puppy could not reach its store to decide: %s", exc)
+            return self._failed_decision(req, "the state store is unavailable")
         except Exception:
             self._internal_error("engine.decide")
-            action = Action.ALLOW if self.settings.fail_open else Action.DENY
-            hit = PolicyHit(
-                kind="internal",
-                policy="otel_puppy",
-                action=action,
-                message=f"otel_puppy failed to decide; failing {'open' if self.settings.fail_open else 'closed'}",
-                severity=Severity.CRITICAL,
-            )
-            return Decision(action, req.provider, req.model, reasons=(hit,))
+            return self._failed_decision(req, "otel_puppy failed to decide")
+
+    def _failed_decision(self, req: DecisionRequest, why: str) -> Decision:
+        action = Action.ALLOW if self.settings.fail_open else Action.DENY
+        hit = PolicyHit(
+            kind="internal",
+            policy="otel_puppy",
+            action=action,
+            message=f"{why}; failing {'open' if self.settings.fail_open else 'closed'}",
+            severity=Severity.CRITICAL,
+        )
+        return Decision(action, req.provider, req.model, reasons=(hit,))
 
     def _decide(self, req: DecisionRequest) -> Decision:
         now = self.clock.now()
         rules = self._rules
         rules.anomalies.tick(now)
+        plan = _plan(rules, req)
         hits: list[_Hit] = []
         request = req
-        if rules.policies.routing:
+        if plan.routed:
             route = rules.router.route(req, available=lambda p, m: self._available(rules, req.with_model(p, m), now))
             if route is not None:
                 hits.append(route.hit)
                 if not route.hit.shadow and (route.provider, route.model) != (req.provider, req.model):
                     request = req.with_model(route.provider, route.model)
+                    plan = _plan(rules, request)
         decision_id = _decision_id()
         hits += rules.breakers.check(request.provider, request.model)
-        hits += rules.anomalies.check(request.scope())
-        stopped = _denied(hits)
+        if not rules.anomalies.quiet(now):
+            hits += rules.anomalies.check(request.scope())
         estimate = self._estimate(rules, request)
-        budget_hits, reserved = self._admit(rules, request, estimate, now, decision_id, reserve=not stopped)
-        hits += budget_hits
+        admitted = self._admit_plan(plan, estimate, now, decision_id, reserve=not (hits and _denied(hits)))
+        if not hits and (admitted is None or plan.fits(admitted.states)):
+            # The usual decision: only budgets have a say, and each enforced one has room. The
+            # general path below would decide the same; this one builds no hit unless it is read.
+            states = admitted.states if admitted is not None else ()
+            with self._decisions_lock:
+                self._decisions[_ALLOWED] = self._decisions.get(_ALLOWED, 0) + 1
+            return Decision(
+                action=Action.ALLOW,
+                provider=request.provider,
+                model=request.model,
+                reasons=_BudgetHits(plan.instances, states, plan.enforced, now).lazy() if plan.enforced else _NONE,
+                shadow=_BudgetHits(plan.instances, states, plan.shadow, now).lazy() if plan.shadow else _NONE,
+                decision_id=decision_id,
+                estimated_cost_usd=nanos_to_usd(estimate[0]) if estimate != (0, 0) else request.estimated_cost_usd,
+            )
+        reserved = admitted is not None and admitted.reserved
+        if admitted is not None:
+            hits += [_PendingBudgetHit(i, state, now) for i, state in zip(plan.instances, admitted.states, strict=True)]
 
         action = Action.strictest([h.action for h in hits if not h.shadow])
         if action is Action.DEGRADE:
@@ -398,26 +449,25 @@ class PolicyEngine:
         *,
         reserve: bool,
     ) -> tuple[list[_Hit], bool]:
-        instances = rules.book.instances(request.scope())
-        if not instances:
+        plan = _plan(rules, request)
+        admitted = self._admit_plan(plan, estimate, now, decision_id, reserve=reserve)
+        if admitted is None:
             return [], False
-        priority = request.priority
-        admitted = self._store.admit(
-            Admission(
-                decision_id=decision_id,
-                checks=tuple(instance.checks[priority] for instance in instances),
-                nanos=estimate[0],
-                tokens=estimate[1],
-                expires_at=now + self.settings.reservation_ttl_s,
-                settle_key=_settle_key(request.provider, request.model, request.agent, request.user),
-                reserve=reserve,
-            ),
-            now,
-        )
         hits: list[_Hit] = [
-            _PendingBudgetHit(instance, state, now) for instance, state in zip(instances, admitted.states, strict=True)
+            _PendingBudgetHit(instance, state, now)
+            for instance, state in zip(plan.instances, admitted.states, strict=True)
         ]
         return hits, admitted.reserved
+
+    def _admit_plan(
+        self, plan: _Plan, estimate: tuple[int, int], now: float, decision_id: str, *, reserve: bool
+    ) -> Admitted | None:
+        """The store's admission over the plan's budgets; `None` when the request falls in none."""
+        if not plan.checks:
+            return None
+        expires_at = now + self.settings.reservation_ttl_s
+        admission = Admission(decision_id, plan.checks, estimate[0], estimate[1], expires_at, plan.settle_key, reserve)
+        return self._store.admit(admission, now)
 
     def _available(self, rules: _Rules, request: DecisionRequest, now: float) -> bool:
         """For routing: no open breaker and no exhausted deny budget for this model."""
@@ -502,8 +552,7 @@ class PolicyEngine:
                 at=self.clock.now(),
             )
         )
-        board = self._rules.breakers
-        self._save_state(_BREAKERS, lambda: board.export_state(only=(status.policy, status.subject)), full=False)
+        self._sync_breakers()  # other replicas adopt it at their next sync
 
     def _on_anomaly(self, event: AnomalyEvent) -> None:
         status = event.status
@@ -533,18 +582,53 @@ class PolicyEngine:
         """Breaker and anomaly state from the store, as a previous engine on it left them. An
         unreadable store or entry costs that state only: the engine starts regardless."""
         rules = self._rules
-        for namespace, target in ((_BREAKERS, rules.breakers), (_ANOMALIES, rules.anomalies)):
+        self._sync_breakers(restoring=True)
+        for namespace, target in ((_ANOMALIES, rules.anomalies),):
             try:
                 items = self._store.load_state(namespace)
                 self._saved[namespace] = set(items)
                 target.import_state(items)
+            except StoreError as exc:
+                self.metrics.record_store_error("load_state")
+                logger.warning("otel_puppy could not restore %s state from the store: %s", namespace, exc)
             except Exception:
                 self._internal_error("engine.restore_state", reraise=False)
 
     def _save_all_state(self) -> None:
-        rules = self._rules
-        self._save_state(_BREAKERS, rules.breakers.export_state, full=True)
-        self._save_state(_ANOMALIES, rules.anomalies.export_state, full=True)
+        self._sync_breakers()
+        self._save_state(_ANOMALIES, self._rules.anomalies.export_state, full=True)
+
+    def _sync_breakers(self, *, restoring: bool = False) -> None:
+        """Share breaker state through the store: publish ours and adopt every newer one.
+
+        Each subject's state carries a version that grows with every transition (see
+        `_breaker_version`); the store keeps the highest, so a breaker another replica (or a
+        previous process) opened is open here too after the next sync, and an older state never
+        overwrites a newer one. Never raises: a failed sync is counted and tried again.
+        """
+        try:
+            with self._state_lock:
+                if not self._saving:
+                    return
+                board = self._rules.breakers
+                local = {} if restoring else {k: (_breaker_version(b), b) for k, b in board.export_state().items()}
+                merged = self._store.merge_state(_BREAKERS, local)
+                if restoring:
+                    board.import_state({key: blob for key, (_, blob) in merged.items()})
+                    return
+                names = {breaker.name for breaker in self._rules.policies.breakers}
+                newer = {
+                    key: blob
+                    for key, (version, blob) in merged.items()
+                    if version > local.get(key, (-1, b""))[0] and key.partition("|")[0] in names
+                }
+                if newer:
+                    board.import_state(newer)
+        except StoreError as exc:
+            self.metrics.record_store_error("sync_breakers")
+            logger.warning("otel_puppy could not share breaker state through the store: %s", exc)
+        except Exception:
+            self._internal_error("engine.sync_breakers", reraise=False)
 
     def _save_state(self, namespace: str, export: Callable[[], dict[str, bytes]], *, full: bool) -> None:
         """Write exported state; `full`: it is the whole namespace, so delete what it no longer has.
@@ -566,6 +650,9 @@ class PolicyEngine:
                     self._saved[namespace] = set(items)
                 else:
                     saved.update(items)
+        except StoreError as exc:
+            self.metrics.record_store_error("save_state")
+            logger.warning("otel_puppy could not save %s state, will retry: %s", namespace, exc)
         except Exception:
             self._internal_error("engine.save_state", reraise=False)
 
@@ -644,7 +731,19 @@ class PolicyEngine:
             "Estimates reserved by decisions and not yet settled.",
             labels=("budget", "scope", "window"),
         )
-        states = self._budget_states(rules, now)
+        window_seconds = GaugeMetricFamily(
+            "otel_puppy_budget_window_seconds",
+            "Length of a budget's window (a calendar window's current one); spending its limit over it is burn rate 1.",
+            labels=("budget", "scope", "window"),
+        )
+        lengths: dict[str, float] = {}
+        for budget in rules.book.budgets:
+            span = parse_window(budget.window, self.settings.zone)
+            start, end = span.bounds(now) if isinstance(span, CalendarWindow) else (0.0, float(span.seconds))
+            lengths[budget.name] = end - start
+        states: list[PolicyHit] = []
+        with self._surviving_store("scrape"):  # the rest of the scrape still answers
+            states = self._budget_states(rules, now)
         by_policy: dict[str, list[PolicyHit]] = {}
         for hit in states:
             by_policy.setdefault(hit.policy, []).append(hit)
@@ -663,7 +762,9 @@ class PolicyEngine:
                     spend.add_metric(labels, float(hit.spent_usd or 0))
                     limit.add_metric(labels, float(hit.limit_usd))
                     reserved.add_metric(labels, float(hit.reserved_usd or 0))
-        yield from (spend, limit, utilization, reserved)
+                if name in lengths:
+                    window_seconds.add_metric(labels, lengths[name])
+        yield from (spend, limit, utilization, reserved, window_seconds)
         with self._decisions_lock:
             decisions = dict(self._decisions)
         family = CounterMetricFamily(
@@ -677,11 +778,10 @@ class PolicyEngine:
         yield from self.alerts.collect()
         yield from self.redundancy.collect()
         total = GaugeMetricFamily("otel_puppy_spend_usd", "Total spend in each built-in window.", labels=("window",))
-        for window, counter in zip(
-            self._total_windows,
-            self._store.totals([(TOTAL_SCOPE, w) for w in self._total_windows], now),
-            strict=True,
-        ):
+        counters: list[Counter] = []
+        with self._surviving_store("scrape"):
+            counters = self._store.totals([(TOTAL_SCOPE, w) for w in self._total_windows], now)
+        for window, counter in zip(self._total_windows, counters, strict=False):
             total.add_metric((window.name,), nanos_to_float(counter.nanos))
         yield total
 
@@ -730,6 +830,15 @@ class PolicyEngine:
         self.close()
 
     # --- internal errors ----------------------------------------------------------------------
+
+    @contextmanager
+    def _surviving_store(self, operation: str) -> Iterator[None]:
+        """Count and log a store outage in housekeeping that can wait for the next round."""
+        try:
+            yield
+        except StoreError as exc:
+            self.metrics.record_store_error(operation)
+            logger.warning("otel_puppy store unavailable for %s: %s", operation, exc)
 
     def _internal_error(self, component: str, *, reraise: bool | None = None) -> None:
         """Count and log an error we survived; under pytest re-raise it so tests see bugs.
@@ -813,6 +922,127 @@ class _PendingBudgetHit:
 _Hit = PolicyHit | _PendingBudgetHit
 
 
+class _BudgetHits(Sequence[PolicyHit]):
+    """Some of a decision's budget hits (`indexes` into its instances and states), for `LazyHits`:
+    an allowed decision keeps one of these instead of a pending hit per budget."""
+
+    __slots__ = ("indexes", "instances", "now", "states")
+
+    def __init__(
+        self,
+        instances: tuple[BudgetInstance, ...],
+        states: tuple[CheckState, ...],
+        indexes: tuple[int, ...],
+        now: float,
+    ) -> None:
+        self.instances = instances
+        self.states = states
+        self.indexes = indexes
+        self.now = now
+
+    def lazy(self) -> LazyHits:
+        return LazyHits(self, dicts=self.to_dicts)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """`[hit.to_dict() for hit in self]`, building no `PolicyHit`."""
+        dicts = []
+        for index in self.indexes:
+            state = self.states[index]
+            dicts.append(
+                budget_hit_dict(
+                    self.instances[index],
+                    spent_nanos=state.spent_nanos,
+                    spent_tokens=state.spent_tokens,
+                    reserved_nanos=state.reserved_nanos,
+                    exceeded=not state.fits,
+                    now=self.now,
+                )
+            )
+        return dicts
+
+    def _hit(self, index: int) -> PolicyHit:
+        state = self.states[index]
+        return budget_hit(
+            self.instances[index],
+            spent_nanos=state.spent_nanos,
+            spent_tokens=state.spent_tokens,
+            reserved_nanos=state.reserved_nanos,
+            exceeded=not state.fits,
+            now=self.now,
+        )
+
+    @overload
+    def __getitem__(self, index: int) -> PolicyHit: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[PolicyHit, ...]: ...
+    def __getitem__(self, index: int | slice) -> PolicyHit | tuple[PolicyHit, ...]:
+        if isinstance(index, slice):
+            return tuple(self._hit(i) for i in self.indexes[index])
+        return self._hit(self.indexes[index])
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __iter__(self) -> Iterator[PolicyHit]:
+        return (self._hit(i) for i in self.indexes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the policies say about every request of one shape (its scope and priority), worked
+    out once per policy set: whether a routing policy matches, the budget instances it counts
+    against with their admission checks, which of those are enforced or shadow, and the key a
+    span without a decision id settles its reservation by. Nothing in it depends on spend."""
+
+    routed: bool
+    instances: tuple[BudgetInstance, ...]
+    checks: tuple[BudgetCheck, ...]
+    enforced: tuple[int, ...]
+    shadow: tuple[int, ...]
+    settle_key: str
+
+    def fits(self, states: Sequence[CheckState]) -> bool:
+        """Whether every enforced budget has room (shadow ones are only reported)."""
+        return all(states[index].fits for index in self.enforced)
+
+
+_PLANS_LIMIT: Final = 20_000
+"""Request shapes remembered per policy set (a per-user budget makes one per user); then forgotten."""
+_ALLOWED: Final = (Action.ALLOW.value, "")
+_NONE: Final = LazyHits(())
+
+
+def _plan(rules: _Rules, request: DecisionRequest) -> _Plan:
+    key = (
+        request.provider,
+        request.model,
+        request.agent,
+        request.service,
+        request.user,
+        request.team,
+        request.environment,
+        request.conversation,
+        request.operation,
+        request.priority,
+    )
+    plan = rules.plans.get(key)
+    if plan is None:
+        scope = request.scope()
+        instances = rules.book.instances(scope)
+        plan = _Plan(
+            routed=bool(rules.policies.routing) and rules.router.applies(scope),
+            instances=instances,
+            checks=tuple(instance.checks[request.priority] for instance in instances),
+            enforced=tuple(i for i, instance in enumerate(instances) if not instance.policy.shadow),
+            shadow=tuple(i for i, instance in enumerate(instances) if instance.policy.shadow),
+            settle_key=_settle_key(request.provider, request.model, request.agent, request.user),
+        )
+        if len(rules.plans) >= _PLANS_LIMIT:
+            rules.plans.clear()
+        rules.plans[key] = plan
+    return plan
+
+
 class DecisionGuard:
     """`with engine.guard(...) as decision:` / `async with ...`: decide, raise on deny, tag spans."""
 
@@ -877,6 +1107,15 @@ os.register_at_fork(after_in_child=_reset_decision_ids)
 
 def _denied(hits: Iterable[_Hit]) -> bool:
     return any(h.action is Action.DENY and not h.shadow for h in hits)
+
+
+_BREAKER_RANK: Final = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _breaker_version(blob: bytes) -> int:
+    """A breaker state's version: its transitions, and at a tie the more careful state (open) wins."""
+    record = json.loads(blob)
+    return int(record["transitions"]) * 4 + _BREAKER_RANK[record["state"]]
 
 
 def _settle_key(provider: str, model: str, agent: str | None, user: str | None) -> str:

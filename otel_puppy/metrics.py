@@ -77,6 +77,9 @@ class Metrics:
         self._durations: dict[tuple[str, ...], _Histogram] = {}
         self._spans: dict[str, int] = {}
         self._internal_errors: dict[str, int] = {}
+        self._store_errors: dict[str, int] = {}
+        self.buffered = 0
+        """Spans the span processor holds for a store that does not answer (set by the processor)."""
         self._extra: list[Callable[[], Iterable[Metric]]] = []
         registry.register(_Collector(self))
 
@@ -138,6 +141,11 @@ class Metrics:
         with self._lock:
             self._internal_errors[component] = self._internal_errors.get(component, 0) + 1
 
+    def record_store_error(self, operation: str) -> None:
+        """The store did not answer (an outage, not a bug): counted apart from internal errors."""
+        with self._lock:
+            self._store_errors[operation] = self._store_errors.get(operation, 0) + 1
+
     def internal_errors(self) -> int:
         with self._lock:
             return sum(self._internal_errors.values())
@@ -152,6 +160,8 @@ class Metrics:
             durations = {k: (list(h.buckets), h.count, h.sum) for k, h in self._durations.items()}
             spans = dict(self._spans)
             errors = dict(self._internal_errors)
+            store_errors = dict(self._store_errors)
+            buffered = self.buffered
             overflow = dict(self.guard.overflow)
 
         family = CounterMetricFamily(
@@ -221,6 +231,19 @@ class Metrics:
         for component, value in errors.items():
             family.add_metric((component,), float(value))
         yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_store_errors",
+            "Store operations that failed because the store did not answer (outages).",
+            labels=("operation",),
+        )
+        for operation, value in store_errors.items():
+            family.add_metric((operation,), float(value))
+        yield family
+
+        yield GaugeMetricFamily(
+            "otel_puppy_spans_buffered", "Spans held by the span processor until the store answers again.", buffered
+        )
 
         family = CounterMetricFamily(
             "otel_puppy_label_overflow",

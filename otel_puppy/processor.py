@@ -5,6 +5,10 @@ about what `BatchSpanProcessor.on_end` costs: it looks up a few attribute names 
 dict, appends the span to a deque and, only when the worker sleeps, sets an event. Extraction,
 pricing and the store all happen on the worker thread. A full queue drops the span and counts
 it (`otel_puppy_spans_total{result="dropped"}`); it never waits.
+
+When the store does not answer (Redis restarting), the worker keeps the calls it could not
+apply, up to the queue size, and retries them with back-off until the store is back; a retry
+can never count a span twice, because the store dedupes by span id.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
@@ -23,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_puppy import semconv
 from otel_puppy.calls import LLMCall, extract_call
+from otel_puppy.exceptions import StoreError
 
 if TYPE_CHECKING:
     from otel_puppy.engine import PolicyEngine
@@ -35,6 +41,8 @@ _MARKERS: Final = semconv.MARKERS
 _PENDING: Final = semconv.LOGFIRE_PENDING
 _SPAN_TYPE: Final = semconv.LOGFIRE_SPAN_TYPE
 _BATCH: Final = 512
+_FIRST_BACKOFF_S: Final = 0.25
+_MAX_BACKOFF_S: Final = 5.0
 
 DECISION_CONTEXT_KEY: Final = otel_context.create_key("otel_puppy.decision_id")
 """Set by `engine.guard()` / `guarded()`; spans started inside get `otel_puppy.decision_id`."""
@@ -68,6 +76,10 @@ class PuppySpanProcessor(SpanProcessor):
 
     def _start(self) -> None:
         self._queue: deque[ReadableSpan | _Flush] = deque()
+        self._held: deque[LLMCall] = deque()
+        """Calls the store did not take (it was down), retried with back-off: see `_hold`."""
+        self._retry_at = 0.0
+        self._backoff = _FIRST_BACKOFF_S
         self._wake = threading.Event()
         self._idle = True
         self._drop_lock = threading.Lock()
@@ -80,8 +92,9 @@ class PuppySpanProcessor(SpanProcessor):
         """Inside a guarded call, stamp the span with the decision that allowed it (to settle it)."""
         try:
             decision_id = otel_context.get_value(DECISION_CONTEXT_KEY, parent_context)
-            if decision_id is not None:
-                span.set_attribute(_DECISION_ATTRIBUTE, decision_id)  # type: ignore[arg-type]
+            # Our guards put a str there; anything else is not ours to stamp on the app's span.
+            if type(decision_id) is str:
+                span.set_attribute(_DECISION_ATTRIBUTE, decision_id)
         except Exception:
             self._engine._internal_error("processor.on_start")
 
@@ -122,7 +135,7 @@ class PuppySpanProcessor(SpanProcessor):
         error, self._worker_error = self._worker_error, None
         if error is not None:
             raise error
-        return done
+        return done and not self._held  # False while the store is down and spans wait for it
 
     def shutdown(self) -> None:
         """Apply what is queued, then stop the worker. Calling it again does nothing."""
@@ -148,17 +161,20 @@ class PuppySpanProcessor(SpanProcessor):
                 batch.append(item)  # type: ignore[arg-type]
             if batch:
                 self._process(batch)
+            if self._held and (flushes or self._shutdown or time.monotonic() >= self._retry_at):
+                self._apply_held()
             for flush in flushes:
                 flush.done.set()
             if batch or flushes:
                 continue
             if self._shutdown:
+                self._give_up_held()
                 return
             wake.clear()
             self._idle = True
             if queue or self._shutdown:  # appended between our check and `_idle = True`
                 continue
-            wake.wait(1.0)
+            wake.wait(min(1.0, max(0.0, self._retry_at - time.monotonic())) if self._held else 1.0)
 
     def _process(self, spans: list[ReadableSpan]) -> None:
         calls: list[LLMCall] = []
@@ -178,10 +194,57 @@ class PuppySpanProcessor(SpanProcessor):
             engine.metrics.record_spans("ignored", ignored)
         if not calls:
             return
+        if self._held:  # the store is still down: keep order, wait for the next retry
+            self._hold(calls)
+            return
         try:
             engine.observe_many(calls)
+        except StoreError:
+            self._hold(calls)
         except Exception as exc:
             self._record_worker_error(exc, "observe")
+
+    # --- while the store is down ----------------------------------------------------------------
+
+    def _hold(self, calls: list[LLMCall]) -> None:
+        """Keep calls the store could not take, up to the queue size; the oldest go first (counted)."""
+        held = self._held
+        held.extend(calls)
+        over = len(held) - self._max_queue_size
+        if over > 0:
+            for _ in range(over):
+                held.popleft()
+            self._engine.metrics.record_spans("dropped", over)
+        self._engine.metrics.buffered = len(held)
+        if self._retry_at <= time.monotonic():
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, _MAX_BACKOFF_S)
+
+    def _apply_held(self) -> None:
+        """Try the store again with what it could not take; retrying is safe, a span counts once."""
+        held = self._held
+        while held:
+            batch = [held[i] for i in range(min(len(held), _BATCH))]
+            try:
+                self._engine.observe_many(batch)
+            except StoreError:
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF_S)
+                break
+            except Exception as exc:
+                self._record_worker_error(exc, "observe")
+            for _ in batch:
+                held.popleft()
+        else:
+            self._backoff = _FIRST_BACKOFF_S
+        self._engine.metrics.buffered = len(held)
+
+    def _give_up_held(self) -> None:
+        if self._held:
+            logger.warning("otel_puppy shut down with %d spans its store never took; they are lost", len(self._held))
+            self._engine.metrics.record_spans("dropped", len(self._held))
+            self._held.clear()
+            self._engine.metrics.buffered = 0
 
     def _record_worker_error(self, exc: Exception, component: str) -> None:
         try:

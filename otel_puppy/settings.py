@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -13,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from otel_puppy.exceptions import SettingsError
 
-__all__ = ("PuppySettings", "running_under_pytest")
+__all__ = ("PuppySettings", "redact_url", "running_under_pytest")
 
 
 def running_under_pytest() -> bool:
@@ -34,6 +37,9 @@ class PuppySettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        # A `ValidationError` would quote every input, passwords in URLs included; `load` says what
+        # was wrong with each, without the secrets.
+        hide_input_in_errors=True,
     )
 
     policies: Path = Path("policies")
@@ -80,7 +86,7 @@ class PuppySettings(BaseSettings):
             for error in exc.errors():
                 field = ".".join(str(part) for part in error["loc"])
                 name = f"OTEL_PUPPY_{field.upper()}" if field else "settings"
-                got = "" if field in {"", "api_token"} else f" (got {error.get('input')!r})"
+                got = "" if field in {"", "api_token"} else f" (got {_shown(field, error.get('input'))!r})"
                 lines.append(f"{name}: {error['msg']}{got}")
             raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
@@ -98,7 +104,24 @@ class PuppySettings(BaseSettings):
     def _known_store(cls, value: str) -> str:
         scheme = value.partition("://")[0]
         if scheme not in {"memory", "sqlite", "redis", "rediss", "unix"} or "://" not in value:
-            raise ValueError(f"store must be memory://, sqlite:///path or redis://host:port/db, not {value!r}")
+            shown = redact_url(value)
+            raise ValueError(f"store must be memory://, sqlite:///path or redis://host:port/db, not {shown!r}")
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _http_webhook(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # `OTEL_PUPPY_ALERT_WEBHOOK_URL=` (a template left empty): no webhook
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+            raise ValueError(f"must be an http:// or https:// URL, not {redact_url(value, keep_path=False)!r}")
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _real_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty: set a real token, or unset it")
         return value
 
     @model_validator(mode="after")
@@ -107,6 +130,11 @@ class PuppySettings(BaseSettings):
             raise ValueError(f"binding to {self.host!r} (beyond loopback) needs OTEL_PUPPY_API_TOKEN to be set")
         return self
 
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # `repr(settings)` and `str(settings)` end up in logs and bug reports: no secrets in them.
+        for name, value in super().__repr_args__():
+            yield name, _shown(name, value) if isinstance(value, str) else value
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
@@ -114,6 +142,38 @@ class PuppySettings(BaseSettings):
     @property
     def reraise(self) -> bool:
         return running_under_pytest() if self.raise_internal_errors is None else self.raise_internal_errors
+
+
+def redact_url(url: str, *, keep_path: bool = True) -> str:
+    """`url` fit to print: the credentials in it hidden, and unless `keep_path`, its path and query
+    too (a webhook URL's path is often its secret).
+
+    >>> redact_url("redis://:hunter2@cache:6379/0")
+    'redis://***@cache:6379/0'
+    >>> redact_url("https://hooks.example.com/services/T0/B0/XyZ?token=1", keep_path=False)
+    'https://hooks.example.com/***'
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "***"
+    credentials = "***@" if "@" in parts.netloc else ""
+    if keep_path:
+        rest = parts.path + (f"?{parts.query}" if parts.query else "")
+    else:
+        rest = "/***" if (parts.path.strip("/") or parts.query or parts.fragment) else parts.path
+    return f"{parts.scheme}://{credentials}{host}{rest}" if parts.scheme else "***"
+
+
+_URLS = {"store": True, "alert_webhook_url": False}
+"""Settings holding a URL that may carry a secret, and whether its path can be shown."""
+
+
+def _shown(field: str | None, value: object) -> object:
+    if field in _URLS and isinstance(value, str):
+        return redact_url(value, keep_path=_URLS[field])
+    return value
 
 
 def _is_loopback(host: str) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.testing import engine_for_tests
+from tests._redis import RedisServer
 
 
 @pytest.fixture
@@ -53,3 +54,22 @@ def _close_leftover_event_loop() -> Iterator[None]:
     # test's `ast.parse` (logfire parses sources when instrumenting) trips CPython 3.11's "AST
     # constructor recursion depth mismatch" SystemError.
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real `redis-server` for the session; tests flush it through `redis_url`."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, empty."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()  # a test stopped it
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url

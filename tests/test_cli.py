@@ -24,7 +24,7 @@ def test_check_names_file_line_and_column_and_exits_1(tmp_path: Path, capsys) ->
     assert main(["check", str(tmp_path)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"{tmp_path}/budgets.yaml:3:16: budgets[0].limit_usd: expected a number > 0, got -5",
+        f"{tmp_path}/budgets.yaml:3:16: budgets[0].limit_usd: expected a number >= 0.000000001, got -5",
         f"{tmp_path}/budgets.yaml:4:13: budgets[0].window: unknown window 'fortnight': use one of hour, day, week, "
         "month or a duration like 15m, 1h, 24h, 7d",
         f"{tmp_path}/budgets.yaml:6:5: budgets[0].colour: unknown key 'colour' (allowed keys: name, match, per, "

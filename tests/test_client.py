@@ -603,3 +603,9 @@ def test_guarded_agent_is_denied_by_a_budget_through_the_service() -> None:
     assert decision.retry_after_s == hit.retry_after_s
     assert str(denied.value) == f"denied: {hit.message}"
     assert client.failures == 0
+
+
+def test_its_repr_never_shows_credentials_in_the_url() -> None:
+    client = DecisionClient("http://user:s3cret@127.0.0.1:1")
+    assert repr(client) == "DecisionClient('http://***@127.0.0.1:1', fail_open=True)"
+    client.close()

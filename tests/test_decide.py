@@ -592,3 +592,42 @@ def test_engine_guard_async_reserves_and_raises_on_deny() -> None:
         assert loop.run_until_complete(calls()) == Decimal("0.006")
     finally:
         loop.close()
+
+
+def test_an_allowed_decision_builds_its_hits_when_read_and_sends_them_as_they_read() -> None:
+    engine, _ = engine_with(
+        "budgets:\n"
+        "  - {name: org, limit_usd: 10, window: day}\n"
+        "  - {name: per-user, per: [user], limit_usd: 1, window: day}\n"
+        "  - {name: tokens, per: [user], limit_tokens: 1500, window: day, shadow: true}\n"
+    )
+    spend(engine, user="u1")
+    decision = engine.decide(provider="openai", model="gpt-4.1", agent="support", user="u1", estimated_cost_usd="0.01")
+    data = decision.to_dict()  # the hits are sent without being built
+    assert data["reasons"] == [hit.to_dict() for hit in decision.reasons]
+    assert data["shadow"] == [hit.to_dict() for hit in decision.shadow]
+    assert [(h.policy, h.action, h.spent_usd, h.reserved_usd) for h in decision.reasons] == [
+        ("org", Action.ALLOW, Decimal("0.0028"), Decimal(0)),
+        ("per-user", Action.ALLOW, Decimal("0.0028"), Decimal(0)),
+    ]
+    assert [(h.policy, h.action, h.spent_tokens) for h in decision.shadow] == [("tokens", Action.ALLOW, 1100)]
+    spend(engine, user="u1")
+    again = engine.decide(provider="openai", model="gpt-4.1", agent="support", user="u1", estimated_cost_usd="0.01")
+    assert [h.reserved_usd for h in again.reasons] == [Decimal("0"), Decimal("0")]  # settled by the span
+    # over the shadow budget: reported as it would act, still allowed
+    assert [(h.policy, h.action) for h in again.shadow] == [("tokens", Action.DENY)]
+    assert again.action is Action.ALLOW
+
+
+def test_decisions_follow_a_new_policy_set_at_once() -> None:
+    engine, _ = engine_with("budgets:\n  - {name: org, limit_usd: 10, window: day}\n")
+    request = {"provider": "openai", "model": "gpt-4.1", "agent": "support", "estimated_cost_usd": "0.01"}
+    assert [h.policy for h in engine.decide(**request).reasons] == ["org"]
+    engine.use_policies(
+        parse_policy_text(
+            "budgets:\n  - {name: tiny, match: {agent: support}, limit_usd: 0.001, window: day}\n",
+            Path("policies/test.yaml"),
+        )
+    )
+    decision = engine.decide(**request)
+    assert (decision.action, [h.policy for h in decision.reasons]) == (Action.DENY, ["tiny"])

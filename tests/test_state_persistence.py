@@ -109,8 +109,10 @@ def internal_errors(engine: PolicyEngine, component: str) -> float | None:
 
 
 def state_rows(path: Path, namespace: str) -> dict[str, bytes]:
+    """Saved blobs of `namespace`: breakers are versioned (shared by processes), anomalies are not."""
+    table = "versioned_state" if namespace == "breakers" else "state"
     with contextlib.closing(sqlite3.connect(path)) as db:
-        return dict(db.execute("SELECT key, data FROM state WHERE namespace = ?", (namespace,)).fetchall())
+        return dict(db.execute(f"SELECT key, data FROM {table} WHERE namespace = ?", (namespace,)).fetchall())
 
 
 # --- breakers -------------------------------------------------------------------------------------
@@ -237,13 +239,14 @@ def test_a_corrupt_row_is_ignored_and_the_rest_restored(engines: Engines, caplog
             call(first, provider, ok=False)
     first.close()
     with contextlib.closing(sqlite3.connect(engines.path)) as db, db:
-        db.execute("UPDATE state SET data = ? WHERE key = 'providers|openai'", (b"{not json",))
-        record = json.loads(db.execute("SELECT data FROM state WHERE key = 'providers|google'").fetchone()[0])
+        db.execute("UPDATE versioned_state SET data = ? WHERE key = 'providers|openai'", (b"{not json",))
+        record = json.loads(db.execute("SELECT data FROM versioned_state WHERE key = 'providers|google'").fetchone()[0])
         record["state"] = "ajar"
-        db.execute("UPDATE state SET data = ? WHERE key = 'providers|google'", (json.dumps(record).encode(),))
+        db.execute("UPDATE versioned_state SET data = ? WHERE key = 'providers|google'", (json.dumps(record).encode(),))
         # written as text, for a breaker since removed from the policies
         db.execute(
-            """INSERT INTO state VALUES ('breakers', 'gone|openai', '{"policy": "gone", "per": ["provider"]}')"""
+            """INSERT INTO versioned_state VALUES
+            ('breakers', 'gone|openai', 9, '{"policy": "gone", "per": ["provider"]}')"""
         )
 
     second, _ = engines.start(BREAKER)
@@ -253,9 +256,16 @@ def test_a_corrupt_row_is_ignored_and_the_rest_restored(engines: Engines, caplog
         "breaker state: 1 entries for breakers no longer configured (or full) ignored: gone|openai",
     ]
     assert internal_errors(second, "engine.restore_state") is None
+    for _ in range(3):  # openai fails again here and opens: the same version as the corrupt row, which stays
+        call(second, "openai", ok=False)
+    assert state_rows(engines.path, "breakers")["providers|openai"] == b"{not json"
+    engines.clock.advance(30)
+    assert decide(second, "openai") is Action.ALLOW  # half-open, a newer version: it replaces the corrupt row
     second.close()
-    # the next full save writes the good state back and drops what no breaker has
-    assert set(state_rows(engines.path, "breakers")) == {"providers|anthropic"}
+    # Shared state is never deleted (another process may use it); what no breaker here reads is kept.
+    rows = state_rows(engines.path, "breakers")
+    assert set(rows) == {"providers|openai", "providers|anthropic", "providers|google", "gone|openai"}
+    assert json.loads(rows["providers|openai"])["state"] == "half_open"
 
 
 class FailingStore(MemoryStore):
@@ -265,17 +275,28 @@ class FailingStore(MemoryStore):
     def save_state(self, namespace: str, items: Mapping[str, bytes]) -> None:
         raise StoreError("sqlite store state.db: save state failed: database or disk is full")
 
+    def merge_state(self, namespace: str, items: Mapping[str, tuple[int, bytes]]) -> dict[str, tuple[int, bytes]]:
+        raise StoreError("sqlite store state.db: merge state failed: database or disk is full")
+
+
+def store_errors(engine: PolicyEngine, operation: str) -> float | None:
+    return engine.registry.get_sample_value("otel_puppy_store_errors_total", {"operation": operation})
+
 
 def test_a_failing_store_neither_stops_the_engine_nor_reaches_the_caller(engines: Engines) -> None:
     engine, sink = engines.start(BREAKER + ANOMALY, store=FailingStore())
-    assert internal_errors(engine, "engine.restore_state") == 2.0
+    # an outage of the store, not a bug of ours: counted as store errors, never internal ones
+    assert (store_errors(engine, "sync_breakers"), store_errors(engine, "load_state")) == (1.0, 1.0)
     for _ in range(3):
         call(engine, ok=False)
     assert decide(engine) is Action.DENY  # the breaker works in memory
     assert [e.message for e in sink.events] == ["breaker providers for openai: closed -> open"]
-    assert internal_errors(engine, "engine.save_state") == 1.0
+    assert store_errors(engine, "sync_breakers") == 2.0  # the transition's sync
     engine.close()
-    assert internal_errors(engine, "engine.save_state") == 3.0  # breakers and anomalies at close
+    assert (store_errors(engine, "sync_breakers"), store_errors(engine, "save_state")) == (3.0, 1.0)  # at close
+    assert (
+        engine.registry.get_sample_value("otel_puppy_internal_errors_total", {"component": "engine.save_state"}) is None
+    )
 
 
 # --- schema ---------------------------------------------------------------------------------------

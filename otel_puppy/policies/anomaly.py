@@ -301,6 +301,8 @@ class AnomalyWatch:
         self._random = random.Random(0)
         self._due = math.inf
         self._update_due()
+        self._quiet_from = -math.inf
+        """From this time on no detector is firing (while nothing changes): `quiet()` reads it."""
 
     # --- feeding --------------------------------------------------------------------------------
 
@@ -386,6 +388,14 @@ class AnomalyWatch:
         return events
 
     # --- reading --------------------------------------------------------------------------------
+
+    def quiet(self, now: float) -> bool:
+        """True when no detector of any policy is firing at `now`: `check()` would find nothing.
+
+        O(1), for `decide()` to skip building the scope `check()` needs. False is no promise that
+        one fires for a given scope (ask `check()`).
+        """
+        return now >= self._quiet_from
 
     def check(self, scope: Scope) -> list[PolicyHit]:
         """Hits for the anomalies firing for this scope's subject of every matching policy.
@@ -477,6 +487,7 @@ class AnomalyWatch:
             new._fired = dict(self._fired)
             new._pending, self._pending = self._pending, []
             new._update_due()
+            new._update_quiet()
         return new
 
     # --- persistence --------------------------------------------------------------------------
@@ -534,6 +545,7 @@ class AnomalyWatch:
                     unknown.append(item_key)
                     continue
                 watched.detectors[subject] = detector
+            self._update_quiet()
         report_unrestored("anomaly", corrupt, unknown)
 
     # --- intervals (under the lock) -----------------------------------------------------------
@@ -547,6 +559,22 @@ class AnomalyWatch:
             if index > watched.index:
                 self._roll(watched, index, events)
         self._update_due()
+        self._update_quiet()
+
+    def _update_quiet(self) -> None:
+        """`_quiet_from` from every detector: detectors change state only where this is called
+        (an interval closing, a restore, a reload). A second past the end of each cooldown, so
+        that rounding never makes `quiet()` say yes while `_firing` would still say so."""
+        quiet_from = -math.inf
+        for watched in self._watched:
+            cooldown = watched.policy.cooldown
+            for detector in watched.detectors.values():
+                if detector.exceeded:
+                    self._quiet_from = math.inf
+                    return
+                if detector.fired_at is not None:
+                    quiet_from = max(quiet_from, detector.fired_at + cooldown + 1.0)
+        self._quiet_from = quiet_from
 
     def _roll(self, watched: _Watched, index: int, events: list[AnomalyEvent]) -> None:
         """Close the open interval, then the empty ones up to `index`, which becomes the open one."""

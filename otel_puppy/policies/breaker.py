@@ -147,6 +147,10 @@ def retry_at(state: BreakerState, policy: BreakerPolicy) -> float | None:
 def advance(state: BreakerState, now: float, policy: BreakerPolicy) -> BreakerState:
     """The state at `now` with nothing else happening: an open breaker turns half-open after the
     recovery timeout, and probe permits unanswered for as long expire (their calls never reported)."""
+    if state.opened_at is not None and now < state.opened_at:
+        # The clock stepped back past the opening (NTP, a VM restore): count the timeout from now,
+        # rather than keep the breaker open until the clock catches up.
+        state = replace(state, opened_at=now)
     if state.state == "open":
         half_open_at = retry_at(state, policy)
         if half_open_at is not None and now >= half_open_at:
@@ -346,6 +350,10 @@ class BreakerBoard:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._breakers = tuple(_Breaker(policy) for policy in policies)
+        self._unclosed = 0
+        """Subjects not closed, over every breaker. While none is, `check()` has nothing to say and
+        returns at once: the usual case, and `decide()` asks on every call. Read without the lock:
+        a read racing a change is the same as the read happening just before it."""
 
     # --- feeding ------------------------------------------------------------------------------
 
@@ -403,6 +411,12 @@ class BreakerBoard:
         is denied for another reason). Half-open with every probe in flight: `deny` for a second.
         Shadow breakers report the same hits, marked `shadow`, and never take permits.
         """
+        if not self._unclosed:
+            if acquire:
+                held: dict[tuple[str, str], list[_Permit]] | None = getattr(self._local, "held", None)
+                if held:
+                    held.pop((provider, model), None)
+            return []
         hits, taken = self._check(provider, model, acquire=acquire)
         if acquire:
             held = self._held()
@@ -545,6 +559,7 @@ class BreakerBoard:
                     unknown.append(item_key)
                     continue
                 breaker.subjects[key] = state
+            self._recount()
         report_unrestored("breaker", corrupt, unknown, owners="breakers")
 
     def with_policies(self, policies: tuple[BreakerPolicy, ...]) -> BreakerBoard:
@@ -559,6 +574,7 @@ class BreakerBoard:
                     continue
                 breaker.subjects = dict(islice(previous.subjects.items(), breaker.policy.max_subjects))
                 breaker.entered = {k: n for k, n in previous.entered.items() if k[0] in breaker.subjects}
+            board._recount()
         return board
 
     # --- internals ----------------------------------------------------------------------------
@@ -686,14 +702,22 @@ class BreakerBoard:
     ) -> BreakerState:
         """Advance one subject to `now`, apply `event`, store it, and note each state change."""
         policy = breaker.policy
-        state = breaker.subjects[key]
+        state = before = breaker.subjects[key]
         for new in _steps(state, event, run.now, policy, reason):
             if new.state != state.state:
                 breaker.entered[(key, new.state)] = breaker.entered.get((key, new.state), 0) + 1
                 run.changes.append((self._status(breaker, key, new), state.state))
             state = new
         breaker.subjects[key] = state
+        if (before.state == "closed") != (state.state == "closed"):
+            self._unclosed += 1 if before.state == "closed" else -1
         return state
+
+    def _recount(self) -> None:
+        """`_unclosed` from scratch, after subjects were put in place other than by `_step`."""
+        self._unclosed = sum(
+            1 for breaker in self._breakers for state in breaker.subjects.values() if state.state != "closed"
+        )
 
     def _status(self, breaker: _Breaker, key: _Key, state: BreakerState) -> BreakerStatus:
         policy = breaker.policy

@@ -10,19 +10,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Final, Self
+from typing import Annotated, Any, Final, Self
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator, model_validator
 
-from otel_puppy.decision import Action, PolicyHit, Priority, Severity
+from otel_puppy.decision import Action, PolicyHit, Priority, Severity, policy_hit_dict
 from otel_puppy.money import usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, Scope, scope_label
 from otel_puppy.store.base import BudgetCheck
 from otel_puppy.windows import Window, parse_window
 
-__all__ = ("BudgetBook", "BudgetInstance", "BudgetPolicy", "budget_hit")
+__all__ = ("BudgetBook", "BudgetInstance", "BudgetPolicy", "budget_hit", "budget_hit_dict")
 
 logger = logging.getLogger("otel_puppy")
 
@@ -43,7 +43,8 @@ class BudgetPolicy(NamedEntry):
     """Which calls count; every call when absent."""
     per: tuple[Dimension, ...] = ()
     """One budget per distinct value of these dimensions (bounded by `max_scopes`)."""
-    limit_usd: Annotated[Decimal, Field(gt=0, le=10**9, allow_inf_nan=False)] | None = None
+    # at least one nano-dollar: the smallest amount spend is counted in
+    limit_usd: Annotated[Decimal, Field(ge=Decimal("0.000000001"), le=10**9, allow_inf_nan=False)] | None = None
     limit_tokens: Annotated[int, Field(gt=0, le=10**15)] | None = None
     window: str
     """`hour`, `day`, `week`, `month` (calendar, in the configured timezone) or `15m`, `1h`, `24h`, `7d`, `30d`."""
@@ -117,6 +118,8 @@ class BudgetPolicy(NamedEntry):
     def severity(self, utilization: float) -> Severity:
         if utilization >= 1.0:
             return Severity.EMERGENCY
+        if not self.alerts:
+            return Severity.INFO
         crossed = [i for i, t in enumerate(self.alerts) if utilization >= t]
         if not crossed:
             return Severity.INFO
@@ -136,24 +139,34 @@ class BudgetInstance:
     on_exceed: Action
     checks: dict[Priority, BudgetCheck]
     """The admission check for each priority (the usable limit shrinks with higher priorities' reserves)."""
+    head: str
+    """The start of its hits' messages: `budget per-agent for agent=support: `."""
+    degrade: str | None
+    """The model its `degrade` action names, if that is its action."""
 
     @classmethod
     def of(cls, policy: BudgetPolicy, window: Window, label: str) -> BudgetInstance:
         key = f"budget:{policy.name}|{label}"
         limit_nanos = usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None
         blocking = not policy.shadow and policy.on_exceed is Action.DENY
-        checks = {}
+        checks: dict[Priority, BudgetCheck] = {}
+        by_fraction: dict[float, BudgetCheck] = {}  # one check for the priorities with the same limit
         for priority in Priority:
             fraction = policy.usable_fraction(priority)
-            checks[priority] = BudgetCheck(
-                scope=key,
-                window=window,
-                limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
-                limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
-                blocking=blocking,
-            )
+            check = by_fraction.get(fraction)
+            if check is None:
+                check = by_fraction[fraction] = BudgetCheck(
+                    scope=key,
+                    window=window,
+                    limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
+                    limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+                    blocking=blocking,
+                )
+            checks[priority] = check
         limit_text = f"{policy.limit_usd:f}" if policy.limit_usd is not None else ""
-        return cls(policy, window, label, key, limit_nanos, limit_text, policy.on_exceed, checks)
+        head = f"budget {policy.name}{f' for {label}' if label else ''}: "
+        degrade = policy.action.degrade if isinstance(policy.action, Degrade) else None
+        return cls(policy, window, label, key, limit_nanos, limit_text, policy.on_exceed, checks, head, degrade)
 
 
 class BudgetBook:
@@ -161,9 +174,15 @@ class BudgetBook:
 
     def __init__(self, budgets: tuple[BudgetPolicy, ...], zone: ZoneInfo) -> None:
         self.budgets = budgets
-        self._windows = {b.name: parse_window(b.window, zone) for b in budgets}
+        # One window object per window text: a calendar window caches its current bucket, so
+        # budgets sharing a window share that work.
+        shared: dict[str, Window] = {}
+        self._windows = {b.name: shared.setdefault(b.window, parse_window(b.window, zone)) for b in budgets}
         self._cache: dict[tuple[str | None, ...], tuple[BudgetInstance, ...]] = {}
         self._labels: dict[str, set[str]] = {b.name: set() for b in budgets}
+        self._interned: dict[tuple[str, str], BudgetInstance] = {}
+        """One `BudgetInstance` per (budget, label), shared by every cached scope that falls in it:
+        the scope cache then holds references, not copies (bounded by `max_scopes` per budget)."""
         self.folded = 0
         """Scopes sent to the shared `other` instance because a budget had `max_scopes` already."""
 
@@ -183,7 +202,7 @@ class BudgetBook:
         found: list[BudgetInstance] = []
         for budget in self.budgets:
             labels = self._labels[budget.name] or ({""} if not budget.per else set())
-            found.extend(BudgetInstance.of(budget, self._windows[budget.name], label) for label in sorted(labels))
+            found.extend(self._instance(budget, label) for label in sorted(labels))
         return tuple(found)
 
     def carry_over(self, previous: BudgetBook) -> None:
@@ -213,7 +232,14 @@ class BudgetBook:
                 )
                 label = OVERFLOW_SCOPE
             labels.add(label)
-        return BudgetInstance.of(budget, self._windows[budget.name], label)
+        return self._instance(budget, label)
+
+    def _instance(self, budget: BudgetPolicy, label: str) -> BudgetInstance:
+        key = (budget.name, label)
+        found = self._interned.get(key)
+        if found is None:
+            found = self._interned[key] = BudgetInstance.of(budget, self._windows[budget.name], label)
+        return found
 
 
 def budget_hit(
@@ -226,6 +252,26 @@ def budget_hit(
     now: float,
 ) -> PolicyHit:
     """What this budget instance says about a request, given its state in the store."""
+    return PolicyHit(*_hit_fields(instance, spent_nanos, spent_tokens, reserved_nanos, exceeded=exceeded, now=now))
+
+
+def budget_hit_dict(
+    instance: BudgetInstance,
+    *,
+    spent_nanos: int,
+    spent_tokens: int,
+    reserved_nanos: int,
+    exceeded: bool,
+    now: float,
+) -> dict[str, Any]:
+    """`budget_hit(...).to_dict()` without the `PolicyHit` in between: what a decision over HTTP sends."""
+    return policy_hit_dict(_hit_fields(instance, spent_nanos, spent_tokens, reserved_nanos, exceeded=exceeded, now=now))
+
+
+def _hit_fields(
+    instance: BudgetInstance, spent_nanos: int, spent_tokens: int, reserved_nanos: int, *, exceeded: bool, now: float
+) -> tuple[Any, ...]:
+    """A budget hit's fields, in `PolicyHit`'s order (tests/policies/test_budget.py holds it to that)."""
     policy = instance.policy
     used = spent_nanos + reserved_nanos
     if instance.limit_nanos is not None:
@@ -236,29 +282,28 @@ def budget_hit(
         utilization = spent_tokens / limit_tokens
         amount = f"{spent_tokens:,} of {limit_tokens:,} tokens"
     action = instance.on_exceed if exceeded else Action.ALLOW
-    where = f" for {instance.label}" if instance.label else ""
-    message = f"budget {policy.name}{where}: {amount} this {policy.window} ({utilization:.0%})"
+    message = f"{instance.head}{amount} this {policy.window} ({utilization:.0%})"
     if exceeded:
         message += _OUTCOME[action]
     resets_at = instance.window.resets_at_datetime(now)
-    return PolicyHit(
-        kind="budget",
-        policy=policy.name,
-        action=action,
-        message=message,
-        scope=instance.label,
-        severity=policy.severity(utilization),
-        shadow=policy.shadow,
-        spent_usd=Decimal(spent_nanos).scaleb(-9),
-        limit_usd=policy.limit_usd,
-        spent_tokens=spent_tokens,
-        limit_tokens=policy.limit_tokens,
-        reserved_usd=Decimal(reserved_nanos).scaleb(-9),
-        utilization=utilization,
-        window=policy.window,
-        resets_at=resets_at,
-        retry_after_s=max(resets_at.timestamp() - now, 0.0) if exceeded and action is Action.DENY else None,
-        model=policy.action.degrade if isinstance(policy.action, Degrade) else None,
+    return (
+        "budget",  # kind
+        policy.name,  # policy
+        action,  # action
+        message,  # message
+        instance.label,  # scope
+        policy.severity(utilization),  # severity
+        policy.shadow,  # shadow
+        Decimal(spent_nanos).scaleb(-9),  # spent_usd
+        policy.limit_usd,  # limit_usd
+        spent_tokens,  # spent_tokens
+        policy.limit_tokens,  # limit_tokens
+        Decimal(reserved_nanos).scaleb(-9),  # reserved_usd
+        utilization,  # utilization
+        policy.window,  # window
+        resets_at,  # resets_at
+        max(resets_at.timestamp() - now, 0.0) if exceeded and action is Action.DENY else None,  # retry_after_s
+        instance.degrade,  # model
     )
 
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final, get_args
+from types import UnionType
+from typing import Annotated, Any, Final, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -29,7 +30,7 @@ from ruamel.yaml.reader import ReaderError
 from otel_puppy.exceptions import PolicyError, PolicyErrors
 from otel_puppy.policies.models import PolicyFile, PolicySet, SectionEntry
 
-__all__ = ("MAX_ALIAS_NODES", "MAX_DEPTH", "MAX_FILE_BYTES", "load_policies", "parse_policy_text")
+__all__ = ("MAX_ALIAS_NODES", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_MAGNITUDE", "load_policies", "parse_policy_text")
 
 MAX_FILE_BYTES: Final = 1024 * 1024
 """Largest policy file read; larger ones are an error, not truncated."""
@@ -37,6 +38,9 @@ MAX_DEPTH: Final = 32
 """Deepest nesting accepted, counting every node on the way down (the grammar needs about 6)."""
 MAX_ALIAS_NODES: Final = 10_000
 """How many nodes aliases may add to a document in total; a "billion laughs" adds ~10**9."""
+MAX_MAGNITUDE: Final = 30
+"""Numbers are 0 or between 1e-30 and 1e30 in size: no policy quantity needs more, and `1e-999999999`
+would otherwise be a billion digits wherever the number is printed (a summary, an error)."""
 
 _SUFFIXES: Final = (".yaml", ".yml")
 _YAML_TAG: Final = "tag:yaml.org,2002:"
@@ -361,7 +365,15 @@ class _Converter:
         if node.tag == _INT:
             return _int(text)
         if node.tag == _FLOAT:
-            return _decimal(text)
+            value = _decimal(text)
+            if isinstance(value, Decimal) and value.is_finite() and abs(value.adjusted()) > MAX_MAGNITUDE:
+                if not value:
+                    return Decimal(0)  # `0e-999999999` is zero, written the long way
+                message = f"number {_shorten(text)} is out of range: write 0 or a number between 1e-30 and 1e30"
+                self._document.errors.append(self._document.error(loc, message))
+                self._document.reported.add(loc)
+                return text  # fails validation where a number belongs, quietly (reported above)
+            return value
         self._unsupported(node, loc)
         return None
 
@@ -414,19 +426,41 @@ def _validate(document: _Document) -> PolicyFile | None:
 
 def _explain_all(document: _Document, details: list[ErrorDetails]) -> Iterator[PolicyError]:
     """Explain each pydantic error, except those that only repeat one already reported."""
+    located = [(*_document_loc(document.data, tuple(error["loc"])), error) for error in details]
     # A misspelt key is also a missing one; "did you mean" on the misspelling says both.
-    meant = {(*loc[:-1], hint) for loc in _locs(details, "extra_forbidden") if (hint := _closest_key(loc))}
-    for error in details:
-        loc = tuple(error["loc"])
+    misspelt = [loc for loc, _, error in located if error["type"] == "extra_forbidden"]
+    meant = {(*loc[:-1], hint) for loc in misspelt if (hint := _closest_key(loc))}
+    for loc, about_key, error in located:
         if any(loc[:end] in document.reported for end in range(len(loc) + 1)):
             continue
         if error["type"] == "missing" and (loc in meant or loc[:-1] in document.incomplete):
             continue
-        yield _explain(document, loc, error)
+        yield _explain(document, loc, error, about_key=about_key)
 
 
-def _locs(details: list[ErrorDetails], kind: str) -> list[Loc]:
-    return [tuple(error["loc"]) for error in details if error["type"] == kind]
+def _document_loc(data: Any, loc: Loc) -> tuple[Loc, bool]:
+    """A pydantic error's `loc` as a path in the document, and whether the error is about a key.
+
+    pydantic adds parts that name nothing the user wrote: the tag of a tagged union
+    (`action.simple`, `threshold.zscore.zscore`) and `[key]` for a mapping's key. They are dropped
+    by following `loc` through the data: a part that is neither a key nor an index there is one of
+    them, except a last key, which may be missing (a "missing required key" error).
+    """
+    path: list[str | int] = []
+    about_key = False
+    node = data
+    for index, part in enumerate(loc):
+        if part == "[key]":
+            about_key = True
+        elif isinstance(node, dict) and part in node:  # noqa: SIM114 - each branch narrows `node` for the index
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        elif index == len(loc) - 1 and isinstance(node, dict):
+            path.append(part)
+    return tuple(path), about_key
 
 
 _EXPECTED: Final = {
@@ -450,12 +484,20 @@ _EXPECTED: Final = {
     "tuple_type": "expected a list",
     "list_type": "expected a list",
     "literal_error": "expected one of {expected}",
+    "enum": "expected one of {expected}",
 }
 
 
-def _explain(document: _Document, loc: Loc, error: ErrorDetails) -> PolicyError:
+def _explain(document: _Document, loc: Loc, error: ErrorDetails, *, about_key: bool = False) -> PolicyError:
     """Turn one pydantic error into a message saying what was expected and what was found."""
     kind = error["type"]
+    template = _EXPECTED.get(kind)
+    context = {
+        key: f"{value:f}" if isinstance(value, Decimal) else value for key, value in error.get("ctx", {}).items()
+    }
+    expected = template.format(**context) if template else error["msg"]
+    if about_key:  # a mapping's key is not one it allows (`reserve: {urgent: 0.1}`)
+        return document.error(loc, f"unknown key {_shorten(str(loc[-1]))!r}: {expected}", key=True)
     if kind == "extra_forbidden":
         return document.error(loc, _unknown_key(loc), key=True)
     if kind == "missing":
@@ -465,8 +507,6 @@ def _explain(document: _Document, loc: Loc, error: ErrorDetails) -> PolicyError:
         return document.error(loc, f"{_expected_mapping(loc)}, got {got}")
     if kind == "value_error" and "error" in error.get("ctx", {}):
         return document.error(loc, str(error["ctx"]["error"]))
-    template = _EXPECTED.get(kind)
-    expected = template.format(**error.get("ctx", {})) if template else error["msg"]
     return document.error(loc, f"{expected}, got {got}")
 
 
@@ -519,9 +559,17 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
-    candidates = [annotation, *get_args(annotation)]  # `Model` or `Model | None`
-    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-    return models[0] if len(models) == 1 else None
+    """The one model `annotation` may hold: `Model`, `Model | None`, or a union with one model in it
+    (`action: warn | deny | {degrade: ...}`, through the `Annotated` layers of a tagged union)."""
+    models: list[type[BaseModel]] = []
+    pending = [annotation]
+    while pending:
+        candidate = pending.pop()
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            models.append(candidate)
+        elif get_origin(candidate) in (Annotated, Union, UnionType):
+            pending.extend(get_args(candidate))
+    return models[0] if len(set(models)) == 1 else None
 
 
 def _got(document: _Document, loc: Loc, value: Any) -> str:

@@ -21,7 +21,7 @@ from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.model_stats import ModelStat, ModelStats
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Duration, NamedEntry, PolicyModel
-from otel_puppy.policies.matching import Match
+from otel_puppy.policies.matching import Match, Scope
 from otel_puppy.pricing import Pricer
 
 __all__ = ("Candidate", "Route", "Router", "RoutingPolicy", "Strategy", "Weights")
@@ -162,6 +162,10 @@ class Router:
         with self._lock:
             router._turns = {name: turn for name, turn in self._turns.items() if name in names}
         return router
+
+    def applies(self, scope: Scope) -> bool:
+        """Whether a routing policy matches this scope (`route()` returns `None` when none does)."""
+        return any(p.match is None or p.match.matches(scope) for p in self.policies)
 
     def route(self, request: DecisionRequest, *, available: Callable[[str, str], bool]) -> Route | None:
         """The model to use for this request, or `None` when no routing policy matches it.

@@ -17,6 +17,8 @@ from typing import Final
 import uvicorn
 from starlette.types import ASGIApp
 
+from otel_puppy.server.http import http_protocol
+
 __all__ = ("serving",)
 
 STOP_GRACE_S: Final = 5
@@ -36,7 +38,12 @@ def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, start_timeo
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, server_header=False, timeout_graceful_shutdown=STOP_GRACE_S
+            app,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=STOP_GRACE_S,
+            http=http_protocol(),
         )
         server = uvicorn.Server(config)
         # Off the main thread uvicorn installs no signal handlers: Ctrl-C stays the caller's.

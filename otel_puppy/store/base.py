@@ -8,6 +8,7 @@
 - `totals`, `mark`/`unmark` (alert crossings), `release`, `expire`.
 - `save_state`/`load_state`/`delete_state`: opaque blobs by (namespace, key), so breaker and
   anomaly state survives a restart; the store never looks inside them.
+- `merge_state`: versioned blobs, the higher version wins: how replicas share breaker state.
 """
 
 from __future__ import annotations
@@ -195,11 +196,18 @@ class Store(Protocol):
         """Forget these keys of `namespace` (absent keys are ignored), in one transaction."""
         ...
 
+    def merge_state(self, namespace: str, items: Mapping[str, tuple[int, bytes]]) -> dict[str, tuple[int, bytes]]:
+        """Keep each key's (version, blob) where its version is higher than the one kept, atomically;
+        then every key's (version, blob) in `namespace`. Replicas share state (breakers) this way: a
+        newer state, wherever it was made, wins, and an older one never overwrites it."""
+        ...
+
     def close(self) -> None: ...
 
 
 def open_store(url: str) -> Store:
-    """A store for a settings URL: `memory://`, `sqlite:///path/to/state.db` (`sqlite://`: in memory).
+    """A store for a settings URL: `memory://`, `sqlite:///path/to/state.db` (`sqlite://`: in memory),
+    `redis://host:port/db` (the `redis` extra; `rediss://` for TLS, `valkey://` accepted too).
 
     Raises:
         StoreError: an unknown or unavailable kind of store, or one that cannot be opened.
@@ -212,4 +220,10 @@ def open_store(url: str) -> Store:
         from otel_puppy.store.sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
-    raise StoreError(f"store {url!r} is not available in this version; use memory:// or sqlite:///path")
+    if url.startswith(("redis://", "rediss://", "unix://", "valkey://")):
+        from otel_puppy.store.redis import RedisStore
+
+        return RedisStore.from_url(url.replace("valkey://", "redis://", 1))
+    raise StoreError(
+        f"store URL scheme {url.partition(':')[0]!r} is not supported: use memory://, sqlite:///path or redis://host:port/db"
+    )

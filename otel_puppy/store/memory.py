@@ -17,10 +17,11 @@ from otel_puppy.store.base import (
     Admission,
     Admitted,
     ApplyResult,
+    BudgetCheck,
+    CheckState,
     Counter,
     Increment,
     SpendRecord,
-    check_state,
 )
 from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 
@@ -29,6 +30,8 @@ __all__ = ("MemoryStore",)
 _SLOTS = SUB_BUCKETS + 1
 _ZERO = [0, 0, 0]
 _NONE_RESERVED = [0, 0]
+_new_state = tuple.__new__
+"""`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
 
 class _Ring:
@@ -87,7 +90,12 @@ class _Ring:
 
 @dataclass(slots=True)
 class _Reservation:
-    items: tuple[tuple[str, int, int], ...]
+    """The same `nanos` and `tokens` held on the budget of each of `checks` (the admission's own
+    tuple, kept as it is: no copy per decision)."""
+
+    checks: tuple[BudgetCheck, ...]
+    nanos: int
+    tokens: int
     expires_at: float
     settle_key: str | None
 
@@ -108,6 +116,7 @@ class MemoryStore:
         self._reservation_heap: list[tuple[float, str]] = []
         self._marks: dict[str, float] = {}
         self._state: dict[str, dict[str, bytes]] = {}
+        self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
 
     # --- spans ---------------------------------------------------------------------------------
 
@@ -171,35 +180,58 @@ class MemoryStore:
     # --- admission -----------------------------------------------------------------------------
 
     def admit(self, admission: Admission, now: float) -> Admitted:
+        # `decide()` calls this for every decision with every matching budget (often ten or so), so
+        # the loop is `_raw_total` and `check_state` inlined, with the lookups kept in locals.
+        # tests/store/test_memory.py holds the inlined rule to `check_state` over every case.
+        checks = admission.checks
+        nanos, tokens = admission.nanos, admission.tokens
+        rings, calendar, reserved_totals = self._rings, self._calendar, self._reserved
         with self._lock:
-            self._expire_reservations(now)
+            heap = self._reservation_heap
+            if heap and heap[0][0] <= now:
+                self._expire_reservations(now)
             states = []
             admitted = True
-            nanos, tokens = admission.nanos, admission.tokens
-            reserved_totals = self._reserved
-            for check in admission.checks:
-                spent = self._raw_total(check.scope, check.window, now)
-                state = check_state(check, spent, reserved_totals.get(check.scope) or _NONE_RESERVED, nanos, tokens)
-                states.append(state)
-                if check.blocking and not state.fits:
+            for check in checks:
+                scope, window = check.scope, check.window
+                spent: list[int] | None
+                if isinstance(window, RollingWindow):
+                    ring = rings.get((scope, window.label))
+                    spent = ring.read_raw(now) if ring is not None else _ZERO
+                else:
+                    spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
+                held = reserved_totals.get(scope) or _NONE_RESERVED
+                used = spent[0] + held[0]
+                limit = check.limit_nanos
+                fits = limit is None or (used + nanos <= limit if nanos else used < limit)
+                if fits and (limit := check.limit_tokens) is not None:
+                    used = spent[1] + held[1]
+                    fits = used + tokens <= limit if tokens else used < limit
+                states.append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
+                if not fits and check.blocking:
                     admitted = False
-            reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(admission.checks)
+            reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(checks)
             if reserve:
-                self._release(admission.decision_id)  # the same decision admitted again replaces its reservation
-                items = tuple((c.scope, nanos, tokens) for c in admission.checks)
-                self._reservations[admission.decision_id] = _Reservation(
-                    items, admission.expires_at, admission.settle_key
+                decision_id = admission.decision_id
+                if decision_id in self._reservations:
+                    self._release(decision_id)  # the same decision admitted again replaces its reservation
+                self._reservations[decision_id] = _Reservation(
+                    checks, nanos, tokens, admission.expires_at, admission.settle_key
                 )
-                for scope, nanos, tokens in items:
-                    totals = self._reserved.get(scope)
+                for check in checks:
+                    totals = reserved_totals.get(check.scope)
                     if totals is None:
-                        self._reserved[scope] = [nanos, tokens]
+                        reserved_totals[check.scope] = [nanos, tokens]
                     else:
                         totals[0] += nanos
                         totals[1] += tokens
-                if admission.settle_key:
-                    self._by_settle_key.setdefault(admission.settle_key, deque()).append(admission.decision_id)
-                heapq.heappush(self._reservation_heap, (admission.expires_at, admission.decision_id))
+                settle_key = admission.settle_key
+                if settle_key:
+                    queue = self._by_settle_key.get(settle_key)
+                    if queue is None:
+                        queue = self._by_settle_key[settle_key] = deque()
+                    queue.append(decision_id)
+                heapq.heappush(heap, (admission.expires_at, decision_id))
             return Admitted(reserve, tuple(states))
 
     def release(self, decision_id: str) -> bool:
@@ -210,12 +242,13 @@ class MemoryStore:
         reservation = self._reservations.pop(decision_id, None)
         if reservation is None:
             return False
-        for scope, nanos, tokens in reservation.items:
-            totals = self._reserved[scope]
+        nanos, tokens = reservation.nanos, reservation.tokens
+        for check in reservation.checks:
+            totals = self._reserved[check.scope]
             totals[0] -= nanos
             totals[1] -= tokens
             if totals == [0, 0]:
-                del self._reserved[scope]
+                del self._reserved[check.scope]
         if reservation.settle_key:
             queue = self._by_settle_key.get(reservation.settle_key)
             if queue is not None:
@@ -267,6 +300,15 @@ class MemoryStore:
             if blobs is not None:
                 for key in keys:
                     blobs.pop(key, None)
+
+    def merge_state(self, namespace: str, items: Mapping[str, tuple[int, bytes]]) -> dict[str, tuple[int, bytes]]:
+        with self._lock:
+            kept = self._versioned.setdefault(namespace, {})
+            for key, (version, data) in items.items():
+                current = kept.get(key)
+                if current is None or version > current[0]:
+                    kept[key] = (version, data)
+            return dict(kept)
 
     # --- housekeeping --------------------------------------------------------------------------
 

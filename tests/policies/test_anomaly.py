@@ -556,3 +556,19 @@ def test_concurrent_observe_and_tick_lose_nothing() -> None:
     clock.advance(MINUTE)
     watch.tick()
     assert status_of(watch).current == 4000 / 60
+
+
+def test_quiet_while_no_detector_fires() -> None:
+    # decide() asks `quiet()` before building the scope `check()` needs.
+    watch, clock = spiked(policy(per=["provider"], action="deny"))
+    assert not watch.quiet(clock.now())
+    assert watch.check(request("openai"))
+    run(watch, clock, [spend(STEADY, "openai")] * 6)  # normal again, and the cooldown is over
+    assert watch.check(request("openai")) == []
+    assert watch.quiet(clock.now())
+    restored = AnomalyWatch(watch.policies, clock)
+    assert restored.quiet(clock.now())
+    fired, _ = spiked(policy(per=["provider"], action="deny"))
+    restored.import_state(fired.export_state())
+    assert not restored.quiet(clock.now())
+    assert not fired.with_policies(fired.policies).quiet(clock.now())

@@ -843,3 +843,23 @@ def test_pure_transitions() -> None:
     assert apply_event(opened, "trip", T0 + 5, p, "(x)") == BreakerState(
         state="open", failures=3, opened_at=T0 + 5, reason="(x)", transitions=1
     )
+
+
+def test_check_answers_at_once_while_every_subject_is_closed_and_sees_every_way_one_leaves() -> None:
+    # `check()` skips its lock and its scan while no subject is open or half-open (decide() asks on
+    # every call): it must still see subjects opened by failures, by `trip`, by a restore, by a reload.
+    board, clock, _ = board_for()
+    assert board.check("openai", "gpt-4.1") == []
+    board.observe([call(error=ErrorClass.SERVER_ERROR)] * 3)
+    assert [hit.action for hit in board.check("openai", "gpt-4.1")] == [Action.DENY]
+    clock.advance(30)
+    board.observe([call(), call()])  # two probes succeed: closed again
+    assert board.check("openai", "gpt-4.1") == []
+    board.trip("openai", None, reason="spend spike")
+    assert [hit.action for hit in board.check("openai", "gpt-4.1")] == [Action.DENY]
+    reloaded = board.with_policies(board.policies)
+    assert [hit.action for hit in reloaded.check("openai", "gpt-4.1")] == [Action.DENY]
+    restored, _, _ = board_for()
+    restored.import_state(board.export_state())
+    assert [hit.action for hit in restored.check("openai", "gpt-4.1")] == [Action.DENY]
+    assert restored.check("anthropic", "claude-sonnet-4-5") == []

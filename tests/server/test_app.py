@@ -740,3 +740,29 @@ def test_openapi_lists_every_endpoint_with_its_schemas(client: httpx.Client) -> 
     assert set(schemas["PolicyHitModel"]["properties"]) == set(PolicyHit.__dataclass_fields__)
     assert schemas["BreakerStatusModel"]["properties"]["state"]["enum"] == ["closed", "half_open", "open"]
     assert set(schemas["HealthIndicator"]["required"]) == {"name", "value", "threshold", "status", "message"}
+
+
+def test_decide_reads_its_body_as_fastapi_reads_a_json_body(client: httpx.Client) -> None:
+    # `/v1/decide` parses its own body (it skips FastAPI's request pipeline): same types, same errors.
+    body = b'{"provider": "openai", "model": "gpt-4.1", "agent": "x"}'
+
+    def post(content: bytes, content_type: str | None) -> tuple[int, Any]:
+        headers = {"content-type": content_type} if content_type is not None else {}
+        response = client.post("/v1/decide", content=content, headers=headers)
+        return response.status_code, response.json() if response.status_code != 200 else response.json()["action"]
+
+    not_an_object = {
+        "code": "invalid_request",
+        "message": "body: Input should be a valid dictionary or object to extract fields from",
+    }
+    assert post(body, "application/json") == (200, "allow")
+    assert post(body, "Application/JSON; charset=utf-8") == (200, "allow")
+    assert post(body, "application/vnd.otel-puppy+json") == (200, "allow")
+    assert post(body, "text/plain") == (422, not_an_object)
+    assert post(body, None) == (422, not_an_object)
+    assert post(b"null", "application/json") == (422, not_an_object)
+    assert post(b"", "application/json") == (422, {"code": "invalid_request", "message": "body: Field required"})
+    assert post('{"provider": "été"}'.encode("latin-1"), "application/json") == (
+        400,
+        {"code": "bad_request", "message": "There was an error parsing the body"},
+    )

@@ -37,18 +37,14 @@ from otel_puppy.exceptions import StoreError
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
 from otel_puppy.server.app import MAX_BODY_BYTES, MAX_CONCURRENT_INGEST, create_app
 from otel_puppy.testing import engine_for_tests
+from tests._service import CHAT_CALL
 from tests.server.test_app import serve
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MiB = 1024 * 1024
 CHAT: dict[str, str | int] = {
-    "gen_ai.operation.name": "chat",
-    "gen_ai.provider.name": "openai",
-    "gen_ai.request.model": "gpt-4.1",
-    "gen_ai.response.model": "gpt-4.1",
-    "gen_ai.usage.input_tokens": 1000,
-    "gen_ai.usage.output_tokens": 100,
+    **CHAT_CALL,
     "gen_ai.agent.name": "support",
     "gen_ai.input.messages": '[{"role": "user", "parts": [{"type": "text", "content": "a private prompt"}]}]',
 }

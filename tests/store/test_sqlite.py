@@ -25,7 +25,7 @@ from otel_puppy.policies import parse_policy_text
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.base import ApplyResult, Counter, SpendRecord, open_store
 from otel_puppy.store.memory import MemoryStore
-from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore, _Checkpointer
 from otel_puppy.testing import FakeClock
 from tests.store.test_conformance import DAY, H1, T0, admit, check, read, rec, reserved
 
@@ -64,8 +64,13 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert isinstance(open_store("memory://"), MemoryStore)
     with pytest.raises(StoreError, match=re.escape("sqlite:///relative/path.db")):
         open_store("sqlite:state.db")
-    with pytest.raises(StoreError, match="not available"):
-        open_store("etcd://localhost")
+    with pytest.raises(
+        StoreError,
+        match=re.escape(
+            "store URL scheme 'etcd' is not supported: use memory://, sqlite:///path or redis://host:port/db"
+        ),
+    ):
+        open_store("etcd://user:secret@localhost")
 
 
 def test_the_file_is_in_wal_mode_with_normal_sync(path: Path) -> None:
@@ -333,3 +338,60 @@ def test_store_errors_name_the_file_and_never_leak_sqlite3_exceptions(path: Path
         other.execute("ROLLBACK")
     store.close()
     assert not os.path.exists(f"{path}-wal")  # the last connection checkpoints and removes its log
+
+
+# --- reserved totals and checkpoints ------------------------------------------------------------
+
+
+def test_reserved_totals_follow_every_change_and_every_other_writer(path: Path) -> None:
+    # The totals are kept in memory (summed from the file once): what this store changes, what
+    # another connection on the file commits, and what a failed transaction did not do.
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    admit(store, "d1", check("s"), check("t"), nanos=100, tokens=1)
+    admit(store, "d2", check("s"), nanos=50)
+    admit(store, "d3", check("t"), nanos=7, expires_at=T0 + 10)
+    assert (reserved(store, "s"), reserved(store, "t")) == ((150, 1), (107, 1))
+    assert (reserved(other, "s"), reserved(other, "t")) == ((150, 1), (107, 1))
+    assert other.release("d1") is True
+    assert store.apply([rec("span", decision_id="d2")], T0) == [APPLIED]  # settles d2
+    assert (reserved(store, "s"), reserved(store, "t")) == ((0, 0), (7, 0))
+    assert other.expire(T0 + 10) >= 1  # d3
+    assert (reserved(store, "s"), reserved(store, "t")) == ((0, 0), (0, 0))
+    admit(other, "d4", check("s"), nanos=5)
+    slow = SQLiteStore(path, busy_timeout_s=0.01)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")  # the file's write lock, held past the busy timeout
+        with pytest.raises(StoreError):
+            admit(slow, "d5", check("s"), nanos=1)
+        db.execute("ROLLBACK")
+    assert reserved(slow, "s") == (5, 0)
+    for each in (store, other, slow):
+        each.close()
+    reopened = SQLiteStore(path)
+    assert reserved(reopened, "s") == (5, 0)
+    reopened.close()
+
+
+def test_checkpoints_run_off_the_callers_thread_and_stop_with_the_store(path: Path) -> None:
+    def checkpointers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "otel-puppy-sqlite-checkpoint"]
+
+    before = len(checkpointers())
+    store = SQLiteStore(path)
+    assert len(checkpointers()) == before + 1
+    memory = SQLiteStore(":memory:")  # no log, no checkpointer
+    assert len(checkpointers()) == before + 1
+    for n in range(20):
+        store.apply([rec(f"span-{n}")], T0)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        _Checkpointer._checkpoint(db)  # what the thread does twice a second
+        busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, frames) == (0, copied)  # everything is in the database file
+        store.apply([rec("after")], T0)  # and the next commit rewinds the log
+        assert db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] < frames
+    store.close()
+    memory.close()
+    assert len(checkpointers()) == before
+    reopened = SQLiteStore(path)
+    assert read(reopened) == Counter(2100, 210, 21)
+    reopened.close()

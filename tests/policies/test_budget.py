@@ -1,0 +1,97 @@
+"""Budget instances and their hits: `budget_hit` and `budget_hit_dict` say the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from otel_puppy.decision import Action, PolicyHit, Priority, Severity, policy_hit_dict
+from otel_puppy.policies import parse_policy_text
+from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit, budget_hit_dict
+
+NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC).timestamp()
+POLICIES = """\
+budgets:
+  - {name: org, limit_usd: 10, window: day, alerts: [0.5, 0.9]}
+  - {name: per-agent, per: [agent], limit_usd: 0.5, window: 1h, action: {degrade: gpt-4.1-mini}}
+  - {name: tokens, per: [user], limit_tokens: 1000, window: month, action: warn, shadow: true}
+  - {name: vip, limit_usd: 100, window: week, reserve: {critical: 0.1, high: 0.2}}
+"""
+
+
+def instances() -> tuple[BudgetInstance, ...]:
+    budgets = parse_policy_text(POLICIES, Path("policies/test.yaml")).budgets
+    return BudgetBook(budgets, ZoneInfo("UTC")).instances({"agent": "support", "user": "u1", "provider": "openai"})
+
+
+@pytest.mark.parametrize(
+    ("spent_nanos", "spent_tokens", "reserved_nanos", "exceeded"),
+    [(0, 0, 0, False), (1_234_567_890, 400, 5_600_000, False), (10**10, 2000, 10**9, True), (7, 999, 3, True)],
+)
+def test_budget_hit_dict_is_budget_hit_to_dict(
+    spent_nanos: int, spent_tokens: int, reserved_nanos: int, exceeded: bool
+) -> None:
+    for instance in instances():
+        state = {
+            "spent_nanos": spent_nanos,
+            "spent_tokens": spent_tokens,
+            "reserved_nanos": reserved_nanos,
+            "exceeded": exceeded,
+            "now": NOW,
+        }
+        assert budget_hit_dict(instance, **state) == budget_hit(instance, **state).to_dict()
+
+
+def test_a_hit_has_every_field_in_place() -> None:
+    org, per_agent, tokens, _ = instances()
+    hit = budget_hit(
+        per_agent, spent_nanos=600_000_000, spent_tokens=9, reserved_nanos=2_000_000, exceeded=True, now=NOW
+    )
+    assert hit == PolicyHit(
+        kind="budget",
+        policy="per-agent",
+        action=Action.DEGRADE,
+        message="budget per-agent for agent=support: $0.602000000 of $0.5 this 1h (120%); degrading",
+        scope="agent=support",
+        severity=Severity.EMERGENCY,
+        spent_usd=Decimal("0.600000000"),
+        limit_usd=Decimal("0.5"),
+        spent_tokens=9,
+        reserved_usd=Decimal("0.002000000"),
+        utilization=1.204,
+        window="1h",
+        resets_at=datetime(2026, 3, 10, 12, 31, tzinfo=UTC),
+        model="gpt-4.1-mini",
+    )
+    assert budget_hit(
+        org, spent_nanos=95 * 10**8, spent_tokens=0, reserved_nanos=0, exceeded=False, now=NOW
+    ).severity == (Severity.WARNING)
+    assert budget_hit(tokens, spent_nanos=0, spent_tokens=500, reserved_nanos=0, exceeded=False, now=NOW).message == (
+        "budget tokens for user=u1: 500 of 1,000 tokens this month (50%)"
+    )
+
+
+def test_policy_hit_dict_keys_are_the_fields_in_order() -> None:
+    hit = PolicyHit(kind="budget", policy="p", action=Action.ALLOW, message="m")
+    assert tuple(hit.to_dict()) == tuple(f.name for f in fields(PolicyHit))
+    values = tuple(getattr(hit, f.name) for f in fields(PolicyHit))
+    assert policy_hit_dict(values) == hit.to_dict()
+
+
+def test_priorities_with_the_same_limit_share_one_check() -> None:
+    org, _, _, vip = instances()
+    assert len({id(check) for check in org.checks.values()}) == 1
+    limits = {priority: check.limit_nanos for priority, check in vip.checks.items()}
+    assert limits == {
+        Priority.CRITICAL: 100 * 10**9,
+        Priority.HIGH: 90 * 10**9,
+        Priority.NORMAL: 80 * 10**9,
+        Priority.LOW: 80 * 10**9,
+        Priority.BULK: 80 * 10**9,
+    }
+    assert vip.checks[Priority.NORMAL] is vip.checks[Priority.BULK]
