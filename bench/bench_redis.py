@@ -11,24 +11,17 @@ before its `200`.
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import redis
 
 from bench._harness import Result
-from bench.bench_decide import AGENTS
-from bench.bench_service import BATCH_SPANS, INGEST_THREADS, ingest, payloads, service
+from bench.bench_scaling import redis_server, redis_store_missing
+from bench.bench_service import BATCH_SPANS, INGEST_THREADS, decision_bodies, ingest, payloads, service
 from otel_puppy.server.otlp import PROTOBUF
 
 CONNECTIONS = 4
@@ -36,54 +29,9 @@ DECIDE_REQUESTS = 3000
 INGEST_BATCHES = 150
 
 
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str | None]:
-    """A `redis-server` on a free loopback port (its URL), or None when it is not installed."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait()
-
-
 def decisions_per_second(url: str) -> float:
     """`POST /v1/decide` back to back from `CONNECTIONS` kept-alive connections: decisions per second."""
-    bodies = [
-        json.dumps(
-            {
-                "provider": "openai",
-                "model": "gpt-4.1",
-                "agent": AGENTS[i % len(AGENTS)],
-                "user": f"user-{i % 200}",
-                "team": f"team-{i % 30}",
-                "estimated_cost_usd": "0.002",
-            }
-        ).encode()
-        for i in range(1000)
-    ]
+    bodies = decision_bodies()
     headers = {"content-type": "application/json"}
     failures: list[int] = []
 
@@ -113,10 +61,11 @@ def decisions_per_second(url: str) -> float:
 
 def run() -> list[Result]:
     rng = random.Random(6379)
-    with tempfile.TemporaryDirectory(prefix="otel-puppy-bench-redis-") as tmp, redis_server(Path(tmp)) as redis_url:
-        if redis_url is None:
-            missing = "redis-server not found"
-            return [Result("Redis store vs memory store", "n/a", "n/a", 0.0, "n/a", "measured", None, missing)]
+    missing = redis_store_missing()
+    if missing is not None:
+        return [Result("Redis store vs memory store", "n/a", "n/a", 0.0, "n/a", "measured", None, missing)]
+    with tempfile.TemporaryDirectory(prefix="otel-puppy-bench-redis-") as tmp, redis_server(Path(tmp)) as address:
+        redis_url = f"redis://{address}/0"
         figures: dict[str, tuple[float, float]] = {}
         for kind, store in (("memory", "memory://"), ("redis", redis_url)):
             workdir = Path(tmp) / kind

@@ -32,7 +32,7 @@ EXPORTERS_PER_REPLICA = 2
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
-def _redis_store_missing() -> str | None:
+def redis_store_missing() -> str | None:
     """Why the Redis store cannot be used here, or None."""
     try:
         from otel_puppy.store.redis import RedisStore  # noqa: F401
@@ -94,7 +94,7 @@ def _rate(stores: list[str], tmp: Path, rng: random.Random) -> float:
 
 def run() -> list[Result]:
     names = [f"OTLP ingest, protobuf gzip, {n} replica{'s' if n > 1 else ''} on one Redis" for n in REPLICAS]
-    missing = _redis_store_missing()
+    missing = redis_store_missing()
     if missing is not None:
         return [Result(name, "not measured", "-", 0.0, "-", "report", None, note=missing) for name in names]
     rng = random.Random(1234)
