@@ -1359,6 +1359,21 @@ def models() -> Dashboard:
                     min=0,
                     max=1,
                 ),
+                bars(
+                    "Prompt cache savings",
+                    "What cache reads saved in the dashboard's range: their cost as plain input tokens, less "
+                    "what they cost at the cache-read price.",
+                    [
+                        Query(
+                            "sort_desc(sum by (provider, model) ("
+                            + increase("otel_puppy_llm_cache_savings_usd_total")
+                            + "))",
+                            PROVIDER_MODEL,
+                            instant=True,
+                        )
+                    ],
+                    "currencyUSD",
+                ),
                 timeseries(
                     "Cached tokens",
                     "Cache reads and writes per second, by model.",

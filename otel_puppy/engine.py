@@ -250,6 +250,11 @@ class PolicyEngine:
         applied = [(o.call, o.price) for o in observations if o.result is ApplyResult.APPLIED]
         metrics = self.metrics
         metrics.record_calls(applied)
+        saved = [
+            (call, n) for call, price in applied if call.cache_read_tokens and (n := pricer.cache_savings(call, price))
+        ]
+        if saved:
+            metrics.record_cache_savings(saved)
         if applied:
             observed = [(call, price.nanos) for call, price in applied]
             rules.breakers.observe([call for call, _ in applied])
@@ -754,7 +759,15 @@ class PolicyEngine:
                 top = max(hits, key=lambda h: h.utilization or 0.0)
                 exported = [(top, "max")]
             else:
-                exported = [(h, guard("scope", h.scope)) for h in hits]
+                # Past the cardinality guard, scopes fold into `other`: export the fullest of them,
+                # once (one series per label set, as the exposition format requires).
+                fullest: dict[str, PolicyHit] = {}
+                for h in hits:
+                    scope = guard("scope", h.scope)
+                    kept = fullest.get(scope)
+                    if kept is None or (h.utilization or 0.0) > (kept.utilization or 0.0):
+                        fullest[scope] = h
+                exported = [(h, scope) for scope, h in fullest.items()]
             for hit, scope in exported:
                 labels = (name, scope, hit.window or "")
                 utilization.add_metric(labels, hit.utilization or 0.0)

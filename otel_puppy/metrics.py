@@ -74,6 +74,7 @@ class Metrics:
         self._cost: dict[tuple[str, ...], int] = {}
         self._unpriced: dict[tuple[str, ...], int] = {}
         self._drift: dict[tuple[str, ...], int] = {}
+        self._cache_savings: dict[tuple[str, ...], int] = {}
         self._durations: dict[tuple[str, ...], _Histogram] = {}
         self._spans: dict[str, int] = {}
         self._internal_errors: dict[str, int] = {}
@@ -132,6 +133,19 @@ class Metrics:
                     histogram = self._durations[base] = _Histogram()
                 histogram.observe(call.duration_s)
 
+    def record_cache_savings(self, saved: Iterable[tuple[LLMCall, int]]) -> None:
+        """Add what the prompt cache saved on each call (nano-USD)."""
+        with self._lock:
+            guard = self.guard
+            for call, nanos in saved:
+                key = (
+                    guard("provider", call.provider),
+                    guard("model", call.model),
+                    guard("agent", call.agent),
+                    guard("service", call.service),
+                )
+                self._cache_savings[key] = self._cache_savings.get(key, 0) + nanos
+
     def record_spans(self, result: str, count: int = 1) -> None:
         """Count spans by what became of them (applied, duplicate, nested, invalid, dropped, ...)."""
         with self._lock:
@@ -157,6 +171,7 @@ class Metrics:
             cost = dict(self._cost)
             unpriced = dict(self._unpriced)
             drift = dict(self._drift)
+            savings = dict(self._cache_savings)
             durations = {k: (list(h.buckets), h.count, h.sum) for k, h in self._durations.items()}
             spans = dict(self._spans)
             errors = dict(self._internal_errors)
@@ -204,6 +219,15 @@ class Metrics:
             labels=("provider", "model", "direction"),
         )
         for key, nanos in drift.items():
+            family.add_metric(key, nanos_to_float(nanos))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_llm_cache_savings_usd",
+            "What prompt-cache reads saved: their cost as plain input tokens, less what they cost.",
+            labels=CALL_LABELS,
+        )
+        for key, nanos in savings.items():
             family.add_metric(key, nanos_to_float(nanos))
         yield family
 

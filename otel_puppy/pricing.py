@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Final
@@ -158,6 +158,14 @@ class Pricer:
             if price.unpriced_reason != Unpriced.UNKNOWN_MODEL:
                 return price
         return Price(nanos=None, unpriced_reason=Unpriced.UNKNOWN_MODEL)
+
+    def cache_savings(self, call: LLMCall, price: Price) -> int:
+        """Nano-USD the provider's prompt cache saved on `call` (priced at `price`): the cost of its
+        cache reads had they been plain input tokens, less what they cost. 0 without cache reads."""
+        if not call.cache_read_tokens or price.nanos is None:
+            return 0
+        uncached = self.price(replace(call, cache_read_tokens=0))
+        return max((uncached.nanos or 0) - price.nanos, 0) if uncached.nanos is not None else 0
 
     def price_usage(
         self,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from otel_puppy.calls import extract_call
 from otel_puppy.engine import PolicyEngine
-from otel_puppy.testing import engine_for_tests, make_span
+from otel_puppy.policies.loader import parse_policy_text
+from otel_puppy.testing import FakeClock, engine_for_tests, make_call, make_span
 
 
 def observe(engine: PolicyEngine, **attributes: object) -> None:
@@ -65,3 +69,21 @@ def test_user_and_conversation_are_never_labels(engine: PolicyEngine) -> None:
     text = generate_latest(engine.registry).decode()
     assert "alice" not in text
     assert "c-1" not in text
+
+
+def test_budget_scopes_past_the_guard_are_one_other_series_the_fullest() -> None:
+    policies = parse_policy_text(
+        "budgets:\n  - {name: per-agent, per: [agent], limit_usd: 1, window: day}\n", Path("budgets.yaml")
+    )
+    clock = FakeClock()
+    engine = engine_for_tests(policies, clock=clock, max_label_values=2)
+    # agent-3 spends the most: 4 calls; the others 1, 2 and 3 calls of gpt-4.1 (1,000 in, 100 out)
+    engine.observe_many([make_call(end_s=clock.now(), agent=f"agent-{n}") for n in range(4) for _ in range(n + 1)])
+    samples = [
+        (sample.labels["scope"], sample.value)
+        for family in text_string_to_metric_families(generate_latest(engine.registry).decode())
+        if family.name == "otel_puppy_budget_spend_usd"
+        for sample in family.samples
+    ]
+    assert sorted(samples) == [("agent=agent-0", 0.0028), ("agent=agent-1", 0.0056), ("other", 0.0112)]
+    engine.close()

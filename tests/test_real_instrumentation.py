@@ -99,6 +99,10 @@ def test_logfire_openai_sdk_call_costs_what_genai_prices_says(logfire_engine: Po
         for t in ("input", "output", "cache_read")
     }
     assert tokens == {"input": 1200.0, "output": 300.0, "cache_read": 1024.0}
+    # the 1,024 cached tokens at the input price, less what they cost at the cache-read price
+    uncached = calc_price(Usage(input_tokens=1200, output_tokens=300), "gpt-4o-2024-08-06", provider_id="openai")
+    assert uncached.total_price - expected == Decimal("0.00128")
+    assert logfire_engine.registry.get_sample_value("otel_puppy_llm_cache_savings_usd_total", labels) == 0.00128
     # logfire reports its own cost for the span: ours agrees, so no drift.
     assert (
         logfire_engine.registry.get_sample_value(

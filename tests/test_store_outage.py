@@ -19,8 +19,10 @@ from prometheus_client import CollectorRegistry
 from otel_puppy.calls import ErrorClass
 from otel_puppy.decision import Action
 from otel_puppy.engine import PolicyEngine
+from otel_puppy.exceptions import StoreError
 from otel_puppy.policies.loader import parse_policy_text
 from otel_puppy.settings import PuppySettings
+from otel_puppy.store.base import ApplyResult
 from otel_puppy.store.redis import RedisStore
 from otel_puppy.testing import FakeClock, make_call
 from tests._redis import RedisServer
@@ -165,3 +167,33 @@ def test_a_breaker_one_replica_opens_is_open_on_the_other_after_a_sync(redis: Re
     assert [(s.provider, s.state) for s in a.snapshot().breakers] == [("openai", "closed"), ("anthropic", "closed")]
     a.close()
     b.close()
+
+
+def test_a_slow_redis_is_decided_by_the_fail_mode_and_a_late_apply_counts_once(redis: RedisServer) -> None:
+    engine = engine_on(redis, fail_open=False)
+    calls = [make_call(end_s=time.time()) for _ in range(5)]
+    admin = redis.client()
+    admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # Redis answers nobody for 1.5 s
+    began = time.monotonic()
+    decision = engine.decide(provider="openai", model="gpt-4.1")
+    assert time.monotonic() - began < 1.0  # the 0.5 s socket timeout, not the pause
+    assert decision.action is Action.DENY
+    assert decision.reasons[0].message == "the state store is unavailable; failing closed"
+    # Sent while paused: it times out here, yet Redis runs it once the pause ends (the reply is lost).
+    with pytest.raises(StoreError, match="Timeout"):
+        engine.observe_many(calls)
+    deadline = time.monotonic() + 10
+    while True:  # as the span processor retries: the same spans, until the store answers
+        try:
+            observations = engine.observe_many(calls)
+            break
+        except StoreError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    # counted once, and reported as applied (not as duplicates of the lost call)
+    assert [o.result for o in observations] == [ApplyResult.APPLIED] * 5
+    assert spent(engine) == 5 * NANOS
+    assert engine.registry.get_sample_value("otel_puppy_spans_total", {"result": "applied"}) == 5.0
+    assert engine.registry.get_sample_value("otel_puppy_store_errors_total", {"operation": "apply"}) >= 1.0
+    admin.close()
+    engine.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +48,17 @@ HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 _USD = "USD as a decimal string (exact), e.g. `0.0028`."
 
 
+_DECIMAL_STRING: Final = r"^\s*\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+"""A non-negative decimal as a string, which is what `estimated_cost_usd` accepts besides a number."""
+
+
+def _decimal_strings_only(schema: dict[str, Any]) -> None:
+    """Document the string form of a decimal as the pattern it must match, not as any string."""
+    for branch in schema.get("anyOf", ()):
+        if branch.get("type") == "string":
+            branch["pattern"] = _DECIMAL_STRING
+
+
 class DecideRequest(BaseModel):
     """`POST /v1/decide`: may I make this call, and with which model? (the `DecisionRequest` fields)"""
 
@@ -69,16 +80,21 @@ class DecideRequest(BaseModel):
         default=None,
         ge=0,
         allow_inf_nan=False,
+        json_schema_extra=_decimal_strings_only,
         description='Estimated cost in USD (a decimal string such as `"0.02"`, or a number), reserved '
         "against every matching budget until the call's span settles it.",
     )
-    estimated_input_tokens: int | None = Field(default=None, ge=0)
-    estimated_output_tokens: int | None = Field(default=None, ge=0)
+    # strict: `true` and `"5"` are not token counts (the document says integer)
+    estimated_input_tokens: int | None = Field(default=None, ge=0, strict=True)
+    estimated_output_tokens: int | None = Field(default=None, ge=0, strict=True)
     capabilities: tuple[str, ...] = Field(
         default=(), description="Capabilities the call needs (e.g. `tools`); routing only picks models with them."
     )
     context_tokens: int | None = Field(
-        default=None, ge=0, description="Prompt size; routing only picks models whose context window holds it."
+        default=None,
+        ge=0,
+        strict=True,
+        description="Prompt size; routing only picks models whose context window holds it.",
     )
 
     def to_request(self) -> DecisionRequest:

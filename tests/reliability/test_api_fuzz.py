@@ -286,7 +286,6 @@ def test_the_json_api_from_its_openapi_document(case: Any, api_url: str) -> None
     check_json_error(anonymous, case.path)
 
 
-@pytest.mark.xfail(strict=True, reason="DecideRequest and its OpenAPI schema disagree (schemas.py)")
 @pytest.mark.parametrize(
     ("field", "value"), [("context_tokens", True), ("estimated_input_tokens", "5"), ("estimated_cost_usd", "")]
 )
