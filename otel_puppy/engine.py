@@ -43,7 +43,7 @@ from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.policies.anomaly import AnomalyEvent, AnomalyStatus, AnomalyWatch
 from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerBoard, BreakerGuard, BreakerStatus
-from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit, budget_hit_dict
+from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit, budget_hit_dict, budget_utilization
 from otel_puppy.policies.routing import Router
 from otel_puppy.policies.watch import PolicyWatcher
 from otel_puppy.pricing import Price, Pricer
@@ -681,13 +681,17 @@ class PolicyEngine:
             models=tuple(self.stats.all()),
         )
 
-    def _budget_states(self, rules: _Rules, now: float) -> list[PolicyHit]:
+    def _budget_readings(self, rules: _Rules, now: float) -> list[tuple[BudgetInstance, CheckState]]:
+        """Every known budget instance with its state now, read in one admission that reserves nothing."""
         instances = rules.book.known_instances()
         if not instances:
             return []
         admitted = self._store.admit(
             Admission("", tuple(i.checks[Priority.CRITICAL] for i in instances), 0, 0, now, None, reserve=False), now
         )
+        return list(zip(instances, admitted.states, strict=True))
+
+    def _budget_states(self, rules: _Rules, now: float) -> list[PolicyHit]:
         return [
             budget_hit(
                 instance,
@@ -697,7 +701,7 @@ class PolicyEngine:
                 exceeded=not s.fits,
                 now=now,
             )
-            for instance, s in zip(instances, admitted.states, strict=True)
+            for instance, s in self._budget_readings(rules, now)
         ]
 
     @property
@@ -746,37 +750,31 @@ class PolicyEngine:
             span = parse_window(budget.window, self.settings.zone)
             start, end = span.bounds(now) if isinstance(span, CalendarWindow) else (0.0, float(span.seconds))
             lengths[budget.name] = end - start
-        states: list[PolicyHit] = []
+        readings: list[tuple[BudgetInstance, CheckState]] = []
         with self._surviving_store("scrape"):  # the rest of the scrape still answers
-            states = self._budget_states(rules, now)
-        by_policy: dict[str, list[PolicyHit]] = {}
-        for hit in states:
-            by_policy.setdefault(hit.policy, []).append(hit)
+            readings = self._budget_readings(rules, now)
         per_ids = {b.name for b in rules.book.budgets if _ID_DIMENSIONS.intersection(b.per)}
-        for name, hits in by_policy.items():
-            if name in per_ids:
-                # One series per user or conversation would be unbounded: export the fullest one.
-                top = max(hits, key=lambda h: h.utilization or 0.0)
-                exported = [(top, "max")]
-            else:
-                # Past the cardinality guard, scopes fold into `other`: export the fullest of them,
-                # once (one series per label set, as the exposition format requires).
-                fullest: dict[str, PolicyHit] = {}
-                for h in hits:
-                    scope = guard("scope", h.scope)
-                    kept = fullest.get(scope)
-                    if kept is None or (h.utilization or 0.0) > (kept.utilization or 0.0):
-                        fullest[scope] = h
-                exported = [(h, scope) for scope, h in fullest.items()]
-            for hit, scope in exported:
-                labels = (name, scope, hit.window or "")
-                utilization.add_metric(labels, hit.utilization or 0.0)
-                if hit.limit_usd is not None:
-                    spend.add_metric(labels, float(hit.spent_usd or 0))
-                    limit.add_metric(labels, float(hit.limit_usd))
-                    reserved.add_metric(labels, float(hit.reserved_usd or 0))
-                if name in lengths:
-                    window_seconds.add_metric(labels, lengths[name])
+        # One series per (budget, scope), the fullest instance behind it: per-user budgets export only
+        # their fullest (`max`: user ids are never labels), and past the cardinality guard scopes fold
+        # into `other`, once (the exposition format allows one sample per label set).
+        fullest: dict[tuple[str, str], tuple[float, BudgetInstance, CheckState]] = {}
+        for instance, state in readings:
+            name = instance.policy.name
+            scope = "max" if name in per_ids else guard("scope", instance.label)
+            ratio = budget_utilization(instance, state.spent_nanos, state.spent_tokens, state.reserved_nanos)
+            kept = fullest.get((name, scope))
+            if kept is None or ratio > kept[0]:
+                fullest[(name, scope)] = (ratio, instance, state)
+        for (name, scope), (ratio, instance, state) in fullest.items():
+            policy = instance.policy
+            labels = (name, scope, policy.window)
+            utilization.add_metric(labels, ratio)
+            if policy.limit_usd is not None:
+                spend.add_metric(labels, nanos_to_float(state.spent_nanos))
+                limit.add_metric(labels, float(policy.limit_usd))
+                reserved.add_metric(labels, nanos_to_float(state.reserved_nanos))
+            if name in lengths:
+                window_seconds.add_metric(labels, lengths[name])
         yield from (spend, limit, utilization, reserved, window_seconds)
         with self._decisions_lock:
             decisions = dict(self._decisions)

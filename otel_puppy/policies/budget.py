@@ -22,7 +22,7 @@ from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, Scope, sc
 from otel_puppy.store.base import BudgetCheck
 from otel_puppy.windows import Window, parse_window
 
-__all__ = ("BudgetBook", "BudgetInstance", "BudgetPolicy", "budget_hit", "budget_hit_dict")
+__all__ = ("BudgetBook", "BudgetInstance", "BudgetPolicy", "budget_hit", "budget_hit_dict", "budget_utilization")
 
 logger = logging.getLogger("otel_puppy")
 
@@ -268,19 +268,24 @@ def budget_hit_dict(
     return policy_hit_dict(_hit_fields(instance, spent_nanos, spent_tokens, reserved_nanos, exceeded=exceeded, now=now))
 
 
+def budget_utilization(instance: BudgetInstance, spent_nanos: int, spent_tokens: int, reserved_nanos: int) -> float:
+    """Spent plus reserved over the limit (1 is exhausted); a token budget: tokens spent over its limit."""
+    if instance.limit_nanos is not None:
+        return (spent_nanos + reserved_nanos) / instance.limit_nanos
+    return spent_tokens / (instance.policy.limit_tokens or 1)
+
+
 def _hit_fields(
     instance: BudgetInstance, spent_nanos: int, spent_tokens: int, reserved_nanos: int, *, exceeded: bool, now: float
 ) -> tuple[Any, ...]:
     """A budget hit's fields, in `PolicyHit`'s order (tests/policies/test_budget.py holds it to that)."""
     policy = instance.policy
     used = spent_nanos + reserved_nanos
+    utilization = budget_utilization(instance, spent_nanos, spent_tokens, reserved_nanos)
     if instance.limit_nanos is not None:
-        utilization = used / instance.limit_nanos
         amount = f"${_usd(used)} of ${instance.limit_text}"
     else:
-        limit_tokens = policy.limit_tokens or 1
-        utilization = spent_tokens / limit_tokens
-        amount = f"{spent_tokens:,} of {limit_tokens:,} tokens"
+        amount = f"{spent_tokens:,} of {policy.limit_tokens or 1:,} tokens"
     action = instance.on_exceed if exceeded else Action.ALLOW
     message = f"{instance.head}{amount} this {policy.window} ({utilization:.0%})"
     if exceeded:
