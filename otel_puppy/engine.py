@@ -321,9 +321,9 @@ class PolicyEngine:
         spend is reserved on every matching budget until the call's span settles it.
         """
         req = request if request is not None else _request(fields)
-        if self._share_breakers and self.clock.now() >= self._next_breaker_sync:
+        if self._share_breakers and (now := self.clock.now()) >= self._next_breaker_sync:
             # a replica that only decides still sees the breakers others opened
-            self._next_breaker_sync = self.clock.now() + _SYNC_BREAKERS_EVERY_S
+            self._next_breaker_sync = now + _SYNC_BREAKERS_EVERY_S
             self._sync_breakers()
         try:
             return self._decide(req)
@@ -601,7 +601,7 @@ class PolicyEngine:
 
     def _save_all_state(self) -> None:
         self._sync_breakers()
-        self._save_state(_ANOMALIES, self._rules.anomalies.export_state, full=True)
+        self._save_state(_ANOMALIES, self._rules.anomalies.export_state)
 
     def _sync_breakers(self, *, restoring: bool = False) -> None:
         """Share breaker state through the store: publish ours and adopt every newer one.
@@ -635,8 +635,8 @@ class PolicyEngine:
         except Exception:
             self._internal_error("engine.sync_breakers", reraise=False)
 
-    def _save_state(self, namespace: str, export: Callable[[], dict[str, bytes]], *, full: bool) -> None:
-        """Write exported state; `full`: it is the whole namespace, so delete what it no longer has.
+    def _save_state(self, namespace: str, export: Callable[[], dict[str, bytes]]) -> None:
+        """Write the exported state of a whole namespace, and delete what it no longer has.
 
         Never raises: a failed save is counted, and the state is written again at the next one.
         """
@@ -647,14 +647,10 @@ class PolicyEngine:
                     return
                 items = export()
                 self._store.save_state(namespace, items)
-                saved = self._saved.setdefault(namespace, set())
-                if full:
-                    stale = saved - items.keys()
-                    if stale:
-                        self._store.delete_state(namespace, stale)
-                    self._saved[namespace] = set(items)
-                else:
-                    saved.update(items)
+                stale = self._saved.get(namespace, set()) - items.keys()
+                if stale:
+                    self._store.delete_state(namespace, stale)
+                self._saved[namespace] = set(items)
         except StoreError as exc:
             self.metrics.record_store_error("save_state")
             logger.warning("otel_puppy could not save %s state, will retry: %s", namespace, exc)

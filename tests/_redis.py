@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -10,14 +9,9 @@ from pathlib import Path
 import redis
 
 from tests._programs import require_program
+from tests._service import free_port
 
-__all__ = ("RedisServer", "free_port")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ("RedisServer",)
 
 
 class RedisServer:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._redis import RedisServer
-from tests.test_service import NANOS, Service, chat_spans, environment, export, metric, service, spent_nanos
+from tests._service import NANOS, Service, chat_spans, environment, export, metric, service, spent_nanos
 
 BUDGETS = """\
 budgets:

@@ -26,7 +26,7 @@ from otel_puppy.store.base import ApplyResult
 from otel_puppy.store.redis import RedisStore
 from otel_puppy.testing import FakeClock, make_call
 from tests._redis import RedisServer
-from tests.test_service import NANOS
+from tests._service import NANOS
 
 POLICIES = "budgets:\n  - {name: openai-daily, match: {provider: openai}, limit_usd: 100, window: day, action: deny}\n"
 ATTRIBUTES = {

@@ -403,12 +403,15 @@ class RedisStore:
         except RedisError as exc:
             raise StoreError(f"redis store {self._url}: {doing} failed: {type(exc).__name__}: {exc}") from exc
 
-    def _key(self, scope: str, window: Window, ts: float) -> tuple[str, str, str]:
-        """(kind, key, index) of the counter of `scope` in the window current at `ts`."""
+    def _key(self, scope: str, window: Window, ts: float) -> tuple[str, str, str, float]:
+        """(kind, key, index, expiry) of the counter of `scope` in the window current at `ts`; the
+        counter is kept until its window's retention after it stops counting."""
         if isinstance(window, RollingWindow):
-            return "r", f"{self.prefix}:roll:{window.label}:{scope}", str(int(ts // window.step))
-        start, _ = window.bounds(ts)
-        return "c", f"{self.prefix}:cal:{window.unit}:{start!r}:{scope}", ""
+            index = int(ts // window.step)
+            expires = (index + 1) * window.step + window.retention()
+            return "r", f"{self.prefix}:roll:{window.label}:{scope}", str(index), expires
+        start, end = window.bounds(ts)
+        return "c", f"{self.prefix}:cal:{window.unit}:{start!r}:{scope}", "", end + window.retention()
 
     # --- spans -----------------------------------------------------------------------------------
 
@@ -472,11 +475,7 @@ class RedisStore:
                 number = numbers.get((inc.scope, window, bucket))
                 if number is None:
                     number = numbers[(inc.scope, window, bucket)] = str(len(numbers) + 1)
-                    kind, key, index = self._key(inc.scope, window, inc.ts)
-                    if isinstance(window, RollingWindow):
-                        expires = (bucket + 1) * window.step + window.retention()
-                    else:
-                        expires = window.bounds(inc.ts)[1] + window.retention()
+                    kind, key, index, expires = self._key(inc.scope, window, inc.ts)
                     counters += (kind, key, index, str(max(1, int((expires - now) * 1000))))
                 rows += (number, str(inc.nanos), str(inc.tokens))
         return [self.prefix, token, str(len(records)), str(len(numbers)), *counters, *rows]
@@ -486,8 +485,7 @@ class RedisStore:
         with self._lock:
             pending = self._pending_tokens
             for i, record in enumerate(records):
-                first = i - i % _CHUNK
-                pending.setdefault(record.span_key, pending.get(record.span_key) or f"{token}{first}")
+                pending.setdefault(record.span_key, f"{token}{i - i % _CHUNK}")
             while len(pending) > _MAX_PENDING_TOKENS:
                 pending.popitem(last=False)
 
@@ -499,7 +497,7 @@ class RedisStore:
             return []
         argv: list[str] = [self.prefix, repr(now)]
         for scope, window in reads:
-            argv += self._key(scope, window, now)
+            argv += self._key(scope, window, now)[:3]
         with self._call("totals"):
             reply = self._totals(keys=[self._route], args=argv)
         return [Counter(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
@@ -519,7 +517,7 @@ class RedisStore:
             "1" if admission.reserve else "0",
         ]
         for check in admission.checks:
-            argv += self._key(check.scope, check.window, now)
+            argv += self._key(check.scope, check.window, now)[:3]
             argv += (
                 check.scope,
                 "" if check.limit_nanos is None else str(check.limit_nanos),

@@ -387,9 +387,9 @@ def test_marks_are_set_once_until_unmarked_or_expired(store: Store) -> None:
     assert store.mark("m", T0 + 20) is True
 
 
+# Redis forgets counters and dedupe keys itself: tests/store/test_redis.py checks their PEXPIRE instead.
+@pytest.mark.parametrize("store", ["memory", "sqlite"], indirect=True)
 def test_expire_forgets_each_kind_at_its_time_and_counts_it(store: Store) -> None:
-    if isinstance(store, RedisStore):
-        pytest.skip("Redis forgets counters and dedupe keys itself: tests/store/test_redis.py checks their PEXPIRE")
     store.apply(
         [
             rec("a", until=T0 + 600, windows=(DAY, HOUR, H1)),
