@@ -5,6 +5,12 @@ edited. `python grafana/generate.py --check` exits 1 when a committed file diffe
 code generates, and `tests/deploy/test_dashboards.py` asserts the same, then runs every panel's
 query against a real Prometheus scraping `otel-puppy demo`.
 
+Every object is built with `grafana-foundation-sdk`, Grafana's own builders generated from its schemas
+(pinned in pyproject.toml to the release generated for the Grafana in docker-compose.yml), so a field
+or an option value Grafana's schema does not have cannot be written: mypy rejects it. Only what the
+schema itself leaves open is plain data: transformation options, override property values and the
+Prometheus variable query.
+
 Conventions every panel follows:
 
 - One data source, the `datasource` variable (default: the provisioned Prometheus, uid `prometheus`).
@@ -19,24 +25,36 @@ Conventions every panel follows:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, Protocol, Self, TypedDict, TypeVar, Unpack
+
+from grafana_foundation_sdk.builders import bargauge as sdk_bargauge
+from grafana_foundation_sdk.builders import common as sdk_common
+from grafana_foundation_sdk.builders import dashboard as sdk
+from grafana_foundation_sdk.builders import gauge as sdk_gauge
+from grafana_foundation_sdk.builders import prometheus as sdk_prometheus
+from grafana_foundation_sdk.builders import stat as sdk_stat
+from grafana_foundation_sdk.builders import statetimeline as sdk_statetimeline
+from grafana_foundation_sdk.builders import table as sdk_table
+from grafana_foundation_sdk.builders import timeseries as sdk_timeseries
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.variants import Dataquery
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
 from otel_puppy.health import BUDGET_THRESHOLD, ERROR_RATE_THRESHOLD, LATENCY_SLOW_S, UNPRICED_THRESHOLD
 
 __all__ = ("DASHBOARDS", "DASHBOARDS_DIR", "dashboards", "main", "render")
 
-JSON = dict[str, Any]
-
 DASHBOARDS_DIR: Final = Path(__file__).resolve().parent / "dashboards"
-DATASOURCE: Final[JSON] = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE_UID: Final = "prometheus"
+"""The provisioned Prometheus (grafana/provisioning/datasources/prometheus.yaml): the variable's default."""
 TAG: Final = "otel_puppy"
-SCHEMA_VERSION: Final = 39
-"""Grafana 10.4 / 11: newer Grafanas migrate it on load."""
 
 CALENDAR_WINDOWS: Final = "hour|day|week|month"
 """Budget windows that reset to 0 at a boundary (`rate()` reads the reset like a counter's); the
@@ -50,7 +68,16 @@ MODELS: Final = 'provider=~"$provider", model=~"$model"'
 GREEN, YELLOW, ORANGE, RED, BLUE, PURPLE = "green", "yellow", "orange", "red", "blue", "purple"
 
 
+def datasource() -> model.DataSourceRef:
+    """Every panel and query reads the `datasource` variable (a fresh model each: builders keep references)."""
+    return model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+
 # --- queries --------------------------------------------------------------------------------------
+
+
+def sum_by(labels: str, expr: str) -> str:
+    return f"sum by ({labels}) ({expr})"
 
 
 def selector(metric: str, *matchers: str) -> str:
@@ -116,90 +143,143 @@ class Query:
     table: bool = False
     """`format: table` (one column per label, one `Value #<refId>` column per query)."""
 
-    def target(self, ref_id: str) -> JSON:
-        target: JSON = {
-            "datasource": DATASOURCE,
-            "editorMode": "code",
-            "expr": self.expr,
-            "instant": self.instant,
-            "legendFormat": self.legend or "__auto",
-            "range": not self.instant,
-            "refId": ref_id,
-        }
-        if self.table:
-            target["format"] = "table"
-        return target
+    def target(self, ref_id: str) -> sdk_prometheus.Dataquery:
+        target = (
+            sdk_prometheus.Dataquery()
+            .datasource(datasource())
+            .editor_mode(QueryEditorMode.CODE)
+            .expr(self.expr)
+            .legend_format(self.legend or "__auto")
+            .ref_id(ref_id)
+        )
+        target = target.instant() if self.instant else target.range()
+        return target.format(PromQueryFormat.TABLE) if self.table else target
 
 
 # --- panels ---------------------------------------------------------------------------------------
 
-
-def steps(*pairs: tuple[float | None, str]) -> JSON:
-    return {"mode": "absolute", "steps": [{"color": color, "value": value} for value, color in pairs]}
-
-
-def override(matcher: str, option: str, properties: Sequence[tuple[str, Any]]) -> JSON:
-    return {
-        "matcher": {"id": matcher, "options": option},
-        "properties": [{"id": key, "value": value} for key, value in properties],
-    }
+Steps = tuple[tuple[float | None, str], ...]
+"""Threshold steps, (value, colour) from the lowest (value None: minus infinity) up."""
 
 
-def color(series: str, name: str) -> JSON:
-    return override("byName", series, [("color", {"fixedColor": name, "mode": "fixed"})])
+def steps(*pairs: tuple[float | None, str]) -> Steps:
+    return pairs
 
 
-@dataclass(slots=True)
-class Panel:
-    """One panel: `kind` is Grafana's panel type; `width`/`height` in grid units (24 across)."""
-
-    kind: str
-    title: str
-    description: str
-    queries: Sequence[Query]
-    unit: str
-    width: int = 12
-    height: int = 8
-    thresholds: JSON = field(default_factory=lambda: steps((None, GREEN)))
-    color_mode: str = "palette-classic"
-    decimals: int | None = None
-    min: float | None = None
-    max: float | None = None
-    mappings: list[JSON] = field(default_factory=list)
-    overrides: list[JSON] = field(default_factory=list)
-    custom: JSON = field(default_factory=dict)
-    options: JSON = field(default_factory=dict)
-    transformations: list[JSON] = field(default_factory=list)
-
-    def build(self, panel_id: int, x: int, y: int) -> JSON:
-        defaults: JSON = {
-            "color": {"mode": self.color_mode},
-            "mappings": self.mappings,
-            "thresholds": self.thresholds,
-            "unit": self.unit,
-        }
-        if self.custom:
-            defaults["custom"] = self.custom
-        for key, value in (("decimals", self.decimals), ("min", self.min), ("max", self.max)):
-            if value is not None:
-                defaults[key] = value
-        return {
-            "datasource": DATASOURCE,
-            "description": self.description,
-            "fieldConfig": {"defaults": defaults, "overrides": self.overrides},
-            "gridPos": {"h": self.height, "w": self.width, "x": x, "y": y},
-            "id": panel_id,
-            "options": self.options,
-            "targets": [query.target(chr(ord("A") + i)) for i, query in enumerate(self.queries)],
-            "title": self.title,
-            "transformations": self.transformations,
-            "type": self.kind,
-        }
+Override = sdk.DashboardFieldConfigSourceOverrides
+NO_THRESHOLDS: Final[Steps] = ((None, GREEN),)
+BLUE_BASE: Final[Steps] = ((None, BLUE),)
 
 
-_LEGEND: Final[JSON] = {"calcs": [], "displayMode": "list", "placement": "bottom", "showLegend": True}
-_TOOLTIP: Final[JSON] = {"mode": "multi", "sort": "desc"}
-_REDUCE_LAST: Final[JSON] = {"calcs": ["lastNotNull"], "fields": "", "values": False}
+def override(matcher: str, option: str, properties: Sequence[tuple[str, object]]) -> Override:
+    """Field overrides: matcher id (`byName`, `byRegexp`) and option, then (property id, value) pairs."""
+    return (
+        sdk.DashboardFieldConfigSourceOverrides()
+        .matcher(model.MatcherConfig(id_val=matcher, options=option))
+        .properties([model.DynamicConfigValue(id_val=key, value=value) for key, value in properties])
+    )
+
+
+def fixed(name: str) -> model.FieldColor:
+    return model.FieldColor(mode=model.FieldColorModeId.FIXED, fixed_color=name)
+
+
+def color(series: str, name: str) -> Override:
+    return override("byName", series, [("color", fixed(name))])
+
+
+class PanelBuilder(Protocol):
+    """What every panel builder of the SDK offers (each panel type is a class of its own)."""
+
+    def build(self) -> model.Panel: ...
+    def title(self, title: str) -> Self: ...
+    def description(self, description: str) -> Self: ...
+    def datasource(self, datasource: model.DataSourceRef) -> Self: ...
+    def with_target(self, target: Builder[Dataquery]) -> Self: ...
+    def height(self, h: int) -> Self: ...
+    def span(self, w: int) -> Self: ...
+    def unit(self, unit: str) -> Self: ...
+    def decimals(self, decimals: float) -> Self: ...
+    def min(self, min_val: float) -> Self: ...
+    def max(self, max_val: float) -> Self: ...
+    def thresholds(self, thresholds: Builder[model.ThresholdsConfig]) -> Self: ...
+    def color_scheme(self, color: Builder[model.FieldColor]) -> Self: ...
+    def overrides(self, overrides: list[Builder[model.DashboardFieldConfigSourceOverrides]]) -> Self: ...
+
+
+P = TypeVar("P", bound=PanelBuilder)
+
+
+class Layout(TypedDict, total=False):
+    """What a dashboard may set on any panel: `width`/`height` in grid units (24 across)."""
+
+    width: int
+    height: int
+    decimals: int
+    min: float
+    max: float
+    overrides: Sequence[Override]
+
+
+def panel(
+    builder: P,
+    title: str,
+    description: str,
+    queries: Sequence[Query],
+    unit: str,
+    *,
+    thresholds: Steps,
+    color_mode: model.FieldColorModeId,
+    layout: Layout,
+) -> P:
+    """The settings every panel has, on `builder` (a panel type's own builder, for its options)."""
+    built = (
+        builder.title(title)
+        .description(description)
+        .datasource(datasource())
+        .span(layout.get("width", 12))
+        .height(layout.get("height", 8))
+        .unit(unit)
+        .color_scheme(sdk.FieldColor().mode(color_mode))
+        .thresholds(
+            sdk.ThresholdsConfig()
+            .mode(model.ThresholdsMode.ABSOLUTE)
+            .steps([model.Threshold(value=value, color=name) for value, name in thresholds])
+        )
+        .overrides(list(layout.get("overrides", ())))
+    )
+    for i, query in enumerate(queries):
+        built = built.with_target(query.target(chr(ord("A") + i)))
+    if "decimals" in layout:
+        built = built.decimals(layout["decimals"])
+    if "min" in layout:
+        built = built.min(layout["min"])
+    if "max" in layout:
+        built = built.max(layout["max"])
+    return built
+
+
+def legend(*, table: bool = False) -> sdk_common.VizLegendOptions:
+    if table:
+        return (
+            sdk_common.VizLegendOptions()
+            .calcs(["lastNotNull", "max"])
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.RIGHT)
+            .show_legend(True)
+        )
+    return (
+        sdk_common.VizLegendOptions()
+        .calcs([])
+        .display_mode(common.LegendDisplayMode.LIST)
+        .placement(common.LegendPlacement.BOTTOM)
+        .show_legend(True)
+    )
+
+
+def last_value() -> sdk_common.ReduceDataOptions:
+    """Single values show the last non-null value of each series."""
+    return sdk_common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
 
 
 def timeseries(
@@ -210,37 +290,43 @@ def timeseries(
     *,
     stacked: bool = False,
     bars: bool = False,
-    thresholds: JSON | None = None,
+    thresholds: Steps = NO_THRESHOLDS,
     threshold_lines: bool = False,
     legend_table: bool = False,
-    **layout: Any,
-) -> Panel:
-    custom: JSON = {
-        "axisPlacement": "auto",
-        "drawStyle": "bars" if bars else "line",
-        "fillOpacity": 60 if bars else (30 if stacked else 10),
-        "gradientMode": "none",
-        "lineInterpolation": "linear",
-        "lineWidth": 1,
-        "pointSize": 4,
-        "showPoints": "never",
-        "spanNulls": False,
-        "stacking": {"group": "A", "mode": "normal" if stacked else "none"},
-        "thresholdsStyle": {"mode": "dashed" if threshold_lines else "off"},
-    }
-    legend = dict(_LEGEND)
-    if legend_table:
-        legend.update(calcs=["lastNotNull", "max"], displayMode="table", placement="right")
-    return Panel(
-        "timeseries",
-        title,
-        description,
-        queries,
-        unit,
-        thresholds=thresholds or steps((None, GREEN)),
-        custom=custom,
-        options={"legend": legend, "tooltip": _TOOLTIP},
-        **layout,
+    **layout: Unpack[Layout],
+) -> sdk_timeseries.Panel:
+    return (
+        panel(
+            sdk_timeseries.Panel(),
+            title,
+            description,
+            queries,
+            unit,
+            thresholds=thresholds,
+            color_mode=model.FieldColorModeId.PALETTE_CLASSIC,
+            layout=layout,
+        )
+        .axis_placement(common.AxisPlacement.AUTO)
+        .draw_style(common.GraphDrawStyle.BARS if bars else common.GraphDrawStyle.LINE)
+        .fill_opacity(60 if bars else (30 if stacked else 10))
+        .gradient_mode(common.GraphGradientMode.NONE)
+        .line_interpolation(common.LineInterpolation.LINEAR)
+        .line_width(1)
+        .point_size(4)
+        .show_points(common.VisibilityMode.NEVER)
+        .span_nulls(False)
+        .stacking(
+            sdk_common.StackingConfig()
+            .group("A")
+            .mode(common.StackingMode.NORMAL if stacked else common.StackingMode.NONE)
+        )
+        .thresholds_style(
+            sdk_common.GraphThresholdsStyleConfig().mode(
+                common.GraphThresholdsStyleMode.DASHED if threshold_lines else common.GraphThresholdsStyleMode.OFF
+            )
+        )
+        .legend(legend(table=legend_table))
+        .tooltip(sdk_common.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING))
     )
 
 
@@ -250,47 +336,53 @@ def stat(
     queries: Sequence[Query],
     unit: str,
     *,
-    thresholds: JSON | None = None,
+    thresholds: Steps = BLUE_BASE,
     graph: bool = True,
-    **layout: Any,
-) -> Panel:
+    **layout: Unpack[Layout],
+) -> sdk_stat.Panel:
     layout.setdefault("width", 4)
     layout.setdefault("height", 4)
-    return Panel(
-        "stat",
-        title,
-        description,
-        queries,
-        unit,
-        thresholds=thresholds or steps((None, BLUE)),
-        color_mode="thresholds",
-        options={
-            "colorMode": "value",
-            "graphMode": "area" if graph else "none",
-            "justifyMode": "auto",
-            "orientation": "auto",
-            "reduceOptions": _REDUCE_LAST,
-            "showPercentChange": False,
-            "textMode": "auto",
-            "wideLayout": True,
-        },
-        **layout,
+    return (
+        panel(
+            sdk_stat.Panel(),
+            title,
+            description,
+            queries,
+            unit,
+            thresholds=thresholds,
+            color_mode=model.FieldColorModeId.THRESHOLDS,
+            layout=layout,
+        )
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.AREA if graph else common.BigValueGraphMode.NONE)
+        .justify_mode(common.BigValueJustifyMode.AUTO)
+        .orientation(common.VizOrientation.AUTO)
+        .reduce_options(last_value())
+        .show_percent_change(False)
+        .text_mode(common.BigValueTextMode.AUTO)
+        .wide_layout(True)
     )
 
 
-def gauge(title: str, description: str, queries: Sequence[Query], unit: str, thresholds: JSON, **layout: Any) -> Panel:
+def gauge(
+    title: str, description: str, queries: Sequence[Query], unit: str, thresholds: Steps, **layout: Unpack[Layout]
+) -> sdk_gauge.Panel:
     layout.setdefault("width", 4)
     layout.setdefault("height", 4)
-    return Panel(
-        "gauge",
-        title,
-        description,
-        queries,
-        unit,
-        thresholds=thresholds,
-        color_mode="thresholds",
-        options={"reduceOptions": _REDUCE_LAST, "showThresholdLabels": False, "showThresholdMarkers": True},
-        **layout,
+    return (
+        panel(
+            sdk_gauge.Panel(),
+            title,
+            description,
+            queries,
+            unit,
+            thresholds=thresholds,
+            color_mode=model.FieldColorModeId.THRESHOLDS,
+            layout=layout,
+        )
+        .reduce_options(last_value())
+        .show_threshold_labels(False)
+        .show_threshold_markers(True)
     )
 
 
@@ -300,108 +392,126 @@ def bars(
     queries: Sequence[Query],
     unit: str,
     *,
-    thresholds: JSON | None = None,
-    **layout: Any,
-) -> Panel:
+    thresholds: Steps | None = None,
+    **layout: Unpack[Layout],
+) -> sdk_bargauge.Panel:
     """A horizontal bar gauge: one bar per series, as a ranking (queries are instant, sorted)."""
-    return Panel(
-        "bargauge",
-        title,
-        description,
-        queries,
-        unit,
-        thresholds=thresholds or steps((None, BLUE)),
-        color_mode="thresholds" if thresholds else "continuous-BlPu",
-        options={
-            "displayMode": "gradient",
-            "maxVizHeight": 300,
-            "minVizHeight": 16,
-            "minVizWidth": 8,
-            "namePlacement": "auto",
-            "orientation": "horizontal",
-            "reduceOptions": _REDUCE_LAST,
-            "showUnfilled": True,
-            "sizing": "auto",
-            "valueMode": "color",
-        },
-        **layout,
+    return (
+        panel(
+            sdk_bargauge.Panel(),
+            title,
+            description,
+            queries,
+            unit,
+            thresholds=thresholds or BLUE_BASE,
+            color_mode=model.FieldColorModeId.THRESHOLDS if thresholds else model.FieldColorModeId.CONTINUOUS_BL_PU,
+            layout=layout,
+        )
+        .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+        .max_viz_height(300)
+        .min_viz_height(16)
+        .min_viz_width(8)
+        .name_placement(common.BarGaugeNamePlacement.AUTO)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .reduce_options(last_value())
+        .show_unfilled(True)
+        .sizing(common.BarGaugeSizing.AUTO)
+        .value_mode(common.BarGaugeValueMode.COLOR)
     )
 
 
-def table(
-    title: str,
-    description: str,
-    queries: Sequence[Query],
-    columns: Sequence[tuple[str, str]],
-    *,
-    sort_by: str,
-    hidden: Sequence[str] = (),
-    **layout: Any,
-) -> Panel:
-    """Instant queries merged into one table: `columns` names each query's value column and its unit."""
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A table column: its header, its unit, and the instant query (one value per label set) that fills it."""
+
+    name: str
+    unit: str
+    expr: str
+
+
+def table(title: str, description: str, columns: Sequence[Column], **layout: Unpack[Layout]) -> sdk_table.Panel:
+    """Instant queries merged into one table, one value column each (labels are the other columns), sorted
+    by the first, largest first."""
     # Grafana names the value column of a single query `Value`, of several `Value #A`, `Value #B`...
     if len(columns) == 1:
-        renames = {"Value": columns[0][0]}
+        renames = {"Value": columns[0].name}
     else:
-        renames = {f"Value #{chr(ord('A') + i)}": name for i, (name, _unit) in enumerate(columns)}
-    return Panel(
-        "table",
-        title,
-        description,
-        queries,
-        "short",
-        overrides=[override("byName", name, [("unit", unit)]) for name, unit in columns],
-        custom={"align": "auto", "cellOptions": {"type": "auto"}, "filterable": False, "inspect": False},
-        options={
-            "cellHeight": "sm",
-            "footer": {"countRows": False, "fields": "", "reducer": ["sum"], "show": False},
-            "showHeader": True,
-            "sortBy": [{"desc": True, "displayName": sort_by}],
-        },
-        transformations=[
-            {"id": "merge", "options": {}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True, **dict.fromkeys(hidden, True)},
-                    "indexByName": {},
-                    "renameByName": renames,
-                },
-            },
-        ],
-        **layout,
+        renames = {f"Value #{chr(ord('A') + i)}": column.name for i, column in enumerate(columns)}
+    layout["overrides"] = [override("byName", column.name, [("unit", column.unit)]) for column in columns]
+    return (
+        panel(
+            sdk_table.Panel(),
+            title,
+            description,
+            [Query(column.expr, instant=True, table=True) for column in columns],
+            "short",
+            thresholds=NO_THRESHOLDS,
+            color_mode=model.FieldColorModeId.PALETTE_CLASSIC,
+            layout=layout,
+        )
+        .align(common.FieldTextAlignment.AUTO)
+        .cell_options(common.TableAutoCellOptions())
+        .filterable(False)
+        .inspect(False)
+        .cell_height(common.TableCellHeight.SM)
+        .footer(sdk_common.TableFooterOptions().count_rows(False).reducer(["sum"]).show(False))
+        .show_header(True)
+        .sort_by([sdk_common.TableSortByFieldState().desc(True).display_name(columns[0].name)])
+        .transformations(
+            [
+                model.DataTransformerConfig(id_val="merge", options={}),
+                model.DataTransformerConfig(
+                    id_val="organize",
+                    options={
+                        "excludeByName": {"Time": True},
+                        "indexByName": {},
+                        "renameByName": renames,
+                    },
+                ),
+            ]
+        )
     )
 
 
-def state_timeline(title: str, description: str, queries: Sequence[Query], **layout: Any) -> Panel:
-    return Panel(
-        "state-timeline",
-        title,
-        description,
-        queries,
-        "none",
-        thresholds=steps((None, GREEN), (1, YELLOW), (2, RED)),
-        color_mode="thresholds",
-        mappings=[
-            {
-                "options": {
-                    "0": {"color": GREEN, "index": 0, "text": "closed"},
-                    "1": {"color": YELLOW, "index": 1, "text": "half-open"},
-                    "2": {"color": RED, "index": 2, "text": "open"},
-                },
-                "type": "value",
-            }
-        ],
-        custom={"fillOpacity": 80, "hideFrom": {"legend": False, "tooltip": False, "viz": False}, "lineWidth": 0},
-        options={
-            "alignValue": "left",
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "mergeValues": True,
-            "rowHeight": 0.8,
-            "showValue": "auto",
-            "tooltip": {"mode": "single", "sort": "none"},
-        },
-        **layout,
+def state_timeline(
+    title: str, description: str, queries: Sequence[Query], **layout: Unpack[Layout]
+) -> sdk_statetimeline.Panel:
+    states = {"0": ("closed", GREEN), "1": ("half-open", YELLOW), "2": ("open", RED)}
+    return (
+        panel(
+            sdk_statetimeline.Panel(),
+            title,
+            description,
+            queries,
+            "none",
+            thresholds=steps((None, GREEN), (1, YELLOW), (2, RED)),
+            color_mode=model.FieldColorModeId.THRESHOLDS,
+            layout=layout,
+        )
+        .mappings(
+            [
+                model.ValueMap(
+                    options={
+                        value: model.ValueMappingResult(text=text, color=name, index=i)
+                        for i, (value, (text, name)) in enumerate(states.items())
+                    }
+                )
+            ]
+        )
+        .fill_opacity(80)
+        .hide_from(sdk_common.HideSeriesConfig().legend(False).tooltip(False).viz(False))
+        .line_width(0)
+        .align_value(common.TimelineValueAlignment.LEFT)
+        .legend(
+            sdk_common.VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .merge_values(True)
+        .row_height(0.8)
+        .show_value(common.VisibilityMode.AUTO)
+        .tooltip(sdk_common.VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE).sort(common.SortOrder.NONE))
     )
 
 
@@ -411,7 +521,7 @@ def state_timeline(title: str, description: str, queries: Sequence[Query], **lay
 @dataclass(frozen=True, slots=True)
 class Row:
     title: str
-    panels: Sequence[Panel]
+    panels: Sequence[Builder[model.Panel]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,43 +533,37 @@ class Variable:
     all_value: str | None = ".*"
     """What "All" stands for; `None`: Grafana joins every value into one regex."""
 
-    def build(self) -> JSON:
-        built: JSON = {
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-            "datasource": DATASOURCE,
-            "definition": self.query,
-            "hide": 0,
-            "includeAll": True,
-            "label": self.label,
-            "multi": True,
-            "name": self.name,
-            "options": [],
-            "query": {"qryType": 1, "query": self.query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-            "refresh": 2,
-            "regex": "",
-            "skipUrlSync": False,
-            "sort": 1,
-            "type": "query",
-        }
-        if self.all_value is not None:
-            built["allValue"] = self.all_value
-        return built
+    def build(self) -> sdk.QueryVariable:
+        variable = (
+            sdk.QueryVariable(self.name)
+            .label(self.label)
+            .datasource(datasource())
+            .current(model.VariableOption(selected=True, text=["All"], value=["$__all"]))
+            .hide(model.VariableHide.DONT_HIDE)
+            .include_all(True)
+            .multi(True)
+            .options([])
+            # As Grafana's Prometheus variable editor saves it (its schema leaves `query` open).
+            .query({"qryType": 1, "query": self.query, "refId": "PrometheusVariableQueryEditor-VariableQuery"})
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .regex("")
+            .sort(model.VariableSort.ALPHABETICAL_ASC)
+        )
+        return variable if self.all_value is None else variable.all_value(self.all_value)
 
 
-DATASOURCE_VARIABLE: Final[JSON] = {
-    "current": {"selected": False, "text": "Prometheus", "value": "prometheus"},
-    "hide": 0,
-    "includeAll": False,
-    "label": "Data source",
-    "multi": False,
-    "name": "datasource",
-    "options": [],
-    "query": "prometheus",
-    "refresh": 1,
-    "regex": "",
-    "skipUrlSync": False,
-    "type": "datasource",
-}
+def datasource_variable() -> sdk.DatasourceVariable:
+    return (
+        sdk.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .current(model.VariableOption(selected=False, text="Prometheus", value=DATASOURCE_UID))
+        .hide(model.VariableHide.DONT_HIDE)
+        .include_all(False)
+        .multi(False)
+        .regex("")
+    )
+
 
 SERVICE = Variable("service", "Service", "label_values(otel_puppy_llm_requests_total, service)")
 PROVIDER = Variable(
@@ -482,75 +586,55 @@ class Dashboard:
     variables: Sequence[Variable] = CALL_VARIABLES
     time_from: str = "now-3h"
 
-    def build(self) -> JSON:
-        panels: list[JSON] = []
-        next_id, y = 1, 0
-        for row in self.rows:
-            panels.append(
-                {
-                    "collapsed": False,
-                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-                    "id": next_id,
-                    "panels": [],
-                    "title": row.title,
-                    "type": "row",
-                }
+    def build(self) -> model.Dashboard:
+        """The SDK lays panels out left to right, a new line once 24 units are filled, each row below the
+        last: it does not wrap a panel wider than what is left of a line, so a row's widths add up to 24 per
+        line (tests/deploy/test_dashboards.py checks that no panel crosses the edge or overlaps another)."""
+        dashboard = (
+            sdk.Dashboard(self.title)
+            .uid(self.uid)
+            .description(self.description)
+            .tags([TAG])
+            .editable()
+            .tooltip(model.DashboardCursorSync.CROSSHAIR)
+            .time(self.time_from, "now")
+            .timezone("browser")
+            .refresh("30s")
+            .version(1)
+            .annotation(
+                sdk.AnnotationQuery()
+                .built_in(1)
+                .datasource(model.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+                .enable(True)
+                .hide(True)
+                .icon_color("rgba(0, 211, 255, 1)")
+                .name("Annotations & Alerts")
+                .type("dashboard")
             )
-            next_id, y = next_id + 1, y + 1
-            x, line_height = 0, 0
-            for panel in row.panels:
-                if x + panel.width > 24:
-                    x, y, line_height = 0, y + line_height, 0
-                panels.append(panel.build(next_id, x, y))
-                next_id += 1
-                x += panel.width
-                line_height = max(line_height, panel.height)
-            y += line_height
-        return {
-            "annotations": {
-                "list": [
-                    {
-                        "builtIn": 1,
-                        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                        "enable": True,
-                        "hide": True,
-                        "iconColor": "rgba(0, 211, 255, 1)",
-                        "name": "Annotations & Alerts",
-                        "type": "dashboard",
-                    }
-                ]
-            },
-            "description": self.description,
-            "editable": True,
-            "fiscalYearStartMonth": 0,
-            "graphTooltip": 1,
-            "links": [
-                {
-                    "asDropdown": True,
-                    "icon": "external link",
-                    "includeVars": True,
-                    "keepTime": True,
-                    "tags": [TAG],
-                    "targetBlank": False,
-                    "title": "otel_puppy",
-                    "tooltip": "",
-                    "type": "dashboards",
-                    "url": "",
-                }
-            ],
-            "panels": panels,
-            "refresh": "30s",
-            "schemaVersion": SCHEMA_VERSION,
-            "tags": [TAG],
-            "templating": {"list": [DATASOURCE_VARIABLE, *(v.build() for v in self.variables)]},
-            "time": {"from": self.time_from, "to": "now"},
-            "timepicker": {},
-            "timezone": "browser",
-            "title": self.title,
-            "uid": self.uid,
-            "version": 1,
-            "weekStart": "",
-        }
+            .link(
+                sdk.DashboardLink("otel_puppy")
+                .type(model.DashboardLinkType.DASHBOARDS)
+                .tags([TAG])
+                .as_dropdown(True)
+                .icon("external link")
+                .include_vars(True)
+                .keep_time(True)
+                .target_blank(False)
+                .tooltip("")
+                .url("")
+            )
+            .with_variable(datasource_variable())
+        )
+        for variable in self.variables:
+            dashboard = dashboard.with_variable(variable.build())
+        for row in self.rows:
+            dashboard = dashboard.with_row(sdk.Row(row.title).collapsed(False))
+            for member in row.panels:
+                dashboard = dashboard.with_panel(member)
+        built = dashboard.build()
+        for panel_id, item in enumerate(built.panels or [], start=1):  # rows and panels, top to bottom
+            item.id_val = panel_id
+        return built
 
 
 # --- shared pieces --------------------------------------------------------------------------------
@@ -878,7 +962,10 @@ def budgets() -> Dashboard:
                         override(
                             "byRegexp",
                             ".* limit$",
-                            [("custom.lineStyle", {"dash": [10, 10], "fill": "dash"}), ("custom.fillOpacity", 0)],
+                            [
+                                ("custom.lineStyle", common.LineStyle(fill="dash", dash=[10, 10])),
+                                ("custom.fillOpacity", 0),
+                            ],
                         )
                     ],
                     legend_table=True,
@@ -914,12 +1001,12 @@ def budgets() -> Dashboard:
                     "(emergency).",
                     [
                         Query(
-                            "sum by (policy, severity) "
-                            + "("
-                            + increase(
-                                "otel_puppy_alerts_total", 'kind="budget", policy=~"$budget"', "$__rate_interval"
-                            )
-                            + ")",
+                            sum_by(
+                                "policy, severity",
+                                increase(
+                                    "otel_puppy_alerts_total", 'kind="budget", policy=~"$budget"', "$__rate_interval"
+                                ),
+                            ),
                             "{{policy}} {{severity}}",
                         )
                     ],
@@ -931,10 +1018,10 @@ def budgets() -> Dashboard:
                     "Decisions a budget decided (warn, degrade or deny), per second.",
                     [
                         Query(
-                            "sum by (policy, action) "
-                            + "("
-                            + rate("otel_puppy_decisions_total", 'action!="allow", policy=~"$budget"')
-                            + ")",
+                            sum_by(
+                                "policy, action",
+                                rate("otel_puppy_decisions_total", 'action!="allow", policy=~"$budget"'),
+                            ),
                             "{{policy}} {{action}}",
                         )
                     ],
@@ -1016,7 +1103,7 @@ def providers() -> Dashboard:
                     "short",
                     bars=True,
                     overrides=[
-                        override("byRegexp", f".* {to}$", [("color", {"fixedColor": value, "mode": "fixed"})])
+                        override("byRegexp", f".* {to}$", [("color", fixed(value))])
                         for to, value in (("open", RED), ("half_open", YELLOW), ("closed", GREEN))
                     ],
                 ),
@@ -1024,14 +1111,12 @@ def providers() -> Dashboard:
                     "Transitions since start",
                     "Every breaker state change since each replica started.",
                     [
-                        Query(
+                        Column(
+                            "Transitions",
+                            "short",
                             f"sum by (policy, provider, model, to) (otel_puppy_breaker_transitions_total{{{breaker}}})",
-                            instant=True,
-                            table=True,
-                        )
+                        ),
                     ],
-                    [("Transitions", "short")],
-                    sort_by="Transitions",
                 ),
             ],
         ),
@@ -1044,10 +1129,10 @@ def providers() -> Dashboard:
                     "connection errors count against breakers; client errors (400, 401) do not.",
                     [
                         Query(
-                            "sum by (provider, error_class) "
-                            + "("
-                            + rate("otel_puppy_llm_requests_total", CALLS + ', outcome="error"')
-                            + ")",
+                            sum_by(
+                                "provider, error_class",
+                                rate("otel_puppy_llm_requests_total", CALLS + ', outcome="error"'),
+                            ),
                             "{{provider}} {{error_class}}",
                         )
                     ],
@@ -1082,10 +1167,10 @@ def providers() -> Dashboard:
                     "Alert events as breakers open (critical), half-open and close (info).",
                     [
                         Query(
-                            "sum by (policy, severity) "
-                            + "("
-                            + increase("otel_puppy_alerts_total", 'kind="breaker"', "$__rate_interval")
-                            + ")",
+                            sum_by(
+                                "policy, severity",
+                                increase("otel_puppy_alerts_total", 'kind="breaker"', "$__rate_interval"),
+                            ),
                             "{{policy}} {{severity}}",
                         )
                     ],
@@ -1145,14 +1230,12 @@ def decisions() -> Dashboard:
                     "Anomalies since start",
                     "Anomalies fired since each replica started.",
                     [
-                        Query(
+                        Column(
+                            "Fired",
+                            "short",
                             f"sum by (policy, signal, action) (otel_puppy_anomalies_total{{{policy}}})",
-                            instant=True,
-                            table=True,
-                        )
+                        ),
                     ],
-                    [("Fired", "short")],
-                    sort_by="Fired",
                 ),
             ],
         ),
@@ -1172,10 +1255,7 @@ def decisions() -> Dashboard:
                     "Decisions that were not a plain allow, by the policy that decided.",
                     [
                         Query(
-                            "sum by (policy, action) "
-                            + "("
-                            + rate("otel_puppy_decisions_total", 'action!="allow", ' + policy)
-                            + ")",
+                            sum_by("policy, action", rate("otel_puppy_decisions_total", 'action!="allow", ' + policy)),
                             "{{policy}} {{action}}",
                         )
                     ],
@@ -1216,14 +1296,12 @@ def decisions() -> Dashboard:
                     "Decisions since start",
                     "Decisions by action and the policy that decided, since each replica started.",
                     [
-                        Query(
+                        Column(
+                            "Decisions",
+                            "short",
                             'sum by (action, policy) (otel_puppy_decisions_total{action!="allow"})',
-                            instant=True,
-                            table=True,
-                        )
+                        ),
                     ],
-                    [("Decisions", "short")],
-                    sort_by="Decisions",
                     width=12,
                     height=8,
                 ),
@@ -1249,14 +1327,8 @@ def decisions() -> Dashboard:
                     "Alerts since start",
                     "Alert events by kind, policy and severity since each replica started.",
                     [
-                        Query(
-                            "sum by (kind, policy, severity) (otel_puppy_alerts_total)",
-                            instant=True,
-                            table=True,
-                        )
+                        Column("Alerts", "short", "sum by (kind, policy, severity) (otel_puppy_alerts_total)"),
                     ],
-                    [("Alerts", "short")],
-                    sort_by="Alerts",
                 ),
             ],
         ),
@@ -1288,28 +1360,18 @@ def models() -> Dashboard:
                     "Every model in the dashboard's range: spend, calls, cost per 1K tokens (input, cache included, "
                     "plus output), p95 latency and error rate.",
                     [
-                        Query(
+                        Column(
+                            "Spend",
+                            "currencyUSD",
                             f"sum by (provider, model) ({increase('otel_puppy_llm_cost_usd_total')})",
-                            instant=True,
-                            table=True,
                         ),
-                        Query(
-                            f"sum by (provider, model) ({increase('otel_puppy_llm_requests_total')})",
-                            instant=True,
-                            table=True,
+                        Column(
+                            "Calls", "short", f"sum by (provider, model) ({increase('otel_puppy_llm_requests_total')})"
                         ),
-                        Query(cost_per_1k_tokens("provider, model"), instant=True, table=True),
-                        Query(quantile(0.95, "provider, model", interval="$__range"), instant=True, table=True),
-                        Query(error_ratio("provider, model", interval="$__range"), instant=True, table=True),
+                        Column("USD per 1K tokens", "currencyUSD", cost_per_1k_tokens("provider, model")),
+                        Column("p95 latency", "s", quantile(0.95, "provider, model", interval="$__range")),
+                        Column("Error rate", "percentunit", error_ratio("provider, model", interval="$__range")),
                     ],
-                    [
-                        ("Spend", "currencyUSD"),
-                        ("Calls", "short"),
-                        ("USD per 1K tokens", "currencyUSD"),
-                        ("p95 latency", "s"),
-                        ("Error rate", "percentunit"),
-                    ],
-                    sort_by="Spend",
                     width=24,
                     height=9,
                 ),
@@ -1343,14 +1405,16 @@ def models() -> Dashboard:
                     "of the input price: the higher, the more caching saves.",
                     [
                         Query(
-                            "sort_desc(sum by (provider, model) "
-                            + "("
-                            + increase("otel_puppy_llm_tokens_total", CALLS + ', type="cache_read"')
-                            + ")"
-                            " / sum by (provider, model) "
-                            + "("
-                            + increase("otel_puppy_llm_tokens_total", CALLS + ', type="input"')
-                            + "))",
+                            "sort_desc("
+                            + sum_by(
+                                "provider, model",
+                                increase("otel_puppy_llm_tokens_total", CALLS + ', type="cache_read"'),
+                            )
+                            + " / "
+                            + sum_by(
+                                "provider, model", increase("otel_puppy_llm_tokens_total", CALLS + ', type="input"')
+                            )
+                            + ")",
                             PROVIDER_MODEL,
                             instant=True,
                         )
@@ -1379,10 +1443,10 @@ def models() -> Dashboard:
                     "Cache reads and writes per second, by model.",
                     [
                         Query(
-                            "sum by (provider, model, type) "
-                            + "("
-                            + rate("otel_puppy_llm_tokens_total", CALLS + ', type=~"cache_read|cache_write"')
-                            + ")",
+                            sum_by(
+                                "provider, model, type",
+                                rate("otel_puppy_llm_tokens_total", CALLS + ', type=~"cache_read|cache_write"'),
+                            ),
                             "{{provider}}:{{model}} {{type}}",
                         )
                     ],
@@ -1441,14 +1505,12 @@ def models() -> Dashboard:
                     "Calls that could not be priced, by reason: `unknown_model` needs a `prices:` entry in "
                     "policies/. Their spend is in no budget.",
                     [
-                        Query(
+                        Column(
+                            "Calls",
+                            "short",
                             f"sum by (provider, model, reason) ({increase('otel_puppy_llm_unpriced_requests_total')})",
-                            instant=True,
-                            table=True,
-                        )
+                        ),
                     ],
-                    [("Calls", "short")],
-                    sort_by="Calls",
                     width=24,
                     height=6,
                 ),
@@ -1467,15 +1529,15 @@ def models() -> Dashboard:
 DASHBOARDS: Final = (overview, budgets, providers, decisions, models)
 
 
-def dashboards() -> list[tuple[str, JSON]]:
-    """(file name, dashboard JSON) for every dashboard."""
+def dashboards() -> list[tuple[str, model.Dashboard]]:
+    """(file name, dashboard) for every dashboard."""
     built = [make() for make in DASHBOARDS]
     return [(dashboard.file, dashboard.build()) for dashboard in built]
 
 
-def render(dashboard: JSON) -> str:
+def render(dashboard: model.Dashboard) -> str:
     """The committed form: sorted keys, two-space indents, a final newline."""
-    return json.dumps(dashboard, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False).encode(dashboard) + "\n"
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from typing import IO, Any, Final, Protocol
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from otel_puppy._logging import RateLimitedLog
 from otel_puppy.decision import Severity
 from otel_puppy.settings import redact_url
 
@@ -62,10 +63,20 @@ class AlertSink(Protocol):
 
 
 class LogSink:
-    """Alerts to the `otel_puppy.alerts` logger, at a level that follows the severity."""
+    """Alerts to the `otel_puppy.alerts` logger, at a level that follows the severity.
+
+    Spans can drive alerts (breakers flapping, a budget per user crossing for each new user), so
+    lines are rate-limited per (kind, policy, severity): one a minute, then a count of the rest.
+    Every event is still counted in `otel_puppy_alerts_total` and sent to the other sinks.
+    """
+
+    def __init__(self, log: RateLimitedLog | None = None) -> None:
+        self.log = log or RateLimitedLog(logger)
 
     def send(self, event: AlertEvent) -> None:
-        logger.log(_LOG_LEVELS[event.severity], "%s alert [%s] %s", event.kind, event.severity.value, event.message)
+        key = f"{event.kind}:{event.policy}:{event.severity.value}"
+        level = _LOG_LEVELS[event.severity]
+        self.log.log(level, key, "%s alert [%s] %s", event.kind, event.severity.value, event.message)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -93,6 +104,7 @@ class WebhookSink:
         self.timeout_s = timeout_s
         self.dropped = 0
         self.failed = 0
+        self._log = RateLimitedLog(logger)
         self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="otel-puppy-webhook", daemon=True)
         self._thread.start()
@@ -116,7 +128,7 @@ class WebhookSink:
                     pass
             except Exception:  # the receiver being down must not stop alerting
                 self.failed += 1
-                logger.warning("alert webhook POST failed", exc_info=True)
+                self._log.warning("webhook", "alert webhook POST failed", exc_info=True)
             finally:
                 self._queue.task_done()
 
@@ -141,6 +153,7 @@ class Alerts:
 
     def __init__(self, sinks: Sequence[AlertSink]) -> None:
         self.sinks = tuple(sinks)
+        self._log = RateLimitedLog(logger)
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str, str], int] = {}
         self.recent: list[AlertEvent] = []
@@ -156,7 +169,7 @@ class Alerts:
             try:
                 sink.send(event)
             except Exception:
-                logger.exception("alert sink %r failed", sink)
+                self._log.error(f"sink:{type(sink).__name__}", "alert sink %r failed", sink, exc_info=True)
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -19,12 +19,21 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from otel_puppy import semconv
+from otel_puppy.bounds import (
+    DEFAULT_LIMITS,
+    MAX_NAME_LENGTH,
+    CallLimits,
+    InvalidNumber,
+    OutOfBounds,
+    read_count,
+    read_decimal,
+)
 
 __all__ = ("ErrorClass", "LLMCall", "call_from_parts", "extract_call", "is_genai_span", "prompt_digest")
 
-MAX_TOKENS = 10**12
-"""More tokens than this in one call is not a measurement; the span is counted as invalid."""
-_MAX_NAME = 256
+_MAX_NAME = MAX_NAME_LENGTH
+_MAX_INT_LABEL = 10**18
+"""An integer attribute used as a label (a numeric user id) is formatted only below this."""
 
 
 class ErrorClass(StrEnum):
@@ -74,6 +83,9 @@ class LLMCall:
     """A digest of the normalized prompt when the span captured it; the text is never kept."""
     problems: tuple[str, ...] = ()
     """Attributes that were present but unusable; such a call is counted but never priced."""
+    rejected: str | None = None
+    """Why the span is refused: a number outside its bound (`bounds.CallLimits`). A rejected call is
+    never applied: the OTLP receiver answers it in `partial_success`, the engine counts it."""
 
     @property
     def model(self) -> str:
@@ -112,7 +124,7 @@ def is_genai_span(attributes: Mapping[str, Any]) -> bool:
     return not semconv.MARKERS.isdisjoint(attributes)
 
 
-def extract_call(span: ReadableSpan) -> LLMCall | None:
+def extract_call(span: ReadableSpan, limits: CallLimits = DEFAULT_LIMITS) -> LLMCall | None:
     """Normalize an SDK span into an `LLMCall`, or `None` when it is not one model call.
 
     Not calls: spans without GenAI attributes, agent runs carrying aggregated usage,
@@ -141,6 +153,7 @@ def extract_call(span: ReadableSpan) -> LLMCall | None:
         exception_events=(event.attributes or {} for event in span.events if event.name == semconv.EXCEPTION_EVENT)
         if error
         else (),
+        limits=limits,
     )
 
 
@@ -156,8 +169,14 @@ def call_from_parts(
     error: bool,
     status_message: str | None = None,
     exception_events: Iterable[Mapping[str, Any]] = (),
+    limits: CallLimits = DEFAULT_LIMITS,
 ) -> LLMCall | None:
-    """Build an `LLMCall` from span parts, or `None` when the span is not one model call."""
+    """Build an `LLMCall` from span parts, or `None` when the span is not one model call.
+
+    Numbers are read with `bounds.read_count`/`read_decimal`: one that is not a number makes the
+    call `problems` (counted, not priced); one outside `limits` makes it `rejected` (not applied).
+    Names longer than `bounds.MAX_NAME_LENGTH` are treated as absent.
+    """
     if attributes.get(semconv.LOGFIRE_SPAN_TYPE) == semconv.LOGFIRE_PENDING:
         return None
     if attributes.get(semconv.DECISION_ACTION) == "deny":
@@ -185,8 +204,9 @@ def call_from_parts(
             return None
 
     problems: list[str] = []
+    rejections: list[str] = []
     tokens = [
-        _tokens(attributes, keys, problems)
+        _tokens(attributes, keys, problems, rejections, limits.max_tokens)
         for keys in (
             semconv.INPUT_TOKENS,
             semconv.OUTPUT_TOKENS,
@@ -204,11 +224,12 @@ def call_from_parts(
     provider = normalize_provider(_first(attributes, semconv.PROVIDER))
     request_model = _name(attributes, semconv.REQUEST_MODEL, problems)
     decided = attributes.get(semconv.DECISION_MODEL)
-    if isinstance(decided, str) and ":" in decided:
+    if isinstance(decided, str) and ":" in decided and len(decided) <= 2 * _MAX_NAME and _utf8(decided):
         # A degrade or a route sent the request elsewhere; the instrumentation's span still names
         # the model the agent was built with, so a failed call would be booked to the wrong one.
         decided_provider, _, decided_model = decided.partition(":")
-        provider, request_model = normalize_provider(decided_provider), decided_model or request_model
+        provider, request_model = normalize_provider(decided_provider), decided_model[:_MAX_NAME] or request_model
+    reported_cost = _cost(attributes, rejections, limits.max_cost_usd)
     return LLMCall(
         trace_id=trace_id,
         span_id=span_id,
@@ -216,7 +237,7 @@ def call_from_parts(
         provider=provider,
         request_model=request_model,
         response_model=_name(attributes, semconv.RESPONSE_MODEL, problems),
-        operation=operation or ("embeddings" if oi_kind == "EMBEDDING" else "chat"),
+        operation=_capped(operation) or ("embeddings" if oi_kind == "EMBEDDING" else "chat"),
         start_ns=start_ns,
         end_ns=end_ns,
         input_tokens=input_tokens,
@@ -227,15 +248,16 @@ def call_from_parts(
         has_usage=has_usage,
         error_class=classify_error(attributes, status_message, exception_events) if error else None,
         agent=_label(attributes, semconv.AGENT),
-        service=_text(resource.get(semconv.RESOURCE_SERVICE)),
+        service=_capped(_text(resource.get(semconv.RESOURCE_SERVICE))),
         conversation=_label(attributes, semconv.CONVERSATION),
         user=_label(attributes, semconv.USER),
         team=_label(attributes, semconv.TEAM) or _label(resource, semconv.RESOURCE_TEAM),
         environment=_label(attributes, semconv.ENVIRONMENT) or _label(resource, semconv.RESOURCE_ENVIRONMENT),
-        reported_cost_usd=_cost(attributes),
-        decision_id=_text(attributes.get(semconv.DECISION_ID)),
+        reported_cost_usd=reported_cost,
+        decision_id=_capped(_text(attributes.get(semconv.DECISION_ID))),
         prompt_hash=prompt_digest(_first(attributes, semconv.PROMPT)),
         problems=tuple(problems),
+        rejected="; ".join(rejections) if rejections else None,
     )
 
 
@@ -272,7 +294,7 @@ def _message_text(value: object) -> str:
 def normalize_provider(value: object) -> str:
     """Map the conventions' provider spellings to one name (`gcp.vertex_ai` -> `google`)."""
     text = _text(value)
-    if not text:
+    if not text or len(text) > _MAX_NAME or not _utf8(text):
         return "unknown"
     lowered = text.strip().lower()
     return semconv.PROVIDER_ALIASES.get(lowered, lowered)
@@ -353,23 +375,25 @@ def _text(value: object) -> str | None:
     return None
 
 
-def _tokens(attributes: Mapping[str, Any], keys: tuple[str, ...], problems: list[str]) -> int:
+def _capped(text: str | None) -> str | None:
+    # A lone surrogate (an SDK attribute may carry one) cannot be stored in SQLite or Redis.
+    return text if text is None or (len(text) <= _MAX_NAME and _utf8(text)) else None
+
+
+def _tokens(
+    attributes: Mapping[str, Any], keys: tuple[str, ...], problems: list[str], rejections: list[str], maximum: int
+) -> int:
     for key in keys:
         if key not in attributes:
             continue
         value = attributes[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"{key} is not a number")
-            return 0
-        if isinstance(value, float):
-            if not math.isfinite(value) or not value.is_integer():
-                problems.append(f"{key} is not a whole number")
-                return 0
-            value = int(value)
-        if value < 0 or value > MAX_TOKENS:
-            problems.append(f"{key} is out of range")
-            return 0
-        return value
+        try:
+            return read_count(value, name=key, maximum=maximum)
+        except OutOfBounds as exc:
+            rejections.append(str(exc))
+        except InvalidNumber as exc:
+            problems.append(str(exc))
+        return 0
     return 0
 
 
@@ -399,7 +423,7 @@ def _label(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     value = _first(attributes, keys)
     if isinstance(value, str) and value and len(value) <= _MAX_NAME and _utf8(value):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and -_MAX_INT_LABEL < value < _MAX_INT_LABEL:
         return str(value)
     return None
 
@@ -412,8 +436,19 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _cost(attributes: Mapping[str, Any]) -> float | None:
-    value = _first(attributes, semconv.REPORTED_COST)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
-        return float(value)
+def _cost(attributes: Mapping[str, Any], rejections: list[str], maximum: Decimal) -> float | None:
+    """The cost the span reports (for drift only): a bounded number, else `None`; out of range, a rejection."""
+    for key in semconv.REPORTED_COST:
+        value = attributes.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int | float | str):
+            return None  # a list or bytes is no cost; it is not ours to refuse the span for
+        try:
+            return float(read_decimal(value, name=key, maximum=maximum))
+        except OutOfBounds as exc:
+            rejections.append(str(exc))
+        except InvalidNumber:
+            pass
+        return None
     return None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 from rich.console import Console
 from rich.table import Table
 
+from otel_puppy.bounds import MAX_CALL_COST_USD, InvalidNumber, OutOfBounds, read_decimal
 from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreError
 
 if TYPE_CHECKING:
@@ -186,13 +187,13 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _usd(text: str) -> Decimal:
+    # The API's own bounds, checked here: out of them is a usage error, not a traceback.
     try:
-        value = Decimal(text)
-    except InvalidOperation:
+        return read_decimal(text, name="estimated_cost_usd", maximum=MAX_CALL_COST_USD)
+    except OutOfBounds as exc:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r} ({exc.reason})") from None
+    except InvalidNumber:
         raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
-    if not value.is_finite() or value < 0:
-        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}")
-    return value
 
 
 # --- serve ------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from otel_puppy.engine import PolicyEngine
     from otel_puppy.server.app import create_app
-    from otel_puppy.server.http import http_protocol
+    from otel_puppy.server.http import uvicorn_options
 
     # Settings first: a host beyond loopback without a token is refused before anything binds.
     settings = service_settings(host=args.host, port=args.port, store=args.store, policies=args.policies)
@@ -247,7 +248,7 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
-            http=http_protocol(),
+            **uvicorn_options(settings),
         )
         server = _announcing_server(config, _announce)
         config.load()  # uvicorn's own imports, before the freeze

@@ -29,7 +29,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -176,7 +176,8 @@ class DecisionClient:
         client = self._sync_client()
         while True:
             try:
-                response = client.post(DECIDE_PATH, content=call.body, timeout=call.timeout())
+                with client.stream("POST", DECIDE_PATH, content=call.body, timeout=call.timeout()) as streamed:
+                    response = _bounded(streamed, streamed.iter_bytes(), call.deadline)
             except httpx.TransportError as exc:
                 call.failed(exc)
             else:
@@ -194,7 +195,8 @@ class DecisionClient:
         client = self._async_client()
         while True:
             try:
-                response = await client.post(DECIDE_PATH, content=call.body, timeout=call.timeout())
+                async with client.stream("POST", DECIDE_PATH, content=call.body, timeout=call.timeout()) as streamed:
+                    response = await _abounded(streamed, call.deadline)
             except httpx.TransportError as exc:
                 call.failed(exc)
             else:
@@ -358,7 +360,7 @@ class _Call:
         if status == 200:
             try:
                 return Decision.from_dict(response.json())
-            except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
                 # Not a decision: a proxy's page, or a service too new or too old for this client.
                 self.cause = f"HTTP 200 without a decision: {type(exc).__name__}: {exc}"
                 self.final = True
@@ -420,11 +422,47 @@ def _body(request: DecisionRequest) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
 
+MAX_ANSWER_BYTES: Final = 1 << 20
+"""The largest answer read from the service: a decision is a few KB; a larger one is not a decision."""
+
+
+def _bounded(streamed: httpx.Response, chunks: Iterator[bytes], deadline: float) -> httpx.Response:
+    """The answer read whole, at most `MAX_ANSWER_BYTES` and before `deadline`.
+
+    httpx's timeout bounds each read, not the whole answer: a server dripping a byte at a time
+    would hold the caller for ever, and one sending gigabytes would fill its memory.
+
+    Raises:
+        httpx.ReadTimeout: the deadline passed while the answer was arriving.
+        httpx.RemoteProtocolError: the answer is larger than `MAX_ANSWER_BYTES`.
+    """
+    body = bytearray()
+    for chunk in chunks:
+        _take(body, chunk, deadline)
+    return httpx.Response(streamed.status_code, headers=streamed.headers, content=bytes(body))
+
+
+async def _abounded(streamed: httpx.Response, deadline: float) -> httpx.Response:
+    """`_bounded` for the async client."""
+    body = bytearray()
+    async for chunk in streamed.aiter_bytes():
+        _take(body, chunk, deadline)
+    return httpx.Response(streamed.status_code, headers=streamed.headers, content=bytes(body))
+
+
+def _take(body: bytearray, chunk: bytes, deadline: float) -> None:
+    body += chunk
+    if len(body) > MAX_ANSWER_BYTES:
+        raise httpx.RemoteProtocolError(f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
+    if time.monotonic() > deadline:
+        raise httpx.ReadTimeout("the answer did not arrive within the time budget")
+
+
 def _error(response: httpx.Response) -> tuple[str, str, dict[str, Any] | None]:
     """(code, message, body) of an error answer: the service's `{"code", "message"}`, or a summary."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # a proxy's page, or nested past the parser's depth
         body = None
     if isinstance(body, dict) and isinstance(body.get("code"), str):
         return body["code"], str(body.get("message", "")), body

@@ -8,7 +8,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from operator import attrgetter
-from typing import Any, overload
+from typing import Any, Final, overload
+
+from otel_puppy.bounds import (
+    MAX_CALL_COST_USD,
+    MAX_CALL_TOKENS,
+    MAX_CAPABILITIES,
+    MAX_NAME_LENGTH,
+    OutOfBounds,
+    check_name,
+    read_count,
+    read_decimal,
+)
 
 __all__ = (
     "Action",
@@ -73,6 +84,12 @@ class DecisionRequest:
 
     Give `estimated_cost_usd`, or token estimates (priced with the `Pricer` for the model that
     will actually be used), so the engine can reserve the spend before it happens.
+
+    Every value is checked when the request is built, against `otel_puppy.bounds`: names of at most
+    `MAX_NAME_LENGTH` characters, estimates of at most `MAX_CALL_COST_USD` and `MAX_CALL_TOKENS`,
+    at most `MAX_CAPABILITIES` capabilities. A value outside raises `bounds.OutOfBounds` (a
+    `ValueError`) naming the field: it is the caller's own error, never a decision that fails open.
+    `estimated_cost_usd` may be given as an int, float or decimal text; it is kept as a `Decimal`.
     """
 
     provider: str
@@ -92,6 +109,36 @@ class DecisionRequest:
     """Capabilities the call needs (e.g. `tools`, `vision`); routing only picks models that have them."""
     context_tokens: int | None = None
     """Prompt size; routing only picks models whose context window holds it."""
+
+    def __post_init__(self) -> None:
+        # Names first, the usual case costing one `len` each; the fix-ups below replace a value only
+        # when it was given in another type than the field's (the dataclass is frozen).
+        for name in _NAMES:
+            value = getattr(self, name)
+            if value is not None and (type(value) is not str or len(value) > MAX_NAME_LENGTH):
+                check_name(value, name=name, optional=name not in _REQUIRED_NAMES)
+        if type(self.priority) is not Priority:
+            object.__setattr__(self, "priority", Priority(self.priority))
+        cost = self.estimated_cost_usd
+        if cost is not None:
+            bounded = read_decimal(cost, name="estimated_cost_usd", maximum=MAX_CALL_COST_USD)
+            if bounded is not cost:
+                object.__setattr__(self, "estimated_cost_usd", bounded)
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if value is not None and not (type(value) is int and 0 <= value <= MAX_CALL_TOKENS):
+                object.__setattr__(self, name, read_count(value, name=name, maximum=MAX_CALL_TOKENS))
+        capabilities = self.capabilities
+        if capabilities:
+            if not isinstance(capabilities, tuple | list):  # a bare string would be a tuple of letters
+                raise TypeError(f"capabilities must be a tuple of strings, not {type(capabilities).__name__}")
+            if len(capabilities) > MAX_CAPABILITIES:
+                reason = f"lists {len(capabilities)} items (allowed: at most {MAX_CAPABILITIES})"
+                raise OutOfBounds("capabilities", reason)
+            for index, capability in enumerate(capabilities):
+                check_name(capability, name=f"capabilities[{index}]", optional=False)
+            if type(capabilities) is not tuple:
+                object.__setattr__(self, "capabilities", tuple(capabilities))
 
     def scope(self) -> dict[str, str | None]:
         """The dimensions budgets match and group on (same keys as `LLMCall.scope()`)."""
@@ -113,6 +160,11 @@ class DecisionRequest:
     @property
     def estimated_tokens(self) -> int:
         return (self.estimated_input_tokens or 0) + (self.estimated_output_tokens or 0)
+
+
+_NAMES: Final = ("provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation")
+_REQUIRED_NAMES: Final = frozenset({"provider", "model", "operation"})
+_COUNTS: Final = ("estimated_input_tokens", "estimated_output_tokens", "context_tokens")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,15 @@ from opentelemetry import context as otel_context
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
+from otel_puppy._keys import escape
+from otel_puppy._logging import RateLimitedLog
+from otel_puppy._requests import MAX_AMOUNT, check_request, estimate_nanos, request_from_fields
 from otel_puppy.alerts import AlertEvent, Alerts, AlertSink, LogSink, WebhookSink
+from otel_puppy.bounds import MAX_CALL_COST_USD
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock, SystemClock
 from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit, Priority, Severity
-from otel_puppy.exceptions import PolicyDenied, PolicyErrors, StoreError
+from otel_puppy.exceptions import PolicyDenied, PolicyErrors, RequestError, StoreError
 from otel_puppy.metrics import Metrics
 from otel_puppy.model_stats import ModelStat, ModelStats
 from otel_puppy.money import nanos_to_float, nanos_to_usd, usd_to_nanos
@@ -46,7 +50,7 @@ from otel_puppy.policies.breaker import BreakerBoard, BreakerGuard, BreakerStatu
 from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit, budget_hit_dict, budget_utilization
 from otel_puppy.policies.routing import Router
 from otel_puppy.policies.watch import PolicyWatcher
-from otel_puppy.pricing import Price, Pricer
+from otel_puppy.pricing import Price, Pricer, Unpriced
 from otel_puppy.processor import DECISION_CONTEXT_KEY, PuppySpanProcessor
 from otel_puppy.redundant import RedundancyTracker
 from otel_puppy.settings import PuppySettings
@@ -68,6 +72,9 @@ _SYNC_BREAKERS_EVERY_S: Final = 1.0
 _BREAKERS: Final = "breakers"
 _ANOMALIES: Final = "anomalies"
 _ID_DIMENSIONS: Final = frozenset({"user", "conversation"})
+_MAX_ESTIMATE_NANOS: Final = usd_to_nanos(MAX_CALL_COST_USD)
+_MAX_PROBLEMS: Final = 100
+"""Unreadable budgets remembered for `problems()` (one is enough to be not ready)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +163,11 @@ class PolicyEngine:
             if self.settings.alert_webhook_url:
                 alert_sinks.append(WebhookSink(self.settings.alert_webhook_url))
         self.alerts = Alerts(alert_sinks)
+        self._log = RateLimitedLog(logger, clock=self.clock.now)
+        """Lines a request or a span can repeat at will (errors, refusals): one per reason per minute."""
+        self._problems_lock = threading.Lock()
+        self._unreadable_budgets: dict[str, tuple[BudgetInstance, BudgetCheck]] = {}
+        """Budgets a decision could not read, by key, until `problems()` reads them again."""
         self.stats = ModelStats(self.clock)
         self.redundancy = RedundancyTracker(self.clock)
         zone = self.settings.zone
@@ -206,7 +218,7 @@ class PolicyEngine:
         return self._watcher
 
     def _build_rules(self, policies: PolicySet, previous: _Rules | None) -> _Rules:
-        book = BudgetBook(policies.budgets, self.settings.zone)
+        book = BudgetBook(policies.budgets, self.settings.zone, self._log)
         if previous is None:
             pricer = Pricer(policies.price_overrides())
             breakers = BreakerBoard(policies.breakers, self.clock, on_transition=self._on_breaker_transition)
@@ -234,7 +246,19 @@ class PolicyEngine:
         return self.observe_many([call])[0]
 
     def observe_many(self, calls: Sequence[LLMCall]) -> list[Observation]:
-        """Price calls and apply them in one store round trip, each deduped atomically."""
+        """Price calls and apply them in one store round trip, each deduped atomically.
+
+        A call carrying a number outside its bound (`LLMCall.rejected`) is not applied: it is counted
+        as `spans_total{result="rejected"}` and observed as `ApplyResult.REJECTED`.
+        """
+        if any(call.rejected is not None for call in calls):
+            kept = [call for call in calls if call.rejected is None]
+            self.metrics.record_spans("rejected", len(calls) - len(kept))
+            applied_kept = iter(self.observe_many(kept) if kept else ())
+            return [
+                next(applied_kept) if call.rejected is None else Observation(call, _REFUSED, ApplyResult.REJECTED)
+                for call in calls
+            ]
         now = self.clock.now()
         rules = self._rules
         pricer, ttl = rules.pricer, self.settings.dedupe_ttl_s
@@ -266,6 +290,13 @@ class PolicyEngine:
             with self._surviving_store("alerts"):
                 self._check_alerts([i for i in touched.values() if i.policy.alerts], now)
         invalid = sum(1 for call, _ in applied if call.problems)
+        lateness = self.settings.max_span_lateness_s
+        late = [call.end_ns / 1e9 < now for call, _ in applied if _late(call, now, lateness)]
+        if late:
+            past = sum(late)
+            for direction, count in (("past", past), ("future", len(late) - past)):
+                if count:
+                    metrics.record_late(direction, count)
         for result, count in (
             ("applied", len(applied) - invalid),
             ("invalid", invalid),
@@ -289,8 +320,10 @@ class PolicyEngine:
     def _record(
         self, rules: _Rules, call: LLMCall, price: Price, now: float, *, ttl: float, touched: dict[str, BudgetInstance]
     ) -> SpendRecord:
-        # Spend belongs to the window the call ended in, but never to one in the future (skew).
-        ts = min(call.end_ns / 1e9, now) if call.end_ns > 0 else now
+        # Spend belongs to the window the call ended in, but never to one in the future (skew), and
+        # never to one so far back that no budget would see it while the metrics count it.
+        late = _late(call, now, self.settings.max_span_lateness_s)
+        ts = min(call.end_ns / 1e9, now) if call.end_ns > 0 and not late else now
         nanos = price.nanos or 0
         tokens = call.input_tokens + call.output_tokens
         increments = [Increment(TOTAL_SCOPE, window, ts, nanos, tokens) for window in self._total_windows]
@@ -319,22 +352,135 @@ class PolicyEngine:
         agent="support", priority="normal", estimated_cost_usd=Decimal("0.02"))`. The strictest
         action of every matching policy wins; each is listed in `reasons`. With an estimate, the
         spend is reserved on every matching budget until the call's span settles it.
+
+        Failing open or closed (`fail_open`) is for a store that does not answer. A value of the
+        request itself never reaches the fail mode: it is refused with `RequestError`. Any other
+        error decides by the fail mode but never looser than the budgets (see `_decide_despite`).
+
+        Raises:
+            RequestError: a field's value is refused (the message names it); nothing was reserved.
         """
-        req = request if request is not None else _request(fields)
+        req = request if request is not None else request_from_fields(fields)
+        check_request(req)
         if self._share_breakers and (now := self.clock.now()) >= self._next_breaker_sync:
             # a replica that only decides still sees the breakers others opened
             self._next_breaker_sync = now + _SYNC_BREAKERS_EVERY_S
             self._sync_breakers()
         try:
             return self._decide(req)
+        except RequestError:
+            raise
         except StoreError as exc:
             # An outage, not a bug: decided by the fail mode, within the store's timeout.
             self.metrics.record_store_error("decide")
-            logger.warning("otel_puppy could not reach its store to decide: %s", exc)
+            self._log.warning("decide:store", "otel_puppy could not reach its store to decide: %s", exc)
             return self._failed_decision(req, "the state store is unavailable")
         except Exception:
             self._internal_error("engine.decide")
-            return self._failed_decision(req, "otel_puppy failed to decide")
+            return self._decide_despite(req)
+
+    def _decide_despite(self, req: DecisionRequest) -> Decision:
+        """After an unexpected error in `_decide`: the fail mode, but never looser than the budgets.
+
+        The rule: each budget the request falls in is read on its own, reserving nothing. One
+        without room applies its action as always; one whose state cannot be read counts as
+        exhausted (so a deny budget denies) and is reported by `problems()`. The decision is the
+        strictest of those and of the fail mode. The fail mode alone decides only when no budget
+        could be evaluated: the request falls in none, or the store does not answer.
+        """
+        failed = self._failed_decision(req, "otel_puppy failed to decide")
+        now = self.clock.now()
+        try:
+            rules = self._rules
+            plan = _plan(rules, req)
+            try:
+                estimate = self._estimate(rules, req)
+            except Exception:  # the estimate may be what failed: read the budgets without it
+                estimate = (0, 0)
+            hits: list[_Hit] = list(failed.reasons)
+            for instance, check in zip(plan.instances, plan.checks, strict=True):
+                admission = Admission("", (check,), estimate[0], estimate[1], now, None, reserve=False)
+                try:
+                    state = self._store.admit(admission, now).states[0]
+                    if not _readable(state):
+                        raise TypeError(f"not a budget state: {state!r}")  # noqa: TRY301 - counted as unreadable below
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    self._unreadable(instance, check, exc)
+                    hits.append(_unreadable_hit(instance))
+                else:
+                    hits.append(_PendingBudgetHit(instance, state, now))
+        except StoreError as exc:
+            self.metrics.record_store_error("decide")
+            self._log.warning("decide:store", "otel_puppy could not reach its store to decide: %s", exc)
+            return self._failed_decision(req, "the state store is unavailable")
+        except Exception:
+            self._internal_error("engine.decide", reraise=False)
+            return failed
+        action = Action.strictest([h.action for h in hits if not h.shadow])
+        enforced = [h for h in hits if not h.shadow]
+        deciding = [h for h in enforced if h.action is action and action is not Action.ALLOW]
+        retry_after = max((h.retry_after_s for h in deciding if h.retry_after_s is not None), default=None)
+        model = next((h.model for h in deciding if action is Action.DEGRADE and h.model), None)
+        provider, model = Degrade(degrade=model).target(req.provider) if model else (req.provider, req.model)
+        key = (action.value, deciding[0].policy if deciding else "otel_puppy")
+        with self._decisions_lock:
+            self._decisions[key] = self._decisions.get(key, 0) + 1
+        return Decision(
+            action=action,
+            provider=provider,
+            model=model,
+            reasons=LazyHits(enforced),
+            shadow=LazyHits([h for h in hits if h.shadow]),
+            retry_after_s=retry_after if action is Action.DENY else None,
+            estimated_cost_usd=req.estimated_cost_usd,
+        )
+
+    def _unreadable(self, instance: BudgetInstance, check: BudgetCheck, exc: Exception) -> None:
+        """Remember a budget whose state could not be read, for `problems()` (bounded)."""
+        with self._problems_lock:
+            if instance.key in self._unreadable_budgets or len(self._unreadable_budgets) < _MAX_PROBLEMS:
+                self._unreadable_budgets[instance.key] = (instance, check)
+        self._log.error(
+            f"unreadable:{instance.policy.name}",
+            "budget %s: its state cannot be read (%s: %s); it counts as exhausted until it can",
+            instance.policy.name,
+            type(exc).__name__,
+            exc,
+        )
+
+    def problems(self) -> tuple[str, ...]:
+        """Why this engine should not be trusted to decide now; empty when it can be (ready).
+
+        Budgets whose state a decision could not read (each is read again here, so a repaired or
+        expired one clears), and the problem the store reports itself (`Store.health().problem`).
+        `/readyz` answers 503 with these.
+
+        Raises:
+            StoreError: the store does not answer (not ready either).
+        """
+        now = self.clock.now()
+        with self._problems_lock:
+            recorded = list(self._unreadable_budgets.items())
+        found: list[str] = []
+        for key, (instance, check) in recorded:
+            try:
+                state = self._store.admit(Admission("", (check,), 0, 0, now, None, reserve=False), now).states[0]
+                readable = _readable(state)
+            except StoreError:
+                raise
+            except Exception:
+                readable = False
+            if readable:
+                with self._problems_lock:
+                    self._unreadable_budgets.pop(key, None)
+            else:
+                found.append(f"the state of budget {instance.policy.name} cannot be read")
+        problem = self._store.health().problem  # what the store found wrong with its own state
+        if problem:
+            found.append(str(problem))
+        return tuple(found)
 
     def _failed_decision(self, req: DecisionRequest, why: str) -> Decision:
         action = Action.ALLOW if self.settings.fail_open else Action.DENY
@@ -362,10 +508,10 @@ class PolicyEngine:
                     request = req.with_model(route.provider, route.model)
                     plan = _plan(rules, request)
         decision_id = _decision_id()
+        estimate = self._estimate(rules, request)  # before a breaker probe is taken: it may refuse the request
         hits += rules.breakers.check(request.provider, request.model)
         if not rules.anomalies.quiet(now):
             hits += rules.anomalies.check(request.scope())
-        estimate = self._estimate(rules, request)
         admitted = self._admit_plan(plan, estimate, now, decision_id, reserve=not (hits and _denied(hits)))
         if not hits and (admitted is None or plan.fits(admitted.states)):
             # The usual decision: only budgets have a say, and each enforced one has room. The
@@ -431,17 +577,31 @@ class PolicyEngine:
         return decision
 
     def _estimate(self, rules: _Rules, request: DecisionRequest) -> tuple[int, int]:
+        """(nano-USD, tokens) to reserve: a priced token estimate is held to the bound a given one has
+        (`bounds.MAX_CALL_COST_USD`), and both are far below what every store holds exactly.
+
+        Raises:
+            RequestError: the token estimate's price for this model is over that bound.
+        """
         tokens = request.estimated_tokens
+        field = "estimated_output_tokens" if request.estimated_output_tokens else "estimated_input_tokens"
+        if tokens > MAX_AMOUNT:
+            raise RequestError(field, f"input and output token estimates must add up to at most {MAX_AMOUNT}")
         if request.estimated_cost_usd is not None:
-            return usd_to_nanos(request.estimated_cost_usd), tokens
+            return estimate_nanos(request.estimated_cost_usd), tokens
         if tokens:
+            # Bounded token counts always price; a pricer that raises is our bug, not the request's
+            # (`decide` then rules by the fail mode, never looser than the budgets).
             price = rules.pricer.price_usage(
                 request.provider,
                 request.model,
                 input_tokens=request.estimated_input_tokens or 0,
                 output_tokens=request.estimated_output_tokens or 0,
             )
-            return price.nanos or 0, tokens
+            nanos = price.nanos or 0
+            if nanos > _MAX_ESTIMATE_NANOS:
+                raise RequestError(field, f"is priced at over {MAX_CALL_COST_USD} USD for {request.model}")
+            return nanos, tokens
         return 0, 0
 
     def _admit(
@@ -488,7 +648,7 @@ class PolicyEngine:
         marks every span started inside with its `otel_puppy.decision_id`, so the call's span
         settles the reservation.
         """
-        return DecisionGuard(self, _request({"provider": provider, "model": model, **fields}))
+        return DecisionGuard(self, request_from_fields({"provider": provider, "model": model, **fields}))
 
     def breaker(self, provider: str, model: str | None = None) -> BreakerGuard:
         """`async with engine.breaker("openai"):` fails fast with `CircuitOpenError` while open.
@@ -579,7 +739,8 @@ class PolicyEngine:
             if provider:
                 self._rules.breakers.trip(provider, subject.get("model"), reason=event.message)
             else:
-                logger.warning("anomaly %s wants to open a breaker but is not per provider", status.policy)
+                message = "anomaly %s wants to open a breaker but is not per provider"
+                self._log.warning(f"anomaly:{status.policy}", message, status.policy)
 
     # --- persisted state ----------------------------------------------------------------------
 
@@ -677,15 +838,35 @@ class PolicyEngine:
             models=tuple(self.stats.all()),
         )
 
-    def _budget_readings(self, rules: _Rules, now: float) -> list[tuple[BudgetInstance, CheckState]]:
-        """Every known budget instance with its state now, read in one admission that reserves nothing."""
+    def _budget_readings(self, rules: _Rules, now: float) -> list[tuple[BudgetInstance, CheckState | None]]:
+        """Every known budget instance with its state now, read in one admission that reserves nothing.
+
+        A budget whose state the store cannot read has `None` (and is remembered for `problems()`):
+        if the one admission raises, halves are read again until the unreadable ones are found, so
+        one poisoned budget costs O(log n) more reads, not every budget's answer.
+        """
         instances = rules.book.known_instances()
-        if not instances:
-            return []
-        admitted = self._store.admit(
-            Admission("", tuple(i.checks[Priority.CRITICAL] for i in instances), 0, 0, now, None, reserve=False), now
-        )
-        return list(zip(instances, admitted.states, strict=True))
+        readings: list[tuple[BudgetInstance, CheckState | None]] = []
+
+        def read(group: tuple[BudgetInstance, ...]) -> None:
+            checks = tuple(i.checks[Priority.CRITICAL] for i in group)
+            try:
+                admitted = self._store.admit(Admission("", checks, 0, 0, now, None, reserve=False), now)
+            except StoreError:
+                raise
+            except Exception as exc:
+                if len(group) == 1:
+                    self._unreadable(group[0], checks[0], exc)
+                    readings.append((group[0], None))
+                    return
+                read(group[: len(group) // 2])
+                read(group[len(group) // 2 :])
+                return
+            readings.extend(zip(group, admitted.states, strict=True))
+
+        if instances:
+            read(instances)
+        return readings
 
     def _budget_states(self, rules: _Rules, now: float) -> list[PolicyHit]:
         return [
@@ -697,6 +878,8 @@ class PolicyEngine:
                 exceeded=not s.fits,
                 now=now,
             )
+            if s is not None
+            else _unreadable_hit(instance)
             for instance, s in self._budget_readings(rules, now)
         ]
 
@@ -746,7 +929,7 @@ class PolicyEngine:
             span = parse_window(budget.window, self.settings.zone)
             start, end = span.bounds(now) if isinstance(span, CalendarWindow) else (0.0, float(span.seconds))
             lengths[budget.name] = end - start
-        readings: list[tuple[BudgetInstance, CheckState]] = []
+        readings: list[tuple[BudgetInstance, CheckState | None]] = []
         with self._surviving_store("scrape"):  # the rest of the scrape still answers
             readings = self._budget_readings(rules, now)
         per_ids = {b.name for b in rules.book.budgets if _ID_DIMENSIONS.intersection(b.per)}
@@ -755,6 +938,8 @@ class PolicyEngine:
         # into `other`, once (the exposition format allows one sample per label set).
         fullest: dict[tuple[str, str], tuple[float, BudgetInstance, CheckState]] = {}
         for instance, state in readings:
+            if state is None:
+                continue  # cannot be read: no sample rather than a wrong one (and /readyz says why)
             name = instance.policy.name
             scope = "max" if name in per_ids else guard("scope", instance.label)
             ratio = budget_utilization(instance, state.spent_nanos, state.spent_tokens, state.reserved_nanos)
@@ -791,6 +976,17 @@ class PolicyEngine:
         for window, counter in zip(self._total_windows, counters, strict=False):
             total.add_metric((window.name,), nanos_to_float(counter.nanos))
         yield total
+        health = self._store.health()
+        yield CounterMetricFamily(
+            "otel_puppy_store_saturated",
+            "Counts a store found at its ceiling after a write: spend past it was not added; the budget denies.",
+            value=float(health.saturated),
+        )
+        yield CounterMetricFamily(
+            "otel_puppy_store_unreadable_values",
+            "Stored values that were not an integer in range (poisoned state), read as the ceiling.",
+            value=float(health.unreadable),
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -845,7 +1041,7 @@ class PolicyEngine:
             yield
         except StoreError as exc:
             self.metrics.record_store_error(operation)
-            logger.warning("otel_puppy store unavailable for %s: %s", operation, exc)
+            self._log.warning(f"store:{operation}", "otel_puppy store unavailable for %s: %s", operation, exc)
 
     def _internal_error(self, component: str, *, reraise: bool | None = None) -> None:
         """Count and log an error we survived; under pytest re-raise it so tests see bugs.
@@ -854,7 +1050,8 @@ class PolicyEngine:
         """
         try:
             self.metrics.record_internal_error(component)
-            logger.exception("otel_puppy internal error in %s", component)
+            # a request or a span may cause it again and again: one traceback per component per minute
+            self._log.error(f"internal:{component}", "otel_puppy internal error in %s", component, exc_info=True)
         except Exception:  # noqa: S110 - the host application must never see our failures
             pass
         if self.settings.reraise if reraise is None else reraise:
@@ -866,6 +1063,8 @@ class PolicyEngine:
         self._processor_lock = threading.Lock()
         self._decisions_lock = threading.Lock()
         self._state_lock = threading.Lock()
+        self._problems_lock = threading.Lock()
+        self._log._lock = threading.Lock()
         store_lock = getattr(self._store, "_lock", None)
         if store_lock is not None:
             self._store._lock = threading.Lock()  # type: ignore[attr-defined]
@@ -1083,15 +1282,36 @@ class DecisionGuard:
         self.__exit__(exc_type, exc, tb)
 
 
-def _request(fields: dict[str, object]) -> DecisionRequest:
-    values = dict(fields)
-    priority = values.get("priority")
-    if isinstance(priority, str):
-        values["priority"] = Priority(priority)
-    cost = values.get("estimated_cost_usd")
-    if cost is not None and not isinstance(cost, Decimal):
-        values["estimated_cost_usd"] = Decimal(str(cost))
-    return DecisionRequest(**values)  # type: ignore[arg-type]
+def _readable(state: CheckState) -> bool:
+    """Whether a store's answer is a budget state: non-negative integers (a poisoned one is not)."""
+    return all(type(value) is int and value >= 0 for value in state[:4])
+
+
+def _unreadable_hit(instance: BudgetInstance) -> PolicyHit:
+    """A budget whose state cannot be read: it counts as exhausted, so its action applies."""
+    policy = instance.policy
+    action = instance.on_exceed
+    return PolicyHit(
+        kind="budget",
+        policy=policy.name,
+        action=action,
+        message=f"{instance.head}its state cannot be read; counted as exhausted{_UNREADABLE_OUTCOME[action]}",
+        scope=instance.label,
+        severity=Severity.EMERGENCY,
+        shadow=policy.shadow,
+        limit_usd=policy.limit_usd,
+        limit_tokens=policy.limit_tokens,
+        window=policy.window,
+        model=instance.degrade,
+    )
+
+
+_UNREADABLE_OUTCOME: Final = {
+    Action.DENY: "; denied",
+    Action.WARN: "; warning only",
+    Action.DEGRADE: "; degrading",
+    Action.ALLOW: "",
+}
 
 
 _ID_PREFIX = uuid.uuid4().hex[:16]
@@ -1125,6 +1345,20 @@ def _breaker_version(blob: bytes) -> int:
     return int(record["transitions"]) * 4 + _BREAKER_RANK[record["state"]]
 
 
+_REFUSED: Final = Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)
+
+
+def _late(call: LLMCall, now: float, lateness_s: float) -> bool:
+    """Whether the call ended outside the lateness bound (either way): then it is charged at `now`.
+
+    A call without an end time is charged at `now` too, but is not late: nothing was moved.
+    """
+    return call.end_ns > 0 and abs(call.end_ns / 1e9 - now) > lateness_s
+
+
 def _settle_key(provider: str, model: str, agent: str | None, user: str | None) -> str:
-    """Which reservation a span without a decision id settles: the oldest with the same key."""
-    return f"{provider}|{model}|{agent or ''}|{user or ''}"
+    """Which reservation a span without a decision id settles: the oldest with the same key.
+
+    Injective (a `|` inside a value is escaped), so agent `a|b` never settles agent `a`, user `b`.
+    """
+    return "|".join(escape(part or "", "|") for part in (provider, model, agent, user))

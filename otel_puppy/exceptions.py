@@ -15,7 +15,9 @@ __all__ = (
     "PolicyError",
     "PolicyErrors",
     "PuppyError",
+    "RequestError",
     "SettingsError",
+    "StoreCorruptError",
     "StoreError",
 )
 
@@ -61,6 +63,39 @@ class PolicyErrors(PuppyError):
 
 class StoreError(PuppyError):
     """The state store could not do what was asked (unreachable, read-only, corrupt)."""
+
+
+class StoreCorruptError(StoreError):
+    """The store's file is damaged (or is not a state file): retrying will not help.
+
+    Raised when a SQLite store finds corruption, at start (`PRAGMA quick_check`) or at run time
+    (`SQLITE_CORRUPT`, `SQLITE_NOTADB`, "database disk image is malformed"). The message names the
+    file and what to do: restore it from a backup, or move it aside to start with empty state.
+    Answer it as a permanent failure (never one a client should retry) and as not ready.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.path))
+
+
+class RequestError(PuppyError, ValueError):
+    """A decision request carries a value otel_puppy refuses: nothing was decided or reserved.
+
+    The caller's own bug (or an attack), so it is raised, never answered by the fail mode; the HTTP
+    API answers `422` with the message. `field` names the request field, e.g. `estimated_cost_usd`.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.message))
 
 
 class InvalidSpanError(PuppyError):

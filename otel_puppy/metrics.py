@@ -77,6 +77,7 @@ class Metrics:
         self._cache_savings: dict[tuple[str, ...], int] = {}
         self._durations: dict[tuple[str, ...], _Histogram] = {}
         self._spans: dict[str, int] = {}
+        self._late: dict[str, int] = {}
         self._internal_errors: dict[str, int] = {}
         self._store_errors: dict[str, int] = {}
         self.buffered = 0
@@ -151,6 +152,11 @@ class Metrics:
         with self._lock:
             self._spans[result] = self._spans.get(result, 0) + count
 
+    def record_late(self, direction: str, count: int = 1) -> None:
+        """Count applied spans charged at their arrival: they ended too long before it (`past`) or after (`future`)."""
+        with self._lock:
+            self._late[direction] = self._late.get(direction, 0) + count
+
     def record_internal_error(self, component: str) -> None:
         with self._lock:
             self._internal_errors[component] = self._internal_errors.get(component, 0) + 1
@@ -174,6 +180,7 @@ class Metrics:
             savings = dict(self._cache_savings)
             durations = {k: (list(h.buckets), h.count, h.sum) for k, h in self._durations.items()}
             spans = dict(self._spans)
+            late = dict(self._late)
             errors = dict(self._internal_errors)
             store_errors = dict(self._store_errors)
             buffered = self.buffered
@@ -247,6 +254,15 @@ class Metrics:
         )
         for result, value in spans.items():
             family.add_metric((result,), float(value))
+        yield family
+
+        family = CounterMetricFamily(
+            "otel_puppy_late_spans",
+            "Applied spans that ended outside the lateness bound, so were charged at their arrival time.",
+            labels=("direction",),
+        )
+        for direction, value in late.items():
+            family.add_metric((direction,), float(value))
         yield family
 
         family = CounterMetricFamily(

@@ -138,7 +138,7 @@ class Pricer:
 
     def price(self, call: LLMCall) -> Price:
         """The cost of a call. Never raises: bad usage gives an unpriced result with its reason."""
-        if call.problems:
+        if call.problems or call.rejected is not None:  # a rejected call is never applied; never price it
             return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)
         if not call.has_usage:
             # Providers do not bill failed calls; a successful call without usage cost something unknown.

@@ -179,9 +179,10 @@ class PuppySpanProcessor(SpanProcessor):
     def _process(self, spans: list[ReadableSpan]) -> None:
         calls: list[LLMCall] = []
         ignored = 0
+        limits = self._engine.settings.call_limits
         for span in spans:
             try:
-                call = extract_call(span)
+                call = extract_call(span, limits)
             except Exception as exc:
                 self._record_worker_error(exc, "extract")
                 continue

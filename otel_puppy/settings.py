@@ -6,6 +6,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS, MAX_SPAN_LATENESS_S, CallLimits
 from otel_puppy.exceptions import SettingsError
 
 __all__ = ("PuppySettings", "redact_url", "running_under_pytest")
@@ -71,6 +73,30 @@ class PuppySettings(BaseSettings):
     """When otel_puppy itself fails (store down, internal error), allow calls (True) or deny them."""
     raise_internal_errors: bool | None = None
     """Re-raise internal errors instead of counting them; unset means: only under pytest."""
+    head_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """`serve`: a connection must send a request's line and headers within this (from connecting, or
+    from the end of its previous response), or it is closed: idle and slowloris clients hold nothing."""
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """`serve`: a request body must arrive within this (16 MiB at 0.6 MB/s), else `408` and the
+    connection is closed. Nothing else is held while a body arrives but the bytes received."""
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    """`serve`: an idle keep-alive connection is closed after this."""
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
+    """`serve`: past this many open connections (or requests in progress) new requests get `503`
+    (uvicorn's `limit_concurrency`), so file descriptors never run out."""
+    ingest_memory_limit_bytes: int = Field(default=1024 * 1024 * 1024, ge=64 * 1024 * 1024, le=1 << 40)
+    """`serve`: memory that OTLP bodies being read and decoded may reserve in all (an upper bound
+    per body, see `server/memory.py`); over it an export gets `503` with `Retry-After`."""
+    max_call_tokens: int = Field(default=MAX_CALL_TOKENS, ge=1, le=MAX_CALL_TOKENS)
+    """A span with a token count over this is rejected (OTLP `partial_success`; `spans_total{result="rejected"}`).
+    The default, 10x the largest context window, is also the most it can be (see `otel_puppy.bounds`)."""
+    max_call_cost_usd: Decimal = Field(default=MAX_CALL_COST_USD, gt=0, le=MAX_CALL_COST_USD, allow_inf_nan=False)
+    """A span reporting a cost (`operation.cost`, `gen_ai.usage.cost`) over this is rejected, like tokens."""
+    max_span_lateness_s: float = Field(default=MAX_SPAN_LATENESS_S, ge=0, le=30 * 86400, allow_inf_nan=False)
+    """A span that ended further than this before (or after) it arrived is charged at its arrival time and
+    counted in `otel_puppy_late_spans_total{direction}`: spend is never in the metrics but missing from
+    every budget.
+    One hour covers the Collector's retries (five minutes by default) and the span processor's own."""
 
     @classmethod
     def load(cls, **overrides: object) -> PuppySettings:
@@ -103,7 +129,9 @@ class PuppySettings(BaseSettings):
     @classmethod
     def _known_store(cls, value: str) -> str:
         scheme = value.partition("://")[0]
-        if scheme not in {"memory", "sqlite", "redis", "rediss", "unix"} or "://" not in value:
+        if scheme not in {"memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster", "unix"} or (
+            "://" not in value
+        ):
             shown = redact_url(value)
             raise ValueError(f"store must be memory://, sqlite:///path or redis://host:port/db, not {shown!r}")
         return value
@@ -138,6 +166,11 @@ class PuppySettings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def call_limits(self) -> CallLimits:
+        """The bounds spans are held to."""
+        return CallLimits(max_tokens=self.max_call_tokens, max_cost_usd=self.max_call_cost_usd)
 
     @property
     def reraise(self) -> bool:

@@ -171,24 +171,16 @@ BASE = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.requ
     ("attributes", "problem"),
     [
         (
-            {"gen_ai.usage.input_tokens": -5, "gen_ai.usage.output_tokens": 1},
-            "gen_ai.usage.input_tokens is out of range",
-        ),
-        (
             {"gen_ai.usage.input_tokens": math.nan, "gen_ai.usage.output_tokens": 1},
-            "gen_ai.usage.input_tokens is not a whole number",
-        ),
-        (
-            {"gen_ai.usage.input_tokens": math.inf, "gen_ai.usage.output_tokens": 1},
-            "gen_ai.usage.input_tokens is not a whole number",
-        ),
-        (
-            {"gen_ai.usage.input_tokens": 10**15, "gen_ai.usage.output_tokens": 1},
-            "gen_ai.usage.input_tokens is out of range",
-        ),
-        (
-            {"gen_ai.usage.input_tokens": "12", "gen_ai.usage.output_tokens": 1},
             "gen_ai.usage.input_tokens is not a number",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": "twelve", "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a number",
+        ),
+        (
+            {"gen_ai.usage.input_tokens": "1" * 65, "gen_ai.usage.output_tokens": 1},
+            "gen_ai.usage.input_tokens is not a number of at most 64 characters",
         ),
         (
             {"gen_ai.usage.input_tokens": True, "gen_ai.usage.output_tokens": 1},
@@ -228,6 +220,92 @@ def test_hostile_attributes_become_problems_not_exceptions(attributes: dict[str,
     c = extract_call(make_span({**BASE, **attributes}))
     assert c is not None
     assert problem in c.problems
+    assert c.rejected is None
+
+
+MAX = "(allowed: 0 to 100000000)"
+
+
+@pytest.mark.parametrize(
+    ("value", "rejected"),
+    [
+        (-5, f"gen_ai.usage.input_tokens is out of range: -5 {MAX}"),
+        (-1.0, f"gen_ai.usage.input_tokens is out of range: -1.0 {MAX}"),
+        (math.inf, f"gen_ai.usage.input_tokens is out of range: inf {MAX}"),
+        (1e308, f"gen_ai.usage.input_tokens is out of range: 1e+308 {MAX}"),
+        (100_000_001, f"gen_ai.usage.input_tokens is out of range: 100000001 {MAX}"),
+        (10**15, f"gen_ai.usage.input_tokens is out of range: 1000000000000000 {MAX}"),
+        pytest.param(
+            10**100_000, f"gen_ai.usage.input_tokens is out of range: an integer of 332193 bits {MAX}", id="10**100000"
+        ),
+        ("1e999990", f"gen_ai.usage.input_tokens is out of range: 1e999990 {MAX}"),
+        ("-1e-999999999", f"gen_ai.usage.input_tokens is out of range: -1e-999999999 {MAX}"),
+    ],
+)
+def test_token_counts_out_of_bounds_reject_the_span(value: object, rejected: str) -> None:
+    c = call({**BASE, "gen_ai.usage.input_tokens": value, "gen_ai.usage.output_tokens": 1})
+    assert (c.rejected, c.problems, c.input_tokens) == (rejected, (), 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "tokens"), [(100_000_000, 100_000_000), (12.0, 12), ("12", 12), (" 1.2e3 ", 1200), ("0e999999999", 0)]
+)
+def test_token_counts_at_the_bound_or_as_text_are_read(value: object, tokens: int) -> None:
+    c = call({**BASE, "gen_ai.usage.input_tokens": value, "gen_ai.usage.output_tokens": 1})
+    assert (c.input_tokens, c.rejected, c.problems) == (tokens, None, ())
+
+
+def test_token_bounds_come_from_the_settings() -> None:
+    from otel_puppy.bounds import CallLimits
+
+    limits = CallLimits(max_tokens=1000)
+    span = make_span({**BASE, "gen_ai.usage.input_tokens": 1001, "gen_ai.usage.output_tokens": 1})
+    c = extract_call(span, limits)
+    assert c is not None
+    assert c.rejected == "gen_ai.usage.input_tokens is out of range: 1001 (allowed: 0 to 1000)"
+
+
+@pytest.mark.parametrize(
+    ("value", "reported", "rejected"),
+    [
+        (0.0123, 0.0123, None),
+        ("0.5", 0.5, None),
+        (100_000, 100_000.0, None),
+        ("not a cost", None, None),
+        (True, None, None),
+        (-0.01, None, "operation.cost is out of range: -0.01 (allowed: 0 to 100000)"),
+        (math.inf, None, "operation.cost is out of range: inf (allowed: 0 to 100000)"),
+        pytest.param(
+            10**400,
+            None,
+            "operation.cost is out of range: an integer of 1329 bits (allowed: 0 to 100000)",
+            id="10**400",
+        ),
+        ("1e999990", None, "operation.cost is out of range: 1e999990 (allowed: 0 to 100000)"),
+    ],
+)
+def test_reported_costs_are_bounded(value: object, reported: float | None, rejected: str | None) -> None:
+    c = call({**BASE, "gen_ai.usage.input_tokens": 1, "gen_ai.usage.output_tokens": 1, "operation.cost": value})
+    assert (c.reported_cost_usd, c.rejected) == (reported, rejected)
+
+
+def test_names_longer_than_the_bound_are_not_used_as_labels_or_scopes() -> None:
+    long = "x" * 257
+    c = call(
+        {
+            **BASE,
+            "gen_ai.usage.input_tokens": 1,
+            "gen_ai.usage.output_tokens": 1,
+            "gen_ai.system": long,
+            "gen_ai.agent.name": long,
+            "user.id": 10**30,
+            "otel_puppy.decision_id": long,
+        },
+        resource={"service.name": long},
+    )
+    assert (c.provider, c.agent, c.user, c.service, c.decision_id) == ("unknown", None, None, None, None)
+    at_bound = call({**BASE, "gen_ai.usage.input_tokens": 1, "gen_ai.agent.name": "a" * 256, "user.id": 42})
+    assert (at_bound.agent, at_bound.user) == ("a" * 256, "42")
 
 
 def test_prompt_digest_ignores_spacing_and_ids_but_not_content() -> None:

@@ -296,13 +296,23 @@ def test_token_is_sent_and_a_missing_or_wrong_one_raises() -> None:
     engine.close()
 
 
-def test_an_invalid_request_raises_with_the_servers_message(service: tuple[str, Seen]) -> None:
-    url, seen = service
-    with DecisionClient(url) as client, pytest.raises(DecisionServiceError) as refused:
-        client.decide(provider="openai", model="gpt-4.1", estimated_cost_usd="-1")
+def test_an_invalid_request_raises_with_the_servers_message() -> None:
+    # Only the service knows prices: 10^8 tokens of this model are over the $100,000 an estimate may be.
+    pricey = POLICIES + "prices:\n  - {provider: acme, model: gold, input_mtok: 2000, output_mtok: 2000}\n"
+    engine = engine_with(pricey)
+    with serve(engine) as (url, seen), DecisionClient(url) as client, pytest.raises(DecisionServiceError) as refused:
+        client.decide(provider="acme", model="gold", estimated_input_tokens=100_000_000)
+    engine.close()
     assert (refused.value.status_code, refused.value.code) == (422, "invalid_request")
-    assert refused.value.message == "body.estimated_cost_usd: Input should be greater than or equal to 0"
+    assert refused.value.message == "estimated_input_tokens: is priced at over 100000 USD for gold"
     assert seen.requests == 1
+
+
+def test_a_value_out_of_bounds_fails_before_any_request(service: tuple[str, Seen]) -> None:
+    url, seen = service
+    with DecisionClient(url) as client, pytest.raises(ValueError, match="estimated_cost_usd is out of range: -1"):
+        client.decide(provider="openai", model="gpt-4.1", estimated_cost_usd="-1")
+    assert seen.requests == 0
 
 
 def test_unknown_fields_fail_before_any_request() -> None:

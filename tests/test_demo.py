@@ -367,6 +367,7 @@ budgets:
 """
 
 
+@pytest.mark.long
 def test_fleet_processes_export_over_otlp_and_decide_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default path: the service in a thread, two spawned fleet processes, everything over HTTP."""
     engines = capture_engines(monkeypatch)

@@ -185,9 +185,11 @@ def test_hostile_attributes_through_a_real_tracer_provider(engine: PolicyEngine)
             app_call(attributes)
     engine.span_processor().force_flush()
     assert after.ended == len(HOSTILE)
-    # bad usage is counted as invalid (and unpriced); bad names and costs leave a priced call
-    assert spans_total(engine, "invalid") == 8.0
-    assert spans_total(engine, "applied") == 2.0
+    # bad usage is counted as invalid (and unpriced); bad names leave a priced call; numbers out of their
+    # bounds (-1 and 10**30 tokens, a cost of -inf) reject the span, which is counted and never applied
+    assert spans_total(engine, "invalid") == 6.0
+    assert spans_total(engine, "applied") == 1.0
+    assert spans_total(engine, "rejected") == 3.0
     assert (
         engine.registry.get_sample_value("otel_puppy_internal_errors_total", {"component": "processor.on_end"}) is None
     )
@@ -198,4 +200,4 @@ def test_hostile_attributes_through_a_real_tracer_provider(engine: PolicyEngine)
         for s in m.samples
         if s.labels["reason"] == "invalid_usage"
     )
-    assert unpriced == 8.0
+    assert unpriced == 6.0

@@ -184,6 +184,7 @@ def test_redis_stopped_and_restarted_mid_load(tmp_path: Path, redis_for_replicas
         assert total_applied == len(spans)
 
 
+@pytest.mark.long
 def test_the_compose_fleet_decides_at_one_replica_and_exports_through_another(
     tmp_path: Path, redis_for_replicas: RedisServer
 ) -> None:

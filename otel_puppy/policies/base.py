@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,6 +18,7 @@ from pydantic import (
     Tag,
 )
 
+from otel_puppy.bounds import MAX_NAME_LENGTH
 from otel_puppy.pricing import PriceOverride
 
 __all__ = (
@@ -39,8 +41,22 @@ MAX_PRICE_DECIMAL_PLACES: Final = 12
 """Finer than a pico-dollar per million tokens is below what a nano-dollar total can show; the bound
 also keeps `1e-999999999` from printing a billion digits."""
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-"""A non-empty string, surrounding whitespace removed."""
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH)]
+"""A non-empty string of at most `bounds.MAX_NAME_LENGTH` characters, surrounding whitespace removed."""
+_NOT_IN_POLICY_NAMES = re.compile(r"[|\x00-\x1f\x7f]")
+
+
+def _policy_name(name: str) -> str:
+    # `|` separates a policy's name from its scope in stored keys (`budget:NAME|agent=a`) and in
+    # breaker state: a name holding one could address another policy's state.
+    found = _NOT_IN_POLICY_NAMES.search(name)
+    if found is not None:
+        raise ValueError(f"a policy name may not contain {found.group()!r}")
+    return name
+
+
+PolicyName = Annotated[Name, AfterValidator(_policy_name)]
+"""A `Name` without `|` or control characters: policy names are parts of stored keys and labels."""
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -112,7 +128,7 @@ class SectionEntry(PolicyModel):
 class NamedEntry(SectionEntry):
     """An entry users refer to by name (budgets, anomalies, breakers, routing): names are unique."""
 
-    name: Name
+    name: PolicyName
 
     def identity(self) -> str:
         """The name: two policies of one kind may not share it."""

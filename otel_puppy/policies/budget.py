@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator, model_validator
 
+from otel_puppy._logging import RateLimitedLog
+from otel_puppy.bounds import MAX_ALERTS, MAX_LIMIT_TOKENS, MAX_LIMIT_USD
 from otel_puppy.decision import Action, PolicyHit, Priority, Severity, policy_hit_dict
 from otel_puppy.money import usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
@@ -44,12 +46,12 @@ class BudgetPolicy(NamedEntry):
     per: tuple[Dimension, ...] = ()
     """One budget per distinct value of these dimensions (bounded by `max_scopes`)."""
     # at least one nano-dollar: the smallest amount spend is counted in
-    limit_usd: Annotated[Decimal, Field(ge=Decimal("0.000000001"), le=10**9, allow_inf_nan=False)] | None = None
-    limit_tokens: Annotated[int, Field(gt=0, le=10**15)] | None = None
+    limit_usd: Annotated[Decimal, Field(ge=Decimal("0.000000001"), le=MAX_LIMIT_USD, allow_inf_nan=False)] | None = None
+    limit_tokens: Annotated[int, Field(gt=0, le=MAX_LIMIT_TOKENS)] | None = None
     window: str
     """`hour`, `day`, `week`, `month` (calendar, in the configured timezone) or `15m`, `1h`, `24h`, `7d`, `30d`."""
     action: LimitAction = "deny"
-    alerts: tuple[Annotated[float, Field(gt=0, le=1)], ...] = ()
+    alerts: Annotated[tuple[Annotated[float, Field(gt=0, le=1)], ...], Field(max_length=MAX_ALERTS)] = ()
     """Utilization thresholds that emit an alert once per crossing: info, warning, critical; 1.0 is emergency."""
     reserve: dict[Priority, Fraction] = Field(default_factory=dict)
     """The last fraction of the limit kept for this priority and higher (`{critical: 0.1}`)."""
@@ -172,8 +174,10 @@ class BudgetInstance:
 class BudgetBook:
     """The budgets of a policy set, compiled for fast lookup by scope."""
 
-    def __init__(self, budgets: tuple[BudgetPolicy, ...], zone: ZoneInfo) -> None:
+    def __init__(self, budgets: tuple[BudgetPolicy, ...], zone: ZoneInfo, log: RateLimitedLog | None = None) -> None:
         self.budgets = budgets
+        self._log = log or RateLimitedLog(logger)
+        """Folds are chosen by whoever sends spans or requests: one line per budget per minute."""
         # One window object per window text: a calendar window caches its current bucket, so
         # budgets sharing a window share that work.
         shared: dict[str, Window] = {}
@@ -223,7 +227,8 @@ class BudgetBook:
         if label not in labels:
             if len(labels) >= budget.max_scopes:
                 self.folded += 1
-                logger.warning(
+                self._log.warning(
+                    f"fold:{budget.name}",
                     "budget %s has %d scopes already; %r counts as %r",
                     budget.name,
                     budget.max_scopes,

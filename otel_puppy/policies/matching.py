@@ -14,6 +14,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BeforeValidator, StringConstraints, field_validator
 
+from otel_puppy._keys import escape
 from otel_puppy.policies.base import PolicyModel
 
 __all__ = ("DIMENSIONS", "Dimension", "Match", "Scope", "scope_label")
@@ -103,5 +104,9 @@ def _is_glob(text: str) -> bool:
 
 
 def scope_label(per: tuple[str, ...], scope: Scope) -> str:
-    """`agent=support,user=u1` for a `per: [agent, user]` instance; empty for a policy without `per`."""
-    return ",".join(f"{dimension}={scope.get(dimension) or ''}" for dimension in per)
+    """`agent=support,user=u1` for a `per: [agent, user]` instance; empty for a policy without `per`.
+
+    Injective: a `,` (or `\\`) inside a value is escaped, so `agent="x,user=y"` never shares the
+    instance of agent `x` and user `y`; a value without them keeps the label it always had.
+    """
+    return ",".join(f"{dimension}={escape(scope.get(dimension) or '', ',')}" for dimension in per)

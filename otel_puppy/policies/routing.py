@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from genai_prices import data_snapshot
 from pydantic import BeforeValidator, Field, field_validator
 
+from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.model_stats import ModelStat, ModelStats
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
@@ -40,7 +41,7 @@ class Candidate(PolicyModel):
     """`provider:model`."""
     capabilities: tuple[str, ...] = ()
     """What the model can do (`tools`, `vision`, `json`), matched against the request's needs."""
-    context_window: Annotated[int, Field(gt=0)] | None = None
+    context_window: Annotated[int, Field(gt=0, le=MAX_CALL_TOKENS)] | None = None
     """Largest prompt in tokens; genai-prices' figure when absent."""
 
     @property
@@ -71,11 +72,11 @@ class RoutingPolicy(NamedEntry):
     candidates: Annotated[tuple[Annotated[Candidate, BeforeValidator(_candidate)], ...], Field(min_length=1)]
     max_latency_s: Duration | None = None
     """Skip candidates whose recent p95 latency is above this."""
-    max_cost_usd: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)] | None = None
+    max_cost_usd: Annotated[Decimal, Field(gt=0, le=MAX_CALL_COST_USD, allow_inf_nan=False)] | None = None
     """Skip candidates whose estimated cost for the request is above this."""
     require: tuple[str, ...] = ()
     """Capabilities every chosen model must have, on top of those the request asks for."""
-    min_context: Annotated[int, Field(gt=0)] | None = None
+    min_context: Annotated[int, Field(gt=0, le=MAX_CALL_TOKENS)] | None = None
     shadow: bool = False
 
     @field_validator("candidates")

@@ -47,9 +47,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import otel_puppy
+from otel_puppy._logging import RateLimitedLog
 from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine
-from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreError
+from otel_puppy.exceptions import PolicyErrors, RequestError, SettingsError, StoreCorruptError, StoreError
 from otel_puppy.health import assess
+from otel_puppy.server.memory import MemoryFull, MemoryLimiter, Reservation, decode_cost
 from otel_puppy.server.otlp import (
     JSON,
     PROTOBUF,
@@ -89,6 +91,8 @@ __all__ = (
 )
 
 logger = logging.getLogger("otel_puppy")
+_LOG: Final = RateLimitedLog(logger)
+"""Lines a client can trigger at will: one per reason per minute, with the count of repeats."""
 
 TRACES_PATH: Final = "/v1/traces"
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
@@ -101,7 +105,13 @@ INGEST_WAIT_S: Final = 0.05
 """How long an OTLP request waits for a free slot before it is refused with `503` (never queued)."""
 OVERLOAD_RETRY_AFTER_S: Final = 1
 STORE_RETRY_AFTER_S: Final = 5
+MEMORY_RETRY_AFTER_S: Final = 1
 READY_TIMEOUT_S: Final = 2.0
+CORRUPT_STORE_MESSAGE: Final = (
+    "the state store is damaged, nothing was applied and retrying will not help: "
+    "the operator must restore the state file from a backup or move it aside (see the service log)"
+)
+"""What a client is told when the store is corrupt (`/v1/traces` 500, `/readyz` 503): no paths."""
 
 _OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
 _PROTOBUF_TYPES: Final = frozenset({PROTOBUF, "application/protobuf"})
@@ -118,6 +128,8 @@ _INVALID_ARGUMENT: Final = 3
 _RESOURCE_EXHAUSTED: Final = 8
 _INTERNAL: Final = 13
 _UNAVAILABLE: Final = 14
+_DEADLINE_EXCEEDED: Final = 4
+_DATA_LOSS: Final = 15
 _UNAUTHENTICATED: Final = 16
 
 _NO_TELEMETRY: Final = {
@@ -135,6 +147,7 @@ _ERROR_CODES: Final = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "content_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -159,10 +172,13 @@ def create_app(
     max_json_body_bytes: int = MAX_JSON_BODY_BYTES,
     max_concurrent_ingest: int = MAX_CONCURRENT_INGEST,
     ingest_wait_s: float = INGEST_WAIT_S,
+    body_timeout_s: float | None = None,
+    ingest_memory_limit_bytes: int | None = None,
 ) -> FastAPI:
     """The HTTP application over `engine`. Serve it with any ASGI server (uvicorn).
 
-    The engine is not closed with the application: its owner closes it.
+    The engine is not closed with the application: its owner closes it. `body_timeout_s` and
+    `ingest_memory_limit_bytes` default to the engine's settings of the same names.
 
     Raises:
         SettingsError: `api_token` is set but empty.
@@ -187,11 +203,23 @@ def create_app(
         summary="Cost and reliability control for LLM agents, inside the OpenTelemetry pipeline.",
         **options,
     )
-    app.add_middleware(_Gate, token=token_bytes, max_json_body_bytes=max_json_body_bytes)
+    settings = engine.settings
+    body_timeout = settings.body_timeout_s if body_timeout_s is None else body_timeout_s
+    memory = MemoryLimiter(
+        settings.ingest_memory_limit_bytes if ingest_memory_limit_bytes is None else ingest_memory_limit_bytes
+    )
+    app.add_middleware(_Gate, token=token_bytes, max_json_body_bytes=max_json_body_bytes, body_timeout_s=body_timeout)
     if token_bytes is not None:
         _document_bearer_auth(app)
     _add_error_handlers(app, engine)
-    receiver = _TraceReceiver(engine, max_body_bytes, max_concurrent_ingest, ingest_wait_s)
+    receiver = _TraceReceiver(
+        engine,
+        max_body_bytes=max_body_bytes,
+        max_concurrent=max_concurrent_ingest,
+        wait_s=ingest_wait_s,
+        body_timeout_s=body_timeout,
+        memory=memory,
+    )
 
     @app.post(
         TRACES_PATH,
@@ -305,21 +333,32 @@ def create_app(
         "/readyz",
         tags=["monitoring"],
         response_model=ReadyResponse,
-        responses={503: {"model": ErrorResponse, "description": "The store does not answer."}},
+        responses={503: {"model": ErrorResponse, "description": "The store does not answer, or its state is damaged."}},
     )
     async def readyz() -> JSONResponse:
-        """The store answers a cheap read (readiness). Never needs the token."""
+        """The store answers a cheap read and reports its state sound (readiness). Never needs the token."""
         problem = f"the store did not answer within {READY_TIMEOUT_S:g}s"
         with anyio.move_on_after(READY_TIMEOUT_S):
             try:
-                await anyio.to_thread.run_sync(_read_store, engine, abandon_on_cancel=True)
+                state_problem = await anyio.to_thread.run_sync(_read_store, engine, abandon_on_cancel=True)
+            except StoreCorruptError as exc:
+                logger.warning("readiness: the store is damaged: %s", _describe(exc))
+                problem = CORRUPT_STORE_MESSAGE
             except Exception as exc:
                 # The probe needs no token: the details (paths, hosts) go to the log, not the answer.
                 logger.warning("readiness: the store failed a read: %s", _describe(exc))
                 problem = f"the store failed a read ({type(exc).__name__}); see the service log"
             else:
-                return JSONResponse({"status": "ready"})
+                if state_problem is None:
+                    return JSONResponse({"status": "ready"})
+                logger.warning("readiness: the store's state cannot be trusted: %s", state_problem)
+                problem = "the store's state cannot be read or is damaged; see the service log"
         return _error(503, problem, code="not_ready")
+
+    # Load balancers probe with HEAD: the same status, no body (the server drops it). Undocumented,
+    # as FastAPI would otherwise list each probe twice under one operation id.
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
     return app
 
@@ -373,9 +412,19 @@ def _is_json(content_type: str) -> bool:
     return maintype == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-def _read_store(engine: PolicyEngine) -> None:
+def _read_store(engine: PolicyEngine) -> str | None:
+    """In a worker thread: a real read, then the store's own report (why its state is unsound, or None)."""
     # A key that exists in every store: an empty read may not touch the backend at all.
     engine.store.totals([(TOTAL_SCOPE, _READY_WINDOW)], engine.clock.now())
+    return state_unreadable(engine)
+
+
+def state_unreadable(engine: PolicyEngine) -> str | None:
+    """Why the engine's state cannot be trusted now (a damaged file, budgets whose values cannot be
+    read), from `PolicyEngine.problems()`; None when sound. The hook `/readyz` fails on: the reason
+    goes to the log, never to the unauthenticated probe."""
+    problems = engine.problems()
+    return "; ".join(problems) if problems else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -407,12 +456,29 @@ def _reply_type(content_type: str) -> str:
 
 
 class _TraceReceiver:
-    """`POST /v1/traces`: bounded reads, incremental inflation, decode and apply off the event loop."""
+    """`POST /v1/traces`: bounded reads, incremental inflation, decode and apply off the event loop.
 
-    def __init__(self, engine: PolicyEngine, max_body_bytes: int, max_concurrent: int, wait_s: float) -> None:
+    The body is read first, within `body_timeout_s`, holding nothing but the bytes received (counted
+    against `memory`); only then does the request take one of the ingest slots, so clients that
+    trickle or stall their bodies cannot starve the others. Before decoding, the request reserves
+    an upper bound of what decoding allocates (`server/memory.py`).
+    """
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        *,
+        max_body_bytes: int,
+        max_concurrent: int,
+        wait_s: float,
+        body_timeout_s: float,
+        memory: MemoryLimiter,
+    ) -> None:
         self.engine = engine
         self.max_body_bytes = max_body_bytes
         self.wait_s = wait_s
+        self.body_timeout_s = body_timeout_s
+        self.memory = memory
         self._slots = anyio.Semaphore(max_concurrent)
 
     async def receive(self, request: Request) -> Response:
@@ -430,63 +496,109 @@ class _TraceReceiver:
         if length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large(reply_type)
 
-        acquired = False
+        with self.memory.reservation() as reservation:
+            try:
+                with anyio.fail_after(self.body_timeout_s):
+                    raw = await self._read(request, reservation)
+                if raw is None:
+                    return self._too_large(reply_type)
+                if not await self._take_slot():
+                    message = "overloaded: too many exports in progress; retry after the Retry-After interval"
+                    retry = {"Retry-After": str(OVERLOAD_RETRY_AFTER_S)}
+                    return _status(503, _UNAVAILABLE, message, reply_type, retry)
+                try:
+                    # handed over in a list the worker empties: the raw body is freed once inflated
+                    holder = [raw]
+                    del raw
+                    rejected, message = await anyio.to_thread.run_sync(
+                        self._ingest, holder, encoding, content_type, reservation
+                    )
+                finally:
+                    self._slots.release()
+            except TimeoutError:
+                # Retrying will not make this client faster; the connection is closed, freeing it.
+                message = f"the request body did not arrive within {self.body_timeout_s:g}s"
+                return _status(408, _DEADLINE_EXCEEDED, message, reply_type, {"Connection": "close"})
+            except MemoryFull as exc:
+                return self._memory_full(exc, reply_type)
+            except _TooLarge:
+                return self._too_large(reply_type)
+            except OtlpDecodeError as exc:
+                return _status(400, _INVALID_ARGUMENT, str(exc), reply_type)
+            except StoreCorruptError:
+                # 500, which exporters do not retry: a damaged file is not fixed by sending it again.
+                _LOG.error("traces:corrupt", "OTLP export refused, the store is damaged", exc_info=True)
+                return _status(500, _DATA_LOSS, CORRUPT_STORE_MESSAGE, reply_type)
+            except StoreError as exc:
+                # Nothing was acknowledged: the exporter retries the whole batch, deduplicated later.
+                # The cause (a file path, a host) goes to the log, not to the client.
+                _LOG.warning("traces:store", "OTLP export refused, the store failed: %s", exc)
+                message = "state store unavailable, nothing was applied; retry after the Retry-After interval"
+                retry = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+                return _status(503, _UNAVAILABLE, message, reply_type, retry)
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody is listening any more
+            except Exception:
+                self.engine.metrics.record_internal_error("server.traces")
+                _LOG.error("traces:internal", "otel_puppy internal error receiving an OTLP export", exc_info=True)
+                return _status(500, _INTERNAL, "internal error; see the service log", reply_type)
+        return Response(encode_response(rejected, message, reply_type), 200, media_type=reply_type)
+
+    async def _take_slot(self) -> bool:
+        """One of the ingest slots, waiting at most `wait_s` (an export is refused, never queued)."""
         with anyio.move_on_after(self.wait_s):
             await self._slots.acquire()
-            acquired = True
-        if not acquired:
-            message = "overloaded: too many exports in progress; retry after the Retry-After interval"
-            retry = {"Retry-After": str(OVERLOAD_RETRY_AFTER_S)}
-            return _status(503, _UNAVAILABLE, message, reply_type, retry)
-        try:
-            raw = await self._read(request)
-            if raw is None:
-                return self._too_large(reply_type)
-            rejected, message = await anyio.to_thread.run_sync(self._ingest, raw, encoding, content_type)
-        except _TooLarge:
-            return self._too_large(reply_type)
-        except OtlpDecodeError as exc:
-            return _status(400, _INVALID_ARGUMENT, str(exc), reply_type)
-        except StoreError as exc:
-            # Nothing was acknowledged: the exporter retries the whole batch, deduplicated later.
-            logger.warning("OTLP export refused, the store failed: %s", exc)
-            message = f"state store unavailable, nothing was applied; retry: {exc}"
-            retry = {"Retry-After": str(STORE_RETRY_AFTER_S)}
-            return _status(503, _UNAVAILABLE, message, reply_type, retry)
-        except ClientDisconnect:
-            return Response(status_code=400)  # nobody is listening any more
-        except Exception:
-            self.engine.metrics.record_internal_error("server.traces")
-            logger.exception("otel_puppy internal error receiving an OTLP export")
-            return _status(500, _INTERNAL, "internal error; see the service log", reply_type)
-        finally:
-            self._slots.release()
-        return Response(encode_response(rejected, message, reply_type), 200, media_type=reply_type)
+            return True
+        return False
+
+    def _memory_full(self, exc: MemoryFull, reply_type: str) -> Response:
+        if not exc.ever:
+            message = (
+                f"this batch needs up to {exc.wanted} bytes to decode, over the ingest memory limit of "
+                f"{exc.limit} bytes: send smaller batches"
+            )
+            return _status(413, _RESOURCE_EXHAUSTED, message, reply_type)
+        message = "overloaded: the ingest memory limit is reached; retry after the Retry-After interval"
+        return _status(503, _UNAVAILABLE, message, reply_type, {"Retry-After": str(MEMORY_RETRY_AFTER_S)})
 
     def _too_large(self, reply_type: str) -> Response:
         message = f"request body is over the limit of {self.max_body_bytes} bytes (after decompression)"
         return _status(413, _RESOURCE_EXHAUSTED, message, reply_type)
 
-    async def _read(self, request: Request) -> bytes | None:
-        """The raw body, or `None` as soon as it passes the limit (chunked bodies have no length)."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def _read(self, request: Request, reservation: Reservation) -> bytearray | None:
+        """The raw body, or `None` as soon as it passes the limit (chunked bodies have no length).
 
-    def _ingest(self, raw: bytes, encoding: str, content_type: str) -> tuple[int, str]:
-        """In a worker thread: inflate, decode, apply. Returns (rejected spans, partial-success message)."""
-        body = _inflate(raw, encoding, self.max_body_bytes)
+        Raises:
+            MemoryFull: the bytes received do not fit in the ingest memory limit.
+        """
+        body = bytearray()  # one buffer, no join: the body is held once
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > self.max_body_bytes:
+                return None
+            reservation.grow_to(len(body) + len(chunk))
+            body += chunk
+        return body
+
+    def _ingest(
+        self, holder: list[bytearray], encoding: str, content_type: str, reservation: Reservation
+    ) -> tuple[int, str]:
+        """In a worker thread: inflate, decode, apply. Returns (rejected spans, partial-success message).
+
+        Raises:
+            MemoryFull: inflating or decoding the body would pass the ingest memory limit.
+        """
+        raw = holder.pop()
+        received = len(raw)
+        body = _inflate(raw, encoding, self.max_body_bytes, lambda size: reservation.grow_to(received + size))
         del raw
         if not body:
             return 0, ""  # the spec: an empty request is a success
-        request = decode_traces(body, content_type)
+        reservation.grow_to(decode_cost(body, _media_type(content_type) == JSON))
+        request = decode_traces(body, content_type)  # protobuf and `json` read a bytearray as they read bytes
         del body
-        calls, rejected, problems = calls_from_request(request, max_messages=_MAX_MESSAGES)
+        calls, rejected, problems = calls_from_request(
+            request, max_messages=_MAX_MESSAGES, limits=self.engine.settings.call_limits
+        )
         del request
         warnings: list[str] = []
         if calls:
@@ -506,12 +618,13 @@ class _TraceReceiver:
         return rejected, "; ".join(parts)
 
 
-def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+def _inflate(raw: bytearray, encoding: str, limit: int, reserve: Callable[[int], None] | None = None) -> bytearray:
     """Decompress `raw` a bounded chunk at a time, stopping as soon as the output passes `limit`.
 
     A gzip bomb (a small body that inflates to gigabytes) therefore costs at most `limit` plus
     one chunk of memory. gzip bodies may hold several members (RFC 1952); `deflate` is the zlib
-    format (RFC 9110), and raw deflate, which some clients send, is accepted too.
+    format (RFC 9110), and raw deflate, which some clients send, is accepted too. `reserve` is
+    told the output's size as it grows (it raises to stop), and the output is never copied.
 
     Raises:
         _TooLarge: the inflated body is over `limit`.
@@ -525,7 +638,7 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
         zlib_header = len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0
         wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
     out = bytearray()
-    pending = raw
+    pending: bytes | bytearray = raw
     try:
         while True:
             inflater = zlib.decompressobj(wbits)
@@ -535,6 +648,8 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
                 out += chunk
                 if len(out) > limit:
                     raise _TooLarge
+                if reserve is not None and chunk:
+                    reserve(len(out))
                 if not chunk and not pending and not inflater.eof:
                     raise OtlpDecodeError(f"{encoding} body is truncated")
             pending = inflater.unused_data
@@ -542,7 +657,7 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
                 break
     except zlib.error as exc:
         raise OtlpDecodeError(f"invalid {encoding} body: {exc}") from None
-    return bytes(out)
+    return out
 
 
 _STATUS_SCHEMA: Final = {
@@ -602,12 +717,14 @@ class _Gate:
     """Pure ASGI, before routing: the bearer token, and a size limit on JSON API bodies.
 
     Unknown paths need the token too, so a client without it learns nothing about the routes.
-    The OTLP path limits its own body, by streaming and after decompression.
+    The OTLP path limits its own body, by streaming and after decompression. A JSON body must
+    arrive within `body_timeout_s`, else `408` and the connection is closed.
     """
 
-    def __init__(self, app: ASGIApp, *, token: bytes | None, max_json_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, token: bytes | None, max_json_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.token = token
+        self.body_timeout_s = body_timeout_s
         # Compared as digests: equal lengths, so the comparison's time says nothing of the token's length.
         self._token_digest = hashlib.sha256(token).digest() if token is not None else b""
         self.max_json_body_bytes = max_json_body_bytes
@@ -625,7 +742,13 @@ class _Gate:
         if path == TRACES_PATH or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        body = await self._buffer(scope, receive)
+        try:
+            with anyio.fail_after(self.body_timeout_s):
+                body = await self._buffer(scope, receive)
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout_s:g}s"
+            await _error(408, message, {"Connection": "close"})(scope, receive, send)
+            return
         if body is None:
             message = f"request body is over the limit of {self.max_json_body_bytes} bytes"
             await _error(413, message)(scope, receive, send)
@@ -733,18 +856,27 @@ def _add_error_handlers(app: FastAPI, engine: PolicyEngine) -> None:
         return _error(exc.status_code, message, dict(exc.headers or {}))
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
-        logger.warning("%s %s failed, the store failed: %s", request.method, request.url.path, exc)
+        if isinstance(exc, StoreCorruptError):
+            _LOG.error("api:corrupt", "%s %s failed, the store is damaged: %s", request.method, request.url.path, exc)
+            return _error(500, CORRUPT_STORE_MESSAGE, code="store_corrupt")
+        _LOG.warning("api:store", "%s %s failed, the store failed: %s", request.method, request.url.path, exc)
         message = f"state store unavailable: {exc}"
         return _error(503, message, {"Retry-After": str(STORE_RETRY_AFTER_S)}, code="store_unavailable")
 
+    async def on_request_error(request: Request, exc: Exception) -> Response:
+        # a value of the request the engine refuses (engine.decide): the client's, never a fail-open
+        return _error(422, str(exc))
+
     async def on_internal_error(request: Request, exc: Exception) -> Response:
         engine.metrics.record_internal_error("server")
-        logger.error("otel_puppy internal error in %s %s", request.method, request.url.path, exc_info=exc)
+        path = request.url.path
+        _LOG.error("api:internal", "otel_puppy internal error in %s %s", request.method, path, exc_info=exc)
         return _error(500, "internal error; see the service log")
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(StoreError, on_store_error)
+    app.add_exception_handler(RequestError, on_request_error)
     app.add_exception_handler(Exception, on_internal_error)
 
 

@@ -44,6 +44,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_puppy import semconv
+from otel_puppy._logging import RateLimitedLog
+from otel_puppy.bounds import DEFAULT_LIMITS, MAX_NUMBER_TEXT, CallLimits
 from otel_puppy.calls import LLMCall, call_from_parts
 from otel_puppy.exceptions import PuppyError
 
@@ -62,6 +64,8 @@ __all__ = (
 )
 
 logger = logging.getLogger("otel_puppy")
+_LOG: Final = RateLimitedLog(logger)
+"""A hostile span can fail its reading at will: one line per minute, with the count of repeats."""
 
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
@@ -100,7 +104,7 @@ def response_content_type(content_type: str) -> str:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def decode_traces(body: bytes, content_type: str) -> ExportTraceServiceRequest:
+def decode_traces(body: bytes | bytearray, content_type: str) -> ExportTraceServiceRequest:
     """Decode an OTLP/HTTP trace export body (already un-gzipped) by its `Content-Type`.
 
     Parameters such as `charset` are ignored: OTLP/JSON is UTF-8 (a leading BOM is tolerated).
@@ -122,7 +126,7 @@ def decode_traces(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     raise UnsupportedContentType(f"unsupported content type {content_type[:80]!r}: send {PROTOBUF} or {JSON}")
 
 
-def _decode_json(body: bytes) -> ExportTraceServiceRequest:
+def _decode_json(body: bytes | bytearray) -> ExportTraceServiceRequest:
     if body.startswith(b"\xef\xbb\xbf"):
         body = body[3:]
     try:
@@ -208,6 +212,7 @@ _INT64: Final = (-(2**63), 2**63 - 1)
 _UINT64: Final = (0, 2**64 - 1)
 _INT32: Final = (-(2**31), 2**31 - 1)
 _INTEGER_TEXT: Final = re.compile(r"-?[0-9]{1,20}")
+_INTEGER_TEXT_ANY: Final = re.compile(r"[+-]?[0-9]+(?:[eE]\+?[0-9]+)?")
 _NUMBER_TEXT: Final = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?")
 _FLOAT_WORDS: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -373,7 +378,7 @@ def _any_value(obj: object, target: AnyValue, depth: int) -> None:
             if field == "stringValue":
                 target.string_value = _string(value)
             elif field == "intValue":
-                target.int_value = _integer(value, _INT64)
+                _int_value(value, target)
             elif field == "boolValue":
                 target.bool_value = _bool(value)
             elif field == "doubleValue":
@@ -486,6 +491,8 @@ def _integer(value: object, bounds: tuple[int, int]) -> int:
             raise _Invalid(f"expected an integer, got {value!r}")
         number = int(value)
     elif isinstance(value, str):
+        if len(value) > MAX_NUMBER_TEXT:
+            raise _Invalid(f"expected an integer of at most {MAX_NUMBER_TEXT} characters")
         if _INTEGER_TEXT.fullmatch(value):
             number = int(value)
         elif _NUMBER_TEXT.fullmatch(value):
@@ -507,6 +514,41 @@ def _integer(value: object, bounds: tuple[int, int]) -> int:
     return number
 
 
+def _int_value(value: object, target: AnyValue) -> None:
+    """An attribute's `intValue`. One outside int64 cannot be held by the message; it is kept as its
+    text (at most `MAX_NUMBER_TEXT` characters), so the span's reader refuses that one span through
+    `partial_success`, by its bounds, instead of the decoder failing the whole batch with a 400."""
+    try:
+        target.int_value = _integer(value, _INT64)
+    except _Invalid:
+        text = _integer_text(value)
+        if text is None:
+            raise
+        target.string_value = text
+
+
+def _integer_text(value: object) -> str | None:
+    """A whole number's text when `value` is one (however large), else `None`; never converts it.
+
+    Text longer than `MAX_NUMBER_TEXT` becomes `1e9999` (or `-1e9999`): as far out of range, and short.
+    """
+    text: str | None
+    if isinstance(value, str):
+        text = value.strip()
+        if not _INTEGER_TEXT_ANY.fullmatch(text):
+            return None
+        negative = text.startswith("-")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text, negative = None, value < 0  # a JSON number past int64 (never formatted: it may be huge)
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        text, negative = repr(value), value < 0
+    else:
+        return None
+    if text is None or len(text) > MAX_NUMBER_TEXT:
+        return "-1e9999" if negative else "1e9999"
+    return text
+
+
 def _double(value: object) -> float:
     if isinstance(value, bool):
         raise _Invalid("expected a number, got a boolean")
@@ -519,7 +561,7 @@ def _double(value: object) -> float:
         word = _FLOAT_WORDS.get(value)
         if word is not None:
             return word
-        if _NUMBER_TEXT.fullmatch(value):
+        if len(value) <= MAX_NUMBER_TEXT and _NUMBER_TEXT.fullmatch(value):
             return float(value)
         raise _Invalid('expected a number (or "NaN", "Infinity", "-Infinity")')
     raise _Invalid(f"expected a number, got {_kind(value)}")
@@ -551,7 +593,7 @@ def _base64(value: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class DecodedSpan:
-    """A span that matters: a model call (`call`), or a span rejected for invalid ids (`problem`)."""
+    """A span that matters: a model call (`call`), or a rejected span and why (`problem`)."""
 
     call: LLMCall | None
     trace_id: int
@@ -567,11 +609,12 @@ _ZERO_TRACE: Final = bytes(16)
 _ZERO_SPAN: Final = bytes(8)
 
 
-def decode_spans(request: ExportTraceServiceRequest) -> Iterator[DecodedSpan]:
-    """Every model call in the request, and every span rejected for its ids, in request order.
+def decode_spans(request: ExportTraceServiceRequest, limits: CallLimits = DEFAULT_LIMITS) -> Iterator[DecodedSpan]:
+    """Every model call in the request, and every span rejected, in request order.
 
-    Spans that are not model calls (no GenAI attribute, agent runs, tools, pending spans) yield
-    nothing. Never raises on attribute values: a span that cannot be read is rejected, and logged.
+    A span is rejected for its ids, or for a number outside `limits` (`LLMCall.rejected`). Spans
+    that are not model calls (no GenAI attribute, agent runs, tools, pending spans) yield nothing.
+    Never raises on attribute values: a span that cannot be read is rejected, and logged.
     """
     markers = semconv.MARKERS
     for r_index, resource_spans in enumerate(request.resource_spans):
@@ -589,7 +632,7 @@ def decode_spans(request: ExportTraceServiceRequest) -> Iterator[DecodedSpan]:
                     continue
                 if resource is None:
                     resource = _attributes(resource_spans.resource.attributes)
-                decoded = _decode_call(span, resource)
+                decoded = _decode_call(span, resource, limits)
                 if decoded is not None:
                     if decoded.problem is not None:
                         where = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
@@ -598,17 +641,18 @@ def decode_spans(request: ExportTraceServiceRequest) -> Iterator[DecodedSpan]:
 
 
 def calls_from_request(
-    request: ExportTraceServiceRequest, max_messages: int = MAX_MESSAGES
+    request: ExportTraceServiceRequest, max_messages: int = MAX_MESSAGES, limits: CallLimits = DEFAULT_LIMITS
 ) -> tuple[list[LLMCall], int, list[str]]:
     """The model calls in a request, how many spans were rejected, and why (at most `max_messages`).
 
-    Rejected spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes) belong in the
-    response's `partial_success`; non-GenAI spans are simply not calls and are not rejected.
+    Rejected spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes, a token count or
+    reported cost outside `limits`) belong in the response's `partial_success`; the other spans of
+    the batch are calls as usual. Non-GenAI spans are simply not calls and are not rejected.
     """
     calls: list[LLMCall] = []
     rejected = 0
     messages: list[str] = []
-    for decoded in decode_spans(request):
+    for decoded in decode_spans(request, limits):
         if decoded.call is not None:
             calls.append(decoded.call)
         else:
@@ -634,7 +678,7 @@ def _id(raw: bytes, size: int) -> int:
     return int.from_bytes(raw, "big") if len(raw) == size else 0
 
 
-def _decode_call(span: Span, resource: Mapping[str, object]) -> DecodedSpan | None:
+def _decode_call(span: Span, resource: Mapping[str, object], limits: CallLimits) -> DecodedSpan | None:
     try:
         error = span.status.code == _STATUS_ERROR
         call = call_from_parts(
@@ -652,13 +696,16 @@ def _decode_call(span: Span, resource: Mapping[str, object]) -> DecodedSpan | No
             ]
             if error
             else (),
+            limits=limits,
         )
     except Exception:
         # A bug reading one hostile span must not lose the batch: reject it, say so, log it.
-        logger.exception("otel_puppy could not read an OTLP span")
+        _LOG.error("otlp:span", "otel_puppy could not read an OTLP span", exc_info=True)
         return DecodedSpan(None, _id(span.trace_id, 16), _id(span.span_id, 8), "span could not be read")
     if call is None:
         return None
+    if call.rejected is not None:
+        return DecodedSpan(None, call.trace_id, call.span_id, call.rejected)
     return DecodedSpan(call, call.trace_id, call.span_id)
 
 

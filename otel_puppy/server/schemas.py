@@ -14,10 +14,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
+from otel_puppy.bounds import (
+    MAX_CALL_COST_USD,
+    MAX_CALL_TOKENS,
+    MAX_CAPABILITIES,
+    MAX_NAME_LENGTH,
+    NotANumber,
+    OutOfBounds,
+    read_decimal,
+)
 from otel_puppy.decision import Action, DecisionRequest, Priority, Severity
 
 __all__ = (
@@ -59,42 +69,72 @@ def _decimal_strings_only(schema: dict[str, Any]) -> None:
             branch["pattern"] = _DECIMAL_STRING
 
 
+def _bounded_usd(value: object) -> object:
+    """The estimate read by the one bounded parser, before pydantic converts it: `1e999990` costs microseconds."""
+    if value is None:
+        return None
+    try:
+        return read_decimal(value, name="estimated_cost_usd", maximum=MAX_CALL_COST_USD)
+    except NotANumber:
+        raise PydanticCustomError("decimal_parsing", "Input should be a valid decimal") from None
+    except OutOfBounds as exc:  # worded as pydantic words `ge`/`le`, as for every other bounded field
+        if exc.below:
+            raise PydanticCustomError("greater_than_equal", "Input should be greater than or equal to 0") from None
+        limit = {"le": f"{MAX_CALL_COST_USD}"}
+        raise PydanticCustomError("less_than_equal", "Input should be less than or equal to {le}", limit) from None
+
+
+Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+"""Every name field of the decision API: as long as a span attribute may be, and no longer."""
+Tokens = Annotated[int, Field(ge=0, le=MAX_CALL_TOKENS, strict=True)]
+"""A token count or estimate: `true` and `"5"` are not token counts (the document says integer)."""
+_TOKENS: Final = f"At most {MAX_CALL_TOKENS:,} (`otel_puppy.bounds.MAX_CALL_TOKENS`)."
+
+
 class DecideRequest(BaseModel):
-    """`POST /v1/decide`: may I make this call, and with which model? (the `DecisionRequest` fields)"""
+    """`POST /v1/decide`: may I make this call, and with which model? (the `DecisionRequest` fields)
+
+    Bounded like spans (`otel_puppy.bounds`): names of at most 256 characters, estimates of at most
+    $100,000 and 100,000,000 tokens, at most 32 capabilities; anything else is a `422` naming the field.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: str = Field(min_length=1, description="Provider of the model to call, e.g. `openai`.")
-    model: str = Field(min_length=1, description="Model to call, e.g. `gpt-4.1`.")
-    agent: str | None = None
-    service: str | None = None
-    user: str | None = None
-    team: str | None = None
-    environment: str | None = None
-    conversation: str | None = None
-    operation: str = "chat"
+    provider: Name = Field(min_length=1, description="Provider of the model to call, e.g. `openai`.")
+    model: Name = Field(min_length=1, description="Model to call, e.g. `gpt-4.1`.")
+    agent: Name | None = None
+    service: Name | None = None
+    user: Name | None = None
+    team: Name | None = None
+    environment: Name | None = None
+    conversation: Name | None = None
+    operation: Name = "chat"
     priority: Priority = Field(
         default=Priority.NORMAL, description="Budgets can keep their last fraction for the higher priorities."
     )
-    estimated_cost_usd: Decimal | None = Field(
+    estimated_cost_usd: Annotated[Decimal | None, BeforeValidator(_bounded_usd)] = Field(
         default=None,
         ge=0,
+        le=MAX_CALL_COST_USD,
         allow_inf_nan=False,
         json_schema_extra=_decimal_strings_only,
         description='Estimated cost in USD (a decimal string such as `"0.02"`, or a number), reserved '
-        "against every matching budget until the call's span settles it.",
+        "against every matching budget until the call's span settles it. At most 100000 "
+        "(`otel_puppy.bounds.MAX_CALL_COST_USD`).",
     )
-    # strict: `true` and `"5"` are not token counts (the document says integer)
-    estimated_input_tokens: int | None = Field(default=None, ge=0, strict=True)
-    estimated_output_tokens: int | None = Field(default=None, ge=0, strict=True)
-    capabilities: tuple[str, ...] = Field(
-        default=(), description="Capabilities the call needs (e.g. `tools`); routing only picks models with them."
+    estimated_input_tokens: Tokens | None = Field(default=None, description=_TOKENS)
+    estimated_output_tokens: Tokens | None = Field(default=None, description=_TOKENS)
+    capabilities: tuple[Name, ...] = Field(
+        default=(),
+        max_length=MAX_CAPABILITIES,
+        description="Capabilities the call needs (e.g. `tools`); routing only picks models with them. At most 32.",
     )
     context_tokens: int | None = Field(
         default=None,
         ge=0,
+        le=MAX_CALL_TOKENS,
         strict=True,
-        description="Prompt size; routing only picks models whose context window holds it.",
+        description="Prompt size; routing only picks models whose context window holds it. " + _TOKENS,
     )
 
     def to_request(self) -> DecisionRequest:

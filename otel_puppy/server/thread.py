@@ -12,12 +12,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from otel_puppy.server.http import http_protocol
+from otel_puppy.server.http import uvicorn_options
+
+if TYPE_CHECKING:
+    from otel_puppy.settings import PuppySettings
 
 __all__ = ("serving",)
 
@@ -25,8 +28,18 @@ STOP_GRACE_S: Final = 5
 
 
 @contextlib.contextmanager
-def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, start_timeout_s: float = 30.0) -> Iterator[str]:
+def serving(
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    start_timeout_s: float = 30.0,
+    settings: PuppySettings | None = None,
+) -> Iterator[str]:
     """Serve `app` from a daemon thread; yield its base URL; stop it and close its port on exit.
+
+    Connections are bounded as `otel-puppy serve` bounds them, by `settings` (defaults when None):
+    head deadline, keep-alive timeout, connection limit.
 
     Raises:
         OSError: the address cannot be bound (a port in use).
@@ -43,7 +56,7 @@ def serving(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, start_timeo
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=STOP_GRACE_S,
-            http=http_protocol(),
+            **uvicorn_options(settings),
         )
         server = uvicorn.Server(config)
         # Off the main thread uvicorn installs no signal handlers: Ctrl-C stays the caller's.

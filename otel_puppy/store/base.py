@@ -9,15 +9,27 @@
 - `save_state`/`load_state`/`delete_state`: opaque blobs by (namespace, key), so breaker and
   anomaly state survives a restart; the store never looks inside them.
 - `merge_state`: versioned blobs, the higher version wins: how replicas share breaker state.
+- `health`: what the store found wrong with its own state (saturated counters, unreadable values,
+  a damaged file), for readiness and metrics.
+
+Every count a store keeps (nanos, tokens, requests, reserved totals) is an integer in
+`[0, CEILING]`, on every backend: an amount is clamped into that range where it enters, a sum that
+would pass the ceiling stays at it (saturates) and is reported, and a check's limit is clamped to it
+too. A counter at the ceiling is therefore over every limit: a saturated budget denies, so an
+absurd amount makes enforcement stricter, never looser. A stored value that cannot be read back as
+such an integer (a float, text, a negative number, garbage written by another tool) reads as the
+ceiling and is reported as unreadable: its budget is exhausted, never wide open.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.windows import Window
@@ -25,6 +37,7 @@ from otel_puppy.windows import Window
 logger = logging.getLogger("otel_puppy")
 
 __all__ = (
+    "CEILING",
     "Admission",
     "Admitted",
     "ApplyResult",
@@ -33,11 +46,101 @@ __all__ = (
     "Counter",
     "Increment",
     "SpendRecord",
+    "StateReport",
     "Store",
+    "StoreHealth",
     "check_state",
+    "clamp",
     "open_store",
     "report_unrestored",
 )
+
+
+CEILING: Final = 2**53 - 1
+"""The largest count any store keeps: 9,007,199,254,740,991 nano-USD (about $9.007 million) or
+tokens or requests per counter and per reserved total. It is the largest integer a Redis Lua
+script (whose numbers are doubles) holds exactly, so every backend saturates at the same value and
+answers alike. A count at the ceiling is over every limit (limits are clamped to it)."""
+
+
+def clamp(amount: int) -> int:
+    """`amount` into `[0, CEILING]`: where an amount enters a store (hostile values included)."""
+    return 0 if amount <= 0 else min(amount, CEILING)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What a store found wrong with its own state since it was opened (`Store.health()`)."""
+
+    saturated: int = 0
+    """Counts (the nanos, tokens or requests of one counter) found at `CEILING` after a write: spend
+    past it was not added, and the budget the counter belongs to now denies."""
+    unreadable: int = 0
+    """Stored values read as `CEILING` because they were not an integer in range (poisoned state)."""
+    problem: str | None = None
+    """Why the state cannot be trusted now, or None: the file is damaged (until restarted on a good
+    one), or unreadable values were read within the last minute. Readiness should fail on it."""
+
+
+class StateReport:
+    """A store's `StoreHealth` counts and its rate-limited warnings (one line a minute per kind,
+    with the number of repeats it held back). Thread-safe."""
+
+    _EVERY_S: Final = 60.0
+
+    def __init__(self, store: str) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._saturated = 0
+        self._unreadable = 0
+        self._unreadable_at = -1e18
+        self._corrupt: str | None = None
+        self._logged_at: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
+
+    def saturated(self, count: int, where: str) -> None:
+        if count > 0:
+            with self._lock:
+                self._saturated += count
+            self._warn(
+                "saturated",
+                count,
+                f"{count} counter update(s) reached the ceiling ({where}); the budgets they belong to now deny",
+            )
+
+    def unreadable(self, count: int, where: str) -> None:
+        if count > 0:
+            with self._lock:
+                self._unreadable += count
+                self._unreadable_at = time.monotonic()
+            self._warn(
+                "unreadable",
+                count,
+                f"{count} stored value(s) could not be read ({where}); "
+                "each counts as exhausted (its budget denies) until it expires or is repaired",
+            )
+
+    def corrupt(self, problem: str) -> None:
+        with self._lock:
+            self._corrupt = problem
+
+    def health(self) -> StoreHealth:
+        with self._lock:
+            problem = self._corrupt
+            if problem is None and time.monotonic() - self._unreadable_at < self._EVERY_S:
+                problem = f"{self._store}: stored values could not be read within the last minute"
+            return StoreHealth(self._saturated, self._unreadable, problem)
+
+    def _warn(self, kind: str, count: int, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._logged_at.get(kind, -1e18) < self._EVERY_S:
+                self._held_back[kind] = self._held_back.get(kind, 0) + 1
+                return
+            self._logged_at[kind] = now
+            held_back = self._held_back.pop(kind, 0)
+        more = f" ({held_back} similar warnings held back in the last minute)" if held_back else ""
+        logger.warning("%s: %s%s", self._store, message, more)
 
 
 class ApplyResult(StrEnum):
@@ -46,6 +149,8 @@ class ApplyResult(StrEnum):
     """The same span was applied before (an OTLP retry, or the same batch twice)."""
     NESTED = "nested"
     """Another span of the same call was applied: a wrapper over an SDK span, or the reverse."""
+    REJECTED = "rejected"
+    """Never sent to a store: the span carries a number outside its bound (`LLMCall.rejected`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +231,18 @@ def check_state(
     """Whether `nanos` and `tokens` more fit in a budget already at `spent` + `reserved`.
 
     Every store decides with this one rule: with no estimate a request fits while anything is
-    left; with one it fits when spend, reservations and the estimate stay within the limit.
+    left; with one it fits when spend, reservations and the estimate stay within the limit. Every
+    input is a count in `[0, CEILING]` and limits are clamped to `CEILING`, so a saturated counter
+    never fits.
     """
     used_nanos = spent[0] + reserved[0]
     used_tokens = spent[1] + reserved[1]
     limit = check.limit_nanos
+    if limit is not None:
+        limit = min(limit, CEILING)
     fits = limit is None or (used_nanos + nanos <= limit if nanos else used_nanos < limit)
     if fits and (limit := check.limit_tokens) is not None:
+        limit = min(limit, CEILING)
         fits = used_tokens + tokens <= limit if tokens else used_tokens < limit
     return CheckState(spent[0], spent[1], reserved[0], reserved[1], fits)
 
@@ -202,12 +312,18 @@ class Store(Protocol):
         newer state, wherever it was made, wins, and an older one never overwrites it."""
         ...
 
+    def health(self) -> StoreHealth:
+        """What the store found wrong with its state: saturated counters, unreadable values, a
+        damaged file (`problem`: readiness fails while it is set)."""
+        ...
+
     def close(self) -> None: ...
 
 
 def open_store(url: str) -> Store:
     """A store for a settings URL: `memory://`, `sqlite:///path/to/state.db` (`sqlite://`: in memory),
-    `redis://host:port/db` (the `redis` extra; `rediss://` for TLS, `valkey://` accepted too).
+    `redis://host:port/db` (the `redis` extra; `rediss://` for TLS, `valkey://` accepted too), or
+    `redis+cluster://host:port` for a Redis Cluster (`rediss+cluster://` for TLS).
 
     Raises:
         StoreError: an unknown or unavailable kind of store, or one that cannot be opened.
@@ -220,10 +336,11 @@ def open_store(url: str) -> Store:
         from otel_puppy.store.sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
-    if url.startswith(("redis://", "rediss://", "unix://", "valkey://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "valkey://", "redis+cluster://", "rediss+cluster://")):
         from otel_puppy.store.redis import RedisStore
 
         return RedisStore.from_url(url.replace("valkey://", "redis://", 1))
     raise StoreError(
-        f"store URL scheme {url.partition(':')[0]!r} is not supported: use memory://, sqlite:///path or redis://host:port/db"
+        f"store URL scheme {url.partition(':')[0]!r} is not supported: use memory://, sqlite:///path, "
+        "redis://host:port/db or redis+cluster://host:port"
     )

@@ -3,6 +3,10 @@
 Calendar windows keep one counter per (scope, window, bucket start). Rolling windows keep a ring
 of 61 sub-buckets per (scope, window) with a running total, so reading a trailing 24 hours is
 O(1) rather than a sum over 61 counters.
+
+Counts saturate at `CEILING` (see `store.base`): a calendar counter and each sub-bucket stop there;
+a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, a Python
+int) and reads as the ceiling above it; a scope's reserved total is exact and reads likewise.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from otel_puppy.store.base import (
+    CEILING,
     Admission,
     Admitted,
     ApplyResult,
@@ -22,6 +27,9 @@ from otel_puppy.store.base import (
     Counter,
     Increment,
     SpendRecord,
+    StateReport,
+    StoreHealth,
+    clamp,
 )
 from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 
@@ -63,26 +71,36 @@ class _Ring:
             self.nanos[slot] = self.tokens[slot] = self.requests[slot] = 0
         self.last = newest
 
-    def add(self, ts: float, nanos: int, tokens: int) -> None:
+    def add(self, ts: float, nanos: int, tokens: int) -> int:
+        """Add to the sub-bucket of `ts` (amounts in `[0, CEILING]`); returns how many of its
+        counts are at the ceiling now (saturated)."""
         i = int(ts // self.step)
         self._advance(i)
         slot = i % _SLOTS
         if self.index[slot] != i:  # older than the window: it no longer counts
-            return
-        self.nanos[slot] += nanos
-        self.tokens[slot] += tokens
-        self.requests[slot] += 1
-        self.totals[0] += nanos
-        self.totals[1] += tokens
-        self.totals[2] += 1
+            return 0
+        saturated = 0
+        totals = self.totals
+        for field, (column, amount) in enumerate(((self.nanos, nanos), (self.tokens, tokens), (self.requests, 1))):
+            old = column[slot]
+            new = old + amount
+            if new >= CEILING:
+                new = CEILING
+                saturated += 1
+            column[slot] = new
+            totals[field] += new - old
+        return saturated
 
     def read(self, now: float) -> Counter:
         return Counter(*self.read_raw(now))
 
     def read_raw(self, now: float) -> list[int]:
-        """[nanos, tokens, requests] now; the caller must not keep or change it."""
+        """[nanos, tokens, requests] now, each at most `CEILING`; the caller must not keep or change it."""
         self._advance(int(now // self.step))
-        return self.totals
+        totals = self.totals
+        if totals[0] > CEILING or totals[1] > CEILING or totals[2] > CEILING:
+            return [min(total, CEILING) for total in totals]
+        return totals
 
     def empty(self) -> bool:
         return self.totals == [0, 0, 0]
@@ -117,6 +135,7 @@ class MemoryStore:
         self._marks: dict[str, float] = {}
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
+        self._report = StateReport("memory store")
 
     # --- spans ---------------------------------------------------------------------------------
 
@@ -135,31 +154,39 @@ class MemoryStore:
             return ApplyResult.NESTED
         if record.parent_key is not None:
             self._covered[record.parent_key] = record.dedupe_until
+        saturated = 0
         for increment in record.increments:
-            self._add(increment)
+            saturated += self._add(increment)
+        if saturated:
+            self._report.saturated(saturated, "apply")
         if not (record.decision_id is not None and self._release(record.decision_id)) and record.settle_key:
             self._settle_oldest(record.settle_key)
         return ApplyResult.APPLIED
 
-    def _add(self, inc: Increment) -> None:
+    def _add(self, inc: Increment) -> int:
+        """Add one increment; returns how many of its counter's counts are at the ceiling now."""
         window = inc.window
+        nanos, tokens = clamp(inc.nanos), clamp(inc.tokens)
         if isinstance(window, RollingWindow):
             ring_key = (inc.scope, window.label)
             ring = self._rings.get(ring_key)
             if ring is None:
                 ring = self._rings[ring_key] = _Ring(window.step)
-            ring.add(inc.ts, inc.nanos, inc.tokens)
-            return
+            return ring.add(inc.ts, nanos, tokens)
         start, end = window.bounds(inc.ts)
         key = (inc.scope, window.unit, start)
         counter = self._calendar.get(key)
         if counter is None:
-            self._calendar[key] = [inc.nanos, inc.tokens, 1]
+            counter = self._calendar[key] = [0, 0, 0]
             self._calendar_expiry[key] = end + window.retention()
-        else:
-            counter[0] += inc.nanos
-            counter[1] += inc.tokens
-            counter[2] += 1
+        saturated = 0
+        for field, amount in enumerate((nanos, tokens, 1)):
+            total = counter[field] + amount
+            if total >= CEILING:
+                total = CEILING
+                saturated += 1
+            counter[field] = total
+        return saturated
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -184,7 +211,7 @@ class MemoryStore:
         # the loop is `_raw_total` and `check_state` inlined, with the lookups kept in locals.
         # tests/store/test_memory.py holds the inlined rule to `check_state` over every case.
         checks = admission.checks
-        nanos, tokens = admission.nanos, admission.tokens
+        nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
         rings, calendar, reserved_totals = self._rings, self._calendar, self._reserved
         with self._lock:
             heap = self._reservation_heap
@@ -201,10 +228,15 @@ class MemoryStore:
                 else:
                     spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
                 held = reserved_totals.get(scope) or _NONE_RESERVED
+                if held[0] > CEILING or held[1] > CEILING:  # exact totals; they read saturated
+                    held = [min(held[0], CEILING), min(held[1], CEILING)]
                 used = spent[0] + held[0]
                 limit = check.limit_nanos
+                if limit is not None and limit > CEILING:
+                    limit = CEILING
                 fits = limit is None or (used + nanos <= limit if nanos else used < limit)
                 if fits and (limit := check.limit_tokens) is not None:
+                    limit = min(limit, CEILING)
                     used = spent[1] + held[1]
                     fits = used + tokens <= limit if tokens else used < limit
                 states.append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
@@ -218,6 +250,7 @@ class MemoryStore:
                 self._reservations[decision_id] = _Reservation(
                     checks, nanos, tokens, admission.expires_at, admission.settle_key
                 )
+                # Exact (Python ints): released reservations take back exactly what they added.
                 for check in checks:
                     totals = reserved_totals.get(check.scope)
                     if totals is None:
@@ -330,6 +363,9 @@ class MemoryStore:
             before = len(self._reservations)
             self._expire_reservations(now)
             return dropped + len(old) + len(idle) + before - len(self._reservations)
+
+    def health(self) -> StoreHealth:
+        return self._report.health()
 
     def close(self) -> None:
         pass

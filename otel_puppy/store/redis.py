@@ -9,7 +9,10 @@ Python and writes back:
   script, so replicas deciding at once can never overshoot a budget together.
 
 Keys share one hash tag (`{otel_puppy}` by default, `?prefix=` in the URL), so a Redis Cluster
-routes every script to one slot; separate deployments or tenants can use separate prefixes.
+routes every script to one slot; separate deployments or tenants can use separate prefixes. A
+cluster is named by `redis+cluster://host:port` (`rediss+cluster://` for TLS): any node of it, from
+which redis-py's `RedisCluster` learns the rest; it follows MOVED and ASK redirects, and a batch's
+scripts go out in one pipeline to the node that owns the prefix's slot.
 Calendar counters, rolling windows, dedupe keys and alert marks expire on their own (`PEXPIRE`),
 relative to the `now` they were written at. Reservations expire through a sorted set by time
 when `admit` or `expire` runs, because their reserved totals must be taken back with them.
@@ -24,8 +27,14 @@ default, `?socket_timeout=` in the URL), and for a short back-off after a failur
 without waiting again; the engine then decides by its fail mode and the span processor keeps
 spans until the store is back.
 
-Arithmetic in the scripts is Lua's double: exact for every amount up to 2**53 nano-USD, about
-9 million dollars per counter.
+Numbers in the scripts are Lua doubles, exact up to 2**53, so every count is kept in
+`[0, CEILING]` (2**53 - 1: $9,007,199.254740991 in nano-USD, or as many tokens or requests) and
+saturates there, as on every store: the caller clamps amounts and limits into that range, the
+scripts add two counts at a time (at most 2**54 - 2, clamped exactly), ring totals are kept by
+`HINCRBY` (Redis's int64, at most 61 counts), and reserved totals as two counts worth
+`hi * 2**40 + lo`, exact for any number of reservations. A value a script cannot read back as a
+count (garbage written by another client, a float, a negative number) reads as the ceiling, so its
+budget denies, and is reported (`health()`); the scripts never fail on one.
 """
 
 from __future__ import annotations
@@ -41,14 +50,28 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.settings import redact_url
-from otel_puppy.store.base import Admission, Admitted, ApplyResult, CheckState, Counter, SpendRecord
+from otel_puppy.store.base import (
+    CEILING,
+    Admission,
+    Admitted,
+    ApplyResult,
+    CheckState,
+    Counter,
+    SpendRecord,
+    StateReport,
+    StoreHealth,
+    clamp,
+)
 from otel_puppy.windows import RollingWindow, Window
 
 try:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisClusterException, RedisError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise StoreError("the redis store needs the redis extra: pip install 'otel-puppy[redis]'") from exc
 
@@ -64,58 +87,171 @@ _MAX_PENDING_TOKENS: Final = 200_000
 
 _RESULTS: Final = {b"a": ApplyResult.APPLIED, b"d": ApplyResult.DUPLICATE, b"n": ApplyResult.NESTED}
 
-# Shared by the scripts: a rolling window is a ring of 61 sub-buckets in one hash, with running
-# totals (fields n, t, r), the newest index written (`last`), and per slot its index and counters.
-# It is MemoryStore's ring, moved forward by whoever writes or reads it.
+# Shared by the scripts. Every count is an integer in [0, CEILING] (2**53 - 1, exact as a Lua
+# double): `count` reads one back (absent: 0; anything else: nil, unreadable), `add` adds two of
+# them saturated at the ceiling (a + b <= 2**54 - 2, and rounding above 2**53 cannot bring a sum
+# over the ceiling back under it, so the clamp is exact). No other arithmetic is done on doubles:
+#
+# - A calendar counter is a hash (fields n, t, r) of counts, written with HSET.
+# - A rolling window is a ring of 61 sub-buckets in one hash: per slot its index and counts, the
+#   newest index written (`last`), and running totals (n, t, r) kept by HINCRBY, i.e. by Redis's
+#   exact int64 arithmetic (61 counts of at most 2**53 - 1 never reach 2**63); read saturated. It
+#   is MemoryStore's ring, moved forward by whoever writes or reads it. A ring with an unreadable
+#   field is marked (`p`): it reads as the ceiling and is not written until it expires.
+# - A scope's reserved total is exact whatever the number of reservations: two counts, hi and lo,
+#   worth hi * 2**40 + lo (fields n|scope and N|scope, t|scope and T|scope); read saturated.
 _LIB: Final = r"""
 local P = ARGV[1]
+local C = 9007199254740991
+local B = 1099511627776
+local sat, bad = 0, 0
 local function int(x) return string.format('%d', x) end
 -- '-0' is not an integer to Redis
 local function neg(s) if s == '0' then return '0' end return '-' .. s end
 
+local function count(s)
+  if not s then return 0 end
+  if s == '0' then return 0 end
+  if #s <= 16 and string.find(s, '^[1-9]%d*$') then
+    local v = tonumber(s)
+    if v <= C then return v end
+  end
+  return nil
+end
+
+local function total(s)
+  if not s or s == '0' then return 0 end
+  if #s <= 19 and string.find(s, '^[1-9]%d*$') then return math.min(tonumber(s), C) end
+  return nil
+end
+
+local function add(a, b)
+  local v = a + b
+  if v > C then return C end
+  return v
+end
+
+local function poison(key)
+  redis.call('HSET', key, 'p', '1')
+  bad = bad + 1
+  return false
+end
+
+-- Move the ring forward to `newest`; false if it is unreadable (marked). When it did not move,
+-- also its running totals (as read), which the caller may use instead of reading them again.
 local function ring_advance(key, newest)
-  local last = tonumber(redis.call('HGET', key, 'last') or '-1')
-  if newest <= last then return end
+  local h = redis.call('HMGET', key, 'last', 'p', 'n', 't', 'r')
+  if h[2] then
+    bad = bad + 1
+    return false
+  end
+  local last = -1
+  if h[1] then
+    last = tonumber(h[1])
+    if not last or not string.find(h[1], '^%-?%d+$') then return poison(key) end
+  end
+  local n, t, r = total(h[3]), total(h[4]), total(h[5])
+  if not (n and t and r) then return poison(key) end
+  if newest <= last then return true, n, t, r end
   local first = math.max(last + 1, newest - 60)
   for i = first, newest do
     local s = tostring(i % 61)
     local old = redis.call('HMGET', key, 'i' .. s, 'n' .. s, 't' .. s, 'r' .. s)
     if old[1] then
-      redis.call('HINCRBY', key, 'n', neg(old[2]))
-      redis.call('HINCRBY', key, 't', neg(old[3]))
-      redis.call('HINCRBY', key, 'r', neg(old[4]))
+      if not (count(old[2]) and count(old[3]) and count(old[4])) then return poison(key) end
+      if old[2] then redis.call('HINCRBY', key, 'n', neg(old[2])) end
+      if old[3] then redis.call('HINCRBY', key, 't', neg(old[3])) end
+      if old[4] then redis.call('HINCRBY', key, 'r', neg(old[4])) end
     end
     redis.call('HSET', key, 'i' .. s, int(i), 'n' .. s, '0', 't' .. s, '0', 'r' .. s, '0')
   end
   redis.call('HSET', key, 'last', int(newest))
+  return true
 end
 
 local function ring_read(key, idx)
   if redis.call('EXISTS', key) == 0 then return 0, 0, 0 end
-  ring_advance(key, idx)
+  local ok, n0, t0, r0 = ring_advance(key, idx)
+  if not ok then return C, C, C end
+  if n0 then return n0, t0, r0 end
   local v = redis.call('HMGET', key, 'n', 't', 'r')
-  return tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')
+  local n, t, r = total(v[1]), total(v[2]), total(v[3])
+  if n and t and r then return n, t, r end
+  poison(key)
+  return C, C, C
+end
+
+local function checked(v)
+  if v then return v end
+  bad = bad + 1
+  return C
 end
 
 local function counter_read(kind, key, idx)
   if kind == 'r' then return ring_read(key, tonumber(idx)) end
   local v = redis.call('HMGET', key, 'n', 't', 'r')
-  return tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')
+  return checked(count(v[1])), checked(count(v[2])), checked(count(v[3]))
+end
+
+local reserved = P .. ':reserved'
+
+-- The reserved total hi * B + lo, saturated at C (an unreadable half reads as C).
+local function wide(lo, hi)
+  local l, h = count(lo), count(hi)
+  if not (l and h) then
+    bad = bad + 1
+    return C
+  end
+  if h >= 8192 then return C end
+  return math.min(h * B + l, C)
+end
+
+local function held(scope)
+  local r = redis.call('HMGET', reserved, 'n|' .. scope, 'N|' .. scope, 't|' .. scope, 'T|' .. scope)
+  return wide(r[1], r[2]), wide(r[3], r[4])
+end
+
+-- Add `delta` (an integer, |delta| <= C) to a reserved total, exactly.
+local function wide_add(lo_field, hi_field, delta)
+  local r = redis.call('HMGET', reserved, lo_field, hi_field)
+  local l, h = count(r[1]), count(r[2])
+  if not (l and h) then
+    bad = bad + 1  -- left as it is: it keeps reading as the ceiling
+    return
+  end
+  local carry = math.floor(l / B)  -- a total written whole by an older version
+  l, h = l - carry * B, h + carry
+  local dh = math.floor(delta / B)
+  l, h = l + (delta - dh * B), h + dh
+  if l >= B then l, h = l - B, h + 1 end
+  if h < 0 then
+    bad = bad + 1  -- less than nothing reserved: not from this store's own writes
+    l, h = 0, 0
+  end
+  if l == 0 and h == 0 then
+    redis.call('HDEL', reserved, lo_field, hi_field)
+  else
+    redis.call('HSET', reserved, lo_field, int(l), hi_field, int(h))
+  end
 end
 
 local function release(id)
   local rkey = P .. ':r:' .. id
   local r = redis.call('HMGET', rkey, 'n', 't', 'k', 'c')
   if not r[4] then return 0 end
-  local n, t = r[1], r[2]
-  local reserved = P .. ':reserved'
-  for i = 1, tonumber(r[4]) do
-    local scope = redis.call('HGET', rkey, 's' .. i)
-    local left_n = redis.call('HINCRBY', reserved, 'n|' .. scope, neg(n))
-    local left_t = redis.call('HINCRBY', reserved, 't|' .. scope, neg(t))
-    if left_n == 0 and left_t == 0 then redis.call('HDEL', reserved, 'n|' .. scope, 't|' .. scope) end
+  local n, t, c = count(r[1]), count(r[2]), count(r[4])
+  if n and t and c and c <= redis.call('HLEN', rkey) then
+    for i = 1, c do
+      local scope = redis.call('HGET', rkey, 's' .. i)
+      if scope then
+        wide_add('n|' .. scope, 'N|' .. scope, -n)
+        wide_add('t|' .. scope, 'T|' .. scope, -t)
+      end
+    end
+  else
+    bad = bad + 1  -- an unreadable reservation goes without taking anything back (stricter)
   end
-  if r[3] ~= '' then redis.call('ZREM', P .. ':settle:' .. r[3], id) end
+  if r[3] and r[3] ~= '' then redis.call('ZREM', P .. ':settle:' .. r[3], id) end
   redis.call('ZREM', P .. ':rexp', id)
   redis.call('DEL', rkey)
   return 1
@@ -131,18 +267,20 @@ end
 # ARGV: prefix, token, record count, counter count, then per counter: kind (c|r), key, bucket
 # index (rolling) or '', ttl ms; then per record: span key, parent key, token ('' = this call's),
 # dedupe ttl ms, decision id, settle key, increment count, then per increment: counter number
-# (from 1), nanos, tokens. Spend of the applied records is summed per counter first, so a batch
-# writes each counter once. Returns one result letter per record.
+# (from 1), nanos, tokens (counts, clamped by the caller). Spend of the applied records is summed
+# per counter first (saturated), so a batch writes each counter once. Returns one result letter
+# per record, then how many counts are at the ceiling after the batch, then how many values were
+# unreadable.
 _APPLY: Final = (
     _LIB
     + r"""
 local batch_token = ARGV[2]
-local count, counters = tonumber(ARGV[3]), tonumber(ARGV[4])
+local count_, counters = tonumber(ARGV[3]), tonumber(ARGV[4])
 local settling = redis.call('EXISTS', P .. ':rexp') == 1
 local out, here = {}, {}
 local sum_n, sum_t, sum_r = {}, {}, {}
 local a = 5 + 4 * counters
-for _ = 1, count do
+for _ = 1, count_ do
   local span, parent, token, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local decision, settle, incs = ARGV[a + 4], ARGV[a + 5], tonumber(ARGV[a + 6])
   local first = a + 7
@@ -172,8 +310,8 @@ for _ = 1, count do
       if parent ~= '' then redis.call('SET', P .. ':c:' .. parent, '1', 'PX', ttl) end
       for i = first, a - 1, 3 do
         local c = tonumber(ARGV[i])
-        sum_n[c] = (sum_n[c] or 0) + tonumber(ARGV[i + 1])
-        sum_t[c] = (sum_t[c] or 0) + tonumber(ARGV[i + 2])
+        sum_n[c] = add(sum_n[c] or 0, tonumber(ARGV[i + 1]))
+        sum_t[c] = add(sum_t[c] or 0, tonumber(ARGV[i + 2]))
         sum_r[c] = (sum_r[c] or 0) + 1
       end
       if settling and not (decision ~= '' and release(decision) == 1) and settle ~= '' then
@@ -184,36 +322,57 @@ for _ = 1, count do
     out[#out + 1] = result
   end
 end
+local function at_ceiling(n, t, r)
+  local k = 0
+  if n == C then k = k + 1 end
+  if t == C then k = k + 1 end
+  if r == C then k = k + 1 end
+  return k
+end
 for c = 1, counters do
   if sum_r[c] then
     local base = 1 + 4 * c
     local kind, key, idx, kttl = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-    local n, t, r = int(sum_n[c]), int(sum_t[c]), int(sum_r[c])
     if kind == 'r' then
       local index = tonumber(idx)
-      ring_advance(key, index)
-      local s = tostring(index % 61)
-      if redis.call('HGET', key, 'i' .. s) == idx then
-        redis.call('HINCRBY', key, 'n' .. s, n)
-        redis.call('HINCRBY', key, 't' .. s, t)
-        redis.call('HINCRBY', key, 'r' .. s, r)
-        redis.call('HINCRBY', key, 'n', n)
-        redis.call('HINCRBY', key, 't', t)
-        redis.call('HINCRBY', key, 'r', r)
+      if ring_advance(key, index) then
+        local s = tostring(index % 61)
+        local v = redis.call('HMGET', key, 'i' .. s, 'n' .. s, 't' .. s, 'r' .. s)
+        if v[1] == idx then
+          local on, ot, orq = count(v[2]), count(v[3]), count(v[4])
+          if on and ot and orq then
+            local n, t, r = add(on, sum_n[c]), add(ot, sum_t[c]), add(orq, sum_r[c])
+            redis.call('HSET', key, 'n' .. s, int(n), 't' .. s, int(t), 'r' .. s, int(r))
+            redis.call('HINCRBY', key, 'n', int(n - on))
+            redis.call('HINCRBY', key, 't', int(t - ot))
+            redis.call('HINCRBY', key, 'r', int(r - orq))
+            sat = sat + at_ceiling(n, t, r)
+          else
+            poison(key)
+          end
+        end
+        if redis.call('PTTL', key) < tonumber(kttl) then redis.call('PEXPIRE', key, kttl) end
       end
-      if redis.call('PTTL', key) < tonumber(kttl) then redis.call('PEXPIRE', key, kttl) end
     else
-      redis.call('HINCRBY', key, 'n', n)
-      redis.call('HINCRBY', key, 't', t)
-      if redis.call('HINCRBY', key, 'r', r) == sum_r[c] then redis.call('PEXPIRE', key, kttl) end
+      local v = redis.call('HMGET', key, 'n', 't', 'r')
+      -- an unreadable count becomes the ceiling: readable again, and over every limit
+      local n = add(checked(count(v[1])), sum_n[c])
+      local t = add(checked(count(v[2])), sum_t[c])
+      local r = add(checked(count(v[3])), sum_r[c])
+      redis.call('HSET', key, 'n', int(n), 't', int(t), 'r', int(r))
+      if not v[3] then redis.call('PEXPIRE', key, kttl) end
+      sat = sat + at_ceiling(n, t, r)
     end
   end
 end
+out[#out + 1] = sat
+out[#out + 1] = bad
 return out
 """
 )
 
-# ARGV: prefix, now, then per read: kind, key, index. Returns three integers per read.
+# ARGV: prefix, now, then per read: kind, key, index. Returns three counts per read, then how many
+# values were unreadable.
 _TOTALS: Final = (
     _LIB
     + r"""
@@ -224,35 +383,38 @@ for i = 3, #ARGV, 3 do
   out[#out + 1] = t
   out[#out + 1] = r
 end
+out[#out + 1] = bad
 return out
 """
 )
 
 # ARGV: prefix, now, decision id, nanos, tokens, expires at, settle key, reserve (1|0), then per
-# check: kind, key, index, scope, limit nanos ('' = none), limit tokens, blocking (1|0).
-# Returns the reserved flag, then per check: spent nanos, spent tokens, reserved nanos, reserved
-# tokens, fits. The rule is `store.base.check_state`.
+# check: kind, key, index, scope, limit nanos ('' = none), limit tokens, blocking (1|0). Amounts
+# and limits are counts (the caller clamps them). Returns the reserved flag, then per check: spent
+# nanos, spent tokens, reserved nanos, reserved tokens, fits; then how many values were unreadable.
+# The rule is `store.base.check_state`, computed without a sum past the ceiling: room = limit -
+# reserved - spent, one exact subtraction at a time.
 _ADMIT: Final = (
     _LIB
     + r"""
 local now, id, nanos, tokens = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 expire_reservations(now)
-local function fits(limit, used, amount)
+local function fits(limit, spent, held_, amount)
   if limit == '' then return true end
-  limit = tonumber(limit)
-  if amount > 0 then return used + amount <= limit end
-  return used < limit
+  local room = tonumber(limit) - held_
+  if room < 0 then return false end
+  room = room - spent
+  if amount > 0 then return amount <= room end
+  return room > 0
 end
 local out = {0}
 local admitted = true
 local scopes = {}
-local reserved = P .. ':reserved'
 for i = 9, #ARGV, 7 do
   local scope = ARGV[i + 3]
   local sn, st = counter_read(ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  local r = redis.call('HMGET', reserved, 'n|' .. scope, 't|' .. scope)
-  local rn, rt = tonumber(r[1] or '0'), tonumber(r[2] or '0')
-  local ok = fits(ARGV[i + 4], sn + rn, nanos) and fits(ARGV[i + 5], st + rt, tokens)
+  local rn, rt = held(scope)
+  local ok = fits(ARGV[i + 4], sn, rn, nanos) and fits(ARGV[i + 5], st, rt, tokens)
   if ARGV[i + 6] == '1' and not ok then admitted = false end
   scopes[#scopes + 1] = scope
   out[#out + 1] = sn
@@ -268,8 +430,8 @@ if admitted and ARGV[8] == '1' and (nanos > 0 or tokens > 0) and #scopes > 0 the
   redis.call('HSET', rkey, 'n', ARGV[4], 't', ARGV[5], 'k', settle, 'c', int(#scopes))
   for i, scope in ipairs(scopes) do
     redis.call('HSET', rkey, 's' .. i, scope)
-    redis.call('HINCRBY', reserved, 'n|' .. scope, ARGV[4])
-    redis.call('HINCRBY', reserved, 't|' .. scope, ARGV[5])
+    wide_add('n|' .. scope, 'N|' .. scope, nanos)
+    wide_add('t|' .. scope, 'T|' .. scope, tokens)
   end
   redis.call('ZADD', P .. ':rexp', ARGV[6], id)
   if settle ~= '' then
@@ -277,6 +439,7 @@ if admitted and ARGV[8] == '1' and (nanos > 0 or tokens > 0) and #scopes > 0 the
   end
   out[1] = 1
 end
+out[#out + 1] = bad
 return out
 """
 )
@@ -339,7 +502,9 @@ class RedisStore:
         StoreError: the URL is not a Redis URL this store understands.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX, url: str = "redis://") -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, *, prefix: str = DEFAULT_PREFIX, url: str = "redis://"
+    ) -> None:
         if "{" not in prefix or "}" not in prefix:
             raise StoreError(f"redis store prefix {prefix!r} needs a hash tag such as {{otel_puppy}} (Redis Cluster)")
         self.prefix = prefix
@@ -360,29 +525,41 @@ class RedisStore:
         self._down_reason = ""
         self._pending_tokens: OrderedDict[str, str] = OrderedDict()
         """Span key -> token of an `apply` whose reply was lost; a retry presents it."""
+        self._report = StateReport(f"redis store {url}")
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
-        """`redis://[user:password@]host:port/db` (or `rediss://` for TLS, `unix://` for a socket).
+        """`redis://[user:password@]host:port/db` (or `rediss://` for TLS, `unix://` for a socket), or
+        `redis+cluster://[user:password@]host:port` (`rediss+cluster://`) for a Redis Cluster: any
+        one node; the cluster has no numbered databases.
 
         Query parameters: `prefix` (default `{otel_puppy}`), `socket_timeout` and
         `socket_connect_timeout` in seconds (default 0.5 each), and any other redis-py URL option.
 
         Raises:
-            StoreError: not a URL redis-py accepts.
+            StoreError: not a URL redis-py accepts, or (a cluster, whose layout is read when the
+                store opens) no node of the cluster answers.
         """
         parts = urlsplit(url)
+        cluster = parts.scheme.endswith("+cluster")
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         prefix = query.pop("prefix", DEFAULT_PREFIX)
         query.setdefault("socket_timeout", "0.5")
         query.setdefault("socket_connect_timeout", "0.5")
+        if cluster:
+            parts = parts._replace(scheme=parts.scheme.removesuffix("+cluster"), path="")
         clean = urlunsplit(parts._replace(query=urlencode(query)))
         try:
             # No retries inside redis-py: the caller decides (fail mode, buffered spans), and a
-            # retried script must present its token, which only this store knows.
-            client = redis.Redis.from_url(clean, retry=None, health_check_interval=0)
-        except (ValueError, RedisError) as exc:
-            raise StoreError(f"redis store {redact_url(url)}: {exc}") from exc
+            # retried script must present its token, which only this store knows. (A cluster
+            # client still follows MOVED and ASK: a redirect is not a retry.)
+            client: redis.Redis | RedisCluster
+            if cluster:
+                client = RedisCluster.from_url(clean, retry=Retry(NoBackoff(), 0), health_check_interval=0)
+            else:
+                client = redis.Redis.from_url(clean, retry=None, health_check_interval=0)
+        except (ValueError, RedisError, RedisClusterException) as exc:
+            raise StoreError(f"redis store {redact_url(url)}: {type(exc).__name__}: {exc}") from exc
         return cls(client, prefix=prefix, url=redact_url(url))
 
     # --- calls -----------------------------------------------------------------------------------
@@ -400,7 +577,7 @@ class RedisStore:
             self._down_reason = f"{type(exc).__name__}: {exc}"
             self._down_until = time.monotonic() + _DOWN_FOR_S
             raise StoreError(f"redis store {self._url}: {doing} failed: {self._down_reason}") from exc
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise StoreError(f"redis store {self._url}: {doing} failed: {type(exc).__name__}: {exc}") from exc
 
     def _key(self, scope: str, window: Window, ts: float) -> tuple[str, str, str, float]:
@@ -436,10 +613,7 @@ class RedisStore:
                 if len(chunks) == 1:
                     replies = [self._apply(keys=[self._route], args=chunks[0])]
                 else:
-                    pipe = self._client.pipeline(transaction=False)
-                    for argv in chunks:
-                        self._apply(keys=[self._route], args=argv, client=pipe)
-                    replies = pipe.execute()
+                    replies = self._apply_pipelined(chunks)
         except StoreError as exc:
             if isinstance(exc.__cause__, (RedisConnectionError, RedisTimeoutError)):
                 self._remember(records, token)
@@ -447,7 +621,29 @@ class RedisStore:
         if pending:
             for record in records:
                 pending.pop(record.span_key, None)
-        return [_RESULTS[letter] for reply in replies for letter in reply]
+        # Each reply: a letter per record, then the counts at the ceiling, then the unreadable values.
+        self._report.saturated(sum(int(reply[-2]) for reply in replies), "apply")
+        self._report.unreadable(sum(int(reply[-1]) for reply in replies), "apply")
+        return [_RESULTS[letter] for reply in replies for letter in reply[:-2]]
+
+    def _apply_pipelined(self, chunks: list[list[str]]) -> list[list[object]]:
+        """Every chunk's script in one pipeline (one round trip; on a cluster, to the prefix's node)."""
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for argv in chunks:
+                self._apply(keys=[self._route], args=argv, client=pipe)
+            try:
+                replies: list[list[object]] = pipe.execute()
+            except NoScriptError:
+                # A cluster pipeline does not load scripts (a plain one does): the node that owns
+                # the slot has not seen this one yet (new, restarted, or failed over). No script
+                # ran, so the same chunks (with the same tokens) go again once it is loaded.
+                if attempt:
+                    raise
+                self._client.script_load(_APPLY)
+            else:
+                return replies
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _apply_argv(
         self, records: Sequence[SpendRecord], token: str, pending: Mapping[str, str], now: float
@@ -477,7 +673,7 @@ class RedisStore:
                     number = numbers[(inc.scope, window, bucket)] = str(len(numbers) + 1)
                     kind, key, index, expires = self._key(inc.scope, window, inc.ts)
                     counters += (kind, key, index, str(max(1, int((expires - now) * 1000))))
-                rows += (number, str(inc.nanos), str(inc.tokens))
+                rows += (number, str(clamp(inc.nanos)), str(clamp(inc.tokens)))
         return [self.prefix, token, str(len(records)), str(len(numbers)), *counters, *rows]
 
     def _remember(self, records: Sequence[SpendRecord], token: str) -> None:
@@ -500,7 +696,8 @@ class RedisStore:
             argv += self._key(scope, window, now)[:3]
         with self._call("totals"):
             reply = self._totals(keys=[self._route], args=argv)
-        return [Counter(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
+        self._report.unreadable(int(reply[-1]), "totals")
+        return [Counter(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, len(reply) - 1, 3)]
 
     # --- admission -------------------------------------------------------------------------------
 
@@ -510,8 +707,8 @@ class RedisStore:
             self.prefix,
             repr(now),
             admission.decision_id,
-            str(admission.nanos),
-            str(admission.tokens),
+            str(clamp(admission.nanos)),
+            str(clamp(admission.tokens)),
             repr(admission.expires_at),
             admission.settle_key or "",
             "1" if admission.reserve else "0",
@@ -520,15 +717,16 @@ class RedisStore:
             argv += self._key(check.scope, check.window, now)[:3]
             argv += (
                 check.scope,
-                "" if check.limit_nanos is None else str(check.limit_nanos),
-                "" if check.limit_tokens is None else str(check.limit_tokens),
+                "" if check.limit_nanos is None else str(min(check.limit_nanos, CEILING)),
+                "" if check.limit_tokens is None else str(min(check.limit_tokens, CEILING)),
                 "1" if check.blocking else "0",
             )
         with self._call("admit"):
             reply = self._admit(keys=[self._route], args=argv)
+        self._report.unreadable(int(reply[-1]), "admit")
         states = tuple(
             CheckState(reply[i], reply[i + 1], reply[i + 2], reply[i + 3], reply[i + 4] == 1)
-            for i in range(1, len(reply), 5)
+            for i in range(1, len(reply) - 1, 5)
         )
         return Admitted(reply[0] == 1, states)
 
@@ -589,6 +787,9 @@ class RedisStore:
         """
         with self._call("expire"):
             return int(self._expire(keys=[self._route], args=[self.prefix, repr(now)]))
+
+    def health(self) -> StoreHealth:
+        return self._report.health()
 
     def ping(self) -> None:
         """Raise `StoreError` unless Redis answers now (readiness)."""

@@ -140,6 +140,7 @@ budgets:
 # --- in a real Prometheus scraping the demo -------------------------------------------------------------
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_prometheus_loads_every_rule_healthy(settled: Settled) -> None:
     groups = settled.stack.api("/api/v1/rules")["groups"]
@@ -153,6 +154,7 @@ def test_prometheus_loads_every_rule_healthy(settled: Settled) -> None:
             assert rule.get("lastError", "") == ""
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_alerts_fire_on_the_demo(settled: Settled) -> None:
     active = settled.stack.active_alerts()

@@ -3,14 +3,20 @@ returning data from a real Prometheus scraping `otel-puppy demo`."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models.dashboard import Dashboard as SchemaDashboard
 from prometheus_client import generate_latest
 
 from otel_puppy.policies import load_policies
@@ -82,6 +88,58 @@ def test_check_reports_a_stale_dashboard(tmp_path: Path, capsys: pytest.CaptureF
     (tmp_path / "budgets.json").write_text("{}\n", encoding="utf-8")
     assert generate.main(["--check", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"{tmp_path / 'budgets.json'} is out of date: run python grafana/generate.py\n"
+
+
+def through_grafanas_schema(dashboard: dict[str, Any]) -> str:
+    """`dashboard` decoded into grafana-foundation-sdk's models (panel options, field config and queries by
+    their plugin's schema) and encoded again as the generator writes it: whatever the schema lacks is gone."""
+    register_default_plugins()
+    return JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False).encode(SchemaDashboard.from_json(dashboard)) + "\n"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_dashboard_holds_only_what_grafanas_schema_knows(name: str) -> None:
+    text = (DASHBOARDS_DIR / name).read_text(encoding="utf-8")
+    assert through_grafanas_schema(json.loads(text)) == text
+
+
+def test_a_field_grafanas_schema_lacks_does_not_survive_the_check() -> None:
+    """The check above has teeth: an unknown field at every level of every panel type is dropped."""
+    kinds = set()
+    for path in sorted(DASHBOARDS_DIR.glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        dashboard = json.loads(text)
+        dashboard["unknownField"] = 1
+        dashboard["templating"]["list"][0]["unknownField"] = 1
+        dashboard["templating"]["list"][1]["unknownField"] = 1
+        for panel in dashboard["panels"]:
+            panel["unknownField"] = 1
+            if panel["type"] == "row":
+                continue
+            kinds.add(panel["type"])
+            panel["options"]["unknownField"] = 1
+            panel["fieldConfig"]["defaults"]["unknownField"] = 1
+            if "custom" in panel["fieldConfig"]["defaults"]:  # typed where the panel type's schema has one
+                panel["fieldConfig"]["defaults"]["custom"]["unknownField"] = 1
+            panel["targets"][0]["unknownField"] = 1
+        assert through_grafanas_schema(dashboard) == text, path.name
+    assert kinds == {"stat", "gauge", "timeseries", "bargauge", "table", "state-timeline"}
+
+
+def test_the_sdk_is_the_release_for_the_grafana_in_docker_compose() -> None:
+    """The SDK's versions are `<build time>!<Grafana version>`, and the highest build time is not the newest
+    Grafana: the pin names the release generated for the Grafana image docker-compose.yml runs."""
+    image = yaml_load(ROOT / "docker-compose.yml")["services"]["grafana"]["image"]
+    grafana = image.removeprefix("grafana/grafana:")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    dev = project["optional-dependencies"]["dev"]
+    (pin,) = [requirement for requirement in dev if requirement.startswith("grafana-foundation-sdk")]
+    name, _, version = pin.partition("==")
+    build, _, generated_for = version.partition("!")
+    assert name == "grafana-foundation-sdk"
+    assert build.isdigit()
+    assert generated_for.split(".")[:2] == grafana.split(".")[:2], f"{pin} is not the SDK for {image}"
+    assert importlib.metadata.version("grafana-foundation-sdk") == version
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -199,6 +257,7 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards() -> None:
 # --- against Prometheus scraping the demo ---------------------------------------------------------------
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_every_panel_query_returns_data(settled: Settled) -> None:
     assert settled.missing == [], "\n".join(settled.missing) + "\n" + settled.stack.logs()
@@ -217,6 +276,7 @@ def test_every_panel_query_returns_data(settled: Settled) -> None:
     assert count == len(panel_queries()) > 50
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_every_variable_has_values(settled: Settled) -> None:
     stack = settled.stack
@@ -235,6 +295,7 @@ def test_every_variable_has_values(settled: Settled) -> None:
     assert "acme-kb-7b-instruct" in found["model"]
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_every_metric_a_dashboard_names_is_on_the_demos_metrics(settled: Settled) -> None:
     status, body = http_get(settled.stack.metrics_url)
@@ -245,6 +306,7 @@ def test_every_metric_a_dashboard_names_is_on_the_demos_metrics(settled: Settled
     assert named - sampled == EVENT_ONLY
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_the_demo_played_the_scenario(settled: Settled) -> None:
     """Not only data: the events the test policies provoke, which the dashboards are there to show."""

@@ -423,11 +423,12 @@ def test_all_errors_of_two_broken_files_at_once(tmp_path: Path) -> None:
 
 
 def test_file_size_cap(tmp_path: Path) -> None:
-    head = "prices:\n  - {provider: a, input_mtok: 1, output_mtok: 1, model: '"
-    tail = "'}\n"
+    # Filled with a comment: a name longer than 256 characters is refused on its own.
+    head = "# "
+    tail = "\nprices:\n  - {provider: a, input_mtok: 1, output_mtok: 1, model: m}\n"
     at_cap = write(tmp_path / "at-cap.yaml", head + "m" * (MAX_FILE_BYTES - len(head) - len(tail)) + tail)
     assert at_cap.stat().st_size == MAX_FILE_BYTES
-    assert len(load_policies(at_cap).prices[0].model) == MAX_FILE_BYTES - len(head) - len(tail)
+    assert load_policies(at_cap).prices[0].model == "m"
 
     over = write(tmp_path / "over.yaml", "#" * MAX_FILE_BYTES + "\n")
     assert load_errors(over) == [f"{over}: larger than 1 MiB (1048576 bytes), the limit for a policy file"]
@@ -498,3 +499,38 @@ def errors_or_none(text: str) -> list[PolicyError]:
             raise AssertionError("PolicyErrors without errors") from exc
         return exc.errors
     return []
+
+
+def test_numbers_past_their_bounds_are_errors_at_their_place_and_cost_nothing() -> None:
+    text = (
+        "budgets:\n"
+        "  - {name: a, limit_tokens: " + "9" * 4000 + ", window: day, action: deny}\n"
+        "  - {name: b, limit_usd: 9000001, window: day, action: deny}\n"
+        "routing:\n"
+        "  - name: r\n"
+        "    max_cost_usd: 100001\n"
+        "    min_context: 100000001\n"
+        "    candidates: [{model: 'openai:gpt-4.1', context_window: 100000001}]\n"
+    )
+    lines = [line for line in error_lines(text) if "candidates:" not in line]
+    assert lines[0].startswith("policies/prices.yaml:2:29: budgets[0].limit_tokens: expected a number <= 10000")
+    assert len(lines[0]) < 300  # the 4,000 digits are not quoted back
+    assert lines[1:] == [
+        "policies/prices.yaml:3:26: budgets[1].limit_usd: expected a number <= 9000000, got 9000001",
+        "policies/prices.yaml:6:19: routing[0].max_cost_usd: expected a number <= 100000, got 100001",
+        "policies/prices.yaml:7:18: routing[0].min_context: expected a number <= 100000000, got 100000001",
+        "policies/prices.yaml:8:60: routing[0].candidates[0].context_window: expected a number <= 100000000, "
+        "got 100000001",
+    ]
+
+
+def test_a_budget_lists_at_most_twenty_alert_thresholds() -> None:
+    thresholds = ", ".join(f"0.{n:02d}" for n in range(1, 22))
+    text = f"budgets:\n  - {{name: a, limit_usd: 1, window: day, action: deny, alerts: [{thresholds}]}}\n"
+    assert error_lines(text) == [
+        "policies/prices.yaml:2:64: budgets[0].alerts: Tuple should have at most 20 items after validation, "
+        "not 21, got a list"
+    ]
+    twenty = ", ".join(f"0.{n:02d}" for n in range(1, 21))
+    policies = parse_policy_text(f"budgets:\n  - {{name: a, limit_usd: 1, window: day, alerts: [{twenty}]}}\n", FILE)
+    assert len(policies.budgets[0].alerts) == 20

@@ -28,7 +28,7 @@ from prometheus_client.registry import CollectorRegistry
 from otel_puppy import semconv
 from otel_puppy.decision import Action
 from otel_puppy.engine import PolicyEngine
-from otel_puppy.exceptions import StoreError
+from otel_puppy.exceptions import PolicyDenied, StoreError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.processor import DECISION_CONTEXT_KEY
 from otel_puppy.settings import PuppySettings
@@ -49,8 +49,9 @@ budgets:
 breakers:
   - {name: providers, per: [provider], failure_threshold: 5, recovery_timeout: 30s}
 """
-OUTCOMES = ("applied", "invalid", "ignored")
-"""What becomes of a GenAI span the worker read; a span that failed inside otel_puppy is an internal error."""
+OUTCOMES = ("applied", "invalid", "rejected", "ignored")
+"""What becomes of a GenAI span the worker read (`rejected`: a number out of bounds); a span that failed
+inside otel_puppy is an internal error."""
 
 # Every attribute name otel_puppy reads, so generated spans hit the parsing code and not only the filter.
 READ_KEYS = sorted(
@@ -413,6 +414,10 @@ class Fault:
     install: Callable[[PolicyEngine, pytest.MonkeyPatch], Callable[[], None]]
     flushed: bool
     """What `force_flush()` says while the fault lasts: `False` while spans wait for the store."""
+    decided: tuple[Action, list[str]]
+    """The decision during the fault: an outage decides by the fail mode (open here); any other
+    error by the fail mode too, but never looser than the budgets: one that cannot be read counts
+    as exhausted (`daily` denies), one that can is listed."""
     errors: dict[str, float]
     """Internal errors once the fault has cleared (10 spans, then 2 decisions, during it)."""
     spend: int
@@ -422,12 +427,33 @@ class Fault:
 FAULTS = [
     # The store is down (an outage, not a bug): the worker holds the calls and applies them once it
     # is back, nothing lost; decisions fail open meanwhile.
-    Fault("store-outage", store_outage, False, {}, 13),
+    Fault("store-outage", store_outage, False, (Action.ALLOW, ["internal"]), {}, 13),
     # Bugs are counted and cost the calls they hit; the application never sees them.
-    Fault("store-bug", store_bug, True, {"error:processor.observe": 10.0, "error:engine.decide": 2.0}, 3),
-    Fault("pricer-bug", pricer_bug, True, {"error:processor.observe": 10.0, "error:engine.decide": 2.0}, 3),
+    Fault(
+        "store-bug",
+        store_bug,
+        True,
+        (Action.DENY, ["internal", "budget"]),
+        {"error:processor.observe": 10.0, "error:engine.decide": 2.0},
+        3,
+    ),
+    Fault(
+        "pricer-bug",
+        pricer_bug,
+        True,
+        (Action.ALLOW, ["internal", "budget"]),
+        {"error:processor.observe": 10.0, "error:engine.decide": 2.0},
+        3,
+    ),
     # A policy fails after the store applied the call: its spend is kept (once), the batch reported failed.
-    Fault("policy-bug", policy_bug, True, {"error:processor.observe": 10.0, "error:engine.decide": 2.0}, 13),
+    Fault(
+        "policy-bug",
+        policy_bug,
+        True,
+        (Action.ALLOW, ["internal", "budget"]),
+        {"error:processor.observe": 10.0, "error:engine.decide": 2.0},
+        13,
+    ),
 ]
 
 
@@ -446,11 +472,15 @@ def test_a_failing_store_pricer_or_policy_never_reaches_the_app(fault: Fault, mo
             assert processor.force_flush() is fault.flushed
         assert len(after.spans) == 10
 
-        # deciding fails open, counted; the guard lets the call through
+        # deciding never raises into the app, and is counted
         decision = engine.decide(provider="openai", model="gpt-4.1", estimated_input_tokens=1000)
-        assert (decision.action, [hit.kind for hit in decision.reasons]) == (Action.ALLOW, ["internal"])
-        with engine.guard("openai", "gpt-4.1", estimated_output_tokens=100) as guarded:
-            assert guarded.action is Action.ALLOW
+        assert (decision.action, [hit.kind for hit in decision.reasons]) == fault.decided
+        if fault.decided[0] is Action.ALLOW:  # the guard lets the call through
+            with engine.guard("openai", "gpt-4.1", estimated_output_tokens=100) as guarded:
+                assert guarded.action is Action.ALLOW
+        else:  # the guard stops it, as a deny budget would
+            with pytest.raises(PolicyDenied), engine.guard("openai", "gpt-4.1", estimated_output_tokens=100):
+                pass
 
         heal()
         for _ in range(3):

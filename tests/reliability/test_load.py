@@ -150,6 +150,7 @@ def measure_capacity(url: str, batches: Batches, outcomes: Outcomes, numbers: It
     return acknowledged / (time.monotonic() - started)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(int(LOAD_S) + 240)
 def test_twice_the_ingest_capacity_for_two_minutes(tmp_path: Path) -> None:
     if not Path("/proc/self/status").exists():

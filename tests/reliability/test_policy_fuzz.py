@@ -161,6 +161,7 @@ def exercise(policies: PolicySet) -> None:
         engine.close()
 
 
+@pytest.mark.long
 def test_documents_of_any_structure_give_a_valid_set_or_precise_errors() -> None:
     outcomes = {"valid": 0, "invalid": 0}
 

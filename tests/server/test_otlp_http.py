@@ -473,7 +473,11 @@ CASES = [
         PROTOBUF,
         protobuf_body,
         503,
-        failed(14, "state store unavailable, nothing was applied; retry: database is locked", retry_after="5"),
+        failed(
+            14,
+            "state store unavailable, nothing was applied; retry after the Retry-After interval",
+            retry_after="5",
+        ),
         prepare=store_fails,
     ),
     Case(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from otel_puppy.store.base import (
+    CEILING,
     Admission,
     Admitted,
     ApplyResult,
@@ -19,6 +23,7 @@ from otel_puppy.store.base import (
     Increment,
     SpendRecord,
     Store,
+    clamp,
 )
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.store.redis import RedisStore
@@ -35,15 +40,17 @@ STEP = 60.0
 APPLIED, DUPLICATE, NESTED = ApplyResult.APPLIED, ApplyResult.DUPLICATE, ApplyResult.NESTED
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     store: Store
     if request.param == "memory":
         store = MemoryStore()
     elif request.param == "sqlite":
         store = SQLiteStore(tmp_path / "state.db")
-    else:
+    elif request.param == "redis":
         store = RedisStore.from_url(request.getfixturevalue("redis_url"))
+    else:
+        store = RedisStore.from_url(request.getfixturevalue("redis_cluster_url"))
     yield store
     store.close()
 
@@ -152,13 +159,13 @@ def test_sibling_calls_both_count_and_their_parent_is_then_nested(store: Store) 
 
 def test_calendar_spend_counts_in_the_bucket_of_its_time(store: Store) -> None:
     windows = (DAY, HOUR)
+    # Each batch is applied at a time it could arrive: the hour before midnight written at noon is
+    # already past its 2 h retention, which Redis (expiring keys relative to `now`) would forget at
+    # once, so the read of it below would depend on the server being faster than a millisecond.
+    late_evening = T0 - 12 * 3600 - 1  # 23:59:59 the day before
+    store.apply([rec("yesterday", ts=late_evening, nanos=7, windows=windows)], late_evening + 0.5)
     store.apply(
-        [
-            rec("noon", ts=T0, windows=windows),
-            rec("yesterday", ts=T0 - 12 * 3600 - 1, nanos=7, windows=windows),  # 23:59:59 the day before
-            rec("end of hour", ts=T0 + 3599.5, nanos=20, windows=windows),
-        ],
-        T0,
+        [rec("noon", ts=T0, windows=windows), rec("end of hour", ts=T0 + 3599.5, nanos=20, windows=windows)], T0
     )
     assert store.totals([("s", DAY), ("s", HOUR), ("t", DAY)], T0) == [
         Counter(120, 20, 2),
@@ -448,3 +455,148 @@ def test_merged_state_keeps_the_highest_version_of_each_key(store: Store) -> Non
     assert store.merge_state("breakers", {"b": (2, b"same version")}) == merged  # ties keep the first
     assert store.merge_state("other", {}) == {}
     assert store.load_state("breakers") == {}  # apart from the unversioned blobs
+
+
+# --- counts that cannot overflow ----------------------------------------------------------------
+# Every count saturates at CEILING (2**53 - 1) on every store; amounts are clamped where they
+# enter; a saturated counter is over every limit. The sums around 2**53 are where a Lua double
+# would first round: 2**53 + 1 is not a double.
+
+INT64_MAX = 2**63 - 1
+
+
+def test_the_ceiling_is_the_largest_integer_a_double_holds_exactly() -> None:
+    assert CEILING == 2**53 - 1
+    assert float(CEILING) == CEILING
+    assert float(CEILING + 2) != CEILING + 2  # 2**53 + 1 is not a double
+    assert (clamp(-1), clamp(0), clamp(5), clamp(CEILING), clamp(CEILING + 1), clamp(INT64_MAX)) == (
+        0,
+        0,
+        5,
+        CEILING,
+        CEILING,
+        CEILING,
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "total"),
+    [
+        (CEILING - 2, 1, CEILING - 1),  # just under: exact
+        (CEILING - 1, 1, CEILING),  # 2**53 - 1: exactly the ceiling
+        (CEILING - 1, 2, CEILING),  # 2**53: saturates
+        (CEILING, 1, CEILING),  # 2**53 + 1: saturates
+        (CEILING, CEILING, CEILING),
+        (INT64_MAX, INT64_MAX, CEILING),  # int64 max twice: no overflow, no wrap, no float
+        (2**64 + 7, 3, CEILING),
+        (-5, 3, 3),  # a negative amount adds nothing
+    ],
+)
+def test_sums_around_two_to_the_53_are_exact_or_saturate(store: Store, first: int, second: int, total: int) -> None:
+    windows = (DAY, HOUR, H1)
+    assert store.apply([rec("a", nanos=first, tokens=first, windows=windows)], T0) == [APPLIED]
+    assert store.apply([rec("b", nanos=second, tokens=second, windows=windows)], T0) == [APPLIED]
+    assert store.totals([("s", DAY), ("s", HOUR), ("s", H1)], T0) == [Counter(total, total, 2)] * 3
+    saturated = store.health().saturated
+    assert saturated == (12 if total == CEILING and clamp(first) == CEILING else 6 if total == CEILING else 0)
+    assert store.health().unreadable == 0
+
+
+def test_spend_in_one_batch_saturates_as_in_two(store: Store) -> None:
+    batch = [rec(f"s{i}", nanos=INT64_MAX // 3, tokens=1) for i in range(5)]
+    assert store.apply(batch, T0) == [APPLIED] * 5
+    assert store.totals([("s", DAY), ("s", H1)], T0) == [Counter(CEILING, 5, 5)] * 2
+    assert store.health().saturated > 0
+
+
+def test_a_saturated_budget_denies_whatever_its_limit(store: Store) -> None:
+    store.apply([rec("huge", nanos=INT64_MAX, tokens=0)], T0)
+    for limit in (1000, CEILING - 1, CEILING, CEILING + 1, INT64_MAX, 2**80):
+        assert admit(store, f"d{limit}", check(limit_nanos=limit)) == Admitted(
+            False, (CheckState(CEILING, 0, 0, 0, False),)
+        )
+        assert admit(store, f"e{limit}", check(limit_nanos=limit), nanos=1) == Admitted(
+            False, (CheckState(CEILING, 0, 0, 0, False),)
+        )
+    # a budget without a limit on nanos is not concerned; the rolling window saturated too
+    assert admit(store, "tokens", check(limit_nanos=None, limit_tokens=10), tokens=1).reserved is True
+    assert admit(store, "rolling", check(window=H1, limit_nanos=INT64_MAX), reserve=False).states[0].fits is False
+
+
+def test_a_limit_past_the_ceiling_is_the_ceiling(store: Store) -> None:
+    store.apply([rec("a", nanos=CEILING - 2, tokens=0)], T0)
+    huge = check(limit_nanos=INT64_MAX)
+    assert admit(store, "d1", huge, reserve=False) == Admitted(False, (CheckState(CEILING - 2, 0, 0, 0, True),))
+    assert admit(store, "d2", huge, nanos=3) == Admitted(False, (CheckState(CEILING - 2, 0, 0, 0, False),))
+    assert admit(store, "d3", huge, nanos=2) == Admitted(True, (CheckState(CEILING - 2, 0, 0, 0, True),))
+    assert admit(store, "d4", huge) == Admitted(False, (CheckState(CEILING - 2, 0, 2, 0, False),))
+
+
+def test_an_estimate_past_the_ceiling_is_clamped_and_never_fits_a_limit(store: Store) -> None:
+    assert admit(store, "d1", nanos=INT64_MAX, tokens=INT64_MAX) == Admitted(False, (CheckState(0, 0, 0, 0, False),))
+    assert reserved(store) == (0, 0)
+    warn = check(limit_nanos=1000, blocking=False)
+    assert admit(store, "d2", warn, nanos=2**70, tokens=-3) == Admitted(True, (CheckState(0, 0, 0, 0, False),))
+    assert reserved(store) == (CEILING, 0)
+
+
+def test_reserved_totals_are_exact_past_the_ceiling_and_never_negative(store: Store) -> None:
+    # Huge estimates on a warn (non-blocking) budget: the attack that once overflowed the totals.
+    warn = check(limit_nanos=1000, blocking=False)
+    for i in range(5):
+        assert admit(store, f"big{i}", warn, nanos=INT64_MAX, tokens=CEILING).reserved is True
+    assert admit(store, "small", warn, nanos=7, tokens=3).reserved is True
+    assert reserved(store) == (CEILING, CEILING)
+    # ...and a deny budget on the same scope refuses everything meanwhile
+    assert admit(store, "blocked", check(limit_nanos=10**15)).states[0] == CheckState(0, 0, CEILING, CEILING, False)
+    for i in range(5):
+        assert store.release(f"big{i}") is True
+    assert reserved(store) == (7, 3)  # exactly what is still held: not saturated, not negative
+    assert (store.release("small"), store.release("small"), store.release("big0")) == (True, False, False)
+    assert reserved(store) == (0, 0)
+    assert admit(store, "after", check(limit_nanos=10), nanos=10).reserved is True
+
+
+def test_hostile_amounts_settle_and_expire_to_exactly_zero(store: Store) -> None:
+    warn = check(limit_nanos=1000, blocking=False)
+    admit(store, "d1", warn, nanos=INT64_MAX, settle_key="k", expires_at=T0 + 300)
+    admit(store, "d2", warn, nanos=CEILING, expires_at=T0 + 100)
+    store.apply([rec("a", nanos=INT64_MAX, settle_key="k")], T0)
+    assert reserved(store) == (CEILING, 0)
+    assert reserved(store, now=T0 + 100) == (0, 0)
+    assert read(store) == Counter(CEILING, 10, 1)
+
+
+amounts = st.integers(min_value=-(2**64), max_value=2**64) | st.sampled_from(
+    [0, 1, CEILING - 1, CEILING, CEILING + 1, 2**53, INT64_MAX, 10**12, 2 * 10**15]
+)
+_example = itertools.count()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+@given(spend=st.lists(amounts, max_size=6), holds=st.lists(amounts, max_size=6), drop=st.sets(st.integers(0, 5)))
+def test_any_amounts_saturate_exactly_as_the_model_says(
+    store: Store, spend: list[int], holds: list[int], drop: set[int]
+) -> None:
+    scope = f"h{next(_example)}"  # one store for every example: each its own scope
+    records = [rec(f"{scope}-{i}", scope=scope, nanos=a, tokens=a // 7) for i, a in enumerate(spend)]
+    store.apply(records, T0)
+    expected_nanos = min(sum(clamp(a) for a in spend), CEILING)
+    expected_tokens = min(sum(clamp(a // 7) for a in spend), CEILING)
+    want = Counter(expected_nanos, expected_tokens, len(spend))
+    assert store.totals([(scope, DAY), (scope, H1)], T0) == [want, want]
+    warn = check(scope, limit_nanos=1000, blocking=False)
+    for i, amount in enumerate(holds):
+        admit(store, f"{scope}-d{i}", warn, nanos=amount, tokens=1)
+    for i in drop:
+        store.release(f"{scope}-d{i}")
+    kept = [(clamp(a), 1) for i, a in enumerate(holds) if i not in drop and (clamp(a) or 1)]
+    want_held = (min(sum(n for n, _ in kept), CEILING), min(sum(t for _, t in kept), CEILING))
+    assert reserved(store, scope) == want_held
+    fits = want.nanos + want_held[0] < 1000
+    assert admit(store, f"{scope}-probe", check(scope, limit_nanos=1000), reserve=False).states[0].fits is fits

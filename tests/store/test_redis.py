@@ -16,7 +16,16 @@ import redis
 from redis.crc import key_slot
 
 from otel_puppy.exceptions import StoreError
-from otel_puppy.store.base import Admission, ApplyResult, BudgetCheck, Counter, open_store
+from otel_puppy.store.base import (
+    CEILING,
+    Admission,
+    Admitted,
+    ApplyResult,
+    BudgetCheck,
+    CheckState,
+    Counter,
+    open_store,
+)
 from otel_puppy.store.redis import RedisStore
 from tests._redis import RedisServer
 from tests.store.test_conformance import DAY, H1, HOUR, T0, admit, check, read, rec
@@ -190,3 +199,82 @@ def test_an_unreachable_redis_fails_fast_and_the_store_recovers(tmp_path_factory
         store.close()
     finally:
         server.stop()
+
+
+# --- poisoned values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "poison",
+    ["garbage", "1.5", "-5", "9007199254740992", "007", "", "99999999999999999999999"],
+    ids=["text", "float", "negative", "past the ceiling", "leading zeros", "empty", "past int64"],
+)
+def test_an_unreadable_count_reads_as_exhausted_and_no_script_fails(
+    store: RedisStore, client: redis.Redis, poison: str
+) -> None:
+    store.apply([rec("a", windows=(DAY, H1))], T0)
+    admit(store, "held", check("r", limit_nanos=None), nanos=5, tokens=1)
+    day = f"{{otel_puppy}}:cal:day:{DAY.bounds(T0)[0]!r}:s"
+    ring = "{otel_puppy}:roll:1h:s"
+    client.hset(day, "n", poison)
+    client.hset(ring, "t", poison)  # the ring's running total of tokens
+    client.hset("{otel_puppy}:reserved", "n|r", poison)
+    tokens = check("s", window=H1, limit_nanos=None, limit_tokens=1000)
+    states = admit(store, "d1", check("s"), tokens, check("r"), nanos=1, tokens=1)
+    # A ring's running total may pass the ceiling (it sums 61 counts): that one is a saturated total.
+    saturated_total = poison == "9007199254740992"
+    ring_state = CheckState(100, CEILING, 0, 0, False) if saturated_total else CheckState(CEILING, CEILING, 0, 0, False)
+    assert states == Admitted(
+        False,
+        (
+            CheckState(CEILING, 10, 0, 0, False),
+            ring_state,  # an unreadable ring reads as exhausted whole
+            CheckState(0, 0, CEILING, 1, False),
+        ),
+    )
+    health = store.health()
+    assert health.unreadable == (2 if saturated_total else 3)
+    assert (
+        health.problem
+        == "redis store redis://127.0.0.1:{}/0: stored values could not be read within the last minute".format(
+            client.connection_pool.connection_kwargs["port"]
+        )
+    )
+    # writes on top never fail: the calendar count becomes the ceiling, the ring stays marked
+    assert store.apply([rec("b", nanos=1, windows=(DAY, H1))], T0) == [APPLIED]
+    rolling = Counter(101, CEILING, 2) if saturated_total else Counter(CEILING, CEILING, CEILING)
+    assert store.totals([("s", DAY), ("s", H1)], T0) == [Counter(CEILING, 20, 2), rolling]
+    assert client.hget(day, "n") == str(CEILING).encode()
+    assert store.release("held") is True  # an unreadable total is left as it is: still exhausted
+    assert admit(store, "d2", check("r"), reserve=False).states[0].fits is False
+    assert store.expire(T0 + 10**6) == 0
+
+
+def test_an_unreadable_reservation_is_dropped_without_taking_anything_back(
+    store: RedisStore, client: redis.Redis
+) -> None:
+    admit(store, "d1", check("r", limit_nanos=None), nanos=5, tokens=1)
+    admit(store, "d2", check("r", limit_nanos=None), nanos=7, tokens=2)
+    client.hset("{otel_puppy}:r:d1", "n", "x")
+    client.hset("{otel_puppy}:r:d2", "c", "1000000000")  # a count of scopes it does not hold: no endless loop
+    assert (store.release("d1"), store.release("d2")) == (True, True)
+    assert admit(store, "probe", check("r"), reserve=False).states[0][2:4] == (12, 3)
+
+
+def test_an_old_whole_reserved_total_is_read_and_carried_exactly(store: RedisStore, client: redis.Redis) -> None:
+    # Totals written whole by the previous version (one field per scope) keep working.
+    admit(store, "d1", check("r", limit_nanos=None), nanos=5, tokens=1)
+    client.hset("{otel_puppy}:reserved", mapping={"n|r": str(2**45 + 5), "t|r": "1"})
+    assert admit(store, "probe", check("r"), reserve=False).states[0][2:4] == (2**45 + 5, 1)
+    assert store.release("d1") is True
+    assert admit(store, "probe", check("r"), reserve=False).states[0][2:4] == (2**45, 0)
+
+
+def test_keys_do_not_depend_on_the_servers_clock(store: RedisStore, client: redis.Redis) -> None:
+    # Expiry is relative to the `now` a call passes (PEXPIRE, PX), never an absolute time: spend
+    # written with a clock decades before or after the server's is kept for its retention alike.
+    for offset, scope in ((-30 * 365 * 86400.0, "past"), (0.0, "t0"), (70 * 365 * 86400.0, "future")):
+        now = T0 + offset
+        store.apply([rec(f"a-{scope}", scope=scope, ts=now, until=now + 600)], now)
+        assert store.totals([(scope, DAY), (scope, H1)], now) == [Counter(100, 10, 1)] * 2
+        assert 599_000 < client.pttl(f"{{otel_puppy}}:s:a-{scope}") <= 600_000

@@ -20,10 +20,19 @@ from prometheus_client.registry import CollectorRegistry
 
 from otel_puppy.calls import LLMCall
 from otel_puppy.engine import PolicyEngine
-from otel_puppy.exceptions import StoreError
+from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.settings import PuppySettings
-from otel_puppy.store.base import ApplyResult, Counter, SpendRecord, open_store
+from otel_puppy.store.base import (
+    CEILING,
+    Admitted,
+    ApplyResult,
+    CheckState,
+    Counter,
+    SpendRecord,
+    StoreHealth,
+    open_store,
+)
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore, _Checkpointer
 from otel_puppy.testing import FakeClock
@@ -67,7 +76,8 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(
         StoreError,
         match=re.escape(
-            "store URL scheme 'etcd' is not supported: use memory://, sqlite:///path or redis://host:port/db"
+            "store URL scheme 'etcd' is not supported: use memory://, sqlite:///path, "
+            "redis://host:port/db or redis+cluster://host:port"
         ),
     ):
         open_store("etcd://user:secret@localhost")
@@ -395,3 +405,143 @@ def test_checkpoints_run_off_the_callers_thread_and_stop_with_the_store(path: Pa
     reopened = SQLiteStore(path)
     assert read(reopened) == Counter(2100, 210, 21)
     reopened.close()
+
+
+# --- poisoned values and damaged files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [1.5, "garbage", -5, 2**62, None, b"\x00"],
+    ids=["real", "text", "negative", "past the ceiling", "null", "blob"],
+)
+def test_an_unreadable_count_reads_as_exhausted_and_is_reported(path: Path, poison: object) -> None:
+    store = SQLiteStore(path)
+    store.apply([rec("a", windows=(DAY, H1))], T0)
+    admit(store, "held", check("r", limit_nanos=None), nanos=5, tokens=1)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        # another tool (or an older version) wrote values no count can be; NOT NULL aside
+        db.execute("PRAGMA ignore_check_constraints = ON")
+        db.execute("CREATE TABLE t AS SELECT 1")  # bump data_version so reserved totals are summed again
+        value = 0 if poison is None else poison
+        db.execute("UPDATE calendar SET nanos = ?", (value,))
+        db.execute("UPDATE rolling SET tokens = ?", (value,))
+        db.execute("UPDATE reservation_items SET nanos = ?", (value,))
+    assert store.health() == StoreHealth()
+    tokens = check("s", window=H1, limit_nanos=None, limit_tokens=1000)
+    states = admit(store, "d1", check("s"), tokens, check("r"), nanos=1, tokens=1)
+    if poison is None:  # 0 is a count: nothing is wrong
+        assert states.reserved is True
+        return
+    assert states == Admitted(
+        False,
+        (
+            CheckState(CEILING, 10, 0, 0, False),
+            CheckState(100, CEILING, 0, 0, False),
+            CheckState(0, 0, CEILING, CEILING, False),  # an unreadable reservation: its scope is exhausted
+        ),
+    )
+    health = store.health()
+    assert (health.saturated, health.unreadable) == (0, 3)
+    assert health.problem == f"sqlite store {path}: stored values could not be read within the last minute"
+    # writing on top of it never fails and never brings it back under a limit
+    assert store.apply([rec("b", nanos=1, windows=(DAY, H1))], T0) == [APPLIED]
+    assert store.totals([("s", DAY), ("s", H1)], T0) == [Counter(CEILING, 20, 2), Counter(101, CEILING, 2)]
+    assert store.release("held") is True
+    assert reserved(store, "r") == (0, 0)
+    store.close()
+
+
+def test_a_count_that_overflowed_before_is_read_as_exhausted(path: Path) -> None:
+    # What an older version could leave behind: SQLite's `+` past 2**63 makes a REAL, SUM raises.
+    store = SQLiteStore(path)
+    store.apply([rec("a")], T0)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("UPDATE calendar SET nanos = ?", (2**63 - 1,))
+        db.execute("UPDATE calendar SET nanos = nanos + 1")
+        assert db.execute("SELECT typeof(nanos) FROM calendar").fetchone() == ("real",)
+        db.execute("UPDATE rolling SET nanos = ?", (2**63 - 1,))
+        db.execute("INSERT INTO rolling SELECT scope, label, idx - 1, nanos, tokens, requests, expires_at FROM rolling")
+    assert admit(store, "d", check(limit_nanos=2**63 - 1), check(window=H1, limit_nanos=2**63 - 1)).states == (
+        CheckState(CEILING, 10, 0, 0, False),
+        CheckState(CEILING, 20, 0, 0, False),
+    )
+    store.close()
+
+
+def test_many_huge_reservations_never_overflow_a_sum(path: Path) -> None:
+    # 2**11 reservations of 2**53 - 1 each: a plain SUM() of them would pass 2**63.
+    store = SQLiteStore(path)
+    warn = check("w", limit_nanos=1, blocking=False)
+    for i in range(2**11):
+        admit(store, f"d{i}", warn, nanos=2**63 - 1)
+    admit(store, "small", warn, nanos=3)
+    store.close()
+    store = SQLiteStore(path)  # the totals are summed from the file again
+    assert reserved(store, "w") == (CEILING, 0)
+    for i in range(2**11):
+        assert store.release(f"d{i}") is True
+    assert reserved(store, "w") == (3, 0)
+    admit(store, "expiring", warn, nanos=2**63 - 1, expires_at=T0 + 10)
+    assert store.expire(T0 + 10) == 1
+    assert reserved(store, "w") == (3, 0)
+    store.close()
+
+
+def _damage(path: Path) -> None:
+    """Overwrite pages in the middle of a real database file with garbage (as a failing disk would)."""
+    page = 4096
+    size = path.stat().st_size
+    rng = random.Random(12)
+    with path.open("r+b") as file:
+        for number in range(2, size // page - 1, 3):
+            file.seek(number * page)
+            file.write(rng.randbytes(page))
+
+
+def _filled(path: Path, spans: int = 3000) -> None:
+    store = SQLiteStore(path)
+    for first in range(0, spans, 500):
+        store.apply([rec(f"span-{n}", scope=f"s{n % 97}") for n in range(first, first + 500)], T0)
+    store.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+
+
+def test_a_damaged_file_is_refused_at_start_with_what_to_do(path: Path) -> None:
+    _filled(path)
+    _damage(path)
+    with pytest.raises(StoreCorruptError) as caught:
+        SQLiteStore(path)
+    message = str(caught.value)
+    assert message.startswith(f"sqlite store {path}: integrity check at start: ")
+    assert message.endswith(
+        f"; the file is damaged or is not an otel_puppy state file: stop otel-puppy, then restore {path} from a "
+        f"backup, or move {path} (with {path}-wal and {path}-shm) aside to start again with empty state"
+    )
+    assert caught.value.path == str(path)
+    assert isinstance(caught.value, StoreError)
+
+
+def test_damage_found_at_run_time_is_a_corrupt_error_and_the_store_says_so(path: Path) -> None:
+    _filled(path)
+    store = SQLiteStore(path, check_integrity=False)  # (the check would bring every page into the cache)
+    assert store.health().problem is None
+    _damage(path)  # under the running store, as a failing disk would
+
+    def use() -> None:
+        for n in range(200):  # until a read reaches a damaged page the page cache does not hold
+            store.apply([rec(f"late-{n}", scope=f"s{n}")], T0)
+            store.totals([(f"s{n % 97}", DAY) for n in range(97)], T0)
+
+    with pytest.raises(StoreCorruptError, match=store_at(path) + r": (apply|totals) failed.*malformed") as caught:
+        use()
+    assert "move" in str(caught.value)
+    assert store.health().problem == str(caught.value)
+    store.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_corrupt_error(path: Path) -> None:
+    path.write_bytes(b"not a database, just some bytes " * 100)
+    with pytest.raises(StoreCorruptError, match=store_at(path) + r": cannot open: file is not a database"):
+        SQLiteStore(path)

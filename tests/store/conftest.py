@@ -1,0 +1,27 @@
+"""A real Redis Cluster for the store tests: the conformance suite runs on it as a fourth store."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from tests._redis import RedisClusterServers
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """Three `redis-server --cluster-enabled yes` primaries for the session."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The session's cluster under a prefix of this test's own (so a hash slot of its own, spread
+    over the nodes from test to test): nothing to flush, and redirects are exercised."""
+    return f"{redis_cluster.url}?prefix={{test-{next(_prefixes)}}}"
