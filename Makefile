@@ -1,8 +1,14 @@
-.PHONY: demo test lint typecheck bench
+.PHONY: demo test test-long test-newest lock lint typecheck bench
 demo:
 	./scripts/demo
 test:
 	./scripts/test
+test-long:
+	./scripts/test-long
+test-newest:
+	./scripts/test-newest
+lock:
+	./scripts/lock
 lint:
 	.venv/bin/ruff check otel_puppy tests bench grafana
 typecheck:
