@@ -69,6 +69,21 @@ def test_every_image_is_pinned_to_a_version(compose: dict[str, Any]) -> None:
     assert "FROM python:3.11.10-slim-bookworm\n" in (ROOT / "Dockerfile").read_text()
 
 
+def test_the_image_installs_the_lock_and_nothing_else() -> None:
+    """Every `pip`/`uv` install in the Dockerfile takes a hashed lock file, or the project without deps."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    installs = [" ".join(i.split()) for i in re.findall(r"(?:pip|uv pip) install[^&\n]*", text)]
+    assert installs == [
+        "pip install --require-hashes --no-deps -r requirements/uv.txt",
+        "uv pip install --system --require-hashes -r requirements/image.txt",
+        "uv pip install --system --no-deps --no-build-isolation .",
+    ]
+    lock = (ROOT / "requirements" / "image.txt").read_text()
+    assert "--hash=sha256:" in lock
+    assert re.search(r"^redis==", lock, re.M)
+    assert re.search(r"^logfire==", lock, re.M)
+
+
 def test_every_reference_in_compose_resolves(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name, service in services.items():
