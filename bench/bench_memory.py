@@ -30,6 +30,8 @@ CHUNK = 2_000
 """Spans alive at once in the feeding loop: their own memory is not the engine's."""
 RSS_TARGET_MB = 100.0
 SCRAPE_TARGET_MS = 50.0
+SCRAPE_RATIO_TARGET = 1.5
+"""Issue 13: a scrape costs at most this many times the serializer alone on the same samples."""
 POLICIES = """\
 budgets:
   - {name: org-day, limit_usd: 1000000, window: day}
@@ -58,6 +60,23 @@ def _scrape(registry: Any) -> tuple[float, bytes]:
         text = generate_latest(registry)
         times.append((time.perf_counter() - began) * 1000)
     return sorted(times)[1], text
+
+
+def _plain_ms(text: bytes) -> float:
+    """The serializer alone: `generate_latest` over the same samples from a plain custom collector
+    that hands back families built once (what a scrape costs with nothing to read or compute)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import CollectorRegistry
+
+    families = list(text_string_to_metric_families(text.decode()))
+
+    class Plain:
+        def collect(self) -> list[Any]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Plain())
+    return _scrape(registry)[0]
 
 
 def _series(text: bytes) -> dict[str, int]:
@@ -102,6 +121,7 @@ def _child_engine() -> dict[str, Any]:
     gc.collect()
     growth = _rss_mb() - before
     scrape_ms, text = _scrape(engine.registry)
+    plain_ms = _plain_ms(text)
     store = engine.store
     dedupe = 0
     for table in (getattr(store, "_seen", {}), getattr(store, "_covered", {})):
@@ -114,6 +134,7 @@ def _child_engine() -> dict[str, Any]:
         "spans_per_s": SPANS / elapsed,
         "applied": applied,
         "scrape_ms": scrape_ms,
+        "plain_ms": plain_ms,
         "empty_scrape_ms": empty_ms,
         **_series(text),
     }
@@ -160,12 +181,17 @@ def run() -> list[Result]:
             name="metrics: a scrape after those spans",
             ours=f"{scrape:,.1f} ms; {engine['series']:,} series ({engine['samples']:,} samples), "
             f"widest label {engine['widest_label']:,} values",
-            baseline=f"the same engine before any span {engine['empty_scrape_ms']:.1f} ms",
-            ratio=scrape / engine["empty_scrape_ms"],
-            ratio_text=f"{scrape / engine['empty_scrape_ms']:.0f}x",
-            target=f"< {SCRAPE_TARGET_MS:g} ms, series bounded",
-            met=scrape < SCRAPE_TARGET_MS and engine["widest_label"] <= 250 and engine["series"] == engine["samples"],
-            note="`generate_latest` in-process (what `GET /metrics` sends), median of 3; bounded: no label takes "
+            baseline=f"the serializer alone on the same samples {engine['plain_ms']:.1f} ms "
+            f"(the same engine before any span {engine['empty_scrape_ms']:.1f} ms)",
+            ratio=scrape / engine["plain_ms"],
+            ratio_text=f"{scrape / engine['plain_ms']:.2f}x the serializer",
+            target=f"<= {SCRAPE_RATIO_TARGET:g}x the serializer, < {SCRAPE_TARGET_MS:g} ms, series bounded",
+            met=scrape <= SCRAPE_RATIO_TARGET * engine["plain_ms"]
+            and scrape < SCRAPE_TARGET_MS
+            and engine["widest_label"] <= 250
+            and engine["series"] == engine["samples"],
+            note="`generate_latest` in-process (what `GET /metrics` sends), median of 3, against `generate_latest` "
+            "over a plain custom collector yielding the same samples, in the same run; bounded: no label takes "
             "more than the cardinality guard's values (200, and `other`), and no series is repeated",
         ),
     ]

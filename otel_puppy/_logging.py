@@ -64,6 +64,10 @@ class RateLimitedLog:
         self._next_sweep = clock() + interval_s
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     def warning(self, key: str, msg: str, *args: object, exc_info: bool | BaseException = False) -> bool:
         return self.log(logging.WARNING, key, msg, *args, exc_info=exc_info)
 
@@ -106,6 +110,12 @@ class RateLimitedLog:
                 args = (*args, before, self.interval_s)
             self.logger.log(level, msg, *args, exc_info=exc_info)
         return write
+
+    def reset(self) -> None:
+        """Forget every key and count, as if new (module-level logs between tests)."""
+        with self._lock:
+            self._keys.clear()
+            self.suppressed = 0
 
     def flush(self) -> None:
         """Write the summary line of every key whose interval is over (also done as lines come)."""

@@ -7,18 +7,18 @@ seconds (`Decimal("1e999990")` turned into nano-USD) is the caller's own bug or 
 refused with `RequestError` naming the field, before anything is decided or reserved, so it can
 never be answered by the fail mode.
 
-`DecisionRequest` itself holds its numbers and names to `otel_puppy.bounds` when it is built; this
-adds what a decision needs beyond them (text every store can encode, a required name not empty,
+`DecisionRequest` itself holds its numbers and names to `otel_puppy.bounds` when it is built (and
+`DecisionRequest.from_fields` turns keywords into one, refusing with `RequestError`); this adds what
+a decision needs beyond them (text every store can encode, a required name not empty,
 priced estimates every store holds exactly) and turns every refusal into one `RequestError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from decimal import Decimal
 from typing import Final
 
-from otel_puppy.bounds import MAX_CAPABILITIES, MAX_NAME_LENGTH, InvalidNumber
+from otel_puppy.bounds import MAX_CAPABILITIES, MAX_NAME_LENGTH
 from otel_puppy.decision import DecisionRequest, Priority
 from otel_puppy.exceptions import RequestError
 from otel_puppy.money import usd_to_nanos
@@ -27,7 +27,6 @@ __all__ = (
     "MAX_AMOUNT",
     "check_request",
     "estimate_nanos",
-    "request_from_fields",
 )
 
 MAX_AMOUNT: Final = 2**53 - 1
@@ -39,36 +38,7 @@ _NAMES: Final = ("provider", "model")
 _OPTIONAL_NAMES: Final = ("agent", "service", "user", "team", "environment", "conversation", "operation")
 """May be empty (as good as absent); never over `MAX_NAME_CHARS`."""
 _COUNTS: Final = ("estimated_input_tokens", "estimated_output_tokens", "context_tokens")
-_FIELDS: Final = tuple(DecisionRequest.__dataclass_fields__)
 _PRIORITIES: Final = tuple(p.value for p in Priority)
-
-
-def request_from_fields(fields: Mapping[str, object]) -> DecisionRequest:
-    """A `DecisionRequest` from `decide(**fields)`: a priority may be its name, an estimate a
-    number or decimal text (read by `bounds.read_decimal`, never converted unbounded).
-
-    Raises:
-        RequestError: an unknown field, a field missing, or a value `DecisionRequest` refuses.
-    """
-    unknown = sorted(set(fields).difference(_FIELDS))
-    if unknown:
-        raise RequestError(unknown[0], "not a field of a decision request")
-    for name in _NAMES:
-        if name not in fields:
-            raise RequestError(name, "is required")
-    priority = fields.get("priority", Priority.NORMAL)
-    if not isinstance(priority, str) or priority not in _PRIORITIES:
-        raise RequestError("priority", f"must be one of {', '.join(_PRIORITIES)}")
-    capabilities = fields.get("capabilities", ())
-    if not isinstance(capabilities, tuple | list):
-        raise RequestError("capabilities", f"must be a list of at most {MAX_CAPABILITIES} names")
-    try:
-        return DecisionRequest(**fields)  # type: ignore[arg-type]
-    except InvalidNumber as exc:  # out of bounds, or not a number
-        raise RequestError(exc.name, exc.reason) from None
-    except (TypeError, ValueError) as exc:  # a name that is not a string
-        field = next((name for name in _FIELDS if str(exc).startswith(f"{name} ")), "request")
-        raise RequestError(field, str(exc).removeprefix(f"{field} ")) from None
 
 
 def check_request(request: DecisionRequest) -> None:

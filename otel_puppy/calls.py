@@ -28,6 +28,7 @@ from otel_puppy.bounds import (
     read_count,
     read_decimal,
 )
+from otel_puppy.scope import Scope
 
 __all__ = ("ErrorClass", "LLMCall", "call_from_parts", "extract_call", "is_genai_span", "prompt_digest")
 
@@ -104,19 +105,20 @@ class LLMCall:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    def scope(self) -> dict[str, str | None]:
-        """The dimensions budgets match and group on."""
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "agent": self.agent,
-            "service": self.service,
-            "user": self.user,
-            "team": self.team,
-            "environment": self.environment,
-            "conversation": self.conversation,
-            "operation": self.operation,
-        }
+    def scope(self) -> Scope:
+        """The dimensions policies match and group on; `trace` is the trace id in 32 lowercase hex."""
+        return Scope(
+            self.provider,
+            self.model,
+            self.agent,
+            self.service,
+            self.user,
+            self.team,
+            self.environment,
+            self.conversation,
+            self.operation,
+            f"{self.trace_id:032x}",
+        )
 
 
 def is_genai_span(attributes: Mapping[str, Any]) -> bool:

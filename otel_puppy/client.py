@@ -170,9 +170,10 @@ class DecisionClient:
         """May this call go ahead, and with which model? The same arguments as `PolicyEngine.decide`.
 
         Raises:
+            RequestError: a field the request refuses (`DecisionRequest.from_fields`), before any request.
             DecisionServiceError: the service refused the request (token, URL, invalid field).
         """
-        call = _Call(self, request if request is not None else _request(fields))
+        call = _Call(self, request if request is not None else DecisionRequest.from_fields(fields))
         client = self._sync_client()
         while True:
             try:
@@ -191,7 +192,7 @@ class DecisionClient:
 
     async def adecide(self, request: DecisionRequest | None = None, /, **fields: object) -> Decision:
         """`decide`, without blocking the event loop."""
-        call = _Call(self, request if request is not None else _request(fields))
+        call = _Call(self, request if request is not None else DecisionRequest.from_fields(fields))
         client = self._async_client()
         while True:
             try:
@@ -385,18 +386,6 @@ class _Call:
         with self.client._lock:
             self.client.retried += 1
         return delay
-
-
-def _request(fields: Mapping[str, object]) -> DecisionRequest:
-    """`DecisionRequest` from keyword fields, as `PolicyEngine.decide` takes them."""
-    values = dict(fields)
-    priority = values.get("priority")
-    if isinstance(priority, str):
-        values["priority"] = Priority(priority)
-    cost = values.get("estimated_cost_usd")
-    if cost is not None and not isinstance(cost, Decimal):
-        values["estimated_cost_usd"] = Decimal(str(cost))
-    return DecisionRequest(**values)  # type: ignore[arg-type]
 
 
 def _body(request: DecisionRequest) -> bytes:

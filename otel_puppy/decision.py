@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,11 +15,15 @@ from otel_puppy.bounds import (
     MAX_CALL_TOKENS,
     MAX_CAPABILITIES,
     MAX_NAME_LENGTH,
+    InvalidNumber,
     OutOfBounds,
     check_name,
     read_count,
     read_decimal,
 )
+from otel_puppy.exceptions import RequestError
+from otel_puppy.money import format_usd
+from otel_puppy.scope import Scope
 
 __all__ = (
     "Action",
@@ -140,19 +144,52 @@ class DecisionRequest:
             if type(capabilities) is not tuple:
                 object.__setattr__(self, "capabilities", tuple(capabilities))
 
-    def scope(self) -> dict[str, str | None]:
-        """The dimensions budgets match and group on (same keys as `LLMCall.scope()`)."""
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "agent": self.agent,
-            "service": self.service,
-            "user": self.user,
-            "team": self.team,
-            "environment": self.environment,
-            "conversation": self.conversation,
-            "operation": self.operation,
-        }
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object]) -> DecisionRequest:
+        """The request `decide(**fields)` describes: the one way keywords become a request (the
+        engine, the decision client). A priority may be its name, an estimate a number or decimal
+        text (read by `bounds.read_decimal`, never converted unbounded).
+
+        >>> DecisionRequest.from_fields({"provider": "openai", "model": "gpt-4.1", "priority": "high"}).priority
+        <Priority.HIGH: 'high'>
+
+        Raises:
+            RequestError: naming the field: an unknown one, a required one missing, or a value the
+                request refuses (out of `otel_puppy.bounds`, or of the wrong type).
+        """
+        unknown = sorted(set(fields).difference(_FIELDS))
+        if unknown:
+            raise RequestError(unknown[0], "not a field of a decision request")
+        for name in _GIVEN_NAMES:
+            if name not in fields:
+                raise RequestError(name, "is required")
+        priority = fields.get("priority", Priority.NORMAL)
+        if not isinstance(priority, str) or priority not in _PRIORITIES:
+            raise RequestError("priority", f"must be one of {', '.join(_PRIORITIES)}")
+        capabilities = fields.get("capabilities", ())
+        if not isinstance(capabilities, tuple | list):
+            raise RequestError("capabilities", f"must be a list of at most {MAX_CAPABILITIES} names")
+        try:
+            return cls(**fields)  # type: ignore[arg-type]
+        except InvalidNumber as exc:  # out of bounds, or not a number
+            raise RequestError(exc.name, exc.reason) from None
+        except (TypeError, ValueError) as exc:  # a name that is not a string
+            field = next((name for name in _FIELDS if str(exc).startswith(f"{name} ")), "request")
+            raise RequestError(field, str(exc).removeprefix(f"{field} ")) from None
+
+    def scope(self) -> Scope:
+        """The dimensions policies match and group on (as `LLMCall.scope()`; `trace` is not known)."""
+        return Scope(
+            self.provider,
+            self.model,
+            self.agent,
+            self.service,
+            self.user,
+            self.team,
+            self.environment,
+            self.conversation,
+            self.operation,
+        )
 
     def with_model(self, provider: str, model: str) -> DecisionRequest:
         return replace(self, provider=provider, model=model)
@@ -165,6 +202,10 @@ class DecisionRequest:
 _NAMES: Final = ("provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation")
 _REQUIRED_NAMES: Final = frozenset({"provider", "model", "operation"})
 _COUNTS: Final = ("estimated_input_tokens", "estimated_output_tokens", "context_tokens")
+_GIVEN_NAMES: Final = ("provider", "model")
+"""The fields `from_fields` requires (the others have defaults)."""
+_FIELDS: Final = tuple(DecisionRequest.__dataclass_fields__)
+_PRIORITIES: Final = tuple(p.value for p in Priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +442,7 @@ def _text(value: str) -> str:
 
 
 def _money(value: Decimal | None) -> str | None:
-    return format(value, "f") if isinstance(value, Decimal) else _jsonable(value)
+    return format_usd(value) if isinstance(value, Decimal) else _jsonable(value)
 
 
 def _when(value: datetime | None) -> str | None:

@@ -5,13 +5,18 @@ same lock and builds metric families, like prometheus_client's custom collectors
 pass a cardinality guard: past `max_label_values` distinct values per label, new values become
 `other` and `otel_puppy_label_overflow_total{label}` counts each fold. User, session and
 conversation ids are never labels: they live in budgets.
+
+The same accumulators have a typed read side, `Metrics.totals()`: what health and the demo need
+(requests, errors, unpriced calls, spend, latency per model and per agent, spans by result,
+internal errors) as plain numbers, so nothing parses our own Prometheus families back by name.
 """
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -19,14 +24,17 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from otel_puppy.calls import LLMCall
 from otel_puppy.money import nanos_to_float
-from otel_puppy.pricing import Price
+from otel_puppy.pricing import Price, Unpriced
 
-__all__ = ("DURATION_BUCKETS", "OVERFLOW", "LabelGuard", "Metrics")
+__all__ = ("DURATION_BUCKETS", "OVERFLOW", "CallTally", "LabelGuard", "MetricTotals", "Metrics", "ModelKey")
 
 OVERFLOW: Final = "other"
 DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 CALL_LABELS: Final = ("provider", "model", "agent", "service")
 TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+ModelKey = tuple[str, str]
+"""(provider, model), as labelled: past the cardinality guard either may be `other`."""
 
 
 class LabelGuard:
@@ -63,8 +71,68 @@ class _Histogram:
         self.sum += value
 
 
+@dataclass(frozen=True, slots=True)
+class CallTally:
+    """Model calls counted since the engine started, under one key (a model, an agent, or all)."""
+
+    requests: int = 0
+    errors: int = 0
+    """Calls that failed (any error class)."""
+    unpriced: int = 0
+    """Calls that could not be priced: their spend is unknown, never $0."""
+    unknown_model: int = 0
+    """Of `unpriced`: calls to a model genai-prices (and `prices:`) does not know."""
+    spend_nanos: int | None = None
+    """Spend of the priced calls in nano-USD; `None` when no call with usage was priced."""
+    duration_s: float = 0.0
+    """The calls' durations added up (every call has one)."""
+
+    @property
+    def mean_duration_s(self) -> float | None:
+        """The mean call duration; `None` without calls."""
+        return self.duration_s / self.requests if self.requests else None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricTotals:
+    """What `Metrics` counted since the engine started, as plain numbers (`Metrics.totals()`).
+
+    Keys are label values after the cardinality guard, like the series: a model or agent past it
+    is counted under `other`, and a call without an agent under `""`.
+    """
+
+    calls: CallTally = field(default_factory=CallTally)
+    by_model: Mapping[ModelKey, CallTally] = field(default_factory=dict)
+    by_agent: Mapping[str, CallTally] = field(default_factory=dict)
+    spans: Mapping[str, int] = field(default_factory=dict)
+    """Spans by what became of them (`applied`, `duplicate`, `dropped`, ...)."""
+    internal_errors: int = 0
+    store_errors: int = 0
+
+    @property
+    def dropped_spans(self) -> int:
+        """Spans lost because the span processor's queue was full."""
+        return self.spans.get("dropped", 0)
+
+
+class _Tally:
+    """A `CallTally` while it is being added up."""
+
+    __slots__ = ("duration_s", "errors", "requests", "spend_nanos", "unknown_model", "unpriced")
+
+    def __init__(self) -> None:
+        self.requests = self.errors = self.unpriced = self.unknown_model = 0
+        self.spend_nanos: int | None = None
+        self.duration_s = 0.0
+
+    def freeze(self) -> CallTally:
+        return CallTally(
+            self.requests, self.errors, self.unpriced, self.unknown_model, self.spend_nanos, self.duration_s
+        )
+
+
 class Metrics:
-    """All of otel_puppy's series for one engine, registered on `registry`."""
+    """All of otel_puppy's series for one engine, registered on `registry`, and their totals."""
 
     def __init__(self, registry: CollectorRegistry, max_label_values: int = 200) -> None:
         self._lock = threading.Lock()
@@ -169,6 +237,58 @@ class Metrics:
     def internal_errors(self) -> int:
         with self._lock:
             return sum(self._internal_errors.values())
+
+    def totals(self) -> MetricTotals:
+        """Everything counted since start, added up per model and per agent (one pass, one lock).
+
+        Costs as much as the number of series, not of calls; reads no other collector.
+        """
+        everything = _Tally()
+        models: dict[ModelKey, _Tally] = {}
+        agents: dict[str, _Tally] = {}
+
+        def tallies(base: tuple[str, ...]) -> tuple[_Tally, _Tally, _Tally]:
+            # `base` starts (provider, model, agent, ...): every series counts for all three
+            model = models.get((base[0], base[1]))
+            if model is None:
+                model = models[(base[0], base[1])] = _Tally()
+            agent = agents.get(base[2])
+            if agent is None:
+                agent = agents[base[2]] = _Tally()
+            return everything, model, agent
+
+        with self._lock:
+            for key, count in self._requests.items():
+                failed = count if key[4] == "error" else 0
+                for tally in tallies(key):
+                    tally.requests += count
+                    tally.errors += failed
+            for key, count in self._unpriced.items():
+                unknown = count if key[4] == Unpriced.UNKNOWN_MODEL else 0
+                for tally in tallies(key):
+                    tally.unpriced += count
+                    tally.unknown_model += unknown
+            for key, nanos in self._cost.items():
+                for tally in tallies(key):
+                    tally.spend_nanos = (tally.spend_nanos or 0) + nanos
+            for key, histogram in self._durations.items():
+                for tally in tallies(key):
+                    tally.duration_s += histogram.sum
+            spans = dict(self._spans)
+            internal_errors = sum(self._internal_errors.values())
+            store_errors = sum(self._store_errors.values())
+        return MetricTotals(
+            calls=everything.freeze(),
+            by_model={key: tally.freeze() for key, tally in models.items()},
+            by_agent={key: tally.freeze() for key, tally in agents.items()},
+            spans=spans,
+            internal_errors=internal_errors,
+            store_errors=store_errors,
+        )
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock, and never release it here."""
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

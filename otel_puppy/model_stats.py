@@ -30,6 +30,7 @@ from typing import Final, Literal
 
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock
+from otel_puppy.money import format_usd
 
 __all__ = (
     "BINS_PER_DOUBLING",
@@ -92,7 +93,7 @@ class ModelStat:
 
 
 def _usd_text(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value.normalize():f}"
+    return None if value is None else format_usd(value, trim=True)
 
 
 def _bin(latency_s: float) -> int:
@@ -335,6 +336,10 @@ class ModelStats:
         """Models dropped to make room for new ones (`max_models` reached)."""
         self.dropped = 0
         """Calls that ended before the window (late arrivals, replays): not counted."""
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
 
     def observe(self, observed: Sequence[tuple[LLMCall, int | None]]) -> None:
         """Count applied calls, each with its cost in nano-USD (`None` when unpriced).

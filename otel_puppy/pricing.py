@@ -23,7 +23,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Final
 
-from genai_prices import data_snapshot
+# genai-prices imports these inside its pricing functions. Imported here, at load, so the first price
+# is never an import on the worker thread: an app forking during that import leaves its child a
+# module lock no thread will release.
+from genai_prices import data_snapshot, decompose, validation  # noqa: F401
 from genai_prices import types as gp
 
 from otel_puppy.calls import LLMCall
@@ -130,6 +133,10 @@ class Pricer:
         self._known_providers = frozenset(p.id for p in self._snapshot.providers)
         self._models: dict[tuple[str, str], _Resolved | None] = {}
         self._linear: dict[int, tuple[gp.ModelPrice, tuple[_Linear, ...] | None]] = {}
+        self._lock = threading.Lock()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
         self._lock = threading.Lock()
 
     def with_overrides(self, overrides: Sequence[PriceOverride]) -> Pricer:

@@ -19,7 +19,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry.attributes import BoundedAttributes
@@ -29,11 +30,11 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from otel_puppy import semconv
 from otel_puppy.calls import LLMCall, extract_call
 from otel_puppy.exceptions import StoreError
+from otel_puppy.guard import DECISION_CONTEXT_KEY
+from otel_puppy.metrics import Metrics
+from otel_puppy.settings import PuppySettings
 
-if TYPE_CHECKING:
-    from otel_puppy.engine import PolicyEngine
-
-__all__ = ("DECISION_CONTEXT_KEY", "PuppySpanProcessor")
+__all__ = ("DECISION_CONTEXT_KEY", "CallSink", "PuppySpanProcessor")
 
 logger = logging.getLogger("otel_puppy")
 
@@ -44,9 +45,22 @@ _BATCH: Final = 512
 _FIRST_BACKOFF_S: Final = 0.25
 _MAX_BACKOFF_S: Final = 5.0
 
-DECISION_CONTEXT_KEY: Final = otel_context.create_key("otel_puppy.decision_id")
-"""Set by `engine.guard()` / `guarded()`; spans started inside get `otel_puppy.decision_id`."""
 _DECISION_ATTRIBUTE: Final = semconv.DECISION_ID
+
+
+class CallSink(Protocol):
+    """What the processor feeds (`PolicyEngine`): it never imports the engine, so no import circle."""
+
+    settings: PuppySettings
+    metrics: Metrics
+
+    def observe_many(self, calls: Sequence[LLMCall]) -> Sequence[object]: ...
+
+    def internal_error(self, component: str, *, reraise: bool | None = None) -> None:
+        """Count and log the exception being handled; re-raise it under pytest unless `reraise=False`."""
+
+    def after_fork(self) -> None:
+        """In a forked child, before the worker restarts: repair what the parent's threads held."""
 
 
 class _Flush:
@@ -63,7 +77,7 @@ class PuppySpanProcessor(SpanProcessor):
     `logfire.configure(additional_span_processors=[engine.span_processor()])`.
     """
 
-    def __init__(self, engine: PolicyEngine, max_queue_size: int = 20_000) -> None:
+    def __init__(self, engine: CallSink, max_queue_size: int = 20_000) -> None:
         self._engine = engine
         self._max_queue_size = max_queue_size
         self._shutdown = False
@@ -96,7 +110,7 @@ class PuppySpanProcessor(SpanProcessor):
             if type(decision_id) is str:
                 span.set_attribute(_DECISION_ATTRIBUTE, decision_id)
         except Exception:
-            self._engine._internal_error("processor.on_start")
+            self._engine.internal_error("processor.on_start")
 
     def on_end(self, span: ReadableSpan) -> None:
         """Hand a GenAI span to the worker; ignore every other span. Never blocks, never raises."""
@@ -117,7 +131,7 @@ class PuppySpanProcessor(SpanProcessor):
                 self._idle = False
                 self._wake.set()
         except Exception:
-            self._engine._internal_error("processor.on_end")
+            self._engine.internal_error("processor.on_end")
 
     def _drop(self) -> None:
         with self._drop_lock:
@@ -249,7 +263,7 @@ class PuppySpanProcessor(SpanProcessor):
 
     def _record_worker_error(self, exc: Exception, component: str) -> None:
         try:
-            self._engine._internal_error(f"processor.{component}", reraise=False)
+            self._engine.internal_error(f"processor.{component}", reraise=False)
         finally:
             if self._engine.settings.reraise:
                 # Under pytest the error surfaces from the next force_flush, in the test's thread.
@@ -260,7 +274,7 @@ def _reinit_in_child(ref: weakref.ReferenceType[PuppySpanProcessor]) -> None:
     processor = ref()
     if processor is None:
         return
-    processor._engine._after_fork()
+    processor._engine.after_fork()
     processor._shutdown = False
     processor._worker_error = None
     processor._start()

@@ -37,7 +37,7 @@ from rich.text import Text
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import ManualClock
 from otel_puppy.decision import Action, Decision, DecisionRequest
-from otel_puppy.money import nanos_to_usd
+from otel_puppy.money import format_usd, nanos_to_usd
 from otel_puppy.pricing import Price
 from otel_puppy.server.otlp import JSON, OtlpDecodeError, calls_from_request, decode_traces
 
@@ -297,4 +297,4 @@ def _utc(at: float) -> str:
 
 
 def _usd(value: Decimal | None) -> str:
-    return "unpriced" if value is None else f"${value:,.6f}"
+    return "unpriced" if value is None else format_usd(value, places=6, dollar=True, grouping=True)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS, MAX_SPAN_LATENESS_S, CallLimits
 from otel_puppy.exceptions import SettingsError
+from otel_puppy.store.base import SCHEMES
 
 __all__ = ("PuppySettings", "redact_url", "running_under_pytest")
 
@@ -128,10 +129,7 @@ class PuppySettings(BaseSettings):
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        scheme = value.partition("://")[0]
-        if scheme not in {"memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster", "unix"} or (
-            "://" not in value
-        ):
+        if value.partition("://")[0] not in SCHEMES or "://" not in value:
             shown = redact_url(value)
             raise ValueError(f"store must be memory://, sqlite:///path or redis://host:port/db, not {shown!r}")
         return value

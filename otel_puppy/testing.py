@@ -95,7 +95,7 @@ def make_call(
         request_model=model,
         response_model=model if error is None else None,
         operation="chat",
-        start_ns=end_ns - int(duration_s * 1e9),
+        start_ns=end_ns - round(duration_s * 1e9),  # round: 1.001 s is 1,001,000,000 ns, not ...999
         end_ns=end_ns,
         input_tokens=input_tokens if error is None else 0,
         output_tokens=output_tokens if error is None else 0,

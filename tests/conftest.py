@@ -36,6 +36,16 @@ def logfire_engine() -> Iterator[PolicyEngine]:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_rate_limited_logs() -> None:
+    """The server's module-level logs allow one line per reason a minute: a test that reads a line
+    must not find it spent by an earlier test."""
+    from otel_puppy.server import errors, otlp, receiver
+
+    for log in (errors._LOG, otlp._LOG, receiver._LOG):
+        log.reset()
+
+
+@pytest.fixture(autouse=True)
 def _close_leftover_event_loop() -> Iterator[None]:
     """pydantic-ai's `run_sync` leaves its event loop set on the thread; close it so it is not
     collected later, in another test, with a ResourceWarning."""

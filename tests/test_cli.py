@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from otel_puppy.cli import main
 
 BROKEN = """\
@@ -19,7 +21,7 @@ budgets:
 """
 
 
-def test_check_names_file_line_and_column_and_exits_1(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_check_names_file_line_and_column_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "budgets.yaml").write_text(BROKEN)
     assert main(["check", str(tmp_path)]) == 1
     err = capsys.readouterr().err.splitlines()
@@ -33,7 +35,7 @@ def test_check_names_file_line_and_column_and_exits_1(tmp_path: Path, capsys) ->
     ]
 
 
-def test_check_summarises_a_good_set(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_check_summarises_a_good_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "b.yaml").write_text("budgets:\n  - {name: org, limit_usd: 100, window: day, alerts: [0.5, 0.9]}\n")
     assert main(["check", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -90,7 +92,9 @@ def otlp_line(trace: int, span: int, start_s: int, agent: str) -> str:
     )
 
 
-def test_replay_reports_what_the_policies_would_have_done(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_replay_reports_what_the_policies_would_have_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "b.yaml").write_text("budgets:\n  - {name: daily, limit_usd: 0.006, window: day}\n")
@@ -104,7 +108,7 @@ def test_replay_reports_what_the_policies_would_have_done(tmp_path: Path, capsys
     ]
 
 
-def test_replay_names_the_malformed_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_replay_names_the_malformed_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spans = tmp_path / "spans.jsonl"
     spans.write_text(otlp_line(1, 1, 1_767_225_600, "a") + "\n{not json\n")
     assert main(["replay", str(spans), "--policies", str(tmp_path)]) == 1

@@ -28,7 +28,7 @@ from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.client import UNREACHABLE_RETRY_AFTER_S, DecisionClient, DecisionServiceError, _retry_after
 from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity
 from otel_puppy.engine import PolicyEngine
-from otel_puppy.exceptions import PolicyDenied, PuppyError
+from otel_puppy.exceptions import PolicyDenied, PuppyError, RequestError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
 from otel_puppy.server.thread import serving
@@ -310,13 +310,16 @@ def test_an_invalid_request_raises_with_the_servers_message() -> None:
 
 def test_a_value_out_of_bounds_fails_before_any_request(service: tuple[str, Seen]) -> None:
     url, seen = service
-    with DecisionClient(url) as client, pytest.raises(ValueError, match="estimated_cost_usd is out of range: -1"):
+    with DecisionClient(url) as client, pytest.raises(RequestError, match=r"^estimated_cost_usd: is out of range: -1 "):
         client.decide(provider="openai", model="gpt-4.1", estimated_cost_usd="-1")
     assert seen.requests == 0
 
 
 def test_unknown_fields_fail_before_any_request() -> None:
-    with DecisionClient(f"http://127.0.0.1:{free_port()}") as client, pytest.raises(TypeError):
+    with (
+        DecisionClient(f"http://127.0.0.1:{free_port()}") as client,
+        pytest.raises(RequestError, match=r"^colour: not a field of a decision request$"),
+    ):
         client.decide(provider="openai", model="gpt-4.1", colour="blue")
 
 

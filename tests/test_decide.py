@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from otel_puppy.alerts import AlertEvent
-from otel_puppy.calls import ErrorClass, LLMCall
+from otel_puppy.calls import ErrorClass
 from otel_puppy.decision import Action, Priority, Severity
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import CircuitOpenError, PolicyDenied, PolicyErrors
 from otel_puppy.policies import parse_policy_text
-from otel_puppy.testing import FakeClock, engine_for_tests
+from otel_puppy.testing import FakeClock, engine_for_tests, make_call
 
 GPT41_1K_100 = 2_800_000  # nano-USD: 1000 input tokens at $2/MTok + 100 output at $8/MTok
 
@@ -36,9 +36,6 @@ def engine_with(yaml: str, clock: FakeClock | None = None, **settings: object) -
     return engine, sink
 
 
-_ids = iter(range(1, 10**9))
-
-
 def spend(
     engine: PolicyEngine,
     *,
@@ -50,22 +47,15 @@ def spend(
     decision_id: str | None = None,
     provider: str = "openai",
 ) -> None:
-    end = int(engine.clock.now() * 1e9)
-    call = LLMCall(
-        trace_id=next(_ids),
-        span_id=next(_ids),
-        parent_span_id=0,
+    call = make_call(
+        end_s=engine.clock.now(),
         provider=provider,
-        request_model=model,
-        response_model=model,
-        operation="chat",
-        start_ns=end - 10**9,
-        end_ns=end,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        has_usage=True,
+        model=model,
         agent=agent,
         user=user,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        duration_s=1.0,
         decision_id=decision_id,
     )
     engine.observe(call)
@@ -380,19 +370,9 @@ def test_reload_keeps_window_spend_and_a_broken_edit_keeps_the_last_good_set(tmp
 
 
 def fail(engine: PolicyEngine, provider: str = "openai", model: str = "gpt-4.1") -> None:
-    end = int(engine.clock.now() * 1e9)
     engine.observe(
-        LLMCall(
-            trace_id=next(_ids),
-            span_id=next(_ids),
-            parent_span_id=0,
-            provider=provider,
-            request_model=model,
-            response_model=None,
-            operation="chat",
-            start_ns=end - 10**9,
-            end_ns=end,
-            error_class=ErrorClass.SERVER_ERROR,
+        make_call(
+            end_s=engine.clock.now(), provider=provider, model=model, error=ErrorClass.SERVER_ERROR, duration_s=1.0
         )
     )
 
@@ -520,7 +500,7 @@ def test_file_watching_reloads_good_edits_and_keeps_the_last_good_set(tmp_path: 
     (tmp_path / "more.yml").write_text("prices:\n  - {provider: p, model: m, input_mtok: 1, output_mtok: 1}\n")
     policy.write_text("budgets:\n  - {name: b, limit_usd: 4, window: day}\n")
     assert watcher.check() is True
-    assert (engine.policies.budgets[0].limit_usd, len(engine.policies.prices)) == (4, 1)
+    assert (engine.policies.budgets[0].limit_usd, len(engine.policies.prices)) == (Decimal(4), 1)
     engine.close()
 
 

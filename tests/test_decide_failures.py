@@ -9,7 +9,7 @@ state cannot be read counts as exhausted and makes the engine not ready (`proble
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from otel_puppy.exceptions import RequestError, StoreError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store import Store, open_store
-from otel_puppy.store.base import Admission, Admitted
+from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState
 from otel_puppy.store.memory import MemoryStore
 
 # Rolling windows: nothing resets in the middle of a test, whatever the time of day.
@@ -190,6 +190,10 @@ class PoisonedStore(MemoryStore):
             states = tuple(s._replace(spent_nanos=-(2**70)) for s in admitted.states)
             return Admitted(admitted.reserved, states)
         return admitted
+
+    def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
+        # a read reserves nothing but meets the same poisoned state
+        return list(self.admit(Admission("", tuple(checks), 0, 0, now, None, reserve=False), now).states)
 
 
 BUDGETS = """

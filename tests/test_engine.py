@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from otel_puppy.calls import extract_call
+from otel_puppy.calls import LLMCall, extract_call
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.store import ApplyResult
 from otel_puppy.testing import FakeClock, engine_for_tests, make_span
@@ -22,8 +23,8 @@ CALL = {
 }
 
 
-def one_call(**kwargs: object):  # type: ignore[no-untyped-def]
-    c = extract_call(make_span(CALL, **kwargs))  # type: ignore[arg-type]
+def one_call(**kwargs: Any) -> LLMCall:
+    c = extract_call(make_span(CALL, **kwargs))
     assert c is not None
     return c
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 import weakref
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from otel_puppy.health import (
 )
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.schemas import HealthResponse
-from otel_puppy.testing import FakeClock, engine_for_tests
+from otel_puppy.testing import FakeClock, engine_for_tests, make_call
 from otel_puppy.windows import CalendarWindow
 
 T0 = 1_767_225_600.0
@@ -43,8 +42,6 @@ prices:
   - {provider: slowco, model: slow-2, input_mtok: 1, output_mtok: 0}
 """
 """With 1,000 input tokens: small-1 costs $0.001 a call, big-1 $0.01."""
-
-_ids = itertools.count(1)
 
 
 def make_engine(policies: str = "", **settings: object) -> tuple[PolicyEngine, FakeClock]:
@@ -63,21 +60,14 @@ def llm_call(
     agent: str = "support",
 ) -> LLMCall:
     """A call that ends now, with 1,000 input tokens (no usage when it failed)."""
-    end = int(engine.clock.now() * 1e9)
-    return LLMCall(
-        trace_id=next(_ids),
-        span_id=next(_ids),
-        parent_span_id=0,
+    return make_call(
+        end_s=engine.clock.now(),
         provider=provider,
-        request_model=model,
-        response_model=model,
-        operation="chat",
-        start_ns=end - int(duration_s * 1e9),
-        end_ns=end,
-        input_tokens=1000 if error is None else 0,
-        has_usage=error is None,
-        error_class=error,
+        model=model,
         agent=agent,
+        output_tokens=0,
+        error=error,
+        duration_s=duration_s,
     )
 
 
@@ -499,8 +489,8 @@ def test_growth_between_distant_samples_is_spread_over_the_hours() -> None:
     observe(engine, 2, error=ErrorClass.SERVER_ERROR)
     observe(engine, 2)
     clock.advance(90 * MINUTE)  # one sample two hours after the first: half of it in each hour
-    history = history_of(engine)
-    history.record(engine, clock.now())
+    history = engine.history
+    history.record(clock.now())
     trends, _ = history.trends(clock.now())
     errors = next(t for t in trends if t.name == "errors")
     assert errors.hourly == (HourPoint(at(0), 0.5), HourPoint(at(1), 0.5))
@@ -508,7 +498,7 @@ def test_growth_between_distant_samples_is_spread_over_the_hours() -> None:
 
 def test_prometheus_scrapes_feed_the_history_between_assessments() -> None:
     engine, clock = make_engine()
-    assess(engine)  # attaches the history; from now on scrapes sample it
+    assess(engine)  # begins the history; from now on scrapes sample it
     for hour in range(3):
         clock.advance(30 * MINUTE)
         observe(engine, 1, duration_s=float(hour + 1))
@@ -582,3 +572,14 @@ def test_to_dict_is_json_ready() -> None:
             {"hour": "2026-01-01T02:00:00+00:00", "value": 0.0},
         ],
     }
+
+
+def test_scrapes_before_the_first_assessment_sample_nothing() -> None:
+    engine, clock = make_engine()
+    observe(engine, 1)
+    clock.advance(HOUR)
+    engine.registry.get_sample_value("otel_puppy_llm_requests_total")  # a scrape
+    health = assess(engine)  # the history begins here: its first sample is only a base
+    assert health.trend("errors").hourly == ()
+    assert health.trend("cost").hourly == (HourPoint(at(1), 0.0),)
+    assert history_of(engine) is engine.history

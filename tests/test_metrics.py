@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from prometheus_client import generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_puppy.calls import extract_call
+from otel_puppy.calls import ErrorClass, extract_call
 from otel_puppy.engine import PolicyEngine
+from otel_puppy.metrics import CallTally
+from otel_puppy.money import nanos_to_float
 from otel_puppy.policies.loader import parse_policy_text
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call, make_span
 
@@ -86,4 +89,74 @@ def test_budget_scopes_past_the_guard_are_one_other_series_the_fullest() -> None
         for sample in family.samples
     ]
     assert sorted(samples) == [("agent=agent-0", 0.0028), ("agent=agent-1", 0.0056), ("other", 0.0112)]
+    engine.close()
+
+
+def test_totals_add_up_the_series_per_model_and_per_agent() -> None:
+    clock = FakeClock()
+    engine = engine_for_tests(clock=clock, max_label_values=3)
+    now = clock.now()
+    engine.observe_many(
+        [
+            make_call(end_s=now, agent="support", duration_s=0.5),  # $0.0028: 1,000 in, 100 out
+            make_call(end_s=now, agent="support", duration_s=1.5),
+            make_call(end_s=now, agent="triage", error=ErrorClass.TIMEOUT, duration_s=3.0),
+            make_call(end_s=now, model="mystery-model-9000", duration_s=2.0),
+        ]
+    )
+    engine.metrics.record_spans("dropped", 2)
+    engine.metrics.record_internal_error("test")
+    engine.metrics.record_store_error("apply")
+    totals = engine.metrics.totals()
+    assert totals.calls == CallTally(
+        requests=4, errors=1, unpriced=1, unknown_model=1, spend_nanos=5_600_000, duration_s=7.0
+    )
+    assert dict(totals.by_model) == {
+        ("openai", "gpt-4.1"): CallTally(requests=3, errors=1, spend_nanos=5_600_000, duration_s=5.0),
+        ("openai", "mystery-model-9000"): CallTally(requests=1, unpriced=1, unknown_model=1, duration_s=2.0),
+    }
+    assert dict(totals.by_agent) == {
+        "support": CallTally(requests=2, spend_nanos=5_600_000, duration_s=2.0),
+        "triage": CallTally(requests=1, errors=1, duration_s=3.0),  # failed without usage: no spend, not $0
+        "": CallTally(requests=1, unpriced=1, unknown_model=1, duration_s=2.0),
+    }
+    assert totals.by_model[("openai", "gpt-4.1")].mean_duration_s == 5.0 / 3
+    assert CallTally().mean_duration_s is None
+    assert (totals.spans["applied"], totals.dropped_spans) == (4, 2)
+    assert (totals.internal_errors, totals.store_errors) == (1, 1)
+    # the same numbers the series say
+    assert engine.registry.get_sample_value(
+        "otel_puppy_llm_cost_usd_total",
+        {"provider": "openai", "model": "gpt-4.1", "agent": "support", "service": ""},
+    ) == nanos_to_float(5_600_000)
+    engine.close()
+
+
+def test_totals_count_folded_labels_under_other() -> None:
+    clock = FakeClock()
+    engine = engine_for_tests(clock=clock, max_label_values=2)
+    engine.observe_many([make_call(end_s=clock.now(), agent=f"agent-{n}") for n in range(4)])
+    totals = engine.metrics.totals()
+    assert {agent: tally.requests for agent, tally in totals.by_agent.items()} == {
+        "agent-0": 1,
+        "agent-1": 1,
+        "other": 2,
+    }
+    assert totals.calls.requests == 4
+    engine.close()
+
+
+def test_totals_read_no_collector_so_a_collector_may_read_them() -> None:
+    clock = FakeClock()
+    engine = engine_for_tests(clock=clock)
+    seen: list[int] = []
+
+    def reads_totals() -> list[Metric]:
+        seen.append(engine.metrics.totals().calls.requests)  # no re-entry guard needed
+        return []
+
+    engine.metrics.add_collector(reads_totals)
+    engine.observe(make_call(end_s=clock.now()))
+    generate_latest(engine.registry)
+    assert seen == [1]
     engine.close()

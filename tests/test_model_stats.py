@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import threading
 from decimal import Decimal
 
@@ -10,9 +10,7 @@ from hypothesis import strategies as st
 
 from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.model_stats import EXACT_SAMPLES, LATENCY_RELATIVE_ERROR, ModelStat, ModelStats
-from otel_puppy.testing import FakeClock
-
-_ids = itertools.count(1)
+from otel_puppy.testing import FakeClock, make_call
 
 
 def call(
@@ -26,21 +24,14 @@ def call(
     error: ErrorClass | None = None,
     ended_ago_s: float = 0.0,
 ) -> LLMCall:
-    end_ns = int((clock.now() - ended_ago_s) * 1e9)
-    return LLMCall(
-        trace_id=next(_ids),
-        span_id=next(_ids),
-        parent_span_id=0,
+    return make_call(
+        end_s=clock.now() - ended_ago_s,
         provider=provider,
-        request_model=model,
-        response_model=model,
-        operation="chat",
-        start_ns=end_ns - latency_ms * 1_000_000,
-        end_ns=end_ns,
+        model=model,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        has_usage=True,
-        error_class=error,
+        error=error,
+        duration_s=latency_ms / 1000,
     )
 
 
@@ -235,17 +226,7 @@ def test_calls_count_when_they_ended(clock: FakeClock, stats: ModelStats) -> Non
 
 
 def test_models_are_keyed_by_provider_and_response_model(clock: FakeClock, stats: ModelStats) -> None:
-    answered = LLMCall(
-        trace_id=1,
-        span_id=2,
-        parent_span_id=0,
-        provider="openai",
-        request_model="gpt-4.1",
-        response_model="gpt-4.1-2025-04-14",
-        operation="chat",
-        start_ns=int(clock.now() * 1e9) - 10**9,
-        end_ns=int(clock.now() * 1e9),
-    )
+    answered = dataclasses.replace(make_call(end_s=clock.now(), duration_s=1.0), response_model="gpt-4.1-2025-04-14")
     stats.observe([(answered, None), (call(clock, "gpt-4.1", provider="azure"), None)])
     assert [(s.provider, s.model) for s in stats.all()] == [("azure", "gpt-4.1"), ("openai", "gpt-4.1-2025-04-14")]
     assert stats.get("openai", "gpt-4.1") is None

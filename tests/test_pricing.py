@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from genai_prices import Usage, calc_price, data_snapshot
+from genai_prices.types import StartDateConstraint
 
 from otel_puppy.calls import extract_call
 from otel_puppy.money import usd_to_nanos
@@ -84,11 +85,12 @@ def test_dated_price_uses_the_price_in_force_at_the_call() -> None:
         (p.id, m)
         for p in snapshot.providers
         for m in p.models
-        if isinstance(m.prices, list) and any(getattr(c.constraint, "start_date", None) for c in m.prices)
+        if isinstance(m.prices, list) and any(isinstance(c.constraint, StartDateConstraint) for c in m.prices)
     ]
     assert dated, "genai-prices has no dated prices any more"
     provider, model = dated[0]
-    starts = [c.constraint.start_date for c in model.prices if getattr(c.constraint, "start_date", None)]
+    assert isinstance(model.prices, list)
+    starts = [c.constraint.start_date for c in model.prices if isinstance(c.constraint, StartDateConstraint)]
     pricer = Pricer()
     for start in starts:
         for at in (

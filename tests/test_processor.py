@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
+from typing import NoReturn
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.util.types import AttributeValue
 
-from otel_puppy.engine import PolicyEngine
+from otel_puppy.calls import LLMCall
+from otel_puppy.engine import Observation, PolicyEngine
 from otel_puppy.testing import engine_for_tests, make_span
 
-CALL = {
+CALL: dict[str, AttributeValue] = {
     "gen_ai.operation.name": "chat",
     "gen_ai.system": "openai",
     "gen_ai.request.model": "gpt-4.1",
@@ -49,7 +53,7 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     gate = threading.Event()
     original = engine.observe_many
 
-    def slow(calls):  # type: ignore[no-untyped-def]
+    def slow(calls: Sequence[LLMCall]) -> list[Observation]:
         gate.wait(5)
         return original(calls)
 
@@ -70,7 +74,7 @@ def test_processor_errors_are_counted_and_never_reach_the_app() -> None:
     engine = engine_for_tests(raise_internal_errors=False)
     processor = engine.span_processor()
 
-    def broken(calls):  # type: ignore[no-untyped-def]
+    def broken(calls: Sequence[LLMCall]) -> NoReturn:
         raise RuntimeError("store on fire")
 
     engine.observe_many = broken  # type: ignore[method-assign]
@@ -95,7 +99,7 @@ def test_processor_errors_are_counted_and_never_reach_the_app() -> None:
 
 
 def test_under_pytest_internal_errors_surface_from_force_flush(engine: PolicyEngine) -> None:
-    def broken(calls):  # type: ignore[no-untyped-def]
+    def broken(calls: Sequence[LLMCall]) -> NoReturn:
         raise RuntimeError("bug")
 
     engine.observe_many = broken  # type: ignore[method-assign]

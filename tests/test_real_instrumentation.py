@@ -78,7 +78,9 @@ def requests_metric(engine: PolicyEngine, **labels: str) -> float | None:
 
 def test_logfire_openai_sdk_call_costs_what_genai_prices_says(logfire_engine: PolicyEngine) -> None:
     client = openai.OpenAI(
-        api_key="test", http_client=httpx.Client(transport=httpx.MockTransport(openai_response)), max_retries=0
+        api_key="test",
+        http_client=httpx.Client(transport=httpx.MockTransport(openai_response)),  # type: ignore[arg-type]  # openai types it as httpx2's; httpx's client works the same
+        max_retries=0,
     )
     logfire.instrument_openai(client)
 
@@ -116,7 +118,9 @@ def test_logfire_openai_sdk_call_costs_what_genai_prices_says(logfire_engine: Po
 
 def test_failed_openai_call_counts_as_a_server_error(logfire_engine: PolicyEngine) -> None:
     client = openai.OpenAI(
-        api_key="test", http_client=httpx.Client(transport=httpx.MockTransport(openai_response)), max_retries=0
+        api_key="test",
+        http_client=httpx.Client(transport=httpx.MockTransport(openai_response)),  # type: ignore[arg-type]  # openai types it as httpx2's; httpx's client works the same
+        max_retries=0,
     )
     logfire.instrument_openai(client)
 
@@ -205,7 +209,7 @@ def test_nested_pydantic_ai_and_sdk_spans_count_the_call_once(logfire_engine: Po
     logfire.instrument_pydantic_ai()
     client = openai.AsyncOpenAI(
         api_key="test",
-        http_client=httpx.AsyncClient(transport=httpx.MockTransport(openai_response)),
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(openai_response)),  # type: ignore[arg-type]  # openai types it as httpx2's; httpx's client works the same
         max_retries=0,
     )
     logfire.instrument_openai(client)

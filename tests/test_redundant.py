@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 from decimal import Decimal
 
 import pytest
@@ -11,9 +11,7 @@ from prometheus_client.registry import CollectorRegistry
 from otel_puppy.calls import ErrorClass, LLMCall, prompt_digest
 from otel_puppy.metrics import Metrics
 from otel_puppy.redundant import RedundancyTracker, RedundantModel
-from otel_puppy.testing import FakeClock
-
-_span_ids = itertools.count(1)
+from otel_puppy.testing import FakeClock, make_call
 
 
 def call(
@@ -23,20 +21,8 @@ def call(
     model: str = "gpt-4.1",
     error: ErrorClass | None = None,
 ) -> LLMCall:
-    return LLMCall(
-        trace_id=1,
-        span_id=next(_span_ids),
-        parent_span_id=0,
-        provider=provider,
-        request_model=model,
-        response_model=None,
-        operation="chat",
-        start_ns=0,
-        end_ns=0,
-        has_usage=True,
-        error_class=error,
-        prompt_hash=prompt_digest(prompt),
-    )
+    made = make_call(end_s=0, duration_s=0, provider=provider, model=model, error=error)
+    return dataclasses.replace(made, prompt_hash=prompt_digest(prompt))
 
 
 def test_repeats_are_counted_with_their_cost() -> None:

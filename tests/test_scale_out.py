@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -161,7 +162,7 @@ def test_redis_stopped_and_restarted_mid_load(tmp_path: Path, redis_for_replicas
             decision = decide(running.url, "research", "0.01")
             assert time.monotonic() - began < 2.0
             assert decision["action"] == action
-            [reason] = decision["reasons"]  # type: ignore[misc]
+            [reason] = cast("list[dict[str, object]]", decision["reasons"])
             assert reason["kind"] == "internal"
             mode = "open" if action == "allow" else "closed"
             assert reason["message"] == f"the state store is unavailable; failing {mode}"

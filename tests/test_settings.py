@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from otel_puppy.exceptions import SettingsError
 from otel_puppy.settings import PuppySettings
 
 
-def test_env_prefix_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_env_prefix_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("OTEL_PUPPY_TIMEZONE=Europe/Paris\nOTEL_PUPPY_PORT=9000\n")
     monkeypatch.setenv("OTEL_PUPPY_PORT", "9100")

@@ -13,7 +13,7 @@ from prometheus_client.registry import CollectorRegistry
 
 import otel_puppy.store.sqlite as sqlite_store
 from otel_puppy.alerts import AlertEvent
-from otel_puppy.calls import ErrorClass, LLMCall
+from otel_puppy.calls import ErrorClass
 from otel_puppy.decision import Action
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreError
@@ -22,7 +22,7 @@ from otel_puppy.settings import PuppySettings
 from otel_puppy.store.base import Store
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore
-from otel_puppy.testing import FakeClock
+from otel_puppy.testing import FakeClock, make_call
 
 BREAKER = (
     "breakers:\n  - {name: providers, failure_threshold: 3, recovery_timeout: 30s, success_threshold: 2,"
@@ -76,28 +76,9 @@ def policies(yaml: str) -> PolicySet:
     return parse_policy_text(yaml, Path("policies/test.yaml"))
 
 
-_ids = iter(range(1, 10**9))
-
-
 def call(engine: PolicyEngine, provider: str = "openai", *, ok: bool = True) -> None:
-    end = int(engine.clock.now() * 1e9)
-    engine.observe(
-        LLMCall(
-            trace_id=next(_ids),
-            span_id=next(_ids),
-            parent_span_id=0,
-            provider=provider,
-            request_model="gpt-4.1",
-            response_model="gpt-4.1",
-            operation="chat",
-            start_ns=end - 10**9,
-            end_ns=end,
-            input_tokens=1000,
-            output_tokens=100,
-            has_usage=True,
-            error_class=None if ok else ErrorClass.SERVER_ERROR,
-        )
-    )
+    error = None if ok else ErrorClass.SERVER_ERROR
+    engine.observe(make_call(end_s=engine.clock.now(), provider=provider, error=error, duration_s=1.0))
 
 
 def decide(engine: PolicyEngine, provider: str = "openai") -> Action:

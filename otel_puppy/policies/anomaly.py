@@ -40,12 +40,14 @@ from typing import Annotated, Any, Final, Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Discriminator, Field, Tag, field_validator
 
+from otel_puppy.alerts import AlertEvent
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock
-from otel_puppy.decision import Action, PolicyHit, Severity
+from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.money import NANOS_PER_USD
 from otel_puppy.policies.base import Duration, NamedEntry, PolicyModel
 from otel_puppy.policies.matching import Dimension, Match, Scope, scope_label
+from otel_puppy.policies.runtime import OpenBreaker, RuntimeContext, RuntimeEvent
 from otel_puppy.store.base import report_unrestored
 
 __all__ = (
@@ -113,6 +115,11 @@ class AnomalyPolicy(NamedEntry):
         if len(set(value)) != len(value):
             raise ValueError("each dimension may appear once in per")
         return value
+
+    @staticmethod
+    def runtime(policies: tuple[AnomalyPolicy, ...], context: RuntimeContext) -> AnomalyRuntime:
+        """The live state of an `anomalies:` section (see `policies/runtime.py`)."""
+        return AnomalyRuntime.build(policies, context)
 
     def describe(self) -> str:
         threshold = (
@@ -193,6 +200,8 @@ class AnomalyEvent:
     """The end of the anomalous interval, epoch seconds."""
     message: str
     """e.g. `anomaly spend-spike for provider=openai: cost_rate $0.012/s is 500% above baseline $0.002/s (z=100.0)`."""
+    target: tuple[str, str | None] | None = None
+    """The subject's provider and model (`None` if not `per` model), when the policy is `per` provider."""
 
     def to_dict(self) -> dict[str, object]:
         return {"at": self.at, "message": self.message, **self.status.to_dict()}
@@ -216,6 +225,7 @@ class _Detector:
         "message",
         "samples",
         "score",
+        "target",
         "var",
     )
 
@@ -240,6 +250,8 @@ class _Detector:
         self.fired_at: float | None = None
         self.message = ""
         """Said about the last interval past the threshold."""
+        self.target: tuple[str, str | None] | None = None
+        """The subject's provider and model, for `open_breaker` (set by the calls it observes)."""
 
     def copy(self, *, keep_open: bool) -> _Detector:
         other = _Detector.__new__(_Detector)
@@ -334,6 +346,9 @@ class AnomalyWatch:
                                 overflowed.append(policy)
                             continue
                         detector = watched.detectors[subject] = _Detector(now)
+                    if detector.target is None and "provider" in policy.per:
+                        model = scope.get("model") if "model" in policy.per else None
+                        detector.target = (scope.get("provider") or call.provider, model)
                     detector.last_seen = now
                     detector.calls += 1
                     signal = policy.signal
@@ -490,6 +505,10 @@ class AnomalyWatch:
             new._update_quiet()
         return new
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     # --- persistence --------------------------------------------------------------------------
 
     def export_state(self) -> dict[str, bytes]:
@@ -636,7 +655,7 @@ class AnomalyWatch:
             if fire:
                 key = (policy.name, policy.signal, policy.action)
                 self._fired[key] = self._fired.get(key, 0) + 1
-                events.append(AnomalyEvent(status, end, detector.message))
+                events.append(AnomalyEvent(status, end, detector.message, detector.target))
 
 
 _SAVED: Final = (
@@ -802,3 +821,80 @@ def _hit(policy: AnomalyPolicy, status: AnomalyStatus, message: str, now: float,
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+class AnomalyRuntime:
+    """The anomalies' `PolicyRuntime`: an `AnomalyWatch` whose events become alerts, and, for an
+    enforced `open_breaker` policy per provider, an `OpenBreaker` event for the breakers."""
+
+    kind: Final = "anomalies"
+    persists: Final = True
+    shared: Final = False
+
+    def __init__(self, watch: AnomalyWatch, context: RuntimeContext) -> None:
+        self.watch = watch
+        self._context = context
+
+    @classmethod
+    def build(cls, policies: tuple[AnomalyPolicy, ...], context: RuntimeContext) -> AnomalyRuntime:
+        runtime = cls(AnomalyWatch(policies, context.clock), context)
+        runtime.watch._on_anomaly = runtime._fired
+        return runtime
+
+    def observe(self, observed: Sequence[tuple[LLMCall, int | None]], now: float) -> None:
+        self.watch.observe(observed)
+        self.watch.tick(now)
+
+    def check(self, request: DecisionRequest, now: float) -> Sequence[PolicyHit]:
+        watch = self.watch
+        watch.tick(now)
+        return () if watch.quiet(now) else watch.check(request.scope())
+
+    def release(self, request: DecisionRequest) -> None:
+        """Nothing: a check takes nothing."""
+
+    def statuses(self, now: float) -> list[AnomalyStatus]:
+        return self.watch.statuses()
+
+    def collect(self, now: float) -> Iterable[Metric]:
+        return self.watch.collect()
+
+    def export_state(self) -> dict[str, bytes]:
+        return self.watch.export_state()
+
+    def import_state(self, items: Mapping[str, bytes]) -> None:
+        self.watch.import_state(items)
+
+    def version(self, key: str, blob: bytes) -> int | None:
+        return 0  # not shared
+
+    def with_policies(self, policies: tuple[AnomalyPolicy, ...]) -> AnomalyRuntime:
+        return AnomalyRuntime(self.watch.with_policies(policies), self._context)
+
+    def handle(self, event: RuntimeEvent) -> None:
+        """Nothing another kind does concerns the detectors."""
+
+    def after_fork(self) -> None:
+        self.watch.after_fork()
+
+    def _fired(self, event: AnomalyEvent) -> None:
+        status = event.status
+        emit = self._context.emit
+        emit(
+            AlertEvent(
+                kind="anomaly",
+                policy=status.policy,
+                scope=status.subject,
+                severity=Severity.WARNING,
+                message=event.message,
+                at=event.at,
+                value=status.current,
+                threshold=status.baseline,
+            )
+        )
+        if status.action == "open_breaker" and not status.shadow:
+            if event.target is not None:
+                emit(OpenBreaker(event.target[0], event.target[1], reason=event.message))
+            else:
+                message = "anomaly %s wants to open a breaker but is not per provider"
+                self._context.log.warning(f"anomaly:{status.policy}", message, status.policy)

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from otel_puppy.bounds import MAX_NAME_LENGTH
+from otel_puppy.money import format_usd
 from otel_puppy.pricing import PriceOverride
 
 __all__ = (
@@ -136,8 +137,8 @@ class NamedEntry(SectionEntry):
 
 
 def _usd(amount: Decimal) -> str:
-    # `:f` so `1e1` reads as 10; bounded by the validators above, so never a huge string.
-    return f"${amount:f}/MTok"
+    # Fixed point so `1e1` reads as 10; bounded by the validators above, so never a huge string.
+    return f"{format_usd(amount, dollar=True)}/MTok"
 
 
 class PriceEntry(SectionEntry):

@@ -21,12 +21,14 @@ from typing import Annotated, Any, Final, Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
+from otel_puppy.alerts import AlertEvent
 from otel_puppy.calls import ErrorClass, LLMCall, classify_error
 from otel_puppy.clock import Clock
-from otel_puppy.decision import Action, PolicyHit, Severity
+from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.exceptions import CircuitOpenError
 from otel_puppy.policies.base import Duration, NamedEntry
-from otel_puppy.policies.matching import DIMENSIONS, Match, Scope
+from otel_puppy.policies.matching import DIMENSIONS, Match, ScopeLike
+from otel_puppy.policies.runtime import OpenBreaker, RuntimeContext, RuntimeEvent, StateChanged
 from otel_puppy.store.base import report_unrestored
 
 __all__ = (
@@ -34,6 +36,7 @@ __all__ = (
     "BreakerEvent",
     "BreakerGuard",
     "BreakerPolicy",
+    "BreakerRuntime",
     "BreakerState",
     "BreakerStatus",
     "State",
@@ -94,6 +97,11 @@ class BreakerPolicy(NamedEntry):
         if value not in (("provider",), ("provider", "model")):
             raise ValueError("per must be [provider] or [provider, model]")
         return value
+
+    @staticmethod
+    def runtime(policies: tuple[BreakerPolicy, ...], context: RuntimeContext) -> BreakerRuntime:
+        """The live state of a `breakers:` section (see `policies/runtime.py`)."""
+        return BreakerRuntime.build(policies, context)
 
     def describe(self) -> str:
         scope = f" for {self.match.describe()}" if self.match else ""
@@ -301,7 +309,7 @@ class _Breaker:
             return (provider, None)
         return None if model is None else (provider, model)
 
-    def applies(self, scope: Scope) -> bool:
+    def applies(self, scope: ScopeLike) -> bool:
         match = self.policy.match
         return match is None or match.matches(scope)
 
@@ -577,6 +585,10 @@ class BreakerBoard:
             board._recount()
         return board
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     # --- internals ----------------------------------------------------------------------------
 
     def _record(self, provider: str, model: str | None, event_for: Callable[[BreakerPolicy], BreakerEvent]) -> None:
@@ -844,3 +856,82 @@ class BreakerGuard:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.__exit__(exc_type, exc, traceback)
+
+
+_BREAKER_RANK: Final = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class BreakerRuntime:
+    """The breakers' `PolicyRuntime`: a `BreakerBoard` whose transitions become alerts, shared with
+    other replicas through the store (`shared`: the newest state of a subject wins everywhere)."""
+
+    kind: Final = "breakers"
+    persists: Final = True
+    shared: Final = True
+
+    def __init__(self, board: BreakerBoard, context: RuntimeContext) -> None:
+        self.board = board
+        self._context = context
+        self._names = frozenset(policy.name for policy in board.policies)
+
+    @classmethod
+    def build(cls, policies: tuple[BreakerPolicy, ...], context: RuntimeContext) -> BreakerRuntime:
+        runtime = cls(BreakerBoard(policies, context.clock), context)
+        runtime.board._on_transition = runtime._transition
+        return runtime
+
+    def observe(self, observed: Sequence[tuple[LLMCall, int | None]], now: float) -> None:
+        self.board.observe([call for call, _ in observed])
+
+    def check(self, request: DecisionRequest, now: float) -> Sequence[PolicyHit]:
+        return self.board.check(request.provider, request.model)
+
+    def release(self, request: DecisionRequest) -> None:
+        self.board.release(request.provider, request.model)
+
+    def available(self, provider: str, model: str) -> bool:
+        """Whether every enforced breaker would let a call to this model through (no side effects)."""
+        return self.board.available(provider, model)
+
+    def statuses(self, now: float) -> list[BreakerStatus]:
+        return self.board.statuses()
+
+    def collect(self, now: float) -> Iterable[Metric]:
+        return self.board.collect()
+
+    def export_state(self) -> dict[str, bytes]:
+        return self.board.export_state()
+
+    def import_state(self, items: Mapping[str, bytes]) -> None:
+        self.board.import_state(items)
+
+    def version(self, key: str, blob: bytes) -> int | None:
+        """Transitions, and at a tie the more careful state (open) wins; `None`: not our policy."""
+        if key.partition("|")[0] not in self._names:
+            return None
+        record = json.loads(blob)
+        return int(record["transitions"]) * 4 + _BREAKER_RANK[record["state"]]
+
+    def with_policies(self, policies: tuple[BreakerPolicy, ...]) -> BreakerRuntime:
+        return BreakerRuntime(self.board.with_policies(policies), self._context)
+
+    def handle(self, event: RuntimeEvent) -> None:
+        if isinstance(event, OpenBreaker):
+            self.board.trip(event.provider, event.model, reason=event.reason)
+
+    def after_fork(self) -> None:
+        self.board.after_fork()
+
+    def _transition(self, status: BreakerStatus, previous: str) -> None:
+        emit = self._context.emit
+        emit(
+            AlertEvent(
+                kind="breaker",
+                policy=status.policy,
+                scope=status.subject,
+                severity=Severity.CRITICAL if status.state == "open" else Severity.INFO,
+                message=f"breaker {status.policy} for {status.subject}: {previous} -> {status.state}",
+                at=self._context.clock.now(),
+            )
+        )
+        emit(StateChanged(self.kind))  # other replicas adopt it at their next sync

@@ -8,23 +8,41 @@ does the counting and the atomic admission; the engine composes them.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Final, Self
 from zoneinfo import ZoneInfo
 
+from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field, field_validator, model_validator
 
 from otel_puppy._logging import RateLimitedLog
+from otel_puppy.alerts import AlertEvent
 from otel_puppy.bounds import MAX_ALERTS, MAX_LIMIT_TOKENS, MAX_LIMIT_USD
-from otel_puppy.decision import Action, PolicyHit, Priority, Severity, policy_hit_dict
-from otel_puppy.money import usd_to_nanos
+from otel_puppy.calls import LLMCall
+from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Priority, Severity, policy_hit_dict
+from otel_puppy.exceptions import StoreError
+from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
-from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, Scope, scope_label
-from otel_puppy.store.base import BudgetCheck
-from otel_puppy.windows import Window, parse_window
+from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, scope_label
+from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StoreFailed
+from otel_puppy.store.base import BudgetCheck, CheckState
+from otel_puppy.windows import CalendarWindow, Window, parse_window
 
-__all__ = ("BudgetBook", "BudgetInstance", "BudgetPolicy", "budget_hit", "budget_hit_dict", "budget_utilization")
+__all__ = (
+    "BudgetBook",
+    "BudgetInstance",
+    "BudgetPolicy",
+    "BudgetRuntime",
+    "budget_hit",
+    "budget_hit_dict",
+    "budget_utilization",
+    "readable",
+    "state_hit",
+    "unreadable_hit",
+)
 
 logger = logging.getLogger("otel_puppy")
 
@@ -93,8 +111,16 @@ class BudgetPolicy(NamedEntry):
             raise ValueError("give exactly one of limit_usd or limit_tokens")
         return self
 
+    @staticmethod
+    def runtime(policies: tuple[BudgetPolicy, ...], context: RuntimeContext) -> BudgetRuntime:
+        """The live state of a `budgets:` section (see `policies/runtime.py`)."""
+        return BudgetRuntime.build(policies, context)
+
     def describe(self) -> str:
-        limit = f"${self.limit_usd:f}" if self.limit_usd is not None else f"{self.limit_tokens:,} tokens"
+        if self.limit_usd is not None:
+            limit = format_usd(self.limit_usd, dollar=True)
+        else:
+            limit = f"{self.limit_tokens:,} tokens"
         scope = f" for {self.match.describe()}" if self.match else ""
         per = f", one per {'/'.join(self.per)}" if self.per else ""
         action = f"degrade to {self.action.degrade}" if isinstance(self.action, Degrade) else self.action
@@ -165,7 +191,7 @@ class BudgetInstance:
                     blocking=blocking,
                 )
             checks[priority] = check
-        limit_text = f"{policy.limit_usd:f}" if policy.limit_usd is not None else ""
+        limit_text = format_usd(policy.limit_usd, dollar=True) if policy.limit_usd is not None else ""
         head = f"budget {policy.name}{f' for {label}' if label else ''}: "
         degrade = policy.action.degrade if isinstance(policy.action, Degrade) else None
         return cls(policy, window, label, key, limit_nanos, limit_text, policy.on_exceed, checks, head, degrade)
@@ -190,7 +216,7 @@ class BudgetBook:
         self.folded = 0
         """Scopes sent to the shared `other` instance because a budget had `max_scopes` already."""
 
-    def instances(self, scope: Scope) -> tuple[BudgetInstance, ...]:
+    def instances(self, scope: ScopeLike) -> tuple[BudgetInstance, ...]:
         """Every budget instance this scope counts against."""
         key = tuple(scope.get(d) for d in DIMENSIONS)
         found = self._cache.get(key)
@@ -200,6 +226,10 @@ class BudgetBook:
                 self._cache.clear()
             self._cache[key] = found
         return found
+
+    def window(self, name: str) -> Window:
+        """The window of the budget called `name` (shared by every budget with the same window text)."""
+        return self._windows[name]
 
     def known_instances(self) -> tuple[BudgetInstance, ...]:
         """Every instance seen so far (a budget without `per` always has its one instance)."""
@@ -218,10 +248,10 @@ class BudgetBook:
                 self._labels[budget.name] = set(previous._labels[budget.name])
 
     @staticmethod
-    def _applies(budget: BudgetPolicy, scope: Scope) -> bool:
+    def _applies(budget: BudgetPolicy, scope: ScopeLike) -> bool:
         return budget.match is None or budget.match.matches(scope)
 
-    def _resolve(self, budget: BudgetPolicy, scope: Scope) -> BudgetInstance:
+    def _resolve(self, budget: BudgetPolicy, scope: ScopeLike) -> BudgetInstance:
         label = scope_label(budget.per, scope)
         labels = self._labels[budget.name]
         if label not in labels:
@@ -288,7 +318,7 @@ def _hit_fields(
     used = spent_nanos + reserved_nanos
     utilization = budget_utilization(instance, spent_nanos, spent_tokens, reserved_nanos)
     if instance.limit_nanos is not None:
-        amount = f"${_usd(used)} of ${instance.limit_text}"
+        amount = f"{format_usd(nanos_to_usd(used), dollar=True)} of {instance.limit_text}"
     else:
         amount = f"{spent_tokens:,} of {policy.limit_tokens or 1:,} tokens"
     action = instance.on_exceed if exceeded else Action.ALLOW
@@ -320,6 +350,313 @@ def _hit_fields(
 _OUTCOME: Final = {Action.DENY: "; denied", Action.WARN: "; over, warning only", Action.DEGRADE: "; degrading"}
 
 
-def _usd(nanos: int) -> str:
-    """Exact USD text for nano-USD, like `Decimal` would print it: 5600000 -> `0.005600000`."""
-    return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
+_ID_DIMENSIONS: Final = frozenset({"user", "conversation"})
+_MAX_PROBLEMS: Final = 100
+"""Unreadable budgets remembered for `problems()` (one is enough to be not ready)."""
+_UNREADABLE_OUTCOME: Final = {
+    Action.DENY: "; denied",
+    Action.WARN: "; warning only",
+    Action.DEGRADE: "; degrading",
+    Action.ALLOW: "",
+}
+
+
+def readable(state: CheckState) -> bool:
+    """Whether a store's answer is a budget state: non-negative integers (a poisoned one is not)."""
+    return all(type(value) is int and value >= 0 for value in state[:4])
+
+
+def unreadable_hit(instance: BudgetInstance) -> PolicyHit:
+    """A budget whose state cannot be read: it counts as exhausted, so its action applies."""
+    policy = instance.policy
+    action = instance.on_exceed
+    return PolicyHit(
+        kind="budget",
+        policy=policy.name,
+        action=action,
+        message=f"{instance.head}its state cannot be read; counted as exhausted{_UNREADABLE_OUTCOME[action]}",
+        scope=instance.label,
+        severity=Severity.EMERGENCY,
+        shadow=policy.shadow,
+        limit_usd=policy.limit_usd,
+        limit_tokens=policy.limit_tokens,
+        window=policy.window,
+        model=instance.degrade,
+    )
+
+
+def state_hit(instance: BudgetInstance, state: CheckState, now: float) -> PolicyHit:
+    """`budget_hit` for a state the store answered."""
+    return budget_hit(
+        instance,
+        spent_nanos=state.spent_nanos,
+        spent_tokens=state.spent_tokens,
+        reserved_nanos=state.reserved_nanos,
+        exceeded=not state.fits,
+        now=now,
+    )
+
+
+class _Unreadable:
+    """Budgets whose state could not be read, by key, until `BudgetRuntime.problems` reads them again.
+    One per engine: a reload keeps it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.found: dict[str, tuple[BudgetInstance, BudgetCheck]] = {}
+
+
+class BudgetRuntime:
+    """The budgets' `PolicyRuntime`: alerts on crossings, statuses and gauges read from the store.
+
+    Budgets have no say in `check`: their say is the admission role (`admission.py`: reserve on
+    every matching budget atomically, settle when the span arrives), over this runtime's `book`.
+    Their state lives in the store, so there is nothing to export.
+    """
+
+    kind: Final = "budgets"
+    persists: Final = False
+    shared: Final = False
+
+    def __init__(self, book: BudgetBook, context: RuntimeContext, unreadable: _Unreadable | None = None) -> None:
+        self.book = book
+        self._context = context
+        self._unreadable = unreadable or _Unreadable()
+        self._alerting = any(budget.alerts for budget in book.budgets)
+
+    @classmethod
+    def build(cls, policies: tuple[BudgetPolicy, ...], context: RuntimeContext) -> BudgetRuntime:
+        return cls(BudgetBook(policies, context.zone, context.log), context)
+
+    def observe(self, observed: Sequence[tuple[LLMCall, int | None]], now: float) -> None:
+        """Alert on the thresholds the instances these calls count against crossed."""
+        if not self._alerting:
+            return
+        touched: dict[str, BudgetInstance] = {}
+        for call, _ in observed:
+            for instance in self.book.instances(call.scope()):
+                if instance.policy.alerts:
+                    touched[instance.key] = instance
+        if not touched:
+            return
+        # The spend is applied: a store failing now delays an alert, it must not fail the batch.
+        try:
+            self._check_alerts(list(touched.values()), now)
+        except StoreError as exc:
+            self._context.emit(StoreFailed("alerts", exc))
+
+    def check(self, request: DecisionRequest, now: float) -> Sequence[PolicyHit]:
+        return ()
+
+    def release(self, request: DecisionRequest) -> None:
+        """Nothing here: admission releases the reservation."""
+
+    def statuses(self, now: float) -> list[PolicyHit]:
+        """Every known instance's hit now; one whose state cannot be read counts as exhausted.
+
+        Raises:
+            StoreError: the store does not answer.
+        """
+        return [
+            state_hit(instance, state, now) if state is not None else unreadable_hit(instance)
+            for instance, state in self.readings(now)
+        ]
+
+    def readings(self, now: float) -> list[tuple[BudgetInstance, CheckState | None]]:
+        """Every known budget instance with its state now, read in one call that reserves nothing.
+
+        A budget whose state the store cannot read has `None` (and is remembered for `problems()`):
+        if the one read raises, halves are read again until the unreadable ones are found, so one
+        poisoned budget costs O(log n) more reads, not every budget's answer.
+
+        Raises:
+            StoreError: the store does not answer.
+        """
+        instances = self.book.known_instances()
+        readings: list[tuple[BudgetInstance, CheckState | None]] = []
+        store = self._context.store
+
+        def read(group: tuple[BudgetInstance, ...]) -> None:
+            checks = [i.checks[Priority.CRITICAL] for i in group]
+            try:
+                states = store.read_budgets(checks, now)
+            except StoreError:
+                raise
+            except Exception as exc:
+                if len(group) == 1:
+                    self.remember_unreadable(group[0], checks[0], exc)
+                    readings.append((group[0], None))
+                    return
+                read(group[: len(group) // 2])
+                read(group[len(group) // 2 :])
+                return
+            readings.extend(zip(group, states, strict=True))
+
+        if instances:
+            read(instances)
+        return readings
+
+    def collect(self, now: float) -> Iterable[Metric]:
+        """Spend, limit, utilization, reserved and window length per (budget, scope): one series each,
+        the fullest instance behind it. Per-user budgets export only their fullest (`max`: ids are
+        never labels), and past the cardinality guard scopes fold into `other`, once."""
+        labels = ("budget", "scope", "window")
+        spend = GaugeMetricFamily(
+            "otel_puppy_budget_spend_usd", "Spend counted against a budget in its current window.", labels=labels
+        )
+        limit = GaugeMetricFamily("otel_puppy_budget_limit_usd", "A budget's limit.", labels=labels)
+        utilization = GaugeMetricFamily(
+            "otel_puppy_budget_utilization_ratio", "Spent plus reserved over the limit (1 is exhausted).", labels=labels
+        )
+        reserved = GaugeMetricFamily(
+            "otel_puppy_budget_reserved_usd", "Estimates reserved by decisions and not yet settled.", labels=labels
+        )
+        window_seconds = GaugeMetricFamily(
+            "otel_puppy_budget_window_seconds",
+            "Length of a budget's window (a calendar window's current one); spending its limit over it is burn rate 1.",
+            labels=labels,
+        )
+        families = (spend, limit, utilization, reserved, window_seconds)
+        budgets = self.book.budgets
+        if not budgets:
+            return families
+        lengths: dict[str, float] = {}
+        for budget in budgets:
+            span = self.book.window(budget.name)
+            start, end = span.bounds(now) if isinstance(span, CalendarWindow) else (0.0, float(span.seconds))
+            lengths[budget.name] = end - start
+        readings: list[tuple[BudgetInstance, CheckState | None]] = []
+        try:
+            readings = self.readings(now)
+        except StoreError as exc:  # the rest of the scrape still answers
+            self._context.emit(StoreFailed("scrape", exc))
+        per_ids = {b.name for b in budgets if _ID_DIMENSIONS.intersection(b.per)}
+        guard = self._context.guard
+        fullest: dict[tuple[str, str], tuple[float, BudgetInstance, CheckState]] = {}
+        for instance, state in readings:
+            if state is None:
+                continue  # cannot be read: no sample rather than a wrong one (and /readyz says why)
+            name = instance.policy.name
+            scope = "max" if name in per_ids else guard("scope", instance.label)
+            if instance.limit_nanos is not None:
+                ratio = (state.spent_nanos + state.reserved_nanos) / instance.limit_nanos
+            else:
+                ratio = state.spent_tokens / (instance.policy.limit_tokens or 1)
+            kept = fullest.get((name, scope))
+            if kept is None or ratio > kept[0]:
+                fullest[(name, scope)] = (ratio, instance, state)
+        for (name, scope), (ratio, instance, state) in fullest.items():
+            policy = instance.policy
+            key = (name, scope, policy.window)
+            utilization.add_metric(key, ratio)
+            if policy.limit_usd is not None:
+                spend.add_metric(key, nanos_to_float(state.spent_nanos))
+                limit.add_metric(key, float(policy.limit_usd))
+                reserved.add_metric(key, nanos_to_float(state.reserved_nanos))
+            window_seconds.add_metric(key, lengths[name])
+        return families
+
+    def export_state(self) -> dict[str, bytes]:
+        return {}  # the store holds every budget's state
+
+    def import_state(self, items: Mapping[str, bytes]) -> None:
+        """Nothing to import: the store holds every budget's state."""
+
+    def version(self, key: str, blob: bytes) -> int | None:
+        return 0  # not shared
+
+    def with_policies(self, policies: tuple[BudgetPolicy, ...]) -> BudgetRuntime:
+        """Window spend is kept by the store (keyed by name and scope); the scopes seen carry over."""
+        book = BudgetBook(policies, self._context.zone, self._context.log)
+        book.carry_over(self.book)
+        return BudgetRuntime(book, self._context, self._unreadable)
+
+    def handle(self, event: RuntimeEvent) -> None:
+        """Nothing another kind does concerns budgets."""
+
+    def after_fork(self) -> None:
+        self._unreadable.lock = threading.Lock()
+
+    # --- unreadable state -----------------------------------------------------------------------
+
+    def remember_unreadable(self, instance: BudgetInstance, check: BudgetCheck, exc: Exception) -> None:
+        """Remember a budget whose state could not be read, for `problems()` (bounded)."""
+        unreadable = self._unreadable
+        with unreadable.lock:
+            if instance.key in unreadable.found or len(unreadable.found) < _MAX_PROBLEMS:
+                unreadable.found[instance.key] = (instance, check)
+        self._context.log.error(
+            f"unreadable:{instance.policy.name}",
+            "budget %s: its state cannot be read (%s: %s); it counts as exhausted until it can",
+            instance.policy.name,
+            type(exc).__name__,
+            exc,
+        )
+
+    def problems(self, now: float) -> list[str]:
+        """Budgets a read found unreadable, each read again now (a repaired or expired one clears).
+
+        Raises:
+            StoreError: the store does not answer.
+        """
+        unreadable = self._unreadable
+        with unreadable.lock:
+            recorded = list(unreadable.found.items())
+        found: list[str] = []
+        for key, (instance, check) in recorded:
+            try:
+                ok = readable(self._context.store.read_budgets([check], now)[0])
+            except StoreError:
+                raise
+            except Exception:
+                ok = False
+            if ok:
+                with unreadable.lock:
+                    unreadable.found.pop(key, None)
+            else:
+                found.append(f"the state of budget {instance.policy.name} cannot be read")
+        return found
+
+    def _check_alerts(self, instances: list[BudgetInstance], now: float) -> None:
+        store = self._context.store
+        counters = store.totals([(i.key, i.window) for i in instances], now)
+        for instance, counter in zip(instances, counters, strict=True):
+            policy = instance.policy
+            if instance.limit_nanos is not None:
+                utilization = counter.nanos / instance.limit_nanos
+            else:
+                utilization = counter.tokens / (policy.limit_tokens or 1)
+            thresholds = (*policy.alerts, 1.0) if policy.alerts[-1] < 1.0 else policy.alerts
+            window = instance.window
+            if isinstance(window, CalendarWindow):
+                start, end = window.bounds(now)
+                suffix, expires_at = f"|{start:.0f}", end
+            else:
+                suffix, expires_at = "", now + window.seconds
+            for index, threshold in enumerate(thresholds):
+                key = f"alert|{instance.key}|{threshold}{suffix}"
+                if utilization < threshold:
+                    if not suffix:
+                        store.unmark(key)  # a rolling window drops below: the next crossing alerts again
+                    continue
+                if not store.mark(key, expires_at):
+                    continue
+                severity = (
+                    Severity.EMERGENCY
+                    if threshold >= 1.0
+                    else (Severity.INFO, Severity.WARNING, Severity.CRITICAL)[min(index, 2)]
+                )
+                where = f" for {instance.label}" if instance.label else ""
+                self._context.emit(
+                    AlertEvent(
+                        kind="budget",
+                        policy=policy.name,
+                        scope=instance.label,
+                        severity=severity,
+                        message=f"budget {policy.name}{where} crossed {threshold:.0%} of its {policy.window} limit "
+                        f"({utilization:.1%} used)",
+                        at=now,
+                        value=utilization,
+                        threshold=threshold,
+                    )
+                )

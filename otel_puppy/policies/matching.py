@@ -1,4 +1,4 @@
-"""Scopes: which calls a policy applies to (`match`) and how it splits them (`per`).
+"""Which calls a policy applies to (`match`) and how it splits them (`per`), read from a `Scope`.
 
 `match` takes a glob or a list of globs per dimension; a call matches when every given dimension
 matches one of its globs. `per: [agent]` gives the policy one instance per distinct agent.
@@ -10,29 +10,22 @@ import re
 from collections.abc import Mapping
 from fnmatch import translate
 from functools import cached_property
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import BeforeValidator, StringConstraints, field_validator
 
 from otel_puppy._keys import escape
 from otel_puppy.policies.base import PolicyModel
+from otel_puppy.scope import Scope
 
-__all__ = ("DIMENSIONS", "Dimension", "Match", "Scope", "scope_label")
+__all__ = ("DIMENSIONS", "Dimension", "Match", "Scope", "ScopeLike", "scope_label")
 
-DIMENSIONS: Final = (
-    "provider",
-    "model",
-    "agent",
-    "service",
-    "user",
-    "team",
-    "environment",
-    "conversation",
-    "operation",
-)
 Dimension = Literal["provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation"]
-Scope = Mapping[str, str | None]
-"""Dimension values of a call or a decision request (`LLMCall.scope()`, `DecisionRequest.scope()`)."""
+"""A dimension a policy matches (`match`) and splits on (`per`): every `Scope` dimension but `trace`,
+an id that must never become a label."""
+DIMENSIONS: Final[tuple[Dimension, ...]] = get_args(Dimension)
+ScopeLike = Scope | Mapping[str, str | None]
+"""What `Match.matches` and `scope_label` read: a `Scope`, or a mapping of dimension -> value."""
 
 Glob = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 
@@ -82,7 +75,7 @@ class Match(PolicyModel):
             compiled.append((dimension, exact, regex))
         return tuple(compiled)
 
-    def matches(self, scope: Scope) -> bool:
+    def matches(self, scope: ScopeLike) -> bool:
         """Whether every dimension given here matches the scope's value (a missing value never does)."""
         for dimension, exact, regex in self._compiled:
             value = scope.get(dimension)
@@ -103,7 +96,7 @@ def _is_glob(text: str) -> bool:
     return any(char in text for char in "*?[")
 
 
-def scope_label(per: tuple[str, ...], scope: Scope) -> str:
+def scope_label(per: tuple[str, ...], scope: ScopeLike) -> str:
     """`agent=support,user=u1` for a `per: [agent, user]` instance; empty for a policy without `per`.
 
     Injective: a `,` (or `\\`) inside a value is escaped, so `agent="x,user=y"` never shares the

@@ -20,7 +20,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.model_stats import ModelStat, ModelStats
-from otel_puppy.money import nanos_to_usd, usd_to_nanos
+from otel_puppy.money import format_usd, nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Duration, NamedEntry, PolicyModel
 from otel_puppy.policies.matching import Match, Scope
 from otel_puppy.pricing import Pricer
@@ -153,6 +153,10 @@ class Router:
         """Round-robin position per policy name."""
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     def with_policies(self, policies: tuple[RoutingPolicy, ...], *, pricer: Pricer | None = None) -> Router:
         """A router for a new policy set (and the reloaded pricer, if given), sharing the stats.
 
@@ -208,7 +212,9 @@ class Router:
                 continue
             estimate = self._estimate(request, provider, model) if max_cost is not None or has_tokens else None
             if max_cost is not None and estimate is not None and estimate > max_cost:
-                skipped.append(f"{candidate.model} (estimated {_usd(estimate)} > {_usd(max_cost)})")
+                over = format_usd(nanos_to_usd(estimate), trim=True, dollar=True)
+                cap = format_usd(nanos_to_usd(max_cost), trim=True, dollar=True)
+                skipped.append(f"{candidate.model} (estimated {over} > {cap})")
                 continue
             cost = None
             if wants_cost:
@@ -336,13 +342,10 @@ def _relative(best: float, value: float | None) -> float:
 def _cost_text(nanos: int | None, has_tokens: bool) -> str:
     if nanos is None:
         return "no price known"
+    usd = format_usd(nanos_to_usd(nanos), trim=True, dollar=True)
     if has_tokens:
-        return f"estimated {_usd(nanos)} for this request"
-    return f"{_usd(nanos)} per 1k input + 1k output tokens"
-
-
-def _usd(nanos: int) -> str:
-    return f"${nanos_to_usd(nanos).normalize():f}"
+        return f"estimated {usd} for this request"
+    return f"{usd} per 1k input + 1k output tokens"
 
 
 @lru_cache(maxsize=4096)

@@ -11,6 +11,11 @@
 - `merge_state`: versioned blobs, the higher version wins: how replicas share breaker state.
 - `health`: what the store found wrong with its own state (saturated counters, unreadable values,
   a damaged file), for readiness and metrics.
+- `read_budgets`: the state of budgets, reserving nothing (gauges, statuses, denied requests).
+- Capabilities, so no caller needs to know the backend: `shares_state` (other processes see the
+  same state), `does_io` (a call may block on I/O), `after_fork()` (repair in a forked child).
+
+A backend is one module with one class whose `from_url` opens it, and one line in `SCHEMES`.
 
 Every count a store keeps (nanos, tokens, requests, reserved totals) is an integer in
 `[0, CEILING]`, on every backend: an amount is clamped into that range where it enters, a sum that
@@ -23,12 +28,14 @@ ceiling and is reported as unreadable: its budget is exhausted, never wide open.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Final, NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
@@ -38,6 +45,7 @@ logger = logging.getLogger("otel_puppy")
 
 __all__ = (
     "CEILING",
+    "SCHEMES",
     "Admission",
     "Admitted",
     "ApplyResult",
@@ -119,6 +127,10 @@ class StateReport:
                 f"{count} stored value(s) could not be read ({where}); "
                 "each counts as exhausted (its budget denies) until it expires or is repaired",
             )
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock, and never release it here."""
+        self._lock = threading.Lock()
 
     def corrupt(self, problem: str) -> None:
         with self._lock:
@@ -268,6 +280,27 @@ class Admitted:
 
 
 class Store(Protocol):
+    """What every backend does; `MemoryStore` is the reference the conformance suite holds each
+    backend to (tests/store/test_conformance.py)."""
+
+    @property
+    def shares_state(self) -> bool:
+        """True when other processes (replicas, forked workers) read and write the same state (a
+        SQLite file, Redis): then breaker state is shared through `merge_state`."""
+        ...
+
+    @property
+    def does_io(self) -> bool:
+        """True when a call may block on I/O (disk, network): callers on an event loop must run it
+        in a thread. False only for a store that answers from this process's memory."""
+        ...
+
+    def after_fork(self) -> None:
+        """Make the store usable in a child after `os.fork()`: locks the parent's threads held are
+        replaced, caches the child cannot trust are dropped. Called in the child, before any other
+        call; must not do I/O."""
+        ...
+
     def apply(self, records: Sequence[SpendRecord], now: float) -> list[ApplyResult]:
         """Dedupe and apply each record atomically; the results are in the records' order."""
         ...
@@ -278,6 +311,11 @@ class Store(Protocol):
 
     def admit(self, admission: Admission, now: float) -> Admitted:
         """Check every budget and reserve on all of them iff every blocking one fits, atomically."""
+        ...
+
+    def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
+        """The state of each check's budget at `now`, in order, reserving nothing: exactly the
+        states `admit` with `reserve=False` and no estimate reads (`fits`: anything is left)."""
         ...
 
     def release(self, decision_id: str) -> bool:
@@ -320,6 +358,23 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+SCHEMES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "memory": "otel_puppy.store.memory:MemoryStore",
+        "sqlite": "otel_puppy.store.sqlite:SQLiteStore",
+        "redis": "otel_puppy.store.redis:RedisStore",
+        "rediss": "otel_puppy.store.redis:RedisStore",
+        "unix": "otel_puppy.store.redis:RedisStore",
+        "valkey": "otel_puppy.store.redis:RedisStore",
+        "redis+cluster": "otel_puppy.store.redis:RedisStore",
+        "rediss+cluster": "otel_puppy.store.redis:RedisStore",
+    }
+)
+"""Store URL scheme -> `module:Class` of its backend, whose `from_url(url)` opens it: the one place a
+scheme is registered (`open_store` and the `store` setting's validator both read it). The module is
+imported only when a URL names it, so an optional backend's client library stays optional."""
+
+
 def open_store(url: str) -> Store:
     """A store for a settings URL: `memory://`, `sqlite:///path/to/state.db` (`sqlite://`: in memory),
     `redis://host:port/db` (the `redis` extra; `rediss://` for TLS, `valkey://` accepted too), or
@@ -328,19 +383,12 @@ def open_store(url: str) -> Store:
     Raises:
         StoreError: an unknown or unavailable kind of store, or one that cannot be opened.
     """
-    from otel_puppy.store.memory import MemoryStore
-
-    if url.startswith("memory://"):
-        return MemoryStore()
-    if url.startswith("sqlite:"):
-        from otel_puppy.store.sqlite import SQLiteStore
-
-        return SQLiteStore.from_url(url)
-    if url.startswith(("redis://", "rediss://", "unix://", "valkey://", "redis+cluster://", "rediss+cluster://")):
-        from otel_puppy.store.redis import RedisStore
-
-        return RedisStore.from_url(url.replace("valkey://", "redis://", 1))
-    raise StoreError(
-        f"store URL scheme {url.partition(':')[0]!r} is not supported: use memory://, sqlite:///path, "
-        "redis://host:port/db or redis+cluster://host:port"
-    )
+    backend = SCHEMES.get(url.partition(":")[0])
+    if backend is None:
+        raise StoreError(
+            f"store URL scheme {url.partition(':')[0]!r} is not supported: use memory://, sqlite:///path, "
+            "redis://host:port/db or redis+cluster://host:port"
+        )
+    module, _, name = backend.partition(":")
+    store: Store = getattr(importlib.import_module(module), name).from_url(url)
+    return store

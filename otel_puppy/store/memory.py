@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from otel_puppy.exceptions import StoreError
 from otel_puppy.store.base import (
     CEILING,
     Admission,
@@ -121,6 +122,11 @@ class _Reservation:
 class MemoryStore:
     """Holds everything in this process; nothing survives a restart."""
 
+    shares_state = False
+    """Only this process sees the state (a forked child gets a copy that goes its own way)."""
+    does_io = False
+    """Every call answers from memory under one short lock."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calendar: dict[tuple[str, str, float], list[int]] = {}
@@ -136,6 +142,22 @@ class MemoryStore:
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._report = StateReport("memory store")
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        """`memory://` (nothing may follow it).
+
+        Raises:
+            StoreError: any other URL.
+        """
+        if url != "memory://":
+            raise StoreError(f"store {url!r}: the memory store's URL is memory:// alone")
+        return cls()
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock a parent's thread held would never be released here."""
+        self._lock = threading.Lock()
+        self._report.after_fork()
 
     # --- spans ---------------------------------------------------------------------------------
 
@@ -266,6 +288,34 @@ class MemoryStore:
                     queue.append(decision_id)
                 heapq.heappush(heap, (admission.expires_at, decision_id))
             return Admitted(reserve, tuple(states))
+
+    def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
+        # A scrape reads every budget instance (tens of thousands) in one call: the loop is
+        # `admit`'s without the estimate (no estimate: a budget fits while anything is left).
+        rings, calendar, reserved_totals = self._rings, self._calendar, self._reserved
+        states: list[CheckState] = []
+        append = states.append
+        with self._lock:
+            heap = self._reservation_heap
+            if heap and heap[0][0] <= now:
+                self._expire_reservations(now)
+            for check in checks:
+                scope, window = check.scope, check.window
+                spent: list[int] | None
+                if isinstance(window, RollingWindow):
+                    ring = rings.get((scope, window.label))
+                    spent = ring.read_raw(now) if ring is not None else _ZERO
+                else:
+                    spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
+                held = reserved_totals.get(scope) or _NONE_RESERVED
+                if held[0] > CEILING or held[1] > CEILING:
+                    held = [min(held[0], CEILING), min(held[1], CEILING)]
+                limit = check.limit_nanos
+                fits = limit is None or spent[0] + held[0] < min(limit, CEILING)
+                if fits and (limit := check.limit_tokens) is not None:
+                    fits = spent[1] + held[1] < min(limit, CEILING)
+                append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
+        return states
 
     def release(self, decision_id: str) -> bool:
         with self._lock:

@@ -55,6 +55,7 @@ from otel_puppy.store.base import (
     Admission,
     Admitted,
     ApplyResult,
+    BudgetCheck,
     CheckState,
     Counter,
     SpendRecord,
@@ -502,6 +503,11 @@ class RedisStore:
         StoreError: the URL is not a Redis URL this store understands.
     """
 
+    shares_state = True
+    """Every replica and process using the same server and prefix sees the same state."""
+    does_io = True
+    """Every call is a round trip to the server (bounded by the socket timeout)."""
+
     def __init__(
         self, client: redis.Redis | RedisCluster, *, prefix: str = DEFAULT_PREFIX, url: str = "redis://"
     ) -> None:
@@ -531,7 +537,7 @@ class RedisStore:
     def from_url(cls, url: str) -> RedisStore:
         """`redis://[user:password@]host:port/db` (or `rediss://` for TLS, `unix://` for a socket), or
         `redis+cluster://[user:password@]host:port` (`rediss+cluster://`) for a Redis Cluster: any
-        one node; the cluster has no numbered databases.
+        one node; the cluster has no numbered databases. `valkey://` is read as `redis://`.
 
         Query parameters: `prefix` (default `{otel_puppy}`), `socket_timeout` and
         `socket_connect_timeout` in seconds (default 0.5 each), and any other redis-py URL option.
@@ -540,6 +546,7 @@ class RedisStore:
             StoreError: not a URL redis-py accepts, or (a cluster, whose layout is read when the
                 store opens) no node of the cluster answers.
         """
+        url = url.replace("valkey://", "redis://", 1)
         parts = urlsplit(url)
         cluster = parts.scheme.endswith("+cluster")
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -561,6 +568,12 @@ class RedisStore:
         except (ValueError, RedisError, RedisClusterException) as exc:
             raise StoreError(f"redis store {redact_url(url)}: {type(exc).__name__}: {exc}") from exc
         return cls(client, prefix=prefix, url=redact_url(url))
+
+    def after_fork(self) -> None:
+        """In a forked child: a lock the parent's threads held would never be released here.
+        redis-py's connection pools notice the new process id themselves and open new connections."""
+        self._lock = threading.Lock()
+        self._report.after_fork()
 
     # --- calls -----------------------------------------------------------------------------------
 
@@ -729,6 +742,13 @@ class RedisStore:
             for i in range(1, len(reply) - 1, 5)
         )
         return Admitted(reply[0] == 1, states)
+
+    def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
+        """The state of each check's budget, reserving nothing: the admission script with nothing
+        to reserve (one round trip; it drops expired reservations as `admit` does)."""
+        if not checks:
+            return []
+        return list(self.admit(Admission("", tuple(checks), 0, 0, now, None, reserve=False), now).states)
 
     def release(self, decision_id: str) -> bool:
         """Drop a reservation (the call will not happen); False if it was not open."""

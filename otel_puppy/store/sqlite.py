@@ -35,6 +35,7 @@ import os
 import sqlite3
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from hashlib import blake2b
@@ -47,6 +48,8 @@ from otel_puppy.store.base import (
     Admission,
     Admitted,
     ApplyResult,
+    BudgetCheck,
+    CheckState,
     Counter,
     SpendRecord,
     StateReport,
@@ -241,13 +244,23 @@ class SQLiteStore:
             (its schema version is higher than `SCHEMA_VERSION`).
     """
 
+    shares_state = True
+    """Every process that opens the same file sees the same state (for `sqlite://`, in memory,
+    sharing is harmless: there is no one to share with)."""
+    does_io = True
+    """Every call is a transaction on the file: it may wait on the disk or on another writer."""
+
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0, check_integrity: bool = True) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._report = StateReport(f"sqlite store {self.path}")
+        self._busy_timeout_s = busy_timeout_s
+        self._reopen = False
+        """Set in a forked child: the parent's connection is not this process's; open one on first use."""
         self._open(busy_timeout_s, check_integrity)
+        _OPEN.add(self)
 
     def _open(self, busy_timeout_s: float, check_integrity: bool) -> None:
         try:
@@ -337,6 +350,24 @@ class SQLiteStore:
             )
         return cls(url.removeprefix("sqlite:///"))
 
+    def after_fork(self) -> None:
+        """In a forked child (idempotent; run by an `os.register_at_fork` hook, so also in a child of
+        an application that never calls it): new locks, and for a file, a connection of the child's
+        own, opened on first use. A connection must not cross a fork (SQLite's file locks belong to
+        the process that took them), so the parent's is left unused and never closed here, where
+        closing it could take the file's log away from the parent. The hook's `before` half keeps
+        every thread of the parent out of SQLite while it forks, so nothing is mid-transaction."""
+        self._lock = threading.Lock()
+        self._report.after_fork()
+        self._checkpointer = None  # its thread stayed in the parent
+        db = self._db
+        if db is not None and self.path != ":memory:":
+            _INHERITED.append(db)
+            self._db = None
+            self._reopen = True
+        else:
+            self._held.discard()
+
     # --- transactions --------------------------------------------------------------------------
 
     def _error(self, doing: str, exc: sqlite3.Error) -> StoreError:
@@ -361,7 +392,11 @@ class SQLiteStore:
     def _connection(self) -> sqlite3.Connection:
         db = self._db
         if db is None:
-            raise StoreError(f"sqlite store {self.path} is closed")
+            if not self._reopen:
+                raise StoreError(f"sqlite store {self.path} is closed")
+            self._open(self._busy_timeout_s, check_integrity=False)
+            self._reopen = False
+            db = self._connection()
         return db
 
     @contextmanager
@@ -491,26 +526,10 @@ class SQLiteStore:
         Raises:
             StoreError: the transaction failed; nothing was reserved.
         """
+        nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
         with self._transaction("admit") as db:
-            _expire_reservations(db, self._held, now)
-            totals = self._held.totals(db)
-            states = []
-            admitted = True
-            unreadable = 0
-            nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
-            for check in admission.checks:
-                spent = _total(db, check.scope, check.window, now)
-                held = totals.get(check.scope) or _NOTHING_HELD
-                if held[2]:  # an unreadable reservation: the scope is exhausted
-                    unreadable += 1
-                    held = _SATURATED_HELD
-                elif held[0] > CEILING or held[1] > CEILING:
-                    held = (min(held[0], CEILING), min(held[1], CEILING), 0)
-                unreadable += spent[3]
-                state = check_state(check, spent, held, nanos, tokens)
-                states.append(state)
-                if check.blocking and not state.fits:
-                    admitted = False
+            states, unreadable = self._check(db, admission.checks, nanos, tokens, now)
+            admitted = all(state.fits for check, state in zip(admission.checks, states, strict=True) if check.blocking)
             reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(admission.checks)
             if reserve:
                 # A decision id is admitted once; should it come again, the new reservation replaces
@@ -528,6 +547,40 @@ class SQLiteStore:
                     self._held.change(check.scope, nanos, tokens)
         self._report.unreadable(unreadable, "admit")
         return Admitted(reserve, tuple(states))
+
+    def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
+        """The state of each check's budget, reserving nothing (expired reservations are dropped).
+
+        Raises:
+            StoreError: the transaction failed.
+        """
+        if not checks:
+            return []
+        with self._transaction("read budgets") as db:
+            states, unreadable = self._check(db, checks, 0, 0, now)
+        self._report.unreadable(unreadable, "read budgets")
+        return states
+
+    def _check(
+        self, db: sqlite3.Connection, checks: Sequence[BudgetCheck], nanos: int, tokens: int, now: float
+    ) -> tuple[list[CheckState], int]:
+        """Each check's state with `nanos` and `tokens` more (clamped), and how many stored values
+        could not be read; in a write transaction (expired reservations are dropped first)."""
+        _expire_reservations(db, self._held, now)
+        totals = self._held.totals(db)
+        states: list[CheckState] = []
+        unreadable = 0
+        for check in checks:
+            spent = _total(db, check.scope, check.window, now)
+            held = totals.get(check.scope) or _NOTHING_HELD
+            if held[2]:  # an unreadable reservation: the scope is exhausted
+                unreadable += 1
+                held = _SATURATED_HELD
+            elif held[0] > CEILING or held[1] > CEILING:
+                held = (min(held[0], CEILING), min(held[1], CEILING), 0)
+            unreadable += spent[3]
+            states.append(check_state(check, spent, held, nanos, tokens))
+        return states, unreadable
 
     def release(self, decision_id: str) -> bool:
         """Drop a reservation (the call will not happen); False if it was not open."""
@@ -626,9 +679,11 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close the connection (idempotent); the file keeps everything for the next open."""
+        _OPEN.discard(self)
         if self._checkpointer is not None:
             self._checkpointer.stop()
         with self._lock:
+            self._reopen = False
             db, self._db = self._db, None
             if db is not None:
                 db.close()
@@ -703,6 +758,8 @@ class _Checkpointer:
         self._path = path
         self._timeout = busy_timeout_s
         self._stopped = threading.Event()
+        self.busy = threading.Lock()
+        """Held while the thread is inside SQLite: a fork waits for it (`_before_fork`)."""
         self._thread = threading.Thread(target=self._run, name="otel-puppy-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
@@ -716,7 +773,8 @@ class _Checkpointer:
         try:
             while not self._stopped.wait(_CHECKPOINT_EVERY_S):
                 try:
-                    self._checkpoint(db)
+                    with self.busy:
+                        self._checkpoint(db)
                 except sqlite3.Error as exc:  # the next one, or the commits' own, will do
                     logger.debug("sqlite store %s: background checkpoint failed: %s", self._path, exc)
         finally:
@@ -735,6 +793,45 @@ class _Checkpointer:
         self._stopped.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=self._timeout + 5)
+
+
+_OPEN: Final[weakref.WeakSet[SQLiteStore]] = weakref.WeakSet()
+"""Every open store of this process, for the fork hooks."""
+_INHERITED: Final[list[sqlite3.Connection]] = []
+"""Connections a forked child got from its parent: kept, never used or closed, in the child."""
+_FORKING: list[SQLiteStore] = []
+"""The stores `_before_fork` stopped, for the other half of the hook."""
+
+
+def _before_fork() -> None:
+    """Wait until no thread is inside SQLite for any open store, and keep them out until the fork is
+    done: a thread in SQLite at a fork can leave a lock (the store's, or one of SQLite's own) held
+    forever in the child, and the connection mid-transaction. No thread holds two of these locks
+    at once, so taking them one by one cannot deadlock."""
+    stores = list(_OPEN)
+    for store in stores:
+        store._lock.acquire()
+        if store._checkpointer is not None:
+            store._checkpointer.busy.acquire()
+    _FORKING[:] = stores
+
+
+def _after_fork_in_parent() -> None:
+    for store in _FORKING:
+        if store._checkpointer is not None:
+            store._checkpointer.busy.release()
+        store._lock.release()
+    _FORKING.clear()
+
+
+def _after_fork_in_child() -> None:
+    for store in _FORKING:
+        store.after_fork()
+    _FORKING.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _background_priority() -> None:

@@ -73,7 +73,9 @@ def setup() -> Iterator[tuple[PolicyEngine, InMemorySpanExporter, list[str]]]:
         return completion(request)
 
     client = openai.AsyncOpenAI(
-        api_key="test", http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)), max_retries=0
+        api_key="test",
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),  # type: ignore[arg-type]  # openai types it as httpx2's; httpx's client works the same
+        max_retries=0,
     )
     logfire.instrument_openai(client)
     engine._client = client  # type: ignore[attr-defined]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
@@ -16,13 +15,12 @@ from prometheus_client.registry import CollectorRegistry
 from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.policies.anomaly import AnomalyEvent, AnomalyPolicy, AnomalyStatus, AnomalyWatch
-from otel_puppy.testing import FakeClock
+from otel_puppy.scope import Scope
+from otel_puppy.testing import FakeClock, make_call
 
 T0 = 1_767_225_600.0
 """FakeClock's start: a multiple of every interval used here."""
 MINUTE = 60.0
-START_NS = 1_767_225_600_000_000_000
-_span_ids = itertools.count(1)
 
 Batch = list[tuple[LLMCall, int | None]]
 
@@ -36,21 +34,14 @@ def call(
     error: ErrorClass | None = None,
     user: str | None = None,
 ) -> LLMCall:
-    return LLMCall(
-        trace_id=1,
-        span_id=next(_span_ids),
-        parent_span_id=0,
+    return make_call(
+        end_s=T0 + duration_s,
         provider=provider,
-        request_model="gpt-4.1",
-        response_model=None,
-        operation="chat",
-        start_ns=START_NS,
-        end_ns=START_NS + int(duration_s * 1e9),
+        user=user,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        has_usage=True,
-        error_class=error,
-        user=user,
+        error=error,
+        duration_s=duration_s,
     )
 
 
@@ -260,7 +251,7 @@ def test_per_provider_subjects_are_separate() -> None:
     assert status_of(watch, "provider=anthropic").current == 0.002
 
 
-def request(provider: str = "openai") -> dict[str, str | None]:
+def request(provider: str = "openai") -> Scope:
     return DecisionRequest(provider=provider, model="gpt-4.1").scope()
 
 

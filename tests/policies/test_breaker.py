@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from collections.abc import Coroutine, Iterable
@@ -26,10 +25,9 @@ from otel_puppy.policies.breaker import (
     apply_event,
     classify_exception,
 )
-from otel_puppy.testing import FakeClock, make_span
+from otel_puppy.testing import FakeClock, make_call, make_span
 
 T0 = 1_767_225_600.0  # FakeClock's default start
-_ids = itertools.count(1)
 
 
 def policy(name: str = "providers", **fields: object) -> BreakerPolicy:
@@ -44,19 +42,7 @@ def policy(name: str = "providers", **fields: object) -> BreakerPolicy:
 
 
 def call(provider: str = "openai", model: str = "gpt-4.1", error: ErrorClass | None = None) -> LLMCall:
-    n = next(_ids)
-    return LLMCall(
-        trace_id=n,
-        span_id=n,
-        parent_span_id=0,
-        provider=provider,
-        request_model=model,
-        response_model=model,
-        operation="chat",
-        start_ns=0,
-        end_ns=0,
-        error_class=error,
-    )
+    return make_call(end_s=0, duration_s=0, provider=provider, model=model, error=error)
 
 
 def fail(n: int, provider: str = "openai", model: str = "gpt-4.1") -> list[LLMCall]:

@@ -6,6 +6,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -37,7 +38,7 @@ def test_budget_hit_dict_is_budget_hit_to_dict(
     spent_nanos: int, spent_tokens: int, reserved_nanos: int, exceeded: bool
 ) -> None:
     for instance in instances():
-        state = {
+        state: dict[str, Any] = {
             "spent_nanos": spent_nanos,
             "spent_tokens": spent_tokens,
             "reserved_nanos": reserved_nanos,

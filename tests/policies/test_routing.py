@@ -1,19 +1,17 @@
 from __future__ import annotations
 
-import itertools
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from otel_puppy.calls import ErrorClass, LLMCall
+from otel_puppy.calls import ErrorClass
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.model_stats import ModelStats
 from otel_puppy.policies.routing import Route, Router, RoutingPolicy
 from otel_puppy.pricing import PriceOverride, Pricer
-from otel_puppy.testing import FakeClock
+from otel_puppy.testing import FakeClock, make_call
 
-_ids = itertools.count(1)
 GPT41, MINI, SONNET = "openai:gpt-4.1", "openai:gpt-4.1-mini", "anthropic:claude-sonnet-4-5"
 PRICER = Pricer()
 
@@ -43,24 +41,17 @@ def stats(clock: FakeClock) -> ModelStats:
 def feed(stats: ModelStats, clock: FakeClock, ref: str, latencies_ms: list[int], errors: int = 0) -> None:
     """Calls to `ref` with these latencies; the first `errors` of them failed."""
     provider, _, model = ref.partition(":")
-    end_ns = int(clock.now() * 1e9)
     stats.observe(
         [
             (
-                LLMCall(
-                    trace_id=next(_ids),
-                    span_id=next(_ids),
-                    parent_span_id=0,
+                make_call(
+                    end_s=clock.now(),
                     provider=provider,
-                    request_model=model,
-                    response_model=model,
-                    operation="chat",
-                    start_ns=end_ns - ms * 1_000_000,
-                    end_ns=end_ns,
+                    model=model,
                     input_tokens=100,
                     output_tokens=10,
-                    has_usage=True,
-                    error_class=ErrorClass.SERVER_ERROR if i < errors else None,
+                    error=ErrorClass.SERVER_ERROR if i < errors else None,
+                    duration_s=ms / 1000,
                 ),
                 1000,
             )

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 from prometheus_client.registry import CollectorRegistry
 
 from otel_puppy import semconv
@@ -35,7 +36,7 @@ from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.testing import FakeClock, engine_for_tests, make_span
 
-CALL = {
+CALL: dict[str, AttributeValue] = {
     "gen_ai.operation.name": "chat",
     "gen_ai.provider.name": "openai",
     "gen_ai.request.model": "gpt-4.1",
@@ -277,7 +278,7 @@ def test_a_map_valued_span_kind_is_read_without_an_internal_error(key: str) -> N
     engine = engine_for_tests()
     with host_app(engine) as (provider, after):
         with provider.get_tracer("app").start_as_current_span("chat", attributes=CALL) as span:
-            span.set_attribute(key, {"kind": "LLM"})  # type: ignore[arg-type]
+            span.set_attribute(key, {"kind": "LLM"})
         assert after.spans[0].attributes == {**CALL, key: {"kind": "LLM"}}
         engine.span_processor().force_flush()  # under pytest the worker's TypeError is raised here
         assert counts(engine) == {"applied": 1.0}
@@ -295,10 +296,16 @@ RAW_SPANS = st.lists(
 )
 
 
+def attribute(span: ReadableSpan, key: str) -> object:
+    """One attribute of a finished span; a span the SDK built always has its attributes."""
+    assert span.attributes is not None
+    return span.attributes.get(key)
+
+
 def raw_span(attributes: dict[Any, Any], error: bool, events: list[dict[Any, Any]]) -> ReadableSpan:
     """A finished span with any Python objects as attributes, as no SDK would build it."""
     span = make_span({**CALL, **attributes}, error=error)
-    span._events = tuple(Event("exception", attrs) for attrs in events)  # type: ignore[arg-type]
+    span._events = tuple(Event("exception", attrs) for attrs in events)
     return span
 
 
@@ -340,7 +347,7 @@ def test_on_start_stamps_only_our_own_decision_ids() -> None:
             finally:
                 otel_context.detach(token)
         assert engine.span_processor().force_flush()
-        assert [span.attributes.get(semconv.DECISION_ID) for span in after.spans] == [None] * 4 + [values[-1]]
+        assert [attribute(span, semconv.DECISION_ID) for span in after.spans] == [None] * 4 + [values[-1]]
         assert counts(engine) == {"applied": 5.0}
     engine.close()
 

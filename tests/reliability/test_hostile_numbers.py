@@ -10,6 +10,7 @@ only: every request carries a timeout, nothing is timed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -23,7 +24,6 @@ import httpx
 import pytest
 
 from otel_puppy.bounds import OutOfBounds
-from otel_puppy.calls import LLMCall
 from otel_puppy.decision import Action, DecisionRequest
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
@@ -307,7 +307,7 @@ def test_in_process_decide_refuses_bad_values_to_its_caller_and_never_allows_the
 def test_in_process_spans_out_of_bounds_are_counted_never_applied_never_raised() -> None:
     engine = engine_for_tests(parse_policy_text(POLICIES, Path("policies/p.yaml")))
     normal = make_call(end_s=engine.clock.now())
-    hostile = LLMCall(**{**_fields(make_call(end_s=engine.clock.now())), "rejected": "input tokens out of range"})
+    hostile = dataclasses.replace(make_call(end_s=engine.clock.now()), rejected="input tokens out of range")
     [first, second] = engine.observe_many([hostile, normal])
     assert (first.result.value, second.result.value) == ("rejected", "applied")
     assert engine.snapshot().budget("org-deny").spent_usd == Decimal(NANOS).scaleb(-9)
@@ -315,10 +315,6 @@ def test_in_process_spans_out_of_bounds_are_counted_never_applied_never_raised()
     assert registry.get_sample_value("otel_puppy_spans_total", {"result": "rejected"}) == 1.0
     assert registry.get_sample_value("otel_puppy_spans_total", {"result": "applied"}) == 1.0
     engine.close()
-
-
-def _fields(call: LLMCall) -> dict[str, Any]:
-    return {name: getattr(call, name) for name in LLMCall.__slots__}  # type: ignore[attr-defined]
 
 
 def test_lateness_in_process_a_week_ago_and_next_year_land_in_todays_budget() -> None:

@@ -19,11 +19,12 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from otel_puppy._keys import escape
+from otel_puppy.admission import settle_key as _settle_key
 from otel_puppy.calls import extract_call
 from otel_puppy.cli import main
 from otel_puppy.client import DecisionClient
 from otel_puppy.decision import Action, Decision
-from otel_puppy.engine import PolicyEngine, _settle_key
+from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, RequestError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.policies.matching import scope_label

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.util.types import AttributeValue
 
 from tests._service import NANOS, chat_spans, service, spent_nanos, write_policies
 
@@ -251,7 +252,7 @@ def test_the_span_processor_under_more_spans_than_its_worker_can_take() -> None:
     provider = TracerProvider()
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("app")
-    attributes = {
+    attributes: dict[str, AttributeValue] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "openai",
         "gen_ai.request.model": "gpt-4.1",

@@ -595,7 +595,7 @@ def test_encode_response_in_both_encodings() -> None:
 
 
 def test_encode_status_in_both_encodings() -> None:
-    from google.rpc import status_pb2
+    from google.rpc import status_pb2  # type: ignore[import-untyped]
 
     assert json.loads(encode_status(3, "resourceSpans: expected an array", JSON)) == {
         "code": 3,

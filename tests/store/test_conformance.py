@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import os
+import signal
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,10 +26,8 @@ from otel_puppy.store.base import (
     SpendRecord,
     Store,
     clamp,
+    open_store,
 )
-from otel_puppy.store.memory import MemoryStore
-from otel_puppy.store.redis import RedisStore
-from otel_puppy.store.sqlite import SQLiteStore
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
 UTC = ZoneInfo("UTC")
@@ -42,15 +42,14 @@ APPLIED, DUPLICATE, NESTED = ApplyResult.APPLIED, ApplyResult.DUPLICATE, ApplyRe
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    store: Store
-    if request.param == "memory":
-        store = MemoryStore()
-    elif request.param == "sqlite":
-        store = SQLiteStore(tmp_path / "state.db")
-    elif request.param == "redis":
-        store = RedisStore.from_url(request.getfixturevalue("redis_url"))
-    else:
-        store = RedisStore.from_url(request.getfixturevalue("redis_cluster_url"))
+    """Each backend, opened by its URL as a deployment opens it: a new backend adds one line here."""
+    urls: dict[str, Callable[[], str]] = {
+        "memory": lambda: "memory://",
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'state.db'}",
+        "redis": lambda: request.getfixturevalue("redis_url"),
+        "redis-cluster": lambda: request.getfixturevalue("redis_cluster_url"),
+    }
+    store = open_store(urls[request.param]())
     yield store
     store.close()
 
@@ -269,6 +268,46 @@ def test_reserve_false_only_reads(store: Store) -> None:
 def test_an_admission_without_checks_reserves_nothing(store: Store) -> None:
     assert store.admit(Admission("d1", (), 500, 5, T0 + 300, "k"), T0) == Admitted(False, ())
     assert store.release("d1") is False
+
+
+def test_read_budgets_reads_what_admit_without_reserving_reads_and_reserves_nothing(store: Store) -> None:
+    over = check("s", limit_nanos=100)
+    tokens = check("s", H1, limit_nanos=None, limit_tokens=26)
+    fresh = check("t", limit_nanos=1000)
+    saturated = check("u", limit_nanos=None, limit_tokens=10, blocking=False)
+    checks = (check("s"), over, tokens, fresh, saturated)
+    store.apply([rec("a", nanos=120, tokens=20), rec("b", scope="u", tokens=CEILING)], T0)
+    admit(store, "d1", check("s"), fresh, nanos=300, tokens=5, expires_at=T0 + 60)
+    admit(store, "d2", fresh, nanos=700, expires_at=T0 + 120)
+    assert store.read_budgets(checks, T0) == [
+        CheckState(120, 20, 300, 5, True),
+        CheckState(120, 20, 300, 5, False),
+        CheckState(120, 20, 300, 5, True),
+        CheckState(0, 0, 1000, 5, False),
+        CheckState(100, CEILING, 0, 0, False),
+    ]
+    for now in (T0, T0 + 59, T0 + 60):
+        read = store.read_budgets(checks, now)
+        assert read == list(admit(store, "", *checks, reserve=False, now=now).states), now
+        assert store.read_budgets(checks, now) == read  # reading twice reserves nothing
+    assert store.read_budgets(checks, T0 + 60) == [  # d1 expired
+        CheckState(120, 20, 0, 0, True),
+        CheckState(120, 20, 0, 0, False),
+        CheckState(120, 20, 0, 0, True),
+        CheckState(0, 0, 700, 0, True),
+        CheckState(100, CEILING, 0, 0, False),
+    ]
+    assert store.read_budgets([], T0) == []
+    assert (store.release("d1"), store.release("d2")) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("store", "shares_state", "does_io"),
+    [("memory", False, False), ("sqlite", True, True), ("redis", True, True), ("redis-cluster", True, True)],
+    indirect=["store"],
+)
+def test_each_store_states_its_capabilities(store: Store, shares_state: bool, does_io: bool) -> None:
+    assert (store.shares_state, store.does_io) == (shares_state, does_io)
 
 
 def test_token_limits(store: Store) -> None:
@@ -600,3 +639,24 @@ def test_any_amounts_saturate_exactly_as_the_model_says(
     assert reserved(store, scope) == want_held
     fits = want.nanos + want_held[0] < 1000
     assert admit(store, f"{scope}-probe", check(scope, limit_nanos=1000), reserve=False).states[0].fits is fits
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_uses_the_store_after_after_fork(store: Store) -> None:
+    """The child repairs the store and writes; the parent sees the write iff the store shares state."""
+    store.apply([rec("parent")], T0)
+    admit(store, "held", nanos=5)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports by its exit code
+        code = 1
+        try:
+            signal.alarm(30)  # a child that hangs dies, and the test fails rather than waits
+            store.after_fork()
+            ok = store.apply([rec("child")], T0) == [APPLIED] and read(store) == Counter(200, 20, 2)
+            ok = ok and store.read_budgets([check()], T0) == [CheckState(200, 20, 5, 0, True)]
+            code = 0 if ok else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert read(store) == (Counter(200, 20, 2) if store.shares_state else Counter(100, 10, 1))

@@ -1,4 +1,5 @@
-"""`MemoryStore.admit` inlines `check_state` for speed: it must answer exactly as the rule does."""
+"""`MemoryStore.admit` and `read_budgets` inline `check_state` for speed: they must answer exactly as
+the rule does."""
 
 from __future__ import annotations
 
@@ -40,3 +41,7 @@ def test_admit_gives_the_states_check_state_gives_for_every_case() -> None:
         expected = check_state(check, (spent_nanos, spent_tokens), held, nanos, tokens)
         assert admitted.states == (expected,)
         assert type(admitted.states[0]) is CheckState
+        if nanos == tokens == 0:
+            read = store.read_budgets([check], T0)
+            assert read == [expected]
+            assert type(read[0]) is CheckState

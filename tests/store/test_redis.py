@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -74,7 +74,7 @@ def test_every_key_is_in_the_slot_of_the_prefix(store: RedisStore, client: redis
     admit(store, "d1", check(), nanos=5, settle_key="k")
     store.mark("alert", T0 + 60)
     store.save_state("breakers", {"k": b"v"})
-    keys = [key.decode() for key in client.keys("*")]
+    keys = [key.decode() for key in cast("list[bytes]", client.keys("*"))]  # no decode_responses: bytes
     assert len(keys) >= 10
     assert all(key.startswith("{otel_puppy}:") for key in keys), keys
     assert {key_slot(key.encode()) for key in keys} == {key_slot(b"{otel_puppy}")}
@@ -130,15 +130,15 @@ class _LostReply:
 
 
 def test_a_retry_after_a_lost_reply_counts_nothing_twice_and_reports_what_happened(
-    store: RedisStore, redis_url: str
+    store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     admit(store, "d1", check(), nanos=500, settle_key="k")
     batch = [rec("call", decision_id="d1", settle_key="k"), rec("sdk", parent="call"), rec("other", nanos=1)]
     real = store._apply
-    store._apply = _LostReply(real)
+    monkeypatch.setattr(store, "_apply", _LostReply(real))
     with pytest.raises(StoreError, match="Connection closed by server"):
         store.apply(batch, T0)
-    store._apply = real
+    monkeypatch.setattr(store, "_apply", real)
     store._down_until = 0.0  # the connection is back
     assert store.apply(batch, T0) == [APPLIED, NESTED, APPLIED]
     assert read(store) == Counter(101, 20, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -35,7 +36,7 @@ from otel_puppy.store.base import (
 )
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore, _Checkpointer
-from otel_puppy.testing import FakeClock
+from otel_puppy.testing import FakeClock, make_call
 from tests.store.test_conformance import DAY, H1, T0, admit, check, read, rec, reserved
 
 APPLIED, DUPLICATE, NESTED = ApplyResult.APPLIED, ApplyResult.DUPLICATE, ApplyResult.NESTED
@@ -295,23 +296,8 @@ def test_an_engine_on_sqlite_keeps_spend_and_reservations_across_a_restart(tmp_p
         return PolicyEngine(settings, policies=policies, clock=clock, registry=CollectorRegistry(auto_describe=True))
 
     def call(span_id: int, agent: str, decision_id: str | None = None) -> LLMCall:
-        end = int(clock.now() * 1e9)
-        return LLMCall(
-            trace_id=1,
-            span_id=span_id,
-            parent_span_id=0,
-            provider="openai",
-            request_model="gpt-4.1",
-            response_model="gpt-4.1",
-            operation="chat",
-            start_ns=end - 10**9,
-            end_ns=end,
-            input_tokens=1000,
-            output_tokens=100,
-            has_usage=True,
-            agent=agent,
-            decision_id=decision_id,
-        )
+        made = make_call(end_s=clock.now(), agent=agent, decision_id=decision_id, duration_s=1.0)
+        return dataclasses.replace(made, trace_id=1, span_id=span_id)  # the same ids: the same span
 
     first = engine()
     assert isinstance(first.store, SQLiteStore)

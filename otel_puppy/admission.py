@@ -1,0 +1,399 @@
+"""Budget admission: the role budgets play in a decision and in the spend it settles.
+
+Per policy set, `BudgetAdmission` works out once per request shape which budget instances a
+request counts against (`plan`), prices its estimate (`estimate`), and reserves it on all of them
+in one atomic store call (`admit`); the call's span later settles the reservation (`record`
+builds its spend record: the decision id, or the settle key of a span without one). A decision
+keeps its budget hits lazy (`PendingBudgetHit`, `BudgetHits`): a `PolicyHit` is built only when
+read. `read_each` is the rule after an unexpected error (`PolicyEngine.decide`): never looser than
+the budgets. `Headroom` is the read-only view routing gets: it reserves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, overload
+
+from otel_puppy._keys import escape
+from otel_puppy._requests import MAX_AMOUNT, estimate_nanos
+from otel_puppy.bounds import MAX_CALL_COST_USD
+from otel_puppy.calls import LLMCall
+from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit
+from otel_puppy.exceptions import RequestError, StoreError
+from otel_puppy.money import usd_to_nanos
+from otel_puppy.policies.base import Degrade
+from otel_puppy.policies.breaker import BreakerRuntime
+from otel_puppy.policies.budget import BudgetInstance, BudgetRuntime, budget_hit_dict, readable, state_hit
+from otel_puppy.policies.budget import unreadable_hit as _unreadable_hit
+from otel_puppy.policies.matching import Scope
+from otel_puppy.pricing import Price, Pricer
+from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState, Increment, SpendRecord, Store
+from otel_puppy.windows import Window
+
+__all__ = (
+    "TOTAL_SCOPE",
+    "BudgetAdmission",
+    "BudgetHits",
+    "Headroom",
+    "Hit",
+    "PendingBudgetHit",
+    "Plan",
+    "decide_despite",
+    "denied",
+    "late",
+    "settle_key",
+)
+
+TOTAL_SCOPE: Final = "total"
+"""The scope of the built-in windows' total spend (`otel_puppy_spend_usd`)."""
+_MAX_ESTIMATE_NANOS: Final = usd_to_nanos(MAX_CALL_COST_USD)
+_PLANS_LIMIT: Final = 20_000
+"""Request shapes remembered per policy set (a per-user budget makes one per user); then forgotten."""
+
+
+class PendingBudgetHit:
+    """A budget's say in a decision: its action is known at once, its `PolicyHit` built if read."""
+
+    __slots__ = ("_built", "action", "instance", "now", "shadow", "state")
+    kind: Final = "budget"
+
+    def __init__(self, instance: BudgetInstance, state: CheckState, now: float) -> None:
+        self.instance = instance
+        self.state = state
+        self.now = now
+        self.action = Action.ALLOW if state.fits else instance.on_exceed
+        self.shadow = instance.policy.shadow
+        self._built: PolicyHit | None = None
+
+    def __call__(self) -> PolicyHit:
+        built = self._built
+        if built is None:
+            built = self._built = state_hit(self.instance, self.state, self.now)
+        return built
+
+    @property
+    def policy(self) -> str:
+        return self.instance.policy.name
+
+    @property
+    def scope(self) -> str:
+        return self.instance.label
+
+    @property
+    def model(self) -> str | None:
+        action = self.instance.policy.action
+        return action.degrade if isinstance(action, Degrade) else None
+
+    @property
+    def retry_after_s(self) -> float | None:
+        return self().retry_after_s
+
+    @property
+    def resets_at(self) -> datetime | None:
+        return self().resets_at
+
+
+Hit = PolicyHit | PendingBudgetHit
+"""A policy's say in a decision, possibly still lazy."""
+
+
+class BudgetHits(Sequence[PolicyHit]):
+    """Some of a decision's budget hits (`indexes` into its instances and states), for `LazyHits`:
+    an allowed decision keeps one of these instead of a pending hit per budget."""
+
+    __slots__ = ("indexes", "instances", "now", "states")
+
+    def __init__(
+        self,
+        instances: tuple[BudgetInstance, ...],
+        states: Sequence[CheckState],
+        indexes: tuple[int, ...],
+        now: float,
+    ) -> None:
+        self.instances = instances
+        self.states = states
+        self.indexes = indexes
+        self.now = now
+
+    def lazy(self) -> LazyHits:
+        return LazyHits(self, dicts=self.to_dicts)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """`[hit.to_dict() for hit in self]`, building no `PolicyHit`."""
+        dicts = []
+        for index in self.indexes:
+            state = self.states[index]
+            dicts.append(
+                budget_hit_dict(
+                    self.instances[index],
+                    spent_nanos=state.spent_nanos,
+                    spent_tokens=state.spent_tokens,
+                    reserved_nanos=state.reserved_nanos,
+                    exceeded=not state.fits,
+                    now=self.now,
+                )
+            )
+        return dicts
+
+    def _hit(self, index: int) -> PolicyHit:
+        return state_hit(self.instances[index], self.states[index], self.now)
+
+    @overload
+    def __getitem__(self, index: int) -> PolicyHit: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[PolicyHit, ...]: ...
+    def __getitem__(self, index: int | slice) -> PolicyHit | tuple[PolicyHit, ...]:
+        if isinstance(index, slice):
+            return tuple(self._hit(i) for i in self.indexes[index])
+        return self._hit(self.indexes[index])
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __iter__(self) -> Iterator[PolicyHit]:
+        return (self._hit(i) for i in self.indexes)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the policies say about every request of one shape (its scope and priority), worked
+    out once per policy set: whether a routing policy matches, the budget instances it counts
+    against with their admission checks, which of those are enforced or shadow, and the key a
+    span without a decision id settles its reservation by. Nothing in it depends on spend."""
+
+    routed: bool
+    instances: tuple[BudgetInstance, ...]
+    checks: tuple[BudgetCheck, ...]
+    enforced: tuple[int, ...]
+    shadow: tuple[int, ...]
+    settle_key: str
+
+    def fits(self, states: Sequence[CheckState]) -> bool:
+        """Whether every enforced budget has room (shadow ones are only reported)."""
+        return all(states[index].fits for index in self.enforced)
+
+    def hits(self, admitted: Admitted | None, now: float) -> list[Hit]:
+        """A pending hit per budget instance, from the store's answer."""
+        if admitted is None:
+            return []
+        return [PendingBudgetHit(i, state, now) for i, state in zip(self.instances, admitted.states, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAdmission:
+    """The admission role over one policy set's budgets: plan, estimate, reserve, settle."""
+
+    budgets: BudgetRuntime
+    pricer: Pricer
+    store: Store
+    routed: bool
+    """Whether any routing policy exists (a plan then asks `applies`)."""
+    applies: Callable[[Scope], bool]
+    """`Router.applies`: whether a routing policy matches a scope."""
+    reservation_ttl_s: float
+    total_windows: tuple[Window, ...]
+    plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
+    """`decide()`'s work per request shape, kept until the next reload."""
+
+    def plan(self, request: DecisionRequest) -> Plan:
+        key = (
+            request.provider,
+            request.model,
+            request.agent,
+            request.service,
+            request.user,
+            request.team,
+            request.environment,
+            request.conversation,
+            request.operation,
+            request.priority,
+        )
+        plan = self.plans.get(key)
+        if plan is None:
+            scope = request.scope()
+            instances = self.budgets.book.instances(scope)
+            plan = Plan(
+                routed=self.routed and self.applies(scope),
+                instances=instances,
+                checks=tuple(instance.checks[request.priority] for instance in instances),
+                enforced=tuple(i for i, instance in enumerate(instances) if not instance.policy.shadow),
+                shadow=tuple(i for i, instance in enumerate(instances) if instance.policy.shadow),
+                settle_key=settle_key(request.provider, request.model, request.agent, request.user),
+            )
+            if len(self.plans) >= _PLANS_LIMIT:
+                self.plans.clear()
+            self.plans[key] = plan
+        return plan
+
+    def estimate(self, request: DecisionRequest) -> tuple[int, int]:
+        """(nano-USD, tokens) to reserve: a priced token estimate is held to the bound a given one has
+        (`bounds.MAX_CALL_COST_USD`), and both are far below what every store holds exactly.
+
+        Raises:
+            RequestError: the token estimate's price for this model is over that bound.
+        """
+        tokens = request.estimated_tokens
+        name = "estimated_output_tokens" if request.estimated_output_tokens else "estimated_input_tokens"
+        if tokens > MAX_AMOUNT:
+            raise RequestError(name, f"input and output token estimates must add up to at most {MAX_AMOUNT}")
+        if request.estimated_cost_usd is not None:
+            return estimate_nanos(request.estimated_cost_usd), tokens
+        if tokens:
+            # Bounded token counts always price; a pricer that raises is our bug, not the request's
+            # (`decide` then rules by the fail mode, never looser than the budgets).
+            price = self.pricer.price_usage(
+                request.provider,
+                request.model,
+                input_tokens=request.estimated_input_tokens or 0,
+                output_tokens=request.estimated_output_tokens or 0,
+            )
+            nanos = price.nanos or 0
+            if nanos > _MAX_ESTIMATE_NANOS:
+                raise RequestError(name, f"is priced at over {MAX_CALL_COST_USD} USD for {request.model}")
+            return nanos, tokens
+        return 0, 0
+
+    def admit(
+        self, plan: Plan, estimate: tuple[int, int], now: float, decision_id: str, *, reserve: bool
+    ) -> Admitted | None:
+        """The store's admission over the plan's budgets; `None` when the request falls in none."""
+        if not plan.checks:
+            return None
+        expires_at = now + self.reservation_ttl_s
+        admission = Admission(decision_id, plan.checks, estimate[0], estimate[1], expires_at, plan.settle_key, reserve)
+        return self.store.admit(admission, now)
+
+    def check_each(self, request: DecisionRequest, estimate: tuple[int, int], now: float) -> list[Hit]:
+        """Each budget the request falls in checked on its own with the estimate, reserving nothing:
+        after an unexpected error, so a decision is never looser than the budgets. One whose state
+        cannot be read counts as exhausted (and is reported by `problems()`).
+
+        Raises:
+            StoreError: the store does not answer.
+        """
+        plan = self.plan(request)
+        hits: list[Hit] = []
+        for instance, check in zip(plan.instances, plan.checks, strict=True):
+            try:
+                admission = Admission("", (check,), estimate[0], estimate[1], now, None, reserve=False)
+                state = self.store.admit(admission, now).states[0]
+                if not readable(state):
+                    raise TypeError(f"not a budget state: {state!r}")  # noqa: TRY301 - counted as unreadable below
+            except StoreError:
+                raise
+            except Exception as exc:
+                self.budgets.remember_unreadable(instance, check, exc)
+                hits.append(_unreadable_hit(instance))
+            else:
+                hits.append(PendingBudgetHit(instance, state, now))
+        return hits
+
+    def record(self, call: LLMCall, price: Price, now: float, *, lateness_s: float, ttl: float) -> SpendRecord:
+        """The spend record of one call: the built-in totals and every budget instance it counts against."""
+        # Spend belongs to the window the call ended in, but never to one in the future (skew), and
+        # never to one so far back that no budget would see it while the metrics count it.
+        ts = min(call.end_ns / 1e9, now) if call.end_ns > 0 and not late(call, now, lateness_s) else now
+        nanos = price.nanos or 0
+        tokens = call.input_tokens + call.output_tokens
+        increments = [Increment(TOTAL_SCOPE, window, ts, nanos, tokens) for window in self.total_windows]
+        key = None
+        book = self.budgets.book
+        if book.budgets:
+            increments.extend(
+                Increment(instance.key, instance.window, ts, nanos, tokens) for instance in book.instances(call.scope())
+            )
+            key = settle_key(call.provider, call.request_model or call.model, call.agent, call.user)
+        trace = f"{call.trace_id:032x}"
+        return SpendRecord(
+            span_key=f"{trace}{call.span_id:016x}",
+            parent_key=f"{trace}{call.parent_span_id:016x}" if call.parent_span_id else None,
+            increments=tuple(increments),
+            dedupe_until=now + ttl,
+            decision_id=call.decision_id,
+            settle_key=key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Headroom:
+    """What routing may ask: whether a candidate model could take this request now (no open
+    enforced breaker, no exhausted deny budget). Read-only: it reserves and takes nothing."""
+
+    admission: BudgetAdmission
+    breakers: BreakerRuntime
+    request: DecisionRequest
+    now: float
+
+    def available(self, provider: str, model: str) -> bool:
+        if not self.breakers.available(provider, model):
+            return False
+        admission = self.admission
+        plan = admission.plan(self.request.with_model(provider, model))
+        if not plan.checks:
+            return True
+        states = admission.store.read_budgets(plan.checks, self.now)
+        return not any(
+            not state.fits and instance.on_exceed is Action.DENY and not instance.policy.shadow
+            for instance, state in zip(plan.instances, states, strict=True)
+        )
+
+
+def decide_despite(
+    admission: BudgetAdmission, request: DecisionRequest, failed: Decision, now: float
+) -> tuple[Decision, tuple[str, str]]:
+    """After an unexpected error in a decision: the fail mode (`failed`), never looser than the
+    budgets; with the decision, its (action, policy) for `otel_puppy_decisions_total`.
+
+    The rule: each budget the request falls in is read on its own, reserving nothing. One
+    without room applies its action as always; one whose state cannot be read counts as
+    exhausted (so a deny budget denies) and is reported by `problems()`. The decision is the
+    strictest of those and of the fail mode. The fail mode alone decides only when no budget
+    could be evaluated: the request falls in none, or the store does not answer.
+
+    Raises:
+        StoreError: the store does not answer.
+    """
+    try:
+        estimate = admission.estimate(request)
+    except Exception:  # the estimate may be what failed: read the budgets without it
+        estimate = (0, 0)
+    hits: list[Hit] = [*failed.reasons, *admission.check_each(request, estimate, now)]
+    action = Action.strictest([h.action for h in hits if not h.shadow])
+    enforced = [h for h in hits if not h.shadow]
+    deciding = [h for h in enforced if h.action is action and action is not Action.ALLOW]
+    retry_after = max((h.retry_after_s for h in deciding if h.retry_after_s is not None), default=None)
+    model = next((h.model for h in deciding if action is Action.DEGRADE and h.model), None)
+    provider, model = Degrade(degrade=model).target(request.provider) if model else (request.provider, request.model)
+    decision = Decision(
+        action=action,
+        provider=provider,
+        model=model,
+        reasons=LazyHits(enforced),
+        shadow=LazyHits([h for h in hits if h.shadow]),
+        retry_after_s=retry_after if action is Action.DENY else None,
+        estimated_cost_usd=request.estimated_cost_usd,
+    )
+    return decision, (action.value, deciding[0].policy if deciding else "otel_puppy")
+
+
+def denied(hits: Sequence[Hit]) -> bool:
+    """Whether an enforced hit denies."""
+    return any(h.action is Action.DENY and not h.shadow for h in hits)
+
+
+def late(call: LLMCall, now: float, lateness_s: float) -> bool:
+    """Whether the call ended outside the lateness bound (either way): then it is charged at `now`.
+
+    A call without an end time is charged at `now` too, but is not late: nothing was moved.
+    """
+    return call.end_ns > 0 and abs(call.end_ns / 1e9 - now) > lateness_s
+
+
+def settle_key(provider: str, model: str, agent: str | None, user: str | None) -> str:
+    """Which reservation a span without a decision id settles: the oldest with the same key.
+
+    Injective (a `|` inside a value is escaped), so agent `a|b` never settles agent `a`, user `b`.
+    """
+    return "|".join(escape(part or "", "|") for part in (provider, model, agent, user))

@@ -1,0 +1,141 @@
+"""`otel-puppy demo`, `fleet`, `check` and `replay`: commands that need no running service."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from otel_puppy.cli.errors import print_policy_errors
+from otel_puppy.exceptions import PolicyErrors
+
+__all__ = ("register",)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `demo`, `fleet`, `check` and `replay` to the command line."""
+    demo = commands.add_parser("demo", help="run a simulated agent fleet and serve /metrics")
+    demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=8.0, help="agent runs per second (default 8)")
+    demo.add_argument(
+        "--port", type=int, default=None, help="port of the service the demo runs (default OTEL_PUPPY_PORT or 4319)"
+    )
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--no-live", action="store_true", help="print one summary at the end instead of a live view")
+    demo.set_defaults(handler=_demo)
+
+    fleet = commands.add_parser(
+        "fleet",
+        help="run only the demo's simulated fleet against a running service (the docker compose stack)",
+    )
+    fleet.add_argument(
+        "--url", required=True, help="service (or replica) the fleet asks, e.g. http://otel-puppy-1:4319"
+    )
+    fleet.add_argument(
+        "--traces-url", default=None, help="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"
+    )
+    fleet.add_argument("--duration", type=float, default=None, help="seconds to run (default: until stopped)")
+    fleet.add_argument("--rate", type=float, default=8.0, help="agent runs per second (default 8)")
+    fleet.add_argument("--seed", type=int, default=7)
+    fleet.set_defaults(handler=_fleet)
+
+    check = commands.add_parser("check", help="validate policy files")
+    check.add_argument("path", nargs="?", type=Path, default=None, help="directory or file (default: settings)")
+    check.set_defaults(handler=_check)
+
+    replay = commands.add_parser("replay", help="what would the policies have decided over recorded spans?")
+    replay.add_argument("file", type=Path, help="OTLP JSON lines, as the Collector's file exporter writes (.gz ok)")
+    replay.add_argument("--policies", type=Path, default=None, help="directory or file (default: settings)")
+    replay.set_defaults(handler=_replay)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from otel_puppy import demo
+    from otel_puppy.settings import PuppySettings
+
+    overrides: dict[str, object] = {}
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = PuppySettings.load(**overrides)
+    try:
+        demo.run(settings, duration=args.duration, rate=args.rate, seed=args.seed, live=not args.no_live)
+    except PolicyErrors as exc:
+        print_policy_errors(exc)
+        return 1
+    return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from otel_puppy import demo
+    from otel_puppy.settings import PuppySettings
+
+    try:
+        demo.run_fleet(
+            PuppySettings.load(),
+            args.url,
+            traces_url=args.traces_url,
+            duration=args.duration,
+            rate=args.rate,
+            seed=args.seed,
+        )
+    except PolicyErrors as exc:
+        print_policy_errors(exc)
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from otel_puppy.policies import load_policies
+    from otel_puppy.settings import PuppySettings
+
+    path: Path = args.path if args.path is not None else PuppySettings.load().policies
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        policies = load_policies(path)
+    except PolicyErrors as exc:
+        print_policy_errors(exc)
+        return 1
+    files = ", ".join(str(p) for p in policies.sources) or "no policy files"
+    console.print(f"[green]ok[/green]: {path} ({files})")
+    for line in policies.summary():
+        console.print(f"  {line}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from prometheus_client.registry import CollectorRegistry
+
+    from otel_puppy.clock import ManualClock
+    from otel_puppy.engine import PolicyEngine
+    from otel_puppy.policies import load_policies
+    from otel_puppy.replay import read_spans, render, replay
+    from otel_puppy.server.otlp import OtlpDecodeError
+    from otel_puppy.settings import PuppySettings
+    from otel_puppy.store.memory import MemoryStore
+
+    settings = PuppySettings.load()
+    try:
+        policies = load_policies(args.policies if args.policies is not None else settings.policies)
+    except PolicyErrors as exc:
+        print_policy_errors(exc)
+        return 1
+
+    def engine_factory(clock: ManualClock) -> PolicyEngine:
+        return PolicyEngine(
+            settings,
+            policies=policies,
+            store=MemoryStore(),
+            clock=clock,
+            registry=CollectorRegistry(),
+            alert_sinks=[],
+        )
+
+    try:
+        report = replay(read_spans(args.file), engine_factory)
+    except (OSError, OtlpDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    render(report, Console(highlight=False))
+    return 0

@@ -1,0 +1,177 @@
+"""`otel-puppy decide` and `otel-puppy status`: clients of a running service, over its JSON API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from rich.console import Console
+
+from otel_puppy.bounds import MAX_CALL_COST_USD, InvalidNumber, OutOfBounds, read_decimal
+from otel_puppy.cli.errors import ServiceError
+from otel_puppy.cli.render import render_anomalies, render_breakers, render_budgets, render_decision, render_health
+from otel_puppy.cli.serve import url_host
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ("DENY_EXIT_CODE", "register")
+
+DENY_EXIT_CODE: Final = 3
+"""`otel-puppy decide` exits with this when the answer is `deny`, so shell scripts can branch on it."""
+
+
+_CLIENT_TIMEOUT_S: Final = 5.0
+
+
+_BIND_ALL: Final = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - reached on loopback
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `decide` and `status` to the command line."""
+    from otel_puppy.decision import Priority
+
+    decide = commands.add_parser(
+        "decide",
+        help="ask a running service whether a call may go ahead",
+        description=f"Ask the decision API. Exit 0 for allow, warn or degrade, {DENY_EXIT_CODE} for deny.",
+    )
+    decide.add_argument("--provider", required=True, help="e.g. openai")
+    decide.add_argument("--model", required=True, help="e.g. gpt-4.1")
+    decide.add_argument("--agent", default=None)
+    decide.add_argument("--user", default=None)
+    decide.add_argument("--priority", choices=[p.value for p in Priority], default=None, help="default: normal")
+    decide.add_argument(
+        "--estimated-cost-usd", type=_usd, default=None, metavar="USD", help="reserved on matching budgets, e.g. 0.02"
+    )
+    _client_options(decide)
+    decide.set_defaults(handler=_decide)
+
+    status = commands.add_parser("status", help="budgets, breakers, anomalies and health of a running service")
+    _client_options(status)
+    status.set_defaults(handler=_status)
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=None, help="the service (default: http://OTEL_PUPPY_HOST:OTEL_PUPPY_PORT, loopback if unset)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _usd(text: str) -> Decimal:
+    # The API's own bounds, checked here: out of them is a usage error, not a traceback.
+    try:
+        return read_decimal(text, name="estimated_cost_usd", maximum=MAX_CALL_COST_USD)
+    except OutOfBounds as exc:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r} ({exc.reason})") from None
+    except InvalidNumber:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The service's base URL and the bearer token, from `--url` and the settings."""
+    from otel_puppy.settings import PuppySettings
+
+    settings = PuppySettings.load()
+    url: str | None = args.url
+    if url is None:
+        host = _BIND_ALL.get(settings.host, settings.host)
+        url = f"http://{url_host(host)}:{settings.port}"
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    return url.rstrip("/"), token
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from otel_puppy.client import DecisionClient, DecisionServiceError
+
+    url, token = _target(args)
+    fields: dict[str, object] = {"provider": args.provider, "model": args.model}
+    for name in ("agent", "user", "priority", "estimated_cost_usd"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    # An agent's client fails open or closed when the service is away, and logs it; a person
+    # asking from a shell is told that it is away, once, and gets exit code 1.
+    client_logger = logging.getLogger("otel_puppy")
+    level = client_logger.level
+    client_logger.setLevel(logging.ERROR)
+    try:
+        with DecisionClient(url, api_token=token, timeout_s=_CLIENT_TIMEOUT_S) as client:
+            decision = client.decide(**fields)
+            unanswered = client.failures > 0
+    except DecisionServiceError as exc:
+        hint = "; set OTEL_PUPPY_API_TOKEN to the service's token" if exc.status_code == 401 else ""
+        raise ServiceError(f"{url} refused the request: {exc.message or exc.code}{hint}") from None
+    finally:
+        client_logger.setLevel(level)
+    if unanswered:
+        cause = decision.reasons[0].message.partition("; failing")[0] if decision.reasons else "no answer"
+        raise ServiceError(f"cannot get a decision from {url}: {cause}; is `otel-puppy serve` running there?")
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+    else:
+        render_decision(decision, Console(highlight=False))
+    return 0 if decision.allowed else DENY_EXIT_CODE
+
+
+_STATUS_PATHS: Final = (
+    ("budgets", "/v1/budgets"),
+    ("breakers", "/v1/breakers"),
+    ("anomalies", "/v1/anomalies"),
+    ("health", "/v1/health"),
+)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import httpx
+
+    url, token = _target(args)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    state: dict[str, Any] = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=_CLIENT_TIMEOUT_S) as client:
+        for name, path in _STATUS_PATHS:
+            body = _get(client, url, path)
+            state[name] = body if name == "health" else body.get(name, [])
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    console = Console(highlight=False)
+    console.print(f"otel-puppy at {url}")
+    render_budgets(state["budgets"], console)
+    render_breakers(state["breakers"], console)
+    render_anomalies(state["anomalies"], console)
+    render_health(state["health"], console)
+    return 0
+
+
+def _get(client: httpx.Client, url: str, path: str) -> dict[str, Any]:
+    import httpx
+
+    try:
+        response = client.get(path)
+    except httpx.HTTPError as exc:
+        raise ServiceError(
+            f"cannot reach otel-puppy at {url} ({exc or type(exc).__name__}); is `otel-puppy serve` running there? "
+            "(--url or OTEL_PUPPY_HOST/OTEL_PUPPY_PORT say where)"
+        ) from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code == 401:
+        raise ServiceError(
+            f"{url} refused the request: {_message(body, response)}; set OTEL_PUPPY_API_TOKEN to the service's token"
+        )
+    if response.status_code != 200 or not isinstance(body, dict):
+        raise ServiceError(f"GET {url}{path} answered {response.status_code}: {_message(body, response)}")
+    return body
+
+
+def _message(body: object, response: httpx.Response) -> str:
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return response.reason_phrase or "no message"

@@ -1,0 +1,181 @@
+"""`otel-puppy serve`: the service on uvicorn, with the settings a service needs and a graceful stop."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+from otel_puppy.cli.errors import print_error, print_policy_errors
+from otel_puppy.exceptions import PolicyErrors, StoreError
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from otel_puppy.settings import PuppySettings
+
+__all__ = ("SERVICE_STORE", "register", "service_settings", "url_host")
+
+SERVICE_STORE: Final = "sqlite:///otel-puppy.db"
+"""The store of `otel-puppy serve` when none is configured: embedded SQLite, in the working directory.
+
+The library's default is `memory://` (an in-process engine lives as long as its application);
+a service's state must survive restarts, so it defaults to a file.
+"""
+
+
+_GRACEFUL_SHUTDOWN_S: Final = 10
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `serve` to the command line."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the service: OTLP/HTTP receiver, decision API and /metrics",
+        description="Receive OTLP/HTTP traces on /v1/traces, answer the decision API and serve /metrics. "
+        "Stops gracefully on SIGTERM or Ctrl-C.",
+    )
+    serve.add_argument(
+        "--host",
+        default=None,
+        help="address to bind (default OTEL_PUPPY_HOST or 127.0.0.1); beyond loopback OTEL_PUPPY_API_TOKEN must be set",
+    )
+    serve.add_argument(
+        "--port", type=int, default=None, help="port (default OTEL_PUPPY_PORT or 4319; 0: any free port)"
+    )
+    serve.add_argument(
+        "--store",
+        default=None,
+        help=f"state store URL (default OTEL_PUPPY_STORE, else {SERVICE_STORE}: an embedded SQLite file in the "
+        "working directory; the library's default, memory://, does not survive a restart)",
+    )
+    serve.add_argument("--policies", type=Path, default=None, help="directory or file (default: settings)")
+    serve.set_defaults(handler=_serve)
+
+
+def service_settings(
+    *, host: str | None = None, port: int | None = None, store: str | None = None, policies: Path | None = None
+) -> PuppySettings:
+    """The settings `otel-puppy serve` runs with: `OTEL_PUPPY_*`, then these overrides, and
+    `SERVICE_STORE` unless a store was configured (environment, `.env` or `store=`).
+
+    Raises:
+        SettingsError: a setting is invalid, or the host is beyond loopback without `api_token`.
+    """
+    from otel_puppy.settings import PuppySettings
+
+    overrides = {
+        name: value
+        for name, value in (("host", host), ("port", port), ("store", store), ("policies", policies))
+        if value is not None
+    }
+    settings = PuppySettings.load(**overrides)
+    if "store" not in settings.model_fields_set:
+        settings = PuppySettings.load(**overrides, store=SERVICE_STORE)
+    return settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from otel_puppy.engine import PolicyEngine
+    from otel_puppy.server.app import create_app
+    from otel_puppy.server.http import uvicorn_options
+
+    # Settings first: a host beyond loopback without a token is refused before anything binds.
+    settings = service_settings(host=args.host, port=args.port, store=args.store, policies=args.policies)
+    try:
+        engine = PolicyEngine.from_settings(settings)
+    except PolicyErrors as exc:
+        print_policy_errors(exc)
+        return 1
+    except StoreError as exc:
+        print_error(str(exc))
+        return 1
+    try:
+        app = create_app(engine)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+            **uvicorn_options(settings),
+        )
+        server = _announcing_server(config, _announce)
+        config.load()  # uvicorn's own imports, before the freeze
+        _freeze_startup_objects()
+        with _StopOnSignals(server):
+            server.run()
+    except SystemExit:  # uvicorn exits when it cannot start (the port is taken...); it has logged why
+        return 1
+    finally:
+        engine.close()
+    return 0
+
+
+def _freeze_startup_objects() -> None:
+    """Put everything built to start (modules, schemas, the price snapshot, the policies) out of
+    the cyclic garbage collector's reach for good: a full collection over it all takes tens of
+    milliseconds, during which every request in flight waits. Requests' own garbage is still
+    collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
+def _announce(url: str) -> None:
+    print(f"otel-puppy serving OTLP/HTTP, the decision API and /metrics on {url}", flush=True)
+
+
+def _announcing_server(config: uvicorn.Config, announce: Callable[[str], None]) -> uvicorn.Server:
+    """uvicorn's server, announcing its URL once it listens (the bound port, when asked for port 0)."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.servers and self.servers[0].sockets:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                announce(f"http://{url_host(str(host))}:{port}")
+
+    return AnnouncingServer(config)
+
+
+class _StopOnSignals:
+    """SIGTERM and SIGINT stop `server` gracefully, then `serve` closes the engine and exits 0.
+
+    uvicorn handles both while it runs and re-raises the signal once it has shut down, for the
+    handler that was there before: that handler is this one, which only asks the server to stop
+    (harmless by then), so the process goes on to close the engine instead of dying of the signal.
+    Installed before uvicorn starts, it also turns a signal during startup into a clean stop.
+    """
+
+    _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.server.should_exit = True
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self._SIGNALS}
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def url_host(host: str) -> str:
+    """`host` as it goes in a URL: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
