@@ -5,8 +5,9 @@ request counts against (`plan`), prices its estimate (`estimate`), and reserves 
 in one atomic store call (`admit`); the call's span later settles the reservation (`record`
 builds its spend record: the decision id, or the settle key of a span without one). A decision
 keeps its budget hits lazy (`PendingBudgetHit`, `BudgetHits`): a `PolicyHit` is built only when
-read. `read_each` is the rule after an unexpected error (`PolicyEngine.decide`): never looser than
-the budgets. `Headroom` is the read-only view routing gets: it reserves nothing.
+read. `decide_despite` (over `check_each`) is the rule after an unexpected error
+(`PolicyEngine.decide`): never looser than the budgets. `Headroom` is the read-only view
+routing gets: it reserves nothing.
 """
 
 from __future__ import annotations

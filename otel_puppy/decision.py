@@ -157,8 +157,8 @@ class DecisionRequest:
             RequestError: naming the field: an unknown one, a required one missing, or a value the
                 request refuses (out of `otel_puppy.bounds`, or of the wrong type).
         """
-        unknown = sorted(set(fields).difference(_FIELDS))
-        if unknown:
+        if not _FIELD_SET.issuperset(fields):
+            unknown = sorted(set(fields).difference(_FIELDS))
             raise RequestError(unknown[0], "not a field of a decision request")
         for name in _GIVEN_NAMES:
             if name not in fields:
@@ -205,6 +205,7 @@ _COUNTS: Final = ("estimated_input_tokens", "estimated_output_tokens", "context_
 _GIVEN_NAMES: Final = ("provider", "model")
 """The fields `from_fields` requires (the others have defaults)."""
 _FIELDS: Final = tuple(DecisionRequest.__dataclass_fields__)
+_FIELD_SET: Final = frozenset(_FIELDS)
 _PRIORITIES: Final = tuple(p.value for p in Priority)
 
 

@@ -6,23 +6,23 @@ every policy runtime observes the applied calls. `decide` asks routing for the m
 read-only view of headroom), every runtime for its hits, and budget admission to reserve the
 estimate (reserve, then settle when the call's span arrives); a degrade is one more pass through
 the same path for the cheaper model. What each policy kind does lives in its runtime
-(`policies/runtime.py`); admission in `admission.py`; saved and shared state in `state_sync.py`.
+(`policies/runtime.py`); admission in `admission.py`; the decision built from the hits, and
+counted, in `decisions.py`; what became of spans in `span_results.py`; total spend and store health
+in `store_figures.py`; saved and shared state in `state_sync.py`.
 
-Everything derived from the policy files lives in one immutable `_Rules` swapped whole on
-reload, so a decision never sees half of an old set and half of a new one.
+Everything derived from the policy files lives in one immutable `Rules` (`rules.py`) swapped
+whole on reload, so a decision never sees half of an old set and half of a new one.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from otel_puppy._ids import decision_id as new_decision_id
@@ -30,71 +30,49 @@ from otel_puppy._logging import RateLimitedLog
 from otel_puppy._requests import check_request
 from otel_puppy.admission import (
     TOTAL_SCOPE,
-    BudgetAdmission,
-    BudgetHits,
     Headroom,
     Hit,
-    decide_despite,
+    Plan,
     denied,
-    late,
 )
 from otel_puppy.alerts import AlertEvent, Alerts, AlertSink, LogSink, WebhookSink
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock, SystemClock
-from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit, Severity
+from otel_puppy.decision import Action, Decision, DecisionRequest
+from otel_puppy.decisions import Decisions, strictest
 from otel_puppy.exceptions import PolicyErrors, RequestError, StoreError
 from otel_puppy.guard import DecisionGuard
 from otel_puppy.health.history import HealthHistory
 from otel_puppy.metrics import Metrics
 from otel_puppy.model_stats import ModelStats
-from otel_puppy.money import nanos_to_float, nanos_to_usd
 from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.policies.base import Degrade
-from otel_puppy.policies.breaker import BreakerGuard, BreakerRuntime
-from otel_puppy.policies.budget import BudgetBook, BudgetRuntime
-from otel_puppy.policies.routing import Router
+from otel_puppy.policies.breaker import BreakerGuard
 from otel_puppy.policies.runtime import (
-    PolicyRuntime,
     RuntimeContext,
     RuntimeEvent,
     StateChanged,
     StoreFailed,
-    runtime_sections,
 )
 from otel_puppy.policies.watch import PolicyWatcher
 from otel_puppy.pricing import Price, Pricer, Unpriced
 from otel_puppy.processor import PuppySpanProcessor
 from otel_puppy.redundant import RedundancyTracker
+from otel_puppy.rules import Rules, build_rules
 from otel_puppy.settings import PuppySettings
 from otel_puppy.snapshot import Observation, Snapshot, WindowSpend
+from otel_puppy.span_results import count_results
 from otel_puppy.state_sync import StateSync
 from otel_puppy.store import ApplyResult, Store, open_store
-from otel_puppy.store.base import Counter
-from otel_puppy.windows import CalendarWindow, RollingWindow, Window
+from otel_puppy.store.base import Admitted
+from otel_puppy.store_figures import StoreFigures, total_windows
+from otel_puppy.windows import CalendarWindow
 
 __all__ = ("TOTAL_SCOPE", "DecisionGuard", "Observation", "PolicyEngine", "Snapshot", "WindowSpend")
 
 logger = logging.getLogger("otel_puppy")
 
 _EXPIRE_EVERY_S: Final = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Rules:
-    """Everything derived from one policy set; replaced whole on reload."""
-
-    policies: PolicySet
-    pricer: Pricer
-    runtimes: tuple[PolicyRuntime, ...]
-    """One per policy kind, in the order of the `PolicySet`'s sections."""
-    budgets: BudgetRuntime
-    breakers: BreakerRuntime
-    router: Router
-    admission: BudgetAdmission
-
-    @property
-    def book(self) -> BudgetBook:
-        return self.budgets.book
 
 
 class PolicyEngine:
@@ -132,20 +110,14 @@ class PolicyEngine:
         self.stats = ModelStats(self.clock)
         self.redundancy = RedundancyTracker(self.clock)
         zone = self.settings.zone
-        self._total_windows: tuple[Window, ...] = (
-            CalendarWindow("hour", zone),
-            CalendarWindow("day", zone),
-            RollingWindow(3600, "1h"),
-            RollingWindow(86400, "24h"),
-        )
+        self._figures = StoreFigures(self._store, total_windows(zone), self._route)
         self.history = HealthHistory(self._store, self.metrics, CalendarWindow("hour", zone), TOTAL_SCOPE)
         """Hourly cost, errors and latency for health; assessments and scrapes feed it."""
         self._context = RuntimeContext(self.clock, zone, self._store, self._log, self.metrics.guard, self._route)
         self._rules = self._build_rules(policies if policies is not None else PolicySet(), previous=None)
         self._sync = StateSync(self._store, self.metrics, self.internal_error, self.clock.now())
         self._sync.restore(self._rules.runtimes)
-        self._decisions: dict[tuple[str, str], int] = {}
-        self._decisions_lock = threading.Lock()
+        self._decisions = Decisions(fail_open=self.settings.fail_open)
         self._processor: PuppySpanProcessor | None = None
         self._processor_lock = threading.Lock()
         self._next_expiry = 0.0
@@ -174,31 +146,9 @@ class PolicyEngine:
             self._watcher = PolicyWatcher(self.settings.policies, self.reload, interval_s).start()
         return self._watcher
 
-    def _build_rules(self, policies: PolicySet, previous: _Rules | None) -> _Rules:
-        if previous is None:
-            pricer = Pricer(policies.price_overrides())
-            router = Router(policies.routing, self.stats, pricer)
-            kept: dict[str, PolicyRuntime] = {}
-        else:
-            pricer = previous.pricer.with_overrides(policies.price_overrides())
-            router = previous.router.with_policies(policies.routing, pricer=pricer)
-            kept = {runtime.kind: runtime for runtime in previous.runtimes}
-        runtimes: list[PolicyRuntime] = []
-        for section, build in runtime_sections(type(policies)):
-            entries = getattr(policies, section)
-            before = kept.get(section)
-            runtimes.append(before.with_policies(entries) if before is not None else build(entries, self._context))
-        budgets, breakers = _built(runtimes, BudgetRuntime), _built(runtimes, BreakerRuntime)
-        admission = BudgetAdmission(
-            budgets,
-            pricer,
-            self._store,
-            routed=bool(policies.routing),
-            applies=router.applies,
-            reservation_ttl_s=self.settings.reservation_ttl_s,
-            total_windows=self._total_windows,
-        )
-        return _Rules(policies, pricer, tuple(runtimes), budgets, breakers, router, admission)
+    def _build_rules(self, policies: PolicySet, previous: Rules | None) -> Rules:
+        windows, ttl = self._figures.windows, self.settings.reservation_ttl_s
+        return build_rules(policies, previous, self._context, self.stats, reservation_ttl_s=ttl, total_windows=windows)
 
     def _route(self, event: RuntimeEvent) -> None:
         """Where a runtime's event goes: alerts to the sinks, effects to the runtimes they concern."""
@@ -273,25 +223,13 @@ class PolicyEngine:
                 runtime.observe(observed, now)
             self.stats.observe(observed)
             self.redundancy.observe(observed)
-        invalid = sum(1 for call, _ in applied if call.problems)
-        late_calls = [call.end_ns / 1e9 < now for call, _ in applied if late(call, now, lateness)]
-        if late_calls:
-            past = sum(late_calls)
-            for direction, count in (("past", past), ("future", len(late_calls) - past)):
-                if count:
-                    metrics.record_late(direction, count)
-        for result, count in (
-            ("applied", len(applied) - invalid),
-            ("invalid", invalid),
-            ("duplicate", sum(1 for o in observations if o.result is ApplyResult.DUPLICATE)),
-            ("nested", sum(1 for o in observations if o.result is ApplyResult.NESTED)),
-        ):
-            if count:
-                metrics.record_spans(result, count)
+        count_results(metrics, observations, applied, now, lateness)
         if now >= self._next_expiry:
             self._next_expiry = now + _EXPIRE_EVERY_S
-            with self._surviving_store("expire"):
+            try:
                 self._store.expire(now)
+            except StoreError as exc:  # housekeeping: the next round will do
+                self._route(StoreFailed("expire", exc))
         self._sync.tick(rules.runtimes, now, saving=True)
         return observations
 
@@ -314,8 +252,8 @@ class PolicyEngine:
         """
         req = request if request is not None else DecisionRequest.from_fields(fields)
         check_request(req)
-        # a replica that only decides still sees the breakers others opened
-        self._sync.tick(self._rules.runtimes, self.clock.now(), saving=False)
+        if self._sync.shares:  # a replica that only decides still sees the breakers others opened
+            self._sync.tick(self._rules.runtimes, self.clock.now(), saving=False)
         try:
             return self._decide(req)
         except RequestError:
@@ -341,28 +279,14 @@ class PolicyEngine:
                 if not route.hit.shadow and (route.provider, route.model) != (req.provider, req.model):
                     request = req.with_model(route.provider, route.model)
         decision_id = new_decision_id()
-        plan = admission.plan(request)
-        estimate = admission.estimate(request)  # before a breaker probe is taken: it may refuse the request
-        for runtime in rules.runtimes:
-            hits += runtime.check(request, now)
-        admitted = admission.admit(plan, estimate, now, decision_id, reserve=not (hits and denied(hits)))
+        plan, estimate, admitted = self._pass(rules, request, hits, decision_id, now)
         if not hits and (admitted is None or plan.fits(admitted.states)):
-            # The usual decision: only budgets have a say, and each enforced one has room. The
-            # general path below would decide the same; this one builds no hit unless it is read.
+            # The usual decision: the general path below would decide the same, building more.
             states = admitted.states if admitted is not None else ()
-            self._count(_ALLOWED)
-            return Decision(
-                action=Action.ALLOW,
-                provider=request.provider,
-                model=request.model,
-                reasons=BudgetHits(plan.instances, states, plan.enforced, now).lazy() if plan.enforced else _NONE,
-                shadow=BudgetHits(plan.instances, states, plan.shadow, now).lazy() if plan.shadow else _NONE,
-                decision_id=decision_id,
-                estimated_cost_usd=nanos_to_usd(estimate[0]) if estimate != (0, 0) else request.estimated_cost_usd,
-            )
+            return self._decisions.allowed(request, plan, states, estimate, decision_id=decision_id, now=now)
         reserved = admitted is not None and admitted.reserved
         hits += plan.hits(admitted, now)
-        action = _strictest(hits)
+        action = strictest(hits)
         if action is Action.DEGRADE:
             target = next(h.model for h in hits if h.action is Action.DEGRADE and not h.shadow and h.model)
             provider, model = Degrade(degrade=target).target(request.provider)
@@ -372,36 +296,29 @@ class PolicyEngine:
                 # One more pass for the cheaper model; the hits that asked for the degrade stay.
                 kept = [h for h in hits if h.kind == "routing" or h.action is Action.DEGRADE]
                 listed = {(h.kind, h.policy, h.scope) for h in kept}
-                again: list[Hit] = []
-                estimate = admission.estimate(request)
-                for runtime in rules.runtimes:
-                    again += runtime.check(request, now)
-                plan = admission.plan(request)
-                admitted = admission.admit(plan, estimate, now, decision_id, reserve=not denied(kept + again))
+                again = list(kept)  # they count for admission's reserve; listed once below
+                plan, estimate, admitted = self._pass(rules, request, again, decision_id, now)
                 reserved = admitted is not None and admitted.reserved
                 again += plan.hits(admitted, now)
                 hits = kept + [h for h in again if (h.kind, h.policy, h.scope) not in listed]
-                action = _strictest(hits)
+                action = strictest(hits)
         if action is Action.DENY:
             self._abandon(rules, request, decision_id if reserved else None)
-        enforced = [h for h in hits if not h.shadow]
-        deciding = [h for h in enforced if h.action is action and action is not Action.ALLOW]
-        retry_after = max((h.retry_after_s for h in deciding if h.retry_after_s is not None), default=None)
-        resets_at = min((h.resets_at for h in deciding if h.resets_at is not None), default=None)
-        self._count((action.value, deciding[0].policy if deciding else ""))
-        return Decision(
-            action=action,
-            provider=request.provider,
-            model=request.model,
-            reasons=LazyHits(enforced),
-            shadow=LazyHits([h for h in hits if h.shadow]),
-            decision_id=decision_id,
-            retry_after_s=retry_after if action is Action.DENY else None,
-            resets_at=resets_at,
-            estimated_cost_usd=nanos_to_usd(estimate[0]) if estimate != (0, 0) else request.estimated_cost_usd,
-        )
+        return self._decisions.ruled(request, hits, estimate, decision_id)
 
-    def _abandon(self, rules: _Rules, request: DecisionRequest, reservation: str | None) -> None:
+    def _pass(
+        self, rules: Rules, request: DecisionRequest, hits: list[Hit], decision_id: str, now: float
+    ) -> tuple[Plan, tuple[int, int], Admitted | None]:
+        """The path of a decision, and of its degrade: every runtime's hits on `request` are added to
+        `hits`, then budget admission reserves the estimate unless a hit denies."""
+        admission = rules.admission
+        plan = admission.plan(request)
+        estimate = admission.estimate(request)  # before a breaker probe is taken: it may refuse the request
+        for runtime in rules.runtimes:
+            hits += runtime.check(request, now)
+        return plan, estimate, admission.admit(plan, estimate, now, decision_id, reserve=not denied(hits))
+
+    def _abandon(self, rules: Rules, request: DecisionRequest, reservation: str | None) -> None:
         """The decision will not go ahead with this request: give back what it took."""
         if reservation is not None:
             self._store.release(reservation)
@@ -411,36 +328,18 @@ class PolicyEngine:
     def _decide_despite(self, req: DecisionRequest) -> Decision:
         """After an unexpected error in `_decide`: the fail mode, never looser than the budgets
         (`admission.decide_despite`); the fail mode alone when the store does not answer."""
-        failed = self._failed_decision(req, "otel_puppy failed to decide")
         try:
-            decision, key = decide_despite(self._rules.admission, req, failed, self.clock.now())
+            return self._decisions.despite(self._rules.admission, req, self.clock.now())
         except StoreError as exc:
             return self._outage(req, exc)
         except Exception:
             self.internal_error("engine.decide", reraise=False)
-            return failed
-        self._count(key)
-        return decision
+            return self._decisions.failed(req, "otel_puppy failed to decide")
 
     def _outage(self, req: DecisionRequest, exc: StoreError) -> Decision:
         self.metrics.record_store_error("decide")
         self._log.warning("decide:store", "otel_puppy could not reach its store to decide: %s", exc)
-        return self._failed_decision(req, "the state store is unavailable")
-
-    def _failed_decision(self, req: DecisionRequest, why: str) -> Decision:
-        action = Action.ALLOW if self.settings.fail_open else Action.DENY
-        hit = PolicyHit(
-            kind="internal",
-            policy="otel_puppy",
-            action=action,
-            message=f"{why}; failing {'open' if self.settings.fail_open else 'closed'}",
-            severity=Severity.CRITICAL,
-        )
-        return Decision(action, req.provider, req.model, reasons=(hit,))
-
-    def _count(self, key: tuple[str, str]) -> None:
-        with self._decisions_lock:
-            self._decisions[key] = self._decisions.get(key, 0) + 1
+        return self._decisions.failed(req, "the state store is unavailable")
 
     def problems(self) -> tuple[str, ...]:
         """Why this engine should not be trusted to decide now; empty when it can be (ready).
@@ -481,11 +380,7 @@ class PolicyEngine:
         """Spend per window, every known budget instance, breaker, anomaly and model, as of now."""
         now = self.clock.now()
         rules = self._rules
-        counters = self._store.totals([(TOTAL_SCOPE, w) for w in self._total_windows], now)
-        windows = tuple(
-            WindowSpend(w.name, nanos_to_usd(c.nanos), c.tokens, c.requests, w.resets_at(now))
-            for w, c in zip(self._total_windows, counters, strict=True)
-        )
+        windows = self._figures.spend(now)
         kinds = {runtime.kind: tuple(runtime.statuses(now)) for runtime in rules.runtimes}
         return Snapshot(
             windows=windows,
@@ -515,37 +410,13 @@ class PolicyEngine:
         now = self.clock.now()
         self.history.sample(now)  # health's hourly trends keep filling while only Prometheus reads
         yield from rules.budgets.collect(now)
-        with self._decisions_lock:
-            decisions = dict(self._decisions)
-        family = CounterMetricFamily(
-            "otel_puppy_decisions", "Decisions, by action and the policy that decided.", labels=("action", "policy")
-        )
-        for key, count in decisions.items():
-            family.add_metric(key, float(count))
-        yield family
+        yield from self._decisions.collect()
         for runtime in rules.runtimes:
             if runtime is not rules.budgets:
                 yield from runtime.collect(now)
         yield from self.alerts.collect()
         yield from self.redundancy.collect()
-        total = GaugeMetricFamily("otel_puppy_spend_usd", "Total spend in each built-in window.", labels=("window",))
-        counters: list[Counter] = []
-        with self._surviving_store("scrape"):
-            counters = self._store.totals([(TOTAL_SCOPE, w) for w in self._total_windows], now)
-        for window, counter in zip(self._total_windows, counters, strict=False):
-            total.add_metric((window.name,), nanos_to_float(counter.nanos))
-        yield total
-        health = self._store.health()
-        yield CounterMetricFamily(
-            "otel_puppy_store_saturated",
-            "Counts a store found at its ceiling after a write: spend past it was not added; the budget denies.",
-            value=float(health.saturated),
-        )
-        yield CounterMetricFamily(
-            "otel_puppy_store_unreadable_values",
-            "Stored values that were not an integer in range (poisoned state), read as the ceiling.",
-            value=float(health.unreadable),
-        )
+        yield from self._figures.collect(now)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -592,14 +463,6 @@ class PolicyEngine:
 
     # --- internal errors ----------------------------------------------------------------------
 
-    @contextmanager
-    def _surviving_store(self, operation: str) -> Iterator[None]:
-        """Count and log a store outage in housekeeping that can wait for the next round."""
-        try:
-            yield
-        except StoreError as exc:
-            self._route(StoreFailed(operation, exc))
-
     def internal_error(self, component: str, *, reraise: bool | None = None) -> None:
         """Count and log an error we survived; under pytest re-raise it so tests see bugs.
 
@@ -617,27 +480,12 @@ class PolicyEngine:
     def after_fork(self) -> None:
         """In a forked child: every part repairs what the parent's threads held; this only asks them."""
         self._processor_lock = threading.Lock()
-        self._decisions_lock = threading.Lock()
         rules = self._rules
-        for part in (self.metrics, self._log, self._store, rules.pricer, self.stats, rules.router, self.history):
+        parts = (self.metrics, self._decisions, self._log, self._store, rules.pricer, self.stats, rules.router)
+        for part in (*parts, self.history, self._sync):
             part.after_fork()
-        self._sync.after_fork()
-        for runtime in self._rules.runtimes:
+        for runtime in rules.runtimes:
             runtime.after_fork()
 
 
-_ALLOWED: Final = (Action.ALLOW.value, "")
-_NONE: Final = LazyHits(())
 _REFUSED: Final = Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)
-
-
-_R = TypeVar("_R")
-
-
-def _built(runtimes: Sequence[PolicyRuntime], kind: type[_R]) -> _R:
-    """The runtime of a built-in kind (admission, routing and `breaker()` use theirs directly)."""
-    return next(runtime for runtime in runtimes if isinstance(runtime, kind))
-
-
-def _strictest(hits: Sequence[Hit]) -> Action:
-    return Action.strictest([h.action for h in hits if not h.shadow])

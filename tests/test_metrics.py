@@ -92,6 +92,35 @@ def test_budget_scopes_past_the_guard_are_one_other_series_the_fullest() -> None
     engine.close()
 
 
+def test_budget_series_follow_new_scopes_and_count_each_fold_per_scrape_as_asked() -> None:
+    policies = parse_policy_text(
+        "budgets:\n  - {name: per-agent, per: [agent], limit_usd: 1, window: day}\n", Path("budgets.yaml")
+    )
+    clock = FakeClock()
+    engine = engine_for_tests(policies, clock=clock, max_label_values=2)
+
+    def spend_samples() -> list[tuple[str, float]]:
+        return sorted(
+            (sample.labels["scope"], sample.value)
+            for family in text_string_to_metric_families(generate_latest(engine.registry).decode())
+            if family.name == "otel_puppy_budget_spend_usd"
+            for sample in family.samples
+        )
+
+    engine.observe_many([make_call(end_s=clock.now(), agent=f"agent-{n}") for n in range(4) for _ in range(n + 1)])
+    guard = engine.metrics.guard
+    assert spend_samples() == [("agent=agent-0", 0.0028), ("agent=agent-1", 0.0056), ("other", 0.0112)]
+    assert guard.overflow["scope"] == 2  # agent-2 and agent-3, once per scrape
+    assert spend_samples() == [("agent=agent-0", 0.0028), ("agent=agent-1", 0.0056), ("other", 0.0112)]
+    assert guard.overflow["scope"] == 4
+    # a scope first seen after a scrape is in the next one: agent-4 is now the fullest behind `other`
+    engine.observe_many([make_call(end_s=clock.now(), agent="agent-4") for _ in range(6)])
+    engine.observe_many([make_call(end_s=clock.now(), agent="agent-0")])
+    assert spend_samples() == [("agent=agent-0", 0.0056), ("agent=agent-1", 0.0056), ("other", 0.0168)]
+    assert guard.overflow["scope"] == 7
+    engine.close()
+
+
 def test_totals_add_up_the_series_per_model_and_per_agent() -> None:
     clock = FakeClock()
     engine = engine_for_tests(clock=clock, max_label_values=3)

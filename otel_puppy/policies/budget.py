@@ -28,7 +28,7 @@ from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_na
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, scope_label
 from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StoreFailed
-from otel_puppy.store.base import BudgetCheck, CheckState
+from otel_puppy.store.base import BudgetCheck, CheckState, fullest_states
 from otel_puppy.windows import CalendarWindow, Window, parse_window
 
 __all__ = (
@@ -215,6 +215,10 @@ class BudgetBook:
         the scope cache then holds references, not copies (bounded by `max_scopes` per budget)."""
         self.folded = 0
         """Scopes sent to the shared `other` instance because a budget had `max_scopes` already."""
+        self.generation = 0
+        """Changes whenever an instance is first seen: what is derived from the known instances is
+        computed again only then (a scrape reads tens of thousands of them)."""
+        self._known: tuple[int, tuple[BudgetInstance, ...]] = (-1, ())
 
     def instances(self, scope: ScopeLike) -> tuple[BudgetInstance, ...]:
         """Every budget instance this scope counts against."""
@@ -232,12 +236,19 @@ class BudgetBook:
         return self._windows[name]
 
     def known_instances(self) -> tuple[BudgetInstance, ...]:
-        """Every instance seen so far (a budget without `per` always has its one instance)."""
+        """Every instance seen so far (a budget without `per` always has its one instance), by
+        budget then label."""
+        generation = self.generation
+        cached = self._known
+        if cached[0] == generation:
+            return cached[1]
         found: list[BudgetInstance] = []
         for budget in self.budgets:
             labels = self._labels[budget.name] or ({""} if not budget.per else set())
             found.extend(self._instance(budget, label) for label in sorted(labels))
-        return tuple(found)
+        known = tuple(found)
+        self._known = (generation, known)
+        return known
 
     def carry_over(self, previous: BudgetBook) -> None:
         """After a reload: remember the scopes seen by budgets whose name and `per` did not change."""
@@ -246,6 +257,7 @@ class BudgetBook:
             before = old.get(budget.name)
             if before is not None and before.per == budget.per:
                 self._labels[budget.name] = set(previous._labels[budget.name])
+        self.generation += 1
 
     @staticmethod
     def _applies(budget: BudgetPolicy, scope: ScopeLike) -> bool:
@@ -267,6 +279,7 @@ class BudgetBook:
                 )
                 label = OVERFLOW_SCOPE
             labels.add(label)
+            self.generation += 1
         return self._instance(budget, label)
 
     def _instance(self, budget: BudgetPolicy, label: str) -> BudgetInstance:
@@ -406,6 +419,20 @@ class _Unreadable:
         self.found: dict[str, tuple[BudgetInstance, BudgetCheck]] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """What a scrape exports, grouped: one series per (budget, scope) over the instances behind it."""
+
+    generation: int
+    """The book's generation these were computed at."""
+    heads: tuple[tuple[str, BudgetInstance], ...]
+    """Per series: its `scope` label and its first instance (the budget's policy, limit and window)."""
+    groups: tuple[tuple[BudgetCheck, ...], ...]
+    """Per series: the checks of the instances it is the fullest of, in label order."""
+    folded: int
+    """How many scopes the guard folded into `other` computing these."""
+
+
 class BudgetRuntime:
     """The budgets' `PolicyRuntime`: alerts on crossings, statuses and gauges read from the store.
 
@@ -423,6 +450,7 @@ class BudgetRuntime:
         self._context = context
         self._unreadable = unreadable or _Unreadable()
         self._alerting = any(budget.alerts for budget in book.budgets)
+        self._cached_series: _Series | None = None
 
     @classmethod
     def build(cls, policies: tuple[BudgetPolicy, ...], context: RuntimeContext) -> BudgetRuntime:
@@ -525,36 +553,76 @@ class BudgetRuntime:
             span = self.book.window(budget.name)
             start, end = span.bounds(now) if isinstance(span, CalendarWindow) else (0.0, float(span.seconds))
             lengths[budget.name] = end - start
-        readings: list[tuple[BudgetInstance, CheckState | None]] = []
+        series, fresh = self._series()
+        states: Sequence[CheckState | None] = ()
         try:
-            readings = self.readings(now)
+            states = self._context.store.read_fullest(series.groups, now)
         except StoreError as exc:  # the rest of the scrape still answers
             self._context.emit(StoreFailed("scrape", exc))
-        per_ids = {b.name for b in budgets if _ID_DIMENSIONS.intersection(b.per)}
-        guard = self._context.guard
-        fullest: dict[tuple[str, str], tuple[float, BudgetInstance, CheckState]] = {}
-        for instance, state in readings:
+        except Exception:
+            # A state the store cannot read: instance by instance, so one poisoned budget loses
+            # only its own sample (and /readyz says why).
+            states = self._fullest_readable(series, now)
+        if series.folded and not fresh:
+            # The guard counts each time a folded scope is asked for; cached series ask it nothing,
+            # so count what asking for each again would have (`otel_puppy_label_overflow_total`).
+            overflow = self._context.guard.overflow
+            overflow["scope"] = overflow.get("scope", 0) + series.folded
+        for (scope, instance), state in zip(series.heads, states, strict=False):
             if state is None:
                 continue  # cannot be read: no sample rather than a wrong one (and /readyz says why)
-            name = instance.policy.name
-            scope = "max" if name in per_ids else guard("scope", instance.label)
-            if instance.limit_nanos is not None:
-                ratio = (state.spent_nanos + state.reserved_nanos) / instance.limit_nanos
-            else:
-                ratio = state.spent_tokens / (instance.policy.limit_tokens or 1)
-            kept = fullest.get((name, scope))
-            if kept is None or ratio > kept[0]:
-                fullest[(name, scope)] = (ratio, instance, state)
-        for (name, scope), (ratio, instance, state) in fullest.items():
             policy = instance.policy
+            name = policy.name
             key = (name, scope, policy.window)
-            utilization.add_metric(key, ratio)
+            utilization.add_metric(
+                key, budget_utilization(instance, state.spent_nanos, state.spent_tokens, state.reserved_nanos)
+            )
             if policy.limit_usd is not None:
                 spend.add_metric(key, nanos_to_float(state.spent_nanos))
                 limit.add_metric(key, float(policy.limit_usd))
                 reserved.add_metric(key, nanos_to_float(state.reserved_nanos))
             window_seconds.add_metric(key, lengths[name])
         return families
+
+    def _series(self) -> tuple[_Series, bool]:
+        """The scrape's groups for the book's instances now, and whether they were computed just
+        now: only when an instance was first seen since (then the guard is asked for every scope,
+        in the order a scrape always asked)."""
+        generation = self.book.generation
+        cached = self._cached_series
+        if cached is not None and cached.generation == generation:
+            return cached, False
+        per_ids = {b.name for b in self.book.budgets if _ID_DIMENSIONS.intersection(b.per)}
+        guard = self._context.guard
+        groups: dict[tuple[str, str], tuple[BudgetInstance, list[BudgetCheck]]] = {}
+        overflow = guard.overflow
+        folded = overflow.get("scope", 0)
+        for instance in self.book.known_instances():
+            name = instance.policy.name
+            scope = "max" if name in per_ids else guard("scope", instance.label)
+            group = groups.get((name, scope))
+            if group is None:
+                groups[(name, scope)] = (instance, [instance.checks[Priority.CRITICAL]])
+            else:
+                group[1].append(instance.checks[Priority.CRITICAL])
+        series = _Series(
+            generation,
+            tuple((scope, instance) for (_, scope), (instance, _) in groups.items()),
+            tuple(tuple(checks) for _, checks in groups.values()),
+            overflow.get("scope", 0) - folded,  # the scopes the guard folded (and counted) just now
+        )
+        self._cached_series = series
+        return series, True
+
+    def _fullest_readable(self, series: _Series, now: float) -> list[CheckState | None]:
+        """Each group's fullest readable instance's state, instances read one by one (`readings`);
+        None for a group none of which can be read."""
+        by_key = {instance.key: state for instance, state in self.readings(now)}
+        found: list[CheckState | None] = []
+        for group in series.groups:
+            states = [state for check in group if (state := by_key.get(check.scope)) is not None]
+            found.append(fullest_states(((group[0],) * len(states),), states)[0] if states else None)
+        return found
 
     def export_state(self) -> dict[str, bytes]:
         return {}  # the store holds every budget's state

@@ -11,7 +11,9 @@
 - `merge_state`: versioned blobs, the higher version wins: how replicas share breaker state.
 - `health`: what the store found wrong with its own state (saturated counters, unreadable values,
   a damaged file), for readiness and metrics.
-- `read_budgets`: the state of budgets, reserving nothing (gauges, statuses, denied requests).
+- `read_budgets`: the state of budgets, reserving nothing (statuses, denied requests);
+  `read_fullest`: per group of a budget's instances only its fullest one's state (what a scrape's
+  one series per group needs, without a state per instance).
 - Capabilities, so no caller needs to know the backend: `shares_state` (other processes see the
   same state), `does_io` (a call may block on I/O), `after_fork()` (repair in a forked child).
 
@@ -59,6 +61,7 @@ __all__ = (
     "StoreHealth",
     "check_state",
     "clamp",
+    "fullest_states",
     "open_store",
     "report_unrestored",
 )
@@ -259,6 +262,27 @@ def check_state(
     return CheckState(spent[0], spent[1], reserved[0], reserved[1], fits)
 
 
+def fullest_states(groups: Sequence[Sequence[BudgetCheck]], states: Sequence[CheckState]) -> list[CheckState]:
+    """Per group, the fullest of its checks' `states` (given flat, in the groups' order): the most
+    nanos spent plus reserved when the group's checks have a nano limit, else the most tokens spent;
+    the first of equals. The rule every `Store.read_fullest` answers by."""
+    found: list[CheckState] = []
+    at = 0
+    for group in groups:
+        rank = _spent_and_reserved_nanos if group[0].limit_nanos is not None else _spent_tokens
+        found.append(max(states[at : at + len(group)], key=rank))  # `max` keeps the first of equals
+        at += len(group)
+    return found
+
+
+def _spent_and_reserved_nanos(state: CheckState) -> int:
+    return state.spent_nanos + state.reserved_nanos
+
+
+def _spent_tokens(state: CheckState) -> int:
+    return state.spent_tokens
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """Reserve `nanos` and `tokens` on every check's budget, iff every blocking one fits."""
@@ -316,6 +340,14 @@ class Store(Protocol):
     def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
         """The state of each check's budget at `now`, in order, reserving nothing: exactly the
         states `admit` with `reserve=False` and no estimate reads (`fits`: anything is left)."""
+        ...
+
+    def read_fullest(self, groups: Sequence[Sequence[BudgetCheck]], now: float) -> list[CheckState]:
+        """For each non-empty group of checks on one budget (one window and limit), in order, the
+        state `read_budgets` reads for its fullest check, reserving nothing: `fullest_states` over
+        `read_budgets` of every check is the reference answer. A store answers it in one pass over
+        its own structures, without a state per check: a scrape reads tens of thousands of budget
+        instances into a few hundred series."""
         ...
 
     def release(self, decision_id: str) -> bool:

@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.store.base import (
@@ -119,6 +120,12 @@ class _Reservation:
     settle_key: str | None
 
 
+_Plan = tuple[int, list["_Ring"], list[list[int]]]
+"""`read_fullest`'s plan of a group: the field it ranks by, the rings to bring to now (a rolling
+window), and per check the counts it reads (a ring's running total or a calendar counter; zeros
+when there is none yet)."""
+
+
 class MemoryStore:
     """Holds everything in this process; nothing survives a restart."""
 
@@ -142,6 +149,10 @@ class MemoryStore:
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._report = StateReport("memory store")
+        self._layout = 0
+        """Changes whenever a ring or calendar counter is created or dropped."""
+        self._plans: tuple[Sequence[Sequence[BudgetCheck]], tuple[float, ...], int, list[_Plan]] | None = None
+        """`read_fullest`'s counters for the groups it was last asked about (see there)."""
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -194,12 +205,14 @@ class MemoryStore:
             ring = self._rings.get(ring_key)
             if ring is None:
                 ring = self._rings[ring_key] = _Ring(window.step)
+                self._layout += 1
             return ring.add(inc.ts, nanos, tokens)
         start, end = window.bounds(inc.ts)
         key = (inc.scope, window.unit, start)
         counter = self._calendar.get(key)
         if counter is None:
             counter = self._calendar[key] = [0, 0, 0]
+            self._layout += 1
             self._calendar_expiry[key] = end + window.retention()
         saturated = 0
         for field, amount in enumerate((nanos, tokens, 1)):
@@ -292,29 +305,93 @@ class MemoryStore:
     def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
         # A scrape reads every budget instance (tens of thousands) in one call: the loop is
         # `admit`'s without the estimate (no estimate: a budget fits while anything is left).
-        rings, calendar, reserved_totals = self._rings, self._calendar, self._reserved
-        states: list[CheckState] = []
-        append = states.append
         with self._lock:
             heap = self._reservation_heap
             if heap and heap[0][0] <= now:
                 self._expire_reservations(now)
-            for check in checks:
-                scope, window = check.scope, check.window
-                spent: list[int] | None
-                if isinstance(window, RollingWindow):
-                    ring = rings.get((scope, window.label))
-                    spent = ring.read_raw(now) if ring is not None else _ZERO
-                else:
-                    spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
-                held = reserved_totals.get(scope) or _NONE_RESERVED
-                if held[0] > CEILING or held[1] > CEILING:
-                    held = [min(held[0], CEILING), min(held[1], CEILING)]
-                limit = check.limit_nanos
-                fits = limit is None or spent[0] + held[0] < min(limit, CEILING)
-                if fits and (limit := check.limit_tokens) is not None:
-                    fits = spent[1] + held[1] < min(limit, CEILING)
-                append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
+            return self._read_budgets(checks, now)
+
+    def read_fullest(self, groups: Sequence[Sequence[BudgetCheck]], now: float) -> list[CheckState]:
+        # A scrape after tens of thousands of budget instances: per group only the amount it ranks
+        # by is read, from the counters themselves, found once for these groups (a scrape passes the
+        # same groups until an instance is new) while no counter is created or dropped and their
+        # calendar buckets last; then `read_budgets`'s loop reads the winners.
+        winners: list[BudgetCheck] = []
+        with self._lock:
+            heap = self._reservation_heap
+            if heap and heap[0][0] <= now:
+                self._expire_reservations(now)
+            plans = self._fullest_plans(groups, now)
+            reserved_totals = self._reserved
+            for group, (field, group_rings, counts) in zip(groups, plans, strict=True):
+                if group_rings:  # a rolling window: bring each ring to now first
+                    newest = int(now // group_rings[0].step)
+                    for ring in [ring for ring in group_rings if ring.last < newest]:
+                        ring._advance(newest)
+                # In C, not a Python loop per check: the amounts, their most, and its first index.
+                amounts = list(map(itemgetter(field), counts))
+                most = max(amounts)
+                if most <= CEILING:
+                    best = amounts.index(most)
+                else:  # a ring's total past the ceiling reads as the ceiling: the first of those
+                    best = next(i for i, amount in enumerate(amounts) if amount >= CEILING)
+                if field == 0 and reserved_totals:  # reservations count too: rank again with them
+                    best = self._fullest_reserving(group, now)
+                winners.append(group[best])
+            return self._read_budgets(winners, now)
+
+    def _fullest_plans(self, groups: Sequence[Sequence[BudgetCheck]], now: float) -> list[_Plan]:
+        """Per group: the field it ranks by (nanos, or tokens for a token budget) and its checks'
+        rings or calendar counters; kept for the same `groups` object while no counter is created
+        or dropped and their calendar buckets last."""
+        starts = tuple(
+            group[0].window.bounds(now)[0] if not isinstance(group[0].window, RollingWindow) else 0.0
+            for group in groups
+        )
+        cached = self._plans
+        if cached is not None and cached[0] is groups and cached[1] == starts and cached[2] == self._layout:
+            return cached[3]
+        rings, calendar = self._rings, self._calendar
+        plans: list[_Plan] = []
+        for group, start in zip(groups, starts, strict=True):
+            window = group[0].window
+            field = 0 if group[0].limit_nanos is not None else 1
+            if isinstance(window, RollingWindow):
+                found = [rings.get((check.scope, window.label)) for check in group]
+                present = [ring for ring in found if ring is not None]
+                # A ring's running total is one list it changes in place for the ring's life.
+                plans.append((field, present, [ring.totals if ring is not None else _ZERO for ring in found]))
+            else:
+                counters = [calendar.get((check.scope, window.unit, start)) for check in group]
+                plans.append((field, [], [counter if counter is not None else _ZERO for counter in counters]))
+        self._plans = (groups, starts, self._layout, plans)
+        return plans
+
+    def _fullest_reserving(self, group: Sequence[BudgetCheck], now: float) -> int:
+        """The index of the fullest of a spend budget's checks, spend plus reserved."""
+        states = self._read_budgets(group, now)
+        return max(range(len(states)), key=lambda i: states[i][0] + states[i][2])
+
+    def _read_budgets(self, checks: Iterable[BudgetCheck], now: float) -> list[CheckState]:
+        rings, calendar, reserved_totals = self._rings, self._calendar, self._reserved
+        states: list[CheckState] = []
+        append = states.append
+        for check in checks:
+            scope, window = check.scope, check.window
+            spent: list[int] | None
+            if isinstance(window, RollingWindow):
+                ring = rings.get((scope, window.label))
+                spent = ring.read_raw(now) if ring is not None else _ZERO
+            else:
+                spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
+            held = reserved_totals.get(scope) or _NONE_RESERVED
+            if held[0] > CEILING or held[1] > CEILING:
+                held = [min(held[0], CEILING), min(held[1], CEILING)]
+            limit = check.limit_nanos
+            fits = limit is None or spent[0] + held[0] < min(limit, CEILING)
+            if fits and (limit := check.limit_tokens) is not None:
+                fits = spent[1] + held[1] < min(limit, CEILING)
+            append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
         return states
 
     def release(self, decision_id: str) -> bool:
@@ -407,9 +484,11 @@ class MemoryStore:
             for bucket in old:
                 del self._calendar_expiry[bucket]
                 del self._calendar[bucket]
+                self._layout += 1
             idle = [ring_key for ring_key, ring in self._rings.items() if ring.read_raw(now)[2] == 0]
             for ring_key in idle:
                 del self._rings[ring_key]
+                self._layout += 1
             before = len(self._reservations)
             self._expire_reservations(now)
             return dropped + len(old) + len(idle) + before - len(self._reservations)

@@ -62,6 +62,7 @@ from otel_puppy.store.base import (
     StateReport,
     StoreHealth,
     clamp,
+    fullest_states,
 )
 from otel_puppy.windows import RollingWindow, Window
 
@@ -749,6 +750,11 @@ class RedisStore:
         if not checks:
             return []
         return list(self.admit(Admission("", tuple(checks), 0, 0, now, None, reserve=False), now).states)
+
+    def read_fullest(self, groups: Sequence[Sequence[BudgetCheck]], now: float) -> list[CheckState]:
+        """Each group's fullest check's state (see `Store.read_fullest`):
+        one read of every check (one round trip), the fullest picked here."""
+        return fullest_states(groups, self.read_budgets([check for group in groups for check in group], now))
 
     def release(self, decision_id: str) -> bool:
         """Drop a reservation (the call will not happen); False if it was not open."""

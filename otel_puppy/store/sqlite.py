@@ -56,6 +56,7 @@ from otel_puppy.store.base import (
     StoreHealth,
     check_state,
     clamp,
+    fullest_states,
 )
 from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 
@@ -560,6 +561,11 @@ class SQLiteStore:
             states, unreadable = self._check(db, checks, 0, 0, now)
         self._report.unreadable(unreadable, "read budgets")
         return states
+
+    def read_fullest(self, groups: Sequence[Sequence[BudgetCheck]], now: float) -> list[CheckState]:
+        """Each group's fullest check's state (see `Store.read_fullest`):
+        one read of every check (one transaction), the fullest picked here."""
+        return fullest_states(groups, self.read_budgets([check for group in groups for check in group], now))
 
     def _check(
         self, db: sqlite3.Connection, checks: Sequence[BudgetCheck], nanos: int, tokens: int, now: float

@@ -26,6 +26,7 @@ from otel_puppy.store.base import (
     SpendRecord,
     Store,
     clamp,
+    fullest_states,
     open_store,
 )
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
@@ -299,6 +300,35 @@ def test_read_budgets_reads_what_admit_without_reserving_reads_and_reserves_noth
     ]
     assert store.read_budgets([], T0) == []
     assert (store.release("d1"), store.release("d2")) == (False, True)
+
+
+def test_read_fullest_reads_each_groups_fullest_budget_as_read_budgets_reads_it(store: Store) -> None:
+    store.apply([rec("a", nanos=120, tokens=20), rec("b", scope="t", nanos=50, tokens=90)], T0)
+    store.apply([rec("c", scope="u", nanos=200, tokens=5, windows=(DAY,))], T0)
+    admit(store, "d1", check("t"), nanos=100, expires_at=T0 + 60)
+    groups = (
+        (check("s"), check("t"), check("u"), check("v")),  # spend: u's 200 is the most
+        (check("s"), check("t")),  # spend plus reserved: t's 50 + 100 beats s's 120 until d1 expires
+        (check("s", H1, limit_nanos=None, limit_tokens=26), check("t", H1, limit_nanos=None, limit_tokens=26)),
+        (check("v"), check("w")),  # equals: the first
+        (check("u", limit_nanos=None, limit_tokens=100),),
+    )
+    assert store.read_fullest(groups, T0) == [
+        CheckState(200, 5, 0, 0, True),
+        CheckState(50, 90, 100, 0, True),
+        CheckState(50, 90, 100, 0, False),
+        CheckState(0, 0, 0, 0, True),
+        CheckState(200, 5, 0, 0, True),
+    ]
+    for now in (T0, T0 + 59, T0 + 60, T0 + 3600, T0 + 86400):  # the same groups again, then the next day
+        flat = store.read_budgets([c for group in groups for c in group], now)
+        assert store.read_fullest(groups, now) == fullest_states(groups, flat), now
+    assert store.read_fullest(groups, T0 + 60)[1] == CheckState(120, 20, 0, 0, True)  # d1 expired
+    assert store.read_fullest(groups, T0 + 86400)[0] == CheckState(0, 0, 0, 0, True)
+    store.apply([rec("e", scope="w", nanos=5000, ts=T0 + 86400, until=T0 + 2 * 86400)], T0 + 86400)
+    assert store.read_fullest(groups, T0 + 86400)[3] == CheckState(5000, 10, 0, 0, False)  # a counter new since
+    assert store.read_fullest((), T0) == []
+    assert store.release("d1") is False  # expired, and reading reserved nothing
 
 
 @pytest.mark.parametrize(
