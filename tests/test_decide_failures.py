@@ -25,7 +25,7 @@ from otel_puppy.exceptions import RequestError, StoreError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store import Store, open_store
-from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState
+from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState, fullest_states
 from otel_puppy.store.memory import MemoryStore
 
 # Rolling windows: nothing resets in the middle of a test, whatever the time of day.
@@ -194,6 +194,10 @@ class PoisonedStore(MemoryStore):
     def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
         # a read reserves nothing but meets the same poisoned state
         return list(self.admit(Admission("", tuple(checks), 0, 0, now, None, reserve=False), now).states)
+
+    def read_fullest(self, groups: Sequence[Sequence[BudgetCheck]], now: float) -> list[CheckState]:
+        # the scrape's read meets the same poisoned state (the memory store's own fast path would not)
+        return fullest_states(groups, self.read_budgets([c for group in groups for c in group], now))
 
 
 BUDGETS = """
