@@ -3,7 +3,8 @@
 import logfire, otel_puppy
 
 puppy = otel_puppy.PolicyEngine.from_settings()
-logfire.configure(additional_span_processors=[puppy.span_processor()])
+logfire.configure(send_to_logfire="if-token-present", additional_span_processors=[puppy.span_processor()])
+puppy.start_metrics_server(9464)  # or prometheus_client's default registry: the series are there too
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from otel_puppy.exceptions import (
     PolicyError,
     PolicyErrors,
     PuppyError,
+    RegistryInUse,
     SettingsError,
     StoreError,
 )
+from otel_puppy.metrics_server import MetricsServer
 from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.pricing import Price, PriceOverride, Pricer
 from otel_puppy.processor import PuppySpanProcessor
@@ -60,6 +63,7 @@ __all__ = (
     "ErrorClass",
     "InvalidSpanError",
     "LLMCall",
+    "MetricsServer",
     "Observation",
     "PolicyDenied",
     "PolicyEngine",
@@ -74,6 +78,7 @@ __all__ = (
     "PuppyError",
     "PuppySettings",
     "PuppySpanProcessor",
+    "RegistryInUse",
     "SettingsError",
     "Severity",
     "Snapshot",

@@ -26,12 +26,12 @@ from otel_puppy.exceptions import RequestError, StoreError
 from otel_puppy.money import usd_to_nanos
 from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerRuntime
-from otel_puppy.policies.budget import BudgetInstance, BudgetRuntime, budget_hit_dict, readable, state_hit
+from otel_puppy.policies.budget import BudgetInstance, BudgetRuntime, readable, state_hit, state_hit_dict
 from otel_puppy.policies.budget import unreadable_hit as _unreadable_hit
 from otel_puppy.policies.matching import Scope
 from otel_puppy.pricing import Price, Pricer
 from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState, Increment, SpendRecord, Store
-from otel_puppy.windows import Window
+from otel_puppy.windows import CalendarWindow, Window
 
 __all__ = (
     "TOTAL_SCOPE",
@@ -57,13 +57,27 @@ _PLANS_LIMIT: Final = 20_000
 class PendingBudgetHit:
     """A budget's say in a decision: its action is known at once, its `PolicyHit` built if read."""
 
-    __slots__ = ("_built", "action", "instance", "now", "shadow", "state")
+    __slots__ = ("_built", "action", "check", "estimate", "instance", "now", "shadow", "state", "store")
     kind: Final = "budget"
 
-    def __init__(self, instance: BudgetInstance, state: CheckState, now: float) -> None:
+    def __init__(
+        self,
+        instance: BudgetInstance,
+        state: CheckState,
+        now: float,
+        *,
+        check: BudgetCheck | None = None,
+        estimate: tuple[int, int] = (0, 0),
+        store: Store | None = None,
+    ) -> None:
         self.instance = instance
         self.state = state
         self.now = now
+        self.check = check
+        """The check the request was admitted by (its priority's limit)."""
+        self.estimate = estimate
+        self.store = store
+        """Read only if a rolling budget is over: its sub-buckets say when the request fits."""
         self.action = Action.ALLOW if state.fits else instance.on_exceed
         self.shadow = instance.policy.shadow
         self._built: PolicyHit | None = None
@@ -71,7 +85,9 @@ class PendingBudgetHit:
     def __call__(self) -> PolicyHit:
         built = self._built
         if built is None:
-            built = self._built = state_hit(self.instance, self.state, self.now)
+            built = self._built = state_hit(
+                self.instance, self.state, self.now, check=self.check, estimate=self.estimate, store=self.store
+            )
         return built
 
     @property
@@ -93,7 +109,8 @@ class PendingBudgetHit:
 
     @property
     def resets_at(self) -> datetime | None:
-        return self().resets_at
+        window = self.instance.window  # no hit built: a rolling window never resets
+        return window.resets_at_datetime(self.now) if isinstance(window, CalendarWindow) else None
 
 
 Hit = PolicyHit | PendingBudgetHit
@@ -104,7 +121,7 @@ class BudgetHits(Sequence[PolicyHit]):
     """Some of a decision's budget hits (`indexes` into its instances and states), for `LazyHits`:
     an allowed decision keeps one of these instead of a pending hit per budget."""
 
-    __slots__ = ("indexes", "instances", "now", "states")
+    __slots__ = ("checks", "estimate", "indexes", "instances", "now", "states", "store")
 
     def __init__(
         self,
@@ -112,34 +129,44 @@ class BudgetHits(Sequence[PolicyHit]):
         states: Sequence[CheckState],
         indexes: tuple[int, ...],
         now: float,
+        *,
+        checks: tuple[BudgetCheck, ...] | None = None,
+        estimate: tuple[int, int] = (0, 0),
+        store: Store | None = None,
     ) -> None:
         self.instances = instances
         self.states = states
         self.indexes = indexes
         self.now = now
+        self.checks = checks
+        """The checks the request was admitted by, as `instances` (their priority's limits)."""
+        self.estimate = estimate
+        self.store = store
+        """Read only for a rolling shadow budget that is over (`PendingBudgetHit.store`)."""
 
     def lazy(self) -> LazyHits:
         return LazyHits(self, dicts=self.to_dicts)
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """`[hit.to_dict() for hit in self]`, building no `PolicyHit`."""
-        dicts = []
-        for index in self.indexes:
-            state = self.states[index]
-            dicts.append(
-                budget_hit_dict(
-                    self.instances[index],
-                    spent_nanos=state.spent_nanos,
-                    spent_tokens=state.spent_tokens,
-                    reserved_nanos=state.reserved_nanos,
-                    exceeded=not state.fits,
-                    now=self.now,
-                )
+        checks, estimate, store = self.checks, self.estimate, self.store
+        return [
+            state_hit_dict(
+                self.instances[index],
+                self.states[index],
+                self.now,
+                check=checks[index] if checks is not None else None,
+                estimate=estimate,
+                store=store,
             )
-        return dicts
+            for index in self.indexes
+        ]
 
     def _hit(self, index: int) -> PolicyHit:
-        return state_hit(self.instances[index], self.states[index], self.now)
+        check = self.checks[index] if self.checks is not None else None
+        return state_hit(
+            self.instances[index], self.states[index], self.now, check=check, estimate=self.estimate, store=self.store
+        )
 
     @overload
     def __getitem__(self, index: int) -> PolicyHit: ...
@@ -170,16 +197,22 @@ class Plan:
     enforced: tuple[int, ...]
     shadow: tuple[int, ...]
     settle_key: str
+    store: Store
+    """Where a hit of a rolling budget that is over reads its sub-buckets (`PendingBudgetHit.store`)."""
 
     def fits(self, states: Sequence[CheckState]) -> bool:
         """Whether every enforced budget has room (shadow ones are only reported)."""
         return all(states[index].fits for index in self.enforced)
 
-    def hits(self, admitted: Admitted | None, now: float) -> list[Hit]:
-        """A pending hit per budget instance, from the store's answer."""
+    def hits(self, admitted: Admitted | None, now: float, estimate: tuple[int, int] = (0, 0)) -> list[Hit]:
+        """A pending hit per budget instance, from the store's answer to a request with `estimate`."""
         if admitted is None:
             return []
-        return [PendingBudgetHit(i, state, now) for i, state in zip(self.instances, admitted.states, strict=True)]
+        store = self.store
+        return [
+            PendingBudgetHit(instance, state, now, check=check, estimate=estimate, store=store)
+            for instance, state, check in zip(self.instances, admitted.states, self.checks, strict=True)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +255,7 @@ class BudgetAdmission:
                 enforced=tuple(i for i, instance in enumerate(instances) if not instance.policy.shadow),
                 shadow=tuple(i for i, instance in enumerate(instances) if instance.policy.shadow),
                 settle_key=settle_key(request.provider, request.model, request.agent, request.user),
+                store=self.store,
             )
             if len(self.plans) >= _PLANS_LIMIT:
                 self.plans.clear()
@@ -288,7 +322,7 @@ class BudgetAdmission:
                 self.budgets.remember_unreadable(instance, check, exc)
                 hits.append(_unreadable_hit(instance))
             else:
-                hits.append(PendingBudgetHit(instance, state, now))
+                hits.append(PendingBudgetHit(instance, state, now, check=check, estimate=estimate, store=self.store))
         return hits
 
     def record(self, call: LLMCall, price: Price, now: float, *, lateness_s: float, ttl: float) -> SpendRecord:

@@ -40,7 +40,7 @@ import httpx
 from pydantic import SecretStr
 
 from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity
-from otel_puppy.exceptions import PuppyError, SettingsError
+from otel_puppy.exceptions import PuppyError, RequestError, SettingsError
 from otel_puppy.settings import PuppySettings, redact_url
 
 __all__ = ("DEFAULT_URL", "UNREACHABLE_RETRY_AFTER_S", "DecisionClient", "DecisionServiceError")
@@ -166,14 +166,15 @@ class DecisionClient:
 
     # --- deciding -----------------------------------------------------------------------------
 
-    def decide(self, request: DecisionRequest | None = None, /, **fields: object) -> Decision:
-        """May this call go ahead, and with which model? The same arguments as `PolicyEngine.decide`.
+    def decide(self, request: DecisionRequest | None = None, /, *, reserve: bool = True, **fields: object) -> Decision:
+        """May this call go ahead, and with which model? The same arguments as `PolicyEngine.decide`;
+        `reserve=False` only asks (`"reserve": false`: nothing is held, nothing left to settle).
 
         Raises:
             RequestError: a field the request refuses (`DecisionRequest.from_fields`), before any request.
             DecisionServiceError: the service refused the request (token, URL, invalid field).
         """
-        call = _Call(self, request if request is not None else DecisionRequest.from_fields(fields))
+        call = _Call(self, request if request is not None else DecisionRequest.from_fields(fields), reserve)
         client = self._sync_client()
         while True:
             try:
@@ -190,9 +191,11 @@ class DecisionClient:
                 return self._unanswered(call)
             time.sleep(delay)
 
-    async def adecide(self, request: DecisionRequest | None = None, /, **fields: object) -> Decision:
+    async def adecide(
+        self, request: DecisionRequest | None = None, /, *, reserve: bool = True, **fields: object
+    ) -> Decision:
         """`decide`, without blocking the event loop."""
-        call = _Call(self, request if request is not None else DecisionRequest.from_fields(fields))
+        call = _Call(self, request if request is not None else DecisionRequest.from_fields(fields), reserve)
         client = self._async_client()
         while True:
             try:
@@ -327,10 +330,10 @@ class _Call:
 
     __slots__ = ("attempt", "body", "cause", "client", "deadline", "final", "request", "retry_after")
 
-    def __init__(self, client: DecisionClient, request: DecisionRequest) -> None:
+    def __init__(self, client: DecisionClient, request: DecisionRequest, reserve: bool) -> None:
         self.client = client
         self.request = request
-        self.body = _body(request)
+        self.body = _body(request, reserve=reserve)
         self.deadline = time.monotonic() + client.timeout_s * (client.retries + 1)
         self.attempt = 0
         self.cause = ""
@@ -388,9 +391,17 @@ class _Call:
         return delay
 
 
-def _body(request: DecisionRequest) -> bytes:
-    """The `POST /v1/decide` body: the fields that differ from the defaults, money as a string."""
+def _body(request: DecisionRequest, *, reserve: bool = True) -> bytes:
+    """The `POST /v1/decide` body: the fields that differ from the defaults, money as a string.
+
+    Raises:
+        RequestError: `reserve` is not a bool (`"false"` would be truthy).
+    """
+    if reserve is not True and reserve is not False:
+        raise RequestError("reserve", "must be true or false")
     data: dict[str, object] = {"provider": request.provider, "model": request.model}
+    if not reserve:
+        data["reserve"] = False
     for name in ("agent", "service", "user", "team", "environment", "conversation"):
         value = getattr(request, name)
         if value is not None:

@@ -17,7 +17,6 @@ from otel_puppy.bounds import (
     MAX_NAME_LENGTH,
     InvalidNumber,
     OutOfBounds,
-    check_name,
     read_count,
     read_decimal,
 )
@@ -91,8 +90,10 @@ class DecisionRequest:
 
     Every value is checked when the request is built, against `otel_puppy.bounds`: names of at most
     `MAX_NAME_LENGTH` characters, estimates of at most `MAX_CALL_COST_USD` and `MAX_CALL_TOKENS`,
-    at most `MAX_CAPABILITIES` capabilities. A value outside raises `bounds.OutOfBounds` (a
-    `ValueError`) naming the field: it is the caller's own error, never a decision that fails open.
+    at most `MAX_CAPABILITIES` capabilities; required names not empty, and every name text that
+    every store can encode. A value outside raises `bounds.InvalidNumber` for a number, else
+    `RequestError` (both `ValueError`s naming the field): the caller's own error, never a decision
+    that fails open.
     `estimated_cost_usd` may be given as an int, float or decimal text; it is kept as a `Decimal`.
     """
 
@@ -115,34 +116,54 @@ class DecisionRequest:
     """Prompt size; routing only picks models whose context window holds it."""
 
     def __post_init__(self) -> None:
-        # Names first, the usual case costing one `len` each; the fix-ups below replace a value only
-        # when it was given in another type than the field's (the dataclass is frozen).
-        for name in _NAMES:
-            value = getattr(self, name)
-            if value is not None and (type(value) is not str or len(value) > MAX_NAME_LENGTH):
-                check_name(value, name=name, optional=name not in _REQUIRED_NAMES)
-        if type(self.priority) is not Priority:
-            object.__setattr__(self, "priority", Priority(self.priority))
+        # The usual request (short ASCII names, counts as ints, a `Decimal` or no estimate, a
+        # `Priority`) costs one cheap test per field; anything else takes the checks that name the
+        # field. The fix-ups replace a value only when it came in another type (the dataclass is frozen).
+        for value in (self.provider, self.model, self.operation):
+            if type(value) is not str or not 0 < len(value) <= MAX_NAME_LENGTH or not value.isascii():
+                self._check_names()
+                break
+        else:
+            for label in (self.agent, self.service, self.user, self.team, self.environment, self.conversation):
+                if label is not None and (
+                    type(label) is not str or len(label) > MAX_NAME_LENGTH or not label.isascii()
+                ):
+                    self._check_names()
+                    break
+        priority = self.priority
+        if type(priority) is not Priority:
+            known = _PRIORITY_BY_NAME.get(priority) if isinstance(priority, str) else None
+            if known is None:
+                raise RequestError("priority", f"must be one of {', '.join(_PRIORITIES)}")
+            object.__setattr__(self, "priority", known)
         cost = self.estimated_cost_usd
         if cost is not None:
             bounded = read_decimal(cost, name="estimated_cost_usd", maximum=MAX_CALL_COST_USD)
             if bounded is not cost:
                 object.__setattr__(self, "estimated_cost_usd", bounded)
-        for name in _COUNTS:
-            value = getattr(self, name)
-            if value is not None and not (type(value) is int and 0 <= value <= MAX_CALL_TOKENS):
-                object.__setattr__(self, name, read_count(value, name=name, maximum=MAX_CALL_TOKENS))
+        counts: tuple[tuple[str, object], ...] = (
+            ("estimated_input_tokens", self.estimated_input_tokens),
+            ("estimated_output_tokens", self.estimated_output_tokens),
+            ("context_tokens", self.context_tokens),
+        )
+        for name, count in counts:
+            if count is not None and (type(count) is not int or not 0 <= count <= MAX_CALL_TOKENS):
+                object.__setattr__(self, name, read_count(count, name=name, maximum=MAX_CALL_TOKENS))
         capabilities = self.capabilities
         if capabilities:
             if not isinstance(capabilities, tuple | list):  # a bare string would be a tuple of letters
-                raise TypeError(f"capabilities must be a tuple of strings, not {type(capabilities).__name__}")
+                raise RequestError("capabilities", f"must be a list of at most {MAX_CAPABILITIES} names")
             if len(capabilities) > MAX_CAPABILITIES:
                 reason = f"lists {len(capabilities)} items (allowed: at most {MAX_CAPABILITIES})"
                 raise OutOfBounds("capabilities", reason)
-            for index, capability in enumerate(capabilities):
-                check_name(capability, name=f"capabilities[{index}]", optional=False)
+            for capability in capabilities:
+                _check_name("capabilities", capability, optional=False)
             if type(capabilities) is not tuple:
                 object.__setattr__(self, "capabilities", tuple(capabilities))
+
+    def _check_names(self) -> None:
+        for name in _NAMES:
+            _check_name(name, getattr(self, name), optional=name not in _REQUIRED_NAMES)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, object]) -> DecisionRequest:
@@ -160,22 +181,15 @@ class DecisionRequest:
         if not _FIELD_SET.issuperset(fields):
             unknown = sorted(set(fields).difference(_FIELDS))
             raise RequestError(unknown[0], "not a field of a decision request")
-        for name in _GIVEN_NAMES:
-            if name not in fields:
-                raise RequestError(name, "is required")
-        priority = fields.get("priority", Priority.NORMAL)
-        if not isinstance(priority, str) or priority not in _PRIORITIES:
-            raise RequestError("priority", f"must be one of {', '.join(_PRIORITIES)}")
-        capabilities = fields.get("capabilities", ())
-        if not isinstance(capabilities, tuple | list):
-            raise RequestError("capabilities", f"must be a list of at most {MAX_CAPABILITIES} names")
         try:
             return cls(**fields)  # type: ignore[arg-type]
         except InvalidNumber as exc:  # out of bounds, or not a number
             raise RequestError(exc.name, exc.reason) from None
-        except (TypeError, ValueError) as exc:  # a name that is not a string
-            field = next((name for name in _FIELDS if str(exc).startswith(f"{name} ")), "request")
-            raise RequestError(field, str(exc).removeprefix(f"{field} ")) from None
+        except TypeError:  # a required field missing (every value's own type is checked by the request)
+            missing = next((name for name in _GIVEN_NAMES if name not in fields), None)
+            if missing is None:
+                raise
+            raise RequestError(missing, "is required") from None
 
     def scope(self) -> Scope:
         """The dimensions policies match and group on (as `LLMCall.scope()`; `trace` is not known)."""
@@ -201,12 +215,35 @@ class DecisionRequest:
 
 _NAMES: Final = ("provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation")
 _REQUIRED_NAMES: Final = frozenset({"provider", "model", "operation"})
-_COUNTS: Final = ("estimated_input_tokens", "estimated_output_tokens", "context_tokens")
 _GIVEN_NAMES: Final = ("provider", "model")
 """The fields `from_fields` requires (the others have defaults)."""
 _FIELDS: Final = tuple(DecisionRequest.__dataclass_fields__)
 _FIELD_SET: Final = frozenset(_FIELDS)
 _PRIORITIES: Final = tuple(p.value for p in Priority)
+_PRIORITY_BY_NAME: Final[dict[str, Priority]] = {p.value: p for p in Priority}
+
+
+def _check_name(field: str, value: object, *, optional: bool) -> None:
+    """A name every store can hold: a string of 1 to `MAX_NAME_LENGTH` characters that encodes as
+    UTF-8 (no lone surrogates), or absent (`None`, or empty) when `optional`.
+
+    Raises:
+        RequestError: naming `field`.
+    """
+    if type(value) is str and value.isascii() and 0 < len(value) <= MAX_NAME_LENGTH:
+        return
+    if optional and (value is None or value == ""):
+        return
+    if not isinstance(value, str):
+        raise RequestError(field, f"must be a string{' or null' if optional else ''}, not {type(value).__name__}")
+    if not value:
+        raise RequestError(field, "must be a non-empty string" + (" or null" if optional else ""))
+    if len(value) > MAX_NAME_LENGTH:
+        raise RequestError(field, f"is {len(value)} characters long (allowed: at most {MAX_NAME_LENGTH})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(field, "must be valid Unicode text (no lone surrogates)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +401,10 @@ class Decision:
     retry_after_s: float | None = None
     resets_at: datetime | None = None
     estimated_cost_usd: Decimal | None = None
+    reserved_usd: Decimal | None = None
+    """What this decision holds on each budget it counts against (listed in `reasons` and `shadow`)
+    until the call's span settles it; `None` when it holds nothing: asked with `reserve=False`, denied,
+    no estimate, or no budget matched."""
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -397,6 +438,7 @@ class Decision:
             retry_after_s=data.get("retry_after_s"),
             resets_at=_datetime(data.get("resets_at")),
             estimated_cost_usd=_decimal(data.get("estimated_cost_usd")),
+            reserved_usd=_decimal(data.get("reserved_usd")),
             created_at=_datetime(data.get("created_at")) or datetime.now(UTC),
         )
 

@@ -41,32 +41,49 @@ class Decisions:
         states: Sequence[CheckState],
         estimate: tuple[int, int],
         *,
-        decision_id: str,
+        decision_id: str | None,
         now: float,
+        reserved: bool,
     ) -> Decision:
         """The usual decision: only budgets had a say, and each enforced one has room. It builds no
-        hit unless one is read."""
+        hit unless one is read. `reserved`: the store holds the estimate for it."""
         self._count(_ALLOWED)
+        estimated = _estimated(request, estimate)
         return Decision(
             action=Action.ALLOW,
             provider=request.provider,
             model=request.model,
             reasons=BudgetHits(plan.instances, states, plan.enforced, now).lazy() if plan.enforced else _NONE,
-            shadow=BudgetHits(plan.instances, states, plan.shadow, now).lazy() if plan.shadow else _NONE,
+            shadow=(
+                BudgetHits(
+                    plan.instances, states, plan.shadow, now, checks=plan.checks, estimate=estimate, store=plan.store
+                ).lazy()
+                if plan.shadow
+                else _NONE
+            ),
             decision_id=decision_id,
-            estimated_cost_usd=_estimated(request, estimate),
+            estimated_cost_usd=estimated,
+            reserved_usd=estimated if reserved else None,
         )
 
     def ruled(
-        self, request: DecisionRequest, hits: Sequence[Hit], estimate: tuple[int, int], decision_id: str
+        self,
+        request: DecisionRequest,
+        hits: Sequence[Hit],
+        estimate: tuple[int, int],
+        decision_id: str | None,
+        *,
+        reserved: bool = False,
     ) -> Decision:
-        """The strictest enforced hit decides; every hit is listed (shadow ones apart)."""
+        """The strictest enforced hit decides; every hit is listed (shadow ones apart). `reserved`:
+        the store holds the estimate for it."""
         action = strictest(hits)
         enforced = [h for h in hits if not h.shadow]
         deciding = [h for h in enforced if h.action is action and action is not Action.ALLOW]
-        retry_after = max((h.retry_after_s for h in deciding if h.retry_after_s is not None), default=None)
+        retry_after = _retry_after(deciding) if action is Action.DENY else None
         resets_at = min((h.resets_at for h in deciding if h.resets_at is not None), default=None)
         self._count((action.value, deciding[0].policy if deciding else ""))
+        estimated = _estimated(request, estimate)
         return Decision(
             action=action,
             provider=request.provider,
@@ -74,9 +91,10 @@ class Decisions:
             reasons=LazyHits(enforced),
             shadow=LazyHits([h for h in hits if h.shadow]),
             decision_id=decision_id,
-            retry_after_s=retry_after if action is Action.DENY else None,
+            retry_after_s=retry_after,
             resets_at=resets_at,
-            estimated_cost_usd=_estimated(request, estimate),
+            estimated_cost_usd=estimated,
+            reserved_usd=estimated if reserved else None,
         )
 
     def despite(self, admission: BudgetAdmission, request: DecisionRequest, now: float) -> Decision:
@@ -126,6 +144,16 @@ class Decisions:
 def strictest(hits: Sequence[Hit]) -> Action:
     """The strictest action of the enforced hits (`allow` when there are none)."""
     return Action.strictest([h.action for h in hits if not h.shadow])
+
+
+def _retry_after(denying: Sequence[Hit]) -> float | None:
+    """When every denying policy may let the request through: the latest of their times. None when
+    a denying budget gives none: the request alone is larger than its limit (it never fits), or its
+    state cannot be read. Read only for a deny: a rolling budget's time reads its sub-buckets."""
+    waits = [(h.kind, h.retry_after_s) for h in denying]
+    if any(wait is None and kind == "budget" for kind, wait in waits):
+        return None
+    return max((wait for _, wait in waits if wait is not None), default=None)
 
 
 def _estimated(request: DecisionRequest, estimate: tuple[int, int]) -> Decimal | None:

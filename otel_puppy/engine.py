@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
 from prometheus_client.core import Metric
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import REGISTRY, CollectorRegistry
 
 from otel_puppy._ids import decision_id as new_decision_id
 from otel_puppy._logging import RateLimitedLog
-from otel_puppy._requests import check_request
 from otel_puppy.admission import (
     TOTAL_SCOPE,
     Headroom,
@@ -40,14 +40,16 @@ from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock, SystemClock
 from otel_puppy.decision import Action, Decision, DecisionRequest
 from otel_puppy.decisions import Decisions, strictest
-from otel_puppy.exceptions import PolicyErrors, RequestError, StoreError
+from otel_puppy.exceptions import PolicyErrors, RegistryInUse, RequestError, StoreError
 from otel_puppy.guard import DecisionGuard
 from otel_puppy.health.history import HealthHistory
-from otel_puppy.metrics import Metrics
+from otel_puppy.metrics import Metrics, ensure_free
+from otel_puppy.metrics_server import MetricsServer, start_metrics_server
 from otel_puppy.model_stats import ModelStats
 from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerGuard
+from otel_puppy.policies.presence import ALLOW_HINT, NoPoliciesWarning, missing_policies
 from otel_puppy.policies.runtime import (
     RuntimeContext,
     RuntimeEvent,
@@ -96,8 +98,10 @@ class PolicyEngine:
     ) -> None:
         self.settings = settings or PuppySettings.load()
         self.clock: Clock = clock or SystemClock()
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self.metrics = Metrics(self.registry, max_label_values=self.settings.max_label_values)
+        # prometheus_client's convention: the default registry unless one is given; one live engine each
+        self.registry: CollectorRegistry = registry if registry is not None else REGISTRY
+        ensure_free(self.registry)  # before opening anything; claimed last, by `register` below
+        self.metrics = Metrics(max_label_values=self.settings.max_label_values)
         # not `store or ...`: an empty MemoryStore is falsy (it has a length)
         self._store = store if store is not None else open_store(self.settings.store)
         if alert_sinks is None:
@@ -123,17 +127,30 @@ class PolicyEngine:
         self._next_expiry = 0.0
         self._watcher: PolicyWatcher | None = None
         self._closed = False
+        self._metrics_servers: list[MetricsServer] = []
         self.metrics.add_collector(self._collect)
+        try:  # last: an engine that failed to start holds no registry
+            self.metrics.register(self.registry)
+        except RegistryInUse:  # another engine claimed it since `ensure_free`
+            self.close()
+            raise
 
     @classmethod
     def from_settings(cls, settings: PuppySettings | None = None, **kwargs: object) -> PolicyEngine:
         """An engine from `OTEL_PUPPY_*` settings: loads `policies`, opens `store`.
+
+        No policy file at `policies` warns (`NoPoliciesWarning`, naming the absolute path): nothing
+        would be enforced. `OTEL_PUPPY_ALLOW_NO_POLICIES=true` says that is intended.
 
         Raises:
             SettingsError: a setting is invalid (the message names the variable).
             PolicyErrors: a policy file is invalid (every error, with file:line:column).
         """
         settings = settings or PuppySettings.load()
+        if not settings.allow_no_policies and (missing := missing_policies(Path(settings.policies))):
+            # A warning, as libraries say "this is probably not what you meant": shown once, at the
+            # caller's line, filterable; a service refuses to start instead (`otel-puppy serve`).
+            warnings.warn(f"{missing}; {ALLOW_HINT}", NoPoliciesWarning, stacklevel=2)
         policies = load_policies(settings.policies) if Path(settings.policies).exists() else PolicySet()
         engine = cls(settings, policies=policies, **kwargs)  # type: ignore[arg-type]
         if settings.watch_policies_s is not None and Path(settings.policies).exists():
@@ -235,13 +252,19 @@ class PolicyEngine:
 
     # --- decisions ----------------------------------------------------------------------------
 
-    def decide(self, request: DecisionRequest | None = None, /, **fields: object) -> Decision:
+    def decide(self, request: DecisionRequest | None = None, /, *, reserve: bool = True, **fields: object) -> Decision:
         """May this call go ahead, and with which model?
 
         Pass a `DecisionRequest` or its fields: `decide(provider="openai", model="gpt-4.1",
         agent="support", priority="normal", estimated_cost_usd=Decimal("0.02"))`. The strictest
         action of every matching policy wins; each is listed in `reasons`. With an estimate, the
-        spend is reserved on every matching budget until the call's span settles it.
+        spend is reserved on every matching budget until the call's span settles it
+        (`decision.reserved_usd`).
+
+        `reserve=False` only asks: the same action and reasons as a reserving decision, but nothing
+        is held (no reservation of any kind, no breaker probe) and nothing is left to settle
+        (`decision_id` and `reserved_usd` are `None`). Every kind of reservation goes through
+        budget admission's one `reserve` switch, so each honours it.
 
         Failing open or closed (`fail_open`) is for a store that does not answer. A value of the
         request itself never reaches the fail mode: it is refused with `RequestError`. Any other
@@ -250,12 +273,13 @@ class PolicyEngine:
         Raises:
             RequestError: a field's value is refused (the message names it); nothing was reserved.
         """
+        if reserve is not True and reserve is not False:  # `"false"` would be truthy: refused, not read
+            raise RequestError("reserve", "must be true or false")
         req = request if request is not None else DecisionRequest.from_fields(fields)
-        check_request(req)
         if self._sync.shares:  # a replica that only decides still sees the breakers others opened
             self._sync.tick(self._rules.runtimes, self.clock.now(), saving=False)
         try:
-            return self._decide(req)
+            return self._decide(req, reserve)
         except RequestError:
             raise
         except StoreError as exc:
@@ -265,7 +289,7 @@ class PolicyEngine:
             self.internal_error("engine.decide")
             return self._decide_despite(req)
 
-    def _decide(self, req: DecisionRequest) -> Decision:
+    def _decide(self, req: DecisionRequest, reserve: bool = True) -> Decision:
         now = self.clock.now()
         rules = self._rules
         admission = rules.admission
@@ -278,14 +302,17 @@ class PolicyEngine:
                 hits.append(route.hit)
                 if not route.hit.shadow and (route.provider, route.model) != (req.provider, req.model):
                     request = req.with_model(route.provider, route.model)
-        decision_id = new_decision_id()
-        plan, estimate, admitted = self._pass(rules, request, hits, decision_id, now)
+        decision_id = new_decision_id() if reserve else ""  # an ask holds nothing: nothing settles by an id
+        plan, estimate, admitted = self._pass(rules, request, hits, decision_id, now, reserve=reserve)
         if not hits and (admitted is None or plan.fits(admitted.states)):
             # The usual decision: the general path below would decide the same, building more.
             states = admitted.states if admitted is not None else ()
-            return self._decisions.allowed(request, plan, states, estimate, decision_id=decision_id, now=now)
+            reserved = admitted is not None and admitted.reserved
+            return self._decisions.allowed(
+                request, plan, states, estimate, decision_id=decision_id or None, now=now, reserved=reserved
+            )
         reserved = admitted is not None and admitted.reserved
-        hits += plan.hits(admitted, now)
+        hits += plan.hits(admitted, now, estimate)
         action = strictest(hits)
         if action is Action.DEGRADE:
             target = next(h.model for h in hits if h.action is Action.DEGRADE and not h.shadow and h.model)
@@ -297,26 +324,27 @@ class PolicyEngine:
                 kept = [h for h in hits if h.kind == "routing" or h.action is Action.DEGRADE]
                 listed = {(h.kind, h.policy, h.scope) for h in kept}
                 again = list(kept)  # they count for admission's reserve; listed once below
-                plan, estimate, admitted = self._pass(rules, request, again, decision_id, now)
+                plan, estimate, admitted = self._pass(rules, request, again, decision_id, now, reserve=reserve)
                 reserved = admitted is not None and admitted.reserved
-                again += plan.hits(admitted, now)
+                again += plan.hits(admitted, now, estimate)
                 hits = kept + [h for h in again if (h.kind, h.policy, h.scope) not in listed]
                 action = strictest(hits)
-        if action is Action.DENY:
+        if action is Action.DENY or not reserve:  # an ask also gives back what a check took (a breaker probe)
             self._abandon(rules, request, decision_id if reserved else None)
-        return self._decisions.ruled(request, hits, estimate, decision_id)
+            reserved = False
+        return self._decisions.ruled(request, hits, estimate, decision_id or None, reserved=reserved)
 
     def _pass(
-        self, rules: Rules, request: DecisionRequest, hits: list[Hit], decision_id: str, now: float
+        self, rules: Rules, request: DecisionRequest, hits: list[Hit], decision_id: str, now: float, *, reserve: bool
     ) -> tuple[Plan, tuple[int, int], Admitted | None]:
         """The path of a decision, and of its degrade: every runtime's hits on `request` are added to
-        `hits`, then budget admission reserves the estimate unless a hit denies."""
+        `hits`, then budget admission reserves the estimate unless a hit denies (or `reserve` is off)."""
         admission = rules.admission
         plan = admission.plan(request)
         estimate = admission.estimate(request)  # before a breaker probe is taken: it may refuse the request
         for runtime in rules.runtimes:
             hits += runtime.check(request, now)
-        return plan, estimate, admission.admit(plan, estimate, now, decision_id, reserve=not denied(hits))
+        return plan, estimate, admission.admit(plan, estimate, now, decision_id, reserve=reserve and not denied(hits))
 
     def _abandon(self, rules: Rules, request: DecisionRequest, reservation: str | None) -> None:
         """The decision will not go ahead with this request: give back what it took."""
@@ -405,6 +433,19 @@ class PolicyEngine:
 
     # --- metrics ------------------------------------------------------------------------------
 
+    def start_metrics_server(self, port: int, addr: str = "127.0.0.1") -> MetricsServer:
+        """Serve this engine's registry on `http://addr:port/metrics` for Prometheus to scrape.
+
+        Returns the running server (`.port`, `.url`, `.close()`); `close()` of the engine stops it too.
+
+        Raises:
+            ValueError: `port` is not in 0..65535 or `addr` is not a plausible host (see `metrics_server`).
+            OSError: the address cannot be bound.
+        """
+        server = start_metrics_server(self.registry, port, addr)
+        self._metrics_servers.append(server)
+        return server
+
     def _collect(self) -> Iterable[Metric]:
         rules = self._rules
         now = self.clock.now()
@@ -442,10 +483,13 @@ class PolicyEngine:
         return policies
 
     def close(self) -> None:
-        """Flush and stop the span processor, then close the store. Idempotent."""
+        """Flush and stop the span processor, close the store, stop the metrics servers started by
+        `start_metrics_server` and unregister from the Prometheus registry. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        for server in self._metrics_servers:
+            server.close()
         if self._watcher is not None:
             self._watcher.stop()
         if self._processor is not None:
@@ -454,6 +498,7 @@ class PolicyEngine:
         self._sync.stop()
         self.alerts.close()
         self._store.close()
+        self.metrics.unregister()  # frees the registry for another engine
 
     def __enter__(self) -> PolicyEngine:
         return self

@@ -15,6 +15,7 @@ __all__ = (
     "PolicyError",
     "PolicyErrors",
     "PuppyError",
+    "RegistryInUse",
     "RequestError",
     "SettingsError",
     "StoreCorruptError",
@@ -96,6 +97,25 @@ class RequestError(PuppyError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.field, self.message))
+
+
+class RegistryInUse(PuppyError):
+    """A live `PolicyEngine` already exports its metrics on this Prometheus registry.
+
+    Two engines on one registry would write every series twice. Give the second engine its own
+    (`registry=prometheus_client.CollectorRegistry()`), or `close()` the first: that unregisters it.
+    `registry` describes the registry (the default one is named `prometheus_client.REGISTRY`).
+    """
+
+    def __init__(self, registry: str) -> None:
+        self.registry = registry
+        super().__init__(
+            f"{registry} already exports the metrics of a live otel_puppy PolicyEngine: pass this engine "
+            "its own registry (registry=prometheus_client.CollectorRegistry()) or close() the first engine"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.registry,))
 
 
 class InvalidSpanError(PuppyError):

@@ -24,7 +24,9 @@ DECISION_CONTEXT_KEY: Final = otel_context.create_key("otel_puppy.decision_id")
 class Decider(Protocol):
     """What a guard asks: a decision for a request (`PolicyEngine.decide`)."""
 
-    def decide(self, request: DecisionRequest | None = None, /, **fields: object) -> Decision: ...
+    def decide(
+        self, request: DecisionRequest | None = None, /, *, reserve: bool = True, **fields: object
+    ) -> Decision: ...
 
 
 class DecisionGuard:

@@ -6,6 +6,11 @@ pass a cardinality guard: past `max_label_values` distinct values per label, new
 `other` and `otel_puppy_label_overflow_total{label}` counts each fold. User, session and
 conversation ids are never labels: they live in budgets.
 
+An engine registers on `prometheus_client.REGISTRY` unless it is given a registry (prometheus_client's
+convention), so `generate_latest()` and `start_http_server` show its series. One live engine per
+registry: a second one gets `RegistryInUse`, not two copies of every series; `unregister()` (the
+engine's `close()`) frees the registry.
+
 The same accumulators have a typed read side, `Metrics.totals()`: what health and the demo need
 (requests, errors, unpriced calls, spend, latency per model and per agent, spans by result,
 internal errors) as plain numbers, so nothing parses our own Prometheus families back by name.
@@ -13,20 +18,35 @@ internal errors) as plain numbers, so nothing parses our own Prometheus families
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+from prometheus_client.samples import Sample
 
 from otel_puppy.calls import LLMCall
+from otel_puppy.exceptions import RegistryInUse
 from otel_puppy.money import nanos_to_float
 from otel_puppy.pricing import Price, Unpriced
 
-__all__ = ("DURATION_BUCKETS", "OVERFLOW", "CallTally", "LabelGuard", "MetricTotals", "Metrics", "ModelKey")
+__all__ = (
+    "DURATION_BUCKETS",
+    "OVERFLOW",
+    "CallTally",
+    "LabelGuard",
+    "MetricTotals",
+    "Metrics",
+    "ModelKey",
+    "claimant",
+    "ensure_free",
+)
 
 OVERFLOW: Final = "other"
 DURATION_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
@@ -108,6 +128,8 @@ class MetricTotals:
     """Spans by what became of them (`applied`, `duplicate`, `dropped`, ...)."""
     internal_errors: int = 0
     store_errors: int = 0
+    store_errors_by_operation: Mapping[str, int] = field(default_factory=dict)
+    """`store_errors` by the operation that failed (`apply`, `decide`, `save_state`, ...)."""
 
     @property
     def dropped_spans(self) -> int:
@@ -132,9 +154,13 @@ class _Tally:
 
 
 class Metrics:
-    """All of otel_puppy's series for one engine, registered on `registry`, and their totals."""
+    """All of otel_puppy's series for one engine, and their totals.
 
-    def __init__(self, registry: CollectorRegistry, max_label_values: int = 200) -> None:
+    Registered on `registry` when one is given (else by `register()` later); at most one `Metrics`
+    per registry at a time (`RegistryInUse`).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, max_label_values: int = 200) -> None:
         self._lock = threading.Lock()
         self.guard = LabelGuard(max_label_values)
         self._requests: dict[tuple[str, ...], int] = {}
@@ -151,7 +177,40 @@ class Metrics:
         self.buffered = 0
         """Spans the span processor holds for a store that does not answer (set by the processor)."""
         self._extra: list[Callable[[], Iterable[Metric]]] = []
-        registry.register(_Collector(self))
+        self._collector = _Collector(self)
+        self._registry: CollectorRegistry | None = None
+        if registry is not None:
+            self.register(registry)
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Export these series on `registry` (claiming it: see `ensure_free`).
+
+        Raises:
+            RegistryInUse: another live `Metrics` (engine) exports on `registry`.
+            ValueError: these series are already registered on another registry.
+        """
+        with _claims_lock():
+            owner = _CLAIMS.get(registry)
+            if owner is self:
+                return
+            if owner is not None:
+                raise RegistryInUse(describe_registry(registry))
+            if self._registry is not None:
+                raise ValueError(f"these metrics are already registered on {describe_registry(self._registry)}")
+            registry.register(self._collector)
+            _CLAIMS[registry] = self
+            self._registry = registry
+
+    def unregister(self) -> None:
+        """Stop exporting on the registry and free it for another engine. Idempotent."""
+        with _claims_lock():
+            registry, self._registry = self._registry, None
+            if registry is None:
+                return
+            if _CLAIMS.get(registry) is self:
+                del _CLAIMS[registry]
+            with contextlib.suppress(KeyError):  # someone unregistered our collector directly: already done
+                registry.unregister(self._collector)
 
     def add_collector(self, produce: Callable[[], Iterable[Metric]]) -> None:
         """Other parts (budgets, breakers, queues) add families built at scrape time."""
@@ -276,14 +335,15 @@ class Metrics:
                     tally.duration_s += histogram.sum
             spans = dict(self._spans)
             internal_errors = sum(self._internal_errors.values())
-            store_errors = sum(self._store_errors.values())
+            by_operation = dict(self._store_errors)
         return MetricTotals(
             calls=everything.freeze(),
             by_model={key: tally.freeze() for key, tally in models.items()},
             by_agent={key: tally.freeze() for key, tally in agents.items()},
             spans=spans,
             internal_errors=internal_errors,
-            store_errors=store_errors,
+            store_errors=sum(by_operation.values()),
+            store_errors_by_operation=by_operation,
         )
 
     def after_fork(self) -> None:
@@ -361,12 +421,16 @@ class Metrics:
         histogram = HistogramMetricFamily(
             "otel_puppy_llm_request_duration_seconds", "Model call duration.", labels=CALL_LABELS
         )
+        # The samples `histogram.add_metric` would append (buckets, `_count`, `_sum`), built directly:
+        # a scrape writes one histogram per model, and its per-bucket checks cost more than the rest.
+        samples, bucket, count_name, sum_name = histogram.samples, *_HISTOGRAM_NAMES
         for key, (buckets, _count, total) in durations.items():
-            cumulative, running = [], 0
-            for bound, count in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+            labels, running = dict(zip(CALL_LABELS, key, strict=True)), 0
+            for le, count in zip(_BUCKET_LABELS, buckets, strict=True):
                 running += count
-                cumulative.append((_bucket_label(bound), running))
-            histogram.add_metric(key, cumulative, total)
+                samples.append(Sample(bucket, {**labels, "le": le}, running))
+            samples.append(Sample(count_name, labels, running))
+            samples.append(Sample(sum_name, dict(labels), total))
         yield histogram
 
         family = CounterMetricFamily(
@@ -418,8 +482,50 @@ class Metrics:
             yield from produce()
 
 
+_CLAIMS: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
+"""Which live `Metrics` exports on each registry (weak: a dropped private registry is forgotten)."""
+_CLAIMS_LOCK = [threading.Lock()]
+"""In a list so a forked child can replace it: a parent thread may have held it at the fork."""
+
+
+def _claims_lock() -> threading.Lock:
+    return _CLAIMS_LOCK[0]
+
+
+def _after_fork_in_child() -> None:
+    _CLAIMS_LOCK[0] = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def describe_registry(registry: CollectorRegistry) -> str:
+    """How errors name a registry: the default one by its import path."""
+    if registry is REGISTRY:
+        return "the default Prometheus registry (prometheus_client.REGISTRY)"
+    return f"the Prometheus registry {type(registry).__name__} at {id(registry):#x}"
+
+
+def claimant(registry: CollectorRegistry) -> Metrics | None:
+    """The live `Metrics` exporting on `registry`, if any."""
+    with _claims_lock():
+        return _CLAIMS.get(registry)
+
+
+def ensure_free(registry: CollectorRegistry) -> None:
+    """Raise `RegistryInUse` if a live engine exports on `registry` (checked before opening anything)."""
+    if claimant(registry) is not None:
+        raise RegistryInUse(describe_registry(registry))
+
+
 def _bucket_label(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
+
+
+_BUCKET_LABELS: Final = tuple(_bucket_label(bound) for bound in (*DURATION_BUCKETS, float("inf")))
+_HISTOGRAM_NAMES: Final = tuple(
+    f"otel_puppy_llm_request_duration_seconds{suffix}" for suffix in ("_bucket", "_count", "_sum")
+)
 
 
 class _Collector(Collector):

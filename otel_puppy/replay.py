@@ -41,12 +41,24 @@ from otel_puppy.money import format_usd, nanos_to_usd
 from otel_puppy.pricing import Price
 from otel_puppy.server.otlp import JSON, OtlpDecodeError, calls_from_request, decode_traces
 
-__all__ = ("ReplayEngine", "ReplayReport", "ReplayRow", "read_spans", "render", "replay")
+__all__ = (
+    "ReplayEngine",
+    "ReplayReport",
+    "ReplayRow",
+    "ReplayTotal",
+    "read_spans",
+    "render",
+    "replay",
+    "report_json",
+    "summarize",
+)
 
 logger = logging.getLogger("otel_puppy")
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_ZERO: Final = nanos_to_usd(0)
+"""Zero at the nano-dollar scale, so sums print as exactly as the amounts they add up."""
 _ACTION_STYLES: Final = {Action.ALLOW: "green", Action.WARN: "yellow", Action.DEGRADE: "magenta", Action.DENY: "red"}
 
 
@@ -99,6 +111,25 @@ class ReplayReport:
     instrumentations describing one call), which the engine would count once."""
     unpriced: int = 0
     """Calls replayed without a price: in no spend total, never counted as $0."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayTotal:
+    """One agent's calls to one model over the whole recording (`replay --summary`)."""
+
+    agent: str | None
+    provider: str
+    model: str
+    calls: int
+    allowed: int
+    warned: int
+    degraded: int
+    denied: int
+    unpriced: int
+    spend_usd: Decimal
+    """Priced spend of its calls that went ahead."""
+    spend_denied_usd: Decimal
+    """Priced spend of its calls that were denied."""
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -250,29 +281,94 @@ def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], Rep
     )
 
 
+def summarize(report: ReplayReport) -> tuple[ReplayTotal, ...]:
+    """The rows added up per agent and model, the largest spend (applied, then prevented) first."""
+    groups: dict[tuple[str, str, str], list[ReplayRow]] = {}
+    for row in report.rows:
+        groups.setdefault((row.agent or "", row.provider, row.model), []).append(row)
+    totals = []
+    for (_, provider, model), rows in groups.items():
+        actions = [row.action for row in rows]
+        denied = [row for row in rows if row.action == Action.DENY.value]
+        went_ahead = [row for row in rows if row.action != Action.DENY.value]
+        totals.append(
+            ReplayTotal(
+                agent=rows[0].agent,
+                provider=provider,
+                model=model,
+                calls=len(rows),
+                allowed=actions.count(Action.ALLOW.value),
+                warned=actions.count(Action.WARN.value),
+                degraded=actions.count(Action.DEGRADE.value),
+                denied=len(denied),
+                unpriced=sum(row.cost_usd is None for row in rows),
+                spend_usd=sum((row.cost_usd or _ZERO for row in went_ahead), _ZERO),
+                spend_denied_usd=sum((row.cost_usd or _ZERO for row in denied), _ZERO),
+            )
+        )
+    totals.sort(key=lambda t: (-t.spend_usd, -t.spend_denied_usd, t.agent or "", t.provider, t.model))
+    return tuple(totals)
+
+
+def report_json(report: ReplayReport, *, summary: bool = False) -> dict[str, object]:
+    """The report as JSON data (`replay --json`): money as exact decimal strings, times in ISO 8601 UTC.
+
+    `rows` holds one entry per call, or with `summary` `totals_by_agent_model` one per agent and
+    model; `totals` is the whole recording's either way.
+    """
+    document: dict[str, object] = {}
+    if summary:
+        document["totals_by_agent_model"] = [
+            {
+                "agent": total.agent,
+                "provider": total.provider,
+                "model": total.model,
+                "calls": total.calls,
+                "allowed": total.allowed,
+                "warned": total.warned,
+                "degraded": total.degraded,
+                "denied": total.denied,
+                "unpriced": total.unpriced,
+                "spend_usd": format_usd(total.spend_usd),
+                "spend_denied_usd": format_usd(total.spend_denied_usd),
+            }
+            for total in summarize(report)
+        ]
+    else:
+        document["rows"] = [
+            {
+                "time": _utc(row.at),
+                "agent": row.agent,
+                "provider": row.provider,
+                "model": row.model,
+                "action": row.action,
+                "policies": list(row.policies),
+                "cost_usd": None if row.cost_usd is None else format_usd(row.cost_usd),
+            }
+            for row in report.rows
+        ]
+    document["totals"] = {
+        "calls": len(report.rows),
+        "allowed": report.allowed,
+        "warned": report.warned,
+        "degraded": report.degraded,
+        "denied": report.denied,
+        "unpriced": report.unpriced,
+        "skipped": report.skipped,
+        "spend_usd": format_usd(report.spend_usd),
+        "spend_denied_usd": format_usd(report.spend_denied_usd),
+    }
+    return document
+
+
 # --- showing --------------------------------------------------------------------------------
 
 
-def render(report: ReplayReport, console: Console) -> None:
-    """The decisions as a table (time in UTC, ISO 8601), then the totals."""
-    table = Table(title=f"Replay: {len(report.rows)} calls", title_justify="left")
-    table.add_column("time (UTC)", no_wrap=True)
-    table.add_column("agent")
-    table.add_column("model")
-    table.add_column("action")
-    table.add_column("policies")
-    table.add_column("cost (USD)", justify="right")
-    for row in report.rows:
-        # Span data is text, never rich markup: a model named "[red]x" must print as written.
-        table.add_row(
-            _utc(row.at),
-            Text(row.agent or "-"),
-            Text(f"{row.provider}:{row.model}"),
-            Text(row.action, style=_ACTION_STYLES.get(Action(row.action), "")),
-            Text(", ".join(row.policies)),
-            _usd(row.cost_usd),
-        )
-    console.print(table)
+def render(report: ReplayReport, console: Console, *, summary: bool = False) -> None:
+    """The decisions as a table (time in UTC, ISO 8601), or with `summary` one row per agent and
+    model, then the totals. Money columns never wrap; on a console as wide as its content (off a
+    terminal, `cli.render.command_console`) no figure is cut."""
+    console.print(_summary_table(report) if summary else _rows_table(report))
     totals = Text()
     totals.append(f"allowed {report.allowed}", style="green")
     totals.append(", ")
@@ -290,6 +386,53 @@ def render(report: ReplayReport, console: Console) -> None:
         notes.append(f"{report.skipped} duplicate or nested spans skipped")
     if notes:
         console.print(Text("; ".join(notes), style="dim"))
+
+
+def _rows_table(report: ReplayReport) -> Table:
+    table = Table(title=f"Replay: {len(report.rows)} calls", title_justify="left")
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("agent")
+    table.add_column("model")
+    table.add_column("action")
+    table.add_column("policies")
+    table.add_column("cost (USD)", justify="right", no_wrap=True)
+    for row in report.rows:
+        # Span data is text, never rich markup: a model named "[red]x" must print as written.
+        table.add_row(
+            _utc(row.at),
+            Text(row.agent or "-"),
+            Text(f"{row.provider}:{row.model}"),
+            Text(row.action, style=_ACTION_STYLES.get(Action(row.action), "")),
+            Text(", ".join(row.policies)),
+            _usd(row.cost_usd),
+        )
+    return table
+
+
+def _summary_table(report: ReplayReport) -> Table:
+    totals = summarize(report)
+    title = f"Replay: {len(report.rows)} calls by {len(totals)} agent and model pairs"
+    table = Table(title=title, title_justify="left")
+    table.add_column("agent")
+    table.add_column("model")
+    for action in Action:
+        table.add_column(action.value, justify="right", style=_ACTION_STYLES[action])
+    table.add_column("unpriced", justify="right")
+    table.add_column("spend (USD)", justify="right", no_wrap=True)
+    table.add_column("prevented (USD)", justify="right", no_wrap=True)
+    for total in totals:
+        table.add_row(
+            Text(total.agent or "-"),
+            Text(f"{total.provider}:{total.model}"),
+            str(total.allowed),
+            str(total.warned),
+            str(total.degraded),
+            str(total.denied),
+            str(total.unpriced) if total.unpriced else "",
+            _usd(total.spend_usd),
+            _usd(total.spend_denied_usd),
+        )
+    return table
 
 
 def _utc(at: float) -> str:

@@ -47,6 +47,9 @@ class PuppySettings(BaseSettings):
 
     policies: Path = Path("policies")
     """A directory of `*.yaml`/`*.yml` policy files, or one file."""
+    allow_no_policies: bool = False
+    """True: no policy files at `policies` is intended (nothing enforced; prices and metrics only).
+    Otherwise `from_settings()` warns and `otel-puppy check`/`serve` exit 1, naming the path."""
     store: str = "memory://"
     """`memory://`, `sqlite:///path/to/state.db` or `redis://host:port/db`."""
     host: str = "127.0.0.1"

@@ -2,12 +2,16 @@
 
 Calendar windows (`hour`, `day`, `week`, `month`) follow the wall clock of a timezone, so a
 `day` in Europe/Paris is 23 or 25 hours long on DST changes. Rolling windows (`15m`, `1h`,
-`24h`, `7d`, `30d`) are kept as 60 sub-buckets each and summed over the trailing duration.
+`24h`, `7d`, `30d`) are kept as 60 sub-buckets each and summed over the trailing duration: they
+never reset, their spend ages out one sub-bucket at a time (`RollingWindow.drops_at`), so when a
+request fits again is worked out from the sub-buckets (`RollingWindow.room_at`).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -120,8 +124,56 @@ class RollingWindow:
         )
 
     def resets_at(self, now: float) -> float:
-        """When the oldest sub-bucket counted now drops out."""
+        """When the oldest sub-bucket counted now drops out (a rolling window never resets: spend
+        ages out sub-bucket by sub-bucket; see `drops_at` and `room_at`)."""
         return (int(now // self.step) + 1) * self.step
+
+    def drops_at(self, index: int) -> float:
+        """When spend in sub-bucket `index` stops counting: `buckets_for_read` counts the current
+        sub-bucket and the 60 before it, so at the first instant of sub-bucket `index + 61`.
+
+        >>> RollingWindow(3600, "1h").drops_at(0)
+        3660.0
+        """
+        step = self.step
+        edge = index + SUB_BUCKETS + 1
+        at = edge * step
+        # The first float `bucket()` puts in sub-bucket `edge`: with a step like 61/60 s the
+        # product can land a rounding error either side of it.
+        while int(at // step) < edge:
+            at = math.nextafter(at, math.inf)
+        while int((before := math.nextafter(at, -math.inf)) // step) >= edge:
+            at = before
+        return at
+
+    def room_at(self, buckets: Iterable[tuple[int, int]], held: int, need: int, limit: int, now: float) -> float | None:
+        """The first instant from `now` at which what still counts of `buckets` ((sub-bucket index,
+        amount), each counted at `now`), plus `held`, plus `need` fits `limit`: within it with a
+        need, under it without one (the rule of `store.base.check_state`). None: never (`need`
+        alone does not fit).
+
+        `held` (reservations in flight) is counted as spend made at `now`: a reservation nearly
+        always settles within seconds as spend that then counts for the whole window, and one that
+        expires unsettled only frees room sooner.
+
+        >>> RollingWindow(3600, "1h").room_at([(0, 60), (20, 30)], 0, 25, 100, 1800.0)
+        3660.0
+        """
+        limit = max(limit, 0)
+        if need > limit or (need == 0 and limit == 0):
+            return None
+        room = limit - need if need else limit - 1
+        dropping = sorted((self.drops_at(index), amount) for index, amount in buckets)
+        dropping.append((self.drops_at(int(now // self.step)), held))
+        dropping.sort(key=lambda item: item[0])  # stable: the held amount last among equals
+        left = sum(amount for _, amount in dropping)
+        if left <= room:
+            return now
+        for at, amount in dropping:
+            left -= amount
+            if left <= room:
+                return max(at, now)
+        return None  # unreachable: nothing is left once every amount has dropped
 
     def resets_at_datetime(self, now: float) -> datetime:
         return datetime.fromtimestamp(self.resets_at(now), UTC)

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import logfire
 import pytest
+from prometheus_client import REGISTRY
 
 from otel_puppy.engine import PolicyEngine
+from otel_puppy.metrics import claimant
 from otel_puppy.testing import engine_for_tests
 from tests._redis import RedisServer
 
@@ -33,6 +35,16 @@ def logfire_engine() -> Iterator[PolicyEngine]:
     yield engine
     engine.span_processor().force_flush()
     engine.close()
+
+
+@pytest.fixture(autouse=True)
+def _free_default_registry() -> Iterator[None]:
+    """An engine built without `registry=` exports on `prometheus_client.REGISTRY`, one at a time
+    (`RegistryInUse`). A test that leaves one open must not fail the next test that builds one."""
+    yield
+    leftover = claimant(REGISTRY)
+    if leftover is not None:
+        leftover.unregister()
 
 
 @pytest.fixture(autouse=True)

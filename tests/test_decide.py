@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -186,7 +187,7 @@ def test_reserve_fractions_shed_lower_priorities_first() -> None:
         "budgets:\n  - {name: b, limit_usd: 0.01, window: day, action: deny, reserve: {critical: 0.1, high: 0.3}}\n"
     )
     spend(engine, input_tokens=3000, output_tokens=0)  # $0.006 of $0.01: 60%
-    est = {"provider": "openai", "model": "gpt-4.1", "estimated_cost_usd": "0.001"}
+    est: dict[str, Any] = {"provider": "openai", "model": "gpt-4.1", "estimated_cost_usd": "0.001"}
     # normal may use 70%: 0.006 + 0.001 fits; bulk too (same 70%); a second reservation does not
     assert engine.decide(**est, priority="bulk").action is Action.ALLOW
     assert engine.decide(**est, priority="normal").action is Action.DENY  # 0.008 > 0.007
@@ -601,7 +602,12 @@ def test_an_allowed_decision_builds_its_hits_when_read_and_sends_them_as_they_re
 
 def test_decisions_follow_a_new_policy_set_at_once() -> None:
     engine, _ = engine_with("budgets:\n  - {name: org, limit_usd: 10, window: day}\n")
-    request = {"provider": "openai", "model": "gpt-4.1", "agent": "support", "estimated_cost_usd": "0.01"}
+    request: dict[str, Any] = {
+        "provider": "openai",
+        "model": "gpt-4.1",
+        "agent": "support",
+        "estimated_cost_usd": "0.01",
+    }
     assert [h.policy for h in engine.decide(**request).reasons] == ["org"]
     engine.use_policies(
         parse_policy_text(

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client.registry import CollectorRegistry
@@ -112,7 +112,7 @@ def test_a_hostile_value_is_refused_and_the_exhausted_budget_still_denies(
     exhausted: PolicyEngine, field: str, value: object
 ) -> None:
     engine = exhausted
-    fields: dict[str, object] = {"provider": "openai", "model": "gpt-4.1", "agent": "b", field: value}
+    fields: dict[str, Any] = {"provider": "openai", "model": "gpt-4.1", "agent": "b", field: value}
     with pytest.raises(RequestError) as raised:
         engine.decide(**fields)
     assert raised.value.field == field
@@ -142,10 +142,13 @@ def test_a_warn_budget_is_not_switched_off_by_a_hostile_estimate(store_url: str,
     engine = _engine(open_store(store_url), "budgets: [{name: soft, limit_usd: 1, window: 30d, action: warn}]")
     try:
         with pytest.raises(RequestError):
-            engine.decide(**{"provider": "openai", "model": "gpt-4.1", field: value})
+            engine.decide(**cast(dict[str, Any], {"provider": "openai", "model": "gpt-4.1", field: value}))
         over = engine.decide(provider="openai", model="gpt-4.1", estimated_cost_usd="1.5")
         assert over.action is Action.WARN
-        assert over.reasons[0].message == "budget soft: $0.000000000 of $1 this 30d (0%); over, warning only"
+        assert over.reasons[0].message == (
+            "budget soft: $0.000000000 of $1 this 30d (0%); over, warning only: "
+            "this request alone ($1.5) is larger than the budget's limit ($1), so it never fits"
+        )
         assert engine.snapshot().budget("soft").reserved_usd == Decimal("1.500000000")
         assert engine.decide(provider="openai", model="gpt-4.1").action is Action.WARN
     finally:

@@ -133,6 +133,13 @@ def capture_engines(monkeypatch: pytest.MonkeyPatch) -> list[PolicyEngine]:
     def from_settings(settings: PuppySettings | None = None, **kwargs: Any) -> PolicyEngine:
         engine = original(settings, **kwargs)
         engines.append(engine)
+        close = engine.close
+
+        def close_keeping_the_series() -> None:  # close() unregisters them: registered again to be read
+            close()
+            engine.metrics.register(engine.registry)
+
+        monkeypatch.setattr(engine, "close", close_keeping_the_series)
         return engine
 
     monkeypatch.setattr(PolicyEngine, "from_settings", staticmethod(from_settings))
@@ -159,7 +166,7 @@ def test_demo_fills_every_metric_and_stops_cleanly(tmp_path: Path, monkeypatch: 
     policies = tmp_path / "policies"
     policies.mkdir()
     output = io.StringIO()
-    settings = PuppySettings.load(store="memory://", port=port, policies=policies)
+    settings = PuppySettings.load(store="memory://", port=port, policies=policies, allow_no_policies=True)
     url = f"http://127.0.0.1:{port}/metrics"
 
     thread, outcome = run_in_thread(
@@ -261,7 +268,7 @@ def test_demo_fills_every_metric_and_stops_cleanly(tmp_path: Path, monkeypatch: 
 
 def test_live_display_shows_the_tables(tmp_path: Path) -> None:
     output = io.StringIO()
-    settings = PuppySettings.load(store="memory://", port=free_port(), policies=tmp_path)
+    settings = PuppySettings.load(store="memory://", port=free_port(), policies=tmp_path, allow_no_policies=True)
     summary = demo.run(
         settings,
         duration=1,

@@ -77,7 +77,8 @@ def test_serve_ingests_answers_and_keeps_its_state_in_sqlite_across_a_restart(tm
         assert "deny" in denied.stdout
         assert "support-daily" in denied.stdout
         allowed = cli(tmp_path, "decide", "--provider", "openai", "--model", "gpt-4.1", "--agent", "research",
-                      "--priority", "high", "--estimated-cost-usd", "0.02", "--url", running.url, "--json")  # fmt: skip
+                      "--priority", "high", "--estimated-cost-usd", "0.02", "--reserve",
+                      "--url", running.url, "--json")  # fmt: skip
         assert allowed.returncode == 0, allowed.stderr
         decision = json.loads(allowed.stdout)
         assert (decision["action"], decision["model"]) == ("allow", "gpt-4.1")

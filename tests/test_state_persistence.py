@@ -260,8 +260,9 @@ class FailingStore(MemoryStore):
         raise StoreError("sqlite store state.db: merge state failed: database or disk is full")
 
 
-def store_errors(engine: PolicyEngine, operation: str) -> float | None:
-    return engine.registry.get_sample_value("otel_puppy_store_errors_total", {"operation": operation})
+def store_errors(engine: PolicyEngine, operation: str) -> int | None:
+    # the counts, not the registry: a closed engine is no longer registered
+    return engine.metrics.totals().store_errors_by_operation.get(operation)
 
 
 def test_a_failing_store_neither_stops_the_engine_nor_reaches_the_caller(engines: Engines) -> None:
@@ -275,9 +276,7 @@ def test_a_failing_store_neither_stops_the_engine_nor_reaches_the_caller(engines
     assert store_errors(engine, "sync_breakers") == 2.0  # the transition's sync
     engine.close()
     assert (store_errors(engine, "sync_breakers"), store_errors(engine, "save_state")) == (3.0, 1.0)  # at close
-    assert (
-        engine.registry.get_sample_value("otel_puppy_internal_errors_total", {"component": "engine.save_state"}) is None
-    )
+    assert engine.metrics.totals().internal_errors == 0
 
 
 # --- schema ---------------------------------------------------------------------------------------

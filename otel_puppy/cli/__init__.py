@@ -1,10 +1,11 @@
 """`otel-puppy`: the command line (`main`); each command lives in a module of this package.
 
 otel-puppy serve [--host H] [--port P]   OTLP/HTTP receiver, decision API and /metrics (embedded SQLite state)
-otel-puppy decide --provider P --model M  ask a running service whether a call may go ahead (exit 3: deny)
-otel-puppy status [--json]               a running service's budgets, breakers, anomalies and health
+otel-puppy decide --provider P --model M  ask a running service whether a call may go ahead (exit 3: deny);
+                                         only asks unless --reserve
+otel-puppy status [--json]               a running service's policies, budgets, breakers, anomalies, health
 otel-puppy demo [--duration S]           a simulated agent fleet with /metrics, so dashboards have data
-otel-puppy check [PATH]                  validate policy files: file:line:column errors, exit 1
+otel-puppy check [PATH]                  validate policy files: file:line:column errors (or none there), exit 1
 otel-puppy replay FILE                   what would the policies have decided over recorded spans?
 
 Every command reads the `OTEL_PUPPY_*` settings (environment or `.env`); options override them.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
-from otel_puppy.cli.errors import print_policy_errors
+from otel_puppy.cli.errors import print_error, print_policy_errors
 from otel_puppy.exceptions import PolicyErrors
 
 __all__ = ("register",)
@@ -41,13 +42,29 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     fleet.add_argument("--seed", type=int, default=7)
     fleet.set_defaults(handler=_fleet)
 
-    check = commands.add_parser("check", help="validate policy files")
+    check = commands.add_parser(
+        "check",
+        help="validate policy files",
+        description="Validate policy files: every error as file:line:column, exit 1. No policy file at the path "
+        "is an error too (nothing would be enforced), unless --allow-no-policies.",
+    )
     check.add_argument("path", nargs="?", type=Path, default=None, help="directory or file (default: settings)")
+    check.add_argument(
+        "--allow-no-policies",
+        action="store_true",
+        help="no policy file at the path is intended (also OTEL_PUPPY_ALLOW_NO_POLICIES=true)",
+    )
     check.set_defaults(handler=_check)
 
     replay = commands.add_parser("replay", help="what would the policies have decided over recorded spans?")
     replay.add_argument("file", type=Path, help="OTLP JSON lines, as the Collector's file exporter writes (.gz ok)")
     replay.add_argument("--policies", type=Path, default=None, help="directory or file (default: settings)")
+    replay.add_argument(
+        "--json", action="store_true", help="print JSON (money as exact decimal strings) instead of tables"
+    )
+    replay.add_argument(
+        "--summary", action="store_true", help="one row per agent and model with its totals, not one per call"
+    )
     replay.set_defaults(handler=_replay)
 
 
@@ -88,10 +105,19 @@ def _fleet(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from otel_puppy.policies import load_policies
+    from otel_puppy.policies.presence import CLI_ALLOW_HINT, missing_policies
     from otel_puppy.settings import PuppySettings
 
     path: Path = args.path if args.path is not None else PuppySettings.load().policies
     console = Console(highlight=False, soft_wrap=True)
+    missing = missing_policies(path)
+    if missing is not None:
+        # Settings are read only now: a path given on the command line needs none otherwise.
+        if not (args.allow_no_policies or PuppySettings.load().allow_no_policies):
+            print_error(f"{missing}; {CLI_ALLOW_HINT}")
+            return 1
+        console.print(f"[green]ok[/green] (allowed): {missing}")
+        return 0
     try:
         policies = load_policies(path)
     except PolicyErrors as exc:
@@ -107,10 +133,11 @@ def _check(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from prometheus_client.registry import CollectorRegistry
 
+    from otel_puppy.cli.render import command_console
     from otel_puppy.clock import ManualClock
     from otel_puppy.engine import PolicyEngine
     from otel_puppy.policies import load_policies
-    from otel_puppy.replay import read_spans, render, replay
+    from otel_puppy.replay import read_spans, render, replay, report_json
     from otel_puppy.server.otlp import OtlpDecodeError
     from otel_puppy.settings import PuppySettings
     from otel_puppy.store.memory import MemoryStore
@@ -137,5 +164,9 @@ def _replay(args: argparse.Namespace) -> int:
     except (OSError, OtlpDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    render(report, Console(highlight=False))
+    if args.json:
+        print(json.dumps(report_json(report, summary=args.summary), indent=2, ensure_ascii=False))
+    else:
+        # Off a terminal, tables as wide as their content: no money figure is ever cut to fit.
+        render(report, command_console(), summary=args.summary)
     return 0

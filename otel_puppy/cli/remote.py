@@ -1,4 +1,7 @@
-"""`otel-puppy decide` and `otel-puppy status`: clients of a running service, over its JSON API."""
+"""`otel-puppy decide` and `otel-puppy status`: clients of a running service, over its JSON API.
+
+`decide` only asks unless `--reserve`; output off a terminal is never cut (`render.command_console`).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,17 @@ import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from rich.console import Console
-
 from otel_puppy.bounds import MAX_CALL_COST_USD, InvalidNumber, OutOfBounds, read_decimal
 from otel_puppy.cli.errors import ServiceError
-from otel_puppy.cli.render import render_anomalies, render_breakers, render_budgets, render_decision, render_health
+from otel_puppy.cli.render import (
+    command_console,
+    render_anomalies,
+    render_breakers,
+    render_budgets,
+    render_decision,
+    render_health,
+    render_policies,
+)
 from otel_puppy.cli.serve import url_host
 
 if TYPE_CHECKING:
@@ -45,12 +54,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     decide.add_argument("--user", default=None)
     decide.add_argument("--priority", choices=[p.value for p in Priority], default=None, help="default: normal")
     decide.add_argument(
-        "--estimated-cost-usd", type=_usd, default=None, metavar="USD", help="reserved on matching budgets, e.g. 0.02"
+        "--estimated-cost-usd", type=_usd, default=None, metavar="USD", help="the call's estimated cost, e.g. 0.02"
+    )
+    decide.add_argument(
+        "--reserve",
+        action="store_true",
+        help="hold the estimate on every matching budget until the call's span settles it (or it expires); "
+        "without it the service is only asked and nothing is held",
     )
     _client_options(decide)
     decide.set_defaults(handler=_decide)
 
-    status = commands.add_parser("status", help="budgets, breakers, anomalies and health of a running service")
+    status = commands.add_parser(
+        "status",
+        help="policies, budgets, breakers, anomalies and health of a running service",
+        description="The state of a running service. On a terminal, tables; to a pipe or a file, the same tables "
+        "as wide as their content (no figure cut); --json for the API's JSON (money as exact decimal strings).",
+    )
     _client_options(status)
     status.set_defaults(handler=_status)
 
@@ -101,7 +121,7 @@ def _decide(args: argparse.Namespace) -> int:
     client_logger.setLevel(logging.ERROR)
     try:
         with DecisionClient(url, api_token=token, timeout_s=_CLIENT_TIMEOUT_S) as client:
-            decision = client.decide(**fields)
+            decision = client.decide(reserve=args.reserve, **fields)
             unanswered = client.failures > 0
     except DecisionServiceError as exc:
         hint = "; set OTEL_PUPPY_API_TOKEN to the service's token" if exc.status_code == 401 else ""
@@ -114,11 +134,12 @@ def _decide(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(decision.to_dict(), indent=2))
     else:
-        render_decision(decision, Console(highlight=False))
+        render_decision(decision, command_console())
     return 0 if decision.allowed else DENY_EXIT_CODE
 
 
 _STATUS_PATHS: Final = (
+    ("policies", "/v1/policies"),
     ("budgets", "/v1/budgets"),
     ("breakers", "/v1/breakers"),
     ("anomalies", "/v1/anomalies"),
@@ -134,13 +155,16 @@ def _status(args: argparse.Namespace) -> int:
     state: dict[str, Any] = {}
     with httpx.Client(base_url=url, headers=headers, timeout=_CLIENT_TIMEOUT_S) as client:
         for name, path in _STATUS_PATHS:
-            body = _get(client, url, path)
-            state[name] = body if name == "health" else body.get(name, [])
+            # a service older than `/v1/policies` still has the rest to show
+            body = _get(client, url, path, missing_ok=name == "policies")
+            state[name] = body if name in ("health", "policies") else (body or {}).get(name, [])
     if args.json:
+        # the API's own JSON: money as its exact decimal strings, never cut
         print(json.dumps(state, indent=2))
         return 0
-    console = Console(highlight=False)
+    console = command_console()
     console.print(f"otel-puppy at {url}")
+    render_policies(state["policies"], console)
     render_budgets(state["budgets"], console)
     render_breakers(state["breakers"], console)
     render_anomalies(state["anomalies"], console)
@@ -148,7 +172,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _get(client: httpx.Client, url: str, path: str) -> dict[str, Any]:
+def _get(client: httpx.Client, url: str, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
     import httpx
 
     try:
@@ -166,6 +190,8 @@ def _get(client: httpx.Client, url: str, path: str) -> dict[str, Any]:
         raise ServiceError(
             f"{url} refused the request: {_message(body, response)}; set OTEL_PUPPY_API_TOKEN to the service's token"
         )
+    if missing_ok and response.status_code == 404:
+        return None
     if response.status_code != 200 or not isinstance(body, dict):
         raise ServiceError(f"GET {url}{path} answered {response.status_code}: {_message(body, response)}")
     return body

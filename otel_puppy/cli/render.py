@@ -7,6 +7,7 @@ sends them, so `otel-puppy status` shows what any client would read; money goes 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -25,6 +26,7 @@ __all__ = (
     "HEALTH_STYLES",
     "SEVERITY_STYLES",
     "STATE_STYLES",
+    "command_console",
     "number",
     "policy_name",
     "render_anomalies",
@@ -32,6 +34,8 @@ __all__ = (
     "render_budgets",
     "render_decision",
     "render_health",
+    "render_policies",
+    "reservation",
     "usd_text",
     "utilization",
     "when",
@@ -62,8 +66,10 @@ def render_decision(decision: Decision, console: Console) -> None:
     summary.add_row("call", decision.model_ref)
     if decision.decision_id:
         summary.add_row("decision id", decision.decision_id)
-    if decision.estimated_cost_usd is not None:
-        summary.add_row("reserved", usd_text(decision.estimated_cost_usd))
+    if decision.reserved_usd is not None:
+        summary.add_row("reserved", reservation(decision))
+    elif decision.estimated_cost_usd is not None:
+        summary.add_row("estimate", f"{usd_text(decision.estimated_cost_usd)} (nothing reserved)")
     if decision.retry_after_s is not None:
         summary.add_row("retry after", f"{decision.retry_after_s:g} s")
     if decision.resets_at is not None:
@@ -266,3 +272,55 @@ def _relative(seconds: int) -> str:
     else:
         text = f"{secs}s"
     return f"in {text}" if seconds >= 0 else f"{text} ago"
+
+
+# --- added for issue 14: output for people and for pipes ----------------------------------------
+
+PLAIN_WIDTH: Final = 100_000
+"""The width of output that is not a terminal: wider than any line a command prints, so rich never
+wraps, cuts or ellipsizes a figure to fit `COLUMNS` (or its default of 80)."""
+
+
+def command_console() -> Console:
+    """Where a command prints its result: rich at the terminal's width on a terminal; to a pipe or a
+    file, plain text (no colour, as rich does off a terminal) with each table as wide as its content.
+
+    Off a terminal rich would fit tables to `COLUMNS`, or 80, folding and cutting cells: a money
+    figure read by a script or a person in a log must come out whole.
+    """
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=PLAIN_WIDTH, soft_wrap=True)
+
+
+def reservation(decision: Decision) -> str:
+    """What a decision holds: `0.020000000 USD on org-daily, per-agent (agent=support)`.
+
+    The amount is written as `GET /v1/budgets` writes `reserved_usd` (`money.format_usd`, no option),
+    so the two can be compared as text; the budgets are those it counts against, shadow ones too.
+    """
+    if decision.reserved_usd is None:
+        return "nothing"
+    budgets = [hit for hit in (*decision.reasons, *decision.shadow) if hit.kind == "budget"]
+    names = ", ".join(f"{hit.policy} ({hit.scope})" if hit.scope else hit.policy for hit in budgets)
+    return f"{format_usd(decision.reserved_usd)} USD" + (f" on {names}" if names else "")
+
+
+def render_policies(policies: Mapping[str, Any] | None, console: Console) -> None:
+    """`/v1/policies` as one line: how many policies are in force, of which kinds, and from where.
+
+    `None` (a service older than `/v1/policies`) says so instead.
+    """
+    if policies is None:
+        console.print("policies: not reported by this service")
+        return
+    counts = policies.get("counts") or {}
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in counts.items() if count)
+    count = policies.get("count", 0)
+    where = policies.get("path", "?")
+    if not count:
+        why = policies.get("missing") or f"none in force from {where}"
+        console.print(f"policies: [bold red]0 in force[/]: {why}")
+        return
+    files = ", ".join(str(source) for source in policies.get("sources") or ())
+    console.print(f"policies: {count} in force ({kinds}) from {where}" + (f": {files}" if files else ""))

@@ -18,6 +18,8 @@ from otel_puppy.exceptions import PolicyErrors, StoreError
 if TYPE_CHECKING:
     import uvicorn
 
+    from otel_puppy.engine import PolicyEngine
+    from otel_puppy.server.record import SpanRecorder
     from otel_puppy.settings import PuppySettings
 
 __all__ = ("SERVICE_STORE", "register", "service_settings", "url_host")
@@ -56,7 +58,36 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "working directory; the library's default, memory://, does not survive a restart)",
     )
     serve.add_argument("--policies", type=Path, default=None, help="directory or file (default: settings)")
+    serve.add_argument(
+        "--allow-no-policies",
+        action="store_true",
+        help="start even with no policy file at --policies: nothing enforced (also OTEL_PUPPY_ALLOW_NO_POLICIES=true)",
+    )
+    serve.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append every accepted OTLP export to FILE as OTLP JSON lines, for `otel-puppy replay` "
+        "(created with mode 0600: spans may carry prompts)",
+    )
+    serve.add_argument(
+        "--record-max-bytes",
+        type=_record_cap,
+        default=None,
+        metavar="N",
+        help="stop recording once FILE would pass N bytes, its earlier content included (default 1 GiB); "
+        "exports are still applied",
+    )
     serve.set_defaults(handler=_serve)
+
+
+def _record_cap(text: str) -> int:
+    from otel_puppy.server.record import MAX_BYTES_LIMIT
+
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or not 1 <= int(text) <= MAX_BYTES_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes from 1 to {MAX_BYTES_LIMIT}")
+    return int(text)
 
 
 def service_settings(
@@ -83,23 +114,36 @@ def service_settings(
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from prometheus_client.registry import CollectorRegistry
 
     from otel_puppy.engine import PolicyEngine
+    from otel_puppy.policies.presence import CLI_ALLOW_HINT, missing_policies
     from otel_puppy.server.app import create_app
     from otel_puppy.server.http import uvicorn_options
 
     # Settings first: a host beyond loopback without a token is refused before anything binds.
     settings = service_settings(host=args.host, port=args.port, store=args.store, policies=args.policies)
+    # Then the policies, before the store is opened: a service enforcing nothing by mistake must not start.
+    if args.allow_no_policies:
+        settings = settings.model_copy(update={"allow_no_policies": True})
+    elif not settings.allow_no_policies and (missing := missing_policies(settings.policies)):
+        print_error(f"{missing}; {CLI_ALLOW_HINT}")
+        return 1
     try:
-        engine = PolicyEngine.from_settings(settings)
+        # its own registry, not prometheus_client.REGISTRY: /metrics shows otel_puppy's series only
+        engine = PolicyEngine.from_settings(settings, registry=CollectorRegistry(auto_describe=True))
     except PolicyErrors as exc:
         print_policy_errors(exc)
         return 1
     except StoreError as exc:
         print_error(str(exc))
         return 1
+    recorder = None
     try:
-        app = create_app(engine)
+        recorder = _recorder(args, engine)
+        if recorder is None and args.record is not None:
+            return 1
+        app = create_app(engine, recorder=recorder)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -118,8 +162,24 @@ def _serve(args: argparse.Namespace) -> int:
     except SystemExit:  # uvicorn exits when it cannot start (the port is taken...); it has logged why
         return 1
     finally:
+        if recorder is not None:
+            recorder.close()
         engine.close()
     return 0
+
+
+def _recorder(args: argparse.Namespace, engine: PolicyEngine) -> SpanRecorder | None:
+    """The recorder `--record` asks for (None without it, or when FILE cannot be opened: said why)."""
+    from otel_puppy.server.record import DEFAULT_MAX_BYTES, SpanRecorder
+
+    if args.record is None:
+        return None
+    cap = args.record_max_bytes if args.record_max_bytes is not None else DEFAULT_MAX_BYTES
+    try:
+        return SpanRecorder(args.record, max_bytes=cap, registry=engine.registry)
+    except OSError as exc:
+        print_error(f"cannot record to {args.record}: {exc.strerror or exc}")
+        return None
 
 
 def _freeze_startup_objects() -> None:

@@ -1,12 +1,19 @@
-"""The demo's live view and printed summary (rich), and the lines it prints as it starts."""
+"""The demo's live view and printed summary (rich), and the lines it prints as it starts.
+
+On a terminal the view redraws in place (rich `Live`); into a pipe or a file it prints one plain
+line every `PLAIN_EVERY_S` seconds instead (`View`), and the full board once at the end.
+"""
 
 from __future__ import annotations
 
 import math
 from decimal import Decimal
+from types import TracebackType
+from typing import Final
 
 from rich.columns import Columns
 from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -20,13 +27,88 @@ from otel_puppy.demo.summary import Board, Row, Totals
 from otel_puppy.engine import PolicyEngine, Snapshot
 from otel_puppy.money import format_usd, nanos_to_usd
 
-__all__ = ("ALERT_ROWS", "introduce", "print_counts", "progress_line", "render_board")
+__all__ = (
+    "ALERT_ROWS",
+    "PLAIN_EVERY_S",
+    "View",
+    "introduce",
+    "plain_line",
+    "print_counts",
+    "progress_line",
+    "render_board",
+)
 
 _BUDGET_ROWS = 8
 
 
 ALERT_ROWS = 6
 """Alerts the live view shows; the summary printed at the end (`live=False`) shows twice as many."""
+
+
+PLAIN_EVERY_S: Final = 10.0
+"""Seconds between the plain progress lines printed when the output is not a terminal."""
+
+
+class View:
+    """How the demo shows its progress while it runs, as a context manager around the run.
+
+    `live` on a terminal: the board redrawn in place. `live` elsewhere (a pipe, a file, CI): a
+    plain line every `PLAIN_EVERY_S` seconds and when finished, no cursor movement. Not `live`:
+    nothing while it runs. `board_at_end` says whether the caller should print the board once
+    it is over (every case but the live terminal view, which already shows it).
+    """
+
+    def __init__(self, console: Console, board: Board, engine: PolicyEngine, *, duration: float | None, live: bool):
+        self.console = console
+        self.board = board
+        self.engine = engine
+        self.duration = duration
+        self._live = (
+            Live(console=console, auto_refresh=False, transient=False) if live and console.is_terminal else None
+        )
+        self._plain = live and not console.is_terminal
+        self._next_line = 0.0
+
+    @property
+    def board_at_end(self) -> bool:
+        return self._live is None
+
+    def __enter__(self) -> View:
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._live is not None:
+            self._live.__exit__(kind, exc, traceback)
+
+    def show(self, elapsed: float, *, finished: bool = False) -> None:
+        """The state `elapsed` seconds into the run (`finished`: the last time)."""
+        if self._live is not None:
+            progress = progress_line(elapsed, self.duration, finished=finished)
+            self._live.update(render_board(self.board, self.engine, progress), refresh=True)
+        elif self._plain and (finished or elapsed >= self._next_line):
+            while self._next_line <= elapsed:
+                self._next_line += PLAIN_EVERY_S
+            line = plain_line(self.board, self.engine, elapsed, finished=finished)
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def plain_line(board: Board, engine: PolicyEngine, elapsed: float, *, finished: bool = False) -> str:
+    """One line of the run's state, for logs and pipes: counts, spend, and what the policies did."""
+    totals = Totals.read(engine)
+    counts = board.counts
+    alerts = sum(totals.alerts.values())
+    state = "done" if finished else "running"
+    return (
+        f"+{elapsed:.0f}s {state}: {counts.runs} runs ({counts.failed_runs} failed, {counts.denied_runs} denied), "
+        f"{totals.calls} calls ({totals.errors} errors, {totals.unpriced} unpriced), "
+        f"spend {_usd(nanos_to_usd(totals.nanos), 6)}, "
+        f"{totals.decisions.get('degrade', 0)} degraded, {totals.decisions.get('deny', 0)} denied decisions, "
+        f"{alerts} alerts, breakers opened {totals.breaker_opened}x, anomalies fired {totals.anomalies}"
+    )
 
 
 def spend_text(row: Row) -> str:

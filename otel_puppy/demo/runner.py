@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from types import FrameType
 
+from prometheus_client.registry import CollectorRegistry
 from rich.console import Console
-from rich.live import Live
 
 from otel_puppy.demo.agents import FLEET, SERVICE_NAME, alternatives_for
-from otel_puppy.demo.display import ALERT_ROWS, introduce, print_counts, progress_line, render_board
+from otel_puppy.demo.display import ALERT_ROWS, View, introduce, print_counts, render_board
 from otel_puppy.demo.drive import REFRESH_S, drive_fleet
 from otel_puppy.demo.fleet import Fleet, configure_logfire, shutdown_logfire
 from otel_puppy.demo.scenario import Scenario
@@ -25,6 +29,7 @@ from otel_puppy.settings import PuppySettings
 __all__ = ("run", "run_fleet")
 
 _FLEET_REPORT_S = 10.0
+_PIPE_WIDTH = 200
 
 
 def run(
@@ -83,11 +88,12 @@ def run(
     if fleet_processes < 1:
         raise ValueError(f"fleet_processes must be 1 or more, not {fleet_processes!r}")
     scenario = Scenario(outage_at, outage_for, outage_every, spike_at, spike_for)
-    console = console if console is not None else Console()
-    engine = PolicyEngine.from_settings(settings)
+    console = console if console is not None else _console()
+    engine = PolicyEngine.from_settings(settings, registry=CollectorRegistry(auto_describe=True))  # its own /metrics
     alternatives = {spec.name: alternatives_for(engine.policies, spec) for spec in FLEET}
     board = Board()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_ctrl_c())
         # Unwound in reverse: the service stops once everything is applied, then the engine closes.
         stack.callback(engine.close)  # also when the port cannot be bound
         url = stack.enter_context(serving(create_app(engine), settings.host, settings.port))
@@ -99,8 +105,8 @@ def run(
             stack.callback(shutdown_logfire)
             fleet = Fleet(FLEET, engine, alternatives, scenario, seed=seed, outage_provider=outage_provider)
             board.counts = fleet.counts
-            _drive_with_display(fleet, board, engine, console, duration=duration, rate=rate, live=live)
-            engine.span_processor().force_flush()
+            view = View(console, board, engine, duration=duration, live=live)
+            _drive_with_display(fleet, board, engine, view, duration=duration, rate=rate)
         else:
             token = settings.api_token.get_secret_value() if settings.api_token is not None else None
             plans = [
@@ -117,9 +123,10 @@ def run(
                 )
                 for worker in range(fleet_processes)
             ]
-            _run_fleet(Workers(plans), board, engine, console, duration=duration, live=live)
+            view = View(console, board, engine, duration=duration, live=live)
+            _run_fleet(Workers(plans), board, engine, view, duration=duration)
         summary = summarize(board, Totals.read(engine), metrics_url)
-        if not live:
+        if view.board_at_end:
             console.print(render_board(board, engine, alerts=2 * ALERT_ROWS))
     return summary
 
@@ -166,6 +173,14 @@ def run_fleet(
     ]
     workers = Workers(plans)
     console.print(f"otel-puppy fleet: {fleet_processes} processes deciding at {url}, spans to {traces_url or url}")
+    with _sigterm_as_ctrl_c():
+        _report_fleet(workers, console, duration=duration)
+    if workers.errors:
+        raise RuntimeError(f"a fleet process failed: {workers.errors[0]}")
+
+
+def _report_fleet(workers: Workers, console: Console, *, duration: float | None) -> None:
+    """Run the fleet processes until `duration` (or Ctrl-C), printing their counts every 10 seconds."""
     try:
         workers.launch()
         began = last = time.monotonic()
@@ -181,32 +196,44 @@ def run_fleet(
         print_counts(console, workers.total(), time.monotonic() - began)
     finally:
         workers.close()
-    if workers.errors:
-        raise RuntimeError(f"a fleet process failed: {workers.errors[0]}")
 
 
-def _run_fleet(
-    workers: Workers,
-    board: Board,
-    engine: PolicyEngine,
-    console: Console,
-    *,
-    duration: float | None,
-    live: bool,
-) -> None:
-    """Run the fleet processes until `duration` (or Ctrl-C), showing the engine's state if `live`."""
-    display = Live(console=console, auto_refresh=False, transient=False) if live else None
+def _console() -> Console:
+    """The terminal's width on a terminal; into a pipe, wide enough that no table cuts a figure."""
+    console = Console()
+    return console if console.is_terminal else Console(width=_PIPE_WIDTH)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the demo as the first Ctrl-C does: launches stop, the runs in flight finish,
+    the fleet processes exit, then everything shuts down. (Its default, dying at once, would leave
+    the fleet processes running.) Only on the main thread, where signal handlers live."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_fleet(workers: Workers, board: Board, engine: PolicyEngine, view: View, *, duration: float | None) -> None:
+    """Run the fleet processes until `duration` (or Ctrl-C), showing the engine's state on `view`."""
     try:
         workers.launch()
         board.started_at = engine.clock.now()
         began = time.monotonic()
-        with display if display is not None else contextlib.nullcontext():
+        with view:
 
             def show(*, finished: bool = False) -> None:
                 board.counts = workers.total()
-                if display is not None:
-                    progress = progress_line(time.monotonic() - began, duration, finished=finished)
-                    display.update(render_board(board, engine, progress), refresh=True)
+                view.show(time.monotonic() - began, finished=finished)
 
             with contextlib.suppress(KeyboardInterrupt):
                 while duration is None or (left := began + duration - time.monotonic()) > 0:
@@ -225,29 +252,14 @@ def _run_fleet(
 
 
 def _drive_with_display(
-    fleet: Fleet,
-    board: Board,
-    engine: PolicyEngine,
-    console: Console,
-    *,
-    duration: float | None,
-    rate: float,
-    live: bool,
+    fleet: Fleet, board: Board, engine: PolicyEngine, view: View, *, duration: float | None, rate: float
 ) -> None:
+    """Drive the in-process fleet until `duration` (or Ctrl-C); every span applied when it returns."""
     board.started_at = engine.clock.now()
-    if not live:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(drive_fleet(fleet, duration=duration, rate=rate, on_tick=None))
-        return
     # Rendered from the event loop (not rich's refresh thread), so reads never race the loop.
     start = time.monotonic()
-    with Live(console=console, auto_refresh=False, transient=False) as display:
-
-        def on_tick(elapsed: float) -> None:
-            display.update(render_board(board, engine, progress_line(elapsed, duration, finished=False)), refresh=True)
-
+    with view:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(drive_fleet(fleet, duration=duration, rate=rate, on_tick=on_tick))
+            asyncio.run(drive_fleet(fleet, duration=duration, rate=rate, on_tick=view.show))
         engine.span_processor().force_flush()
-        elapsed = time.monotonic() - start
-        display.update(render_board(board, engine, progress_line(elapsed, duration, finished=True)), refresh=True)
+        view.show(time.monotonic() - start, finished=True)

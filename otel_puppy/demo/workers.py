@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
+import os
 import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
@@ -41,6 +44,14 @@ _WORKER_START_S: Final = 120.0
 
 _WORKER_STOP_S: Final = 30.0
 """How long the fleet processes may take to finish their runs in flight and export their spans."""
+
+
+_ORPHAN_EXIT_S: Final = 10.0
+"""How long a fleet process whose demo is gone may take to finish its runs before it exits anyway."""
+
+
+_KILL_WAIT_S: Final = 5.0
+"""How long a terminated fleet process may take to exit before it is killed."""
 
 
 Report = tuple[Literal["ready", "counts", "done", "error"], int, "Counts | str | None"]
@@ -73,6 +84,7 @@ def _work(plan: WorkerPlan, start: EventType, stop: EventType, reports: Queue[Re
     them a last time (`done`) once its spans are exported, so the service has applied them all.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the demo's: it sets `stop`
+    _exit_with_parent(stop)
     try:
         headers = {"authorization": f"Bearer {plan.api_token}"} if plan.api_token else None
         traces_url = plan.traces_url or f"{plan.url}{TRACES_PATH}"
@@ -90,6 +102,25 @@ def _work(plan: WorkerPlan, start: EventType, stop: EventType, reports: Queue[Re
     except BaseException as exc:
         reports.put(("error", plan.worker, f"{type(exc).__name__}: {exc}"))
         raise
+
+
+def _exit_with_parent(stop: EventType) -> None:
+    """Stop when the demo's process is gone, however it ended (even `kill -9`): the fleet never
+    outlives it. `stop` lets the runs in flight finish; after `_ORPHAN_EXIT_S` the process exits
+    anyway, since its spans may have nowhere left to go."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        try:
+            stop.set()
+        finally:  # exits even if the event cannot be set any more
+            time.sleep(_ORPHAN_EXIT_S)  # a grace period, not a wait for an event: the exit is the point
+            os._exit(1)
+
+    threading.Thread(target=watch, name="otel-puppy-parent-watch", daemon=True).start()
 
 
 async def _work_until(plan: WorkerPlan, stop: EventType, reports: Queue[Report]) -> Counts:
@@ -190,18 +221,35 @@ class Workers:
         return len(self.done) < len(self.processes) and any(p.is_alive() for p in self.processes)
 
     def close(self) -> None:
-        """Stop every process: the ones still running after `_WORKER_STOP_S` are terminated."""
+        """Stop every process: the ones still running after `_WORKER_STOP_S` are terminated.
+
+        Interrupted (a second Ctrl-C, SIGTERM while it waits), it terminates them at once: no
+        process outlives `close`, whatever arrives while it runs.
+        """
         if self._closed:
             return
         self._closed = True
         self.stop.set()
-        deadline = time.monotonic() + _WORKER_STOP_S
-        while self.finishing() and time.monotonic() < deadline:
-            self.collect(0.1)  # drained first: a process joins only once its queue is flushed
-        for process in self.processes:
-            process.join(timeout=max(deadline - time.monotonic(), 1.0))
+        try:
+            deadline = time.monotonic() + _WORKER_STOP_S
+            while self.finishing() and time.monotonic() < deadline:
+                self.collect(0.1)  # drained first: a process joins only once its queue is flushed
+            for process in self.processes:
+                if process.pid is not None:
+                    process.join(timeout=max(deadline - time.monotonic(), 1.0))
+            self.collect(0)
+        finally:
+            self._end_processes()
+            self.reports.close()
+
+    def _end_processes(self) -> None:
+        """Terminate (then kill) every process still running, and reap them all."""
+        started = [process for process in self.processes if process.pid is not None]
+        for process in started:
             if process.is_alive():
                 process.terminate()
-                process.join(timeout=5)
-        self.collect(0)
-        self.reports.close()
+        for process in started:
+            process.join(timeout=_KILL_WAIT_S)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=_KILL_WAIT_S)

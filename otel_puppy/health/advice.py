@@ -1,7 +1,8 @@
 """Advice: what to look at, naming it, most pressing first.
 
 The provider and model behind a spend spike, a faster model for a slow one (or one whose latency
-is rising), a fallback for an open breaker, a budget about to run out and when it resets, a
+is rising), a fallback for an open breaker, a budget about to run out and when it has room again (a
+calendar window's reset; for a rolling window, when enough of its spend has aged out), a
 `prices:` entry for a model genai-prices does not know. `MAX_PER_KIND` of each kind.
 """
 
@@ -16,6 +17,7 @@ from otel_puppy.decision import Action, PolicyHit
 from otel_puppy.health.indicators import BUDGET_THRESHOLD
 from otel_puppy.metrics import OVERFLOW
 from otel_puppy.pricing import Unpriced
+from otel_puppy.windows import CALENDAR_UNITS
 
 if TYPE_CHECKING:
     from otel_puppy.engine import PolicyEngine, Snapshot
@@ -74,7 +76,7 @@ def recommend(
     found: list[list[Recommendation]] = []
     if snapshot is not None:
         open_breakers = [b for b in snapshot.breakers if b.state == "open" and not b.shadow]
-        found.append(_budget_advice(snapshot.budgets))
+        found.append(_budget_advice(snapshot.budgets, engine.clock.now()))
         found.append([_breaker_advice(engine, b, models, open_breakers) for b in open_breakers])
         found.append(_anomaly_advice(snapshot.anomalies, models))
     found.append(_latency_advice(models, model_latency, open_breakers))
@@ -82,27 +84,44 @@ def recommend(
     return [item for group in found for item in group[:MAX_PER_KIND]]
 
 
-def _budget_advice(budgets: Sequence[PolicyHit]) -> list[Recommendation]:
+def _budget_advice(budgets: Sequence[PolicyHit], now: float) -> list[Recommendation]:
     full = [b for b in budgets if not b.shadow and (b.utilization or 0.0) >= BUDGET_THRESHOLD]
     full.sort(key=lambda b: -(b.utilization or 0.0))
     advice = []
     for hit in full:
         where = f" for {hit.scope}" if hit.scope else ""
-        resets = hit.resets_at.isoformat() if hit.resets_at is not None else "the end of its window"
+        until = _until(hit, now)
         head = f"budget {hit.policy}{where} is at {hit.utilization or 0.0:.0%} of its {hit.window} limit"
         if hit.action is Action.DENY:
-            tail = f"calls are denied until it resets at {resets}; raise its limit or shed low-priority work"
+            tail = f"calls are denied {until}; raise its limit or shed low-priority work"
         elif hit.action is Action.DEGRADE:
-            tail = f"calls are degraded to {hit.model} until it resets at {resets}"
+            tail = f"calls are degraded to {hit.model} {until}"
         elif hit.action is Action.WARN:
-            tail = f"it is over (warning only) until it resets at {resets}"
+            tail = f"it is over (warning only) {until}"
+        elif hit.resets_at is None and hit.window is not None and hit.window not in CALENDAR_UNITS:
+            tail = f"its spend ages out over the trailing {hit.window}; slow down or raise its limit before it runs out"
         else:
+            resets = hit.resets_at.isoformat() if hit.resets_at is not None else "the end of its window"
             tail = f"it resets at {resets}; slow down or raise its limit before it runs out"
         labels = _labels(hit.scope)
         advice.append(
             Recommendation("budget", f"{head}: {tail}", provider=labels.get("provider"), model=labels.get("model"))
         )
     return advice
+
+
+def _until(hit: PolicyHit, now: float) -> str:
+    """Until when a budget over its limit stays so: a calendar window's reset; a rolling window
+    never resets, so the moment enough of its spend has aged out (the hit's `retry_after_s`)."""
+    if hit.resets_at is not None:
+        return f"until it resets at {hit.resets_at.isoformat()}"
+    if hit.window is not None and hit.window not in CALENDAR_UNITS:
+        if hit.retry_after_s is None:
+            return "until enough of its spend ages out"
+        return (
+            f"until enough of its spend ages out, at {datetime.fromtimestamp(now + hit.retry_after_s, UTC).isoformat()}"
+        )
+    return "until it resets at the end of its window"
 
 
 def _breaker_advice(

@@ -3,6 +3,12 @@
 The model is the grammar; `BudgetBook` resolves which budget instances a call or a request falls
 in (memoized per scope), and `budget_hit` turns an instance's state into a `PolicyHit`. The store
 does the counting and the atomic admission; the engine composes them.
+
+When a budget over its limit has room again: a calendar window resets (`resets_at`; a denying hit's
+`retry_after_s` runs until then). A rolling window never resets (`resets_at` is null): its hit's
+`retry_after_s` is when enough of its spend has aged out, sub-bucket by sub-bucket, for the request
+to fit (`room_after`, read from the store only for a budget that is over). A request larger than
+the limit by itself never fits: no `retry_after_s`, and its message says so.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_na
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, scope_label
 from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StoreFailed
-from otel_puppy.store.base import BudgetCheck, CheckState, fullest_states
-from otel_puppy.windows import CalendarWindow, Window, parse_window
+from otel_puppy.store.base import CEILING, BudgetCheck, CheckState, Store, SubBucket, fullest_states
+from otel_puppy.windows import CalendarWindow, RollingWindow, Window, parse_window
 
 __all__ = (
+    "SUB_BUCKET_READS",
     "BudgetBook",
     "BudgetInstance",
     "BudgetPolicy",
@@ -39,8 +46,12 @@ __all__ = (
     "budget_hit",
     "budget_hit_dict",
     "budget_utilization",
+    "read_sub_buckets",
     "readable",
+    "room_after",
     "state_hit",
+    "state_hit_dict",
+    "too_large",
     "unreadable_hit",
 )
 
@@ -298,9 +309,20 @@ def budget_hit(
     reserved_nanos: int,
     exceeded: bool,
     now: float,
+    wait_s: float | None = None,
+    never: str | None = None,
 ) -> PolicyHit:
-    """What this budget instance says about a request, given its state in the store."""
-    return PolicyHit(*_hit_fields(instance, spent_nanos, spent_tokens, reserved_nanos, exceeded=exceeded, now=now))
+    """What this budget instance says about a request, given its state in the store.
+
+    For an exceeded hit: `never` is why the request can never fit (`too_large`); else `wait_s` is
+    when a rolling window has room for it (`room_after`), the whole window when not given (by then
+    everything counted now has aged out).
+    """
+    return PolicyHit(
+        *_hit_fields(
+            instance, spent_nanos, spent_tokens, reserved_nanos, exceeded=exceeded, now=now, wait_s=wait_s, never=never
+        )
+    )
 
 
 def budget_hit_dict(
@@ -311,9 +333,15 @@ def budget_hit_dict(
     reserved_nanos: int,
     exceeded: bool,
     now: float,
+    wait_s: float | None = None,
+    never: str | None = None,
 ) -> dict[str, Any]:
     """`budget_hit(...).to_dict()` without the `PolicyHit` in between: what a decision over HTTP sends."""
-    return policy_hit_dict(_hit_fields(instance, spent_nanos, spent_tokens, reserved_nanos, exceeded=exceeded, now=now))
+    return policy_hit_dict(
+        _hit_fields(
+            instance, spent_nanos, spent_tokens, reserved_nanos, exceeded=exceeded, now=now, wait_s=wait_s, never=never
+        )
+    )
 
 
 def budget_utilization(instance: BudgetInstance, spent_nanos: int, spent_tokens: int, reserved_nanos: int) -> float:
@@ -323,8 +351,130 @@ def budget_utilization(instance: BudgetInstance, spent_nanos: int, spent_tokens:
     return spent_tokens / (instance.policy.limit_tokens or 1)
 
 
+def too_large(instance: BudgetInstance, check: BudgetCheck, nanos: int, tokens: int) -> str | None:
+    """Why a request never fits this budget, or None: its estimate alone is over the limit its
+    priority may use (the policy's limit less what higher priorities keep), so no wait makes room.
+    The text follows the hit's outcome: `...; denied: this request alone ($2) is larger than the
+    budget's limit ($1), so it never fits`.
+    """
+    if check.limit_nanos is not None and nanos > (usable := min(check.limit_nanos, CEILING)):
+        amount = format_usd(nanos_to_usd(nanos), trim=True, dollar=True)
+        limit = format_usd(nanos_to_usd(usable), trim=True, dollar=True)
+        whole = usable == instance.limit_nanos
+        full = instance.limit_text
+    elif check.limit_tokens is not None and tokens > (usable := min(check.limit_tokens, CEILING)):
+        amount, limit = f"{tokens:,} tokens", f"{usable:,} tokens"
+        whole = usable == instance.policy.limit_tokens
+        full = f"{instance.policy.limit_tokens or 0:,} tokens"
+    else:
+        return None
+    where = "" if whole else " for its priority"
+    limit = limit if whole else f"{limit} of {full}"
+    return f"this request alone ({amount}) is larger than the budget's limit{where} ({limit}), so it never fits"
+
+
+def room_after(
+    instance: BudgetInstance,
+    check: BudgetCheck,
+    state: CheckState,
+    *,
+    nanos: int,
+    tokens: int,
+    buckets: Sequence[SubBucket],
+    now: float,
+) -> float | None:
+    """Seconds from `now` until enough of a rolling budget's spend (`buckets`, as the store read
+    them) has aged out that spent + reserved + this request's estimate fits the limit its priority
+    may use; None when it never does (`too_large`). Reservations in flight are counted as spend
+    made now (`RollingWindow.room_at`): most settle within seconds as spend that then counts for a
+    whole window, and one that expires unsettled only frees room sooner.
+    """
+    window = instance.window
+    if not isinstance(window, RollingWindow):
+        raise TypeError(f"budget {instance.policy.name} has a calendar window: it resets at its end")
+    if check.limit_nanos is not None:
+        amounts, held, need, limit = (
+            [(b.number, b.nanos) for b in buckets],
+            state.reserved_nanos,
+            nanos,
+            check.limit_nanos,
+        )
+    elif check.limit_tokens is not None:
+        amounts, held, need = [(b.number, b.tokens) for b in buckets], state.reserved_tokens, tokens
+        limit = check.limit_tokens
+    else:
+        return 0.0
+    at = window.room_at(amounts, held, need, min(limit, CEILING), now)
+    return None if at is None else at - now
+
+
+def read_sub_buckets(
+    store: Store, instances: Sequence[BudgetInstance], now: float
+) -> list[tuple[SubBucket, ...] | None]:
+    """Each rolling instance's sub-buckets (None for a calendar one), `SUB_BUCKET_READS` windows a
+    store call, so thousands of per-user budgets over their limit never make one long call (a Redis
+    script blocks the server while it runs). None for a chunk the store cannot answer: its hits then
+    say the longest wait (everything counted now has aged out), never a failure."""
+    rolling = [(i.key, i.window) for i in instances if isinstance(i.window, RollingWindow)]
+    read: list[tuple[SubBucket, ...] | None] = []
+    for first in range(0, len(rolling), SUB_BUCKET_READS):
+        chunk = rolling[first : first + SUB_BUCKET_READS]
+        try:
+            read.extend(store.read_sub_buckets(chunk, now))
+        except Exception:  # a retry hint is advice: the decision stands without it
+            logger.debug("budget sub-buckets could not be read; retry hints are the longest wait", exc_info=True)
+            read.extend([None] * len(chunk))
+    found = iter(read)
+    return [next(found) if isinstance(i.window, RollingWindow) else None for i in instances]
+
+
+SUB_BUCKET_READS: Final = 256
+"""Rolling windows per `Store.read_sub_buckets` call (each up to 61 sub-buckets)."""
+
+
+def _room(
+    instance: BudgetInstance,
+    state: CheckState,
+    *,
+    check: BudgetCheck | None,
+    estimate: tuple[int, int],
+    store: Store | None,
+    buckets: Sequence[SubBucket] | None,
+    now: float,
+) -> tuple[float | None, str | None]:
+    """(wait_s, never) of a hit (`budget_hit`): worked out only for a budget that is over."""
+    if state.fits:
+        return None, None
+    check = check or instance.checks[Priority.CRITICAL]
+    never = too_large(instance, check, *estimate)
+    if never is not None or not isinstance(instance.window, RollingWindow):
+        return None, never
+    if buckets is None and store is not None:
+        buckets = read_sub_buckets(store, (instance,), now)[0]
+    if buckets is None:
+        return None, None
+    wait = room_after(instance, check, state, nanos=estimate[0], tokens=estimate[1], buckets=buckets, now=now)
+    return wait, None if wait is not None else _NOTHING_USABLE
+
+
+_NOTHING_USABLE: Final = "the budget's limit leaves nothing for its priority, so it never fits"
+
+
+def _longest_wait(window: RollingWindow, now: float) -> float:
+    """Until everything counted at `now` has aged out (reservations as spend made now)."""
+    return window.drops_at(int(now // window.step)) - now
+
+
 def _hit_fields(
-    instance: BudgetInstance, spent_nanos: int, spent_tokens: int, reserved_nanos: int, *, exceeded: bool, now: float
+    instance: BudgetInstance,
+    spent_nanos: int,
+    spent_tokens: int,
+    reserved_nanos: int,
+    *,
+    exceeded: bool,
+    now: float,
+    wait_s: float | None,
+    never: str | None,
 ) -> tuple[Any, ...]:
     """A budget hit's fields, in `PolicyHit`'s order (tests/policies/test_budget.py holds it to that)."""
     policy = instance.policy
@@ -336,9 +486,21 @@ def _hit_fields(
         amount = f"{spent_tokens:,} of {policy.limit_tokens or 1:,} tokens"
     action = instance.on_exceed if exceeded else Action.ALLOW
     message = f"{instance.head}{amount} this {policy.window} ({utilization:.0%})"
+    window = instance.window
+    resets_at = None
+    retry_after_s = None
+    if isinstance(window, CalendarWindow):
+        resets_at = window.resets_at_datetime(now)
+        if exceeded and action is Action.DENY and never is None:
+            retry_after_s = max(resets_at.timestamp() - now, 0.0)
+    elif exceeded and never is None:
+        # Nothing resets: the hit says when enough spend has aged out, whatever its action (a
+        # degrade or a warning lasts until then too).
+        retry_after_s = wait_s if wait_s is not None else _longest_wait(window, now)
     if exceeded:
         message += _OUTCOME[action]
-    resets_at = instance.window.resets_at_datetime(now)
+        if never is not None:
+            message += f": {never}"
     return (
         "budget",  # kind
         policy.name,  # policy
@@ -355,7 +517,7 @@ def _hit_fields(
         utilization,  # utilization
         policy.window,  # window
         resets_at,  # resets_at
-        max(resets_at.timestamp() - now, 0.0) if exceeded and action is Action.DENY else None,  # retry_after_s
+        retry_after_s,  # retry_after_s
         instance.degrade,  # model
     )
 
@@ -398,8 +560,20 @@ def unreadable_hit(instance: BudgetInstance) -> PolicyHit:
     )
 
 
-def state_hit(instance: BudgetInstance, state: CheckState, now: float) -> PolicyHit:
-    """`budget_hit` for a state the store answered."""
+def state_hit(
+    instance: BudgetInstance,
+    state: CheckState,
+    now: float,
+    *,
+    check: BudgetCheck | None = None,
+    estimate: tuple[int, int] = (0, 0),
+    store: Store | None = None,
+    buckets: Sequence[SubBucket] | None = None,
+) -> PolicyHit:
+    """`budget_hit` for a state the store answered about a request with `estimate` (nano-USD, tokens)
+    at the limit of `check` (its priority's; the whole limit when not given). A rolling budget that
+    is over reads its sub-buckets (`buckets`, or from `store`) to say when the request fits."""
+    wait_s, never = _room(instance, state, check=check, estimate=estimate, store=store, buckets=buckets, now=now)
     return budget_hit(
         instance,
         spent_nanos=state.spent_nanos,
@@ -407,6 +581,31 @@ def state_hit(instance: BudgetInstance, state: CheckState, now: float) -> Policy
         reserved_nanos=state.reserved_nanos,
         exceeded=not state.fits,
         now=now,
+        wait_s=wait_s,
+        never=never,
+    )
+
+
+def state_hit_dict(
+    instance: BudgetInstance,
+    state: CheckState,
+    now: float,
+    *,
+    check: BudgetCheck | None = None,
+    estimate: tuple[int, int] = (0, 0),
+    store: Store | None = None,
+) -> dict[str, Any]:
+    """`state_hit(...).to_dict()` without the `PolicyHit` in between."""
+    wait_s, never = _room(instance, state, check=check, estimate=estimate, store=store, buckets=None, now=now)
+    return budget_hit_dict(
+        instance,
+        spent_nanos=state.spent_nanos,
+        spent_tokens=state.spent_tokens,
+        reserved_nanos=state.reserved_nanos,
+        exceeded=not state.fits,
+        now=now,
+        wait_s=wait_s,
+        never=never,
     )
 
 
@@ -485,9 +684,17 @@ class BudgetRuntime:
         Raises:
             StoreError: the store does not answer.
         """
+        readings = self.readings(now)
+        # Rolling budgets that are over say when they have room: their sub-buckets, in one read.
+        over = [
+            i for i, state in readings if state is not None and not state.fits and isinstance(i.window, RollingWindow)
+        ]
+        buckets = dict(zip((i.key for i in over), read_sub_buckets(self._context.store, over, now), strict=True))
         return [
-            state_hit(instance, state, now) if state is not None else unreadable_hit(instance)
-            for instance, state in self.readings(now)
+            state_hit(instance, state, now, buckets=buckets.get(instance.key))
+            if state is not None
+            else unreadable_hit(instance)
+            for instance, state in readings
         ]
 
     def readings(self, now: float) -> list[tuple[BudgetInstance, CheckState | None]]:

@@ -10,7 +10,7 @@
   A `200` is sent only once `observe_many` has applied the batch to the store: an
   acknowledged span is never lost, and a retried one is deduplicated there.
 - The JSON API (`/v1/decide`, `/v1/budgets`, `/v1/breakers`, `/v1/anomalies`, `/v1/models`,
-  `/v1/health`, `/v1/policies/reload`), described by the models in `schemas.py`; its errors
+  `/v1/health`, `/v1/policies`, `/v1/policies/reload`), described by the models in `schemas.py`; its errors
   are always `{"code": ..., "message": ...}`.
 - `/metrics` for Prometheus, `/healthz` (the process is up) and `/readyz` (the store answers).
 
@@ -26,10 +26,12 @@ bytes. Request bodies are never logged: prompts may be in them.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Final
 
 import anyio
@@ -47,7 +49,10 @@ import otel_puppy
 from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreCorruptError
 from otel_puppy.health import assess
+from otel_puppy.policies.models import PolicyFile
+from otel_puppy.policies.presence import missing_policies
 from otel_puppy.server.auth import MAX_JSON_BODY_BYTES, AuthGate, document_bearer_auth
+from otel_puppy.server.docs import add_offline_docs
 from otel_puppy.server.errors import (
     CORRUPT_STORE_MESSAGE,
     JSON_ERRORS,
@@ -66,6 +71,7 @@ from otel_puppy.server.receiver import (
     TRACES_PATH,
     TraceReceiver,
 )
+from otel_puppy.server.record import SpanRecorder
 from otel_puppy.server.schemas import (
     AnomaliesResponse,
     BreakersResponse,
@@ -77,6 +83,7 @@ from otel_puppy.server.schemas import (
     InvalidPoliciesResponse,
     LiveResponse,
     ModelsResponse,
+    PoliciesResponse,
     ReadyResponse,
     ReloadResponse,
 )
@@ -117,11 +124,13 @@ def create_app(
     ingest_wait_s: float = INGEST_WAIT_S,
     body_timeout_s: float | None = None,
     ingest_memory_limit_bytes: int | None = None,
+    recorder: SpanRecorder | None = None,
 ) -> FastAPI:
     """The HTTP application over `engine`. Serve it with any ASGI server (uvicorn).
 
     The engine is not closed with the application: its owner closes it. `body_timeout_s` and
-    `ingest_memory_limit_bytes` default to the engine's settings of the same names.
+    `ingest_memory_limit_bytes` default to the engine's settings of the same names. A `recorder`
+    (`otel-puppy serve --record`) appends every accepted OTLP export to its file; its owner closes it.
 
     Raises:
         SettingsError: `api_token` is set but empty.
@@ -144,8 +153,11 @@ def create_app(
         title="otel_puppy",
         version=otel_puppy.__version__,
         summary="Cost and reliability control for LLM agents, inside the OpenTelemetry pipeline.",
+        docs_url=None,  # FastAPI's pages load from a CDN: `add_offline_docs` serves them from here
+        redoc_url=None,
         **options,
     )
+    add_offline_docs(app)
     settings = engine.settings
     body_timeout = settings.body_timeout_s if body_timeout_s is None else body_timeout_s
     memory = MemoryLimiter(
@@ -164,6 +176,7 @@ def create_app(
         wait_s=ingest_wait_s,
         body_timeout_s=body_timeout,
         memory=memory,
+        recorder=recorder,
     )
 
     @app.post(
@@ -187,12 +200,13 @@ def create_app(
     inline_decide = not engine.store.does_io
 
     async def decide(body: DecideRequest) -> Response:
-        """May this call go ahead, and with which model? Reserves `estimated_cost_usd` on matching budgets."""
-        request = body.to_request()
+        """May this call go ahead, and with which model? Reserves `estimated_cost_usd` on matching budgets
+        (`"reserve": false` only asks)."""
+        request, reserve = body.to_request(), body.reserve
         if inline_decide:
-            decision = engine.decide(request)
+            decision = engine.decide(request, reserve=reserve)
         else:
-            decision = await anyio.to_thread.run_sync(engine.decide, request)
+            decision = await anyio.to_thread.run_sync(functools.partial(engine.decide, request, reserve=reserve))
         # pydantic-core's encoder: a third of `json.dumps`'s time for a decision with nine hits
         return Response(to_json(decision.to_dict(), inf_nan_mode="null"), media_type="application/json")
 
@@ -255,6 +269,21 @@ def create_app(
             message = f"{count} in the policy files; the running policies stay in force"
             return JSONResponse({"code": "invalid_policies", "message": message, "errors": errors}, status_code=422)
         return JSONResponse({"summary": policies.summary(), "sources": [str(path) for path in policies.sources]})
+
+    @app.get("/v1/policies", tags=["policies"], response_model=PoliciesResponse, responses=JSON_ERRORS)
+    def policies_in_force() -> JSONResponse:
+        """The policy set in force: how many of each kind, the files, and the path they are loaded from."""
+        policies, path = engine.policies, Path(engine.settings.policies)
+        counts = {kind: len(getattr(policies, kind)) for kind in PolicyFile.model_fields}
+        body = {
+            "path": str(path.absolute()),
+            "count": sum(counts.values()),
+            "counts": counts,
+            "sources": [str(source) for source in policies.sources],
+            "missing": missing_policies(path),
+            "summary": policies.summary(),
+        }
+        return JSONResponse(body)
 
     @app.get(
         "/metrics",

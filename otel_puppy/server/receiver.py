@@ -40,6 +40,7 @@ from otel_puppy.server.errors import (
 )
 from otel_puppy.server.memory import MemoryFull, MemoryLimiter, Reservation, decode_cost
 from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, calls_from_request, decode_traces, encode_response
+from otel_puppy.server.record import SpanRecorder
 from otel_puppy.store.base import ApplyResult
 
 __all__ = (
@@ -86,7 +87,8 @@ class TraceReceiver:
     The body is read first, within `body_timeout_s`, holding nothing but the bytes received (counted
     against `memory`); only then does the request take one of the ingest slots, so clients that
     trickle or stall their bodies cannot starve the others. Before decoding, the request reserves
-    an upper bound of what decoding allocates (`server/memory.py`).
+    an upper bound of what decoding allocates (`server/memory.py`). With a `recorder`, every
+    batch applied is also appended to its file (`server/record.py`); recording never fails a batch.
     """
 
     def __init__(
@@ -98,8 +100,10 @@ class TraceReceiver:
         wait_s: float,
         body_timeout_s: float,
         memory: MemoryLimiter,
+        recorder: SpanRecorder | None = None,
     ) -> None:
         self.engine = engine
+        self.recorder = recorder
         self.max_body_bytes = max_body_bytes
         self.wait_s = wait_s
         self.body_timeout_s = body_timeout_s
@@ -224,6 +228,8 @@ class TraceReceiver:
         calls, rejected, problems = calls_from_request(
             request, max_messages=_MAX_MESSAGES, limits=self.engine.settings.call_limits
         )
+        # Encoded now, written once applied: only accepted batches are recorded.
+        record = self.recorder.encode(request) if self.recorder is not None else None
         del request
         warnings: list[str] = []
         if calls:
@@ -234,6 +240,8 @@ class TraceReceiver:
                     warnings.append(f"{span} counted but not priced: {', '.join(call.problems)}")
         if rejected:
             self.engine.metrics.record_spans("rejected", rejected)
+        if self.recorder is not None:
+            self.recorder.write(record)
         parts: list[str] = []
         if rejected:
             more = rejected - len(problems)

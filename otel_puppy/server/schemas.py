@@ -46,6 +46,7 @@ __all__ = (
     "LiveResponse",
     "ModelStatModel",
     "ModelsResponse",
+    "PoliciesResponse",
     "PolicyErrorModel",
     "PolicyHitModel",
     "ReadyResponse",
@@ -136,6 +137,13 @@ class DecideRequest(BaseModel):
         strict=True,
         description="Prompt size; routing only picks models whose context window holds it. " + _TOKENS,
     )
+    reserve: bool = Field(
+        default=True,
+        strict=True,
+        description="`false` only asks: the same action and reasons as a reserving decision, but nothing is "
+        "held (no reservation of any kind, no breaker probe) and nothing is left to settle (`decision_id` and "
+        "`reserved_usd` are null). In-process: `PolicyEngine.decide(..., reserve=False)`.",
+    )
 
     def to_request(self) -> DecisionRequest:
         return DecisionRequest(
@@ -174,8 +182,17 @@ class PolicyHitModel(BaseModel):
     reserved_usd: Decimal | None = Field(default=None, description=_USD)
     utilization: float | None = Field(default=None, description="Spent plus reserved over the limit; 1 is exhausted.")
     window: str | None = None
-    resets_at: datetime | None = None
-    retry_after_s: float | None = None
+    resets_at: datetime | None = Field(
+        default=None,
+        description="When a calendar window (`hour`, `day`, `week`, `month`) resets. Null for a rolling window "
+        "(`15m`, `1h`, ...): it never resets, its spend ages out (see `retry_after_s`).",
+    )
+    retry_after_s: float | None = Field(
+        default=None,
+        description="Seconds until the budget has room for this request: on a denying calendar budget, until it "
+        "resets; on any rolling budget over its limit, until enough of its spend has aged out. Null when the "
+        "request alone is larger than the budget's limit (it never fits; the message says so).",
+    )
     model: str | None = Field(default=None, description="For `degrade`: the model to use instead.")
 
 
@@ -190,9 +207,21 @@ class DecisionResponse(BaseModel):
     decision_id: str | None = Field(
         default=None, description="Put it on the call's span as `otel_puppy.decision_id` to settle the reservation."
     )
-    retry_after_s: float | None = None
-    resets_at: datetime | None = None
+    retry_after_s: float | None = Field(
+        default=None,
+        description="On a deny: when every denying policy may let it through (the latest of theirs). Null when "
+        "a denying budget gives no time: the request alone is larger than its limit, so it never fits.",
+    )
+    resets_at: datetime | None = Field(
+        default=None, description="The earliest reset of a deciding calendar budget; rolling windows never reset."
+    )
     estimated_cost_usd: Decimal | None = Field(default=None, description=_USD)
+    reserved_usd: Decimal | None = Field(
+        default=None,
+        description="What this decision holds on each budget it counts against until the call's span settles "
+        "it, formatted as `GET /v1/budgets` shows `reserved_usd`; null when nothing is held (`reserve: false`, "
+        "a deny, no estimate, or no budget). " + _USD,
+    )
     created_at: datetime
 
 
@@ -274,6 +303,21 @@ class ReloadResponse(BaseModel):
 
     summary: list[str] = Field(description="One line per policy: what it will do.")
     sources: list[str] = Field(description="The files it was loaded from.")
+
+
+class PoliciesResponse(BaseModel):
+    """`GET /v1/policies`: the policy set in force, and where the service loads it from."""
+
+    path: str = Field(description="The absolute path the service loads policy files from (`OTEL_PUPPY_POLICIES`).")
+    count: int = Field(description="Policies in force, every kind together; 0: nothing is enforced.")
+    counts: dict[str, int] = Field(
+        description="Policies in force by kind: budgets, anomalies, breakers, routing, prices."
+    )
+    sources: list[str] = Field(description="The files the set was loaded from; empty when there are none.")
+    missing: str | None = Field(
+        description="Why no policy file is there (the path does not exist, or holds none); null when there is one."
+    )
+    summary: list[str] = Field(description="One line per policy: what it will do.")
 
 
 class PolicyErrorModel(BaseModel):

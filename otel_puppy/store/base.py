@@ -14,6 +14,8 @@
 - `read_budgets`: the state of budgets, reserving nothing (statuses, denied requests);
   `read_fullest`: per group of a budget's instances only its fullest one's state (what a scrape's
   one series per group needs, without a state per instance).
+- `read_sub_buckets`: the spend in each sub-bucket of rolling windows, so a denied request can be
+  told when enough of it has aged out for the request to fit (read only when something is over).
 - Capabilities, so no caller needs to know the backend: `shares_state` (other processes see the
   same state), `does_io` (a call may block on I/O), `after_fork()` (repair in a forked child).
 
@@ -41,7 +43,7 @@ from types import MappingProxyType
 from typing import Final, NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
-from otel_puppy.windows import Window
+from otel_puppy.windows import RollingWindow, Window
 
 logger = logging.getLogger("otel_puppy")
 
@@ -59,6 +61,7 @@ __all__ = (
     "StateReport",
     "Store",
     "StoreHealth",
+    "SubBucket",
     "check_state",
     "clamp",
     "fullest_states",
@@ -226,6 +229,16 @@ class CheckState(NamedTuple):
     fits: bool
 
 
+class SubBucket(NamedTuple):
+    """Spend in one sub-bucket of a rolling window, counts as `totals` reads them (an unreadable
+    value reads as `CEILING`)."""
+
+    number: int
+    """The sub-bucket's index (`RollingWindow.bucket`: `int(ts // step)`)."""
+    nanos: int
+    tokens: int
+
+
 def report_unrestored(kind: str, corrupt: Sequence[str], unknown: Sequence[str], owners: str = "policies") -> None:
     """Log, once per restore, the saved entries of `kind` that were not restored, and why."""
     if corrupt:
@@ -348,6 +361,13 @@ class Store(Protocol):
         `read_budgets` of every check is the reference answer. A store answers it in one pass over
         its own structures, without a state per check: a scrape reads tens of thousands of budget
         instances into a few hundred series."""
+        ...
+
+    def read_sub_buckets(self, reads: Sequence[tuple[str, RollingWindow]], now: float) -> list[tuple[SubBucket, ...]]:
+        """For each (scope, rolling window), in order, its sub-buckets that count at `now` and hold
+        spend (nanos or tokens), oldest first: what `totals` sums. Read-only in effect (a ring may
+        be moved forward to `now`, as any read does). An unreadable window reads as one sub-bucket,
+        the newest, at `CEILING`."""
         ...
 
     def release(self, decision_id: str) -> bool:

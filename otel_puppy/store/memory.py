@@ -12,11 +12,13 @@ int) and reads as the ceiling above it; a scope's reserved total is exact and re
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.store.base import (
@@ -31,6 +33,7 @@ from otel_puppy.store.base import (
     SpendRecord,
     StateReport,
     StoreHealth,
+    SubBucket,
     clamp,
 )
 from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
@@ -107,6 +110,16 @@ class _Ring:
     def empty(self) -> bool:
         return self.totals == [0, 0, 0]
 
+    def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
+        """The sub-buckets that count at `now` and hold spend, oldest first."""
+        self._advance(int(now // self.step))
+        found = []
+        for i in range(self.last - SUB_BUCKETS, self.last + 1):
+            slot = i % _SLOTS
+            if self.index[slot] == i and (self.nanos[slot] or self.tokens[slot]):
+                found.append(SubBucket(i, self.nanos[slot], self.tokens[slot]))
+        return tuple(found)
+
 
 @dataclass(slots=True)
 class _Reservation:
@@ -120,7 +133,13 @@ class _Reservation:
     settle_key: str | None
 
 
-_Plan = tuple[int, list["_Ring"], list[list[int]]]
+_Found = tuple[tuple[BudgetCheck, ...], int, float, float, list["_Ring | list[int]"]]
+"""`MemoryStore._find`: the checks, the layout and the span of time it holds for, each check's counter."""
+_FOUND_LIMIT: Final = 4096
+"""Admission shapes kept (one per request shape in use; forgotten all at once past this)."""
+_Plan = tuple[int, list["_Ring"], list[list[int]], list[int]]
+"""Per group of `read_fullest`: the field it ranks by, its rings (if rolling), each check's counter,
+and (one item) the step every ring of the group was last brought to."""
 """`read_fullest`'s plan of a group: the field it ranks by, the rings to bring to now (a rolling
 window), and per check the counts it reads (a ring's running total or a calendar counter; zeros
 when there is none yet)."""
@@ -151,6 +170,8 @@ class MemoryStore:
         self._report = StateReport("memory store")
         self._layout = 0
         """Changes whenever a ring or calendar counter is created or dropped."""
+        self._found: dict[int, _Found] = {}
+        """`admit`'s counters per admission shape (see `_find`), by the id of its checks tuple (kept in it)."""
         self._plans: tuple[Sequence[Sequence[BudgetCheck]], tuple[float, ...], int, list[_Plan]] | None = None
         """`read_fullest`'s counters for the groups it was last asked about (see there)."""
 
@@ -247,22 +268,19 @@ class MemoryStore:
         # tests/store/test_memory.py holds the inlined rule to `check_state` over every case.
         checks = admission.checks
         nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
-        rings, calendar, reserved_totals = self._rings, self._calendar, self._reserved
+        reserved_totals = self._reserved
         with self._lock:
             heap = self._reservation_heap
             if heap and heap[0][0] <= now:
                 self._expire_reservations(now)
+            found = self._found.get(id(checks))
+            if found is None or found[0] is not checks or found[1] != self._layout or not found[2] <= now < found[3]:
+                found = self._find(checks, now)
             states = []
             admitted = True
-            for check in checks:
-                scope, window = check.scope, check.window
-                spent: list[int] | None
-                if isinstance(window, RollingWindow):
-                    ring = rings.get((scope, window.label))
-                    spent = ring.read_raw(now) if ring is not None else _ZERO
-                else:
-                    spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
-                held = reserved_totals.get(scope) or _NONE_RESERVED
+            for check, counter in zip(checks, found[4], strict=True):
+                spent = counter.read_raw(now) if isinstance(counter, _Ring) else counter
+                held = reserved_totals.get(check.scope) or _NONE_RESERVED
                 if held[0] > CEILING or held[1] > CEILING:  # exact totals; they read saturated
                     held = [min(held[0], CEILING), min(held[1], CEILING)]
                 used = spent[0] + held[0]
@@ -302,6 +320,29 @@ class MemoryStore:
                 heapq.heappush(heap, (admission.expires_at, decision_id))
             return Admitted(reserve, tuple(states))
 
+    def _find(self, checks: tuple[BudgetCheck, ...], now: float) -> _Found:
+        """The counter each of `checks` reads at `now` (a ring, a calendar counter, or `_ZERO`), kept
+        for `admit` while no counter is created or dropped and `now` stays in every calendar bucket:
+        a request of the same shape then reads them with no key to build or look up."""
+        rings, calendar = self._rings, self._calendar
+        counters: list[_Ring | list[int]] = []
+        first, last = -math.inf, math.inf
+        for check in checks:
+            window = check.window
+            if isinstance(window, RollingWindow):
+                ring = rings.get((check.scope, window.label))
+                counters.append(ring if ring is not None else _ZERO)
+            else:
+                start, end = window.bounds(now)
+                first, last = max(first, start), min(last, end)
+                counter = calendar.get((check.scope, window.unit, start))
+                counters.append(counter if counter is not None else _ZERO)
+        found = (checks, self._layout, first, last, counters)
+        if len(self._found) >= _FOUND_LIMIT:
+            self._found.clear()
+        self._found[id(checks)] = found
+        return found
+
     def read_budgets(self, checks: Sequence[BudgetCheck], now: float) -> list[CheckState]:
         # A scrape reads every budget instance (tens of thousands) in one call: the loop is
         # `admit`'s without the estimate (no estimate: a budget fits while anything is left).
@@ -323,11 +364,13 @@ class MemoryStore:
                 self._expire_reservations(now)
             plans = self._fullest_plans(groups, now)
             reserved_totals = self._reserved
-            for group, (field, group_rings, counts) in zip(groups, plans, strict=True):
-                if group_rings:  # a rolling window: bring each ring to now first
-                    newest = int(now // group_rings[0].step)
-                    for ring in [ring for ring in group_rings if ring.last < newest]:
-                        ring._advance(newest)
+            for group, (field, group_rings, counts, advanced) in zip(groups, plans, strict=True):
+                if group_rings:  # a rolling window: bring each ring to now first (once per step:
+                    newest = int(now // group_rings[0].step)  # writes only move a ring forward)
+                    if advanced[0] != newest:
+                        for ring in [ring for ring in group_rings if ring.last < newest]:
+                            ring._advance(newest)
+                        advanced[0] = newest
                 # In C, not a Python loop per check: the amounts, their most, and its first index.
                 amounts = list(map(itemgetter(field), counts))
                 most = max(amounts)
@@ -360,10 +403,10 @@ class MemoryStore:
                 found = [rings.get((check.scope, window.label)) for check in group]
                 present = [ring for ring in found if ring is not None]
                 # A ring's running total is one list it changes in place for the ring's life.
-                plans.append((field, present, [ring.totals if ring is not None else _ZERO for ring in found]))
+                plans.append((field, present, [ring.totals if ring is not None else _ZERO for ring in found], [-1]))
             else:
                 counters = [calendar.get((check.scope, window.unit, start)) for check in group]
-                plans.append((field, [], [counter if counter is not None else _ZERO for counter in counters]))
+                plans.append((field, [], [counter if counter is not None else _ZERO for counter in counters], [-1]))
         self._plans = (groups, starts, self._layout, plans)
         return plans
 
@@ -393,6 +436,15 @@ class MemoryStore:
                 fits = spent[1] + held[1] < min(limit, CEILING)
             append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
         return states
+
+    def read_sub_buckets(self, reads: Sequence[tuple[str, RollingWindow]], now: float) -> list[tuple[SubBucket, ...]]:
+        with self._lock:
+            rings = self._rings
+            found: list[tuple[SubBucket, ...]] = []
+            for scope, window in reads:
+                ring = rings.get((scope, window.label))
+                found.append(ring.sub_buckets(now) if ring is not None else ())
+            return found
 
     def release(self, decision_id: str) -> bool:
         with self._lock:

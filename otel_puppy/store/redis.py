@@ -61,6 +61,7 @@ from otel_puppy.store.base import (
     SpendRecord,
     StateReport,
     StoreHealth,
+    SubBucket,
     clamp,
     fullest_states,
 )
@@ -390,6 +391,46 @@ return out
 """
 )
 
+# ARGV: prefix, then per read: ring key, now's sub-bucket index. The ring is moved to now first (as
+# any read does). Returns per read: how many sub-buckets, then index, nanos, tokens of each that
+# counts and holds spend, oldest first; then how many values were unreadable. An unreadable ring is
+# one sub-bucket, now's, at the ceiling.
+_SUB_BUCKETS: Final = (
+    _LIB
+    + r"""
+local out = {}
+for i = 2, #ARGV, 2 do
+  local key, idx = ARGV[i], tonumber(ARGV[i + 1])
+  local found = {}
+  if redis.call('EXISTS', key) == 1 then
+    if not ring_advance(key, idx) then
+      found = {idx, C, C}
+    else
+      local last = tonumber(redis.call('HGET', key, 'last'))
+      for j = last - 60, last do
+        local s = tostring(j % 61)
+        local v = redis.call('HMGET', key, 'i' .. s, 'n' .. s, 't' .. s)
+        if v[1] == int(j) then
+          local n, t = count(v[2]), count(v[3])
+          if not n then n = checked(n) end
+          if not t then t = checked(t) end
+          if n > 0 or t > 0 then
+            found[#found + 1] = j
+            found[#found + 1] = n
+            found[#found + 1] = t
+          end
+        end
+      end
+    end
+  end
+  out[#out + 1] = #found / 3
+  for _, value in ipairs(found) do out[#out + 1] = value end
+end
+out[#out + 1] = bad
+return out
+"""
+)
+
 # ARGV: prefix, now, decision id, nanos, tokens, expires at, settle key, reserve (1|0), then per
 # check: kind, key, index, scope, limit nanos ('' = none), limit tokens, blocking (1|0). Amounts
 # and limits are counts (the caller clamps them). Returns the reserved flag, then per check: spent
@@ -521,6 +562,7 @@ class RedisStore:
         """Every script names this key, so Redis Cluster routes it to the slot of the prefix's hash tag."""
         self._apply = client.register_script(_APPLY)
         self._totals = client.register_script(_TOTALS)
+        self._sub_buckets = client.register_script(_SUB_BUCKETS)
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
         self._mark = client.register_script(_MARK)
@@ -755,6 +797,27 @@ class RedisStore:
         """Each group's fullest check's state (see `Store.read_fullest`):
         one read of every check (one round trip), the fullest picked here."""
         return fullest_states(groups, self.read_budgets([check for group in groups for check in group], now))
+
+    def read_sub_buckets(self, reads: Sequence[tuple[str, RollingWindow]], now: float) -> list[tuple[SubBucket, ...]]:
+        """Each rolling window's sub-buckets that count at `now` and hold spend, in one script."""
+        if not reads:
+            return []
+        argv: list[str] = [self.prefix]
+        for scope, window in reads:
+            argv += self._key(scope, window, now)[1:3]
+        with self._call("read sub-buckets"):
+            reply = self._sub_buckets(keys=[self._route], args=argv)
+        self._report.unreadable(int(reply[-1]), "read sub-buckets")
+        found: list[tuple[SubBucket, ...]] = []
+        at = 0
+        for _ in reads:
+            count = int(reply[at])
+            first = at + 1
+            found.append(
+                tuple(SubBucket(reply[i], reply[i + 1], reply[i + 2]) for i in range(first, first + 3 * count, 3))
+            )
+            at = first + 3 * count
+        return found
 
     def release(self, decision_id: str) -> bool:
         """Drop a reservation (the call will not happen); False if it was not open."""

@@ -54,6 +54,7 @@ from otel_puppy.store.base import (
     SpendRecord,
     StateReport,
     StoreHealth,
+    SubBucket,
     check_state,
     clamp,
     fullest_states,
@@ -186,6 +187,14 @@ WHERE scope = ?1 AND label = ?2 AND idx >= (
     SELECT max(COALESCE(MAX(idx), ?3), ?3) FROM rolling WHERE scope = ?1 AND label = ?2
 ) - ?4
 """  # noqa: S608 - constants only
+# The sub-buckets `_ROLLING_TOTAL` sums, one row each, oldest first.
+_ROLLING_BUCKETS: Final = """
+SELECT idx, nanos, tokens FROM rolling
+WHERE scope = ?1 AND label = ?2 AND idx >= (
+    SELECT max(COALESCE(MAX(idx), ?3), ?3) FROM rolling WHERE scope = ?1 AND label = ?2
+) - ?4
+ORDER BY idx
+"""
 # CAST: a row written as text by hand (or another tool) still comes back as bytes.
 _STATE_LOAD: Final = "SELECT key, CAST(data AS BLOB) FROM state WHERE namespace = ?"
 # Reserved totals: any number of items of up to CEILING each, so each is summed as a high and a low
@@ -587,6 +596,33 @@ class SQLiteStore:
             unreadable += spent[3]
             states.append(check_state(check, spent, held, nanos, tokens))
         return states, unreadable
+
+    def read_sub_buckets(self, reads: Sequence[tuple[str, RollingWindow]], now: float) -> list[tuple[SubBucket, ...]]:
+        """Each rolling window's sub-buckets that count at `now` and hold spend, in one snapshot.
+
+        Raises:
+            StoreError: the transaction failed.
+        """
+        if not reads:
+            return []
+        found: list[tuple[SubBucket, ...]] = []
+        unreadable = 0
+        with self._transaction("read sub-buckets", write=False) as db:
+            for scope, window in reads:
+                rows = db.execute(_ROLLING_BUCKETS, (scope, window.label, int(now // window.step), SUB_BUCKETS))
+                buckets = []
+                for stored_index, stored_nanos, stored_tokens in rows:
+                    index, nanos, tokens = stored_index, _count(stored_nanos), _count(stored_tokens)
+                    if type(index) is not int:  # not written by this store: counts as the newest, full
+                        index, nanos, tokens = int(now // window.step), None, None
+                    unreadable += (nanos is None) + (tokens is None)
+                    if nanos or tokens or nanos is None or tokens is None:
+                        buckets.append(
+                            SubBucket(index, CEILING if nanos is None else nanos, CEILING if tokens is None else tokens)
+                        )
+                found.append(tuple(buckets))
+        self._report.unreadable(unreadable, "read sub-buckets")
+        return found
 
     def release(self, decision_id: str) -> bool:
         """Drop a reservation (the call will not happen); False if it was not open."""

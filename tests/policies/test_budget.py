@@ -66,7 +66,8 @@ def test_a_hit_has_every_field_in_place() -> None:
         reserved_usd=Decimal("0.002000000"),
         utilization=1.204,
         window="1h",
-        resets_at=datetime(2026, 3, 10, 12, 31, tzinfo=UTC),
+        resets_at=None,  # a rolling window never resets; without its sub-buckets read, the longest wait:
+        retry_after_s=3660.0,  # until all it counts at 12:30 has aged out (13:31)
         model="gpt-4.1-mini",
     )
     assert budget_hit(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from prometheus_client.registry import CollectorRegistry
@@ -97,7 +98,9 @@ def test_a_span_never_settles_the_reservation_of_a_colliding_scope(
     reserved_as: dict[str, str | None], span_as: dict[str, str | None]
 ) -> None:
     engine = _engine("budgets:\n  - {name: all, limit_usd: 1, window: 30d, action: deny}\n")
-    decision = engine.decide(provider="openai", model="gpt-4.1", estimated_cost_usd="0.5", **reserved_as)
+    decision = engine.decide(
+        provider="openai", model="gpt-4.1", estimated_cost_usd="0.5", **cast(dict[str, Any], reserved_as)
+    )
     assert decision.action is Action.ALLOW
     assert engine.snapshot().budget("all").reserved_usd == Decimal("0.500000000")
     # Before: the settle keys (`openai|gpt-4.1|a|b|c`) were equal, and this span released the other
