@@ -28,13 +28,7 @@ from prometheus_client.registry import REGISTRY, CollectorRegistry
 
 from otel_puppy._ids import decision_id as new_decision_id
 from otel_puppy._logging import RateLimitedLog
-from otel_puppy.admission import (
-    TOTAL_SCOPE,
-    Headroom,
-    Hit,
-    Plan,
-    denied,
-)
+from otel_puppy.admission import TOTAL_SCOPE, Headroom, Hit, Plan, denied
 from otel_puppy.alerts import AlertEvent, Alerts, AlertSink, LogSink, WebhookSink
 from otel_puppy.calls import LLMCall
 from otel_puppy.clock import Clock, SystemClock
@@ -50,12 +44,7 @@ from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerGuard
 from otel_puppy.policies.presence import ALLOW_HINT, NoPoliciesWarning, missing_policies
-from otel_puppy.policies.runtime import (
-    RuntimeContext,
-    RuntimeEvent,
-    StateChanged,
-    StoreFailed,
-)
+from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StateChanged, StoreFailed
 from otel_puppy.policies.watch import PolicyWatcher
 from otel_puppy.pricing import Price, Pricer, Unpriced
 from otel_puppy.processor import PuppySpanProcessor
@@ -137,10 +126,8 @@ class PolicyEngine:
 
     @classmethod
     def from_settings(cls, settings: PuppySettings | None = None, **kwargs: object) -> PolicyEngine:
-        """An engine from `OTEL_PUPPY_*` settings: loads `policies`, opens `store`.
-
-        No policy file at `policies` warns (`NoPoliciesWarning`, naming the absolute path): nothing
-        would be enforced. `OTEL_PUPPY_ALLOW_NO_POLICIES=true` says that is intended.
+        """An engine from `OTEL_PUPPY_*` settings: loads `policies`, opens `store`. No policy file
+        there warns (`NoPoliciesWarning`, naming the path) unless `OTEL_PUPPY_ALLOW_NO_POLICIES=true`.
 
         Raises:
             SettingsError: a setting is invalid (the message names the variable).
@@ -173,12 +160,8 @@ class PolicyEngine:
             self.alerts.emit(event)
         elif isinstance(event, StoreFailed):
             self.metrics.record_store_error(event.operation)
-            self._log.warning(
-                f"store:{event.operation}",
-                "otel_puppy store unavailable for %s: %s",
-                event.operation,
-                event.error,
-            )
+            message = "otel_puppy store unavailable for %s: %s"
+            self._log.warning(f"store:{event.operation}", message, event.operation, event.error)
         elif isinstance(event, StateChanged):
             for runtime in self._rules.runtimes:
                 if runtime.kind == event.kind and runtime.shared:
@@ -255,20 +238,14 @@ class PolicyEngine:
     def decide(self, request: DecisionRequest | None = None, /, *, reserve: bool = True, **fields: object) -> Decision:
         """May this call go ahead, and with which model?
 
-        Pass a `DecisionRequest` or its fields: `decide(provider="openai", model="gpt-4.1",
-        agent="support", priority="normal", estimated_cost_usd=Decimal("0.02"))`. The strictest
-        action of every matching policy wins; each is listed in `reasons`. With an estimate, the
-        spend is reserved on every matching budget until the call's span settles it
-        (`decision.reserved_usd`).
+        Pass a `DecisionRequest` or its fields (`decide(provider="openai", model="gpt-4.1",
+        estimated_cost_usd=Decimal("0.02"))`). The strictest action of every matching policy wins;
+        each is in `reasons`. An estimate is reserved on every matching budget until the call's span
+        settles it (`reserved_usd`). `reserve=False` only asks: the same answer, nothing held (no
+        reservation of any kind, no breaker probe; `decision_id` and `reserved_usd` are `None`).
 
-        `reserve=False` only asks: the same action and reasons as a reserving decision, but nothing
-        is held (no reservation of any kind, no breaker probe) and nothing is left to settle
-        (`decision_id` and `reserved_usd` are `None`). Every kind of reservation goes through
-        budget admission's one `reserve` switch, so each honours it.
-
-        Failing open or closed (`fail_open`) is for a store that does not answer. A value of the
-        request itself never reaches the fail mode: it is refused with `RequestError`. Any other
-        error decides by the fail mode but never looser than the budgets (see `_decide_despite`).
+        A store that does not answer decides by `fail_open`; a bad request value is refused, never
+        failed open; any other error decides by the fail mode, never looser than the budgets.
 
         Raises:
             RequestError: a field's value is refused (the message names it); nothing was reserved.
@@ -370,11 +347,9 @@ class PolicyEngine:
         return self._decisions.failed(req, "the state store is unavailable")
 
     def problems(self) -> tuple[str, ...]:
-        """Why this engine should not be trusted to decide now; empty when it can be (ready).
-
-        Budgets whose state a decision could not read (each is read again here, so a repaired or
-        expired one clears), and the problem the store reports itself (`Store.health().problem`).
-        `/readyz` answers 503 with these.
+        """Why this engine should not be trusted to decide now (`/readyz` answers 503 with these):
+        budgets whose state cannot be read (read again here, so a repaired one clears) and the
+        problem the store reports itself. Empty when ready.
 
         Raises:
             StoreError: the store does not answer (not ready either).
@@ -386,20 +361,14 @@ class PolicyEngine:
         return tuple(found)
 
     def guard(self, provider: str, model: str, **fields: object) -> DecisionGuard:
-        """Decide before a call, as a context manager (`with` or `async with`).
-
-        Raises `PolicyDenied` on deny; otherwise yields the `Decision` (use `decision.model`) and
-        marks every span started inside with its `otel_puppy.decision_id`, so the call's span
-        settles the reservation.
-        """
+        """Decide before a call, as a context manager (`with` or `async with`): raises `PolicyDenied`
+        on deny, else yields the `Decision` and marks the spans started inside with its
+        `otel_puppy.decision_id`, so the call's span settles the reservation."""
         return DecisionGuard(self, DecisionRequest.from_fields({"provider": provider, "model": model, **fields}))
 
     def breaker(self, provider: str, model: str | None = None) -> BreakerGuard:
-        """`async with engine.breaker("openai"):` fails fast with `CircuitOpenError` while open.
-
-        Without a span processor the guard reports the call's outcome to the breaker itself; with
-        one, the call's span does (so a failure is not counted twice).
-        """
+        """`async with engine.breaker("openai"):` fails fast with `CircuitOpenError` while open. The
+        call's outcome reaches the breaker from its span, or from the guard without a span processor."""
         return self._rules.breakers.board.guard(provider, model, record=self._processor is None)
 
     # --- reading state ------------------------------------------------------------------------
@@ -434,9 +403,7 @@ class PolicyEngine:
     # --- metrics ------------------------------------------------------------------------------
 
     def start_metrics_server(self, port: int, addr: str = "127.0.0.1") -> MetricsServer:
-        """Serve this engine's registry on `http://addr:port/metrics` for Prometheus to scrape.
-
-        Returns the running server (`.port`, `.url`, `.close()`); `close()` of the engine stops it too.
+        """Serve this engine's registry on `http://addr:port/metrics`; the engine's `close()` stops it.
 
         Raises:
             ValueError: `port` is not in 0..65535 or `addr` is not a plausible host (see `metrics_server`).
@@ -509,10 +476,7 @@ class PolicyEngine:
     # --- internal errors ----------------------------------------------------------------------
 
     def internal_error(self, component: str, *, reraise: bool | None = None) -> None:
-        """Count and log an error we survived; under pytest re-raise it so tests see bugs.
-
-        Call from an `except` block.
-        """
+        """Count and log an error we survived (from an `except` block); under pytest re-raise it."""
         try:
             self.metrics.record_internal_error(component)
             # a request or a span may cause it again and again: one traceback per component per minute
