@@ -1,4 +1,4 @@
-.PHONY: demo test test-long test-newest lock lint typecheck bench
+.PHONY: demo test test-long test-newest lock lint typecheck bench corpus
 demo:
 	./scripts/demo
 test:
@@ -16,3 +16,5 @@ typecheck:
 	.venv/bin/mypy grafana/generate.py
 bench:
 	.venv/bin/python -m bench
+corpus:
+	./scripts/corpus

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench._harness import Result, machine
 
-BENCHES = ("on_end", "stall", "freshness", "pricing", "decide", "service", "memory", "scaling", "redis")
+BENCHES = ("on_end", "stall", "freshness", "pricing", "decide", "auth", "service", "memory", "scaling", "redis")
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
@@ -80,6 +80,10 @@ def _markdown(results: list[Result]) -> str:
         "  2 routing policies); 1,000 distinct requests (5 agents, 200 users, 30 teams) each matching 9",
         "  policies and reserving a $0.002 estimate, 10,000 timed calls after a warm-up pass. The yardstick",
         "  is one `genai_prices.calc_price` call timed in the same run.",
+        "- auth: `POST /v1/decide` (3 budgets, `reserve: false`) through the whole ASGI application in-process,",
+        "  2,000 requests a round, with auth off and on (a tokens file of 1,000 tokens; an unscoped decide token",
+        "  and one scoped to a team, whose values fill the request); mean per request, best of 7 interleaved",
+        "  rounds. What the check adds is `on - off`.",
         "- service: `otel-puppy serve` in a subprocess on loopback, with the memory and the SQLite store.",
         "  `/v1/decide` is paced open-loop at 1,000 requests/s for about 5 s over 4 kept-alive connections",
         "  (latency counted from when each request was due), against `GET /healthz` paced the same way.",

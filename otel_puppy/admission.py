@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Final, overload
 
 from otel_puppy._keys import escape
-from otel_puppy._requests import MAX_AMOUNT, estimate_nanos
 from otel_puppy.bounds import MAX_CALL_COST_USD
+from otel_puppy.call_identity import CALL_KEYS_TTL_S, call_keys, is_weak
 from otel_puppy.calls import LLMCall
 from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit
 from otel_puppy.exceptions import RequestError, StoreError
@@ -50,6 +51,9 @@ __all__ = (
 TOTAL_SCOPE: Final = "total"
 """The scope of the built-in windows' total spend (`otel_puppy_spend_usd`)."""
 _MAX_ESTIMATE_NANOS: Final = usd_to_nanos(MAX_CALL_COST_USD)
+MAX_AMOUNT: Final = 2**53 - 1
+"""Largest estimate in nano-USD or tokens (about $9 million): exact in every store, Redis Lua included."""
+_FITS: Final = attrgetter("fits")
 _PLANS_LIMIT: Final = 20_000
 """Request shapes remembered per policy set (a per-user budget makes one per user); then forgotten."""
 
@@ -123,13 +127,12 @@ class BudgetHits(Sequence[PolicyHit]):
 
     __slots__ = ("checks", "estimate", "indexes", "instances", "now", "states", "store")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional: built for nearly every decision
         self,
         instances: tuple[BudgetInstance, ...],
         states: Sequence[CheckState],
         indexes: tuple[int, ...],
         now: float,
-        *,
         checks: tuple[BudgetCheck, ...] | None = None,
         estimate: tuple[int, int] = (0, 0),
         store: Store | None = None,
@@ -202,7 +205,9 @@ class Plan:
 
     def fits(self, states: Sequence[CheckState]) -> bool:
         """Whether every enforced budget has room (shadow ones are only reported)."""
-        return all(states[index].fits for index in self.enforced)
+        if not self.shadow:  # `map`, not a generator: `decide()` asks this of every decision
+            return all(map(_FITS, states))
+        return all(map(_FITS, map(states.__getitem__, self.enforced)))
 
     def hits(self, admitted: Admitted | None, now: float, estimate: tuple[int, int] = (0, 0)) -> list[Hit]:
         """A pending hit per budget instance, from the store's answer to a request with `estimate`."""
@@ -270,11 +275,14 @@ class BudgetAdmission:
             RequestError: the token estimate's price for this model is over that bound.
         """
         tokens = request.estimated_tokens
+        cost = request.estimated_cost_usd
+        if cost is not None and not tokens:  # held by the request to `MAX_CALL_COST_USD`: exact everywhere
+            return usd_to_nanos(cost), 0
         name = "estimated_output_tokens" if request.estimated_output_tokens else "estimated_input_tokens"
         if tokens > MAX_AMOUNT:
             raise RequestError(name, f"input and output token estimates must add up to at most {MAX_AMOUNT}")
-        if request.estimated_cost_usd is not None:
-            return estimate_nanos(request.estimated_cost_usd), tokens
+        if cost is not None:
+            return usd_to_nanos(cost), tokens
         if tokens:
             # Bounded token counts always price; a pricer that raises is our bug, not the request's
             # (`decide` then rules by the fail mode, never looser than the budgets).
@@ -348,6 +356,9 @@ class BudgetAdmission:
             dedupe_until=now + ttl,
             decision_id=call.decision_id,
             settle_key=key,
+            call_keys=call_keys(call),
+            calls_until=now + min(ttl, CALL_KEYS_TTL_S),
+            weak=is_weak(call),
         )
 
 

@@ -141,6 +141,12 @@ def read_decimal(value: object, *, name: str, maximum: Decimal | int, minimum: D
         OutOfBounds: a number outside the range (infinities included).
     """
     number: Decimal
+    if type(value) is str and len(value) <= _PLAIN_LENGTH and _PLAIN.fullmatch(value):
+        # The usual text (`"0.002"`): digits only, no sign, exponent or spaces; past `_from_text`'s
+        # guards and the rounding, as it has at most 15 decimals. Out of range takes the path below.
+        number = Decimal(value)
+        if minimum <= number <= maximum:
+            return number if number else _ZERO  # `0.00` is 0, as below
     if isinstance(value, bool):
         raise NotANumber(name, "is not a number")
     if isinstance(value, int):
@@ -207,6 +213,11 @@ def check_name(value: object, *, name: str, optional: bool = True) -> None:
         raise TypeError(f"{name} must be a string, not {type(value).__name__}")
     if len(value) > MAX_NAME_LENGTH:
         raise OutOfBounds(name, f"is {len(value)} characters long (allowed: at most {MAX_NAME_LENGTH})")
+
+
+_PLAIN: Final = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,15})?")
+_PLAIN_LENGTH: Final = 31
+_ZERO: Final = Decimal(0)
 
 
 def _from_text(value: str, name: str) -> Decimal:

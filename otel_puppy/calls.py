@@ -10,11 +10,13 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 
+from genai_prices.data_snapshot import find_provider_by_id, get_snapshot
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
@@ -30,7 +32,15 @@ from otel_puppy.bounds import (
 )
 from otel_puppy.scope import Scope
 
-__all__ = ("ErrorClass", "LLMCall", "call_from_parts", "extract_call", "is_genai_span", "prompt_digest")
+__all__ = (
+    "ErrorClass",
+    "LLMCall",
+    "call_from_parts",
+    "extract_call",
+    "is_genai_span",
+    "normalize_provider",
+    "prompt_digest",
+)
 
 _MAX_NAME = MAX_NAME_LENGTH
 _MAX_INT_LABEL = 10**18
@@ -80,6 +90,12 @@ class LLMCall:
     environment: str | None = None
     reported_cost_usd: float | None = None
     decision_id: str | None = None
+    response_id: str | None = None
+    """The provider's id of the response (`gen_ai.response.id` and its equivalents): every span carrying
+    it describes this one call, whichever instrumentation wrote it and in whichever trace."""
+    instrumentation: str | None = field(default=None, compare=False)
+    """The name of the instrumentation scope that wrote the span (`opentelemetry.instrumentation.openai_v2`).
+    Not compared: it says who described the call, not what the call was."""
     prompt_hash: str | None = None
     """A digest of the normalized prompt when the span captured it; the text is never kept."""
     problems: tuple[str, ...] = ()
@@ -136,12 +152,12 @@ def extract_call(span: ReadableSpan, limits: CallLimits = DEFAULT_LIMITS) -> LLM
     True
     """
     attributes = span.attributes or {}
-    if not is_genai_span(attributes):
+    error = span.status.status_code is StatusCode.ERROR
+    if not is_genai_span(attributes) and (attributes or not error):
         return None
     context = span.get_span_context()
     if context is None:
         return None
-    error = span.status.status_code is StatusCode.ERROR
     return call_from_parts(
         attributes,
         resource=span.resource.attributes,
@@ -156,6 +172,8 @@ def extract_call(span: ReadableSpan, limits: CallLimits = DEFAULT_LIMITS) -> LLM
         if error
         else (),
         limits=limits,
+        instrumentation=span.instrumentation_scope.name if span.instrumentation_scope is not None else None,
+        name=span.name,
     )
 
 
@@ -172,13 +190,23 @@ def call_from_parts(
     status_message: str | None = None,
     exception_events: Iterable[Mapping[str, Any]] = (),
     limits: CallLimits = DEFAULT_LIMITS,
+    instrumentation: str | None = None,
+    name: str | None = None,
 ) -> LLMCall | None:
     """Build an `LLMCall` from span parts, or `None` when the span is not one model call.
+
+    `instrumentation` is the name of the span's instrumentation scope: spans of one call that two
+    instrumentations wrote are told apart from two calls by it (`call_identity`). `name` (the span's)
+    is read only for a failed span without attributes (`_bare_failure`).
 
     Numbers are read with `bounds.read_count`/`read_decimal`: one that is not a number makes the
     call `problems` (counted, not priced); one outside `limits` makes it `rejected` (not applied).
     Names longer than `bounds.MAX_NAME_LENGTH` are treated as absent.
     """
+    if not attributes:
+        if not error:
+            return None
+        attributes = _bare_failure(name, instrumentation)
     if attributes.get(semconv.LOGFIRE_SPAN_TYPE) == semconv.LOGFIRE_PENDING:
         return None
     if attributes.get(semconv.DECISION_ACTION) == "deny":
@@ -198,11 +226,24 @@ def call_from_parts(
 
     has_usage = any(key in attributes for key in semconv.USAGE_KEYS)
     if not has_usage:
-        # A call without usage is still a call when it says it is one (failed calls carry none).
         if any(key.startswith(semconv.AGGREGATED_PREFIX) for key in attributes):
             return None
-        is_call = operation in semconv.CALL_OPERATIONS or oi_kind in semconv.OPENINFERENCE_CALL_KINDS
-        if not is_call or _first(attributes, semconv.REQUEST_MODEL + semconv.RESPONSE_MODEL) is None:
+        if error:
+            # A failed call carries no usage, and many instrumentations write no operation name on
+            # it: a model or provider in any convention (or an OpenInference LLM kind) names it.
+            if operation not in semconv.CALL_OPERATIONS and oi_kind is None and not _names_call(attributes):
+                return None
+        elif _response_id(attributes) is None:
+            # Success without usage and without the provider's response id is half a call whose
+            # usage another span reports (logfire's request span of a stream, which reports it on a
+            # log), or a stream given up before the provider answered: counting it would count the
+            # request twice. With an id, the provider answered: a call of unknown spend (`weak`).
+            return None
+        elif operation not in semconv.CALL_OPERATIONS and oi_kind is None:
+            return None  # a call without usage is still a call when it says it is one (cancelled streams)
+        elif _first(attributes, semconv.REQUEST_MODEL + semconv.RESPONSE_MODEL) is None and not _invoked_model(
+            attributes
+        ):
             return None
 
     problems: list[str] = []
@@ -218,13 +259,22 @@ def call_from_parts(
         )
     ]
     input_tokens, output_tokens, cache_read, cache_write, reasoning = tokens
+    if not reasoning and semconv.RAW_USAGE in attributes:
+        reasoning = _raw_reasoning(attributes[semconv.RAW_USAGE], limits.max_tokens)
+    provider = normalize_provider(_first(attributes, semconv.PROVIDER))
+    if cache_read + cache_write and (
+        instrumentation in semconv.INPUT_WITHOUT_CACHE_SCOPES
+        or (provider in semconv.INPUT_WITHOUT_CACHE_PROVIDERS and cache_read + cache_write > input_tokens)
+    ):
+        # The provider's own input count leaves the cache out (Anthropic's, Bedrock's), and this
+        # instrumentation passed it through; the GenAI conventions (and genai-prices) count it in.
+        input_tokens += cache_read + cache_write
     if cache_read + cache_write > input_tokens:
         problems.append("cache tokens exceed input tokens")
     if reasoning > output_tokens:
         problems.append("reasoning tokens exceed output tokens")
 
-    provider = normalize_provider(_first(attributes, semconv.PROVIDER))
-    request_model = _name(attributes, semconv.REQUEST_MODEL, problems)
+    request_model = _name(attributes, semconv.REQUEST_MODEL, problems) or _invoked_model(attributes)
     decided = attributes.get(semconv.DECISION_MODEL)
     if isinstance(decided, str) and ":" in decided and len(decided) <= 2 * _MAX_NAME and _utf8(decided):
         # A degrade or a route sent the request elsewhere; the instrumentation's span still names
@@ -232,6 +282,11 @@ def call_from_parts(
         decided_provider, _, decided_model = decided.partition(":")
         provider, request_model = normalize_provider(decided_provider), decided_model[:_MAX_NAME] or request_model
     reported_cost = _cost(attributes, rejections, limits.max_cost_usd)
+    if reported_cost == 0 and (input_tokens or output_tokens):
+        # Tokens were used and the provider bills them: an instrumentation writing 0 is telling us
+        # it could not price the model (OpenLIT does so for every model it does not know), not that
+        # the call was free. Only a real report feeds the drift.
+        reported_cost = None
     return LLMCall(
         trace_id=trace_id,
         span_id=span_id,
@@ -257,6 +312,8 @@ def call_from_parts(
         environment=_label(attributes, semconv.ENVIRONMENT) or _label(resource, semconv.RESOURCE_ENVIRONMENT),
         reported_cost_usd=reported_cost,
         decision_id=_capped(_text(attributes.get(semconv.DECISION_ID))),
+        response_id=_response_id(attributes),
+        instrumentation=_capped(instrumentation) if instrumentation else None,
         prompt_hash=prompt_digest(_first(attributes, semconv.PROMPT)),
         problems=tuple(problems),
         rejected="; ".join(rejections) if rejections else None,
@@ -294,21 +351,134 @@ def _message_text(value: object) -> str:
 
 
 def normalize_provider(value: object) -> str:
-    """Map the conventions' provider spellings to one name (`gcp.vertex_ai` -> `google`)."""
+    """The genai-prices provider id a user writes in `match: {provider: ...}`, from any convention's spelling.
+
+    Exact spellings first (`gcp.vertex_ai` -> `google`, `az.ai.openai` -> `azure`), then the
+    `<provider>.<api>` form by its longest known prefix (`openai.chat` -> `openai`,
+    `google.vertex.chat` -> `google`), then genai-prices' own provider matching (`Amazon` -> `aws`).
+    A name none of them knows is kept, lowercased.
+    """
     text = _text(value)
     if not text or len(text) > _MAX_NAME or not _utf8(text):
         return "unknown"
     lowered = text.strip().lower()
-    return semconv.PROVIDER_ALIASES.get(lowered, lowered)
+    found = semconv.PROVIDER_ALIASES.get(lowered)
+    return found if found is not None else _provider_id(lowered)
+
+
+@lru_cache(maxsize=4096)
+def _provider_id(lowered: str) -> str:
+    aliases = semconv.PROVIDER_ALIASES
+    parts = lowered.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        found = aliases.get(".".join(parts[:end]))
+        if found is not None:
+            return found
+    provider = find_provider_by_id(_PROVIDERS, lowered)
+    return provider.id if provider is not None else lowered
+
+
+_PROVIDERS: Final = get_snapshot().providers
+_PROVIDER_IDS: Final = frozenset(provider.id for provider in _PROVIDERS)
+
+
+def _bare_failure(name: str | None, instrumentation: str | None) -> Mapping[str, Any]:
+    """A failed span with no attributes at all (OpenLIT ends a failed Anthropic call's span so): a call
+    when the GenAI conventions' span name (`chat claude-sonnet-4-5`) names its operation and model
+    and its instrumentation scope is named after its provider (`openlit.instrumentation.anthropic`).
+    Its attributes as they would have read; empty (not a call) otherwise."""
+    if not name or not instrumentation or len(name) > 2 * _MAX_NAME or len(instrumentation) > _MAX_NAME:
+        return {}
+    operation, _, model = name.partition(" ")
+    if operation not in semconv.CALL_OPERATIONS or not model or " " in model:
+        return {}
+    provider = instrumentation.rpartition(".")[2].lower()
+    if semconv.PROVIDER_ALIASES.get(provider) is None and provider not in _PROVIDER_IDS:
+        return {}
+    return {
+        semconv.OPERATION[0]: operation,
+        semconv.REQUEST_MODEL[0]: model,
+        semconv.PROVIDER[0]: provider,
+    }
+
+
+def _names_call(attributes: Mapping[str, Any]) -> bool:
+    """Whether a model or provider key of any convention is on the span (a failed call's only sign)."""
+    return any(attributes.get(key) is not None for key in semconv.CALL_NAMES)
+
+
+_MAX_PARAMETERS: Final = 64 * 1024
+"""`llm.invocation_parameters` longer than this is not parsed (it is read only for its model)."""
+
+
+def _invoked_model(attributes: Mapping[str, Any]) -> str | None:
+    """The `model` in OpenInference's `llm.invocation_parameters` JSON, for spans that name it nowhere else."""
+    text = attributes.get(semconv.INVOCATION_PARAMETERS)
+    if not isinstance(text, str) or not text.startswith("{") or len(text) > _MAX_PARAMETERS:
+        return None
+    try:
+        parameters = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    model = parameters.get("model") if isinstance(parameters, dict) else None
+    if not isinstance(model, str):
+        return None
+    model = model.strip()
+    return model if model and len(model) <= _MAX_NAME and model.isprintable() and _utf8(model) else None
+
+
+_RAW_REASONING: Final = (
+    ("completion_tokens_details", "reasoning_tokens"),  # OpenAI chat completions
+    ("output_tokens_details", "reasoning_tokens"),  # OpenAI responses
+    ("output_tokens_details", "thinking_tokens"),  # Anthropic
+    ("thoughtsTokenCount",),  # Gemini
+    ("thoughts_token_count",),
+)
+_MAX_RAW_USAGE: Final = 16 * 1024
+
+
+def _raw_reasoning(raw: object, maximum: int) -> int:
+    """Reasoning tokens from the provider's own usage object, as logfire records it (`gen_ai.usage.raw`),
+    for spans that name them nowhere else. Anything unreadable is 0: the tokens stay in the output."""
+    if isinstance(raw, str) and raw.startswith("{") and len(raw) <= _MAX_RAW_USAGE:
+        try:
+            raw = json.loads(raw)
+        except (ValueError, RecursionError):
+            return 0
+    if not isinstance(raw, dict):
+        return 0
+    for path in _RAW_REASONING:
+        value: object = raw
+        for name in path:
+            value = value.get(name) if isinstance(value, dict) else None
+        if type(value) is int and 0 < value <= maximum:
+            return value
+    return 0
+
+
+def _response_id(attributes: Mapping[str, Any]) -> str | None:
+    """The provider's response id: a printable string of at most `MAX_NAME_LENGTH` characters, else none."""
+    value = _first(attributes, semconv.RESPONSE_ID)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if value and len(value) <= _MAX_NAME and value.isprintable() and _utf8(value) else None
 
 
 _STATUS_IN_TEXT = re.compile(r"(?:status[_ ]code[:= ]+|Error code: |\b)([45]\d\d)\b")
 _NAME_CLASSES: tuple[tuple[re.Pattern[str], ErrorClass], ...] = (
-    (re.compile(r"ratelimit|rate_limit|too ?many ?requests|throttl|resourceexhausted", re.I), ErrorClass.RATE_LIMIT),
+    (
+        re.compile(r"rate[ _-]?limit|too ?many ?requests|throttl|resource_?exhausted", re.I),
+        ErrorClass.RATE_LIMIT,
+    ),
     (re.compile(r"timeout|timed ?out|deadline", re.I), ErrorClass.TIMEOUT),
     (re.compile(r"connect|network|remoteprotocol|readerror|unreachable", re.I), ErrorClass.CONNECTION),
     (
-        re.compile(r"internalserver|serviceunavailable|overloaded|badgateway|servererror|server_error", re.I),
+        re.compile(
+            r"internal ?server|service ?unavailable|overloaded|bad ?gateway|server ?error|server_error"
+            r"|server had an error",
+            re.I,
+        ),
         ErrorClass.SERVER_ERROR,
     ),
     (

@@ -12,7 +12,7 @@ When the service cannot answer (down, timing out, overloaded, failing), the clie
 within a fixed time budget and then fails open (an `allow`) or closed (a `deny` with
 `retry_after_s`), each such decision carrying one `internal` reason that says why; an outage
 slows an agent by at most the budget and never crashes it. When the service answers that the
-request itself is wrong (a missing or wrong token, an invalid field), nothing is failed open:
+request itself is wrong (a missing, wrong or insufficient token, an invalid field), nothing is failed open:
 `DecisionServiceError` is raised, because misconfiguration must be loud.
 
 Request bodies are never logged: they name users and conversations.
@@ -80,7 +80,9 @@ class DecisionClient:
 
     Args:
         url: The service's base URL.
-        api_token: Its `api_token`, sent as `Authorization: Bearer`.
+        api_token: A token of the service with the `decide` role (from its tokens file, or its
+            `OTEL_PUPPY_API_TOKEN`), sent as `Authorization: Bearer`. A token scoped to a team has its
+            team filled into every request; naming another is a `DecisionServiceError` (`403`).
         timeout_s: How long one attempt may wait to connect, and then for the answer.
         retries: Further attempts after a connection error, a timeout, or `429`/`502`/`503`/`504`.
             Together they never take longer than `timeout_s * (retries + 1)`; a `Retry-After`

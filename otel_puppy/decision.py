@@ -32,6 +32,7 @@ __all__ = (
     "PolicyHit",
     "Priority",
     "Severity",
+    "allowed_decision",
     "policy_hit_dict",
 )
 
@@ -141,14 +142,8 @@ class DecisionRequest:
             bounded = read_decimal(cost, name="estimated_cost_usd", maximum=MAX_CALL_COST_USD)
             if bounded is not cost:
                 object.__setattr__(self, "estimated_cost_usd", bounded)
-        counts: tuple[tuple[str, object], ...] = (
-            ("estimated_input_tokens", self.estimated_input_tokens),
-            ("estimated_output_tokens", self.estimated_output_tokens),
-            ("context_tokens", self.context_tokens),
-        )
-        for name, count in counts:
-            if count is not None and (type(count) is not int or not 0 <= count <= MAX_CALL_TOKENS):
-                object.__setattr__(self, name, read_count(count, name=name, maximum=MAX_CALL_TOKENS))
+        if (self.estimated_input_tokens, self.estimated_output_tokens, self.context_tokens) != (None, None, None):
+            self._check_counts()
         capabilities = self.capabilities
         if capabilities:
             if not isinstance(capabilities, tuple | list):  # a bare string would be a tuple of letters
@@ -160,6 +155,12 @@ class DecisionRequest:
                 _check_name("capabilities", capability, optional=False)
             if type(capabilities) is not tuple:
                 object.__setattr__(self, "capabilities", tuple(capabilities))
+
+    def _check_counts(self) -> None:
+        for name in ("estimated_input_tokens", "estimated_output_tokens", "context_tokens"):
+            count: object = getattr(self, name)
+            if count is not None and (type(count) is not int or not 0 <= count <= MAX_CALL_TOKENS):
+                object.__setattr__(self, name, read_count(count, name=name, maximum=MAX_CALL_TOKENS))
 
     def _check_names(self) -> None:
         for name in _NAMES:
@@ -182,6 +183,8 @@ class DecisionRequest:
             unknown = sorted(set(fields).difference(_FIELDS))
             raise RequestError(unknown[0], "not a field of a decision request")
         try:
+            if cls is DecisionRequest and "provider" in fields and "model" in fields:
+                return _assembled(fields)
             return cls(**fields)  # type: ignore[arg-type]
         except InvalidNumber as exc:  # out of bounds, or not a number
             raise RequestError(exc.name, exc.reason) from None
@@ -219,8 +222,23 @@ _GIVEN_NAMES: Final = ("provider", "model")
 """The fields `from_fields` requires (the others have defaults)."""
 _FIELDS: Final = tuple(DecisionRequest.__dataclass_fields__)
 _FIELD_SET: Final = frozenset(_FIELDS)
+_SLOTS: Final = tuple((f.name, f.default, getattr(DecisionRequest, f.name).__set__) for f in fields(DecisionRequest))
+"""Each field's name, default and slot setter, for `from_fields` (every field has a plain default,
+or is required and checked before)."""
+_new_object: Final = object.__new__
 _PRIORITIES: Final = tuple(p.value for p in Priority)
 _PRIORITY_BY_NAME: Final[dict[str, Priority]] = {p.value: p for p in Priority}
+
+
+def _assembled(fields: Mapping[str, object]) -> DecisionRequest:
+    """`DecisionRequest(**fields)`, as the generated `__init__` builds it but without its keyword
+    parsing and a frozen `__setattr__` lookup per field: `decide(**fields)` builds one per decision."""
+    request: DecisionRequest = _new_object(DecisionRequest)
+    get = fields.get
+    for name, default, put in _SLOTS:
+        put(request, get(name, default))
+    request.__post_init__()
+    return request
 
 
 def _check_name(field: str, value: object, *, optional: bool) -> None:
@@ -506,3 +524,36 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, StrEnum):
         return value.value
     return value
+
+
+_DECISION_SETTERS: Final = tuple(getattr(Decision, f.name).__set__ for f in fields(Decision))
+
+
+def allowed_decision(  # noqa: PLR0917 - positional: built for nearly every decision
+    provider: str,
+    model: str,
+    reasons: Sequence[PolicyHit],
+    shadow: Sequence[PolicyHit],
+    decision_id: str | None,
+    estimated_cost_usd: Decimal | None,
+    reserved_usd: Decimal | None,
+) -> Decision:
+    """`Decision(Action.ALLOW, ...)` as the generated `__init__` builds it, without a frozen
+    `__setattr__` lookup per field: `decide()` answers most requests with one."""
+    decision: Decision = _new_object(Decision)
+    values = (
+        Action.ALLOW,
+        provider,
+        model,
+        reasons,
+        shadow,
+        decision_id,
+        None,
+        None,
+        estimated_cost_usd,
+        reserved_usd,
+        datetime.now(UTC),
+    )
+    for put, value in zip(_DECISION_SETTERS, values, strict=True):
+        put(decision, value)
+    return decision

@@ -16,7 +16,7 @@ from typing import Final
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from otel_puppy.admission import BudgetAdmission, BudgetHits, Hit, Plan, decide_despite
-from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit, Severity
+from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit, Severity, allowed_decision
 from otel_puppy.money import nanos_to_usd
 from otel_puppy.store.base import CheckState
 
@@ -34,36 +34,32 @@ class Decisions:
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
-    def allowed(
+    def allowed(  # noqa: PLR0917 - positional: `decide()` calls it for nearly every decision
         self,
         request: DecisionRequest,
         plan: Plan,
         states: Sequence[CheckState],
         estimate: tuple[int, int],
-        *,
         decision_id: str | None,
         now: float,
         reserved: bool,
     ) -> Decision:
         """The usual decision: only budgets had a say, and each enforced one has room. It builds no
         hit unless one is read. `reserved`: the store holds the estimate for it."""
-        self._count(_ALLOWED)
+        with self._lock:
+            self._counts[_ALLOWED] = self._counts.get(_ALLOWED, 0) + 1
         estimated = _estimated(request, estimate)
-        return Decision(
-            action=Action.ALLOW,
-            provider=request.provider,
-            model=request.model,
-            reasons=BudgetHits(plan.instances, states, plan.enforced, now).lazy() if plan.enforced else _NONE,
-            shadow=(
-                BudgetHits(
-                    plan.instances, states, plan.shadow, now, checks=plan.checks, estimate=estimate, store=plan.store
-                ).lazy()
-                if plan.shadow
-                else _NONE
-            ),
-            decision_id=decision_id,
-            estimated_cost_usd=estimated,
-            reserved_usd=estimated if reserved else None,
+        shadow = plan.shadow
+        return allowed_decision(
+            request.provider,
+            request.model,
+            BudgetHits(plan.instances, states, plan.enforced, now).lazy() if plan.enforced else _NONE,
+            BudgetHits(plan.instances, states, shadow, now, plan.checks, estimate, plan.store).lazy()
+            if shadow
+            else _NONE,
+            decision_id,
+            estimated,
+            estimated if reserved else None,
         )
 
     def ruled(

@@ -1,17 +1,13 @@
 """`PolicyEngine`: prices calls, keeps state, and answers agents before they spend.
 
-Orchestration only. Both front doors (the span processor and, in service mode, the OTLP receiver)
-feed `observe_many`: the store dedupes and applies each call's spend record atomically, then
-every policy runtime observes the applied calls. `decide` asks routing for the model (given a
-read-only view of headroom), every runtime for its hits, and budget admission to reserve the
-estimate (reserve, then settle when the call's span arrives); a degrade is one more pass through
-the same path for the cheaper model. What each policy kind does lives in its runtime
-(`policies/runtime.py`); admission in `admission.py`; the decision built from the hits, and
-counted, in `decisions.py`; what became of spans in `span_results.py`; total spend and store health
-in `store_figures.py`; saved and shared state in `state_sync.py`.
-
-Everything derived from the policy files lives in one immutable `Rules` (`rules.py`) swapped
-whole on reload, so a decision never sees half of an old set and half of a new one.
+Orchestration only. Both front doors (the span processor and the OTLP receiver) feed `observe_many`:
+the store dedupes and applies each call's spend atomically, then every policy runtime observes the
+applied calls. `decide` asks routing for the model (with a read-only view of headroom), every runtime
+for its hits, and budget admission to reserve the estimate until the call's span settles it; a
+degrade is one more pass through the same path. Each policy kind lives in its runtime
+(`policies/runtime.py`); admission in `admission.py`; decisions built and counted in `decisions.py`;
+span results in `span_results.py`; total spend in `store_figures.py`; state in `state_sync.py`. What
+the policy files compile to is one immutable `Rules` (`rules.py`), swapped whole on reload.
 """
 
 from __future__ import annotations
@@ -184,11 +180,9 @@ class PolicyEngine:
         return self.observe_many([call])[0]
 
     def observe_many(self, calls: Sequence[LLMCall]) -> list[Observation]:
-        """Price calls and apply them in one store round trip, each deduped atomically.
-
-        A call carrying a number outside its bound (`LLMCall.rejected`) is not applied: it is counted
-        as `spans_total{result="rejected"}` and observed as `ApplyResult.REJECTED`.
-        """
+        """Price calls and apply them in one store round trip, each deduped atomically. A call with a
+        number out of bounds (`LLMCall.rejected`) is counted as `spans_total{result="rejected"}` and
+        observed as `ApplyResult.REJECTED`, never applied."""
         if any(call.rejected is not None for call in calls):
             kept = [call for call in calls if call.rejected is None]
             self.metrics.record_spans("rejected", len(calls) - len(kept))
@@ -272,22 +266,22 @@ class PolicyEngine:
         admission = rules.admission
         hits: list[Hit] = []
         request = req
-        if admission.plan(req).routed:
+        plan = admission.plan(req)
+        if plan.routed:
             headroom = Headroom(admission, rules.breakers, req, now)
             route = rules.router.route(req, available=headroom.available)
             if route is not None:
                 hits.append(route.hit)
                 if not route.hit.shadow and (route.provider, route.model) != (req.provider, req.model):
                     request = req.with_model(route.provider, route.model)
+                    plan = admission.plan(request)
         decision_id = new_decision_id() if reserve else ""  # an ask holds nothing: nothing settles by an id
-        plan, estimate, admitted = self._pass(rules, request, hits, decision_id, now, reserve=reserve)
+        estimate, admitted = self._pass(rules, request, plan, hits, decision_id=decision_id, now=now, reserve=reserve)
         if not hits and (admitted is None or plan.fits(admitted.states)):
             # The usual decision: the general path below would decide the same, building more.
             states = admitted.states if admitted is not None else ()
             reserved = admitted is not None and admitted.reserved
-            return self._decisions.allowed(
-                request, plan, states, estimate, decision_id=decision_id or None, now=now, reserved=reserved
-            )
+            return self._decisions.allowed(request, plan, states, estimate, decision_id or None, now, reserved)
         reserved = admitted is not None and admitted.reserved
         hits += plan.hits(admitted, now, estimate)
         action = strictest(hits)
@@ -301,7 +295,10 @@ class PolicyEngine:
                 kept = [h for h in hits if h.kind == "routing" or h.action is Action.DEGRADE]
                 listed = {(h.kind, h.policy, h.scope) for h in kept}
                 again = list(kept)  # they count for admission's reserve; listed once below
-                plan, estimate, admitted = self._pass(rules, request, again, decision_id, now, reserve=reserve)
+                plan = admission.plan(request)
+                estimate, admitted = self._pass(
+                    rules, request, plan, again, decision_id=decision_id, now=now, reserve=reserve
+                )
                 reserved = admitted is not None and admitted.reserved
                 again += plan.hits(admitted, now, estimate)
                 hits = kept + [h for h in again if (h.kind, h.policy, h.scope) not in listed]
@@ -312,16 +309,23 @@ class PolicyEngine:
         return self._decisions.ruled(request, hits, estimate, decision_id or None, reserved=reserved)
 
     def _pass(
-        self, rules: Rules, request: DecisionRequest, hits: list[Hit], decision_id: str, now: float, *, reserve: bool
-    ) -> tuple[Plan, tuple[int, int], Admitted | None]:
-        """The path of a decision, and of its degrade: every runtime's hits on `request` are added to
-        `hits`, then budget admission reserves the estimate unless a hit denies (or `reserve` is off)."""
+        self,
+        rules: Rules,
+        request: DecisionRequest,
+        plan: Plan,
+        hits: list[Hit],
+        *,
+        decision_id: str,
+        now: float,
+        reserve: bool,
+    ) -> tuple[tuple[int, int], Admitted | None]:
+        """A decision's path (and its degrade's): every runtime's hits are added to `hits`, then admission
+        reserves the estimate on `plan` (the request's) unless a hit denies or `reserve` is off."""
         admission = rules.admission
-        plan = admission.plan(request)
         estimate = admission.estimate(request)  # before a breaker probe is taken: it may refuse the request
         for runtime in rules.runtimes:
             hits += runtime.check(request, now)
-        return plan, estimate, admission.admit(plan, estimate, now, decision_id, reserve=reserve and not denied(hits))
+        return estimate, admission.admit(plan, estimate, now, decision_id, reserve=reserve and not denied(hits))
 
     def _abandon(self, rules: Rules, request: DecisionRequest, reservation: str | None) -> None:
         """The decision will not go ahead with this request: give back what it took."""
@@ -371,7 +375,7 @@ class PolicyEngine:
         call's outcome reaches the breaker from its span, or from the guard without a span processor."""
         return self._rules.breakers.board.guard(provider, model, record=self._processor is None)
 
-    # --- reading state ------------------------------------------------------------------------
+    # --- reading state and metrics ----------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         """Spend per window, every known budget instance, breaker, anomaly and model, as of now."""
@@ -400,8 +404,6 @@ class PolicyEngine:
     def store(self) -> Store:
         return self._store
 
-    # --- metrics ------------------------------------------------------------------------------
-
     def start_metrics_server(self, port: int, addr: str = "127.0.0.1") -> MetricsServer:
         """Serve this engine's registry on `http://addr:port/metrics`; the engine's `close()` stops it.
 
@@ -426,12 +428,10 @@ class PolicyEngine:
         yield from self.redundancy.collect()
         yield from self._figures.collect(now)
 
-    # --- lifecycle ----------------------------------------------------------------------------
+    # --- lifecycle and internal errors ---------------------------------------------------------
 
     def reload(self) -> PolicySet:
-        """Load the policy files again. A broken edit raises and the running set stays in force.
-
-        Window spend is kept: it lives in the store, keyed by budget name and scope.
+        """Load the policy files again; window spend is kept (in the store, by budget and scope).
 
         Raises:
             PolicyErrors: every error in the new files; nothing changed.
@@ -472,8 +472,6 @@ class PolicyEngine:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # --- internal errors ----------------------------------------------------------------------
 
     def internal_error(self, component: str, *, reraise: bool | None = None) -> None:
         """Count and log an error we survived (from an `except` block); under pytest re-raise it."""

@@ -251,9 +251,20 @@ class Pricer:
             try:  # a provider we know that serves a model it does not list (e.g. through a proxy)
                 found_provider, info = self._snapshot.find_provider_model(model, None, None, None)
             except LookupError:
-                return None
+                found = self._unprefixed(provider_id, model)
+                if found is None:
+                    return None
+                found_provider, info = found
         static = info.prices if isinstance(info.prices, gp.ModelPrice) else None
         return _Resolved(info, found_provider, static, "genai-prices")
+
+    def _unprefixed(self, provider_id: str, model: str) -> tuple[gp.Provider, gp.ModelInfo] | None:
+        """The provider's one model whose id is `model` under a namespace prefix an instrumentation
+        stripped (OpenLLMetry writes Bedrock's `amazon.nova-pro-v1:0` as `nova-pro-v1:0`)."""
+        provider = next(p for p in self._snapshot.providers if p.id == provider_id)
+        suffix = "." + model.lower()
+        found = [info for info in provider.models if info.id.lower().endswith(suffix)]
+        return (provider, found[0]) if len(found) == 1 else None
 
     def _price_in_force(self, resolved: _Resolved, when: datetime) -> gp.ModelPrice:
         if resolved.static_price is not None:

@@ -26,6 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
 
 from otel_puppy import semconv
 from otel_puppy.calls import LLMCall, extract_call
@@ -46,6 +47,7 @@ _FIRST_BACKOFF_S: Final = 0.25
 _MAX_BACKOFF_S: Final = 5.0
 
 _DECISION_ATTRIBUTE: Final = semconv.DECISION_ID
+_ERROR: Final = StatusCode.ERROR
 
 
 class CallSink(Protocol):
@@ -117,11 +119,14 @@ class PuppySpanProcessor(SpanProcessor):
         try:
             attributes: Any = span._attributes  # the public property copies into a MappingProxy
             if not attributes:
-                return
-            if type(attributes) is BoundedAttributes:
-                attributes = attributes._dict
-            if attributes.keys().isdisjoint(_MARKERS) or attributes.get(_SPAN_TYPE) == _PENDING:
-                return
+                # A failed span with no attribute at all may still be a call (`calls._bare_failure`).
+                if span._status.status_code is not _ERROR:
+                    return
+            else:
+                if type(attributes) is BoundedAttributes:
+                    attributes = attributes._dict
+                if attributes.keys().isdisjoint(_MARKERS) or attributes.get(_SPAN_TYPE) == _PENDING:
+                    return
             queue = self._queue
             if len(queue) >= self._max_queue_size or self._shutdown:
                 self._drop()

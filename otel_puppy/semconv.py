@@ -1,7 +1,8 @@
 """Attribute names we read, grouped by the convention that defines them.
 
 Current OpenTelemetry GenAI conventions first, then their legacy spellings, then logfire,
-OpenInference and OpenLLMetry (Traceloop). Each tuple is tried in order; the first present wins.
+OpenInference, OpenLLMetry (Traceloop), OpenLIT and the Vercel AI SDK (`ai.*`). Each tuple is tried in
+order; the first present wins. `tests/corpus/` holds real spans in each spelling read here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ PROVIDER: Final = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm
 REQUEST_MODEL: Final = ("gen_ai.request.model", "llm.request.model", "llm.model_name")
 RESPONSE_MODEL: Final = ("gen_ai.response.model", "llm.response.model")
 OPERATION: Final = ("gen_ai.operation.name", "llm.request.type")
+RESPONSE_ID: Final = ("gen_ai.response.id", "ai.response.id")
+"""The provider's id of the response (the Vercel AI SDK's too): unique per call, so the spans of two
+instrumentations carrying it describe one call. OpenInference has no such attribute (the id is only
+inside `output.value`, when that is recorded at all); OpenLLMetry, OpenLIT, logfire, the contrib
+instrumentations and the Anthropic SDK write `gen_ai.response.id`."""
+INVOCATION_PARAMETERS: Final = "llm.invocation_parameters"
+"""OpenInference: the request's parameters as JSON; its `model` names the call when no other key does."""
 
 # --- usage on one call ----------------------------------------------------------------------
 INPUT_TOKENS: Final = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
@@ -26,12 +34,16 @@ CACHE_READ_TOKENS: Final = (
     "gen_ai.usage.cache_read_input_tokens",
     "llm.token_count.prompt_details.cache_read",
     "gen_ai.usage.details.cache_read_tokens",
+    "ai.usage.inputTokenDetails.cacheReadTokens",  # Vercel AI SDK
+    "ai.usage.cachedInputTokens",  # Vercel AI SDK, before inputTokenDetails
 )
 CACHE_WRITE_TOKENS: Final = (
     "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_write.input_tokens",  # the Anthropic SDK's own spans
     "gen_ai.usage.cache_creation_input_tokens",
     "llm.token_count.prompt_details.cache_write",
     "gen_ai.usage.details.cache_write_tokens",
+    "ai.usage.inputTokenDetails.cacheWriteTokens",  # Vercel AI SDK
 )
 REASONING_TOKENS: Final = (
     "gen_ai.usage.reasoning.output_tokens",
@@ -39,8 +51,18 @@ REASONING_TOKENS: Final = (
     "llm.usage.reasoning_tokens",
     "llm.token_count.completion_details.reasoning",
     "gen_ai.usage.details.reasoning_tokens",
+    "ai.usage.outputTokenDetails.reasoningTokens",  # Vercel AI SDK
+    "ai.usage.reasoningTokens",  # Vercel AI SDK, before outputTokenDetails
 )
+RAW_USAGE: Final = "gen_ai.usage.raw"
+"""logfire: the provider's own usage object as JSON; read for reasoning tokens when no key above has them."""
 USAGE_KEYS: Final = INPUT_TOKENS + OUTPUT_TOKENS
+INPUT_WITHOUT_CACHE_PROVIDERS: Final = frozenset({"anthropic", "aws"})
+"""Providers whose APIs count input without the cache: a span on them whose cache tokens exceed its
+input tokens passed that count through, and the cache is added to it."""
+INPUT_WITHOUT_CACHE_SCOPES: Final = frozenset({"opentelemetry.instrumentation.bedrock"})
+"""Instrumentations that always write the provider's own input count, which leaves the cache out
+(OpenLLMetry's Bedrock instrumentation): the cache is added to it whatever the numbers."""
 REPORTED_COST: Final = ("operation.cost", "gen_ai.usage.cost", "llm.cost.total")
 
 # --- who and where --------------------------------------------------------------------------
@@ -86,10 +108,13 @@ CALL_OPERATIONS: Final = frozenset(
 NOT_CALL_OPERATIONS: Final = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow", "retrieval"})
 OPENINFERENCE_CALL_KINDS: Final = frozenset({"LLM", "EMBEDDING"})
 
-MARKERS: Final = frozenset(
-    USAGE_KEYS + OPERATION + ("gen_ai.system", "gen_ai.provider.name", "gen_ai.request.model", "llm.model_name")
-)
-"""A span with none of these keys is not a GenAI span; the span processor drops it at once."""
+CALL_NAMES: Final = PROVIDER + REQUEST_MODEL + RESPONSE_MODEL + (INVOCATION_PARAMETERS,)
+"""Keys that name a model call in some convention: a span with an error status carrying one (and
+not marked as an agent run, a tool or a workflow) is a failed call, usage or not."""
+
+MARKERS: Final = frozenset(USAGE_KEYS + OPERATION + CALL_NAMES + (OPENINFERENCE_KIND,))
+"""A span with none of these keys is not a GenAI span; the span processor drops it at once. (One
+exception: a failed span with no attributes at all, which may be a call: `calls._bare_failure`.)"""
 
 # --- provider names as the conventions spell them -> genai-prices provider ids --------------
 PROVIDER_ALIASES: Final = {
@@ -99,6 +124,10 @@ PROVIDER_ALIASES: Final = {
     "az.ai.inference": "azure",
     "az.ai.openai": "azure",
     "azure": "azure",
+    "azure_openai": "azure",
+    "azure-openai": "azure",
+    "azure openai": "azure",
+    "azure.openai": "azure",
     "anthropic": "anthropic",
     "gcp.gemini": "google",
     "gcp.vertex_ai": "google",
@@ -109,9 +138,18 @@ PROVIDER_ALIASES: Final = {
     "google": "google",
     "google-gla": "google",
     "google-vertex": "google",
+    "google_genai": "google",
+    "google-genai": "google",
+    "google.genai": "google",
+    "google.generative-ai": "google",
+    "google.vertex": "google",
     "aws.bedrock": "aws",
     "bedrock": "aws",
     "aws": "aws",
+    "amazon-bedrock": "aws",
+    "amazon_bedrock": "aws",
+    "aws_bedrock": "aws",
+    "aws-bedrock": "aws",
     "mistral_ai": "mistral",
     "mistralai": "mistral",
     "mistral": "mistral",
@@ -130,3 +168,6 @@ PROVIDER_ALIASES: Final = {
     "cerebras": "cerebras",
     "moonshotai": "moonshotai",
 }
+"""Exact spellings (lowercased). `calls.normalize_provider` also reads `<provider>.<api>` forms
+(`openai.chat`, `anthropic.messages`) by their known prefix, and falls back on genai-prices' own
+provider matching (`amazon` -> `aws`)."""

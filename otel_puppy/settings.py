@@ -19,7 +19,10 @@ from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS, MAX_SPAN_LATEN
 from otel_puppy.exceptions import SettingsError
 from otel_puppy.store.base import SCHEMES
 
-__all__ = ("PuppySettings", "redact_url", "running_under_pytest")
+__all__ = ("DEFAULT_TOKENS_FILE", "PuppySettings", "redact_url", "running_under_pytest")
+
+DEFAULT_TOKENS_FILE = "tokens.yaml"
+"""The tokens file's name beside the policies (`PuppySettings.tokens_path`)."""
 
 
 def running_under_pytest() -> bool:
@@ -57,7 +60,11 @@ class PuppySettings(BaseSettings):
     port: int = Field(default=4319, ge=0, le=65535)
     """Port for OTLP/HTTP, the decision API and `/metrics`."""
     api_token: SecretStr | None = None
-    """Bearer token required on every endpoint but health checks; required to bind beyond loopback."""
+    """Bearer token required on every endpoint but health checks, with every role; to bind beyond loopback,
+    this or a tokens file is required. Clients (`DecisionClient.from_settings`, `decide`, `status`) send it."""
+    tokens_file: Path | None = None
+    """`serve`: the tokens file (YAML: each token's name, SHA-256, roles, scope; `otel-puppy token create`
+    writes it), hot-reloaded. Unset: `tokens.yaml` beside the policies, if there is one when `serve` starts."""
     timezone: str = "UTC"
     """IANA timezone of calendar windows (`day` resets at local midnight)."""
 
@@ -146,6 +153,11 @@ class PuppySettings(BaseSettings):
             raise ValueError(f"must be an http:// or https:// URL, not {redact_url(value, keep_path=False)!r}")
         return value
 
+    @field_validator("tokens_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # `OTEL_PUPPY_TOKENS_FILE=`
+
     @field_validator("api_token")
     @classmethod
     def _real_token(cls, value: SecretStr | None) -> SecretStr | None:
@@ -155,14 +167,25 @@ class PuppySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> PuppySettings:
-        if self.api_token is None and not _is_loopback(self.host):
-            raise ValueError(f"binding to {self.host!r} (beyond loopback) needs OTEL_PUPPY_API_TOKEN to be set")
+        if self.api_token is None and self.tokens_path is None and not _is_loopback(self.host):
+            raise ValueError(
+                f"binding to {self.host!r} (beyond loopback) needs OTEL_PUPPY_API_TOKEN or a tokens file "
+                "(OTEL_PUPPY_TOKENS_FILE) to be set"
+            )
         return self
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # `repr(settings)` and `str(settings)` end up in logs and bug reports: no secrets in them.
         for name, value in super().__repr_args__():
             yield name, _shown(name, value) if isinstance(value, str) else value
+
+    @property
+    def tokens_path(self) -> Path | None:
+        """The tokens file `serve` reads: `tokens_file`, else `tokens.yaml` beside the policies if it is there."""
+        if self.tokens_file is not None:
+            return self.tokens_file
+        beside = Path(self.policies).absolute().parent / DEFAULT_TOKENS_FILE
+        return beside if beside.is_file() else None
 
     @property
     def zone(self) -> ZoneInfo:

@@ -51,9 +51,9 @@ def _free_default_registry() -> Iterator[None]:
 def _fresh_rate_limited_logs() -> None:
     """The server's module-level logs allow one line per reason a minute: a test that reads a line
     must not find it spent by an earlier test."""
-    from otel_puppy.server import errors, otlp, receiver
+    from otel_puppy.server import auth, errors, otlp, receiver
 
-    for log in (errors._LOG, otlp._LOG, receiver._LOG):
+    for log in (errors._LOG, otlp._LOG, receiver._LOG, auth._AUDIT_LOG):
         log.reset()
 
 

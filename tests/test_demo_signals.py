@@ -1,23 +1,32 @@
 """`otel-puppy demo` as a real process: SIGTERM or Ctrl-C stops it and every fleet process with it,
-and a demo killed outright (`kill -9`) leaves no fleet process behind either."""
+gracefully, a second one at once, and a demo killed outright (`kill -9`) leaves no fleet process
+behind either. The handlers only count the signals: nothing is raised into the code they interrupt.
+SIGINT works even when the demo starts with it ignored, as a job a script starts with `&` does (and
+so does a test run started that way: the sigint case then timed out)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from otel_puppy.demo.runner import _StopSignals
 from tests._service import environment, free_port
 
 STARTED_WITHIN_S = 180.0
 """Spawning the fleet imports pydantic-ai and logfire afresh in each process: generous on 2 busy cores."""
 GONE_WITHIN_S = 90.0
 """A hang guard: the graceful stop lets the runs in flight finish (at most 30 s), then terminates."""
+AT_ONCE_WITHIN_S = 30.0
+"""A second signal terminates the fleet at once; the service still stops and the engine closes."""
 FLEET_PROCESSES = 2
 
 
@@ -62,17 +71,25 @@ def _fleet(pids: set[int]) -> set[int]:
     return fleet
 
 
-def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _start_demo(tmp_path: Path, *, sigint_ignored: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
+    """The demo, with SIGINT as this process has it (`sigint_ignored`: ignored, inherited through exec)."""
     (tmp_path / "policies").mkdir()
     out = tmp_path / "demo.out"
-    with out.open("wb") as stdout:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "otel_puppy", "demo", "--duration", "600", "--rate", "4"],
-            cwd=tmp_path,
-            env=environment(port=str(free_port()), store="memory://", allow_no_policies="true"),
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-        )
+    previous = signal.getsignal(signal.SIGINT)
+    if sigint_ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with out.open("wb") as stdout:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "otel_puppy", "demo", "--duration", "600", "--rate", "4"],
+                cwd=tmp_path,
+                env=environment(port=str(free_port()), store="memory://", allow_no_policies="true"),
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+            )
+    finally:
+        if sigint_ignored:
+            signal.signal(signal.SIGINT, previous)
     return process, out
 
 
@@ -95,9 +112,15 @@ def _wait_gone(pids: set[int], within_s: float) -> set[int]:
     return left
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-def test_a_signal_stops_the_demo_and_every_fleet_process(tmp_path: Path, signum: signal.Signals) -> None:
-    process, out = _start_demo(tmp_path)
+@pytest.mark.parametrize(
+    ("signum", "sigint_ignored"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["sigterm", "sigint", "sigint-to-a-background-job"],
+)
+def test_a_signal_stops_the_demo_and_every_fleet_process(
+    tmp_path: Path, signum: signal.Signals, sigint_ignored: bool
+) -> None:
+    process, out = _start_demo(tmp_path, sigint_ignored=sigint_ignored)
     try:
         descendants = _wait_for_fleet(process, out)
         process.send_signal(signum)
@@ -113,6 +136,68 @@ def test_a_signal_stops_the_demo_and_every_fleet_process(tmp_path: Path, signum:
     assert " done: " in text
     assert "Traceback" not in text
     assert "\x1b[" not in text  # into a file: plain lines, no cursor movement
+
+
+def test_a_second_signal_stops_the_demo_at_once(tmp_path: Path) -> None:
+    process, out = _start_demo(tmp_path)
+    try:
+        descendants = _wait_for_fleet(process, out)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(AT_ONCE_WITHIN_S)
+        assert _wait_gone(descendants, AT_ONCE_WITHIN_S) == set(), out.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(GONE_WITHIN_S)
+    text = out.read_text()
+    assert code == 130, text  # interrupted, as the shell reports a Ctrl-C
+    assert " done: " not in text
+    assert "Traceback" not in text
+
+
+def test_the_handlers_count_signals_and_raise_nothing_into_the_code_they_interrupt() -> None:
+    reports = multiprocessing.get_context("spawn").Queue()
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with _StopSignals() as signals:
+            assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) != signal.default_int_handler
+            # Delivered while this thread waits in a report read, as a Ctrl-C usually is: the read
+            # goes on to its timeout, with nothing raised into it, and the signal is counted.
+            timer = threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+            timer.start()
+            with pytest.raises(queue.Empty):
+                reports.get(timeout=0.5)
+            timer.join()
+            assert (signals.count, signals.stopping, signals.at_once) == (1, True, False)
+            signal.raise_signal(signal.SIGTERM)
+            assert (signals.count, signals.stopping, signals.at_once) == (2, True, True)
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        reports.close()
+
+
+def test_an_ignored_sigint_is_handled_too_and_other_threads_install_nothing() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited by a job a script starts with `&`
+    try:
+        with _StopSignals() as signals:
+            signal.raise_signal(signal.SIGINT)
+            assert signals.count == 1
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    outside = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+
+    def elsewhere() -> None:
+        with _StopSignals() as signals:
+            seen.append(signal.getsignal(signal.SIGTERM))
+            seen.append(signals.count)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert seen == [outside, 0]
 
 
 @pytest.mark.long

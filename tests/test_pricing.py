@@ -167,7 +167,8 @@ def test_unrecognised_provider_falls_back_to_the_model_name(provider: str) -> No
 
 def test_a_successful_call_without_usage_is_unpriced_and_a_failed_one_free() -> None:
     attributes = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o"}
-    ok = extract_call(make_span(attributes))
+    # Without usage, a success is a call only with the provider's response id (the provider answered).
+    ok = extract_call(make_span({**attributes, "gen_ai.response.id": "chatcmpl-no-usage"}))
     failed = extract_call(make_span(attributes, error=True, exception_type="openai.InternalServerError"))
     assert ok is not None
     assert failed is not None

@@ -7,13 +7,16 @@ otel-puppy status [--json]               a running service's policies, budgets, 
 otel-puppy demo [--duration S]           a simulated agent fleet with /metrics, so dashboards have data
 otel-puppy check [PATH]                  validate policy files: file:line:column errors (or none there), exit 1
 otel-puppy replay FILE                   what would the policies have decided over recorded spans?
+otel-puppy token create NAME --role R    add a bearer token (--team T... scopes it); prints its secret once
+otel-puppy token list | revoke NAME      the tokens file's tokens (never a secret); remove one
 
 Every command reads the `OTEL_PUPPY_*` settings (environment or `.env`); options override them.
 Exit codes: 0 success, 1 failure (invalid policies, service unreachable), 2 invalid settings or
 usage, 3 `decide` was answered `deny`.
 
 Modules: `serve` (the service), `remote` (decide, status: clients of a running service),
-`offline` (demo, fleet, check, replay), `render` (rich output, shared with the demo), `errors`.
+`offline` (demo, fleet, check, replay), `tokens` (the tokens file), `render` (rich output, shared with
+the demo), `errors`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from otel_puppy.cli import offline, remote, serve
+from otel_puppy.cli import offline, remote, serve, tokens
 from otel_puppy.cli.errors import ServiceError, print_error
 from otel_puppy.cli.remote import DENY_EXIT_CODE
 from otel_puppy.cli.serve import SERVICE_STORE, service_settings
@@ -61,4 +64,5 @@ def _parser() -> argparse.ArgumentParser:
     serve.register(commands)
     remote.register(commands)
     offline.register(commands)
+    tokens.register(commands)
     return parser

@@ -124,7 +124,7 @@ def _decide(args: argparse.Namespace) -> int:
             decision = client.decide(reserve=args.reserve, **fields)
             unanswered = client.failures > 0
     except DecisionServiceError as exc:
-        hint = "; set OTEL_PUPPY_API_TOKEN to the service's token" if exc.status_code == 401 else ""
+        hint = "; set OTEL_PUPPY_API_TOKEN to a token of the service" if exc.status_code == 401 else ""
         raise ServiceError(f"{url} refused the request: {exc.message or exc.code}{hint}") from None
     finally:
         client_logger.setLevel(level)
@@ -155,8 +155,9 @@ def _status(args: argparse.Namespace) -> int:
     state: dict[str, Any] = {}
     with httpx.Client(base_url=url, headers=headers, timeout=_CLIENT_TIMEOUT_S) as client:
         for name, path in _STATUS_PATHS:
-            # a service older than `/v1/policies` still has the rest to show
-            body = _get(client, url, path, missing_ok=name == "policies")
+            # a service older than `/v1/policies` still has the rest to show; a scoped token is refused
+            # the sections that are not split by scope, and shown the rest
+            body = _get(client, url, path, missing_ok=name == "policies", forbidden_ok=name in _UNSCOPED_ONLY)
             state[name] = body if name in ("health", "policies") else (body or {}).get(name, [])
     if args.json:
         # the API's own JSON: money as its exact decimal strings, never cut
@@ -164,15 +165,34 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     console = command_console()
     console.print(f"otel-puppy at {url}")
-    render_policies(state["policies"], console)
+    if _refused(state["policies"]) is not None:
+        console.print(f"policies: not shown to this token: {_refused(state['policies'])}")
+    else:
+        render_policies(state["policies"], console)
     render_budgets(state["budgets"], console)
     render_breakers(state["breakers"], console)
     render_anomalies(state["anomalies"], console)
-    render_health(state["health"], console)
+    if _refused(state["health"]) is not None:
+        console.print(f"health: not shown to this token: {_refused(state['health'])}")
+    else:
+        render_health(state["health"], console)
     return 0
 
 
-def _get(client: httpx.Client, url: str, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+_UNSCOPED_ONLY: Final = frozenset({"policies", "health"})
+"""Sections a scoped token gets `403` from (not split by scope): `status` shows the others."""
+
+
+def _refused(section: object) -> str | None:
+    """The refusal's message when the service would not show a section to this token."""
+    if isinstance(section, dict) and set(section) == {"forbidden"}:
+        return str(section["forbidden"])
+    return None
+
+
+def _get(
+    client: httpx.Client, url: str, path: str, *, missing_ok: bool = False, forbidden_ok: bool = False
+) -> dict[str, Any] | None:
     import httpx
 
     try:
@@ -188,10 +208,14 @@ def _get(client: httpx.Client, url: str, path: str, *, missing_ok: bool = False)
         body = None
     if response.status_code == 401:
         raise ServiceError(
-            f"{url} refused the request: {_message(body, response)}; set OTEL_PUPPY_API_TOKEN to the service's token"
+            f"{url} refused the request: {_message(body, response)}; set OTEL_PUPPY_API_TOKEN to a token of the service"
         )
     if missing_ok and response.status_code == 404:
         return None
+    if forbidden_ok and response.status_code == 403:
+        return {"forbidden": _message(body, response)}
+    if response.status_code == 403:
+        raise ServiceError(f"{url} refused GET {path}: {_message(body, response)}")
     if response.status_code != 200 or not isinstance(body, dict):
         raise ServiceError(f"GET {url}{path} answered {response.status_code}: {_message(body, response)}")
     return body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import signal
 import socket
 import threading
@@ -46,7 +47,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument(
         "--host",
         default=None,
-        help="address to bind (default OTEL_PUPPY_HOST or 127.0.0.1); beyond loopback OTEL_PUPPY_API_TOKEN must be set",
+        help="address to bind (default OTEL_PUPPY_HOST or 127.0.0.1); beyond loopback OTEL_PUPPY_API_TOKEN or a "
+        "tokens file (OTEL_PUPPY_TOKENS_FILE, or tokens.yaml beside the policies) must be there",
     )
     serve.add_argument(
         "--port", type=int, default=None, help="port (default OTEL_PUPPY_PORT or 4319; 0: any free port)"
@@ -143,7 +145,12 @@ def _serve(args: argparse.Namespace) -> int:
         recorder = _recorder(args, engine)
         if recorder is None and args.record is not None:
             return 1
-        app = create_app(engine, recorder=recorder)
+        try:
+            app = create_app(engine, recorder=recorder)
+        except PolicyErrors as exc:  # the tokens file (`TokenFileErrors`): a service must not start without it
+            print_policy_errors(exc)
+            return 1
+        _show_audit_lines()
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -180,6 +187,19 @@ def _recorder(args: argparse.Namespace, engine: PolicyEngine) -> SpanRecorder | 
     except OSError as exc:
         print_error(f"cannot record to {args.record}: {exc.strerror or exc}")
         return None
+
+
+def _show_audit_lines() -> None:
+    """The audit trail (`otel_puppy.audit`: refused requests, admin actions, tokens reloaded) on stderr,
+    from INFO up, unless the operator routed that logger already."""
+    audit = logging.getLogger("otel_puppy.audit")
+    if audit.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    audit.propagate = False
 
 
 def _freeze_startup_objects() -> None:

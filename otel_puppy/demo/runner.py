@@ -7,8 +7,9 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from types import FrameType
+from typing import Any, Final
 
 from prometheus_client.registry import CollectorRegistry
 from rich.console import Console
@@ -49,7 +50,7 @@ def run(
     fleet_processes: int = 2,
     in_process: bool = False,
 ) -> DemoSummary:
-    """Run the service and the simulated fleet for `duration` seconds (forever when None, until Ctrl-C).
+    """Run the service and the simulated fleet for `duration` seconds (forever when None), or until Ctrl-C.
 
     Serves the engine as `otel-puppy serve` does (OTLP/HTTP, the decision API and /metrics on
     `http://{settings.host}:{settings.port}`, port 0 for a free one) from a thread, and drives it
@@ -65,12 +66,18 @@ def run(
     larger from `spike_at` for `spike_for`. Pass `math.inf` as `outage_at` or `spike_at` to leave
     either out. Every fleet process sees the same outages; its runs are drawn from its own seed.
 
+    On the main thread, the first SIGINT (Ctrl-C) or SIGTERM stops it as the end of `duration`
+    does: the launches stop, the runs in flight finish, every fleet process exits, and it
+    returns. A second one stops it at once: the fleet processes are terminated and it raises
+    `KeyboardInterrupt` (after stopping the service and closing the engine).
+
     Raises:
         ValueError: `rate` is not positive, a duration or time is negative, no agent of the
             fleet uses `outage_provider`, or `fleet_processes` is not positive.
         OSError: the service's port cannot be bound.
         PolicyErrors: a policy file is invalid.
         RuntimeError: a fleet process failed.
+        KeyboardInterrupt: a second signal stopped it at once.
     """
     if not rate > 0:
         raise ValueError(f"rate must be positive, not {rate!r}")
@@ -93,7 +100,7 @@ def run(
     alternatives = {spec.name: alternatives_for(engine.policies, spec) for spec in FLEET}
     board = Board()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_sigterm_as_ctrl_c())
+        signals = stack.enter_context(_StopSignals())
         # Unwound in reverse: the service stops once everything is applied, then the engine closes.
         stack.callback(engine.close)  # also when the port cannot be bound
         url = stack.enter_context(serving(create_app(engine), settings.host, settings.port))
@@ -106,7 +113,7 @@ def run(
             fleet = Fleet(FLEET, engine, alternatives, scenario, seed=seed, outage_provider=outage_provider)
             board.counts = fleet.counts
             view = View(console, board, engine, duration=duration, live=live)
-            _drive_with_display(fleet, board, engine, view, duration=duration, rate=rate)
+            _drive_with_display(fleet, board, engine, view, duration=duration, rate=rate, signals=signals)
         else:
             token = settings.api_token.get_secret_value() if settings.api_token is not None else None
             plans = [
@@ -124,7 +131,9 @@ def run(
                 for worker in range(fleet_processes)
             ]
             view = View(console, board, engine, duration=duration, live=live)
-            _run_fleet(Workers(plans), board, engine, view, duration=duration)
+            _run_fleet(Workers(plans), board, engine, view, duration=duration, signals=signals)
+        if signals.at_once:
+            raise KeyboardInterrupt  # here, not in whatever the signal interrupted: the stack unwinds as usual
         summary = summarize(board, Totals.read(engine), metrics_url)
         if view.board_at_end:
             console.print(render_board(board, engine, alerts=2 * ALERT_ROWS))
@@ -147,10 +156,12 @@ def run_fleet(
     Spans go to `traces_url` (a Collector's OTLP/HTTP traces endpoint) when given, else to the
     service. Runs until `duration` or Ctrl-C, printing the fleet's counts every 10 seconds. The
     scenario is `run`'s defaults; the policies (for degrade alternatives) are `settings.policies`.
+    Signals as for `run`: the first SIGINT or SIGTERM stops it gracefully, a second at once.
 
     Raises:
         PolicyErrors: a policy file is invalid.
         RuntimeError: a fleet process failed.
+        KeyboardInterrupt: a second signal stopped it at once.
     """
     console = console if console is not None else Console(soft_wrap=True, highlight=False)
     policies = load_policies(settings.policies) if settings.policies.exists() else PolicySet()
@@ -173,29 +184,32 @@ def run_fleet(
     ]
     workers = Workers(plans)
     console.print(f"otel-puppy fleet: {fleet_processes} processes deciding at {url}, spans to {traces_url or url}")
-    with _sigterm_as_ctrl_c():
-        _report_fleet(workers, console, duration=duration)
+    with _StopSignals() as signals:
+        _report_fleet(workers, console, duration=duration, signals=signals)
+    if signals.at_once:
+        raise KeyboardInterrupt
     if workers.errors:
         raise RuntimeError(f"a fleet process failed: {workers.errors[0]}")
 
 
-def _report_fleet(workers: Workers, console: Console, *, duration: float | None) -> None:
-    """Run the fleet processes until `duration` (or Ctrl-C), printing their counts every 10 seconds."""
+def _report_fleet(workers: Workers, console: Console, *, duration: float | None, signals: _StopSignals) -> None:
+    """Run the fleet processes until `duration` or a signal, printing their counts every 10 seconds."""
     try:
-        workers.launch()
+        if not workers.launch(stopping=lambda: signals.stopping):
+            return
         began = last = time.monotonic()
-        with contextlib.suppress(KeyboardInterrupt):
-            while duration is None or time.monotonic() < began + duration:
-                workers.collect(REFRESH_S)
-                if workers.errors:
-                    break
-                if time.monotonic() - last >= _FLEET_REPORT_S:
-                    last = time.monotonic()
-                    print_counts(console, workers.total(), last - began)
-        workers.close()
-        print_counts(console, workers.total(), time.monotonic() - began)
+        while not signals.stopping and (duration is None or time.monotonic() < began + duration):
+            workers.collect(REFRESH_S)
+            if workers.errors:
+                break
+            if time.monotonic() - last >= _FLEET_REPORT_S:
+                last = time.monotonic()
+                print_counts(console, workers.total(), last - began)
+        workers.close(at_once=lambda: signals.at_once)
+        if not signals.at_once:
+            print_counts(console, workers.total(), time.monotonic() - began)
     finally:
-        workers.close()
+        workers.close(at_once=lambda: signals.at_once)
 
 
 def _console() -> Console:
@@ -204,29 +218,59 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=_PIPE_WIDTH)
 
 
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM stops the demo as the first Ctrl-C does: launches stop, the runs in flight finish,
-    the fleet processes exit, then everything shuts down. (Its default, dying at once, would leave
-    the fleet processes running.) Only on the main thread, where signal handlers live."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM, counted by handlers that do nothing else: the first asks for a
+    graceful stop (the launches stop, the runs in flight finish, the fleet processes exit), a
+    second for a stop at once. The demo's loops look at the count at least every `REFRESH_S`.
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    Installed over whatever was there, as `otel-puppy serve` does, an ignored SIGINT included: a
+    process a script starts in the background (`otel-puppy demo &`, no job control) inherits an
+    ignored SIGINT, which Python leaves ignored, so `kill -INT` would do nothing at all.
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    A handler must not raise: Python's own Ctrl-C handler raises `KeyboardInterrupt` wherever the
+    main thread is, half-way through reading a fleet report (the reports' pipe is left misaligned:
+    the next read fails), or just after the queue's lock is taken (never released: no report is
+    read again). Nor may it take a lock (`threading.Event.set` does): the code it interrupts may
+    hold it. SIGTERM's default, dying at once, would leave the fleet processes behind for a while.
+    Installed only on the main thread, where signal handlers live; elsewhere nothing is counted.
+    """
+
+    _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: dict[signal.Signals, Any] = {}
+
+    @property
+    def stopping(self) -> bool:
+        return self.count >= 1
+
+    @property
+    def at_once(self) -> bool:
+        return self.count >= 2
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self._SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def _run_fleet(
+    workers: Workers, board: Board, engine: PolicyEngine, view: View, *, duration: float | None, signals: _StopSignals
+) -> None:
+    """Run the fleet processes until `duration` or a signal, showing the engine's state on `view`;
+    then they finish their runs in flight (until a second signal) and exit."""
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _run_fleet(workers: Workers, board: Board, engine: PolicyEngine, view: View, *, duration: float | None) -> None:
-    """Run the fleet processes until `duration` (or Ctrl-C), showing the engine's state on `view`."""
-    try:
-        workers.launch()
+        if not workers.launch(stopping=lambda: signals.stopping):
+            return
         board.started_at = engine.clock.now()
         began = time.monotonic()
         with view:
@@ -235,31 +279,55 @@ def _run_fleet(workers: Workers, board: Board, engine: PolicyEngine, view: View,
                 board.counts = workers.total()
                 view.show(time.monotonic() - began, finished=finished)
 
-            with contextlib.suppress(KeyboardInterrupt):
-                while duration is None or (left := began + duration - time.monotonic()) > 0:
-                    workers.collect(REFRESH_S if duration is None else min(REFRESH_S, left))
-                    show()
-                workers.stop.set()
-                while workers.finishing():
-                    workers.collect(REFRESH_S)
-                    show()
-            workers.close()
-            show(finished=True)
+            while not signals.stopping and (duration is None or (left := began + duration - time.monotonic()) > 0):
+                workers.collect(REFRESH_S if duration is None else min(REFRESH_S, left))
+                show()
+            workers.halt()
+            while workers.finishing() and not signals.at_once:
+                workers.collect(REFRESH_S)
+                show()
+            workers.close(at_once=lambda: signals.at_once)
+            if not signals.at_once:
+                show(finished=True)
     finally:
-        workers.close()
+        workers.close(at_once=lambda: signals.at_once)
     if workers.errors:
         raise RuntimeError(f"a fleet process failed: {workers.errors[0]}")
 
 
 def _drive_with_display(
-    fleet: Fleet, board: Board, engine: PolicyEngine, view: View, *, duration: float | None, rate: float
+    fleet: Fleet,
+    board: Board,
+    engine: PolicyEngine,
+    view: View,
+    *,
+    duration: float | None,
+    rate: float,
+    signals: _StopSignals,
 ) -> None:
-    """Drive the in-process fleet until `duration` (or Ctrl-C); every span applied when it returns."""
+    """Drive the in-process fleet until `duration` or a signal; every span applied when it returns
+    (but after a second signal)."""
     board.started_at = engine.clock.now()
     # Rendered from the event loop (not rich's refresh thread), so reads never race the loop.
     start = time.monotonic()
     with view:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(drive_fleet(fleet, duration=duration, rate=rate, on_tick=view.show))
-        engine.span_processor().force_flush()
-        view.show(time.monotonic() - start, finished=True)
+        asyncio.run(_drive_until_signalled(fleet, duration=duration, rate=rate, on_tick=view.show, signals=signals))
+        if not signals.at_once:
+            engine.span_processor().force_flush()
+            view.show(time.monotonic() - start, finished=True)
+
+
+async def _drive_until_signalled(
+    fleet: Fleet, *, duration: float | None, rate: float, on_tick: Callable[[float], None], signals: _StopSignals
+) -> None:
+    """`drive_fleet`, cancelled once for each signal, looked at every `REFRESH_S`: cancelled once,
+    it stops the launches and lets the runs in flight finish; twice, it cancels them too."""
+    drive = asyncio.create_task(drive_fleet(fleet, duration=duration, rate=rate, on_tick=on_tick))
+    cancels = 0
+    while not drive.done():
+        await asyncio.wait({drive}, timeout=REFRESH_S)
+        while cancels < min(signals.count, 2) and not drive.done():
+            drive.cancel()
+            cancels += 1
+    with contextlib.suppress(asyncio.CancelledError):
+        await drive

@@ -3,6 +3,8 @@
 Each process (`WorkerPlan`, pickled into it) runs every agent with the standard OTLP exporter
 sending its spans to the service and a `DecisionClient` asking it before every model request;
 `Workers` starts them together, sums their counts, and stops them once their spans are exported.
+Ctrl-C is the demo's alone: a fleet process ignores it and stops when told (`stop`), or when the
+demo is gone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
@@ -50,8 +53,29 @@ _ORPHAN_EXIT_S: Final = 10.0
 """How long a fleet process whose demo is gone may take to finish its runs before it exits anyway."""
 
 
+_EXIT_WAIT_S: Final = 1.0
+"""How long a fleet process that reported `done` may take to exit, at least, before it is terminated."""
+
+
 _KILL_WAIT_S: Final = 5.0
 """How long a terminated fleet process may take to exit before it is killed."""
+
+
+def _never() -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while it spawns the fleet processes, as multiprocessing's
+    resource tracker is spawned: they inherit the mask, so a Ctrl-C (sent to the whole process
+    group) never interrupts their imports, before `_work` ignores it. The demo loses nothing: a
+    signal sent meanwhile is delivered to another of its threads, or here once unblocked."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 Report = tuple[Literal["ready", "counts", "done", "error"], int, "Counts | str | None"]
@@ -171,42 +195,59 @@ class Workers:
         self.done: set[int] = set()
         self.counts: dict[int, Counts] = {}
         self.errors: list[str] = []
+        self._halt_by: float | None = None
         self._closed = False
 
-    def launch(self) -> None:
-        """Start the processes and wait until each is ready; then start them all at once."""
-        for process in self.processes:
-            process.start()
+    def launch(self, stopping: Callable[[], bool] = _never) -> bool:
+        """Start the processes and wait until each is ready; then start them all at once.
+
+        Returns False, with no run started, when `stopping()` turns true first (a signal while
+        the processes import): they exit at `close`.
+        """
+        with _sigint_blocked():
+            for process in self.processes:
+                process.start()
         deadline = time.monotonic() + _WORKER_START_S
         while len(self.ready) < len(self.processes):
+            if stopping():
+                return False
             if self.errors:
                 raise RuntimeError(f"a fleet process failed: {self.errors[0]}")
             if time.monotonic() > deadline or not all(p.is_alive() for p in self.processes):
                 raise RuntimeError("the fleet processes did not start")
             self.collect(0.1)
         self.start.set()
+        return True
 
     def collect(self, timeout: float) -> None:
-        """Take the reports that arrive within `timeout` seconds, or until a process is done."""
+        """Take the reports that arrive within `timeout` seconds, or until a process is done;
+        with `timeout` 0, every report already there."""
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
+        while True:
+            left = deadline - time.monotonic()
             try:
-                kind, worker, payload = self.reports.get(timeout=left)
+                kind, worker, payload = self.reports.get(timeout=left) if left > 0 else self.reports.get(block=False)
             except queue.Empty:
                 return
-            if kind == "ready":
-                self.ready.add(worker)
-            elif kind == "error":
-                self.errors.append(str(payload))
+            if self._take(kind, worker, payload) and timeout > 0:
+                return  # the caller may be waiting for exactly this
+
+    def _take(self, kind: str, worker: int, payload: Counts | str | None) -> bool:
+        """Note one report; True when it is a process's last (`done` or `error`)."""
+        if kind == "ready":
+            self.ready.add(worker)
+        elif kind == "error":
+            self.errors.append(str(payload))
+            self.done.add(worker)
+            return True
+        elif isinstance(payload, Counts):
+            # A late periodic report never replaces the final one.
+            if worker not in self.done:
+                self.counts[worker] = payload
+            if kind == "done":
                 self.done.add(worker)
-                return
-            elif isinstance(payload, Counts):
-                # A late periodic report never replaces the final one.
-                if worker not in self.done:
-                    self.counts[worker] = payload
-                if kind == "done":
-                    self.done.add(worker)
-                    return  # the caller may be waiting for exactly this
+                return True
+        return False
 
     def total(self) -> Counts:
         counts = Counts()
@@ -217,27 +258,38 @@ class Workers:
             counts.calls += reported.calls
         return counts
 
+    def halt(self) -> None:
+        """Stop the launches: each process lets its runs in flight finish, exports their spans,
+        reports `done` and exits. They have `_WORKER_STOP_S` from the first call."""
+        if self._halt_by is None:
+            self._halt_by = time.monotonic() + _WORKER_STOP_S
+        self.stop.set()
+
     def finishing(self) -> bool:
+        """Whether a process still runs without having reported `done`, and has time left to."""
+        if self._halt_by is not None and time.monotonic() >= self._halt_by:
+            return False
         return len(self.done) < len(self.processes) and any(p.is_alive() for p in self.processes)
 
-    def close(self) -> None:
-        """Stop every process: the ones still running after `_WORKER_STOP_S` are terminated.
+    def close(self, at_once: Callable[[], bool] = _never) -> None:
+        """Stop every process: `halt`, then the ones still running after `_WORKER_STOP_S` are
+        terminated, and all of them at once as soon as `at_once()` is true (a second signal).
 
-        Interrupted (a second Ctrl-C, SIGTERM while it waits), it terminates them at once: no
-        process outlives `close`, whatever arrives while it runs.
+        Whatever happens while it waits, no process outlives `close`.
         """
         if self._closed:
             return
         self._closed = True
-        self.stop.set()
         try:
-            deadline = time.monotonic() + _WORKER_STOP_S
-            while self.finishing() and time.monotonic() < deadline:
-                self.collect(0.1)  # drained first: a process joins only once its queue is flushed
-            for process in self.processes:
-                if process.pid is not None:
-                    process.join(timeout=max(deadline - time.monotonic(), 1.0))
-            self.collect(0)
+            self.halt()
+            while self.finishing() and not at_once():
+                self.collect(0.1)  # drained first: a process exits only once its reports are in the pipe
+            # A process reports `done`, then shuts its exporter down: a moment more to exit.
+            exit_by = max(self._halt_by or 0.0, time.monotonic() + _EXIT_WAIT_S)
+            started = [process for process in self.processes if process.pid is not None]
+            while any(p.exitcode is None for p in started) and time.monotonic() < exit_by and not at_once():
+                self.collect(0.1)
+            self.collect(0)  # the last reports of the processes that exited
         finally:
             self._end_processes()
             self.reports.close()

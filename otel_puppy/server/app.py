@@ -14,9 +14,10 @@
   are always `{"code": ..., "message": ...}`.
 - `/metrics` for Prometheus, `/healthz` (the process is up) and `/readyz` (the store answers).
 
-With `api_token` set, every path but `/healthz` and `/readyz` needs `Authorization: Bearer`.
-This module wires the routes; OTLP ingest is `receiver.py`, the token `auth.py`, error bodies
-`errors.py`.
+With a tokens file or `api_token`, every path but `/healthz` and `/readyz` needs `Authorization: Bearer`,
+and each route a role (`ROUTE_ROLES`: `ingest`, `decide`, `read`, `admin`); a scoped token's decisions
+and reads stay in its scope (`scoping.py`). This module wires the routes; OTLP ingest is `receiver.py`,
+the tokens `tokens.py`, the check `auth.py`, error bodies `errors.py`.
 Work that touches pricing or the store runs in worker threads, so the event loop only moves
 bytes. Request bodies are never logged: prompts may be in them.
 
@@ -30,7 +31,8 @@ import functools
 import inspect
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,7 +53,7 @@ from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreCorruptError
 from otel_puppy.health import assess
 from otel_puppy.policies.models import PolicyFile
 from otel_puppy.policies.presence import missing_policies
-from otel_puppy.server.auth import MAX_JSON_BODY_BYTES, AuthGate, document_bearer_auth
+from otel_puppy.server.auth import MAX_JSON_BODY_BYTES, AuthAudit, AuthGate, document_bearer_auth
 from otel_puppy.server.docs import add_offline_docs
 from otel_puppy.server.errors import (
     CORRUPT_STORE_MESSAGE,
@@ -87,6 +89,15 @@ from otel_puppy.server.schemas import (
     ReadyResponse,
     ReloadResponse,
 )
+from otel_puppy.server.scoping import (
+    OutOfScope,
+    principal,
+    scope_changes,
+    token_scope,
+    visible_anomalies,
+    visible_budgets,
+)
+from otel_puppy.server.tokens import Keyring, Role
 from otel_puppy.windows import RollingWindow
 
 __all__ = (
@@ -96,6 +107,7 @@ __all__ = (
     "MAX_CONCURRENT_INGEST",
     "MAX_JSON_BODY_BYTES",
     "OVERLOAD_RETRY_AFTER_S",
+    "ROUTE_ROLES",
     "STORE_RETRY_AFTER_S",
     "TRACES_PATH",
     "create_app",
@@ -104,6 +116,20 @@ __all__ = (
 logger = logging.getLogger("otel_puppy")
 
 READY_TIMEOUT_S: Final = 2.0
+ROUTE_ROLES: Final[Mapping[tuple[str, str], Role]] = {
+    ("POST", TRACES_PATH): Role.INGEST,
+    ("POST", "/v1/decide"): Role.DECIDE,
+    ("GET", "/v1/budgets"): Role.READ,
+    ("GET", "/v1/breakers"): Role.READ,
+    ("GET", "/v1/anomalies"): Role.READ,
+    ("GET", "/v1/models"): Role.READ,
+    ("GET", "/v1/health"): Role.READ,
+    ("GET", "/v1/policies"): Role.READ,
+    ("GET", "/metrics"): Role.READ,
+    ("POST", "/v1/policies/reload"): Role.ADMIN,
+}
+"""The role each route needs (`HEAD` as `GET`). The API documents (`/openapi.json`, `/docs`) need any
+valid token; the probes none."""
 _READY_WINDOW: Final = RollingWindow(3600, "1h")
 
 _NO_TELEMETRY: Final = {
@@ -125,22 +151,37 @@ def create_app(
     body_timeout_s: float | None = None,
     ingest_memory_limit_bytes: int | None = None,
     recorder: SpanRecorder | None = None,
+    keyring: Keyring | None = None,
 ) -> FastAPI:
     """The HTTP application over `engine`. Serve it with any ASGI server (uvicorn).
 
     The engine is not closed with the application: its owner closes it. `body_timeout_s` and
     `ingest_memory_limit_bytes` default to the engine's settings of the same names. A `recorder`
     (`otel-puppy serve --record`) appends every accepted OTLP export to its file; its owner closes it.
+    The tokens are `keyring`'s, by default the settings' tokens file (`tokens_path`) and `api_token`;
+    while the application is served (its lifespan), the file is polled for changes.
 
     Raises:
         SettingsError: `api_token` is set but empty.
+        TokenFileErrors: the tokens file cannot be used (each error at `file:line:column`).
     """
     token = engine.settings.api_token
-    token_bytes: bytes | None = None
+    secret: str | None = None
     if token is not None:
-        token_bytes = token.get_secret_value().encode("utf-8")
-        if not token_bytes.strip():
+        secret = token.get_secret_value()
+        if not secret.strip():
             raise SettingsError("OTEL_PUPPY_API_TOKEN is set but empty: set a real token, or unset it")
+    if keyring is None:
+        keyring = Keyring(engine.settings.tokens_path, api_token=secret)
+    gate_keyring = keyring if keyring.enabled else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keyring.start()
+        try:
+            yield
+        finally:
+            keyring.stop()
 
     options: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI).parameters:
@@ -155,6 +196,7 @@ def create_app(
         summary="Cost and reliability control for LLM agents, inside the OpenTelemetry pipeline.",
         docs_url=None,  # FastAPI's pages load from a CDN: `add_offline_docs` serves them from here
         redoc_url=None,
+        lifespan=lifespan,
         **options,
     )
     add_offline_docs(app)
@@ -163,11 +205,18 @@ def create_app(
     memory = MemoryLimiter(
         settings.ingest_memory_limit_bytes if ingest_memory_limit_bytes is None else ingest_memory_limit_bytes
     )
+    audit = AuthAudit(engine.metrics)
     app.add_middleware(
-        AuthGate, token=token_bytes, max_json_body_bytes=max_json_body_bytes, body_timeout_s=body_timeout
+        AuthGate,
+        keyring=gate_keyring,
+        roles=ROUTE_ROLES,
+        audit=audit,
+        max_json_body_bytes=max_json_body_bytes,
+        body_timeout_s=body_timeout,
+        clock=engine.clock.now,
     )
-    if token_bytes is not None:
-        document_bearer_auth(app)
+    if gate_keyring is not None:
+        document_bearer_auth(app, ROUTE_ROLES)
     add_error_handlers(app, engine)
     receiver = TraceReceiver(
         engine,
@@ -199,9 +248,19 @@ def create_app(
     # beats a hop to a worker thread. A store that does I/O keeps the event loop free instead.
     inline_decide = not engine.store.does_io
 
-    async def decide(body: DecideRequest) -> Response:
+    async def decide(body: DecideRequest, http: Request) -> Response:
         """May this call go ahead, and with which model? Reserves `estimated_cost_usd` on matching budgets
-        (`"reserve": false` only asks)."""
+        (`"reserve": false` only asks). A scoped token's values fill the request; naming another is `403`."""
+        scope = token_scope(http)
+        if scope:
+            try:
+                changes = scope_changes(body, scope)
+            except OutOfScope as exc:
+                name = getattr(principal(http), "name", "unknown")
+                audit.refused("scope", Role.DECIDE, name, "POST", "/v1/decide", 403)
+                return json_error(403, str(exc), code="out_of_scope")
+            if changes:  # the token's values, checked when the file was loaded and by `to_request`
+                body = body.model_copy(update=changes)
         request, reserve = body.to_request(), body.reserve
         if inline_decide:
             decision = engine.decide(request, reserve=reserve)
@@ -222,19 +281,23 @@ def create_app(
     )
 
     @app.get("/v1/budgets", tags=["state"], response_model=BudgetsResponse, responses=JSON_ERRORS)
-    def budgets() -> JSONResponse:
-        """Every known budget instance: spend, reservations and limit in its current window."""
-        return JSONResponse({"budgets": [hit.to_dict() for hit in engine.snapshot().budgets]})
+    def budgets(request: Request) -> JSONResponse:
+        """Every known budget instance: spend, reservations and limit in its current window. A scoped
+        token sees the instances that are its scope's alone."""
+        hits = visible_budgets(engine.snapshot().budgets, engine.policies, token_scope(request))
+        return JSONResponse({"budgets": [hit.to_dict() for hit in hits]})
 
     @app.get("/v1/breakers", tags=["state"], response_model=BreakersResponse, responses=JSON_ERRORS)
     def breakers() -> JSONResponse:
-        """Every circuit breaker subject and its state."""
+        """Every circuit breaker subject and its state (per provider and model: every token sees them all)."""
         return JSONResponse({"breakers": [status.to_dict() for status in engine.snapshot().breakers]})
 
     @app.get("/v1/anomalies", tags=["state"], response_model=AnomaliesResponse, responses=JSON_ERRORS)
-    def anomalies() -> JSONResponse:
-        """Every anomaly detector: current value, baseline, score, and whether it is firing."""
-        return JSONResponse({"anomalies": [status.to_dict() for status in engine.snapshot().anomalies]})
+    def anomalies(request: Request) -> JSONResponse:
+        """Every anomaly detector: current value, baseline, score, and whether it is firing. A scoped
+        token sees the detectors that watch its scope's calls alone."""
+        statuses = visible_anomalies(engine.snapshot().anomalies, engine.policies, token_scope(request))
+        return JSONResponse({"anomalies": [status.to_dict() for status in statuses]})
 
     @app.get("/v1/models", tags=["state"], response_model=ModelsResponse, responses=JSON_ERRORS)
     def models() -> JSONResponse:
@@ -338,8 +401,8 @@ def create_app(
 
 
 class _BodyRoute(APIRoute):
-    """A route whose endpoint takes one JSON body (a pydantic model) and returns a `Response`,
-    served without FastAPI's request pipeline (dependency solving, body parsing, response model).
+    """A route whose endpoint takes one JSON body (a pydantic model) and the `Request`, and returns a
+    `Response`, served without FastAPI's request pipeline (dependency solving, body parsing, response model).
 
     Documented from the endpoint's signature like any route. The body is read, parsed and
     validated here as FastAPI would (the same content types, the same errors, so the same 422
@@ -348,13 +411,14 @@ class _BodyRoute(APIRoute):
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint: Callable[[Any], Coroutine[Any, Any, Response]] = self.endpoint
+        endpoint: Callable[[Any, Request], Coroutine[Any, Any, Response]] = self.endpoint
         model = self.body_field.field_info.annotation if self.body_field is not None else None
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"{self.path}: a _BodyRoute endpoint takes one body parameter, a pydantic model")
 
         async def handle(request: Request) -> Response:
-            return await endpoint(_validated_body(model, await request.body(), request.headers.get("content-type")))
+            body = _validated_body(model, await request.body(), request.headers.get("content-type"))
+            return await endpoint(body, request)
 
         return handle
 

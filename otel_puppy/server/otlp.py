@@ -628,11 +628,14 @@ def decode_spans(request: ExportTraceServiceRequest, limits: CallLimits = DEFAUL
                     yield DecodedSpan(None, _id(trace_id, 16), _id(span_id, 8), f"{where}: {problem}")
                     continue
                 # The cheap test first: most spans in a mixed stream carry no GenAI attribute at all.
-                if markers.isdisjoint([kv.key for kv in span.attributes]):
+                # A failed span with no attribute at all may still be a call (`calls._bare_failure`).
+                if markers.isdisjoint([kv.key for kv in span.attributes]) and (
+                    span.attributes or span.status.code != _STATUS_ERROR
+                ):
                     continue
                 if resource is None:
                     resource = _attributes(resource_spans.resource.attributes)
-                decoded = _decode_call(span, resource, limits)
+                decoded = _decode_call(span, resource, limits, scope_spans.scope.name)
                 if decoded is not None:
                     if decoded.problem is not None:
                         where = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
@@ -678,7 +681,9 @@ def _id(raw: bytes, size: int) -> int:
     return int.from_bytes(raw, "big") if len(raw) == size else 0
 
 
-def _decode_call(span: Span, resource: Mapping[str, object], limits: CallLimits) -> DecodedSpan | None:
+def _decode_call(
+    span: Span, resource: Mapping[str, object], limits: CallLimits, instrumentation: str = ""
+) -> DecodedSpan | None:
     try:
         error = span.status.code == _STATUS_ERROR
         call = call_from_parts(
@@ -697,6 +702,8 @@ def _decode_call(span: Span, resource: Mapping[str, object], limits: CallLimits)
             if error
             else (),
             limits=limits,
+            instrumentation=instrumentation or None,
+            name=span.name,
         )
     except Exception:
         # A bug reading one hostile span must not lose the batch: reject it, say so, log it.

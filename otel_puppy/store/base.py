@@ -1,7 +1,8 @@
 """The `Store` protocol: every backend does the same few things atomically, on integers.
 
-- `apply`: dedupe a span by (trace, span) and add its spend to window counters, all-or-nothing,
-  settling the reservation it answers.
+- `apply`: dedupe a span by (trace, span), and by the call it describes (its parent, or a
+  `CallKey` another span of the call carried), and add its spend to window counters,
+  all-or-nothing, settling the reservation it answers.
 - `admit`: read every budget a request falls in and, only if every blocking one fits, reserve the
   estimate on all of them, in one atomic step. N concurrent callers therefore cannot overshoot a
   budget by more than their estimates were wrong.
@@ -36,6 +37,7 @@ import importlib
 import logging
 import threading
 import time
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -49,11 +51,14 @@ logger = logging.getLogger("otel_puppy")
 
 __all__ = (
     "CEILING",
+    "MAX_CALL_SPANS",
     "SCHEMES",
     "Admission",
     "Admitted",
     "ApplyResult",
     "BudgetCheck",
+    "CallIndex",
+    "CallKey",
     "CheckState",
     "Counter",
     "Increment",
@@ -68,6 +73,156 @@ __all__ = (
     "open_store",
     "report_unrestored",
 )
+
+
+MAX_CALL_SPANS: Final = 32
+"""Spans a store keeps per call key (those that end last): a key many spans share cannot make every
+lookup of it slower than this. A response id names one call; a key shared by more spans than this
+(a burst of failures) may count a late overlapping span again."""
+
+
+class CallKey(NamedTuple):
+    """One way a span identifies its call beyond its own ids (`call_identity.call_keys`).
+
+    Two spans are one call when they carry the same `key` and their kept parts agree: their times
+    overlap, they come from different instrumentations (`source`, when both name one), and they do
+    not both carry a response id (`identified`: two different ids are two calls).
+    """
+
+    key: str
+    start: int
+    """Microseconds since the epoch; `0` with `end` at `CEILING` for any time."""
+    end: int
+    source: str = ""
+    """The instrumentation that wrote the span; `""` matches any."""
+    identified: bool = False
+
+
+class CallIndex:
+    """The call keys of applied spans, in memory: how `MemoryStore`, and `SQLiteStore` per process,
+    recognise spans of one call that are not parent and child (`SpendRecord.call_keys`).
+
+    Per key, the spans kept (the `MAX_CALL_SPANS` that end last) until the latest `calls_until` of
+    them. A key most often has one span (a response id): it is kept as the bare `CallKey`.
+
+    >>> index = CallIndex()
+    >>> index.keep((CallKey("k", 100, 200, "A"),), until=60.0)
+    >>> index.joins((CallKey("k", 150, 300, "B"),)), index.joins((CallKey("k", 150, 300, "A"),))
+    (True, False)
+    """
+
+    __slots__ = ("_keys",)
+
+    def __init__(self) -> None:
+        self._keys: dict[str, _Entry] = {}
+
+    def joins(self, keys: Iterable[CallKey]) -> bool:
+        """Whether any of `keys` describes the call of a kept span."""
+        found = self._keys
+        for key in keys:
+            entry = found.get(key.key)
+            if entry is not None:
+                kept = entry[1]
+                if kept.joins(key) if type(kept) is _Kept else _joins(kept, key):  # type: ignore[arg-type]
+                    return True
+        return False
+
+    def keep(self, keys: Iterable[CallKey], until: float, undo: list[_Undo] | None = None) -> None:
+        """Keep `keys` until `until` (or the latest time one of their key already had). With `undo`,
+        append what `restore` needs to take this back (a transaction that may not commit)."""
+        found = self._keys
+        for key in keys:
+            entry = found.get(key.key)
+            if entry is None:
+                found[key.key] = (until, key)
+                if undo is not None:
+                    undo.append((key.key, None, None, None))
+                continue
+            kept = entry[1]
+            if type(kept) is _Kept:
+                dropped = kept.keep(key)
+                if undo is not None:
+                    undo.append((key.key, entry, key, dropped))
+            else:
+                if undo is not None:
+                    undo.append((key.key, entry, None, None))
+                kept = _Kept(kept)  # type: ignore[arg-type]
+                kept.keep(key)
+            found[key.key] = (max(until, entry[0]), kept)
+
+    def restore(self, undo: list[_Undo]) -> None:
+        """Take back the `keep` calls that filled `undo`, latest first."""
+        found = self._keys
+        for key, entry, added, dropped in reversed(undo):
+            if entry is None:
+                found.pop(key, None)
+                continue
+            if added is not None:  # added to spans kept together, in place: taken out again
+                kept = entry[1]
+                kept.spans.remove((added.end, added))  # type: ignore[union-attr]
+                if dropped is not None:
+                    insort(kept.spans, (dropped.end, dropped))  # type: ignore[union-attr]
+            found[key] = entry
+
+    def expire(self, now: float) -> int:
+        """Forget the keys whose time has passed; how many spans were kept under them."""
+        found = self._keys
+        stale = [key for key, (until, _) in found.items() if until <= now]
+        dropped = 0
+        for key in stale:
+            kept = found.pop(key)[1]
+            dropped += len(kept.spans) if type(kept) is _Kept else 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _joins(kept: CallKey, key: CallKey) -> bool:
+    """Whether `key` and a kept span's `kept` describe one call (see `CallKey`)."""
+    return (
+        kept.start <= key.end
+        and key.start <= kept.end
+        and (not kept.source or not key.source or kept.source != key.source)
+        and not (kept.identified and key.identified)
+    )
+
+
+class _Kept:
+    """The spans kept under one key when there are several, in order of end time (each with its end
+    first, so the list sorts and bisects natively)."""
+
+    __slots__ = ("sources", "spans")
+
+    def __init__(self, first: CallKey) -> None:
+        self.spans: list[tuple[int, CallKey]] = [(first.end, first)]
+        self.sources = {first.source}
+        """Every source kept so far (never shrinks): a key only one instrumentation ever wrote joins nothing of it."""
+
+    def joins(self, key: CallKey) -> bool:
+        # Only the spans ending at or after `key.start` can overlap it.
+        sources = self.sources
+        if key.source and len(sources) == 1 and key.source in sources:
+            return False
+        spans = self.spans
+        return any(_joins(kept, key) for _, kept in spans[bisect_left(spans, (key.start,)) :])
+
+    def keep(self, key: CallKey) -> CallKey | None:
+        """Keep `key`; the span let go to make room for it, if any. (`sources` is not taken back with
+        it: a source too many only makes `joins` look at the spans.)"""
+        spans = self.spans
+        insort(spans, (key.end, key))
+        self.sources.add(key.source)
+        if len(spans) > MAX_CALL_SPANS:
+            return spans.pop(0)[1]
+        return None
+
+
+_Entry = tuple[float, "CallKey | _Kept"]
+"""What `CallIndex` holds per key: until when, and the span kept (or the spans, when several)."""
+_Undo = tuple[str, "_Entry | None", "CallKey | None", "CallKey | None"]
+"""How to take back one key's `keep`: the key, its entry before, and the span added to (and the one
+dropped from) spans kept together in place."""
 
 
 CEILING: Final = 2**53 - 1
@@ -187,9 +342,15 @@ class SpendRecord:
     """One span's effect on the store, applied all-or-nothing with its dedupe check.
 
     `span_key` identifies the span (trace id and span id); `parent_key` its parent in the same
-    trace. When two instrumentations describe one call, one span is the other's parent: the
-    store counts whichever arrives first and reports the other as `NESTED`. The record settles
-    the reservation `decision_id` names, or else the oldest open one with the same `settle_key`.
+    trace. Two spans describe one call when one is the other's parent, or when they share a
+    `call_keys` entry (`CallKey`: the same response id, in any trace; or the same service, provider
+    and usage or failure at overlapping times): the store counts whichever arrives first and reports
+    the others as `NESTED`. The record settles the reservation `decision_id` names, or else the
+    oldest open one with the same `settle_key`.
+
+    A `weak` record (a call that succeeded without reporting usage) may be `NESTED` like any other,
+    but never makes another record `NESTED`: it is nobody's parent, covers nobody and keeps no call
+    key, so a span without usage can never hide the spend another span of its call reports.
     """
 
     span_key: str
@@ -198,6 +359,23 @@ class SpendRecord:
     dedupe_until: float
     decision_id: str | None = None
     settle_key: str | None = None
+    call_keys: tuple[CallKey, ...] = ()
+    """Kept (when the record is applied and not weak) until `calls_until`, at most `MAX_CALL_SPANS`
+    per key."""
+    calls_until: float | None = None
+    """Until when the record's call keys are kept (`None`: `dedupe_until`). The spans of one call
+    arrive close together (the engine keeps their keys an hour), where a span's own key is kept
+    for any retry."""
+    weak: bool = False
+
+    @property
+    def keys_until(self) -> float:
+        return self.dedupe_until if self.calls_until is None else self.calls_until
+
+    @property
+    def seen_key(self) -> str:
+        """The key the store remembers the span by: a weak span's apart, so it is nobody's parent."""
+        return self.span_key + "~" if self.weak else self.span_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,9 +474,9 @@ def _spent_tokens(state: CheckState) -> int:
     return state.spent_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """Reserve `nanos` and `tokens` on every check's budget, iff every blocking one fits."""
+class Admission(NamedTuple):
+    """Reserve `nanos` and `tokens` on every check's budget, iff every blocking one fits. (A named
+    tuple, as `CheckState`: `decide()` makes one per decision.)"""
 
     decision_id: str
     checks: tuple[BudgetCheck, ...]
@@ -310,8 +488,9 @@ class Admission:
     """False: only read the checks' state (the request is already denied for another reason)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
+class Admitted(NamedTuple):
+    """The store's answer to an `Admission`: whether it reserved, and each check's state."""
+
     reserved: bool
     states: tuple[CheckState, ...]
 

@@ -27,6 +27,7 @@ from otel_puppy.store.base import (
     Admitted,
     ApplyResult,
     BudgetCheck,
+    CallIndex,
     CheckState,
     Counter,
     Increment,
@@ -133,7 +134,10 @@ class _Reservation:
     settle_key: str | None
 
 
-_Found = tuple[tuple[BudgetCheck, ...], int, float, float, list["_Ring | list[int]"]]
+_Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool]
+"""What `admit` reads for one check: its counter, its scope, its limits
+(clamped to `CEILING`) and whether it blocks."""
+_Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter]]
 """`MemoryStore._find`: the checks, the layout and the span of time it holds for, each check's counter."""
 _FOUND_LIMIT: Final = 4096
 """Admission shapes kept (one per request shape in use; forgotten all at once past this)."""
@@ -160,6 +164,7 @@ class MemoryStore:
         self._rings: dict[tuple[str, str], _Ring] = {}
         self._seen: dict[str, float] = {}
         self._covered: dict[str, float] = {}
+        self._calls = CallIndex()
         self._reservations: dict[str, _Reservation] = {}
         self._reserved: dict[str, list[int]] = {}
         self._by_settle_key: dict[str, deque[str]] = {}
@@ -199,15 +204,24 @@ class MemoryStore:
 
     def _apply_one(self, record: SpendRecord) -> ApplyResult:
         seen = self._seen
-        if record.span_key in seen:
+        seen_key = record.seen_key
+        if seen_key in seen:
             return ApplyResult.DUPLICATE
-        seen[record.span_key] = record.dedupe_until
-        if record.span_key in self._covered or (record.parent_key is not None and record.parent_key in seen):
+        seen[seen_key] = record.dedupe_until
+        calls = self._calls
+        if (
+            record.span_key in self._covered
+            or (record.parent_key is not None and record.parent_key in seen)
+            or (record.call_keys and calls.joins(record.call_keys))
+        ):
             if record.decision_id is not None:
                 self._release(record.decision_id)
             return ApplyResult.NESTED
-        if record.parent_key is not None:
-            self._covered[record.parent_key] = record.dedupe_until
+        if not record.weak:
+            if record.parent_key is not None:
+                self._covered[record.parent_key] = record.dedupe_until
+            if record.call_keys:
+                calls.keep(record.call_keys, record.keys_until)
         saturated = 0
         for increment in record.increments:
             saturated += self._add(increment)
@@ -278,22 +292,19 @@ class MemoryStore:
                 found = self._find(checks, now)
             states = []
             admitted = True
-            for check, counter in zip(checks, found[4], strict=True):
+            reserved_of = reserved_totals.get
+            for counter, scope, limit_nanos, limit_tokens, blocking in found[4]:
                 spent = counter.read_raw(now) if isinstance(counter, _Ring) else counter
-                held = reserved_totals.get(check.scope) or _NONE_RESERVED
-                if held[0] > CEILING or held[1] > CEILING:  # exact totals; they read saturated
-                    held = [min(held[0], CEILING), min(held[1], CEILING)]
-                used = spent[0] + held[0]
-                limit = check.limit_nanos
-                if limit is not None and limit > CEILING:
-                    limit = CEILING
-                fits = limit is None or (used + nanos <= limit if nanos else used < limit)
-                if fits and (limit := check.limit_tokens) is not None:
-                    limit = min(limit, CEILING)
-                    used = spent[1] + held[1]
-                    fits = used + tokens <= limit if tokens else used < limit
-                states.append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
-                if not fits and check.blocking:
+                held_nanos, held_tokens = reserved_of(scope) or _NONE_RESERVED
+                if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
+                    held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
+                used = spent[0] + held_nanos
+                fits = limit_nanos is None or (used + nanos <= limit_nanos if nanos else used < limit_nanos)
+                if fits and limit_tokens is not None:
+                    used = spent[1] + held_tokens
+                    fits = used + tokens <= limit_tokens if tokens else used < limit_tokens
+                states.append(_new_state(CheckState, (spent[0], spent[1], held_nanos, held_tokens, fits)))
+                if not fits and blocking:
                     admitted = False
             reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(checks)
             if reserve:
@@ -325,18 +336,27 @@ class MemoryStore:
         for `admit` while no counter is created or dropped and `now` stays in every calendar bucket:
         a request of the same shape then reads them with no key to build or look up."""
         rings, calendar = self._rings, self._calendar
-        counters: list[_Ring | list[int]] = []
+        counters: list[_Counter] = []
         first, last = -math.inf, math.inf
         for check in checks:
             window = check.window
+            found_counter: _Ring | list[int] | None
             if isinstance(window, RollingWindow):
-                ring = rings.get((check.scope, window.label))
-                counters.append(ring if ring is not None else _ZERO)
+                found_counter = rings.get((check.scope, window.label))
             else:
                 start, end = window.bounds(now)
                 first, last = max(first, start), min(last, end)
-                counter = calendar.get((check.scope, window.unit, start))
-                counters.append(counter if counter is not None else _ZERO)
+                found_counter = calendar.get((check.scope, window.unit, start))
+            limit_nanos, limit_tokens = check.limit_nanos, check.limit_tokens
+            counters.append(
+                (
+                    found_counter if found_counter is not None else _ZERO,
+                    check.scope,
+                    None if limit_nanos is None else min(limit_nanos, CEILING),  # limits are clamped to it
+                    None if limit_tokens is None else min(limit_tokens, CEILING),
+                    check.blocking,
+                )
+            )
         found = (checks, self._layout, first, last, counters)
         if len(self._found) >= _FOUND_LIMIT:
             self._found.clear()
@@ -532,6 +552,7 @@ class MemoryStore:
                 for key in stale:
                     del table[key]
                 dropped += len(stale)
+            dropped += self._calls.expire(now)
             old = [bucket for bucket, until in self._calendar_expiry.items() if until <= now]
             for bucket in old:
                 del self._calendar_expiry[bucket]

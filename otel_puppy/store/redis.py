@@ -52,6 +52,7 @@ from otel_puppy.exceptions import StoreError
 from otel_puppy.settings import redact_url
 from otel_puppy.store.base import (
     CEILING,
+    MAX_CALL_SPANS,
     Admission,
     Admitted,
     ApplyResult,
@@ -269,13 +270,16 @@ end
 
 # ARGV: prefix, token, record count, counter count, then per counter: kind (c|r), key, bucket
 # index (rolling) or '', ttl ms; then per record: span key, parent key, token ('' = this call's),
-# dedupe ttl ms, decision id, settle key, increment count, then per increment: counter number
+# dedupe ttl ms, decision id, settle key, weak ('1' or ''), call keys ttl ms, call key count, then per call key: key,
+# start and end (integer microseconds), source, identified ('1' or '0'); then increment count, then
+# per increment: counter number
 # (from 1), nanos, tokens (counts, clamped by the caller). Spend of the applied records is summed
 # per counter first (saturated), so a batch writes each counter once. Returns one result letter
 # per record, then how many counts are at the ceiling after the batch, then how many values were
 # unreadable.
 _APPLY: Final = (
     _LIB
+    + f"local MAX_CALL_SPANS = {MAX_CALL_SPANS}\n"
     + r"""
 local batch_token = ARGV[2]
 local count_, counters = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -285,32 +289,63 @@ local sum_n, sum_t, sum_r = {}, {}, {}
 local a = 5 + 4 * counters
 for _ = 1, count_ do
   local span, parent, token, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local decision, settle, incs = ARGV[a + 4], ARGV[a + 5], tonumber(ARGV[a + 6])
-  local first = a + 7
+  local decision, settle, weak = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == '1'
+  local calls_ttl, nkeys = ARGV[a + 7], tonumber(ARGV[a + 8])
+  local keys_at = a + 9
+  local incs = tonumber(ARGV[keys_at + 5 * nkeys])
+  local first = keys_at + 5 * nkeys + 1
   a = first + 3 * incs
   if token == '' then token = batch_token end
-  local seen_key = P .. ':s:' .. span
+  -- A weak record (success without usage) is remembered apart: it is nobody's parent.
+  local seen_span = span
+  if weak then seen_span = span .. '~' end
+  local seen_key = P .. ':s:' .. seen_span
   local seen = redis.call('GET', seen_key)
   if seen then
     -- Written by a call whose reply was lost: report what it did; anyone else's is a duplicate.
-    if not here[span] and string.sub(seen, 1, -3) == token then
+    if not here[seen_span] and string.sub(seen, 1, -3) == token then
       out[#out + 1] = string.sub(seen, -1)
     else
       out[#out + 1] = 'd'
     end
-    here[span] = true
+    here[seen_span] = true
   else
-    here[span] = true
+    here[seen_span] = true
     local result = 'a'
     if redis.call('EXISTS', P .. ':c:' .. span) == 1
       or (parent ~= '' and redis.call('EXISTS', P .. ':s:' .. parent) == 1) then
       result = 'n'
     end
+    -- Spans of one call that are not parent and child (`CallKey`): per key a sorted set, member
+    -- 'start:end:source:identified', score end, at most MAX_CALL_SPANS (those ending last).
+    for j = 0, nkeys - 1 do
+      if result ~= 'a' then break end
+      local b = keys_at + 5 * j
+      local start, finish, source, identified = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. ':k:' .. ARGV[b], start, '+inf')) do
+        local s, src, id = string.match(m, '^(%d+):%d+:([^:]*):([01])$')
+        if s and tonumber(s) <= finish and (src == '' or source == '' or src ~= source)
+          and not (id == '1' and identified == '1') then
+          result = 'n'
+          break
+        end
+      end
+    end
     redis.call('SET', seen_key, token .. ':' .. result, 'PX', ttl)
     if result == 'n' then
       if settling and decision ~= '' then release(decision) end
     else
-      if parent ~= '' then redis.call('SET', P .. ':c:' .. parent, '1', 'PX', ttl) end
+      if not weak then
+        if parent ~= '' then redis.call('SET', P .. ':c:' .. parent, '1', 'PX', ttl) end
+        for j = 0, nkeys - 1 do
+          local b = keys_at + 5 * j
+          local key = P .. ':k:' .. ARGV[b]
+          local member = ARGV[b + 1] .. ':' .. ARGV[b + 2] .. ':' .. ARGV[b + 3] .. ':' .. ARGV[b + 4]
+          redis.call('ZADD', key, ARGV[b + 2], member)
+          redis.call('ZREMRANGEBYRANK', key, 0, -(MAX_CALL_SPANS + 1))
+          if redis.call('PTTL', key) < tonumber(calls_ttl) then redis.call('PEXPIRE', key, calls_ttl) end
+        end
+      end
       for i = first, a - 1, 3 do
         local c = tonumber(ARGV[i])
         sum_n[c] = add(sum_n[c] or 0, tonumber(ARGV[i + 1]))
@@ -716,8 +751,19 @@ class RedisStore:
                 str(max(1, int((record.dedupe_until - now) * 1000))),
                 record.decision_id or "",
                 record.settle_key or "",
-                str(len(record.increments)),
+                "1" if record.weak else "",
+                str(max(1, int((record.keys_until - now) * 1000))),
+                str(len(record.call_keys)),
             )
+            for call_key in record.call_keys:
+                rows += (
+                    call_key.key,
+                    str(call_key.start),
+                    str(call_key.end),
+                    call_key.source,
+                    "1" if call_key.identified else "0",
+                )
+            rows.append(str(len(record.increments)))
             for inc in record.increments:
                 window = inc.window
                 if isinstance(window, RollingWindow):

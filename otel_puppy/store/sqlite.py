@@ -17,6 +17,11 @@ one suite on both). Two differences, both invisible while `now` does not go back
   counting, where `MemoryStore` does so as soon as it is idle: a row is never deleted while a
   read could still count it.
 
+One part of the state is not in the file: the call keys by which spans of one call that are not
+parent and child are recognised (`SpendRecord.call_keys`) are kept in this process's memory, as
+`MemoryStore` keeps them, and joined within the same lock and transaction. Another process on the
+file, or this one after a restart, does not see them.
+
 SQLite integers are 64-bit: `+` past 2**63 turns a value into a REAL and `SUM()` past it raises
 "integer overflow". Neither can happen here: every count written is in `[0, CEILING]` (2**53 - 1)
 and saturates there in SQL; sums over rows add at most 61 counters (rolling windows) or split each
@@ -40,7 +45,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from hashlib import blake2b
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.store.base import (
@@ -49,6 +54,7 @@ from otel_puppy.store.base import (
     Admitted,
     ApplyResult,
     BudgetCheck,
+    CallIndex,
     CheckState,
     Counter,
     SpendRecord,
@@ -269,6 +275,13 @@ class SQLiteStore:
         self._busy_timeout_s = busy_timeout_s
         self._reopen = False
         """Set in a forked child: the parent's connection is not this process's; open one on first use."""
+        self._calls = CallIndex()
+        """The call keys of the spans this process applied (`SpendRecord.call_keys`): in memory, not in
+        the file. Spans of one call arrive close together, in one process; writing two more rows per
+        span would cost a third of `apply`. Another process on the file, or this one after a
+        restart, does not see them (a call described by two spans may then count twice)."""
+        self._undo: list[Any] = []
+        """How to take back what the open transaction added to `_calls`, should it not commit."""
         self._open(busy_timeout_s, check_integrity)
         _OPEN.add(self)
 
@@ -426,8 +439,11 @@ class SQLiteStore:
                     db.execute("COMMIT")
                 except BaseException:
                     held.discard()
+                    self._calls.restore(self._undo)
                     _rollback(db)
                     raise
+                finally:
+                    self._undo.clear()
             except sqlite3.Error as exc:
                 raise self._error(f"{doing} failed" + (", nothing was written" if write else ""), exc) from exc
 
@@ -449,10 +465,17 @@ class SQLiteStore:
         # The write lock is held: read which keys exist once, decide each record in Python exactly
         # as MemoryStore._apply_one does, then write the batch with a few executemany calls.
         # Counters are summed per row first; no decision depends on them, so order is kept.
-        keys = [(_digest(r.span_key), None if r.parent_key is None else _digest(r.parent_key)) for r in records]
+        keys = [(_digest(r.seen_key), None if r.parent_key is None else _digest(r.parent_key)) for r in records]
         span_keys = [key for key, _ in keys]
         seen_before = _lookup(db, _SEEN_LOOKUP, span_keys + [parent for _, parent in keys if parent is not None])
-        covered_before = _lookup(db, _COVERED_LOOKUP, span_keys)
+        # A record is covered by its span key (a weak one's seen key differs only by its suffix).
+        covered_keys = (
+            [_digest(r.span_key) if r.weak else key for r, (key, _) in zip(records, keys, strict=True)]
+            if any(r.weak for r in records)
+            else span_keys
+        )
+        covered_before = _lookup(db, _COVERED_LOOKUP, covered_keys)
+        calls, undo = self._calls, self._undo  # taken back if the transaction does not commit
         settling = db.execute("SELECT EXISTS (SELECT 1 FROM reservations)").fetchone()[0] == 1
         seen: dict[bytes, float] = {}
         covered: dict[bytes, float] = {}
@@ -460,22 +483,26 @@ class SQLiteStore:
         rolling: dict[tuple[str, str, int], list[float]] = {}
         results: list[ApplyResult] = []
         append = results.append
-        for record, (key, parent) in zip(records, keys, strict=True):
+        for record, (key, parent), covered_key in zip(records, keys, covered_keys, strict=True):
             if key in seen or key in seen_before:
                 append(ApplyResult.DUPLICATE)
                 continue
             seen[key] = record.dedupe_until
             if (
-                key in covered
-                or key in covered_before
+                covered_key in covered
+                or covered_key in covered_before
                 or (parent is not None and (parent in seen or parent in seen_before))
+                or (record.call_keys and calls.joins(record.call_keys))
             ):
                 if settling and record.decision_id is not None:
                     _release(db, self._held, record.decision_id)
                 append(ApplyResult.NESTED)
                 continue
-            if parent is not None:
-                covered[parent] = record.dedupe_until
+            if not record.weak:
+                if parent is not None:
+                    covered[parent] = record.dedupe_until
+                if record.call_keys:
+                    calls.keep(record.call_keys, record.keys_until, undo)
             for inc in record.increments:
                 window = inc.window
                 nanos, tokens = clamp(inc.nanos), clamp(inc.tokens)
@@ -711,6 +738,7 @@ class SQLiteStore:
                 "DELETE FROM calendar WHERE expires_at <= ?",
             ):
                 dropped += db.execute(statement, (now,)).rowcount
+            dropped += self._calls.expire(now)
             # Counted per rolling window whose every sub-bucket is gone, as MemoryStore counts rings.
             dropped += int(db.execute(_RINGS_GONE, (now,)).fetchone()[0])
             db.execute("DELETE FROM rolling WHERE expires_at <= ?", (now,))

@@ -57,6 +57,7 @@ def test_compose_runs_the_whole_stack(compose: dict[str, Any]) -> None:
         "fleet",
         "prometheus",
         "grafana",
+        "tokens",
     }
 
 
@@ -107,7 +108,10 @@ def test_replicas_share_redis_and_need_a_token(compose: dict[str, Any]) -> None:
         env = service["environment"]
         assert env["OTEL_PUPPY_STORE"] == "redis://redis:6379/0"
         assert env["OTEL_PUPPY_API_TOKEN"].startswith("${OTEL_PUPPY_API_TOKEN:?")  # refused to start without
-        assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}
+        assert service["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "tokens": {"condition": "service_completed_successfully"},
+        }
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
     redis = compose["services"]["redis"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
@@ -152,7 +156,8 @@ def test_each_replicas_collector_forwards_over_otlp_http_with_retries(
     assert pipeline["exporters"] == ["otlphttp"]
     exporter = beside_replica["exporters"]["otlphttp"]
     assert exporter["traces_endpoint"] == f"http://${{env:OTEL_PUPPY_REPLICA}}:{SERVE_PORT}/v1/traces"
-    assert exporter["headers"] == {"Authorization": "Bearer ${env:OTEL_PUPPY_API_TOKEN}"}
+    # the Collector holds an ingest token only (made by the compose `tokens` service)
+    assert exporter["headers"] == {"Authorization": "Bearer ${file:/run/otel-puppy/tokens/collector.secret}"}
     assert (exporter["retry_on_failure"]["enabled"], exporter["sending_queue"]["enabled"]) == (True, True)
     for replica in REPLICAS:
         env = compose["services"][f"{replica}-ingest"]["environment"]
@@ -169,8 +174,8 @@ def test_prometheus_scrapes_every_replica_and_promtool_accepts_the_config(tmp_pa
     token = tmp_path / "token"
     token.write_text("a-token")
     text = (ROOT / "deploy" / "prometheus.yml").read_text()
-    assert text.count("/run/secrets/otel_puppy_token") == 1
-    (tmp_path / "prometheus.yml").write_text(text.replace("/run/secrets/otel_puppy_token", str(token)))
+    assert text.count("/run/otel-puppy/tokens/prometheus.secret") == 1  # a read token only
+    (tmp_path / "prometheus.yml").write_text(text.replace("/run/otel-puppy/tokens/prometheus.secret", str(token)))
     shutil.copy(ROOT / "deploy" / "alert-rules.yml", tmp_path / "alert-rules.yml")
     result = subprocess.run(
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, check=False

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import signal
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from otel_puppy.exceptions import StoreError
 from otel_puppy.store.base import (
     CEILING,
+    MAX_CALL_SPANS,
     Admission,
     Admitted,
     ApplyResult,
     BudgetCheck,
+    CallKey,
     CheckState,
     Counter,
     Increment,
@@ -29,6 +35,7 @@ from otel_puppy.store.base import (
     fullest_states,
     open_store,
 )
+from otel_puppy.store.sqlite import SQLiteStore
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
 UTC = ZoneInfo("UTC")
@@ -152,6 +159,131 @@ def test_sibling_calls_both_count_and_their_parent_is_then_nested(store: Store) 
     assert store.apply([rec("run")], T0) == [NESTED]
     assert store.apply([rec("grandchild", parent="a"), rec("x", parent="run")], T0) == [NESTED, NESTED]
     assert read(store) == Counter(200, 20, 2)
+
+
+# --- apply: spans of one call that are not parent and child (call keys) ----------------------------
+
+ANY_TIME = (0, CEILING)
+
+
+def keyed(key: str, *keys: CallKey, weak: bool = False, parent: str | None = None, nanos: int = 100) -> SpendRecord:
+    return dataclasses.replace(rec(key, parent=parent, nanos=nanos), call_keys=keys, weak=weak)
+
+
+def response(source: str, response_id: str = "r1") -> CallKey:
+    return CallKey(f"response-{response_id}", *ANY_TIME, source)
+
+
+@pytest.mark.parametrize("one_batch", [True, False], ids=["one batch", "two batches"])
+@pytest.mark.parametrize("a_first", [True, False], ids=["a first", "b first"])
+def test_spans_with_one_response_id_count_once_whichever_arrives_first(
+    store: Store, a_first: bool, one_batch: bool
+) -> None:
+    """Two instrumentations' spans of one call, in two traces: the first counts, with its own spend."""
+    a, b = keyed("t1a", response("A"), nanos=100), keyed("t2b", response("B"), nanos=70)
+    first, second = (a, b) if a_first else (b, a)
+    if one_batch:
+        assert store.apply([first, second], T0) == [APPLIED, NESTED]
+    else:
+        assert (store.apply([first], T0), store.apply([second], T0)) == ([APPLIED], [NESTED])
+    assert read(store) == (Counter(100, 10, 1) if a_first else Counter(70, 10, 1))
+    assert store.apply([a, b], T0) == [DUPLICATE, DUPLICATE]
+
+
+@pytest.mark.parametrize(
+    ("second", "result"),
+    [
+        (CallKey("k", 150, 300, "B"), NESTED),  # overlapping, another instrumentation
+        (CallKey("k", 200, 200, "B"), NESTED),  # touching: closed intervals
+        (CallKey("k", 50, 120, "B", identified=True), NESTED),  # one of the two carries a response id
+        (CallKey("k", 0, CEILING, ""), NESTED),  # no instrumentation named: any
+        (CallKey("k", 150, 300, "A"), APPLIED),  # the same instrumentation: a second call
+        (CallKey("k", 201, 300, "B"), APPLIED),  # after the first ended
+        (CallKey("k", 10, 99, "B"), APPLIED),  # before it started
+        (CallKey("other", 150, 300, "B"), APPLIED),  # another key
+    ],
+)
+def test_a_call_key_joins_overlapping_spans_of_another_instrumentation(
+    store: Store, second: CallKey, result: ApplyResult
+) -> None:
+    assert store.apply([keyed("a", CallKey("k", 100, 200, "A"))], T0) == [APPLIED]
+    assert store.apply([keyed("b", second)], T0) == [result]
+
+
+def test_two_spans_both_with_a_response_id_are_never_joined_by_another_key(store: Store) -> None:
+    """Two different response ids are two calls, however alike their usage and times."""
+    first = keyed("a", response("A", "r1"), CallKey("k", 100, 200, "A", identified=True))
+    second = keyed("b", response("B", "r2"), CallKey("k", 100, 200, "B", identified=True))
+    assert store.apply([first, second], T0) == [APPLIED, APPLIED]
+
+
+def test_any_of_a_records_call_keys_makes_it_nested(store: Store) -> None:
+    assert store.apply([keyed("a", CallKey("k1", 100, 200, "A"))], T0) == [APPLIED]
+    assert store.apply([keyed("b", response("B"), CallKey("k1", 100, 200, "B"))], T0) == [NESTED]
+    # b was nested: it keeps none of its keys, so its response id joins nothing
+    assert store.apply([keyed("c", response("C"))], T0) == [APPLIED]
+
+
+def test_a_weak_record_can_be_nested_but_never_hides_another(store: Store) -> None:
+    """A span without usage: counted when it arrives first, yet nobody's parent and no key's holder."""
+    assert store.apply([keyed("w", response("A"), weak=True)], T0) == [APPLIED]
+    assert store.apply([keyed("full", response("B"), nanos=70)], T0) == [APPLIED]  # same id: still counted
+    assert store.apply([keyed("child", parent="w", nanos=30)], T0) == [APPLIED]  # the weak span is no parent
+    assert store.apply([keyed("w", response("A"), weak=True)], T0) == [DUPLICATE]
+    assert store.apply([keyed("w2", response("C"), weak=True)], T0) == [NESTED]  # "full" holds the id
+    assert store.apply([keyed("w3", weak=True, parent="full")], T0) == [NESTED]
+    assert store.apply([keyed("p", weak=True), keyed("c", parent="p")], T0) == [APPLIED, APPLIED]
+    assert read(store) == Counter(100 + 70 + 30 + 100 + 100, 50, 5)
+
+
+def test_a_call_key_keeps_the_spans_that_end_last(store: Store) -> None:
+    records = [keyed(f"a{i}", CallKey("k", 1000 * i, 1000 * i + 10, "A")) for i in range(MAX_CALL_SPANS + 1)]
+    assert store.apply(records, T0) == [APPLIED] * (MAX_CALL_SPANS + 1)
+    assert store.apply([keyed("b0", CallKey("k", 0, 5, "B"))], T0) == [APPLIED]  # the oldest was let go
+    assert store.apply([keyed("b1", CallKey("k", 1005, 1005, "B"))], T0) == [NESTED]
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("kept_before", [1, 2, MAX_CALL_SPANS])
+def test_call_keys_of_a_batch_that_did_not_commit_are_taken_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch, kept_before: int
+) -> None:
+    """SQLite keeps call keys in memory: a transaction that fails after deciding takes its keys back
+    (under a key with one span, with several, and with as many as are kept: b lets the oldest go)."""
+    first = [keyed(f"a{i}", CallKey("k", 100 - i, 200 - i, "A")) for i in range(kept_before)]
+    assert store.apply(first, T0) == [APPLIED] * kept_before
+    applied = SQLiteStore._apply
+
+    def fails(self: SQLiteStore, db: sqlite3.Connection, records: Any) -> Any:
+        applied(self, db, records)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(SQLiteStore, "_apply", fails)
+    with pytest.raises(StoreError):
+        store.apply([keyed("b", CallKey("k", 300, 400, "B")), keyed("c", CallKey("new", 0, 10, "B"))], T0)
+    monkeypatch.undo()
+    oldest = 100 - kept_before + 1
+    assert store.apply([keyed("g", CallKey("k", oldest, oldest, "C"))], T0) == [NESTED]  # the oldest is kept
+    assert store.apply([keyed("f", CallKey("k", 199, 199, "C"))], T0) == [NESTED]  # and a0's
+    # neither b's span under k nor the key c brought is kept: another instrumentation's spans count
+    later = [keyed("d", CallKey("k", 350, 360, "C")), keyed("e", CallKey("new", 5, 6, "C"))]
+    assert store.apply(later, T0) == [APPLIED, APPLIED]
+
+
+# Redis forgets call keys itself (PEXPIRE, as every dedupe key).
+@pytest.mark.parametrize("store", ["memory", "sqlite"], indirect=True)
+def test_expire_forgets_call_keys_with_their_last_span(store: Store) -> None:
+    store.apply(
+        [
+            dataclasses.replace(keyed("a", CallKey("k", 100, 200, "A")), dedupe_until=T0 + 600),
+            dataclasses.replace(keyed("b", CallKey("k", 300, 400, "A")), dedupe_until=T0 + 900),
+        ],
+        T0,
+    )
+    assert store.expire(T0 + 600) == 1  # a's dedupe key; k is kept while its latest span is
+    assert store.apply([keyed("c", CallKey("k", 150, 160, "B"))], T0) == [NESTED]
+    assert store.expire(T0 + 900) == 3  # b's dedupe key, and both spans kept under k
+    assert store.apply([keyed("d", CallKey("k", 150, 160, "B"))], T0) == [APPLIED]
 
 
 # --- windows ----------------------------------------------------------------------------------
