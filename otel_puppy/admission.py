@@ -348,7 +348,7 @@ class BudgetAdmission:
                 Increment(instance.key, instance.window, ts, nanos, tokens) for instance in book.instances(call.scope())
             )
             key = settle_key(call.provider, call.request_model or call.model, call.agent, call.user)
-        trace = f"{call.trace_id:032x}"
+        trace = f"{call.dedupe_namespace}{call.trace_id:032x}"  # a scoped ingest token's namespace first
         return SpendRecord(
             span_key=f"{trace}{call.span_id:016x}",
             parent_key=f"{trace}{call.parent_span_id:016x}" if call.parent_span_id else None,

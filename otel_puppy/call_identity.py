@@ -56,7 +56,15 @@ def is_weak(call: LLMCall) -> bool:
 
 
 def call_keys(call: LLMCall) -> tuple[CallKey, ...]:
-    """The keys by which the store recognises other spans of `call` (see the module's rules)."""
+    """The keys by which the store recognises other spans of `call` (see the module's rules); a
+    scoped ingest token's spans (`LLMCall.dedupe_namespace`) are never one call with another scope's."""
+    keys = _keys(call)
+    if call.dedupe_namespace:
+        return tuple(key._replace(key=call.dedupe_namespace + key.key) for key in keys)
+    return keys
+
+
+def _keys(call: LLMCall) -> tuple[CallKey, ...]:
     response_id = call.response_id
     source = _source(call.instrumentation) if call.instrumentation else ""
     by_id = _key(("r" + _SEPARATOR + response_id, 0, CEILING, source, False)) if response_id is not None else None

@@ -100,6 +100,9 @@ class LLMCall:
     """A digest of the normalized prompt when the span captured it; the text is never kept."""
     problems: tuple[str, ...] = ()
     """Attributes that were present but unusable; such a call is counted but never priced."""
+    dedupe_namespace: str = ""
+    """Set by `server.scoping.stamp` on a span sent with a scoped ingest token (`TokenScope.namespace`):
+    its dedupe keys (span, parent, call keys) are kept apart from every other scope's."""
     rejected: str | None = None
     """Why the span is refused: a number outside its bound (`bounds.CallLimits`). A rejected call is
     never applied: the OTLP receiver answers it in `partial_success`, the engine counts it."""

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+import otel_puppy.calls as calls_module
 from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.money import usd_to_nanos
 from otel_puppy.pricing import Unpriced
@@ -587,3 +588,40 @@ def test_a_reported_cost_feeds_drift_only_when_it_is_a_real_report(
 ) -> None:
     found = both_doors(otlp, lambda e: e.span(OPENAI_V2, {**CHAT, key: value}))
     assert only_call(found).reported_cost_usd == read
+
+
+# --- the JSON attributes read for one field are bounded ------------------------------------------
+
+
+def _padded(head: str, size: int) -> str:
+    """`head` + `}` padded with spaces inside the object to exactly `size` characters."""
+    return head + " " * (size - len(head) - 1) + "}"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "model"),
+    [
+        (_padded('{"model": "o4-mini"', calls_module._MAX_PARAMETERS), "o4-mini"),
+        (_padded('{"model": "o4-mini"', calls_module._MAX_PARAMETERS + 1), "unknown"),
+        ('{"model": "o4-mini", "a": ' + "[" * 30_000 + "]" * 30_000 + "}", "unknown"),  # nested past the parser
+    ],
+    ids=["at-the-bound", "one-over", "nested-deep"],
+)
+def test_invocation_parameters_are_parsed_only_up_to_their_bound(otlp: Receiver, parameters: str, model: str) -> None:
+    attributes = {"llm.system": "openai", "llm.invocation_parameters": parameters}
+    found = both_doors(otlp, lambda e: e.span(OI_OPENAI, attributes, error="openai.RateLimitError"))
+    assert (only_call(found).provider, only_call(found).model) == ("openai", model)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reasoning"),
+    [
+        (_padded('{"output_tokens_details": {"reasoning_tokens": 64}', calls_module._MAX_RAW_USAGE), 64),
+        (_padded('{"output_tokens_details": {"reasoning_tokens": 64}', calls_module._MAX_RAW_USAGE + 1), 0),
+        ('{"a": ' + "[" * 8000 + "]" * 8000 + "}", 0),  # under the bound, nested past the parser's limit
+    ],
+    ids=["at-the-bound", "one-over", "nested-deep"],
+)
+def test_the_raw_usage_is_parsed_only_up_to_its_bound(otlp: Receiver, raw: str, reasoning: int) -> None:
+    attributes = {**CHAT, "gen_ai.usage.output_tokens": 500, "gen_ai.usage.raw": raw}
+    assert only_call(both_doors(otlp, lambda e: e.span(LOGFIRE, attributes))).reasoning_tokens == reasoning

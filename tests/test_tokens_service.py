@@ -142,7 +142,6 @@ def test_a_team_scoped_decide_token_cannot_decide_nor_read_for_another_team(runn
     assert set(budgets(url, SEARCH_READ)) == {("per-team", "team=search"), ("search-daily", "")}
 
 
-@pytest.mark.xfail(reason="needs the receiver hook", strict=True)
 def test_a_scoped_ingest_tokens_spans_land_on_its_team_whatever_team_they_claim(running: Running) -> None:
     url = running.url
     before = budgets(url, READ)

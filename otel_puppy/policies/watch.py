@@ -12,10 +12,11 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 from otel_puppy.exceptions import PolicyErrors
 
-__all__ = ("PolicyWatcher", "fingerprint")
+__all__ = ("FileWatcher", "PolicyWatcher", "fingerprint")
 
 logger = logging.getLogger("otel_puppy")
 
@@ -31,14 +32,27 @@ def fingerprint(path: Path) -> Fingerprint:
         return ()
 
 
-class PolicyWatcher:
-    """Calls `reload` whenever the files under `path` change; `check()` does one poll."""
+class FileWatcher:
+    """Calls `reload` whenever the files under `path` change; `check()` does one poll, `start()` polls
+    every `interval_s` on a thread. `reload` raising `refused` (an invalid file) is counted in
+    `failures` and kept in `last_error` until the next good reload; what was in force stays.
+    Without a `path` there is nothing to watch: `check()` is False and `start()` starts nothing."""
 
-    def __init__(self, path: Path, reload: Callable[[], object], interval_s: float = 1.0) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: Path | None,
+        reload: Callable[[], object],
+        interval_s: float = 1.0,
+        *,
+        refused: type[PolicyErrors] = PolicyErrors,
+        name: str = "otel-puppy-policy-watch",
+    ) -> None:
+        self.path = Path(path) if path is not None else None
         self.interval_s = interval_s
         self._reload = reload
-        self._seen = fingerprint(self.path)
+        self._refused = refused
+        self._name = name
+        self._seen = fingerprint(self.path) if self.path is not None else ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reloads = 0
@@ -46,25 +60,35 @@ class PolicyWatcher:
         self.last_error: PolicyErrors | None = None
 
     def check(self) -> bool:
-        """Reload if the files changed since the last look; True when a new set took effect."""
+        """Reload if the files changed since the last look; True when the new contents took effect."""
+        if self.path is None:
+            return False
         current = fingerprint(self.path)
         if current == self._seen:
             return False
         self._seen = current
         try:
             self._reload()
-        except PolicyErrors as exc:
+        except self._refused as exc:
             self.failures += 1
-            self.last_error = exc  # `reload` logged every error with its file, line and column
+            self.last_error = exc
+            self.refused(exc)
             return False
         self.reloads += 1
         self.last_error = None
-        logger.info("policy files changed; reloaded %s", self.path)
+        self.reloaded()
         return True
 
-    def start(self) -> PolicyWatcher:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="otel-puppy-policy-watch", daemon=True)
+    def refused(self, error: PolicyErrors) -> None:
+        """After `reload` refused the files (the policy engine's `reload` logs every error itself)."""
+
+    def reloaded(self) -> None:
+        logger.info("policy files changed; reloaded %s", self.path)
+
+    def start(self) -> Self:
+        if self._thread is None and self.path is not None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         return self
 
@@ -73,10 +97,14 @@ class PolicyWatcher:
             try:
                 self.check()
             except Exception:  # a watcher that dies silently is worse than one that logs and goes on
-                logger.exception("policy watcher failed")
+                logger.exception("%s failed", self._name)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval_s + 1)
             self._thread = None
+
+
+PolicyWatcher = FileWatcher
+"""The policy files' watcher (`PolicyEngine.watch_policies`)."""

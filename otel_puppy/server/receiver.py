@@ -41,6 +41,8 @@ from otel_puppy.server.errors import (
 from otel_puppy.server.memory import MemoryFull, MemoryLimiter, Reservation, decode_cost
 from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, calls_from_request, decode_traces, encode_response
 from otel_puppy.server.record import SpanRecorder
+from otel_puppy.server.scoping import stamp, token_scope
+from otel_puppy.server.tokens import TokenScope
 from otel_puppy.store.base import ApplyResult
 
 __all__ = (
@@ -111,6 +113,7 @@ class TraceReceiver:
         self._slots = anyio.Semaphore(max_concurrent)
 
     async def receive(self, request: Request) -> Response:
+        scope = token_scope(request)
         content_type = request.headers.get("content-type", "")
         if media_type(content_type) not in _OTLP_TYPES:
             shown = content_type[:80] or "none"
@@ -140,7 +143,7 @@ class TraceReceiver:
                     holder = [raw]
                     del raw
                     rejected, message = await anyio.to_thread.run_sync(
-                        self._ingest, holder, encoding, content_type, reservation
+                        self._ingest, holder, encoding, content_type, reservation, scope
                     )
                 finally:
                     self._slots.release()
@@ -209,7 +212,7 @@ class TraceReceiver:
         return body
 
     def _ingest(
-        self, holder: list[bytearray], encoding: str, content_type: str, reservation: Reservation
+        self, holder: list[bytearray], encoding: str, content_type: str, reservation: Reservation, scope: TokenScope
     ) -> tuple[int, str]:
         """In a worker thread: inflate, decode, apply. Returns (rejected spans, partial-success message).
 
@@ -228,6 +231,8 @@ class TraceReceiver:
         calls, rejected, problems = calls_from_request(
             request, max_messages=_MAX_MESSAGES, limits=self.engine.settings.call_limits
         )
+        if scope:  # a scoped ingest token: its scope on every call, whatever the span claims
+            calls = [stamp(call, scope) for call in calls]
         # Encoded now, written once applied: only accepted batches are recorded.
         record = self.recorder.encode(request) if self.recorder is not None else None
         del request

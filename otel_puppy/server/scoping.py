@@ -20,7 +20,7 @@ The gate (`auth.AuthGate`) puts the request's token on it: `principal(request)`,
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, Final, Protocol
 
 from starlette.requests import Request
@@ -50,8 +50,6 @@ SCOPED_READ_FORBIDDEN: Final = frozenset({"/metrics", "/v1/models", "/v1/health"
 statistics over every call, health over every budget, every team's policies and limits)."""
 
 _UNSCOPED: Final = TokenScope()
-_NAMESPACED: Final = "dedupe_namespace" in {f.name for f in fields(LLMCall)}
-"""Whether `LLMCall` carries the dedupe namespace yet (added with the receiver hook, issue 16)."""
 
 
 class OutOfScope(PuppyError):
@@ -89,8 +87,7 @@ def stamp(call: LLMCall, scope: TokenScope) -> LLMCall:
     if not scope:
         return call
     changes: dict[str, Any] = dict(scope.values)
-    if _NAMESPACED:
-        changes["dedupe_namespace"] = scope.namespace
+    changes["dedupe_namespace"] = scope.namespace
     return replace(call, **changes)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -43,7 +42,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from otel_puppy.bounds import MAX_NAME_LENGTH
 from otel_puppy.exceptions import PolicyError, PolicyErrors
-from otel_puppy.policies.watch import fingerprint
+from otel_puppy.policies.watch import FileWatcher, fingerprint
 
 __all__ = (
     "ALL_ROLES",
@@ -292,7 +291,7 @@ class TokenFileErrors(PolicyErrors):
     file's `sha256` values may be secrets pasted in the wrong place."""
 
 
-class Keyring:
+class Keyring(FileWatcher):
     """The tokens in force (`book`) and the file they come from, polled every `interval_s` once `start`ed.
 
     Without a file, the book holds the `api_token` alone (or nothing: then `enabled` is False and the
@@ -304,16 +303,9 @@ class Keyring:
     """
 
     def __init__(self, path: Path | None, *, api_token: str | None = None, interval_s: float = TOKENS_POLL_S) -> None:
-        self.path = Path(path) if path is not None else None
-        self.interval_s = interval_s
+        super().__init__(path, self._put_in_force, interval_s, refused=TokenFileErrors, name="otel-puppy-token-watch")
         self._api_token = api_token
-        self._seen = fingerprint(self.path) if self.path is not None else ()
         self.book: TokenBook = self._load()
-        self.reloads = 0
-        self.failures = 0
-        self.last_error: TokenFileErrors | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -325,6 +317,9 @@ class Keyring:
             return TokenBook.of((), api_token=self._api_token)
         return TokenBook.of(load_token_entries(self.path), api_token=self._api_token, source=self.path)
 
+    def _put_in_force(self) -> None:
+        self.book = self._load()
+
     def reload(self) -> TokenBook:
         """Read the file again and put its tokens in force.
 
@@ -332,51 +327,21 @@ class Keyring:
             TokenFileErrors: the file cannot be used; the tokens in force stay.
         """
         self._seen = fingerprint(self.path) if self.path is not None else ()
-        book = self._load()
-        self.book = book
-        return book
+        self._put_in_force()
+        return self.book
 
-    def check(self) -> bool:
-        """Reload if the file changed since the last look; True when new tokens took effect."""
-        if self.path is None or fingerprint(self.path) == self._seen:
-            return False
-        try:
-            book = self.reload()
-        except TokenFileErrors as exc:
-            self.failures += 1
-            self.last_error = exc
-            errors = "\n  ".join(str(error) for error in exc.errors)
-            logger.error(  # noqa: TRY400 - the errors say what is wrong; a traceback would not
-                "the tokens file %s cannot be used; the last good tokens (%d) stay in force:\n  %s",
-                self.path,
-                len(self.book),
-                errors,
-            )
-            return False
-        self.reloads += 1
-        self.last_error = None
-        logger.info("tokens file %s changed; %d tokens in force: %s", self.path, len(book), ", ".join(book.names()))
-        return True
+    def refused(self, error: PolicyErrors) -> None:
+        errors = "\n  ".join(str(each) for each in error.errors)
+        logger.error(
+            "the tokens file %s cannot be used; the last good tokens (%d) stay in force:\n  %s",
+            self.path,
+            len(self.book),
+            errors,
+        )
 
-    def start(self) -> Keyring:
-        if self._thread is None and self.path is not None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="otel-puppy-token-watch", daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception:  # a watcher that dies silently would leave revoked tokens working
-                logger.exception("tokens file watcher failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval_s + 1)
-            self._thread = None
+    def reloaded(self) -> None:
+        names = ", ".join(self.book.names())
+        logger.info("tokens file %s changed; %d tokens in force: %s", self.path, len(self.book), names)
 
 
 # --- reading the file ---------------------------------------------------------------------------------
