@@ -72,9 +72,18 @@ _RESOURCE = Resource.create({"service.name": "bench"})
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
+def _own_response_id(attributes: Mapping[str, Any], i: int) -> dict[str, Any]:
+    own = dict(attributes)
+    if "gen_ai.response.id" in own:
+        own["gen_ai.response.id"] = f"{own['gen_ai.response.id']}-{i}"
+    return own
+
+
 def finished_spans(attributes: Mapping[str, Any], count: int, *, first_id: int = 1) -> list[ReadableSpan]:
     """`count` finished CLIENT spans with these attributes, each with ids of its own, sharing one
-    resource (`otel_puppy.testing.make_span` makes a resource per span: slow for a million)."""
+    resource (`otel_puppy.testing.make_span` makes a resource per span: slow for a million). A
+    response id in `attributes` is made unique per span, as a provider's is: the counting rules
+    count one response id once."""
     spans = []
     start = time.time_ns() - 2_000_000_000
     for i in range(first_id, first_id + count):
@@ -84,7 +93,7 @@ def finished_spans(attributes: Mapping[str, Any], count: int, *, first_id: int =
                 name="chat gpt-4.1",
                 context=context,
                 resource=_RESOURCE,
-                attributes=dict(attributes),
+                attributes=_own_response_id(attributes, i),
                 kind=SpanKind.CLIENT,
                 start_time=start,
                 end_time=start + 1_000_000_000,

@@ -55,25 +55,8 @@ def otlp() -> Iterator[Receiver]:
         yield server
 
 
-OPEN_GAPS = {
-    **dict.fromkeys(
-        (
-            "openllmetry-bedrock/converse_nova-pro",
-            "openllmetry-bedrock/converse_stream_claude-haiku-4-5",
-            "openllmetry-bedrock/error_500",
-            "openllmetry-bedrock/error_429",
-        ),
-        "issue 15, open: OpenLLMetry strips Bedrock's region and vendor prefixes from the model "
-        "(`us.anthropic.claude-...-v1:0` -> `claude-...-v1:0`, `amazon.nova-pro-v1:0` -> `nova-pro-v1:0`); "
-        "the model label is not yet the id a user writes (nor, for Nova, one genai-prices knows)",
-    ),
-    **dict.fromkeys(
-        ("openinference-langchain/chat_stream_gpt-4.1-mini", "openinference-langchain/responses_gpt-5-mini_reasoning"),
-        "issue 15, open: OpenInference's LangChain span carries the requested model on streams and the "
-        "Responses API; the dated response model is only inside `output.value`, not yet read",
-    ),
-}
-"""Cases whose model label is still wrong (cost, tokens and counts are exact): strict, so a fix shows."""
+OPEN_GAPS: dict[str, str] = {}
+"""Cases still wrong, with why: each an xfail, strict, so a fix shows (none today)."""
 
 
 def _marked(case: Case) -> object:

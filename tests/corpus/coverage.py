@@ -156,7 +156,7 @@ def _tokens(ok: Sequence[Expected], fields: Sequence[str]) -> str:
 
 def _lost_labels(lost: Sequence[Expected], total: int) -> str:
     names = sorted({label for call in lost for label in call.span_labels})
-    return f"spans lose the user's {' and '.join(names)} on {len(lost)} of {total} calls"
+    return f"spans name another {' and '.join(names)} on {len(lost)} of {total} calls"
 
 
 def table(found: Sequence[Row]) -> str:

@@ -24,6 +24,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+from tests.corpus.record._cases import with_labels
+
 __all__ = ("RATE_LIMITED", "SERVER_ERROR", "BedrockApi", "Failure", "Reply")
 
 
@@ -52,19 +54,27 @@ class Reply:
         }
 
     def call(
-        self, *, streamed: bool = False, shortfall: dict[str, int] | None = None, note: str = ""
+        self,
+        *,
+        streamed: bool = False,
+        shortfall: dict[str, int] | None = None,
+        note: str = "",
+        span_labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        return {
-            "outcome": "ok",
-            "http_status": 200,
-            "streamed": streamed,
-            "provider": "aws",
-            "model": self.model,
-            "response_id": self.message_id,
-            "usage": self.usage(),
-            "shortfall": shortfall or {},
-            "note": note,
-        }
+        return with_labels(
+            {
+                "outcome": "ok",
+                "http_status": 200,
+                "streamed": streamed,
+                "provider": "aws",
+                "model": self.model,
+                "response_id": self.message_id,
+                "usage": self.usage(),
+                "shortfall": shortfall or {},
+                "note": note,
+            },
+            span_labels,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +84,23 @@ class Failure:
     message: str
     request_id: str
 
-    def call(self, model: str, *, note: str = "") -> dict[str, Any]:
-        return {
-            "outcome": "error",
-            "http_status": self.status,
-            "streamed": False,
-            "provider": "aws",
-            "model": model,
-            "response_id": None,
-            "usage": dict.fromkeys(
-                ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens"), 0
-            ),
-            "shortfall": {},
-            "note": note,
-        }
+    def call(self, model: str, *, note: str = "", span_labels: dict[str, str] | None = None) -> dict[str, Any]:
+        return with_labels(
+            {
+                "outcome": "error",
+                "http_status": self.status,
+                "streamed": False,
+                "provider": "aws",
+                "model": model,
+                "response_id": None,
+                "usage": dict.fromkeys(
+                    ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens"), 0
+                ),
+                "shortfall": {},
+                "note": note,
+            },
+            span_labels,
+        )
 
 
 _Answer = TypeVar("_Answer", Reply, Failure)

@@ -55,3 +55,9 @@ def expect_failure(error: type[BaseException], call: Callable[..., Any], /, **ar
     except error:
         return
     raise AssertionError(f"{call!r} did not raise {error.__name__}")
+
+
+def with_labels(call: dict[str, Any], span_labels: dict[str, str] | None) -> dict[str, Any]:
+    """`call` with the labels its spans name where they lose the user's (`provider`, `model`): the
+    manifest says so, as `shortfall` does for tokens, and the coverage table reports it."""
+    return {**call, "span_labels": dict(span_labels)} if span_labels else call

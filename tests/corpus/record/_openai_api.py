@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import openai
 
-from tests.corpus.record._cases import Recording, expect_failure
+from tests.corpus.record._cases import Recording, expect_failure, with_labels
 
 __all__ = ("RATE_LIMITED", "SERVER_ERROR", "Failure", "OpenAIApi", "Reply", "record_cases")
 
@@ -60,18 +60,22 @@ class Reply:
         provider: str = "openai",
         shortfall: dict[str, int] | None = None,
         note: str = "",
+        span_labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        return {
-            "outcome": "ok",
-            "http_status": 200,
-            "streamed": streamed,
-            "provider": provider,
-            "model": self.model,
-            "response_id": self.response_id,
-            "usage": self.usage(),
-            "shortfall": shortfall or {},
-            "note": note,
-        }
+        return with_labels(
+            {
+                "outcome": "ok",
+                "http_status": 200,
+                "streamed": streamed,
+                "provider": provider,
+                "model": self.model,
+                "response_id": self.response_id,
+                "usage": self.usage(),
+                "shortfall": shortfall or {},
+                "note": note,
+            },
+            span_labels,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,21 +87,30 @@ class Failure:
     request_id: str
 
     def call(
-        self, model: str, *, provider: str = "openai", shortfall: dict[str, int] | None = None, note: str = ""
+        self,
+        model: str,
+        *,
+        provider: str = "openai",
+        shortfall: dict[str, int] | None = None,
+        note: str = "",
+        span_labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        return {
-            "outcome": "error",
-            "http_status": self.status,
-            "streamed": False,
-            "provider": provider,
-            "model": model,
-            "response_id": None,
-            "usage": dict.fromkeys(
-                ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens"), 0
-            ),
-            "shortfall": shortfall or {},
-            "note": note,
-        }
+        return with_labels(
+            {
+                "outcome": "error",
+                "http_status": self.status,
+                "streamed": False,
+                "provider": provider,
+                "model": model,
+                "response_id": None,
+                "usage": dict.fromkeys(
+                    ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens"), 0
+                ),
+                "shortfall": shortfall or {},
+                "note": note,
+            },
+            span_labels,
+        )
 
 
 _Answer = TypeVar("_Answer", Reply, Failure)

@@ -53,10 +53,17 @@ TOGETHER = {
 }
 
 
+REQUESTED = {
+    "chat_stream_gpt-4.1-mini": {"model": "gpt-4.1-mini"},
+    "responses_gpt-5-mini_reasoning": {"model": "gpt-5-mini"},
+}
+"""The model labels LangChain's span alone carries: the requested model, not the answer's dated one."""
+
+
 def main() -> None:
     with Recording("openinference-langchain", PACKAGES) as recording:
         LangChainInstrumentor().instrument(tracer_provider=recording.provider)
-        record_cases(recording, ALONE)
+        record_cases(recording, ALONE, REQUESTED)
     with Recording("openinference-langchain+openai", (*PACKAGES, "openinference-instrumentation-openai")) as recording:
         LangChainInstrumentor().uninstrument()
         LangChainInstrumentor().instrument(tracer_provider=recording.provider)
@@ -64,7 +71,8 @@ def main() -> None:
         record_cases(recording, TOGETHER)
 
 
-def record_cases(recording: Recording, notes: dict[str, str]) -> None:
+def record_cases(recording: Recording, notes: dict[str, str], labels: dict[str, dict[str, str]] | None = None) -> None:
+    labels = labels or {}
     api = OpenAIApi(httpx2)
     http_client = httpx2.Client(transport=api.transport())
 
@@ -83,7 +91,14 @@ def record_cases(recording: Recording, notes: dict[str, str]) -> None:
     for _ in chat("gpt-4.1-mini", stream_usage=True).stream(QUESTION):
         pass
     recording.case(
-        "chat_stream_gpt-4.1-mini", [answer.call(streamed=True, note=notes.get("chat_stream_gpt-4.1-mini", ""))]
+        "chat_stream_gpt-4.1-mini",
+        [
+            answer.call(
+                streamed=True,
+                note=notes.get("chat_stream_gpt-4.1-mini", ""),
+                span_labels=labels.get("chat_stream_gpt-4.1-mini"),
+            )
+        ],
     )
 
     answer = api.expect(
@@ -91,7 +106,13 @@ def record_cases(recording: Recording, notes: dict[str, str]) -> None:
     )
     chat("gpt-5-mini", use_responses_api=True).invoke(QUESTION)
     recording.case(
-        "responses_gpt-5-mini_reasoning", [answer.call(note=notes.get("responses_gpt-5-mini_reasoning", ""))]
+        "responses_gpt-5-mini_reasoning",
+        [
+            answer.call(
+                note=notes.get("responses_gpt-5-mini_reasoning", ""),
+                span_labels=labels.get("responses_gpt-5-mini_reasoning"),
+            )
+        ],
     )
 
     api.expect(SERVER_ERROR)

@@ -33,6 +33,11 @@ UNCACHED_INPUT = (
 STRIPPED_MODEL = "OpenLLMetry strips the region and vendor prefixes from the model id in gen_ai.request.model. "
 
 
+def stripped(model: str) -> dict[str, str]:
+    """The model label OpenLLMetry's spans carry for the model id `model`: no region, no vendor."""
+    return {"model": model.rsplit(".", 1)[-1]}
+
+
 def main() -> None:
     with Recording("openllmetry-bedrock", PACKAGES) as recording, api.BedrockApi() as mock:
         BedrockInstrumentor().instrument(tracer_provider=recording.provider)
@@ -68,22 +73,34 @@ def main() -> None:
         answer = mock.expect(api.Reply("a81c0f4e-6b2d-4c9a-8e35-d07f1b2c9a64", NOVA, 2811, 1024, 0, 287))
         client.converse(modelId=NOVA, messages=QUESTION, inferenceConfig={"maxTokens": 1024})
         note = "Converse answers carry no response id (only x-amzn-RequestId). " + UNCACHED_INPUT + STRIPPED_MODEL
-        recording.case("converse_nova-pro", [answer.call(note=note)])
+        recording.case("converse_nova-pro", [answer.call(note=note, span_labels=stripped(NOVA))])
 
         answer = mock.expect(api.Reply("5d9e2b70-1f83-4a6c-b4d9-8c2e7f0a1b56", HAIKU, 342, 2560, 1024, 198))
         stream = client.converse_stream(modelId=HAIKU, messages=QUESTION, inferenceConfig={"maxTokens": 1024})
         for _ in stream["stream"]:
             pass
         note = "ConverseStream: usage arrives in the closing metadata event. " + UNCACHED_INPUT + STRIPPED_MODEL
-        recording.case("converse_stream_claude-haiku-4-5", [answer.call(streamed=True, note=note)])
+        recording.case(
+            "converse_stream_claude-haiku-4-5", [answer.call(streamed=True, note=note, span_labels=stripped(HAIKU))]
+        )
 
         mock.expect(api.SERVER_ERROR)
         expect_failure(botocore.exceptions.ClientError, client.converse, modelId=SONNET, messages=QUESTION)
-        recording.case("error_500", [api.SERVER_ERROR.call(SONNET, note="InternalServerException. " + STRIPPED_MODEL)])
+        recording.case(
+            "error_500",
+            [
+                api.SERVER_ERROR.call(
+                    SONNET, note="InternalServerException. " + STRIPPED_MODEL, span_labels=stripped(SONNET)
+                )
+            ],
+        )
 
         mock.expect(api.RATE_LIMITED)
         expect_failure(botocore.exceptions.ClientError, client.converse, modelId=HAIKU, messages=QUESTION)
-        recording.case("error_429", [api.RATE_LIMITED.call(HAIKU, note="ThrottlingException. " + STRIPPED_MODEL)])
+        recording.case(
+            "error_429",
+            [api.RATE_LIMITED.call(HAIKU, note="ThrottlingException. " + STRIPPED_MODEL, span_labels=stripped(HAIKU))],
+        )
 
 
 if __name__ == "__main__":
