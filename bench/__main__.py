@@ -12,7 +12,19 @@ from rich.table import Table
 
 from bench._harness import Result, machine
 
-BENCHES = ("on_end", "stall", "freshness", "pricing", "decide", "auth", "service", "memory", "scaling", "redis")
+BENCHES = (
+    "on_end",
+    "stall",
+    "freshness",
+    "pricing",
+    "decide",
+    "auth",
+    "service",
+    "forward",
+    "memory",
+    "scaling",
+    "redis",
+)
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 

@@ -71,8 +71,8 @@ class Service:
 
 
 @contextmanager
-def service(store: str, workdir: Path) -> Iterator[Service]:
-    """`otel-puppy serve` on a free loopback port with the 50 policies of `bench_decide`."""
+def service(store: str, workdir: Path, *args: str) -> Iterator[Service]:
+    """`otel-puppy serve` on a free loopback port with the 50 policies of `bench_decide` (and `args`)."""
     policies = workdir / "policies.yaml"
     policies.write_text(policy_yaml())
     with socket.socket() as sock:
@@ -83,7 +83,7 @@ def service(store: str, workdir: Path) -> Iterator[Service]:
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "otel_puppy", "serve", "--port", str(port), "--store", store,
-             "--policies", str(policies)],
+             "--policies", str(policies), *args],
             cwd=workdir,
             env=env,
             stdout=output,
@@ -332,7 +332,7 @@ def _template() -> ExportTraceServiceRequest:
 
 
 def payloads(encoding: str, count: int, rng: random.Random) -> list[bytes]:
-    """`count` gzip bodies of `BATCH_SPANS` spans each, every span with ids of its own."""
+    """`count` gzip bodies of `BATCH_SPANS` spans each, every span with ids (and a response id) of its own."""
     template = _template()
     bodies = []
     for _ in range(count):
@@ -344,6 +344,9 @@ def payloads(encoding: str, count: int, rng: random.Random) -> list[bytes]:
                     span.trace_id = rng.randbytes(16)
                     span.span_id = rng.randbytes(8)
                     span.ClearField("parent_span_id")
+                    for attribute in span.attributes:  # a provider's response ids are unique per call
+                        if attribute.key == "gen_ai.response.id":
+                            attribute.value.string_value = f"chatcmpl-{rng.randbytes(12).hex()}"
         data = request.SerializeToString() if encoding == "protobuf" else json.dumps(_otlp_json(request)).encode()
         bodies.append(gzip.compress(data))
     return bodies

@@ -27,6 +27,7 @@ from otel_puppy.exceptions import (
     SettingsError,
     StoreError,
 )
+from otel_puppy.forward.exporter import EnrichingSpanExporter
 from otel_puppy.metrics_server import MetricsServer
 from otel_puppy.policies import PolicySet, load_policies
 from otel_puppy.pricing import Price, PriceOverride, Pricer
@@ -60,6 +61,7 @@ __all__ = (
     "DecisionGuard",
     "DecisionRequest",
     "DecisionServiceError",
+    "EnrichingSpanExporter",
     "ErrorClass",
     "InvalidSpanError",
     "LLMCall",

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.core import Metric
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
@@ -31,6 +32,7 @@ from otel_puppy.clock import Clock, SystemClock
 from otel_puppy.decision import Action, Decision, DecisionRequest
 from otel_puppy.decisions import Decisions, strictest
 from otel_puppy.exceptions import PolicyErrors, RegistryInUse, RequestError, StoreError
+from otel_puppy.forward.exporter import EnrichingSpanExporter
 from otel_puppy.guard import DecisionGuard
 from otel_puppy.health.history import HealthHistory
 from otel_puppy.metrics import Metrics, ensure_free
@@ -175,6 +177,10 @@ class PolicyEngine:
                 self._processor = PuppySpanProcessor(self, max_queue_size=self.settings.queue_size)
             return self._processor
 
+    def enriching_exporter(self, exporter: SpanExporter, *, operation_cost: bool = False) -> EnrichingSpanExporter:
+        """`exporter`, writing each model call's cost and each agent run's onto the spans it exports."""
+        return EnrichingSpanExporter(exporter, self, operation_cost=operation_cost)
+
     def observe(self, call: LLMCall) -> Observation:
         """Price one call and apply it. Returns what became of it."""
         return self.observe_many([call])[0]
@@ -204,20 +210,19 @@ class PolicyEngine:
             raise
         observations = [Observation(c, p, r) for c, p, r in zip(calls, prices, results, strict=True)]
         applied = [(o.call, o.price) for o in observations if o.result is ApplyResult.APPLIED]
-        metrics = self.metrics
-        metrics.record_calls(applied)
+        self.metrics.record_calls(applied)
         saved = [
             (call, n) for call, price in applied if call.cache_read_tokens and (n := pricer.cache_savings(call, price))
         ]
         if saved:
-            metrics.record_cache_savings(saved)
+            self.metrics.record_cache_savings(saved)
         if applied:
             observed = [(call, price.nanos) for call, price in applied]
             for runtime in rules.runtimes:
                 runtime.observe(observed, now)
             self.stats.observe(observed)
             self.redundancy.observe(observed)
-        count_results(metrics, observations, applied, now, lateness)
+        count_results(self.metrics, observations, applied, now, lateness)
         if now >= self._next_expiry:
             self._next_expiry = now + _EXPIRE_EVERY_S
             try:
@@ -265,8 +270,7 @@ class PolicyEngine:
         rules = self._rules
         admission = rules.admission
         hits: list[Hit] = []
-        request = req
-        plan = admission.plan(req)
+        request, plan = req, admission.plan(req)
         if plan.routed:
             headroom = Headroom(admission, rules.breakers, req, now)
             route = rules.router.route(req, available=headroom.available)
@@ -359,8 +363,7 @@ class PolicyEngine:
             StoreError: the store does not answer (not ready either).
         """
         found = self._rules.budgets.problems(self.clock.now())
-        problem = self._store.health().problem  # what the store found wrong with its own state
-        if problem:
+        if problem := self._store.health().problem:  # what the store found wrong with its own state
             found.append(str(problem))
         return tuple(found)
 
@@ -380,9 +383,8 @@ class PolicyEngine:
     def snapshot(self) -> Snapshot:
         """Spend per window, every known budget instance, breaker, anomaly and model, as of now."""
         now = self.clock.now()
-        rules = self._rules
         windows = self._figures.spend(now)
-        kinds = {runtime.kind: tuple(runtime.statuses(now)) for runtime in rules.runtimes}
+        kinds = {runtime.kind: tuple(runtime.statuses(now)) for runtime in self._rules.runtimes}
         return Snapshot(
             windows=windows,
             budgets=kinds["budgets"],

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -109,6 +109,19 @@ class PuppySettings(BaseSettings):
     every budget.
     One hour covers the Collector's retries (five minutes by default) and the span processor's own."""
 
+    forward_url: str | None = Field(default=None, max_length=2048)
+    """`serve`: pass every span received on to `<url>/v1/traces` (OTLP/HTTP protobuf), each model call
+    with its cost written on (`gen_ai.usage.cost.amount`); an `http://` or `https://` URL."""
+    forward_headers: SecretStr | None = None
+    """Headers for the downstream, as `OTEL_EXPORTER_OTLP_HEADERS` writes them: `key=value,key2=value2`,
+    values URL-encoded (`Authorization=Bearer%20abc`). Never logged."""
+    forward_compression: Literal["gzip", "none"] = "gzip"
+    forward_queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
+    """Batches acknowledged upstream and not yet accepted downstream, in bytes as sent; past it
+    `POST /v1/traces` answers `503` with `Retry-After` (the Collector retries) and `/readyz` fails."""
+    forward_timeout_s: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    """One delivery attempt to the downstream, connecting included."""
+
     @classmethod
     def load(cls, **overrides: object) -> PuppySettings:
         """Build settings, turning validation errors into one `SettingsError` naming each variable.
@@ -123,9 +136,33 @@ class PuppySettings(BaseSettings):
             for error in exc.errors():
                 field = ".".join(str(part) for part in error["loc"])
                 name = f"OTEL_PUPPY_{field.upper()}" if field else "settings"
-                got = "" if field in {"", "api_token"} else f" (got {_shown(field, error.get('input'))!r})"
+                secret = field in {"", "api_token", "forward_headers"}
+                got = "" if secret else f" (got {_shown(field, error.get('input'))!r})"
                 lines.append(f"{name}: {error['msg']}{got}")
             raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _bounded_headers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) > 8192:
+            raise ValueError("at most 8192 characters")
+        return value
+
+    @field_validator("forward_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  # raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host, e.g. http://collector:4318")
+        if parts.query or parts.fragment:
+            raise ValueError("expected no query or fragment: /v1/traces is added to the URL's path")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -223,7 +260,7 @@ def redact_url(url: str, *, keep_path: bool = True) -> str:
     return f"{parts.scheme}://{credentials}{host}{rest}" if parts.scheme else "***"
 
 
-_URLS = {"store": True, "alert_webhook_url": False}
+_URLS = {"store": True, "alert_webhook_url": False, "forward_url": True}
 """Settings holding a URL that may carry a secret, and whether its path can be shown."""
 
 

@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +15,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from otel_puppy.cli.errors import print_error, print_policy_errors
-from otel_puppy.exceptions import PolicyErrors, StoreError
+from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreError
 
 if TYPE_CHECKING:
     import uvicorn
 
     from otel_puppy.engine import PolicyEngine
+    from otel_puppy.forward.sender import Forwarder
     from otel_puppy.server.record import SpanRecorder
     from otel_puppy.settings import PuppySettings
 
@@ -81,6 +83,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="stop recording once FILE would pass N bytes, its earlier content included (default 1 GiB); "
         "exports are still applied",
     )
+    serve.add_argument(
+        "--forward-to",
+        default=None,
+        metavar="URL",
+        help="pass every span received on to URL/v1/traces (OTLP/HTTP protobuf, gzip), each model call with its "
+        "cost written on (default OTEL_PUPPY_FORWARD_URL; headers in OTEL_PUPPY_FORWARD_HEADERS)",
+    )
     serve.set_defaults(handler=_serve)
 
 
@@ -93,7 +102,12 @@ def _record_cap(text: str) -> int:
 
 
 def service_settings(
-    *, host: str | None = None, port: int | None = None, store: str | None = None, policies: Path | None = None
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    store: str | None = None,
+    policies: Path | None = None,
+    forward_url: str | None = None,
 ) -> PuppySettings:
     """The settings `otel-puppy serve` runs with: `OTEL_PUPPY_*`, then these overrides, and
     `SERVICE_STORE` unless a store was configured (environment, `.env` or `store=`).
@@ -105,7 +119,13 @@ def service_settings(
 
     overrides = {
         name: value
-        for name, value in (("host", host), ("port", port), ("store", store), ("policies", policies))
+        for name, value in (
+            ("host", host),
+            ("port", port),
+            ("store", store),
+            ("policies", policies),
+            ("forward_url", forward_url),
+        )
         if value is not None
     }
     settings = PuppySettings.load(**overrides)
@@ -124,7 +144,9 @@ def _serve(args: argparse.Namespace) -> int:
     from otel_puppy.server.http import uvicorn_options
 
     # Settings first: a host beyond loopback without a token is refused before anything binds.
-    settings = service_settings(host=args.host, port=args.port, store=args.store, policies=args.policies)
+    settings = service_settings(
+        host=args.host, port=args.port, store=args.store, policies=args.policies, forward_url=args.forward_to
+    )
     # Then the policies, before the store is opened: a service enforcing nothing by mistake must not start.
     if args.allow_no_policies:
         settings = settings.model_copy(update={"allow_no_policies": True})
@@ -140,13 +162,17 @@ def _serve(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print_error(str(exc))
         return 1
-    recorder = None
+    recorder = forwarder = None
     try:
         recorder = _recorder(args, engine)
         if recorder is None and args.record is not None:
             return 1
+        if settings.forward_url is not None:
+            forwarder = _forwarder(settings, engine)
+            if forwarder is None:
+                return 1
         try:
-            app = create_app(engine, recorder=recorder)
+            app = create_app(engine, recorder=recorder, forwarder=forwarder)
         except PolicyErrors as exc:  # the tokens file (`TokenFileErrors`): a service must not start without it
             print_policy_errors(exc)
             return 1
@@ -169,10 +195,36 @@ def _serve(args: argparse.Namespace) -> int:
     except SystemExit:  # uvicorn exits when it cannot start (the port is taken...); it has logged why
         return 1
     finally:
+        if forwarder is not None:
+            forwarder.close()
         if recorder is not None:
             recorder.close()
         engine.close()
     return 0
+
+
+def _forwarder(settings: PuppySettings, engine: PolicyEngine) -> Forwarder | None:
+    """The forwarder `--forward-to` asks for, started (None when it cannot be: said why)."""
+    from otel_puppy.forward.sender import Forwarder
+    from otel_puppy.settings import redact_url
+
+    try:
+        forwarder = Forwarder.from_settings(settings, engine.store, engine.registry)
+    except (SettingsError, StoreError) as exc:
+        print_error(str(exc))
+        return None
+    target = redact_url(forwarder.target.endpoint)
+    if forwarder.queue.durable:
+        print(f"otel-puppy forwarding every span to {target}, queued in {redact_url(settings.store)}", flush=True)
+    else:
+        print(
+            f"warning: forwarding to {target} is not durable on {redact_url(settings.store)}: spans acknowledged "
+            "upstream but not yet accepted downstream are lost if the service stops; use a sqlite:// or redis:// store",
+            file=sys.stderr,
+            flush=True,
+        )
+    forwarder.start()
+    return forwarder
 
 
 def _recorder(args: argparse.Namespace, engine: PolicyEngine) -> SpanRecorder | None:

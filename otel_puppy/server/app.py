@@ -50,6 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import otel_puppy
 from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreCorruptError
+from otel_puppy.forward.sender import Forwarder
 from otel_puppy.health import assess
 from otel_puppy.policies.models import PolicyFile
 from otel_puppy.policies.presence import missing_policies
@@ -152,12 +153,15 @@ def create_app(
     ingest_memory_limit_bytes: int | None = None,
     recorder: SpanRecorder | None = None,
     keyring: Keyring | None = None,
+    forwarder: Forwarder | None = None,
 ) -> FastAPI:
     """The HTTP application over `engine`. Serve it with any ASGI server (uvicorn).
 
     The engine is not closed with the application: its owner closes it. `body_timeout_s` and
     `ingest_memory_limit_bytes` default to the engine's settings of the same names. A `recorder`
     (`otel-puppy serve --record`) appends every accepted OTLP export to its file; its owner closes it.
+    A `forwarder` (`otel-puppy serve --forward-to`) enriches and queues every accepted export for
+    the downstream, and `/readyz` fails while its queue is full; its owner starts and closes it.
     The tokens are `keyring`'s, by default the settings' tokens file (`tokens_path`) and `api_token`;
     while the application is served (its lifespan), the file is polled for changes.
 
@@ -226,6 +230,7 @@ def create_app(
         body_timeout_s=body_timeout,
         memory=memory,
         recorder=recorder,
+        forwarder=forwarder,
     )
 
     @app.post(
@@ -387,7 +392,12 @@ def create_app(
                 problem = f"the store failed a read ({type(exc).__name__}); see the service log"
             else:
                 if state_problem is None:
-                    return JSONResponse({"status": "ready"})
+                    full = None if forwarder is None else await anyio.to_thread.run_sync(forwarder.problem)
+                    if full is None:
+                        return JSONResponse({"status": "ready"})
+                    logger.warning("readiness: %s", full)
+                    problem = "the forward queue is full: the downstream is not accepting spans"
+                    return json_error(503, problem, code="not_ready")
                 logger.warning("readiness: the store's state cannot be trusted: %s", state_problem)
                 problem = "the store's state cannot be read or is damaged; see the service log"
         return json_error(503, problem, code="not_ready")

@@ -644,13 +644,17 @@ def decode_spans(request: ExportTraceServiceRequest, limits: CallLimits = DEFAUL
 
 
 def calls_from_request(
-    request: ExportTraceServiceRequest, max_messages: int = MAX_MESSAGES, limits: CallLimits = DEFAULT_LIMITS
+    request: ExportTraceServiceRequest,
+    max_messages: int = MAX_MESSAGES,
+    limits: CallLimits = DEFAULT_LIMITS,
+    rejected_spans: dict[tuple[int, int], str] | None = None,
 ) -> tuple[list[LLMCall], int, list[str]]:
     """The model calls in a request, how many spans were rejected, and why (at most `max_messages`).
 
     Rejected spans (trace id not 16 non-zero bytes, span id not 8 non-zero bytes, a token count or
     reported cost outside `limits`) belong in the response's `partial_success`; the other spans of
-    the batch are calls as usual. Non-GenAI spans are simply not calls and are not rejected.
+    the batch are calls as usual. Non-GenAI spans are simply not calls and are not rejected. With
+    `rejected_spans`, each rejected span's (trace id, span id) and reason are put in it, all of them.
     """
     calls: list[LLMCall] = []
     rejected = 0
@@ -662,6 +666,8 @@ def calls_from_request(
             rejected += 1
             if len(messages) < max_messages and decoded.problem:
                 messages.append(decoded.problem)
+            if rejected_spans is not None:
+                rejected_spans[(decoded.trace_id, decoded.span_id)] = decoded.problem or "rejected"
     return calls, rejected, messages
 
 

@@ -24,6 +24,8 @@ from starlette.requests import ClientDisconnect
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreCorruptError, StoreError
+from otel_puppy.forward.queue import QueueFull
+from otel_puppy.forward.sender import Forwarder
 from otel_puppy.server.errors import (
     CORRUPT_STORE_MESSAGE,
     PROTOBUF_TYPES,
@@ -69,6 +71,8 @@ MAX_CONCURRENT_INGEST: Final = 8
 INGEST_WAIT_S: Final = 0.05
 """How long an OTLP request waits for a free slot before it is refused with `503` (never queued)."""
 OVERLOAD_RETRY_AFTER_S: Final = 1
+FORWARD_RETRY_AFTER_S: Final = 5
+"""After a full forward queue: the downstream is away, and a retry every second would not help it."""
 MEMORY_RETRY_AFTER_S: Final = 1
 
 _OTLP_TYPES: Final = PROTOBUF_TYPES | {JSON}
@@ -91,6 +95,8 @@ class TraceReceiver:
     trickle or stall their bodies cannot starve the others. Before decoding, the request reserves
     an upper bound of what decoding allocates (`server/memory.py`). With a `recorder`, every
     batch applied is also appended to its file (`server/record.py`); recording never fails a batch.
+    With a `forwarder`, every batch applied is enriched and queued for the downstream before its
+    `200` (`forward/sender.py`); a full queue is `503` before anything is applied.
     """
 
     def __init__(
@@ -103,9 +109,11 @@ class TraceReceiver:
         body_timeout_s: float,
         memory: MemoryLimiter,
         recorder: SpanRecorder | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.engine = engine
         self.recorder = recorder
+        self.forwarder = forwarder
         self.max_body_bytes = max_body_bytes
         self.wait_s = wait_s
         self.body_timeout_s = body_timeout_s
@@ -153,6 +161,14 @@ class TraceReceiver:
                 return otlp_status(408, RPC_DEADLINE_EXCEEDED, message, reply_type, {"Connection": "close"})
             except MemoryFull as exc:
                 return self._memory_full(exc, reply_type)
+            except QueueFull:
+                _LOG.warning("traces:forward-full", "OTLP export refused: the forward queue is full")
+                message = (
+                    "the forward queue is full (the downstream is not accepting spans); nothing was applied; "
+                    "retry after the Retry-After interval"
+                )
+                retry = {"Retry-After": str(FORWARD_RETRY_AFTER_S)}
+                return otlp_status(503, RPC_UNAVAILABLE, message, reply_type, retry)
             except _TooLarge:
                 return self._too_large(reply_type)
             except OtlpDecodeError as exc:
@@ -221,6 +237,9 @@ class TraceReceiver:
         """
         raw = holder.pop()
         received = len(raw)
+        forwarder = self.forwarder
+        if forwarder is not None and not forwarder.room(received):
+            raise QueueFull("no room for the batch")
         body = _inflate(raw, encoding, self.max_body_bytes, lambda size: reservation.grow_to(received + size))
         del raw
         if not body:
@@ -228,21 +247,25 @@ class TraceReceiver:
         reservation.grow_to(decode_cost(body, media_type(content_type) == JSON))
         request = decode_traces(body, content_type)  # protobuf and `json` read a bytearray as they read bytes
         del body
+        rejected_spans: dict[tuple[int, int], str] | None = {} if forwarder is not None else None
         calls, rejected, problems = calls_from_request(
-            request, max_messages=_MAX_MESSAGES, limits=self.engine.settings.call_limits
+            request, max_messages=_MAX_MESSAGES, limits=self.engine.settings.call_limits, rejected_spans=rejected_spans
         )
         if scope:  # a scoped ingest token: its scope on every call, whatever the span claims
             calls = [stamp(call, scope) for call in calls]
         # Encoded now, written once applied: only accepted batches are recorded.
         record = self.recorder.encode(request) if self.recorder is not None else None
-        del request
+        if forwarder is None:
+            del request  # nothing else needs it: freed before the store round trip
         warnings: list[str] = []
-        if calls:
-            for observation in self.engine.observe_many(calls):
-                call = observation.call
-                if observation.result is ApplyResult.APPLIED and call.problems and len(warnings) < _MAX_MESSAGES:
-                    span = f"span {call.trace_id:032x}/{call.span_id:016x}"
-                    warnings.append(f"{span} counted but not priced: {', '.join(call.problems)}")
+        observations = self.engine.observe_many(calls) if calls else []
+        for observation in observations:
+            call = observation.call
+            if observation.result is ApplyResult.APPLIED and call.problems and len(warnings) < _MAX_MESSAGES:
+                span = f"span {call.trace_id:032x}/{call.span_id:016x}"
+                warnings.append(f"{span} counted but not priced: {', '.join(call.problems)}")
+        if forwarder is not None:  # applied: now queued for the downstream, before the 200
+            forwarder.accept(request, observations, rejected_spans or {})
         if rejected:
             self.engine.metrics.record_spans("rejected", rejected)
         if self.recorder is not None:

@@ -42,10 +42,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.windows import RollingWindow, Window
+
+if TYPE_CHECKING:
+    from otel_puppy.forward.queue import ForwardQueue
 
 logger = logging.getLogger("otel_puppy")
 
@@ -584,6 +587,15 @@ class Store(Protocol):
     def health(self) -> StoreHealth:
         """What the store found wrong with its state: saturated counters, unreadable values, a
         damaged file (`problem`: readiness fails while it is set)."""
+        ...
+
+    def forward_queue(self, max_bytes: int) -> ForwardQueue:
+        """A queue of OTLP batches for the downstream (`otel-puppy serve --forward-to`), kept where this
+        store keeps its state (durable when the store is), bounded at `max_bytes`; its owner closes it.
+
+        Raises:
+            StoreError: the queue cannot be opened.
+        """
         ...
 
     def close(self) -> None: ...

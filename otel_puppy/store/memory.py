@@ -21,6 +21,7 @@ from operator import itemgetter
 from typing import Final
 
 from otel_puppy.exceptions import StoreError
+from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.store.base import (
     CEILING,
     Admission,
@@ -568,6 +569,11 @@ class MemoryStore:
 
     def health(self) -> StoreHealth:
         return self._report.health()
+
+    def forward_queue(self, max_bytes: int) -> ForwardQueue:
+        """In this process's memory, like the rest of this store: lost when it exits."""
+
+        return MemoryQueue(max_bytes)
 
     def close(self) -> None:
         pass

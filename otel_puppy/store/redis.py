@@ -49,6 +49,8 @@ from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from otel_puppy.exceptions import StoreError
+from otel_puppy.forward.queue import ForwardQueue
+from otel_puppy.forward.redis_queue import RedisQueue
 from otel_puppy.settings import redact_url
 from otel_puppy.store.base import (
     CEILING,
@@ -930,6 +932,11 @@ class RedisStore:
         """Raise `StoreError` unless Redis answers now (readiness)."""
         with self._call("ping"):
             self._client.ping()
+
+    def forward_queue(self, max_bytes: int) -> ForwardQueue:
+        """A stream under this store's prefix, shared by every replica (`forward/redis_queue.py`)."""
+
+        return RedisQueue(self._client, self.prefix, max_bytes)
 
     def close(self) -> None:
         """Close the connections (idempotent); Redis keeps the state."""

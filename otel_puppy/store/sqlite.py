@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from otel_puppy.exceptions import StoreCorruptError, StoreError
+from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
+from otel_puppy.forward.sqlite_queue import SQLiteQueue
 from otel_puppy.store.base import (
     CEILING,
     Admission,
@@ -746,6 +748,13 @@ class SQLiteStore:
 
     def health(self) -> StoreHealth:
         return self._report.health()
+
+    def forward_queue(self, max_bytes: int) -> ForwardQueue:
+        """In the store's file (its own tables and connection); in memory for `sqlite://`."""
+
+        if self.path == ":memory:":
+            return MemoryQueue(max_bytes)
+        return SQLiteQueue(self.path, max_bytes)
 
     def close(self) -> None:
         """Close the connection (idempotent); the file keeps everything for the next open."""

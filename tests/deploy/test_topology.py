@@ -4,8 +4,9 @@
 against each other: every image pinned, every mounted file present, every Collector pipeline
 complete with `memory_limiter` first, the load balancer routing by trace id to exactly the
 replicas' Collectors, each of which forwards to its replica's port with retries and a queue,
-and Prometheus scraping every replica (checked by `promtool check config`). The same topology
-runs for real, on loopback, in tests/test_scale_out.py.
+the replicas passing every span on to Jaeger from a durable queue, every `OTEL_PUPPY_*` variable
+one otel_puppy reads, and Prometheus scraping every replica (checked by `promtool check config`).
+The same topology runs for real, on loopback, in tests/test_scale_out.py.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from ruamel.yaml import YAML
 
+from otel_puppy.settings import PuppySettings
 from tests._programs import require_program
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = ("otel-puppy-1", "otel-puppy-2")
 SERVE_PORT = 4319
+JAEGER_OTLP_HTTP = 4318
+JAEGER_UI = 16686
 
 
 def load(path: Path) -> Any:
@@ -58,6 +63,7 @@ def test_compose_runs_the_whole_stack(compose: dict[str, Any]) -> None:
         "prometheus",
         "grafana",
         "tokens",
+        "jaeger",
     }
 
 
@@ -111,6 +117,7 @@ def test_replicas_share_redis_and_need_a_token(compose: dict[str, Any]) -> None:
         assert service["depends_on"] == {
             "redis": {"condition": "service_healthy"},
             "tokens": {"condition": "service_completed_successfully"},
+            "jaeger": {"condition": "service_started"},  # not healthy: the forward queue waits for it
         }
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
     redis = compose["services"]["redis"]
@@ -119,6 +126,31 @@ def test_replicas_share_redis_and_need_a_token(compose: dict[str, Any]) -> None:
         "./grafana/provisioning:/etc/grafana/provisioning:ro",
         "./grafana/dashboards:/var/lib/grafana/dashboards:ro",
     ]
+
+
+def test_replicas_pass_every_span_on_to_jaeger_from_a_durable_queue(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in REPLICAS:
+        env = services[name]["environment"]
+        url = urlsplit(env["OTEL_PUPPY_FORWARD_URL"])
+        assert (url.scheme, url.hostname, url.port, url.path) == ("http", "jaeger", JAEGER_OTLP_HTTP, "")
+        settings = PuppySettings.load(forward_url=env["OTEL_PUPPY_FORWARD_URL"], store=env["OTEL_PUPPY_STORE"])
+        assert settings.forward_url == f"http://jaeger:{JAEGER_OTLP_HTTP}"
+        # the forward queue lives in the store: a Redis stream here (append-only), never memory://
+        assert settings.store.startswith(("redis://", "sqlite:///"))
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/jaeger:2.")  # v2: OTLP on 0.0.0.0:4318 in its image
+    # the UI only: the host's OTLP ports are the Collector's, and spans must reach Jaeger through otel_puppy
+    assert jaeger["ports"] == [f"{JAEGER_UI}:{JAEGER_UI}"]
+    assert "OTEL_PUPPY_FORWARD_URL" not in services["fleet"]["environment"]
+
+
+def test_every_otel_puppy_variable_in_compose_is_a_setting(compose: dict[str, Any]) -> None:
+    known = {f"OTEL_PUPPY_{name.upper()}" for name in PuppySettings.model_fields}
+    for name, service in compose["services"].items():
+        if service["image"].startswith("otel-puppy:"):
+            given = {key for key in service.get("environment", {}) if key.startswith("OTEL_PUPPY_")}
+            assert given - known == set(), f"{name} sets variables otel_puppy does not read"
 
 
 def _pipeline_components_are_defined(config: dict[str, Any]) -> dict[str, Any]:
