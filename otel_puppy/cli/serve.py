@@ -209,11 +209,11 @@ def _forwarder(settings: PuppySettings, engine: PolicyEngine) -> Forwarder | Non
     from otel_puppy.settings import redact_url
 
     try:
-        forwarder = Forwarder.from_settings(settings, engine.store, engine.registry)
+        forwarder = Forwarder.from_settings(settings, engine)
     except (SettingsError, StoreError) as exc:
         print_error(str(exc))
         return None
-    target = redact_url(forwarder.target.endpoint)
+    target = str(forwarder.target)
     if forwarder.queue.durable:
         print(f"otel-puppy forwarding every span to {target}, queued in {redact_url(settings.store)}", flush=True)
     else:

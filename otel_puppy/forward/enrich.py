@@ -34,10 +34,12 @@ __all__ = (
     "RUN_CALLS",
     "RUN_COST",
     "UNPRICED_REASON",
+    "RunCost",
     "RunCosts",
     "call_attributes",
     "is_run",
     "price_version",
+    "run_attributes",
 )
 
 COST_AMOUNT: Final = "gen_ai.usage.cost.amount"
@@ -70,7 +72,7 @@ def call_attributes(price: Price, present: Container[str]) -> list[tuple[str, fl
         added = [(UNPRICED_REASON, price.unpriced_reason or "unpriced")]
     else:
         amount = float(price.exact_usd or 0)
-        if COST_AMOUNT in present:
+        if COST_AMOUNT in present or COST_CURRENCY in present:  # the span's own cost, or its currency
             added = [(OUR_COST_AMOUNT, amount)]
         else:
             added = [(COST_AMOUNT, amount), (COST_CURRENCY, "USD"), (COST_SOURCE, "local")]
@@ -80,12 +82,17 @@ def call_attributes(price: Price, present: Container[str]) -> list[tuple[str, fl
 
 def is_run(attributes: Mapping[str, object]) -> bool:
     """An agent run (or workflow) span, in any convention: the GenAI conventions' `invoke_agent`,
-    OpenInference's `AGENT` span kind, OpenLLMetry's `agent`/`workflow` span kinds."""
-    return (
-        attributes.get(semconv.OPERATION[0]) in _RUN_OPERATIONS
-        or attributes.get(semconv.OPENINFERENCE_KIND) in _RUN_OPENINFERENCE
-        or attributes.get(semconv.TRACELOOP_KIND) in _RUN_TRACELOOP
+    OpenInference's `AGENT` span kind, OpenLLMetry's `agent`/`workflow` span kinds. Not logfire's
+    pending copy of a span still running; only text values are compared (a list is never a run)."""
+    return attributes.get(semconv.LOGFIRE_SPAN_TYPE) != semconv.LOGFIRE_PENDING and (
+        _text_in(attributes.get(semconv.OPERATION[0]), _RUN_OPERATIONS)
+        or _text_in(attributes.get(semconv.OPENINFERENCE_KIND), _RUN_OPENINFERENCE)
+        or _text_in(attributes.get(semconv.TRACELOOP_KIND), _RUN_TRACELOOP)
     )
+
+
+def _text_in(value: object, names: frozenset[str]) -> bool:
+    return isinstance(value, str) and value in names
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,28 +148,41 @@ class RunCosts:
                 _, dropped = self._calls.popitem(last=False)
                 self._call_count -= len(dropped)
 
+    def sums(self, runs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], RunCost]:
+        """The counted calls beneath each run span, (trace id, span id), summed.
+
+        One walk up from each call of a trace serves every run of that trace asked at once: a batch
+        of many run spans costs what one does (at most `max_calls` x `max_depth` steps a trace).
+        A call beneath two nested runs (a sub-agent's) counts in both."""
+        wanted: dict[int, set[int]] = {}
+        for trace_id, span_id in runs:
+            wanted.setdefault(trace_id, set()).add(span_id)
+        found: dict[tuple[int, int], RunCost] = {}
+        with self._lock:
+            parents = self._parents
+            for trace_id, run_ids in wanted.items():
+                nanos = dict.fromkeys(run_ids, 0)
+                counts = dict.fromkeys(run_ids, 0)
+                calls = self._calls.get(trace_id, {})
+                for call_id, cost in calls.items():
+                    node = call_id
+                    for _ in range(self.max_depth):
+                        parent = parents.get((trace_id, node))
+                        if parent is None or parent in calls:
+                            break  # the trace's root, or nested in a call that is summed instead
+                        if parent in nanos:
+                            nanos[parent] += cost
+                            counts[parent] += 1
+                        node = parent
+                found.update(((trace_id, run), RunCost(nanos[run], counts[run])) for run in run_ids)
+        return found
+
     def run(self, trace_id: int, span_id: int) -> RunCost:
         """The counted calls beneath the span `span_id` of `trace_id`, summed."""
-        with self._lock:
-            calls = self._calls.get(trace_id)
-            if not calls:
-                return RunCost(0, 0)
-            parents = self._parents
-            nanos = count = 0
-            for call_id, cost in calls.items():
-                node = call_id
-                for _ in range(self.max_depth):
-                    parent = parents.get((trace_id, node))
-                    if parent is None or parent in calls:
-                        break  # not beneath the run, or nested in a call that is summed instead
-                    if parent == span_id:
-                        nanos += cost
-                        count += 1
-                        break
-                    node = parent
-            return RunCost(nanos, count)
+        return self.sums([(trace_id, span_id)])[(trace_id, span_id)]
 
-    def run_attributes(self, trace_id: int, span_id: int, present: Container[str]) -> list[tuple[str, float | int]]:
-        cost = self.run(trace_id, span_id)
-        added: list[tuple[str, float | int]] = [(RUN_COST, cost.nanos / 1e9), (RUN_CALLS, cost.calls)]
-        return [(key, value) for key, value in added if key not in present]
+
+def run_attributes(cost: RunCost, present: Container[str]) -> list[tuple[str, float | int]]:
+    """The attributes a run span gains for `cost`, none of them among `present`."""
+    added: list[tuple[str, float | int]] = [(RUN_COST, cost.nanos / 1e9), (RUN_CALLS, cost.calls)]
+    return [(key, value) for key, value in added if key not in present]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -29,7 +29,7 @@ from opentelemetry.util.types import AttributeValue
 from otel_puppy import semconv
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.calls import LLMCall, extract_call, is_genai_span
-from otel_puppy.forward.enrich import REJECTED, RunCosts, call_attributes, is_run
+from otel_puppy.forward.enrich import REJECTED, RunCosts, call_attributes, is_run, run_attributes
 
 if TYPE_CHECKING:
     from otel_puppy.engine import PolicyEngine
@@ -42,7 +42,6 @@ _LOG: Final = RateLimitedLog(logger)
 
 OPERATION_COST: Final = semconv.REPORTED_COST[0]
 """logfire's and pydantic-ai's cost attribute (USD, a double), which Logfire shows and sums."""
-_RUN_KEYS: Final = (semconv.OPERATION[0], semconv.OPENINFERENCE_KIND, semconv.TRACELOOP_KIND)
 
 _Added = list[tuple[str, AttributeValue]]
 _Link = tuple[int, int, int]
@@ -124,8 +123,7 @@ class EnrichingSpanExporter(SpanExporter):
                 call = extract_call(read, limits)  # None for a logfire pending span, an agent run, a tool...
                 if call is not None:
                     calls.append((index, read, call, None if call.rejected is not None else pricer.price(call)))
-            pending = attributes.get(semconv.LOGFIRE_SPAN_TYPE) == semconv.LOGFIRE_PENDING
-            if call is None and not pending and _is_run(attributes):
+            if call is None and is_run(attributes):
                 runs.append((index, context.trace_id, context.span_id))
         # Every parent in a trace with a call (a batch of tools links a later run to its calls) and
         # every priced call of the batch first: a run's calls may be in the same batch.
@@ -139,8 +137,9 @@ class EnrichingSpanExporter(SpanExporter):
         for index, readable, call, price in calls:
             if added := self._call_attributes(readable, call, price):
                 enriched[index] = _Enriched(readable, added)
+        sums = self.runs.sums((trace_id, span_id) for _, trace_id, span_id in runs)
         for index, trace_id, span_id in runs:
-            if gained := self.runs.run_attributes(trace_id, span_id, spans[index].attributes or {}):
+            if gained := run_attributes(sums[(trace_id, span_id)], spans[index].attributes or {}):
                 enriched[index] = _Enriched(spans[index], gained)
         return enriched
 
@@ -163,11 +162,6 @@ class EnrichingSpanExporter(SpanExporter):
         if self.operation_cost and price.exact_usd is not None and OPERATION_COST not in present:
             added.append((OPERATION_COST, float(price.exact_usd)))
         return added
-
-
-def _is_run(attributes: Mapping[str, object]) -> bool:
-    # Only text values are compared: a list-valued attribute (unhashable) is not a run, never an error.
-    return is_run({key: value for key in _RUN_KEYS if isinstance(value := attributes.get(key), str)})
 
 
 class _Enriched(ReadableSpan):

@@ -7,7 +7,6 @@ every span, resource and scope goes on as it came, GenAI or not, counted or refu
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -16,10 +15,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_puppy import semconv
-from otel_puppy.forward.enrich import REJECTED, RunCosts, call_attributes, is_run
+from otel_puppy.forward.enrich import REJECTED, RunCosts, call_attributes, is_run, run_attributes
 from otel_puppy.pricing import Price
 
-__all__ = ("SpanKey", "enrich_request", "gzip_body")
+__all__ = ("SpanKey", "enrich_request")
 
 SpanKey = tuple[int, int]
 """(trace id, span id) as integers."""
@@ -54,16 +53,20 @@ def enrich_request(
     runs.link(links)
     for (trace_id, span_id), nanos in counted.items():
         runs.count(trace_id, span_id, nanos)
+    run_keys: list[SpanKey] = []
     for key, span in spans:
         price = priced.get(key)
         if price is not None:
             _append(span, call_attributes(price, {kv.key for kv in span.attributes}))
         elif key in rejected:
             _append(span, [(REJECTED, rejected[key])] if all(kv.key != REJECTED for kv in span.attributes) else [])
-        elif _RUN_KEYS.intersection(kv.key for kv in span.attributes):
-            attributes = {kv.key: kv.value.string_value for kv in span.attributes if kv.key in _RUN_KEYS}
-            if is_run(attributes) and attributes.get(semconv.LOGFIRE_SPAN_TYPE) != semconv.LOGFIRE_PENDING:
-                _append(span, runs.run_attributes(key[0], key[1], {kv.key for kv in span.attributes}))
+        elif is_run({kv.key: kv.value.string_value for kv in span.attributes if kv.key in _RUN_KEYS}):
+            run_keys.append(key)
+    if run_keys:
+        sums = runs.sums(run_keys)
+        for key, span in spans:
+            if key in sums:
+                _append(span, run_attributes(sums[key], {kv.key for kv in span.attributes}))
     return len(spans)
 
 
@@ -75,9 +78,3 @@ def _append(span: Span, attributes: Sequence[tuple[str, float | int | str]]) -> 
             span.attributes.add(key=key, value=AnyValue(int_value=value))
         else:
             span.attributes.add(key=key, value=AnyValue(double_value=value))
-
-
-def gzip_body(body: bytes, level: int = 6) -> bytes:
-    """`body` as one gzip member (`Content-Encoding: gzip`)."""
-    packer = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return packer.compress(body) + packer.flush()

@@ -83,6 +83,10 @@ class RedisQueue:
             raise StoreError(f"redis forward queue: {doing}: {type(exc).__name__}: {exc}") from exc
 
     def room(self, size: int) -> bool:
+        if self._bytes + size <= self.max_bytes:
+            return True
+        with self._failing("read"):  # the cached size may be another replica's drain behind
+            self._bytes = int(self._client.get(self._size) or 0)
         return self._bytes + size <= self.max_bytes
 
     def put(self, body: bytes, spans: int) -> None:

@@ -18,19 +18,21 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import enum
+import gzip
 import logging
 import random
+import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.util.re import parse_env_headers
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -38,12 +40,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.exceptions import SettingsError, StoreError
 from otel_puppy.forward.enrich import RunCosts
-from otel_puppy.forward.otlp import SpanKey, enrich_request, gzip_body
+from otel_puppy.forward.otlp import SpanKey, enrich_request
 from otel_puppy.forward.queue import Claimed, ForwardQueue
+from otel_puppy.metrics import Metrics
 from otel_puppy.pricing import Price
-from otel_puppy.settings import PuppySettings
+from otel_puppy.settings import PuppySettings, redact_url
 from otel_puppy.snapshot import Observation
-from otel_puppy.store.base import ApplyResult, Store
+from otel_puppy.store.base import ApplyResult
+
+if TYPE_CHECKING:
+    from otel_puppy.engine import PolicyEngine
 
 __all__ = ("INITIAL_BACKOFF_S", "MAX_BACKOFF_S", "ForwardTarget", "Forwarder")
 
@@ -56,7 +62,11 @@ MAX_BACKOFF_S: Final = 30.0
 FULL_FRACTION: Final = 0.95
 """`/readyz` fails while the queue holds more than this fraction of its bound."""
 _RETRYABLE: Final = frozenset({429, 502, 503, 504})
+MAX_REPLY_BYTES: Final = 64 * 1024
+"""Of a downstream's reply, what is read: an `ExportTraceServiceResponse` is a few bytes."""
 _PROTOBUF: Final = "application/x-protobuf"
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+"""A header name (RFC 9110 `token`), lower-cased."""
 
 
 class ForwardTarget:
@@ -64,14 +74,17 @@ class ForwardTarget:
 
     def __init__(self, url: str, headers: Mapping[str, str], *, gzip: bool = True, timeout_s: float = 10.0) -> None:
         self.endpoint = url.rstrip("/") + "/v1/traces"
-        self.headers = {"Content-Type": _PROTOBUF, **dict(headers)}
+        self.headers = {"Content-Type": _PROTOBUF, "Accept-Encoding": "identity", **dict(headers)}
         if gzip:
             self.headers["Content-Encoding"] = "gzip"
         self.gzip = gzip
         self.timeout_s = timeout_s
 
-    def __repr__(self) -> str:  # headers hold credentials: never shown
-        return f"ForwardTarget({self.endpoint!r}, gzip={self.gzip})"
+    def __str__(self) -> str:  # headers and URL credentials are never shown
+        return redact_url(self.endpoint)
+
+    def __repr__(self) -> str:
+        return f"ForwardTarget({str(self)!r}, gzip={self.gzip})"
 
 
 class _Outcome(enum.Enum):
@@ -88,6 +101,7 @@ class Forwarder:
         self,
         target: ForwardTarget,
         queue: ForwardQueue,
+        metrics: Metrics,
         registry: CollectorRegistry,
         *,
         max_bytes: int,
@@ -95,6 +109,8 @@ class Forwarder:
     ) -> None:
         self.target = target
         self.queue = queue
+        self.metrics = metrics
+        """The engine's: where an internal error of the delivery thread is counted."""
         self.max_bytes = max_bytes
         self.runs = RunCosts()
         self._client = httpx.Client(timeout=target.timeout_s, transport=transport, follow_redirects=False)
@@ -119,8 +135,8 @@ class Forwarder:
         registry.register(_QueueCollector(self))
 
     @classmethod
-    def from_settings(cls, settings: PuppySettings, store: Store, registry: CollectorRegistry) -> Forwarder:
-        """The forwarder `forward_url` asks for, its queue in `store` (not started).
+    def from_settings(cls, settings: PuppySettings, engine: PolicyEngine) -> Forwarder:
+        """The forwarder `forward_url` asks for, its queue in the engine's store (not started).
 
         Raises:
             SettingsError: `forward_url` is unset, or `forward_headers` cannot be read.
@@ -129,18 +145,15 @@ class Forwarder:
         if settings.forward_url is None:
             raise SettingsError("OTEL_PUPPY_FORWARD_URL is not set")
         headers = settings.forward_headers.get_secret_value() if settings.forward_headers is not None else ""
-        parsed = parse_env_headers(headers, liberal=True)
-        if headers.strip() and not parsed:
-            raise SettingsError("OTEL_PUPPY_FORWARD_HEADERS: expected key=value pairs separated by commas")
         target = ForwardTarget(
             settings.forward_url,
-            parsed,
+            parse_headers(headers),
             gzip=settings.forward_compression == "gzip",
             timeout_s=settings.forward_timeout_s,
         )
-        queue = store.forward_queue(settings.forward_queue_max_bytes)
+        queue = engine.store.forward_queue(settings.forward_queue_max_bytes)
         queue.lease_s = lease_for(settings.forward_timeout_s)
-        return cls(target, queue, registry, max_bytes=settings.forward_queue_max_bytes)
+        return cls(target, queue, engine.metrics, engine.registry, max_bytes=settings.forward_queue_max_bytes)
 
     # --- the receiver's side ---------------------------------------------------------------------
 
@@ -168,7 +181,7 @@ class Forwarder:
         spans = enrich_request(request, priced, counted, rejected, self.runs)
         body = request.SerializeToString()
         if self.target.gzip:
-            body = gzip_body(body)
+            body = gzip.compress(body, compresslevel=6, mtime=0)
         self.queue.put(body, spans)
         self._spans.labels("queued").inc(spans)
         self._wake.set()
@@ -200,27 +213,34 @@ class Forwarder:
         self.queue.close()
 
     def _run(self) -> None:
-        backoff = INITIAL_BACKOFF_S
+        """Deliver until closed. Nothing stops it: an error of ours is counted and the batch retried
+        after a back-off (acknowledged batches wait in the queue, they are never dropped for it)."""
         while not self._stop.is_set():
             try:
-                claimed = self.queue.claim(time.time())
+                self._deliver_one()
             except StoreError as exc:
-                _LOG.warning("forward:claim", "forward queue unreadable, retrying: %s", exc)
+                _LOG.warning("forward:store", "forward queue unusable, retrying: %s", exc)
                 self._stop.wait(1.0)
-                continue
-            if claimed is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            while not self._stop.is_set():
-                outcome, wait_s = self._send(claimed)
-                if outcome is not _Outcome.RETRY:
-                    self._finish(claimed)
-                    backoff = INITIAL_BACKOFF_S
-                    break
-                delay = min(MAX_BACKOFF_S, wait_s if wait_s is not None else backoff * random.uniform(0.5, 1.0))
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
-                self._wait_holding(claimed, delay)
+            except Exception:
+                self.metrics.record_internal_error("forward.sender")
+                _LOG.error("forward:internal", "otel_puppy internal error forwarding a batch", exc_info=True)
+                self._stop.wait(MAX_BACKOFF_S)
+
+    def _deliver_one(self) -> None:
+        claimed = self.queue.claim(time.time())
+        if claimed is None:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            return
+        backoff = INITIAL_BACKOFF_S
+        while not self._stop.is_set():
+            outcome, wait_s = self._send(claimed)
+            if outcome is not _Outcome.RETRY:
+                self._finish(claimed)
+                return
+            delay = min(MAX_BACKOFF_S, wait_s if wait_s is not None else backoff * random.uniform(0.5, 1.0))
+            backoff = min(MAX_BACKOFF_S, backoff * 2)
+            self._wait_holding(claimed, delay)
 
     def _wait_holding(self, claimed: Claimed, delay: float) -> None:
         """Wait `delay` before the next attempt, renewing the claim so no other replica takes it; the
@@ -241,16 +261,20 @@ class Forwarder:
             _LOG.warning("forward:done", "forward queue could not drop a delivered batch: %s", exc)
 
     def _send(self, claimed: Claimed) -> tuple[_Outcome, float | None]:
+        """One attempt; the reply is read raw (not inflated), at most `MAX_REPLY_BYTES`, and the whole
+        attempt within the timeout, so no downstream can hold memory or the thread."""
         target = self.target
+        deadline = time.monotonic() + target.timeout_s
         try:
-            response = self._client.post(target.endpoint, content=claimed.body, headers=target.headers)
+            with self._client.stream("POST", target.endpoint, content=claimed.body, headers=target.headers) as response:
+                reply = _bounded_reply(response, deadline)
         except httpx.HTTPError as exc:
             self._retries.labels("connection").inc()
-            _LOG.warning("forward:connect", "forwarding to %s failed, retrying: %s", target.endpoint, exc)
+            _LOG.warning("forward:connect", "forwarding to %s failed, retrying: %s", target, type(exc).__name__)
             return _Outcome.RETRY, None
         status = response.status_code
         if 200 <= status < 300:
-            rejected = _rejected_spans(response)
+            rejected = min(claimed.spans, _rejected_spans(response.headers, reply))
             self._spans.labels("forwarded").inc(claimed.spans - rejected)
             if rejected:
                 self._spans.labels("rejected").inc(rejected)
@@ -262,13 +286,37 @@ class Forwarder:
         self._spans.labels("failed").inc(claimed.spans)
         _LOG.error(
             f"forward:{status}",
-            "the downstream %s refused a batch of %d spans with HTTP %d (not retried): %s",
-            target.endpoint,
+            "the downstream %s refused a batch of %d spans with HTTP %d (not retried): %r",
+            target,
             claimed.spans,
             status,
-            response.text[:200],
+            reply[:200],
         )
         return _Outcome.REFUSED, None
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """`OTEL_EXPORTER_OTLP_HEADERS`' format: `key=value` pairs separated by commas, values URL-encoded.
+    Strict where the SDK's parser is lenient: it logs a malformed pair as it is (a token in the log)
+    and drops it; this refuses the setting, naming only the pair's position and key.
+
+    Raises:
+        SettingsError: a pair without `=`, an empty or non-token key, or a value that is not ASCII text.
+    """
+    headers: dict[str, str] = {}
+    for position, pair in enumerate(text.split(","), 1):
+        if not pair.strip():
+            continue
+        key, found, value = pair.partition("=")
+        key = key.strip().lower()
+        where = f"OTEL_PUPPY_FORWARD_HEADERS: pair {position}"
+        if not found or not _TOKEN.fullmatch(key):
+            raise SettingsError(f"{where}: expected key=value with a header name as the key")
+        value = urllib.parse.unquote(value.strip())
+        if not value.isascii() or not value.isprintable():
+            raise SettingsError(f"{where} ({key}): the value must be printable ASCII once URL-decoded")
+        headers[key] = value
+    return headers
 
 
 def lease_for(timeout_s: float) -> float:
@@ -283,7 +331,7 @@ def retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()[:64]
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # `isdigit` alone takes "²", which `float` refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -292,16 +340,29 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _rejected_spans(response: httpx.Response) -> int:
-    """`partial_success.rejected_spans` of a protobuf `ExportTraceServiceResponse` (0 otherwise)."""
-    if not response.content or not response.headers.get("content-type", "").startswith(_PROTOBUF):
-        return 0
-    reply = ExportTraceServiceResponse()
+def _bounded_reply(response: httpx.Response, deadline: float) -> bytes:
+    """At most `MAX_REPLY_BYTES` of the reply as sent (never inflated), read until `deadline`."""
+    reply = bytearray()
     try:
-        reply.ParseFromString(response.content[: 1 << 20])
-    except Exception:  # a reply we cannot read is still a success
+        for chunk in response.iter_raw():
+            reply += chunk[: MAX_REPLY_BYTES - len(reply)]
+            if len(reply) >= MAX_REPLY_BYTES or time.monotonic() > deadline:
+                break
+    except httpx.StreamConsumed:  # a transport that read the reply already (an in-process one)
+        return response.content[:MAX_REPLY_BYTES]
+    return bytes(reply)
+
+
+def _rejected_spans(headers: httpx.Headers, reply: bytes) -> int:
+    """`partial_success.rejected_spans` of a protobuf `ExportTraceServiceResponse` (0 otherwise)."""
+    if not reply or not headers.get("content-type", "").startswith(_PROTOBUF) or headers.get("content-encoding"):
         return 0
-    return max(0, int(reply.partial_success.rejected_spans))
+    answer = ExportTraceServiceResponse()
+    try:
+        answer.ParseFromString(reply)
+    except Exception:  # a reply we cannot read (or cut at MAX_REPLY_BYTES) is still a success
+        return 0
+    return max(0, int(answer.partial_success.rejected_spans))
 
 
 class _QueueCollector(Collector):

@@ -65,10 +65,11 @@ class SQLiteQueue:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # a failed COMMIT (a full disk) leaves it open too
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     def _size(self) -> int:
         with self._lock, self._failing("read"):
@@ -76,6 +77,9 @@ class SQLiteQueue:
         return int(row[0]) if row else 0
 
     def room(self, size: int) -> bool:
+        if self._bytes + size <= self.max_bytes:
+            return True
+        self._bytes = self._size()  # the cached size may be another process's drain behind
         return self._bytes + size <= self.max_bytes
 
     def put(self, body: bytes, spans: int) -> None:

@@ -87,6 +87,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _AppliedNotQueued(Exception):
+    """The batch was applied, then could not be queued for the downstream: a retry is counted once."""
+
+
 class TraceReceiver:
     """`POST /v1/traces`: bounded reads, incremental inflation, decode and apply off the event loop.
 
@@ -161,6 +165,14 @@ class TraceReceiver:
                 return otlp_status(408, RPC_DEADLINE_EXCEEDED, message, reply_type, {"Connection": "close"})
             except MemoryFull as exc:
                 return self._memory_full(exc, reply_type)
+            except _AppliedNotQueued as exc:
+                _LOG.warning("traces:forward-put", "OTLP export applied but not queued for the downstream: %s", exc)
+                message = (
+                    "the batch was counted but could not be queued for the downstream; retry after the "
+                    "Retry-After interval (it will not be counted twice)"
+                )
+                retry = {"Retry-After": str(FORWARD_RETRY_AFTER_S)}
+                return otlp_status(503, RPC_UNAVAILABLE, message, reply_type, retry)
             except QueueFull:
                 _LOG.warning("traces:forward-full", "OTLP export refused: the forward queue is full")
                 message = (
@@ -265,7 +277,10 @@ class TraceReceiver:
                 span = f"span {call.trace_id:032x}/{call.span_id:016x}"
                 warnings.append(f"{span} counted but not priced: {', '.join(call.problems)}")
         if forwarder is not None:  # applied: now queued for the downstream, before the 200
-            forwarder.accept(request, observations, rejected_spans or {})
+            try:
+                forwarder.accept(request, observations, rejected_spans or {})
+            except (QueueFull, StoreError) as exc:  # `room` said yes, and another batch took it first
+                raise _AppliedNotQueued(str(exc)) from exc
         if rejected:
             self.engine.metrics.record_spans("rejected", rejected)
         if self.recorder is not None:

@@ -7,9 +7,7 @@ import itertools
 import os
 import signal
 import sqlite3
-from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,7 +31,6 @@ from otel_puppy.store.base import (
     Store,
     clamp,
     fullest_states,
-    open_store,
 )
 from otel_puppy.store.sqlite import SQLiteStore
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
@@ -46,20 +43,6 @@ T0 = datetime(2026, 3, 10, 12, tzinfo=UTC).timestamp()  # noon, on a sub-bucket 
 STEP = 60.0
 
 APPLIED, DUPLICATE, NESTED = ApplyResult.APPLIED, ApplyResult.DUPLICATE, ApplyResult.NESTED
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Each backend, opened by its URL as a deployment opens it: a new backend adds one line here."""
-    urls: dict[str, Callable[[], str]] = {
-        "memory": lambda: "memory://",
-        "sqlite": lambda: f"sqlite:///{tmp_path / 'state.db'}",
-        "redis": lambda: request.getfixturevalue("redis_url"),
-        "redis-cluster": lambda: request.getfixturevalue("redis_cluster_url"),
-    }
-    store = open_store(urls[request.param]())
-    yield store
-    store.close()
 
 
 def rec(

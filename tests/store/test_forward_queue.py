@@ -4,7 +4,7 @@ order, the byte bound, claims and their leases, durability where the store is du
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,19 +15,6 @@ from otel_puppy.store.base import Store, open_store
 
 KIB = 1024
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    urls: dict[str, Callable[[], str]] = {
-        "memory": lambda: "memory://",
-        "sqlite": lambda: f"sqlite:///{tmp_path / 'state.db'}",
-        "redis": lambda: request.getfixturevalue("redis_url"),
-        "redis-cluster": lambda: request.getfixturevalue("redis_cluster_url"),
-    }
-    store = open_store(urls[request.param]())
-    yield store
-    store.close()
 
 
 @pytest.fixture
