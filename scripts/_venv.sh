@@ -38,8 +38,11 @@ if ! [ -x .venv/bin/uv ] || [ "$(.venv/bin/uv --version | cut -d' ' -f2)" != "$u
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
     -r requirements/uv.txt
 fi
-# sync: exactly the lock (removes what is not in it), every file checked against its hash.
-.venv/bin/uv pip sync --quiet --python .venv/bin/python --require-hashes "requirements/$extra.txt"
+# sync: exactly the lock (removes what is not in it), every file checked against its hash. Compiled to
+# bytecode now: where PYTHONDONTWRITEBYTECODE is set no import writes it, and every process the tests and
+# the demo start (the service, fleet workers, the CLI) would compile ~10,000 modules again (3.4 s, not 1.3 s).
+.venv/bin/uv pip sync --quiet --python .venv/bin/python --require-hashes --compile-bytecode "requirements/$extra.txt"
 # The project itself, built by the locked hatchling rather than a freshly downloaded one.
 .venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps --no-build-isolation -e .
+.venv/bin/python -m compileall -q otel_puppy >/dev/null  # the same for our own modules (an edited one is compiled again)
 echo "$extra $(lock_key)" > "$stamp"
