@@ -231,6 +231,8 @@ class BudgetAdmission:
     """Whether any routing policy exists (a plan then asks `applies`)."""
     applies: Callable[[Scope], bool]
     """`Router.applies`: whether a routing policy matches a scope."""
+    traced: bool
+    """Whether a policy reads the trace id: only then is a request's plan its own per agent run."""
     reservation_ttl_s: float
     total_windows: tuple[Window, ...]
     plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
@@ -248,6 +250,7 @@ class BudgetAdmission:
             request.conversation,
             request.operation,
             request.priority,
+            request.trace_id if self.traced else None,
         )
         plan = self.plans.get(key)
         if plan is None:

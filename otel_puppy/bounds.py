@@ -15,6 +15,7 @@ a decision fail open. The bounds are chosen from reality with headroom:
 | `MAX_NUMBER_TEXT`      | 64 characters    | a number written as text (JSON string, attribute string)               |
 | `MAX_LIMIT_USD`        | $9,000,000       | a budget's `limit_usd`: under the stores' ceiling (2^53-1 nano-USD)    |
 | `MAX_LIMIT_TOKENS`     | 10^15            | a budget's `limit_tokens` (under 2^53)                                 |
+| `MAX_LIMIT_CALLS`      | 10^15            | a budget's `limit_calls` (under 2^53)                                  |
 | `MAX_ALERTS`           | 20               | alert thresholds one budget may list                                   |
 
 `MAX_CALL_TOKENS`, `MAX_CALL_COST_USD` and `MAX_SPAN_LATENESS_S` are the defaults of the settings
@@ -49,6 +50,7 @@ __all__ = (
     "MAX_CALL_COST_USD",
     "MAX_CALL_TOKENS",
     "MAX_CAPABILITIES",
+    "MAX_LIMIT_CALLS",
     "MAX_LIMIT_TOKENS",
     "MAX_LIMIT_USD",
     "MAX_NAME_LENGTH",
@@ -81,6 +83,8 @@ nano-USD, about $9,007,199.25, exact in a Redis Lua double), which must stay abo
 saturated budget denies."""
 MAX_LIMIT_TOKENS: Final = 10**15
 """A budget's `limit_tokens`."""
+MAX_LIMIT_CALLS: Final = 10**15
+"""A budget's `limit_calls`."""
 MAX_ALERTS: Final = 20
 """Alert thresholds one budget may list (a hundred thousand took `otel-puppy check` five seconds)."""
 

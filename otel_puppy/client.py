@@ -41,6 +41,7 @@ from pydantic import SecretStr
 
 from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity
 from otel_puppy.exceptions import PuppyError, RequestError, SettingsError
+from otel_puppy.guard import current_trace_id
 from otel_puppy.settings import PuppySettings, redact_url
 
 __all__ = ("DEFAULT_URL", "UNREACHABLE_RETRY_AFTER_S", "DecisionClient", "DecisionServiceError")
@@ -394,7 +395,8 @@ class _Call:
 
 
 def _body(request: DecisionRequest, *, reserve: bool = True) -> bytes:
-    """The `POST /v1/decide` body: the fields that differ from the defaults, money as a string.
+    """The `POST /v1/decide` body: the fields that differ from the defaults, money as a string; the
+    trace id the request names, else the current span context's (the run the call belongs to).
 
     Raises:
         RequestError: `reserve` is not a bool (`"false"` would be truthy).
@@ -421,6 +423,9 @@ def _body(request: DecisionRequest, *, reserve: bool = True) -> bytes:
             data[name] = value
     if request.capabilities:
         data["capabilities"] = list(request.capabilities)
+    trace_id = request.trace_id or current_trace_id()  # the agent run, for `per: [trace]` budgets
+    if trace_id is not None:
+        data["trace_id"] = trace_id
     return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
 

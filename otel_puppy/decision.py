@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -115,6 +116,9 @@ class DecisionRequest:
     """Capabilities the call needs (e.g. `tools`, `vision`); routing only picks models that have them."""
     context_tokens: int | None = None
     """Prompt size; routing only picks models whose context window holds it."""
+    trace_id: str | None = None
+    """The agent run the call belongs to: its trace id, 32 hex digits (W3C Trace Context), as the
+    call's span will carry it. `per: [trace]` budgets one run; an id, never a metric label."""
 
     def __post_init__(self) -> None:
         # The usual request (short ASCII names, counts as ints, a `Decimal` or no estimate, a
@@ -144,6 +148,9 @@ class DecisionRequest:
                 object.__setattr__(self, "estimated_cost_usd", bounded)
         if (self.estimated_input_tokens, self.estimated_output_tokens, self.context_tokens) != (None, None, None):
             self._check_counts()
+        trace_id = self.trace_id
+        if trace_id is not None and (type(trace_id) is not str or _TRACE_ID.fullmatch(trace_id) is None):
+            object.__setattr__(self, "trace_id", _trace_id(trace_id))
         capabilities = self.capabilities
         if capabilities:
             if not isinstance(capabilities, tuple | list):  # a bare string would be a tuple of letters
@@ -195,7 +202,7 @@ class DecisionRequest:
             raise RequestError(missing, "is required") from None
 
     def scope(self) -> Scope:
-        """The dimensions policies match and group on (as `LLMCall.scope()`; `trace` is not known)."""
+        """The dimensions policies match and group on (as `LLMCall.scope()`)."""
         return Scope(
             self.provider,
             self.model,
@@ -206,6 +213,7 @@ class DecisionRequest:
             self.environment,
             self.conversation,
             self.operation,
+            self.trace_id,
         )
 
     def with_model(self, provider: str, model: str) -> DecisionRequest:
@@ -239,6 +247,28 @@ def _assembled(fields: Mapping[str, object]) -> DecisionRequest:
         put(request, get(name, default))
     request.__post_init__()
     return request
+
+
+_TRACE_ID: Final = re.compile(r"(?!0{32})[0-9a-f]{32}")
+"""A valid trace id as `LLMCall.scope()` writes it: 32 lowercase hex digits, not all zero."""
+
+
+def _trace_id(value: object) -> str | None:
+    """A trace id in the form spans carry it (lowercase), or None for an empty one.
+
+    Raises:
+        RequestError: not 32 hex digits, or all zero (W3C Trace Context's invalid id).
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RequestError("trace_id", f"must be a string of 32 hex digits, not {type(value).__name__}")
+    if len(value) != 32:
+        raise RequestError("trace_id", f"must be 32 hex digits (W3C Trace Context), not {len(value)} characters")
+    lowered = value.lower()
+    if _TRACE_ID.fullmatch(lowered) is None:
+        raise RequestError("trace_id", "must be 32 hex digits, not all zero (W3C Trace Context)")
+    return lowered
 
 
 def _check_name(field: str, value: object, *, optional: bool) -> None:
@@ -288,6 +318,9 @@ class PolicyHit:
     retry_after_s: float | None = None
     model: str | None = None
     """For `degrade`: the model to use instead (`provider:model` or a bare model)."""
+    spent_calls: int | None = None
+    """A call budget's: calls made in its window plus calls admitted and not yet settled."""
+    limit_calls: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: decimals as strings, datetimes as ISO 8601, enums as their values."""
@@ -322,6 +355,8 @@ def policy_hit_dict(values: Sequence[Any]) -> dict[str, Any]:
         resets_at,
         retry_after_s,
         model,
+        spent_calls,
+        limit_calls,
     ) = values
     return {
         "kind": kind,
@@ -341,6 +376,8 @@ def policy_hit_dict(values: Sequence[Any]) -> dict[str, Any]:
         "resets_at": _when(resets_at),
         "retry_after_s": retry_after_s,
         "model": model,
+        "spent_calls": spent_calls,
+        "limit_calls": limit_calls,
     }
 
 
@@ -483,6 +520,8 @@ def _hit(data: dict[str, Any]) -> PolicyHit:
         resets_at=_datetime(data.get("resets_at")),
         retry_after_s=data.get("retry_after_s"),
         model=data.get("model"),
+        spent_calls=data.get("spent_calls"),
+        limit_calls=data.get("limit_calls"),
     )
 
 

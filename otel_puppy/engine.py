@@ -4,10 +4,9 @@ Orchestration only. Both front doors (the span processor and the OTLP receiver) 
 the store dedupes and applies each call's spend atomically, then every policy runtime observes the
 applied calls. `decide` asks routing for the model (with a read-only view of headroom), every runtime
 for its hits, and budget admission to reserve the estimate until the call's span settles it; a
-degrade is one more pass through the same path. Each policy kind lives in its runtime
-(`policies/runtime.py`); admission in `admission.py`; decisions built and counted in `decisions.py`;
-span results in `span_results.py`; total spend in `store_figures.py`; state in `state_sync.py`. What
-the policy files compile to is one immutable `Rules` (`rules.py`), swapped whole on reload.
+degrade is one more pass. Each policy kind lives in its runtime (`policies/runtime.py`); admission in
+`admission.py`; decisions in `decisions.py`; span results in `span_results.py`; total spend in
+`store_figures.py`; state in `state_sync.py`. The policy files compile to one `Rules` (`rules.py`).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from otel_puppy.decision import Action, Decision, DecisionRequest
 from otel_puppy.decisions import Decisions, strictest
 from otel_puppy.exceptions import PolicyErrors, RegistryInUse, RequestError, StoreError
 from otel_puppy.forward.exporter import EnrichingSpanExporter
-from otel_puppy.guard import DecisionGuard
+from otel_puppy.guard import DecisionGuard, current_trace_id
 from otel_puppy.health.history import HealthHistory
 from otel_puppy.metrics import Metrics, ensure_free
 from otel_puppy.metrics_server import MetricsServer, start_metrics_server
@@ -371,6 +370,7 @@ class PolicyEngine:
         """Decide before a call, as a context manager (`with` or `async with`): raises `PolicyDenied`
         on deny, else yields the `Decision` and marks the spans started inside with its
         `otel_puppy.decision_id`, so the call's span settles the reservation."""
+        fields.setdefault("trace_id", current_trace_id())  # the agent run, for `per: [trace]` budgets
         return DecisionGuard(self, DecisionRequest.from_fields({"provider": provider, "model": model, **fields}))
 
     def breaker(self, provider: str, model: str | None = None) -> BreakerGuard:

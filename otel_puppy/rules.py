@@ -72,6 +72,8 @@ def build_rules(
         context.store,
         routed=bool(policies.routing),
         applies=router.applies,
+        traced=budgets.book.reads_trace
+        or any(r.match is not None and r.match.trace is not None for r in policies.routing),
         reservation_ttl_s=reservation_ttl_s,
         total_windows=total_windows,
     )

@@ -30,7 +30,7 @@ def test_check_names_file_line_and_column_and_exits_1(tmp_path: Path, capsys: py
         f"{tmp_path}/budgets.yaml:4:13: budgets[0].window: unknown window 'fortnight': use one of hour, day, week, "
         "month or a duration like 15m, 1h, 24h, 7d",
         f"{tmp_path}/budgets.yaml:6:5: budgets[0].colour: unknown key 'colour' (allowed keys: name, match, per, "
-        "limit_usd, limit_tokens, window, action, alerts, reserve, shadow, max_scopes)",
+        "limit_usd, limit_tokens, limit_calls, window, action, alerts, reserve, shadow, max_scopes, idle_timeout)",
         "3 error(s)",
     ]
 

@@ -316,6 +316,8 @@ def test_the_same_over_post_v1_decide(hourly: PolicyEngine) -> None:
             "resets_at": None,
             "retry_after_s": 1860.0,
             "model": None,
+            "spent_calls": None,
+            "limit_calls": None,
         }
     ]
     never_body = never.json()
@@ -471,10 +473,10 @@ def test_sqlite_garbage_in_a_sub_bucket_reads_as_the_ceiling(tmp_path: Path) -> 
         db.execute("UPDATE rolling SET idx = 'x' WHERE scope = 't'")  # not even an index
     now = T0 + 30 * MINUTE
     assert store.read_sub_buckets([("s", window), ("t", window)], now) == [
-        ((index, CEILING, 6),),
-        ((index + 30, CEILING, CEILING),),  # counted as now's: it ages out last
+        ((index, CEILING, 6, 1),),
+        ((index + 30, CEILING, CEILING, CEILING),),  # counted as now's: it ages out last
     ]
-    assert store.health().unreadable == 3
+    assert store.health().unreadable == 4  # the garbage, and the three counts of the row with no index
     store.close()
 
 
@@ -490,8 +492,8 @@ def test_redis_garbage_in_a_sub_bucket_reads_as_the_ceiling(redis_url: str) -> N
         client.hset("{otel_puppy}:roll:1h:t", "p", "1")  # a ring marked unreadable
         now = T0 + 30 * MINUTE
         assert store.read_sub_buckets([("s", window), ("t", window)], now) == [
-            ((index, CEILING, 6),),
-            ((index + 30, CEILING, CEILING),),
+            ((index, CEILING, 6, 1),),
+            ((index + 30, CEILING, CEILING, CEILING),),
         ]
         assert store.health().unreadable == 2
     finally:

@@ -62,10 +62,11 @@ def test_get_and_item_access_read_a_dimension_by_name() -> None:
         scope.agent = "other"  # type: ignore[misc]
 
 
-def test_policies_match_and_split_on_every_dimension_but_the_trace() -> None:
-    assert tuple(d for d in DIMENSIONS if d != "trace") == matching.DIMENSIONS
+def test_policies_match_and_split_on_every_dimension_the_trace_too() -> None:
+    assert DIMENSIONS == matching.DIMENSIONS
     assert tuple(Match.model_fields) == matching.DIMENSIONS
-    assert set(matching.DIMENSIONS) <= set(DecideRequest.model_fields)  # the API takes every one of them
+    # the API takes every one of them (the trace as `trace_id`, or the `traceparent` header)
+    assert {d for d in matching.DIMENSIONS if d != "trace"} | {"trace_id"} <= set(DecideRequest.model_fields)
     scope = Scope(provider="openai", model="gpt-4.1-mini", agent="x,user=y", trace="ab" * 16)
     assert Match(provider=("openai",), model=("gpt-4.1*",)).matches(scope)
     assert not Match(agent=("support",)).matches(scope)

@@ -101,6 +101,8 @@ def render_budgets(budgets: list[dict[str, Any]], console: Console) -> None:
             spent = f"{usd_text(budget.get('spent_usd') or 0)} / {usd_text(budget['limit_usd'])}"
         elif budget.get("limit_tokens") is not None:
             spent = f"{budget.get('spent_tokens') or 0:,} / {budget['limit_tokens']:,} tokens"
+        elif budget.get("limit_calls") is not None:
+            spent = f"{budget.get('spent_calls') or 0:,} / {budget['limit_calls']:,} calls"
         else:
             spent = "-"
         ratio = budget.get("utilization")

@@ -258,6 +258,8 @@ def _budgets_table(snapshot: Snapshot) -> Table:
 def _amounts(hit: PolicyHit) -> tuple[str, str]:
     if hit.limit_usd is not None:
         return _usd(hit.spent_usd or Decimal(0), 4), _usd(hit.limit_usd, 2)
+    if hit.limit_calls is not None:
+        return f"{hit.spent_calls or 0:,}", f"{hit.limit_calls:,} calls"
     return f"{hit.spent_tokens or 0:,}", f"{hit.limit_tokens or 0:,} tok"
 
 

@@ -25,6 +25,7 @@ from pydantic_ai.tools import RunContext
 
 from otel_puppy.decision import Decision, Priority
 from otel_puppy.exceptions import PolicyDenied
+from otel_puppy.guard import current_trace_id
 from otel_puppy.processor import DECISION_CONTEXT_KEY
 
 __all__ = ("Decider", "GuardedModel", "guarded")
@@ -117,6 +118,7 @@ class GuardedModel(WrapperModel):
             "service": self.service,
             "estimated_input_tokens": _estimate_tokens(messages),
             "estimated_output_tokens": max_tokens if isinstance(max_tokens, int) else self.output_tokens,
+            "trace_id": current_trace_id(),  # the agent run: what `per: [trace]` budgets count by
         }
         adecide = getattr(self.decider, "adecide", None)
         decision: Decision = await adecide(**fields) if adecide is not None else self.decider.decide(**fields)

@@ -114,6 +114,8 @@ class AnomalyPolicy(NamedEntry):
     def _no_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(value)) != len(value):
             raise ValueError("each dimension may appear once in per")
+        if "trace" in value:
+            raise ValueError("trace is one agent run: a baseline per run never forms (use a budget per: [trace])")
         return value
 
     @staticmethod

@@ -20,9 +20,12 @@ from otel_puppy.scope import Scope
 
 __all__ = ("DIMENSIONS", "Dimension", "Match", "Scope", "ScopeLike", "scope_label")
 
-Dimension = Literal["provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation"]
-"""A dimension a policy matches (`match`) and splits on (`per`): every `Scope` dimension but `trace`,
-an id that must never become a label."""
+Dimension = Literal[
+    "provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation", "trace"
+]
+"""A dimension a policy matches (`match`) and splits on (`per`): every `Scope` dimension. `trace`
+(the agent run: a call's trace id, a decision's current span context or `traceparent`) is an id
+like `user`: a budget `per: [trace]` exports only its fullest instance, never one series per run."""
 DIMENSIONS: Final[tuple[Dimension, ...]] = get_args(Dimension)
 ScopeLike = Scope | Mapping[str, str | None]
 """What `Match.matches` and `scope_label` read: a `Scope`, or a mapping of dimension -> value."""
@@ -49,6 +52,7 @@ class Match(PolicyModel):
     environment: Globs | None = None
     conversation: Globs | None = None
     operation: Globs | None = None
+    trace: Globs | None = None
 
     @field_validator(*DIMENSIONS)
     @classmethod

@@ -51,6 +51,7 @@ import otel_puppy
 from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreCorruptError
 from otel_puppy.forward.sender import Forwarder
+from otel_puppy.guard import traceparent_trace_id
 from otel_puppy.health import assess
 from otel_puppy.policies.models import PolicyFile
 from otel_puppy.policies.presence import missing_policies
@@ -266,7 +267,7 @@ def create_app(
                 return json_error(403, str(exc), code="out_of_scope")
             if changes:  # the token's values, checked when the file was loaded and by `to_request`
                 body = body.model_copy(update=changes)
-        request, reserve = body.to_request(), body.reserve
+        request, reserve = body.to_request(traceparent_trace_id(http.headers)), body.reserve
         if inline_decide:
             decision = engine.decide(request, reserve=reserve)
         else:

@@ -137,6 +137,14 @@ class DecideRequest(BaseModel):
         strict=True,
         description="Prompt size; routing only picks models whose context window holds it. " + _TOKENS,
     )
+    trace_id: str | None = Field(
+        default=None,
+        min_length=32,
+        max_length=32,
+        pattern=r"^[0-9a-fA-F]{32}$",
+        description="The agent run (trace) the call belongs to, 32 hex digits as in W3C Trace Context: what "
+        "`per: [trace]` budgets count by. Without it, the `traceparent` header's trace id is used, if valid.",
+    )
     reserve: bool = Field(
         default=True,
         strict=True,
@@ -145,7 +153,8 @@ class DecideRequest(BaseModel):
         "`reserved_usd` are null). In-process: `PolicyEngine.decide(..., reserve=False)`.",
     )
 
-    def to_request(self) -> DecisionRequest:
+    def to_request(self, trace_id: str | None = None) -> DecisionRequest:
+        """The request; `trace_id` (from `traceparent`) when the body names none."""
         return DecisionRequest(
             provider=self.provider,
             model=self.model,
@@ -162,6 +171,7 @@ class DecideRequest(BaseModel):
             estimated_output_tokens=self.estimated_output_tokens,
             capabilities=self.capabilities,
             context_tokens=self.context_tokens,
+            trace_id=self.trace_id or trace_id,
         )
 
 
@@ -194,6 +204,12 @@ class PolicyHitModel(BaseModel):
         "request alone is larger than the budget's limit (it never fits; the message says so).",
     )
     model: str | None = Field(default=None, description="For `degrade`: the model to use instead.")
+    spent_calls: int | None = Field(
+        default=None,
+        description="A call budget's (`limit_calls`): model calls made in its window plus calls admitted and not "
+        "yet settled by their span.",
+    )
+    limit_calls: int | None = None
 
 
 class DecisionResponse(BaseModel):

@@ -398,10 +398,22 @@ class BudgetCheck:
     limit_tokens: int | None
     blocking: bool
     """A blocking check that does not fit stops the whole reservation (enforced `deny` budgets)."""
+    limit_calls: int | None = None
+    """A call budget (`limit_calls`): its amount is calls, not the request's estimate. Spent calls are
+    the counter's requests; every admission that reserves holds one call on it until the call's span
+    settles it (or it expires). Its `CheckState` token fields count calls."""
+
+    def amounts(self, nanos: int, tokens: int) -> tuple[int, int]:
+        """What a reservation of (`nanos`, `tokens`) holds on this check's scope: one call on a
+        call budget (in the token slot), else the estimate."""
+        return (0, 1) if self.limit_calls is not None else (nanos, tokens)
 
 
 class CheckState(NamedTuple):
-    """A budget's state in an admission (a named tuple: `decide()` makes one per matching budget)."""
+    """A budget's state in an admission (a named tuple: `decide()` makes one per matching budget).
+
+    For a call budget (`BudgetCheck.limit_calls`) `spent_tokens` and `reserved_tokens` count calls:
+    the calls made in the window and the calls admitted and not yet settled."""
 
     spent_nanos: int
     spent_tokens: int
@@ -418,6 +430,8 @@ class SubBucket(NamedTuple):
     """The sub-bucket's index (`RollingWindow.bucket`: `int(ts // step)`)."""
     nanos: int
     tokens: int
+    requests: int = 0
+    """Calls counted (what a call budget counts)."""
 
 
 def report_unrestored(kind: str, corrupt: Sequence[str], unknown: Sequence[str], owners: str = "policies") -> None:
@@ -440,10 +454,13 @@ def check_state(
     """Whether `nanos` and `tokens` more fit in a budget already at `spent` + `reserved`.
 
     Every store decides with this one rule: with no estimate a request fits while anything is
-    left; with one it fits when spend, reservations and the estimate stay within the limit. Every
-    input is a count in `[0, CEILING]` and limits are clamped to `CEILING`, so a saturated counter
-    never fits.
+    left; with one it fits when spend, reservations and the estimate stay within the limit. A call
+    budget's amount is always one call: it fits while calls made (`spent[2]`, the requests) and
+    calls held (`reserved[1]`) are under its limit. Every input is a count in `[0, CEILING]` and
+    limits are clamped to `CEILING`, so a saturated counter never fits.
     """
+    if (calls := check.limit_calls) is not None:
+        return CheckState(spent[0], spent[2], reserved[0], reserved[1], spent[2] + reserved[1] < min(calls, CEILING))
     used_nanos = spent[0] + reserved[0]
     used_tokens = spent[1] + reserved[1]
     limit = check.limit_nanos
@@ -458,12 +475,20 @@ def check_state(
 
 def fullest_states(groups: Sequence[Sequence[BudgetCheck]], states: Sequence[CheckState]) -> list[CheckState]:
     """Per group, the fullest of its checks' `states` (given flat, in the groups' order): the most
-    nanos spent plus reserved when the group's checks have a nano limit, else the most tokens spent;
-    the first of equals. The rule every `Store.read_fullest` answers by."""
+    nanos spent plus reserved when the group's checks have a nano limit, the most calls made plus held
+    for a call budget, else the most tokens spent; the first of equals. The rule every
+    `Store.read_fullest` answers by."""
     found: list[CheckState] = []
     at = 0
     for group in groups:
-        rank = _spent_and_reserved_nanos if group[0].limit_nanos is not None else _spent_tokens
+        first = group[0]
+        rank = (
+            _spent_and_reserved_nanos
+            if first.limit_nanos is not None
+            else _spent_and_reserved_tokens
+            if first.limit_calls is not None
+            else _spent_tokens
+        )
         found.append(max(states[at : at + len(group)], key=rank))  # `max` keeps the first of equals
         at += len(group)
     return found
@@ -477,9 +502,14 @@ def _spent_tokens(state: CheckState) -> int:
     return state.spent_tokens
 
 
+def _spent_and_reserved_tokens(state: CheckState) -> int:
+    return state.spent_tokens + state.reserved_tokens
+
+
 class Admission(NamedTuple):
-    """Reserve `nanos` and `tokens` on every check's budget, iff every blocking one fits. (A named
-    tuple, as `CheckState`: `decide()` makes one per decision.)"""
+    """Reserve `nanos` and `tokens` on every check's budget (one call on a call budget's), iff every
+    blocking one fits. An admission with a call budget among its checks reserves even with no
+    estimate. (A named tuple, as `CheckState`: `decide()` makes one per decision.)"""
 
     decision_id: str
     checks: tuple[BudgetCheck, ...]

@@ -118,8 +118,8 @@ class _Ring:
         found = []
         for i in range(self.last - SUB_BUCKETS, self.last + 1):
             slot = i % _SLOTS
-            if self.index[slot] == i and (self.nanos[slot] or self.tokens[slot]):
-                found.append(SubBucket(i, self.nanos[slot], self.tokens[slot]))
+            if self.index[slot] == i and (self.nanos[slot] or self.tokens[slot] or self.requests[slot]):
+                found.append(SubBucket(i, self.nanos[slot], self.tokens[slot], self.requests[slot]))
         return tuple(found)
 
 
@@ -135,11 +135,12 @@ class _Reservation:
     settle_key: str | None
 
 
-_Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool]
-"""What `admit` reads for one check: its counter, its scope, its limits
-(clamped to `CEILING`) and whether it blocks."""
-_Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter]]
-"""`MemoryStore._find`: the checks, the layout and the span of time it holds for, each check's counter."""
+_Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool, int | None]
+"""What `admit` reads for one check: its counter, its scope, its limits (clamped to `CEILING`),
+whether it blocks, and its call limit (clamped) if it is a call budget."""
+_Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter], bool]
+"""`MemoryStore._find`: the checks, the layout and the span of time it holds for, each check's
+counter, and whether a call budget is among them (an admission then reserves with no estimate)."""
 _FOUND_LIMIT: Final = 4096
 """Admission shapes kept (one per request shape in use; forgotten all at once past this)."""
 _Plan = tuple[int, list["_Ring"], list[list[int]], list[int]]
@@ -294,11 +295,17 @@ class MemoryStore:
             states = []
             admitted = True
             reserved_of = reserved_totals.get
-            for counter, scope, limit_nanos, limit_tokens, blocking in found[4]:
+            for counter, scope, limit_nanos, limit_tokens, blocking, limit_calls in found[4]:
                 spent = counter.read_raw(now) if isinstance(counter, _Ring) else counter
                 held_nanos, held_tokens = reserved_of(scope) or _NONE_RESERVED
                 if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
                     held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
+                if limit_calls is not None:  # a call budget: one call more, held in the token slot
+                    fits = spent[2] + held_tokens < limit_calls
+                    states.append(_new_state(CheckState, (spent[0], spent[2], held_nanos, held_tokens, fits)))
+                    if not fits and blocking:
+                        admitted = False
+                    continue
                 used = spent[0] + held_nanos
                 fits = limit_nanos is None or (used + nanos <= limit_nanos if nanos else used < limit_nanos)
                 if fits and limit_tokens is not None:
@@ -307,7 +314,7 @@ class MemoryStore:
                 states.append(_new_state(CheckState, (spent[0], spent[1], held_nanos, held_tokens, fits)))
                 if not fits and blocking:
                     admitted = False
-            reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(checks)
+            reserve = admitted and admission.reserve and bool(nanos or tokens or found[5]) and bool(checks)
             if reserve:
                 decision_id = admission.decision_id
                 if decision_id in self._reservations:
@@ -317,12 +324,13 @@ class MemoryStore:
                 )
                 # Exact (Python ints): released reservations take back exactly what they added.
                 for check in checks:
+                    held_nanos, held_tokens = (0, 1) if check.limit_calls is not None else (nanos, tokens)
                     totals = reserved_totals.get(check.scope)
                     if totals is None:
-                        reserved_totals[check.scope] = [nanos, tokens]
+                        reserved_totals[check.scope] = [held_nanos, held_tokens]
                     else:
-                        totals[0] += nanos
-                        totals[1] += tokens
+                        totals[0] += held_nanos
+                        totals[1] += held_tokens
                 settle_key = admission.settle_key
                 if settle_key:
                     queue = self._by_settle_key.get(settle_key)
@@ -348,7 +356,7 @@ class MemoryStore:
                 start, end = window.bounds(now)
                 first, last = max(first, start), min(last, end)
                 found_counter = calendar.get((check.scope, window.unit, start))
-            limit_nanos, limit_tokens = check.limit_nanos, check.limit_tokens
+            limit_nanos, limit_tokens, limit_calls = check.limit_nanos, check.limit_tokens, check.limit_calls
             counters.append(
                 (
                     found_counter if found_counter is not None else _ZERO,
@@ -356,9 +364,11 @@ class MemoryStore:
                     None if limit_nanos is None else min(limit_nanos, CEILING),  # limits are clamped to it
                     None if limit_tokens is None else min(limit_tokens, CEILING),
                     check.blocking,
+                    None if limit_calls is None else min(limit_calls, CEILING),
                 )
             )
-        found = (checks, self._layout, first, last, counters)
+        holds_calls = any(check.limit_calls is not None for check in checks)
+        found = (checks, self._layout, first, last, counters, holds_calls)
         if len(self._found) >= _FOUND_LIMIT:
             self._found.clear()
         self._found[id(checks)] = found
@@ -386,6 +396,9 @@ class MemoryStore:
             plans = self._fullest_plans(groups, now)
             reserved_totals = self._reserved
             for group, (field, group_rings, counts, advanced) in zip(groups, plans, strict=True):
+                if len(group) == 1:  # most groups: a label the guard let through, one instance each
+                    winners.append(group[0])
+                    continue
                 if group_rings:  # a rolling window: bring each ring to now first (once per step:
                     newest = int(now // group_rings[0].step)  # writes only move a ring forward)
                     if advanced[0] != newest:
@@ -399,7 +412,7 @@ class MemoryStore:
                     best = amounts.index(most)
                 else:  # a ring's total past the ceiling reads as the ceiling: the first of those
                     best = next(i for i, amount in enumerate(amounts) if amount >= CEILING)
-                if field == 0 and reserved_totals:  # reservations count too: rank again with them
+                if field != 1 and reserved_totals:  # reservations count too: rank again with them
                     best = self._fullest_reserving(group, now)
                 winners.append(group[best])
             return self._read_budgets(winners, now)
@@ -419,7 +432,8 @@ class MemoryStore:
         plans: list[_Plan] = []
         for group, start in zip(groups, starts, strict=True):
             window = group[0].window
-            field = 0 if group[0].limit_nanos is not None else 1
+            first_check = group[0]
+            field = 0 if first_check.limit_nanos is not None else 2 if first_check.limit_calls is not None else 1
             if isinstance(window, RollingWindow):
                 found = [rings.get((check.scope, window.label)) for check in group]
                 present = [ring for ring in found if ring is not None]
@@ -432,8 +446,10 @@ class MemoryStore:
         return plans
 
     def _fullest_reserving(self, group: Sequence[BudgetCheck], now: float) -> int:
-        """The index of the fullest of a spend budget's checks, spend plus reserved."""
+        """The index of the fullest of a spend (or call) budget's checks, spend plus reserved."""
         states = self._read_budgets(group, now)
+        if group[0].limit_calls is not None:
+            return max(range(len(states)), key=lambda i: states[i][1] + states[i][3])
         return max(range(len(states)), key=lambda i: states[i][0] + states[i][2])
 
     def _read_budgets(self, checks: Iterable[BudgetCheck], now: float) -> list[CheckState]:
@@ -451,6 +467,10 @@ class MemoryStore:
             held = reserved_totals.get(scope) or _NONE_RESERVED
             if held[0] > CEILING or held[1] > CEILING:
                 held = [min(held[0], CEILING), min(held[1], CEILING)]
+            if (limit := check.limit_calls) is not None:
+                fits = spent[2] + held[1] < min(limit, CEILING)
+                append(_new_state(CheckState, (spent[0], spent[2], held[0], held[1], fits)))
+                continue
             limit = check.limit_nanos
             fits = limit is None or spent[0] + held[0] < min(limit, CEILING)
             if fits and (limit := check.limit_tokens) is not None:
@@ -477,9 +497,10 @@ class MemoryStore:
             return False
         nanos, tokens = reservation.nanos, reservation.tokens
         for check in reservation.checks:
+            held_nanos, held_tokens = (0, 1) if check.limit_calls is not None else (nanos, tokens)
             totals = self._reserved[check.scope]
-            totals[0] -= nanos
-            totals[1] -= tokens
+            totals[0] -= held_nanos
+            totals[1] -= held_tokens
             if totals == [0, 0]:
                 del self._reserved[check.scope]
         if reservation.settle_key:

@@ -250,8 +250,12 @@ local function release(id)
     for i = 1, c do
       local scope = redis.call('HGET', rkey, 's' .. i)
       if scope then
-        wide_add('n|' .. scope, 'N|' .. scope, -n)
-        wide_add('t|' .. scope, 'T|' .. scope, -t)
+        if redis.call('HEXISTS', rkey, 'u' .. i) == 1 then  -- a call budget: it held one call
+          wide_add('t|' .. scope, 'T|' .. scope, -1)
+        else
+          wide_add('n|' .. scope, 'N|' .. scope, -n)
+          wide_add('t|' .. scope, 'T|' .. scope, -t)
+        end
       end
     end
   else
@@ -429,9 +433,9 @@ return out
 )
 
 # ARGV: prefix, then per read: ring key, now's sub-bucket index. The ring is moved to now first (as
-# any read does). Returns per read: how many sub-buckets, then index, nanos, tokens of each that
-# counts and holds spend, oldest first; then how many values were unreadable. An unreadable ring is
-# one sub-bucket, now's, at the ceiling.
+# any read does). Returns per read: how many sub-buckets, then index, nanos, tokens, requests of
+# each that counts and holds spend, oldest first; then how many values were unreadable. An
+# unreadable ring is one sub-bucket, now's, at the ceiling.
 _SUB_BUCKETS: Final = (
     _LIB
     + r"""
@@ -441,26 +445,28 @@ for i = 2, #ARGV, 2 do
   local found = {}
   if redis.call('EXISTS', key) == 1 then
     if not ring_advance(key, idx) then
-      found = {idx, C, C}
+      found = {idx, C, C, C}
     else
       local last = tonumber(redis.call('HGET', key, 'last'))
       for j = last - 60, last do
         local s = tostring(j % 61)
-        local v = redis.call('HMGET', key, 'i' .. s, 'n' .. s, 't' .. s)
+        local v = redis.call('HMGET', key, 'i' .. s, 'n' .. s, 't' .. s, 'r' .. s)
         if v[1] == int(j) then
-          local n, t = count(v[2]), count(v[3])
+          local n, t, r = count(v[2]), count(v[3]), count(v[4])
           if not n then n = checked(n) end
           if not t then t = checked(t) end
-          if n > 0 or t > 0 then
+          if not r then r = checked(r) end
+          if n > 0 or t > 0 or r > 0 then
             found[#found + 1] = j
             found[#found + 1] = n
             found[#found + 1] = t
+            found[#found + 1] = r
           end
         end
       end
     end
   end
-  out[#out + 1] = #found / 3
+  out[#out + 1] = #found / 4
   for _, value in ipairs(found) do out[#out + 1] = value end
 end
 out[#out + 1] = bad
@@ -469,11 +475,13 @@ return out
 )
 
 # ARGV: prefix, now, decision id, nanos, tokens, expires at, settle key, reserve (1|0), then per
-# check: kind, key, index, scope, limit nanos ('' = none), limit tokens, blocking (1|0). Amounts
-# and limits are counts (the caller clamps them). Returns the reserved flag, then per check: spent
-# nanos, spent tokens, reserved nanos, reserved tokens, fits; then how many values were unreadable.
-# The rule is `store.base.check_state`, computed without a sum past the ceiling: room = limit -
-# reserved - spent, one exact subtraction at a time.
+# check: kind, key, index, scope, limit nanos ('' = none), limit tokens, blocking (1|0), limit calls
+# ('' = not a call budget). Amounts and limits are counts (the caller clamps them). Returns the
+# reserved flag, then per check: spent nanos, spent tokens (calls made for a call budget), reserved
+# nanos, reserved tokens (calls held), fits; then how many values were unreadable. The rule is
+# `store.base.check_state`, computed without a sum past the ceiling: room = limit - reserved -
+# spent, one exact subtraction at a time. A call budget holds one call (in its token total) per
+# reservation, marked `u<i>` on the reservation so a release takes back one call.
 _ADMIT: Final = (
     _LIB
     + r"""
@@ -489,12 +497,20 @@ local function fits(limit, spent, held_, amount)
 end
 local out = {0}
 local admitted = true
-local scopes = {}
-for i = 9, #ARGV, 7 do
+local scopes, calls = {}, {}
+for i = 9, #ARGV, 8 do
   local scope = ARGV[i + 3]
-  local sn, st = counter_read(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  local sn, st, sr = counter_read(ARGV[i], ARGV[i + 1], ARGV[i + 2])
   local rn, rt = held(scope)
-  local ok = fits(ARGV[i + 4], sn, rn, nanos) and fits(ARGV[i + 5], st, rt, tokens)
+  local ok
+  if ARGV[i + 7] ~= '' then  -- a call budget: one call more
+    ok = fits(ARGV[i + 7], sr, rt, 1)
+    st = sr
+    calls[#scopes + 1] = true
+    calls.any = true
+  else
+    ok = fits(ARGV[i + 4], sn, rn, nanos) and fits(ARGV[i + 5], st, rt, tokens)
+  end
   if ARGV[i + 6] == '1' and not ok then admitted = false end
   scopes[#scopes + 1] = scope
   out[#out + 1] = sn
@@ -503,15 +519,20 @@ for i = 9, #ARGV, 7 do
   out[#out + 1] = rt
   out[#out + 1] = ok and 1 or 0
 end
-if admitted and ARGV[8] == '1' and (nanos > 0 or tokens > 0) and #scopes > 0 then
+if admitted and ARGV[8] == '1' and (nanos > 0 or tokens > 0 or calls.any) and #scopes > 0 then
   release(id)  -- the same decision admitted again replaces its reservation
   local rkey = P .. ':r:' .. id
   local settle = ARGV[7]
   redis.call('HSET', rkey, 'n', ARGV[4], 't', ARGV[5], 'k', settle, 'c', int(#scopes))
   for i, scope in ipairs(scopes) do
     redis.call('HSET', rkey, 's' .. i, scope)
-    wide_add('n|' .. scope, 'N|' .. scope, nanos)
-    wide_add('t|' .. scope, 'T|' .. scope, tokens)
+    if calls[i] then
+      redis.call('HSET', rkey, 'u' .. i, '1')
+      wide_add('t|' .. scope, 'T|' .. scope, 1)
+    else
+      wide_add('n|' .. scope, 'N|' .. scope, nanos)
+      wide_add('t|' .. scope, 'T|' .. scope, tokens)
+    end
   end
   redis.call('ZADD', P .. ':rexp', ARGV[6], id)
   if settle ~= '' then
@@ -824,6 +845,7 @@ class RedisStore:
                 "" if check.limit_nanos is None else str(min(check.limit_nanos, CEILING)),
                 "" if check.limit_tokens is None else str(min(check.limit_tokens, CEILING)),
                 "1" if check.blocking else "0",
+                "" if check.limit_calls is None else str(min(check.limit_calls, CEILING)),
             )
         with self._call("admit"):
             reply = self._admit(keys=[self._route], args=argv)
@@ -862,9 +884,12 @@ class RedisStore:
             count = int(reply[at])
             first = at + 1
             found.append(
-                tuple(SubBucket(reply[i], reply[i + 1], reply[i + 2]) for i in range(first, first + 3 * count, 3))
+                tuple(
+                    SubBucket(reply[i], reply[i + 1], reply[i + 2], reply[i + 3])
+                    for i in range(first, first + 4 * count, 4)
+                )
             )
-            at = first + 3 * count
+            at = first + 4 * count
         return found
 
     def release(self, decision_id: str) -> bool:

@@ -197,7 +197,7 @@ WHERE scope = ?1 AND label = ?2 AND idx >= (
 """  # noqa: S608 - constants only
 # The sub-buckets `_ROLLING_TOTAL` sums, one row each, oldest first.
 _ROLLING_BUCKETS: Final = """
-SELECT idx, nanos, tokens FROM rolling
+SELECT idx, nanos, tokens, requests FROM rolling
 WHERE scope = ?1 AND label = ?2 AND idx >= (
     SELECT max(COALESCE(MAX(idx), ?3), ?3) FROM rolling WHERE scope = ?1 AND label = ?2
 ) - ?4
@@ -569,7 +569,8 @@ class SQLiteStore:
         with self._transaction("admit") as db:
             states, unreadable = self._check(db, admission.checks, nanos, tokens, now)
             admitted = all(state.fits for check, state in zip(admission.checks, states, strict=True) if check.blocking)
-            reserve = admitted and admission.reserve and bool(nanos or tokens) and bool(admission.checks)
+            calls = any(check.limit_calls is not None for check in admission.checks)
+            reserve = admitted and admission.reserve and bool(nanos or tokens or calls) and bool(admission.checks)
             if reserve:
                 # A decision id is admitted once; should it come again, the new reservation replaces
                 # the old one rather than adding to it.
@@ -578,12 +579,13 @@ class SQLiteStore:
                     "INSERT INTO reservations (decision_id, settle_key, expires_at) VALUES (?, ?, ?)",
                     (admission.decision_id, admission.settle_key or None, admission.expires_at),
                 ).lastrowid
+                held = [check.amounts(nanos, tokens) for check in admission.checks]  # one call on a call budget
                 db.executemany(  # nanos and tokens are clamped: every item is a count in range
                     "INSERT INTO reservation_items (seq, item, scope, nanos, tokens) VALUES (?, ?, ?, ?, ?)",
-                    [(seq, item, check.scope, nanos, tokens) for item, check in enumerate(admission.checks)],
+                    [(seq, item, check.scope, *held[item]) for item, check in enumerate(admission.checks)],
                 )
-                for check in admission.checks:
-                    self._held.change(check.scope, nanos, tokens)
+                for check, (held_nanos, held_tokens) in zip(admission.checks, held, strict=True):
+                    self._held.change(check.scope, held_nanos, held_tokens)
         self._report.unreadable(unreadable, "admit")
         return Admitted(reserve, tuple(states))
 
@@ -640,14 +642,20 @@ class SQLiteStore:
             for scope, window in reads:
                 rows = db.execute(_ROLLING_BUCKETS, (scope, window.label, int(now // window.step), SUB_BUCKETS))
                 buckets = []
-                for stored_index, stored_nanos, stored_tokens in rows:
+                for stored_index, stored_nanos, stored_tokens, stored_requests in rows:
                     index, nanos, tokens = stored_index, _count(stored_nanos), _count(stored_tokens)
+                    requests = _count(stored_requests)
                     if type(index) is not int:  # not written by this store: counts as the newest, full
-                        index, nanos, tokens = int(now // window.step), None, None
-                    unreadable += (nanos is None) + (tokens is None)
-                    if nanos or tokens or nanos is None or tokens is None:
+                        index, nanos, tokens, requests = int(now // window.step), None, None, None
+                    unreadable += (nanos is None) + (tokens is None) + (requests is None)
+                    if nanos or tokens or requests or None in (nanos, tokens, requests):
                         buckets.append(
-                            SubBucket(index, CEILING if nanos is None else nanos, CEILING if tokens is None else tokens)
+                            SubBucket(
+                                index,
+                                CEILING if nanos is None else nanos,
+                                CEILING if tokens is None else tokens,
+                                CEILING if requests is None else requests,
+                            )
                         )
                 found.append(tuple(buckets))
         self._report.unreadable(unreadable, "read sub-buckets")

@@ -216,6 +216,8 @@ def test_budgets_exact_json(client: httpx.Client) -> None:
                 "resets_at": "2026-01-02T00:00:00+00:00",
                 "retry_after_s": None,
                 "model": None,
+                "spent_calls": None,
+                "limit_calls": None,
             },
             {
                 "kind": "budget",
@@ -235,6 +237,8 @@ def test_budgets_exact_json(client: httpx.Client) -> None:
                 "resets_at": "2026-01-02T00:00:00+00:00",
                 "retry_after_s": None,
                 "model": "gpt-4.1-mini",
+                "spent_calls": None,
+                "limit_calls": None,
             },
             {
                 "kind": "budget",
@@ -254,6 +258,8 @@ def test_budgets_exact_json(client: httpx.Client) -> None:
                 "resets_at": "2026-01-02T00:00:00+00:00",
                 "retry_after_s": None,
                 "model": "gpt-4.1-mini",
+                "spent_calls": None,
+                "limit_calls": None,
             },
             {
                 "kind": "budget",
@@ -273,6 +279,8 @@ def test_budgets_exact_json(client: httpx.Client) -> None:
                 "resets_at": "2026-01-01T01:00:00+00:00",
                 "retry_after_s": 3480.0,
                 "model": None,
+                "spent_calls": None,
+                "limit_calls": None,
             },
         ]
     }

@@ -752,8 +752,9 @@ def test_hostile_amounts_settle_and_expire_to_exactly_zero(store: Store) -> None
 
 
 def test_read_sub_buckets_reads_each_rolling_window_sub_bucket_by_sub_bucket(store: Store) -> None:
-    """What `totals` sums, one sub-bucket each, oldest first; an empty one is left out; a sub-bucket
-    drops out once now is 61 sub-buckets past it (`RollingWindow.drops_at`)."""
+    """What `totals` sums, one sub-bucket each, oldest first, with its calls (what a call budget
+    counts: a call with no spend is one); an empty one is left out; a sub-bucket drops out once now
+    is 61 sub-buckets past it (`RollingWindow.drops_at`)."""
     m15 = RollingWindow(900, "15m")  # 60 sub-buckets of 15 s
     store.apply(
         [
@@ -766,24 +767,28 @@ def test_read_sub_buckets_reads_each_rolling_window_sub_bucket_by_sub_bucket(sto
         T0 + 30 * STEP,
     )
     first, twentieth = int(T0 // STEP), int(T0 // STEP) + 20
+    request = (first + 25, 0, 0, 1)  # "d": a call, no spend
     assert store.read_sub_buckets([("s", H1), ("s", m15), ("t", H1), ("none", H1)], T0 + 30 * STEP) == [
-        ((first, 600, 6), (twentieth, 340, 3)),
-        ((int((T0 + 20 * STEP) // 15), 300, 3),),  # 15m: T0's spend is older than its window by now
-        ((first + 30, 7, 1),),
+        ((first, 600, 6, 1), (twentieth, 340, 3, 2), request),
+        ((int((T0 + 20 * STEP) // 15), 300, 3, 1),),  # 15m: T0's spend is older than its window by now
+        ((first + 30, 7, 1, 1),),
         (),
     ]
     assert H1.drops_at(first) == T0 + 61 * STEP
-    assert store.read_sub_buckets([("s", H1)], T0 + 61 * STEP - 0.001) == [((first, 600, 6), (twentieth, 340, 3))]
-    assert store.read_sub_buckets([("s", H1)], T0 + 61 * STEP) == [((twentieth, 340, 3),)]
+    assert store.read_sub_buckets([("s", H1)], T0 + 61 * STEP - 0.001) == [
+        ((first, 600, 6, 1), (twentieth, 340, 3, 2), request)
+    ]
+    assert store.read_sub_buckets([("s", H1)], T0 + 61 * STEP) == [((twentieth, 340, 3, 2), request)]
     assert store.totals([("s", H1)], T0 + 61 * STEP) == [Counter(340, 3, 3)]
-    assert store.read_sub_buckets([("s", H1)], T0 + 81 * STEP) == [()]
+    assert store.read_sub_buckets([("s", H1)], T0 + 81 * STEP) == [(request,)]
+    assert store.read_sub_buckets([("s", H1)], T0 + 86 * STEP) == [()]
     assert store.read_sub_buckets([], T0) == []
 
 
 def test_read_sub_buckets_reads_saturated_sub_buckets_at_the_ceiling(store: Store) -> None:
     store.apply([rec("a", nanos=INT64_MAX, tokens=5, windows=(H1,))], T0)
     store.apply([rec("b", nanos=1, tokens=5, windows=(H1,))], T0)
-    assert store.read_sub_buckets([("s", H1)], T0) == [((int(T0 // STEP), CEILING, 10),)]
+    assert store.read_sub_buckets([("s", H1)], T0) == [((int(T0 // STEP), CEILING, 10, 2),)]
 
 
 amounts = st.integers(min_value=-(2**64), max_value=2**64) | st.sampled_from(
