@@ -13,7 +13,7 @@ import pytest
 
 from otel_puppy.alerts import AlertEvent
 from otel_puppy.calls import ErrorClass
-from otel_puppy.decision import Action, Priority, Severity
+from otel_puppy.decision import Action, Decision, PolicyHit, Priority, Severity, allowed_decision
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import CircuitOpenError, PolicyDenied, PolicyErrors
 from otel_puppy.policies import parse_policy_text
@@ -617,3 +617,20 @@ def test_decisions_follow_a_new_policy_set_at_once() -> None:
     )
     decision = engine.decide(**request)
     assert (decision.action, [h.policy for h in decision.reasons]) == (Action.DENY, ["tiny"])
+
+
+def test_allowed_decision_builds_what_the_generated_init_builds() -> None:
+    hit = PolicyHit("budget", "b", Action.ALLOW, "budget b: $0 of $1 this day (0%)")
+    built = allowed_decision("openai", "gpt-4.1", (hit,), (), "d-1", Decimal("0.02"), Decimal("0.02"))
+    made = Decision(
+        Action.ALLOW,
+        "openai",
+        "gpt-4.1",
+        reasons=(hit,),
+        shadow=(),
+        decision_id="d-1",
+        estimated_cost_usd=Decimal("0.02"),
+        reserved_usd=Decimal("0.02"),
+        created_at=built.created_at,
+    )
+    assert built == made
