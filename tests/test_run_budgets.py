@@ -330,3 +330,22 @@ def test_trace_is_refused_for_anomalies_and_accepted_in_match() -> None:
     assert [h.policy for h in engine.decide(provider="openai", model="gpt-4.1", trace_id=TRACE_A).reasons] == ["one"]
     assert engine.decide(provider="openai", model="gpt-4.1", trace_id=TRACE_B).reasons == ()
     engine.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("91d", "rolling window '91d' must be between 1m and 90d"),
+        ("30s", "rolling window '30s' must be between 1m and 90d"),
+        ("day", "idle_timeout 'day' must be a duration like 15m, 1h, 24h"),
+        ("9" * 400, "unknown window"),
+    ],
+)
+def test_an_idle_timeout_out_of_range_names_the_file_and_line(value: str, error: str) -> None:
+    with pytest.raises(PuppyError) as raised:
+        parse_policy_text(
+            f"budgets:\n  - {{name: b, per: [trace], limit_usd: 1, window: day, idle_timeout: '{value}'}}\n",
+            Path("policies/b.yaml"),
+        )
+    assert "policies/b.yaml:2" in str(raised.value)
+    assert error in str(raised.value)
