@@ -156,6 +156,9 @@ def same(remote: Decision, local: Decision) -> None:
 
 # --- the same decisions as in-process ----------------------------------------------------------
 
+PATIENT: dict[str, Any] = {"timeout_s": 30.0, "retries": 0}
+"""For tests that compare state: a retry after a slow answer (a loaded CI machine) would reserve twice."""
+
 REQUESTS: list[DecisionRequest | dict[str, Any]] = [
     {"provider": "openai", "model": "gpt-4.1", "agent": "research", "estimated_cost_usd": "0.001"},
     {"provider": "openai", "model": "gpt-4.1", "agent": "support", "estimated_cost_usd": 0.0005},
@@ -195,14 +198,14 @@ def test_sync_and_async_decisions_are_the_engines(
     _, twin = engines
     url, _ = service
     actions = []
-    with DecisionClient(url) as client:
+    with DecisionClient(url, **PATIENT) as client:
         for request in REQUESTS:
             remote = ask(client.decide, request)
             same(remote, ask(twin.decide, request))
             actions.append((remote.action.value, remote.model))
 
         async def decide_all() -> list[tuple[str, str]]:
-            async with DecisionClient(url) as aclient:
+            async with DecisionClient(url, **PATIENT) as aclient:
                 seen = []
                 for request in REQUESTS:
                     remote = await ask(aclient.adecide, request)
@@ -233,14 +236,14 @@ def test_sync_and_async_decisions_are_the_engines(
 
 def test_one_connection_serves_many_calls(service: tuple[str, Seen]) -> None:
     url, seen = service
-    with DecisionClient(url) as client:
+    with DecisionClient(url, **PATIENT) as client:
         for _ in range(25):
             client.decide(provider="openai", model="gpt-4.1-mini", agent="research")
         assert seen.requests == 25
         assert len(seen.peers) == 1
 
         async def many() -> None:
-            async with DecisionClient(url) as aclient:
+            async with DecisionClient(url, **PATIENT) as aclient:
                 for _ in range(25):
                     await aclient.adecide(provider="openai", model="gpt-4.1-mini", agent="research")
 
