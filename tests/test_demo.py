@@ -288,6 +288,7 @@ def test_live_display_shows_the_tables(tmp_path: Path) -> None:
     assert "scenario: self-hosted outage at 20s for 25s; research prompt spike at 90s for 45s" in text
 
 
+@pytest.mark.long
 def test_scaled_scenario_crosses_alerts_opens_and_closes_a_breaker_spikes_and_degrades(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

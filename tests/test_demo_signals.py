@@ -114,8 +114,11 @@ def _wait_gone(pids: set[int], within_s: float) -> set[int]:
 
 @pytest.mark.parametrize(
     ("signum", "sigint_ignored"),
-    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
-    ids=["sigterm", "sigint", "sigint-to-a-background-job"],
+    [
+        pytest.param(signal.SIGTERM, False, id="sigterm", marks=pytest.mark.long),
+        pytest.param(signal.SIGINT, False, id="sigint"),
+        pytest.param(signal.SIGINT, True, id="sigint-to-a-background-job", marks=pytest.mark.long),
+    ],
 )
 def test_a_signal_stops_the_demo_and_every_fleet_process(
     tmp_path: Path, signum: signal.Signals, sigint_ignored: bool

@@ -130,6 +130,7 @@ def test_100k_distinct_scopes_folded_into_other_log_two_lines(caplog: pytest.Log
         engine.close()
 
 
+@pytest.mark.long
 def test_100k_failing_decisions_log_one_traceback_a_minute(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     yaml = "budgets: [{name: org, limit_usd: 1, window: 30d, action: deny}]"

@@ -291,6 +291,7 @@ def runs_in_sequence(yaml: str, runs: int) -> tuple[PolicyEngine, list[Decision]
     return engine, decisions
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     "budget",
     [

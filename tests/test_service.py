@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -113,6 +114,7 @@ def test_serve_ingests_answers_and_keeps_its_state_in_sqlite_across_a_restart(tm
         assert restarted.stop(signal.SIGINT) == 0
 
 
+@pytest.mark.long
 def test_kill_9_mid_load_loses_no_acknowledged_span_and_counts_none_twice(tmp_path: Path) -> None:
     policies = write_policies(tmp_path, "budgets:\n  - {name: everything, limit_usd: 1000000, window: day}\n")
     args = ("--policies", str(policies), "--store", "sqlite:///state.db")

@@ -143,6 +143,7 @@ def fuzz_exports(client: httpx.Client, bodies: st.SearchStrategy[bytes], content
     assert sum(seen.values()) == EXAMPLES  # every example ran to an answer
 
 
+@pytest.mark.long
 def test_random_and_mutated_protobuf_exports(fuzzed: tuple[PolicyEngine, httpx.Client]) -> None:
     fuzz_exports(fuzzed[1], PROTOBUF_BODIES, [PROTOBUF, "application/protobuf"])
 
@@ -202,6 +203,7 @@ JSON_BODIES = st.one_of(
 )
 
 
+@pytest.mark.long
 def test_random_and_mutated_json_exports(fuzzed: tuple[PolicyEngine, httpx.Client]) -> None:
     fuzz_exports(fuzzed[1], JSON_BODIES, [JSON, "application/json; charset=utf-8"])
 

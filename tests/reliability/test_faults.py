@@ -133,6 +133,7 @@ def test_a_read_only_database_is_refused_at_start_with_its_name_and_kept(tmp_pat
             assert restarted.stop() == 0
 
 
+@pytest.mark.long
 def test_a_database_locked_by_another_process_is_503_then_applied_once(tmp_path: Path) -> None:
     """A backup tool (or `sqlite3` in a shell) holds the write lock past the busy timeout (5 s)."""
     policies = write_policies(tmp_path, EVERYTHING)

@@ -110,6 +110,7 @@ def test_hostile_requests_are_refused_and_the_exhausted_budget_still_denies(runn
     assert "failing open" not in output
 
 
+@pytest.mark.long
 def test_a_flood_of_distinct_hostile_agents_logs_a_bounded_number_of_lines(running: Service) -> None:
     flood = 2_000
     with httpx.Client(base_url=running.url, timeout=30) as client:

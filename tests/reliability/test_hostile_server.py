@@ -164,6 +164,7 @@ def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(tmp_path
         still_enforced(running, exported=1)
 
 
+@pytest.mark.long
 def test_idle_and_slowloris_connections_are_closed(tmp_path: Path) -> None:
     with hostile_service(tmp_path, head_timeout_s="1", keep_alive_timeout_s="1") as running:
         # connected, never a byte: uvicorn alone would keep this open for ever

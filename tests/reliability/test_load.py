@@ -243,6 +243,7 @@ def test_twice_the_ingest_capacity_for_two_minutes(tmp_path: Path) -> None:
     assert statuses[503] + statuses[429] > 0, "twice the capacity was all acknowledged: no overload was reached"
 
 
+@pytest.mark.long
 def test_the_span_processor_under_more_spans_than_its_worker_can_take() -> None:
     """In the host app: spans end faster than the worker applies them for a few seconds. The queue
     never holds more than its size, `on_end` never waits, and ended = applied + dropped, exactly."""

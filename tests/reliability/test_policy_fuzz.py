@@ -333,6 +333,7 @@ def test_a_budget_below_one_nano_dollar_is_refused() -> None:
     ]
 
 
+@pytest.mark.long
 def test_the_largest_file_allowed_loads_in_bounded_time(tmp_path: Path) -> None:
     """1 MiB of budgets (the size limit), 15,081 of them: seconds, not a hang."""
     lines = ["budgets:"]
@@ -378,6 +379,7 @@ def denied(engine: PolicyEngine) -> bool:
     return engine.decide(provider="openai", model="gpt-4.1").action is Action.DENY
 
 
+@pytest.mark.long
 def test_a_reload_with_any_fuzzed_file_keeps_the_running_set_or_takes_a_valid_one(
     running: PolicyEngine, tmp_path: Path
 ) -> None:
