@@ -12,11 +12,11 @@ routing gets: it reserves nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
-from typing import Any, Final, overload
+from typing import Any, Final
 
 from otel_puppy._keys import escape
 from otel_puppy.bounds import MAX_CALL_COST_USD
@@ -121,9 +121,10 @@ Hit = PolicyHit | PendingBudgetHit
 """A policy's say in a decision, possibly still lazy."""
 
 
-class BudgetHits(Sequence[PolicyHit]):
-    """Some of a decision's budget hits (`indexes` into its instances and states), for `LazyHits`:
-    an allowed decision keeps one of these instead of a pending hit per budget."""
+class BudgetHits(LazyHits):
+    """Some of a decision's budget hits (`indexes` into its instances and states), built on first
+    access: an allowed decision keeps one of these as its `reasons` (and one as its `shadow`)
+    instead of a pending hit per budget; sent over HTTP, it builds no `PolicyHit` at all."""
 
     __slots__ = ("checks", "estimate", "indexes", "instances", "now", "states", "store")
 
@@ -137,6 +138,7 @@ class BudgetHits(Sequence[PolicyHit]):
         estimate: tuple[int, int] = (0, 0),
         store: Store | None = None,
     ) -> None:
+        self._built = None
         self.instances = instances
         self.states = states
         self.indexes = indexes
@@ -147,11 +149,10 @@ class BudgetHits(Sequence[PolicyHit]):
         self.store = store
         """Read only for a rolling shadow budget that is over (`PendingBudgetHit.store`)."""
 
-    def lazy(self) -> LazyHits:
-        return LazyHits(self, dicts=self.to_dicts)
-
     def to_dicts(self) -> list[dict[str, Any]]:
-        """`[hit.to_dict() for hit in self]`, building no `PolicyHit`."""
+        """`[hit.to_dict() for hit in self]`, building no `PolicyHit` unless they were built."""
+        if self._built is not None:
+            return [hit.to_dict() for hit in self._built]
         checks, estimate, store = self.checks, self.estimate, self.store
         return [
             state_hit_dict(
@@ -165,26 +166,25 @@ class BudgetHits(Sequence[PolicyHit]):
             for index in self.indexes
         ]
 
-    def _hit(self, index: int) -> PolicyHit:
-        check = self.checks[index] if self.checks is not None else None
-        return state_hit(
-            self.instances[index], self.states[index], self.now, check=check, estimate=self.estimate, store=self.store
-        )
-
-    @overload
-    def __getitem__(self, index: int) -> PolicyHit: ...
-    @overload
-    def __getitem__(self, index: slice) -> tuple[PolicyHit, ...]: ...
-    def __getitem__(self, index: int | slice) -> PolicyHit | tuple[PolicyHit, ...]:
-        if isinstance(index, slice):
-            return tuple(self._hit(i) for i in self.indexes[index])
-        return self._hit(self.indexes[index])
+    def _hits(self) -> tuple[PolicyHit, ...]:
+        built = self._built
+        if built is None:
+            checks, estimate, store = self.checks, self.estimate, self.store
+            built = self._built = tuple(
+                state_hit(
+                    self.instances[index],
+                    self.states[index],
+                    self.now,
+                    check=checks[index] if checks is not None else None,
+                    estimate=estimate,
+                    store=store,
+                )
+                for index in self.indexes
+            )
+        return built
 
     def __len__(self) -> int:
         return len(self.indexes)
-
-    def __iter__(self) -> Iterator[PolicyHit]:
-        return (self._hit(i) for i in self.indexes)
 
 
 @dataclass(frozen=True, slots=True)

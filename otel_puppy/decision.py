@@ -230,9 +230,27 @@ _GIVEN_NAMES: Final = ("provider", "model")
 """The fields `from_fields` requires (the others have defaults)."""
 _FIELDS: Final = tuple(DecisionRequest.__dataclass_fields__)
 _FIELD_SET: Final = frozenset(_FIELDS)
-_SLOTS: Final = tuple((f.name, f.default, getattr(DecisionRequest, f.name).__set__) for f in fields(DecisionRequest))
-"""Each field's name, default and slot setter, for `from_fields` (every field has a plain default,
-or is required and checked before)."""
+_REQUEST_SETTERS: Final = tuple(getattr(DecisionRequest, f.name).__set__ for f in fields(DecisionRequest))
+"""Each field's slot setter, in field order, for `_assembled` (tests/test_decide.py holds the two together)."""
+(
+    _put_provider,
+    _put_model,
+    _put_agent,
+    _put_service,
+    _put_user,
+    _put_team,
+    _put_environment,
+    _put_conversation,
+    _put_operation,
+    _put_priority,
+    _put_estimated_cost_usd,
+    _put_estimated_input_tokens,
+    _put_estimated_output_tokens,
+    _put_capabilities,
+    _put_context_tokens,
+    _put_trace_id,
+) = _REQUEST_SETTERS
+_NORMAL: Final = Priority.NORMAL
 _new_object: Final = object.__new__
 _PRIORITIES: Final = tuple(p.value for p in Priority)
 _PRIORITY_BY_NAME: Final[dict[str, Priority]] = {p.value: p for p in Priority}
@@ -243,8 +261,24 @@ def _assembled(fields: Mapping[str, object]) -> DecisionRequest:
     parsing and a frozen `__setattr__` lookup per field: `decide(**fields)` builds one per decision."""
     request: DecisionRequest = _new_object(DecisionRequest)
     get = fields.get
-    for name, default, put in _SLOTS:
-        put(request, get(name, default))
+    # Each slot set by its own descriptor, unrolled, with the field's default (`provider` and
+    # `model` are present: `from_fields` checked).
+    _put_provider(request, fields["provider"])
+    _put_model(request, fields["model"])
+    _put_agent(request, get("agent"))
+    _put_service(request, get("service"))
+    _put_user(request, get("user"))
+    _put_team(request, get("team"))
+    _put_environment(request, get("environment"))
+    _put_conversation(request, get("conversation"))
+    _put_operation(request, get("operation", "chat"))
+    _put_priority(request, get("priority", _NORMAL))
+    _put_estimated_cost_usd(request, get("estimated_cost_usd"))
+    _put_estimated_input_tokens(request, get("estimated_input_tokens"))
+    _put_estimated_output_tokens(request, get("estimated_output_tokens"))
+    _put_capabilities(request, get("capabilities", ()))
+    _put_context_tokens(request, get("context_tokens"))
+    _put_trace_id(request, get("trace_id"))
     request.__post_init__()
     return request
 

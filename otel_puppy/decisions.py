@@ -53,10 +53,8 @@ class Decisions:
         return allowed_decision(
             request.provider,
             request.model,
-            BudgetHits(plan.instances, states, plan.enforced, now).lazy() if plan.enforced else _NONE,
-            BudgetHits(plan.instances, states, shadow, now, plan.checks, estimate, plan.store).lazy()
-            if shadow
-            else _NONE,
+            BudgetHits(plan.instances, states, plan.enforced, now) if plan.enforced else _NONE,
+            BudgetHits(plan.instances, states, shadow, now, plan.checks, estimate, plan.store) if shadow else _NONE,
             decision_id,
             estimated,
             estimated if reserved else None,

@@ -328,7 +328,8 @@ class PolicyEngine:
         estimate = admission.estimate(request)  # before a breaker probe is taken: it may refuse the request
         for runtime in rules.runtimes:
             hits += runtime.check(request, now)
-        return estimate, admission.admit(plan, estimate, now, decision_id, reserve=reserve and not denied(hits))
+        reserve = reserve and not (hits and denied(hits))
+        return estimate, admission.admit(plan, estimate, now, decision_id, reserve=reserve)
 
     def _abandon(self, rules: Rules, request: DecisionRequest, reservation: str | None) -> None:
         """The decision will not go ahead with this request: give back what it took."""

@@ -14,6 +14,8 @@ NANOS_PER_USD = 1_000_000_000
 
 # Wide enough that rounding a bounded amount to any table's places never runs out of digits.
 _FORMAT_CONTEXT = Context(prec=100, rounding=ROUND_HALF_EVEN)
+_multiply = _FORMAT_CONTEXT.multiply
+_NANOS_PER_USD_DECIMAL = Decimal(NANOS_PER_USD)
 
 
 def usd_to_nanos(usd: Decimal | int | str) -> int:
@@ -25,7 +27,9 @@ def usd_to_nanos(usd: Decimal | int | str) -> int:
     value = usd if isinstance(usd, Decimal) else Decimal(usd)
     if not value.is_finite():
         raise ValueError(f"not a finite amount of money: {usd!r}")
-    return int((value * NANOS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+    # Multiplied exactly (the default context's 28 digits would round a long amount first, then
+    # `round` again), then `round`: half to even, to an int.
+    return round(_multiply(value, _NANOS_PER_USD_DECIMAL))
 
 
 def nanos_to_usd(nanos: int) -> Decimal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,7 +14,7 @@ import pytest
 
 from otel_puppy.alerts import AlertEvent
 from otel_puppy.calls import ErrorClass
-from otel_puppy.decision import Action, Decision, PolicyHit, Priority, Severity, allowed_decision
+from otel_puppy.decision import Action, Decision, DecisionRequest, PolicyHit, Priority, Severity, allowed_decision
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import CircuitOpenError, PolicyDenied, PolicyErrors
 from otel_puppy.policies import parse_policy_text
@@ -634,3 +635,32 @@ def test_allowed_decision_builds_what_the_generated_init_builds() -> None:
         created_at=built.created_at,
     )
     assert built == made
+
+
+def test_from_fields_builds_what_the_generated_init_builds() -> None:
+    """`_assembled` sets each slot by hand: every field with a value of its own, and every default."""
+    given: dict[str, object] = {
+        "provider": "openai",
+        "model": "gpt-4.1",
+        "agent": "a",
+        "service": "s",
+        "user": "u",
+        "team": "t",
+        "environment": "e",
+        "conversation": "c",
+        "operation": "embeddings",
+        "priority": Priority.HIGH,
+        "estimated_cost_usd": Decimal("0.5"),
+        "estimated_input_tokens": 3,
+        "estimated_output_tokens": 4,
+        "capabilities": ("tools",),
+        "context_tokens": 5,
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+    }
+    assert set(given) == {f.name for f in dataclasses.fields(DecisionRequest)}  # a new field is added here
+    built = DecisionRequest.from_fields(given)
+    assert built == DecisionRequest(**given)  # type: ignore[arg-type]
+    assert [getattr(built, name) for name in given] == list(given.values())
+    defaults = DecisionRequest.from_fields({"provider": "openai", "model": "gpt-4.1"})
+    assert defaults == DecisionRequest("openai", "gpt-4.1")
+    assert (defaults.operation, defaults.priority, defaults.capabilities) == ("chat", Priority.NORMAL, ())

@@ -52,11 +52,13 @@ _new_state = tuple.__new__
 class _Ring:
     """61 sub-buckets of a rolling window and their running total."""
 
-    __slots__ = ("index", "last", "nanos", "requests", "step", "tokens", "totals")
+    __slots__ = ("index", "last", "nanos", "requests", "step", "tokens", "totals", "until")
 
     def __init__(self, step: float) -> None:
         self.step = step
         self.last = -1
+        self.until = -math.inf
+        """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
         self.index = [-1] * _SLOTS
         self.nanos = [0] * _SLOTS
         self.tokens = [0] * _SLOTS
@@ -77,6 +79,11 @@ class _Ring:
             self.index[slot] = i
             self.nanos[slot] = self.tokens[slot] = self.requests[slot] = 0
         self.last = newest
+        # One ulp below the product (rounded by at most half an ulp): never after the true end.
+        self.until = math.nextafter((newest + 1) * self.step, -math.inf)
+
+    def advance(self, now: float) -> None:
+        self._advance(int(now // self.step))
 
     def add(self, ts: float, nanos: int, tokens: int) -> int:
         """Add to the sub-bucket of `ts` (amounts in `[0, CEILING]`); returns how many of its
@@ -283,7 +290,9 @@ class MemoryStore:
         # the loop is `_raw_total` and `check_state` inlined, with the lookups kept in locals.
         # tests/store/test_memory.py holds the inlined rule to `check_state` over every case.
         checks = admission.checks
-        nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
+        nanos, tokens = admission.nanos, admission.tokens
+        if not (0 <= nanos <= CEILING and 0 <= tokens <= CEILING):
+            nanos, tokens = clamp(nanos), clamp(tokens)
         reserved_totals = self._reserved
         with self._lock:
             heap = self._reservation_heap
@@ -296,10 +305,21 @@ class MemoryStore:
             admitted = True
             reserved_of = reserved_totals.get
             for counter, scope, limit_nanos, limit_tokens, blocking, limit_calls in found[4]:
-                spent = counter.read_raw(now) if isinstance(counter, _Ring) else counter
-                held_nanos, held_tokens = reserved_of(scope) or _NONE_RESERVED
-                if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
-                    held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
+                if isinstance(counter, _Ring):  # `read_raw`, inlined
+                    if now >= counter.until:
+                        counter.advance(now)
+                    spent = counter.totals
+                    if spent[0] > CEILING or spent[1] > CEILING or spent[2] > CEILING:
+                        spent = [min(total, CEILING) for total in spent]
+                else:
+                    spent = counter
+                held = reserved_of(scope)
+                if held is None:
+                    held_nanos = held_tokens = 0
+                else:
+                    held_nanos, held_tokens = held
+                    if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
+                        held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
                 if limit_calls is not None:  # a call budget: one call more, held in the token slot
                     fits = spent[2] + held_tokens < limit_calls
                     states.append(_new_state(CheckState, (spent[0], spent[2], held_nanos, held_tokens, fits)))
