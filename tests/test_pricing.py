@@ -174,3 +174,19 @@ def test_a_successful_call_without_usage_is_unpriced_and_a_failed_one_free() -> 
     assert failed is not None
     assert Pricer().price(ok) == Price(nanos=None, unpriced_reason=Unpriced.NO_USAGE)
     assert Pricer().price(failed) == Price(nanos=0)
+
+
+@pytest.mark.parametrize(
+    ("usd", "nanos"),
+    [
+        ("0.00472", 4_720_000),
+        ("0.0000000005", 0),  # half to even
+        ("0.0000000015", 2),
+        ("-0.0000000025", -2),
+        # 34 significant digits: the default context's 28 would round to ...0005 first, then to even
+        ("1000.00000000050000000000000000000001", 1_000_000_000_001),
+        ("1000000.000000000499999999999999999999", 1_000_000_000_000_000),
+    ],
+)
+def test_usd_to_nanos_rounds_once_half_to_even(usd: str, nanos: int) -> None:
+    assert usd_to_nanos(Decimal(usd)) == nanos
