@@ -145,6 +145,8 @@ class _Reservation:
 _Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool, int | None]
 """What `admit` reads for one check: its counter, its scope, its limits (clamped to `CEILING`),
 whether it blocks, and its call limit (clamped) if it is a call budget."""
+_RANKED_BY: Final = (itemgetter(0), itemgetter(1), itemgetter(2))
+"""What `read_fullest` ranks a group's counters by: spend, tokens or calls (`[nanos, tokens, requests]`)."""
 _Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter], bool]
 """`MemoryStore._find`: the checks, the layout and the span of time it holds for, each check's
 counter, and whether a call budget is among them (an admission then reserves with no estimate)."""
@@ -425,13 +427,13 @@ class MemoryStore:
                         for ring in [ring for ring in group_rings if ring.last < newest]:
                             ring._advance(newest)
                         advanced[0] = newest
-                # In C, not a Python loop per check: the amounts, their most, and its first index.
-                amounts = list(map(itemgetter(field), counts))
-                most = max(amounts)
-                if most <= CEILING:
-                    best = amounts.index(most)
+                # In C, not a Python loop per check: the first counter with the most, and its index
+                # (`index` finds that counter first: any before it holds less, so is not equal).
+                fullest = max(counts, key=_RANKED_BY[field])
+                if fullest[field] <= CEILING:
+                    best = counts.index(fullest)
                 else:  # a ring's total past the ceiling reads as the ceiling: the first of those
-                    best = next(i for i, amount in enumerate(amounts) if amount >= CEILING)
+                    best = next(i for i, counted in enumerate(counts) if counted[field] >= CEILING)
                 if field != 1 and reserved_totals:  # reservations count too: rank again with them
                     best = self._fullest_reserving(group, now)
                 winners.append(group[best])
