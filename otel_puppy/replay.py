@@ -245,6 +245,7 @@ def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], Rep
                 conversation=call.conversation,
                 operation=call.operation,
                 estimated_cost_usd=cost,
+                trace_id=f"{call.trace_id:032x}" if call.trace_id else None,  # the run, for `per: [trace]`
             )
         )
         action = Action(decision.action)

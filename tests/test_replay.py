@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -294,3 +295,56 @@ def test_replay_with_the_real_engine(tmp_path: Path) -> None:
         assert engines[0].snapshot().spend("day") == Decimal("0.0056")
     finally:
         engines[0].close()
+
+
+def _replayed(tmp_path: Path, policies_yaml: str, calls: list[Any]) -> tuple[ReplayReport, PolicyEngine]:
+    from otel_puppy.policies import parse_policy_text
+    from otel_puppy.testing import engine_for_tests
+
+    policies = parse_policy_text(policies_yaml, tmp_path / "budgets.yaml")
+    path = write_jsonl(tmp_path / "t.jsonl", [json.dumps(otlp_json(make_request(*calls)))])
+    engines: list[PolicyEngine] = []
+
+    def factory(clock: FakeClock) -> PolicyEngine:
+        engines.append(engine_for_tests(policies, clock=clock))
+        return engines[-1]
+
+    return replay(read_spans(path), factory), engines[0]
+
+
+def test_replay_holds_a_conversation_to_its_call_budget(tmp_path: Path) -> None:
+    """`limit_calls: 3` per conversation: the fourth and fifth calls of c-1 are denied, c-2's first is not."""
+    calls = [
+        span(
+            chat("gpt-4.1", 1000, 100, "support", **{"gen_ai.conversation.id": conversation}),
+            trace_id=i,
+            span_id=i,
+            start_ns=(T0 + 10 * i) * S,
+        )
+        for i, conversation in enumerate(["c-1", "c-1", "c-1", "c-1", "c-2", "c-1"], start=1)
+    ]
+    budget = "budgets:\n  - {name: turns, per: [conversation], limit_calls: 3, window: day, action: deny}\n"
+    report, engine = _replayed(tmp_path, budget, calls)
+    try:
+        assert [row.action for row in report.rows] == ["allow", "allow", "allow", "deny", "allow", "deny"]
+        assert {row.policies for row in report.rows} == {("turns",)}  # every call is in one of its instances
+        assert (report.allowed, report.denied) == (4, 2)
+        # the calls that went ahead, $0.0028 each (1000 input + 100 output tokens of gpt-4.1)
+        assert (report.spend_usd, report.spend_denied_usd) == (Decimal("0.0112"), Decimal("0.0056"))
+    finally:
+        engine.close()
+
+
+def test_replay_holds_each_run_to_its_own_budget(tmp_path: Path) -> None:
+    """`per: [trace]` at $0.006 ($0.0028 a call): run 1's third call is denied; run 2, interleaved, goes on."""
+    calls = [
+        span(chat("gpt-4.1", 1000, 100, "support"), trace_id=run, span_id=i, start_ns=(T0 + 10 * i) * S)
+        for i, run in enumerate([1, 2, 1, 2, 1], start=1)
+    ]
+    budget = "budgets:\n  - {name: per-run, per: [trace], limit_usd: 0.006, window: day, action: deny}\n"
+    report, engine = _replayed(tmp_path, budget, calls)
+    try:
+        assert [row.action for row in report.rows] == ["allow", "allow", "allow", "allow", "deny"]
+        assert report.rows[4].policies == ("per-run",)
+    finally:
+        engine.close()
