@@ -924,8 +924,9 @@ def budgets() -> Dashboard:
             [
                 bars(
                     "Utilization",
-                    "Spent plus reserved over the limit, per budget instance (`per` budgets: one per scope; per user "
-                    "or conversation only the fullest, as scope `max`). At 100% the budget's action applies.",
+                    "Spent plus reserved over the limit, per budget instance: dollars, tokens, or for a `limit_calls` "
+                    "budget calls made plus calls admitted and not yet settled (`per` budgets: one per scope; per "
+                    "user, conversation or run only the fullest, as scope `max`). At 100% the budget's action applies.",
                     [Query(f"sort_desc({budget_gauge('otel_puppy_budget_utilization_ratio')})", legend, instant=True)],
                     "percentunit",
                     thresholds=UTILIZATION_STEPS,
