@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from otel_puppy._keys import escape
 from otel_puppy.bounds import MAX_CALL_COST_USD
@@ -121,6 +121,9 @@ Hit = PolicyHit | PendingBudgetHit
 """A policy's say in a decision, possibly still lazy."""
 
 
+_Built = TypeVar("_Built")
+
+
 class BudgetHits(LazyHits):
     """Some of a decision's budget hits (`indexes` into its instances and states), built on first
     access: an allowed decision keeps one of these as its `reasons` (and one as its `shadow`)
@@ -153,9 +156,19 @@ class BudgetHits(LazyHits):
         """`[hit.to_dict() for hit in self]`, building no `PolicyHit` unless they were built."""
         if self._built is not None:
             return [hit.to_dict() for hit in self._built]
+        return self._each(state_hit_dict)
+
+    def _hits(self) -> tuple[PolicyHit, ...]:
+        built = self._built
+        if built is None:
+            built = self._built = tuple(self._each(state_hit))
+        return built
+
+    def _each(self, build: Callable[..., _Built]) -> list[_Built]:
+        """`build` (`state_hit` or `state_hit_dict`) of each of the hits, in order."""
         checks, estimate, store = self.checks, self.estimate, self.store
         return [
-            state_hit_dict(
+            build(
                 self.instances[index],
                 self.states[index],
                 self.now,
@@ -165,23 +178,6 @@ class BudgetHits(LazyHits):
             )
             for index in self.indexes
         ]
-
-    def _hits(self) -> tuple[PolicyHit, ...]:
-        built = self._built
-        if built is None:
-            checks, estimate, store = self.checks, self.estimate, self.store
-            built = self._built = tuple(
-                state_hit(
-                    self.instances[index],
-                    self.states[index],
-                    self.now,
-                    check=checks[index] if checks is not None else None,
-                    estimate=estimate,
-                    store=store,
-                )
-                for index in self.indexes
-            )
-        return built
 
     def __len__(self) -> int:
         return len(self.indexes)

@@ -250,7 +250,9 @@ _REQUEST_SETTERS: Final = tuple(getattr(DecisionRequest, f.name).__set__ for f i
     _put_context_tokens,
     _put_trace_id,
 ) = _REQUEST_SETTERS
-_NORMAL: Final = Priority.NORMAL
+_DEFAULTS: Final = {f.name: f.default for f in fields(DecisionRequest)}
+_OPERATION, _PRIORITY, _CAPABILITIES = _DEFAULTS["operation"], _DEFAULTS["priority"], _DEFAULTS["capabilities"]
+"""The fields' defaults that are not `None`, as the dataclass declares them (for `_assembled`)."""
 _new_object: Final = object.__new__
 _PRIORITIES: Final = tuple(p.value for p in Priority)
 _PRIORITY_BY_NAME: Final[dict[str, Priority]] = {p.value: p for p in Priority}
@@ -261,8 +263,8 @@ def _assembled(fields: Mapping[str, object]) -> DecisionRequest:
     parsing and a frozen `__setattr__` lookup per field: `decide(**fields)` builds one per decision."""
     request: DecisionRequest = _new_object(DecisionRequest)
     get = fields.get
-    # Each slot set by its own descriptor, unrolled, with the field's default (`provider` and
-    # `model` are present: `from_fields` checked).
+    # Each slot set by its own descriptor, unrolled, with the field's declared default (`provider`
+    # and `model` are present: `from_fields` checked; the other defaults are `None`).
     _put_provider(request, fields["provider"])
     _put_model(request, fields["model"])
     _put_agent(request, get("agent"))
@@ -271,12 +273,12 @@ def _assembled(fields: Mapping[str, object]) -> DecisionRequest:
     _put_team(request, get("team"))
     _put_environment(request, get("environment"))
     _put_conversation(request, get("conversation"))
-    _put_operation(request, get("operation", "chat"))
-    _put_priority(request, get("priority", _NORMAL))
+    _put_operation(request, get("operation", _OPERATION))
+    _put_priority(request, get("priority", _PRIORITY))
     _put_estimated_cost_usd(request, get("estimated_cost_usd"))
     _put_estimated_input_tokens(request, get("estimated_input_tokens"))
     _put_estimated_output_tokens(request, get("estimated_output_tokens"))
-    _put_capabilities(request, get("capabilities", ()))
+    _put_capabilities(request, get("capabilities", _CAPABILITIES))
     _put_context_tokens(request, get("context_tokens"))
     _put_trace_id(request, get("trace_id"))
     request.__post_init__()

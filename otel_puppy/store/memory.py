@@ -82,9 +82,6 @@ class _Ring:
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
         self.until = math.nextafter((newest + 1) * self.step, -math.inf)
 
-    def advance(self, now: float) -> None:
-        self._advance(int(now // self.step))
-
     def add(self, ts: float, nanos: int, tokens: int) -> int:
         """Add to the sub-bucket of `ts` (amounts in `[0, CEILING]`); returns how many of its
         counts are at the ceiling now (saturated)."""
@@ -110,7 +107,8 @@ class _Ring:
 
     def read_raw(self, now: float) -> list[int]:
         """[nanos, tokens, requests] now, each at most `CEILING`; the caller must not keep or change it."""
-        self._advance(int(now // self.step))
+        if now >= self.until:  # else `now` is still in the newest sub-bucket: nothing to advance
+            self._advance(int(now // self.step))
         totals = self.totals
         if totals[0] > CEILING or totals[1] > CEILING or totals[2] > CEILING:
             return [min(total, CEILING) for total in totals]
@@ -309,7 +307,7 @@ class MemoryStore:
             for counter, scope, limit_nanos, limit_tokens, blocking, limit_calls in found[4]:
                 if isinstance(counter, _Ring):  # `read_raw`, inlined
                     if now >= counter.until:
-                        counter.advance(now)
+                        counter._advance(int(now // counter.step))
                     spent = counter.totals
                     if spent[0] > CEILING or spent[1] > CEILING or spent[2] > CEILING:
                         spent = [min(total, CEILING) for total in spent]
