@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Final
@@ -71,6 +71,9 @@ class Price:
 
 
 FREE: Final = Price(nanos=0)
+_UNKNOWN_MODEL: Final = Price(nanos=None, unpriced_reason=Unpriced.UNKNOWN_MODEL)
+_INVALID_USAGE: Final = Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)
+_NO_USAGE: Final = Price(nanos=None, unpriced_reason=Unpriced.NO_USAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,34 +148,37 @@ class Pricer:
 
     def price(self, call: LLMCall) -> Price:
         """The cost of a call. Never raises: bad usage gives an unpriced result with its reason."""
-        if call.problems or call.rejected is not None:  # a rejected call is never applied; never price it
-            return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)
-        if not call.has_usage:
-            # Providers do not bill failed calls; a successful call without usage cost something unknown.
-            return FREE if call.error_class is not None else Price(nanos=None, unpriced_reason=Unpriced.NO_USAGE)
-        at = call.start_ns / 1e9 if call.start_ns > 0 else None
-        for model_ref in _model_refs(call):
-            price = self.price_usage(
-                call.provider,
-                model_ref,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                cache_read_tokens=call.cache_read_tokens,
-                cache_write_tokens=call.cache_write_tokens,
-                reasoning_tokens=call.reasoning_tokens,
-                at=at,
-            )
-            if price.unpriced_reason != Unpriced.UNKNOWN_MODEL:
-                return price
-        return Price(nanos=None, unpriced_reason=Unpriced.UNKNOWN_MODEL)
+        return self._price(call, call.cache_read_tokens)
 
     def cache_savings(self, call: LLMCall, price: Price) -> int:
         """Nano-USD the provider's prompt cache saved on `call` (priced at `price`): the cost of its
         cache reads had they been plain input tokens, less what they cost. 0 without cache reads."""
         if not call.cache_read_tokens or price.nanos is None:
             return 0
-        uncached = self.price(replace(call, cache_read_tokens=0))
+        uncached = self._price(call, 0)
         return max((uncached.nanos or 0) - price.nanos, 0) if uncached.nanos is not None else 0
+
+    def _price(self, call: LLMCall, cache_read_tokens: int) -> Price:
+        """`price(call)` with `cache_read_tokens` in place of the call's own (`cache_savings` asks with 0,
+        and copying the call to ask would cost more than pricing it)."""
+        if call.problems or call.rejected is not None:  # a rejected call is never applied; never price it
+            return _INVALID_USAGE
+        if not call.has_usage:
+            # Providers do not bill failed calls; a successful call without usage cost something unknown.
+            return FREE if call.error_class is not None else _NO_USAGE
+        at = call.start_ns / 1e9 if call.start_ns > 0 else None
+        counts = (
+            call.input_tokens,
+            call.output_tokens,
+            cache_read_tokens,
+            call.cache_write_tokens,
+            call.reasoning_tokens,
+        )
+        for model_ref in _model_refs(call.response_model, call.request_model):
+            price = self._price_counts(call.provider, model_ref, counts, at)
+            if price.unpriced_reason != Unpriced.UNKNOWN_MODEL:
+                return price
+        return _UNKNOWN_MODEL
 
     def price_usage(
         self,
@@ -187,9 +193,17 @@ class Pricer:
         at: datetime | float | None = None,
     ) -> Price:
         """The cost of this usage of `provider`/`model` at `at` (a datetime or epoch seconds; now by default)."""
-        resolved = self._resolve(provider or "", model)
+        counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
+        return self._price_counts(provider or "", model, counts, at)
+
+    def _price_counts(
+        self, provider: str, model: str, counts: tuple[int, int, int, int, int], at: datetime | float | None
+    ) -> Price:
+        """`price_usage` of `counts` (input, output, cache read, cache write, reasoning tokens)."""
+        resolved = self._resolve(provider, model)
         if resolved is None:
-            return Price(nanos=None, unpriced_reason=Unpriced.UNKNOWN_MODEL)
+            return _UNKNOWN_MODEL
+        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens = counts
         if (
             input_tokens < 0
             or output_tokens < 0
@@ -215,7 +229,6 @@ class Pricer:
                         + c_rs * reasoning_tokens
                     )
                     return Price(_round_nanos(scaled, piece.scale), None, resolved.source, scaled, piece.scale)
-        counts = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
         try:
             total = model_price.calc_price(_usage(counts))["total_price"]
         except (ValueError, ArithmeticError):
@@ -288,9 +301,13 @@ class Pricer:
         return linear
 
 
-def _model_refs(call: LLMCall) -> tuple[str, ...]:
-    refs = tuple(dict.fromkeys(ref for ref in (call.response_model, call.request_model) if ref))
-    return refs or ("unknown",)
+def _model_refs(response_model: str | None, request_model: str | None) -> tuple[str, ...]:
+    """The models to price a call as, in turn: the one that answered, then the one asked for."""
+    if not response_model:
+        return (request_model,) if request_model else ("unknown",)
+    if not request_model or request_model == response_model:
+        return (response_model,)
+    return (response_model, request_model)
 
 
 def _usage(counts: tuple[int, ...]) -> gp.Usage:
