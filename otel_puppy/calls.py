@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
@@ -140,6 +141,111 @@ class LLMCall:
         )
 
 
+_CALL_SETTERS: Final = tuple(getattr(LLMCall, f.name).__set__ for f in fields(LLMCall))
+"""Each field's slot setter, in field order, for `_new_call` (tests/test_calls.py holds the two together)."""
+(
+    _put_trace_id,
+    _put_span_id,
+    _put_parent_span_id,
+    _put_provider,
+    _put_request_model,
+    _put_response_model,
+    _put_operation,
+    _put_start_ns,
+    _put_end_ns,
+    _put_input_tokens,
+    _put_output_tokens,
+    _put_cache_read_tokens,
+    _put_cache_write_tokens,
+    _put_reasoning_tokens,
+    _put_has_usage,
+    _put_error_class,
+    _put_agent,
+    _put_service,
+    _put_conversation,
+    _put_user,
+    _put_team,
+    _put_environment,
+    _put_reported_cost_usd,
+    _put_decision_id,
+    _put_response_id,
+    _put_instrumentation,
+    _put_prompt_hash,
+    _put_problems,
+    _put_dedupe_namespace,
+    _put_rejected,
+) = _CALL_SETTERS
+_new_object: Final = object.__new__
+
+
+def _new_call(
+    *,
+    trace_id: int,
+    span_id: int,
+    parent_span_id: int,
+    provider: str,
+    request_model: str | None,
+    response_model: str | None,
+    operation: str,
+    start_ns: int,
+    end_ns: int,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+    reasoning_tokens: int,
+    has_usage: bool,
+    error_class: ErrorClass | None,
+    agent: str | None,
+    service: str | None,
+    conversation: str | None,
+    user: str | None,
+    team: str | None,
+    environment: str | None,
+    reported_cost_usd: float | None,
+    decision_id: str | None,
+    response_id: str | None,
+    instrumentation: str | None,
+    prompt_hash: str | None,
+    problems: tuple[str, ...],
+    rejected: str | None,
+) -> LLMCall:
+    """`LLMCall(...)` of every field but `dedupe_namespace` (empty), as the generated `__init__` builds
+    it but without a frozen `__setattr__` lookup per field: that was a third of reading a small span."""
+    call: LLMCall = _new_object(LLMCall)
+    _put_trace_id(call, trace_id)
+    _put_span_id(call, span_id)
+    _put_parent_span_id(call, parent_span_id)
+    _put_provider(call, provider)
+    _put_request_model(call, request_model)
+    _put_response_model(call, response_model)
+    _put_operation(call, operation)
+    _put_start_ns(call, start_ns)
+    _put_end_ns(call, end_ns)
+    _put_input_tokens(call, input_tokens)
+    _put_output_tokens(call, output_tokens)
+    _put_cache_read_tokens(call, cache_read_tokens)
+    _put_cache_write_tokens(call, cache_write_tokens)
+    _put_reasoning_tokens(call, reasoning_tokens)
+    _put_has_usage(call, has_usage)
+    _put_error_class(call, error_class)
+    _put_agent(call, agent)
+    _put_service(call, service)
+    _put_conversation(call, conversation)
+    _put_user(call, user)
+    _put_team(call, team)
+    _put_environment(call, environment)
+    _put_reported_cost_usd(call, reported_cost_usd)
+    _put_decision_id(call, decision_id)
+    _put_response_id(call, response_id)
+    _put_instrumentation(call, instrumentation)
+    _put_prompt_hash(call, prompt_hash)
+    _put_problems(call, problems)
+    _put_dedupe_namespace(call, "")
+    _put_rejected(call, rejected)
+    return call
+
+
 def is_genai_span(attributes: Mapping[str, Any]) -> bool:
     """The cheap test: does this span carry any GenAI attribute at all?"""
     return not semconv.MARKERS.isdisjoint(attributes)
@@ -227,7 +333,7 @@ def call_from_parts(
     if isinstance(tl_kind, str) and tl_kind not in {"llm", "embedding"}:
         return None
 
-    has_usage = any(key in attributes for key in semconv.USAGE_KEYS)
+    has_usage = not attributes.keys().isdisjoint(semconv.USAGE_KEYS)
     if not has_usage:
         if any(key.startswith(semconv.AGGREGATED_PREFIX) for key in attributes):
             return None
@@ -290,7 +396,7 @@ def call_from_parts(
         # it could not price the model (OpenLIT does so for every model it does not know), not that
         # the call was free. Only a real report feeds the drift.
         reported_cost = None
-    return LLMCall(
+    return _new_call(
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=parent_span_id,
@@ -345,12 +451,16 @@ def _message_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(_message_text(item) for item in value)
+        return "\n".join([_message_text(item) for item in value])
     if isinstance(value, dict):
-        parts = [f"{value['role']}:" if isinstance(value.get("role"), str) else ""]
-        parts.extend(_message_text(value[key]) for key in ("content", "parts", "text") if key in value)
-        return " ".join(p for p in parts if p)
+        role = value.get("role")
+        parts = [f"{role}:"] if isinstance(role, str) else []
+        parts.extend(text for key in _MESSAGE_KEYS if key in value and (text := _message_text(value[key])))
+        return " ".join(parts)
     return ""
+
+
+_MESSAGE_KEYS: Final = ("content", "parts", "text")
 
 
 def normalize_provider(value: object) -> str:
@@ -604,6 +714,8 @@ def _label(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
 
 
 def _utf8(text: str) -> bool:
+    if text.isascii():  # the usual name, and no copy to tell (a lone surrogate is never ASCII)
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -617,6 +729,8 @@ def _cost(attributes: Mapping[str, Any], rejections: list[str], maximum: Decimal
         value = attributes.get(key)
         if value is None:
             continue
+        if type(value) is float and _SMALLEST_PLAIN_COST <= value <= _largest_plain_cost(maximum):
+            return value  # what `read_decimal` would read, converted back (see `_largest_plain_cost`)
         if not isinstance(value, int | float | str):
             return None  # a list or bytes is no cost; it is not ours to refuse the span for
         try:
@@ -627,3 +741,21 @@ def _cost(attributes: Mapping[str, Any], rejections: list[str], maximum: Decimal
             pass
         return None
     return None
+
+
+_SMALLEST_PLAIN_COST: Final = 1e-13
+"""From here up a float's shortest text has at most 30 decimal places: `read_decimal` reads it unrounded."""
+
+
+@lru_cache(maxsize=8)
+def _largest_plain_cost(maximum: Decimal) -> float:
+    """The largest float whose value and shortest text are both at most `maximum`.
+
+    A float `v` from `_SMALLEST_PLAIN_COST` to this is in range for `read_decimal`, which reads it as
+    `Decimal(repr(v))` without rounding; `float()` of that is `v` again (the text round-trips), so
+    `_cost` returns `v` itself, without the `Decimal` work. The text's order is the floats' order.
+    """
+    bound = float(maximum)
+    while bound > 0 and (Decimal(bound) > maximum or Decimal(repr(bound)) > maximum):
+        bound = math.nextafter(bound, 0.0)
+    return bound

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from otel_puppy.calls import ErrorClass, LLMCall, extract_call
+from otel_puppy.calls import ErrorClass, LLMCall, _new_call, extract_call
 from otel_puppy.testing import make_span
 
 
@@ -336,3 +337,44 @@ def test_a_degraded_call_is_booked_to_the_model_the_decision_chose() -> None:
         "gpt-4o-mini",
         ErrorClass.SERVER_ERROR,
     )
+
+
+def test_new_call_builds_what_the_generated_init_builds() -> None:
+    """`_new_call` sets each slot by hand: every field but `dedupe_namespace` with a value of its own."""
+
+    given: dict[str, object] = {
+        "trace_id": 1,
+        "span_id": 2,
+        "parent_span_id": 3,
+        "provider": "openai",
+        "request_model": "gpt-4.1",
+        "response_model": "gpt-4.1-2025-04-14",
+        "operation": "chat",
+        "start_ns": 4,
+        "end_ns": 5,
+        "input_tokens": 6,
+        "output_tokens": 7,
+        "cache_read_tokens": 8,
+        "cache_write_tokens": 9,
+        "reasoning_tokens": 10,
+        "has_usage": True,
+        "error_class": ErrorClass.TIMEOUT,
+        "agent": "a",
+        "service": "s",
+        "conversation": "c",
+        "user": "u",
+        "team": "t",
+        "environment": "e",
+        "reported_cost_usd": 0.5,
+        "decision_id": "d",
+        "response_id": "r",
+        "instrumentation": "i",
+        "prompt_hash": "p",
+        "problems": ("x",),
+        "rejected": "y",
+    }
+    names = [f.name for f in dataclasses.fields(LLMCall)]
+    assert set(given) == set(names) - {"dedupe_namespace"}  # a new field is added here
+    built = _new_call(**given)  # type: ignore[arg-type]
+    assert built == LLMCall(**given)  # type: ignore[arg-type]
+    assert [getattr(built, name) for name in names] == [given.get(name, "") for name in names]
