@@ -220,13 +220,19 @@ class Metrics:
         """Count applied calls: requests, tokens, cost or unpriced, drift, duration."""
         with self._lock:
             guard = self.guard
+            bases: dict[tuple[str, str, str | None, str | None], tuple[str, str, str, str]] = {}
             for call, price in observed:
-                base = (
-                    guard("provider", call.provider),
-                    guard("model", call.model),
-                    guard("agent", call.agent),
-                    guard("service", call.service),
-                )
+                labels = (call.provider, call.model, call.agent, call.service)
+                base = bases.get(labels)
+                if base is None:
+                    base = (
+                        guard("provider", labels[0]),
+                        guard("model", labels[1]),
+                        guard("agent", labels[2]),
+                        guard("service", labels[3]),
+                    )
+                    if OVERFLOW not in base:  # a fold is counted per call: a folded call asks the guard again
+                        bases[labels] = base
                 error_class = call.error_class.value if call.error_class else ""
                 key = (*base, "error" if error_class else "ok", error_class)
                 self._requests[key] = self._requests.get(key, 0) + 1
