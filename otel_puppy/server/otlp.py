@@ -616,30 +616,42 @@ def decode_spans(request: ExportTraceServiceRequest, limits: CallLimits = DEFAUL
     that are not model calls (no GenAI attribute, agent runs, tools, pending spans) yield nothing.
     Never raises on attribute values: a span that cannot be read is rejected, and logged.
     """
+    for call, trace_id, span_id, problem in _read_spans(request, limits):
+        yield DecodedSpan(call, trace_id, span_id, problem)
+
+
+_Read = tuple[LLMCall | None, int, int, str | None]
+"""A `DecodedSpan`'s fields, as `_read_spans` yields them: a batch builds none of the dataclasses."""
+
+
+def _read_spans(request: ExportTraceServiceRequest, limits: CallLimits) -> Iterator[_Read]:
+    """`decode_spans`, each span as a tuple of its fields."""
     markers = semconv.MARKERS
     for r_index, resource_spans in enumerate(request.resource_spans):
         resource: dict[str, object] | None = None  # converted once, for the resource's first call
         for s_index, scope_spans in enumerate(resource_spans.scope_spans):
+            instrumentation = scope_spans.scope.name
             for index, span in enumerate(scope_spans.spans):
                 trace_id, span_id = span.trace_id, span.span_id
                 problem = _id_problem(trace_id, span_id)
                 if problem is not None:
                     where = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
-                    yield DecodedSpan(None, _id(trace_id, 16), _id(span_id, 8), f"{where}: {problem}")
+                    yield None, _id(trace_id, 16), _id(span_id, 8), f"{where}: {problem}"
                     continue
                 # The cheap test first: most spans in a mixed stream carry no GenAI attribute at all.
                 # A failed span with no attribute at all may still be a call (`calls._bare_failure`).
-                if markers.isdisjoint([kv.key for kv in span.attributes]) and (
-                    span.attributes or span.status.code != _STATUS_ERROR
+                attributes = span.attributes
+                if markers.isdisjoint([kv.key for kv in attributes]) and (
+                    attributes or span.status.code != _STATUS_ERROR
                 ):
                     continue
                 if resource is None:
                     resource = _attributes(resource_spans.resource.attributes)
-                decoded = _decode_call(span, resource, limits, scope_spans.scope.name)
+                decoded = _decode_call(span, resource, limits, instrumentation)
                 if decoded is not None:
-                    if decoded.problem is not None:
+                    if decoded[3] is not None:
                         where = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
-                        decoded = DecodedSpan(None, decoded.trace_id, decoded.span_id, f"{where}: {decoded.problem}")
+                        decoded = None, decoded[1], decoded[2], f"{where}: {decoded[3]}"
                     yield decoded
 
 
@@ -659,15 +671,15 @@ def calls_from_request(
     calls: list[LLMCall] = []
     rejected = 0
     messages: list[str] = []
-    for decoded in decode_spans(request, limits):
-        if decoded.call is not None:
-            calls.append(decoded.call)
+    for call, trace_id, span_id, problem in _read_spans(request, limits):
+        if call is not None:
+            calls.append(call)
         else:
             rejected += 1
-            if len(messages) < max_messages and decoded.problem:
-                messages.append(decoded.problem)
+            if len(messages) < max_messages and problem:
+                messages.append(problem)
             if rejected_spans is not None:
-                rejected_spans[(decoded.trace_id, decoded.span_id)] = decoded.problem or "rejected"
+                rejected_spans[(trace_id, span_id)] = problem or "rejected"
     return calls, rejected, messages
 
 
@@ -689,7 +701,7 @@ def _id(raw: bytes, size: int) -> int:
 
 def _decode_call(
     span: Span, resource: Mapping[str, object], limits: CallLimits, instrumentation: str = ""
-) -> DecodedSpan | None:
+) -> _Read | None:
     try:
         error = span.status.code == _STATUS_ERROR
         call = call_from_parts(
@@ -714,12 +726,12 @@ def _decode_call(
     except Exception:
         # A bug reading one hostile span must not lose the batch: reject it, say so, log it.
         _LOG.error("otlp:span", "otel_puppy could not read an OTLP span", exc_info=True)
-        return DecodedSpan(None, _id(span.trace_id, 16), _id(span.span_id, 8), "span could not be read")
+        return None, _id(span.trace_id, 16), _id(span.span_id, 8), "span could not be read"
     if call is None:
         return None
     if call.rejected is not None:
-        return DecodedSpan(None, call.trace_id, call.span_id, call.rejected)
-    return DecodedSpan(call, call.trace_id, call.span_id)
+        return None, call.trace_id, call.span_id, call.rejected
+    return call, call.trace_id, call.span_id, None
 
 
 def _attributes(key_values: Iterable[KeyValue]) -> dict[str, object]:
