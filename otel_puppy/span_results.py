@@ -8,6 +8,7 @@ Late spans (`otel_puppy_late_spans_total{direction}`) ended outside the lateness
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from otel_puppy.admission import late
 from otel_puppy.calls import LLMCall
@@ -17,6 +18,9 @@ from otel_puppy.snapshot import Observation
 from otel_puppy.store import ApplyResult
 
 __all__ = ("count_results",)
+
+_DUPLICATE: Final = ApplyResult.DUPLICATE
+_NESTED: Final = ApplyResult.NESTED
 
 
 def count_results(
@@ -34,11 +38,18 @@ def count_results(
         for direction, count in (("past", past), ("future", len(late_calls) - past)):
             if count:
                 metrics.record_late(direction, count)
+    duplicate = nested = 0
+    for observation in observations:  # one walk for both (most results are `applied`)
+        outcome = observation.result
+        if outcome is _DUPLICATE:
+            duplicate += 1
+        elif outcome is _NESTED:
+            nested += 1
     for result, count in (
         ("applied", len(applied) - invalid),
         ("invalid", invalid),
-        ("duplicate", sum(1 for o in observations if o.result is ApplyResult.DUPLICATE)),
-        ("nested", sum(1 for o in observations if o.result is ApplyResult.NESTED)),
+        ("duplicate", duplicate),
+        ("nested", nested),
     ):
         if count:
             metrics.record_spans(result, count)
