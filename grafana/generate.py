@@ -127,6 +127,11 @@ def quantile(q: float, by: str = "", matchers: str = CALLS, interval: str = "$__
     )
 
 
+def ratio_quantile(q: float) -> str:
+    """The `q` quantile of settled cost over reserved estimate, by estimate source."""
+    return f"histogram_quantile({q}, sum by (source, le) ({rate('otel_puppy_reservation_settled_ratio_bucket', '')}))"
+
+
 def error_ratio(by: str = "", interval: str = "$__rate_interval") -> str:
     """Failed calls over all calls; 0 (not missing) where nothing failed."""
     grouping = f" by ({by})" if by else ""
@@ -989,6 +994,40 @@ def budgets() -> Dashboard:
                     "settles when its span arrives, or expires after OTEL_PUPPY_RESERVATION_TTL_S.",
                     [Query(budget_gauge("otel_puppy_budget_reserved_usd"), legend)],
                     "currencyUSD",
+                    min=0,
+                ),
+            ],
+        ),
+        Row(
+            "Reservation quality",
+            [
+                timeseries(
+                    "Reservations by outcome",
+                    "What became of reservations, per second, by where their estimate came from: `request` (the "
+                    "agent's own), `learned` (what such calls usually cost: the agent gave none, or input tokens "
+                    "alone) or `none` (a call budget's, holding one call). Settled by the call's span, expired unused "
+                    "after OTEL_PUPPY_RESERVATION_TTL_S, or released (denied after all). Many expired: calls that "
+                    "never report their spans hold budget room in vain.",
+                    [
+                        Query(
+                            sum_by("source, outcome", rate("otel_puppy_reservations_total", "")),
+                            "{{source}} {{outcome}}",
+                        )
+                    ],
+                    "reqps",
+                    stacked=True,
+                ),
+                timeseries(
+                    "Settled cost over estimate",
+                    "What calls cost over the estimate reserved for them (median and p95, by source): 1 is an "
+                    "exact estimate; above 1 a call cost more than was held, which is what concurrent callers can "
+                    "overshoot a budget by; well below 1 estimates hold room nobody uses. Recorded as "
+                    "source:otel_puppy_reservation_settled_ratio:p95_1h for alerting.",
+                    [
+                        Query(ratio_quantile(0.5), "{{source}} p50"),
+                        Query(ratio_quantile(0.95), "{{source}} p95"),
+                    ],
+                    "suffix:x",
                     min=0,
                 ),
             ],

@@ -24,7 +24,8 @@ from otel_puppy.call_identity import CALL_KEYS_TTL_S, call_keys, is_weak
 from otel_puppy.calls import LLMCall
 from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit
 from otel_puppy.exceptions import RequestError, StoreError
-from otel_puppy.money import usd_to_nanos
+from otel_puppy.learned import LearnedEstimates
+from otel_puppy.money import nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerRuntime
 from otel_puppy.policies.budget import BudgetInstance, BudgetRuntime, readable, state_hit, state_hit_dict
@@ -35,6 +36,9 @@ from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState, 
 from otel_puppy.windows import CalendarWindow, Window
 
 __all__ = (
+    "LEARNED",
+    "NONE",
+    "REQUEST",
     "TOTAL_SCOPE",
     "BudgetAdmission",
     "BudgetHits",
@@ -48,6 +52,12 @@ __all__ = (
     "settle_key",
 )
 
+REQUEST: Final = "request"
+"""`Decision.estimate_source`: the request's own estimate was reserved."""
+LEARNED: Final = "learned"
+"""... a learned one (`learned.py`): the request gave none, or input tokens alone."""
+NONE: Final = "none"
+"""... none: the request gave none and too few calls were seen to learn one."""
 TOTAL_SCOPE: Final = "total"
 """The scope of the built-in windows' total spend (`otel_puppy_spend_usd`)."""
 _MAX_ESTIMATE_NANOS: Final = usd_to_nanos(MAX_CALL_COST_USD)
@@ -231,6 +241,8 @@ class BudgetAdmission:
     """Whether a policy reads the trace id: only then is a request's plan its own per agent run."""
     reservation_ttl_s: float
     total_windows: tuple[Window, ...]
+    learned: LearnedEstimates | None = None
+    """Where a request without an estimate gets one (`learned.py`); `None`: it gets none."""
     plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
     """`decide()`'s work per request shape, kept until the next reload."""
 
@@ -266,45 +278,69 @@ class BudgetAdmission:
             self.plans[key] = plan
         return plan
 
-    def estimate(self, request: DecisionRequest) -> tuple[int, int]:
-        """(nano-USD, tokens) to reserve: a priced token estimate is held to the bound a given one has
-        (`bounds.MAX_CALL_COST_USD`), and both are far below what every store holds exactly.
+    def estimate(self, request: DecisionRequest, now: float) -> tuple[tuple[int, int], str]:
+        """(nano-USD, tokens) to reserve, and where the figure comes from (`REQUEST`, `LEARNED` or
+        `NONE`): the request's estimate (a token estimate priced for its model; input tokens alone
+        priced with the learned output tokens), else the learned cost of such a call, else none. A
+        priced token estimate is held to the bound a given one has (`bounds.MAX_CALL_COST_USD`), and
+        every figure is far below what every store holds exactly.
 
         Raises:
             RequestError: the token estimate's price for this model is over that bound.
+            StoreError: the learned figure had to be read and the store did not answer.
         """
         tokens = request.estimated_tokens
         cost = request.estimated_cost_usd
         if cost is not None and not tokens:  # held by the request to `MAX_CALL_COST_USD`: exact everywhere
-            return usd_to_nanos(cost), 0
+            return (usd_to_nanos(cost), 0), REQUEST
         name = "estimated_output_tokens" if request.estimated_output_tokens else "estimated_input_tokens"
         if tokens > MAX_AMOUNT:
             raise RequestError(name, f"input and output token estimates must add up to at most {MAX_AMOUNT}")
         if cost is not None:
-            return usd_to_nanos(cost), tokens
-        if tokens:
-            # Bounded token counts always price; a pricer that raises is our bug, not the request's
-            # (`decide` then rules by the fail mode, never looser than the budgets).
-            price = self.pricer.price_usage(
-                request.provider,
-                request.model,
-                input_tokens=request.estimated_input_tokens or 0,
-                output_tokens=request.estimated_output_tokens or 0,
+            return (usd_to_nanos(cost), tokens), REQUEST
+        learned = self.learned
+        if not tokens:
+            found = (
+                learned.estimate(request.agent, request.provider, request.model, now) if learned is not None else None
             )
-            nanos = price.nanos or 0
-            if nanos > _MAX_ESTIMATE_NANOS:
-                raise RequestError(name, f"is priced at over {MAX_CALL_COST_USD} USD for {request.model}")
-            return nanos, tokens
-        return 0, 0
+            return ((found.nanos, 0), LEARNED) if found is not None else ((0, 0), NONE)
+        output, source = request.estimated_output_tokens, REQUEST
+        if output is None and learned is not None:  # input tokens alone: the output is learned
+            found = learned.estimate(request.agent, request.provider, request.model, now)
+            if found is not None:
+                output, source = found.tokens, LEARNED
+                tokens += found.tokens
+        # Bounded token counts always price; a pricer that raises is our bug, not the request's
+        # (`decide` then rules by the fail mode, never looser than the budgets).
+        price = self.pricer.price_usage(
+            request.provider,
+            request.model,
+            input_tokens=request.estimated_input_tokens or 0,
+            output_tokens=output or 0,
+        )
+        nanos = price.nanos or 0
+        if nanos > _MAX_ESTIMATE_NANOS:
+            raise RequestError(name, f"is priced at over {MAX_CALL_COST_USD} USD for {request.model}")
+        return (nanos, tokens), source
 
     def admit(
-        self, plan: Plan, estimate: tuple[int, int], now: float, decision_id: str, *, reserve: bool
+        self,
+        plan: Plan,
+        estimate: tuple[int, int],
+        now: float,
+        decision_id: str,
+        *,
+        reserve: bool,
+        source: str = REQUEST,
     ) -> Admitted | None:
-        """The store's admission over the plan's budgets; `None` when the request falls in none."""
+        """The store's admission over the plan's budgets; `None` when the request falls in none.
+        `source`: where the estimate came from, kept with the reservation for its outcome."""
         if not plan.checks:
             return None
         expires_at = now + self.reservation_ttl_s
-        admission = Admission(decision_id, plan.checks, estimate[0], estimate[1], expires_at, plan.settle_key, reserve)
+        admission = Admission(
+            decision_id, plan.checks, estimate[0], estimate[1], expires_at, plan.settle_key, reserve, source
+        )
         return self.store.admit(admission, now)
 
     def check_each(self, request: DecisionRequest, estimate: tuple[int, int], now: float) -> list[Hit]:
@@ -401,9 +437,9 @@ def decide_despite(
         StoreError: the store does not answer.
     """
     try:
-        estimate = admission.estimate(request)
+        estimate, source = admission.estimate(request, now)
     except Exception:  # the estimate may be what failed: read the budgets without it
-        estimate = (0, 0)
+        estimate, source = (0, 0), NONE
     hits: list[Hit] = [*failed.reasons, *admission.check_each(request, estimate, now)]
     action = Action.strictest([h.action for h in hits if not h.shadow])
     enforced = [h for h in hits if not h.shadow]
@@ -418,7 +454,8 @@ def decide_despite(
         reasons=LazyHits(enforced),
         shadow=LazyHits([h for h in hits if h.shadow]),
         retry_after_s=retry_after if action is Action.DENY else None,
-        estimated_cost_usd=request.estimated_cost_usd,
+        estimated_cost_usd=nanos_to_usd(estimate[0]) if estimate != (0, 0) else request.estimated_cost_usd,
+        estimate_source=source,
     )
     return decision, (action.value, deciding[0].policy if deciding else "otel_puppy")
 

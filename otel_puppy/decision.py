@@ -497,6 +497,10 @@ class Decision:
     until the call's span settles it; `None` when it holds nothing: asked with `reserve=False`, denied,
     no estimate, or no budget matched."""
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    estimate_source: str = "none"
+    """Where `estimated_cost_usd` comes from: `request` (the request's estimate), `learned` (what such
+    calls usually cost: the request gave none, or input tokens alone; see `otel_puppy.learned`) or
+    `none` (no estimate: too few calls seen to learn one, or learning is off)."""
 
     @property
     def allowed(self) -> bool:
@@ -531,6 +535,7 @@ class Decision:
             estimated_cost_usd=_decimal(data.get("estimated_cost_usd")),
             reserved_usd=_decimal(data.get("reserved_usd")),
             created_at=_datetime(data.get("created_at")) or datetime.now(UTC),
+            estimate_source=data.get("estimate_source", "none"),
         )
 
 
@@ -614,6 +619,7 @@ _DECISION_SETTERS: Final = tuple(getattr(Decision, f.name).__set__ for f in fiel
     _set_estimated_cost_usd,
     _set_reserved_usd,
     _set_created_at,
+    _set_estimate_source,
 ) = _DECISION_SETTERS
 _ALLOW: Final = Action.ALLOW
 
@@ -626,6 +632,7 @@ def allowed_decision(  # noqa: PLR0917 - positional: built for nearly every deci
     decision_id: str | None,
     estimated_cost_usd: Decimal | None,
     reserved_usd: Decimal | None,
+    estimate_source: str,
 ) -> Decision:
     """`Decision(Action.ALLOW, ...)` as the generated `__init__` builds it, without a frozen
     `__setattr__` lookup per field: `decide()` answers most requests with one. Each slot is set by
@@ -643,4 +650,5 @@ def allowed_decision(  # noqa: PLR0917 - positional: built for nearly every deci
     _set_estimated_cost_usd(decision, estimated_cost_usd)
     _set_reserved_usd(decision, reserved_usd)
     _set_created_at(decision, datetime.now(UTC))
+    _set_estimate_source(decision, estimate_source)
     return decision

@@ -40,6 +40,7 @@ class Decisions:
         plan: Plan,
         states: Sequence[CheckState],
         estimate: tuple[int, int],
+        source: str,
         decision_id: str | None,
         now: float,
         reserved: bool,
@@ -58,6 +59,7 @@ class Decisions:
             decision_id,
             estimated,
             estimated if reserved else None,
+            source,
         )
 
     def ruled(
@@ -65,6 +67,7 @@ class Decisions:
         request: DecisionRequest,
         hits: Sequence[Hit],
         estimate: tuple[int, int],
+        source: str,
         decision_id: str | None,
         *,
         reserved: bool = False,
@@ -89,6 +92,7 @@ class Decisions:
             resets_at=resets_at,
             estimated_cost_usd=estimated,
             reserved_usd=estimated if reserved else None,
+            estimate_source=source,
         )
 
     def despite(self, admission: BudgetAdmission, request: DecisionRequest, now: float) -> Decision:

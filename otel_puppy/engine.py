@@ -34,6 +34,7 @@ from otel_puppy.exceptions import PolicyErrors, RegistryInUse, RequestError, Sto
 from otel_puppy.forward.exporter import EnrichingSpanExporter
 from otel_puppy.guard import DecisionGuard, current_trace_id
 from otel_puppy.health.history import HealthHistory
+from otel_puppy.learned import LearnedEstimates
 from otel_puppy.metrics import Metrics, ensure_free
 from otel_puppy.metrics_server import MetricsServer, start_metrics_server
 from otel_puppy.model_stats import ModelStats
@@ -46,6 +47,7 @@ from otel_puppy.policies.watch import PolicyWatcher
 from otel_puppy.pricing import Price, Pricer, Unpriced
 from otel_puppy.processor import PuppySpanProcessor
 from otel_puppy.redundant import RedundancyTracker
+from otel_puppy.reservations import ReservationOutcomes
 from otel_puppy.rules import Rules, build_rules
 from otel_puppy.settings import PuppySettings
 from otel_puppy.snapshot import Observation, Snapshot, WindowSpend
@@ -99,6 +101,10 @@ class PolicyEngine:
         """Lines a request or a span can repeat at will (errors, refusals): one per reason per minute."""
         self.stats = ModelStats(self.clock)
         self.redundancy = RedundancyTracker(self.clock)
+        self.learned = LearnedEstimates(self._store, self.settings)
+        """What calls usually cost, for decisions without an estimate (`learned.py`)."""
+        self.reservations = ReservationOutcomes(self._store)
+        """What became of reservations, by estimate source (`reservations.py`)."""
         zone = self.settings.zone
         self._figures = StoreFigures(self._store, total_windows(zone), self._route)
         self.history = HealthHistory(self._store, self.metrics, CalendarWindow("hour", zone), TOTAL_SCOPE)
@@ -149,7 +155,15 @@ class PolicyEngine:
 
     def _build_rules(self, policies: PolicySet, previous: Rules | None) -> Rules:
         windows, ttl = self._figures.windows, self.settings.reservation_ttl_s
-        return build_rules(policies, previous, self._context, self.stats, reservation_ttl_s=ttl, total_windows=windows)
+        return build_rules(
+            policies,
+            previous,
+            self._context,
+            self.stats,
+            reservation_ttl_s=ttl,
+            total_windows=windows,
+            learned=self.learned,
+        )
 
     def _route(self, event: RuntimeEvent) -> None:
         """Where a runtime's event goes: alerts to the sinks, effects to the runtimes they concern."""
@@ -221,6 +235,10 @@ class PolicyEngine:
                 runtime.observe(observed, now)
             self.stats.observe(observed)
             self.redundancy.observe(observed)
+            try:
+                self.learned.observe(observed, now)
+            except StoreError as exc:  # kept for the next write; the spend is applied
+                self._route(StoreFailed("add samples", exc))
         count_results(self.metrics, observations, applied, now, lateness)
         if now >= self._next_expiry:
             self._next_expiry = now + _EXPIRE_EVERY_S
@@ -279,12 +297,14 @@ class PolicyEngine:
                     request = req.with_model(route.provider, route.model)
                     plan = admission.plan(request)
         decision_id = new_decision_id() if reserve else ""  # an ask holds nothing: nothing settles by an id
-        estimate, admitted = self._pass(rules, request, plan, hits, decision_id=decision_id, now=now, reserve=reserve)
+        estimate, source, admitted = self._pass(
+            rules, request, plan, hits, decision_id=decision_id, now=now, reserve=reserve
+        )
         if not hits and (admitted is None or plan.fits(admitted.states)):
             # The usual decision: the general path below would decide the same, building more.
             states = admitted.states if admitted is not None else ()
             reserved = admitted is not None and admitted.reserved
-            return self._decisions.allowed(request, plan, states, estimate, decision_id or None, now, reserved)
+            return self._decisions.allowed(request, plan, states, estimate, source, decision_id or None, now, reserved)
         reserved = admitted is not None and admitted.reserved
         hits += plan.hits(admitted, now, estimate)
         action = strictest(hits)
@@ -299,7 +319,7 @@ class PolicyEngine:
                 listed = {(h.kind, h.policy, h.scope) for h in kept}
                 again = list(kept)  # they count for admission's reserve; listed once below
                 plan = admission.plan(request)
-                estimate, admitted = self._pass(
+                estimate, source, admitted = self._pass(
                     rules, request, plan, again, decision_id=decision_id, now=now, reserve=reserve
                 )
                 reserved = admitted is not None and admitted.reserved
@@ -309,7 +329,7 @@ class PolicyEngine:
         if action is Action.DENY or not reserve:  # an ask also gives back what a check took (a breaker probe)
             self._abandon(rules, request, decision_id if reserved else None)
             reserved = False
-        return self._decisions.ruled(request, hits, estimate, decision_id or None, reserved=reserved)
+        return self._decisions.ruled(request, hits, estimate, source, decision_id or None, reserved=reserved)
 
     def _pass(
         self,
@@ -321,15 +341,16 @@ class PolicyEngine:
         decision_id: str,
         now: float,
         reserve: bool,
-    ) -> tuple[tuple[int, int], Admitted | None]:
+    ) -> tuple[tuple[int, int], str, Admitted | None]:
         """A decision's path (and its degrade's): every runtime's hits are added to `hits`, then admission
-        reserves the estimate on `plan` (the request's) unless a hit denies or `reserve` is off."""
+        reserves the estimate on `plan` (the request's) unless a hit denies or `reserve` is off. Returns
+        the estimate, where it came from, and the store's answer."""
         admission = rules.admission
-        estimate = admission.estimate(request)  # before a breaker probe is taken: it may refuse the request
+        estimate, source = admission.estimate(request, now)  # before a breaker probe: it may refuse the request
         for runtime in rules.runtimes:
             hits += runtime.check(request, now)
         reserve = reserve and not (hits and denied(hits))
-        return estimate, admission.admit(plan, estimate, now, decision_id, reserve=reserve)
+        return estimate, source, admission.admit(plan, estimate, now, decision_id, reserve=reserve, source=source)
 
     def _abandon(self, rules: Rules, request: DecisionRequest, reservation: str | None) -> None:
         """The decision will not go ahead with this request: give back what it took."""
@@ -430,6 +451,10 @@ class PolicyEngine:
         yield from self.alerts.collect()
         yield from self.redundancy.collect()
         yield from self._figures.collect(now)
+        try:
+            yield from self.reservations.collect()
+        except StoreError as exc:  # counted at the next scrape the store answers
+            self._route(StoreFailed("take outcomes", exc))
 
     # --- lifecycle and internal errors ---------------------------------------------------------
 
@@ -466,6 +491,10 @@ class PolicyEngine:
             self._processor.shutdown()
         self._sync.save_all(self._rules.runtimes)
         self._sync.stop()
+        try:
+            self.learned.flush(self.clock.now())
+        except StoreError as exc:  # the store is going away: the last second's samples are lost
+            self._route(StoreFailed("add samples", exc))
         self.alerts.close()
         self._store.close()
         self.metrics.unregister()  # frees the registry for another engine

@@ -12,8 +12,11 @@ Approximations, stated so nobody mistakes a replay for a recording:
   `spend_denied_usd`); the calls after it in the file happened anyway.
 - A degraded call is applied as recorded (at the original model's cost): what the cheaper model
   would have cost depends on tokens it never produced.
-- The decision's estimate is the call's actual cost: a perfect estimator, which shows what the
-  policies decide, not how good an agent's estimates are.
+- By default the decision's estimate is the call's actual cost: a perfect estimator, which shows
+  what the policies decide, not how good an agent's estimates are. With `estimates="learned"`
+  (`replay --estimates learned`) the requests carry none, as most agents' do: each decision
+  reserves what the engine learned from the calls before it (`otel_puppy.learned`), or nothing
+  while too few were seen, and every row says which (`estimate_usd`, `estimate_source`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -92,6 +95,10 @@ class ReplayRow:
     """Every enforced policy that matched, in the decision's order."""
     cost_usd: Decimal | None
     """What the call cost as recorded; `None` when it could not be priced."""
+    estimate_usd: Decimal | None = None
+    """What the decision estimated (and reserved, if a budget matched); `None`: no estimate."""
+    estimate_source: str = "none"
+    """Where that estimate came from: `request`, `learned` or `none` (`Decision.estimate_source`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,13 @@ class ReplayReport:
     instrumentations describing one call), which the engine would count once."""
     unpriced: int = 0
     """Calls replayed without a price: in no spend total, never counted as $0."""
+    estimates: str = "actual"
+    """`actual` (each request's estimate was the call's cost) or `learned` (requests carried none)."""
+
+    @property
+    def learned(self) -> int:
+        """Decisions that reserved a learned estimate."""
+        return sum(row.estimate_source == "learned" for row in self.rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +206,12 @@ def _calls(path: Path, lineno: int | None, body: bytes) -> list[LLMCall]:
 # --- replaying ------------------------------------------------------------------------------
 
 
-def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], ReplayEngine]) -> ReplayReport:
+def replay(
+    calls: Iterable[LLMCall],
+    engine_factory: Callable[[ManualClock], ReplayEngine],
+    *,
+    estimates: Literal["actual", "learned"] = "actual",
+) -> ReplayReport:
     """Decide every call again, in start order, on a fresh engine whose clock follows the recording.
 
     The engine sees events as it would have live, and the clock never runs backwards: before a
@@ -201,8 +220,11 @@ def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], Rep
     nested spans are skipped (`ReplayReport.skipped`).
 
     Each request names the model the call asked for (`request_model`, else the one that
-    answered): that is what an agent passes to `decide`, and what settles the reservation.
+    answered): that is what an agent passes to `decide`, and what settles the reservation. Its
+    estimate is the call's actual cost, or with `estimates="learned"` none (the engine's learned one).
     """
+    if estimates not in {"actual", "learned"}:
+        raise ValueError(f"estimates must be 'actual' or 'learned', not {estimates!r}")
     ordered = sorted(calls, key=lambda c: (c.start_ns, -c.end_ns, c.trace_id, c.span_id))
     clock = ManualClock(ordered[0].start_ns / 1e9) if ordered else ManualClock()
     engine = engine_factory(clock)
@@ -244,7 +266,7 @@ def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], Rep
                 environment=call.environment,
                 conversation=call.conversation,
                 operation=call.operation,
-                estimated_cost_usd=cost,
+                estimated_cost_usd=cost if estimates == "actual" else None,
                 trace_id=f"{call.trace_id:032x}" if call.trace_id else None,  # the run, for `per: [trace]`
             )
         )
@@ -266,6 +288,8 @@ def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], Rep
                 action=action.value,
                 policies=tuple(dict.fromkeys(hit.policy for hit in decision.reasons)),
                 cost_usd=cost,
+                estimate_usd=decision.estimated_cost_usd,
+                estimate_source=decision.estimate_source,
             )
         )
     finish(None)
@@ -279,6 +303,7 @@ def replay(calls: Iterable[LLMCall], engine_factory: Callable[[ManualClock], Rep
         spend_denied_usd=nanos_to_usd(denied_spend),
         skipped=skipped,
         unpriced=unpriced,
+        estimates=estimates,
     )
 
 
@@ -345,6 +370,8 @@ def report_json(report: ReplayReport, *, summary: bool = False) -> dict[str, obj
                 "action": row.action,
                 "policies": list(row.policies),
                 "cost_usd": None if row.cost_usd is None else format_usd(row.cost_usd),
+                "estimate_usd": None if row.estimate_usd is None else format_usd(row.estimate_usd),
+                "estimate_source": row.estimate_source,
             }
             for row in report.rows
         ]
@@ -358,6 +385,8 @@ def report_json(report: ReplayReport, *, summary: bool = False) -> dict[str, obj
         "skipped": report.skipped,
         "spend_usd": format_usd(report.spend_usd),
         "spend_denied_usd": format_usd(report.spend_denied_usd),
+        "estimates": report.estimates,
+        "learned_estimates": report.learned,
     }
     return document
 
@@ -385,6 +414,8 @@ def render(report: ReplayReport, console: Console, *, summary: bool = False) -> 
         notes.append(f"{report.unpriced} calls could not be priced (not in the totals)")
     if report.skipped:
         notes.append(f"{report.skipped} duplicate or nested spans skipped")
+    if report.estimates == "learned":
+        notes.append(f"{report.learned} of {len(report.rows)} decisions reserved a learned estimate")
     if notes:
         console.print(Text("; ".join(notes), style="dim"))
 
@@ -397,7 +428,11 @@ def _rows_table(report: ReplayReport) -> Table:
     table.add_column("action")
     table.add_column("policies")
     table.add_column("cost (USD)", justify="right", no_wrap=True)
+    learned = report.estimates == "learned"
+    if learned:
+        table.add_column("estimate (USD)", justify="right", no_wrap=True)
     for row in report.rows:
+        estimate = [f"{_usd(row.estimate_usd)} {row.estimate_source}" if row.estimate_usd is not None else "none"]
         # Span data is text, never rich markup: a model named "[red]x" must print as written.
         table.add_row(
             _utc(row.at),
@@ -406,6 +441,7 @@ def _rows_table(report: ReplayReport) -> Table:
             Text(row.action, style=_ACTION_STYLES.get(Action(row.action), "")),
             Text(", ".join(row.policies)),
             _usd(row.cost_usd),
+            *(estimate if learned else ()),
         )
     return table
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from otel_puppy.admission import BudgetAdmission
+from otel_puppy.learned import LearnedEstimates
 from otel_puppy.model_stats import ModelStats
 from otel_puppy.policies import PolicySet
 from otel_puppy.policies.breaker import BreakerRuntime
@@ -50,6 +51,7 @@ def build_rules(
     *,
     reservation_ttl_s: float,
     total_windows: tuple[Window, ...],
+    learned: LearnedEstimates | None = None,
 ) -> Rules:
     """Compile `policies`; with `previous`, every part keeps the live state the new entries still have."""
     if previous is None:
@@ -76,6 +78,7 @@ def build_rules(
         or any(r.match is not None and r.match.trace is not None for r in policies.routing),
         reservation_ttl_s=reservation_ttl_s,
         total_windows=total_windows,
+        learned=learned,
     )
     return Rules(policies, pricer, tuple(runtimes), budgets, breakers, router, admission)
 

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS, MAX_SPAN_LATENESS_S, CallLimits
 from otel_puppy.exceptions import SettingsError
-from otel_puppy.store.base import SCHEMES
+from otel_puppy.store.base import MAX_SAMPLES, SCHEMES
 
 __all__ = ("DEFAULT_TOKENS_FILE", "PuppySettings", "redact_url", "running_under_pytest")
 
@@ -78,6 +78,20 @@ class PuppySettings(BaseSettings):
     """Poll the policy files this often and reload on change; unset to only reload on request."""
     reservation_ttl_s: float = Field(default=300.0, gt=0)
     """How long a `decide()` reservation waits for the span that settles it before it expires."""
+    learned_estimates: bool = True
+    """A decision without an estimate reserves a learned one: a high quantile of what the last calls of
+    the same agent, provider and model cost (`learned.py`). False: no estimate, nothing reserved."""
+    learned_quantile: float = Field(default=0.95, ge=0.5, le=1.0, allow_inf_nan=False)
+    """The quantile learned (nearest rank over the kept samples): 0.95 is the 95th percentile."""
+    learned_min_calls: int = Field(default=20, ge=1, le=MAX_SAMPLES)
+    """Calls seen (for the agent, else for the provider and model) before an estimate is learned."""
+    learned_samples: int = Field(default=100, ge=1, le=MAX_SAMPLES)
+    """Calls kept per agent, provider and model: the newest; older ones no longer count."""
+    learned_max_age_s: float = Field(default=7 * 86400, gt=0, le=400 * 86400, allow_inf_nan=False)
+    """Calls older than this no longer count; a series unwritten for this long is forgotten."""
+    learned_refresh_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    """How often a learned estimate is read again from the store (other replicas' calls); this
+    process's own calls count at once."""
     alert_webhook_url: str | None = None
     """POST alert events as JSON here (the only URL otel_puppy fetches)."""
     fail_open: bool = True

@@ -622,7 +622,7 @@ def test_decisions_follow_a_new_policy_set_at_once() -> None:
 
 def test_allowed_decision_builds_what_the_generated_init_builds() -> None:
     hit = PolicyHit("budget", "b", Action.ALLOW, "budget b: $0 of $1 this day (0%)")
-    built = allowed_decision("openai", "gpt-4.1", (hit,), (), "d-1", Decimal("0.02"), Decimal("0.02"))
+    built = allowed_decision("openai", "gpt-4.1", (hit,), (), "d-1", Decimal("0.02"), Decimal("0.02"), "learned")
     made = Decision(
         Action.ALLOW,
         "openai",
@@ -633,6 +633,7 @@ def test_allowed_decision_builds_what_the_generated_init_builds() -> None:
         estimated_cost_usd=Decimal("0.02"),
         reserved_usd=Decimal("0.02"),
         created_at=built.created_at,
+        estimate_source="learned",
     )
     assert built == made
 

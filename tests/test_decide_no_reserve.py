@@ -204,7 +204,7 @@ def test_the_command_line_asks_unless_told_to_reserve(served: tuple[PolicyEngine
     narrow = {**environment(), "COLUMNS": "40"}  # a pipe, and a narrow terminal's width: nothing may be cut
     asked = cli(tmp_path, *decide, "--estimated-cost-usd", "0.01", env=narrow)
     assert asked.returncode == 0, asked.stderr
-    assert "estimate  $0.01 (nothing reserved)" in asked.stdout
+    assert "estimate  $0.01 (request, nothing reserved)" in asked.stdout
     assert "reserved" not in asked.stdout.replace("nothing reserved", "")
     as_json = json.loads(cli(tmp_path, *decide, "--estimated-cost-usd", "0.01", "--json", env=narrow).stdout)
     assert (as_json["action"], as_json["decision_id"], as_json["reserved_usd"]) == ("allow", None, None)

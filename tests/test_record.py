@@ -109,6 +109,8 @@ def test_a_recording_replays_to_the_same_spend(tmp_path: Path) -> None:
         "skipped": 3,
         "spend_usd": format_usd(nanos_to_usd(spent)),
         "spend_denied_usd": "0.000000000",
+        "estimates": "actual",
+        "learned_estimates": 0,
     }
 
 

@@ -348,3 +348,42 @@ def test_replay_holds_each_run_to_its_own_budget(tmp_path: Path) -> None:
         assert report.rows[4].policies == ("per-run",)
     finally:
         engine.close()
+
+
+def test_replay_with_learned_estimates_reserves_what_the_calls_before_cost(tmp_path: Path) -> None:
+    """`--estimates learned`: requests carry no estimate; from the 21st call on, each decision reserves
+    the nearest-rank p95 of the calls before it (call i costs $0.002 * i + $0.0008: gpt-4.1, 1000 * i input
+    and 100 output tokens)."""
+    calls = [
+        span(chat("gpt-4.1", 1000 * i, 100, "support"), trace_id=i, span_id=i, start_ns=(T0 + 10 * i) * S)
+        for i in range(1, 26)
+    ]
+    from otel_puppy.policies import parse_policy_text
+    from otel_puppy.testing import engine_for_tests
+
+    policies = parse_policy_text("budgets:\n  - {name: daily, limit_usd: 100, window: day}\n", tmp_path / "b.yaml")
+    path = write_jsonl(tmp_path / "t.jsonl", [json.dumps(otlp_json(make_request(*calls)))])
+    engines: list[PolicyEngine] = []
+
+    def factory(clock: FakeClock) -> PolicyEngine:
+        engines.append(engine_for_tests(policies, clock=clock))
+        return engines[-1]
+
+    report = replay(read_spans(path), factory, estimates="learned")
+    try:
+
+        def cost(i: int) -> Decimal:
+            return Decimal(2000 * i + 800).scaleb(-6)
+
+        expected: list[tuple[Decimal | None, str]] = [(None, "none")] * 20  # fewer than 20 calls seen
+        expected += [(cost(rank), "learned") for rank in (19, 20, 21, 22, 23)]  # ceil(0.95 * n), n = 20 .. 24
+        assert [(row.estimate_usd, row.estimate_source) for row in report.rows] == expected
+        assert (report.estimates, report.learned) == ("learned", 5)
+        assert report.rows[20].estimate_usd == Decimal("0.038800000")
+        console = Console(width=200, record=True, color_system=None)
+        render(report, console)
+        text = console.export_text()
+        assert "$0.038800 learned" in text
+        assert "5 of 25 decisions reserved a learned estimate" in text
+    finally:
+        engines[0].close()

@@ -38,15 +38,16 @@ def test_json_rows_carry_exact_money(tmp_path: Path) -> None:
     document = json.loads(result.stdout)
     # gpt-4.1: 1000 input + 100 output tokens cost $0.0028; gpt-4.1-mini the same tokens $0.00056
     support = {"agent": "support", "provider": "openai", "model": "gpt-4.1"}
+    exact = {"estimate_source": "request"}  # each request's estimate is the call's cost (`--estimates actual`)
     assert document["rows"] == [
         {"time": "2026-01-01T00:00:05.000Z", "agent": LONG_AGENT, "provider": "openai", "model": "gpt-4.1-mini",
-         "action": "allow", "policies": ["daily"], "cost_usd": "0.000560000"},
+         "action": "allow", "policies": ["daily"], "cost_usd": "0.000560000", "estimate_usd": "0.000560000", **exact},
         {"time": "2026-01-01T00:00:10.000Z", **support, "action": "allow", "policies": ["daily"],
-         "cost_usd": "0.002800000"},
+         "cost_usd": "0.002800000", "estimate_usd": "0.002800000", **exact},
         {"time": "2026-01-01T00:00:20.000Z", **support, "action": "deny", "policies": ["daily"],
-         "cost_usd": "0.002800000"},
+         "cost_usd": "0.002800000", "estimate_usd": "0.002800000", **exact},
         {"time": "2026-01-01T00:00:30.000Z", **support, "action": "deny", "policies": ["daily"],
-         "cost_usd": "0.002800000"},
+         "cost_usd": "0.002800000", "estimate_usd": "0.002800000", **exact},
     ]  # fmt: skip
     assert document["totals"] == {
         "calls": 4,
@@ -58,6 +59,8 @@ def test_json_rows_carry_exact_money(tmp_path: Path) -> None:
         "skipped": 0,
         "spend_usd": "0.003360000",
         "spend_denied_usd": "0.005600000",
+        "estimates": "actual",
+        "learned_estimates": 0,
     }
 
 

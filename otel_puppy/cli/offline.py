@@ -65,6 +65,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     replay.add_argument(
         "--summary", action="store_true", help="one row per agent and model with its totals, not one per call"
     )
+    replay.add_argument(
+        "--estimates",
+        choices=("actual", "learned"),
+        default="actual",
+        help="each decision's estimate: the call's actual cost (default), or none, so decisions reserve what "
+        "was learned from the calls before (as for agents that give no estimate)",
+    )
     replay.set_defaults(handler=_replay)
 
 
@@ -160,7 +167,7 @@ def _replay(args: argparse.Namespace) -> int:
         )
 
     try:
-        report = replay(read_spans(args.file), engine_factory)
+        report = replay(read_spans(args.file), engine_factory, estimates=args.estimates)
     except (OSError, OtlpDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

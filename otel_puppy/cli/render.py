@@ -66,10 +66,13 @@ def render_decision(decision: Decision, console: Console) -> None:
     summary.add_row("call", decision.model_ref)
     if decision.decision_id:
         summary.add_row("decision id", decision.decision_id)
+    if decision.estimated_cost_usd is not None:
+        held = "" if decision.reserved_usd is not None else ", nothing reserved"
+        summary.add_row("estimate", f"{usd_text(decision.estimated_cost_usd)} ({decision.estimate_source}{held})")
+    else:
+        summary.add_row("estimate", "none (the request gave none and too few calls were seen to learn one)")
     if decision.reserved_usd is not None:
         summary.add_row("reserved", reservation(decision))
-    elif decision.estimated_cost_usd is not None:
-        summary.add_row("estimate", f"{usd_text(decision.estimated_cost_usd)} (nothing reserved)")
     if decision.retry_after_s is not None:
         summary.add_row("retry after", f"{decision.retry_after_s:g} s")
     if decision.resets_at is not None:

@@ -34,7 +34,6 @@ logger = logging.getLogger("otel_puppy")
 
 _CHARS_PER_TOKEN = 4
 """A rough prompt-size estimate; the span's real usage settles the reservation anyway."""
-DEFAULT_OUTPUT_TOKENS = 500
 
 
 class Decider(Protocol):
@@ -61,7 +60,7 @@ class GuardedModel(WrapperModel):
         team: str | None = None,
         service: str | None = None,
         degrade_to: Mapping[str, Model | str] | None = None,
-        output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+        output_tokens: int | None = None,
     ) -> None:
         super().__init__(wrapped)
         self.decider = decider
@@ -161,7 +160,8 @@ def guarded(
     `decider` is a `PolicyEngine` (in-process) or a `DecisionClient` (another process). Options:
     `user`, `team`, `service`, `degrade_to` (a mapping from `provider:model` to the model to use
     when a policy degrades to it; by default the same model class with the same provider client),
-    `output_tokens` (the output estimate when `max_tokens` is not set).
+    `output_tokens` (the output estimate when `max_tokens` is not set; by default none is sent, so the
+    engine prices the prompt with the output tokens it learned from this agent's calls, `learned.py`).
     """
     return GuardedModel(model, decider, agent=agent, priority=priority, **options)
 

@@ -231,7 +231,17 @@ class DecisionResponse(BaseModel):
     resets_at: datetime | None = Field(
         default=None, description="The earliest reset of a deciding calendar budget; rolling windows never reset."
     )
-    estimated_cost_usd: Decimal | None = Field(default=None, description=_USD)
+    estimated_cost_usd: Decimal | None = Field(
+        default=None,
+        description="The estimate the decision worked with: the request's, or a learned one (see "
+        "`estimate_source`); null when there is none. " + _USD,
+    )
+    estimate_source: Literal["request", "learned", "none"] = Field(
+        default="none",
+        description="Where `estimated_cost_usd` comes from: `request` (the request's estimate), `learned` (a "
+        "high quantile of what the last calls of the same agent, provider and model cost: the request gave no "
+        "estimate, or input tokens alone) or `none` (too few calls seen to learn one).",
+    )
     reserved_usd: Decimal | None = Field(
         default=None,
         description="What this decision holds on each budget it counts against until the call's span settles "

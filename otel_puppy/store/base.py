@@ -10,6 +10,10 @@
 - `save_state`/`load_state`/`delete_state`: opaque blobs by (namespace, key), so breaker and
   anomaly state survives a restart; the store never looks inside them.
 - `merge_state`: versioned blobs, the higher version wins: how replicas share breaker state.
+- `add_samples`/`read_samples`: the newest costs of settled calls per key (agent, provider and
+  model), bounded per key and in keys: what learned estimates are learned from (`learned.py`).
+- `take_outcomes`: what became of reservations (settled by a call, expired unused, released), each
+  reported once to whichever process takes it: `otel_puppy_reservations_total`.
 - `health`: what the store found wrong with its own state (saturated counters, unreadable values,
   a damaged file), for readiness and metrics.
 - `read_budgets`: the state of budgets, reserving nothing (statuses, denied requests);
@@ -55,6 +59,9 @@ logger = logging.getLogger("otel_puppy")
 __all__ = (
     "CEILING",
     "MAX_CALL_SPANS",
+    "MAX_OUTCOMES",
+    "MAX_SAMPLES",
+    "MAX_SAMPLE_KEYS",
     "SCHEMES",
     "Admission",
     "Admitted",
@@ -65,6 +72,8 @@ __all__ = (
     "CheckState",
     "Counter",
     "Increment",
+    "Outcome",
+    "Sample",
     "SpendRecord",
     "StateReport",
     "Store",
@@ -82,6 +91,44 @@ MAX_CALL_SPANS: Final = 32
 """Spans a store keeps per call key (those that end last): a key many spans share cannot make every
 lookup of it slower than this. A response id names one call; a key shared by more spans than this
 (a burst of failures) may count a late overlapping span again."""
+
+
+MAX_SAMPLE_KEYS: Final = 10_000
+"""Sample series a store keeps (`add_samples`): past this, the least recently written are forgotten,
+so calls naming ever new agents or models cannot grow the state without bound."""
+MAX_SAMPLES: Final = 1000
+"""The most samples one series may keep (`add_samples`'s `keep`)."""
+
+
+MAX_OUTCOMES: Final = 100_000
+"""Reservation outcomes a store keeps until they are taken (`take_outcomes`); past this the oldest
+are dropped (a scrape takes them all, so only a store nobody scrapes fills up)."""
+SETTLED: Final = "settled"
+EXPIRED: Final = "expired"
+RELEASED: Final = "released"
+
+
+class Outcome(NamedTuple):
+    """What became of one reservation: `settled` by its call's span, `expired` unused, or `released`
+    (denied after all, or the decision was replaced)."""
+
+    source: str
+    """Where its estimate came from (`Admission.source`): `request`, `learned` or `none`."""
+    outcome: str
+    estimate: int
+    """The nano-USD it held."""
+    cost: int = 0
+    """Settled: what the settling call cost, in nano-USD."""
+
+
+class Sample(NamedTuple):
+    """One settled call, for learned estimates: its key (agent, provider and model), when it was
+    applied, what it cost and the output tokens it made (both clamped by the caller)."""
+
+    key: str
+    at: float
+    nanos: int
+    tokens: int
 
 
 class CallKey(NamedTuple):
@@ -372,6 +419,11 @@ class SpendRecord:
     weak: bool = False
 
     @property
+    def nanos(self) -> int:
+        """The call's cost: every increment adds it (to a different counter); 0 with none."""
+        return self.increments[0].nanos if self.increments else 0
+
+    @property
     def keys_until(self) -> float:
         return self.dedupe_until if self.calls_until is None else self.calls_until
 
@@ -519,6 +571,8 @@ class Admission(NamedTuple):
     settle_key: str | None
     reserve: bool = True
     """False: only read the checks' state (the request is already denied for another reason)."""
+    source: str = "request"
+    """Where the estimate came from (`Decision.estimate_source`), kept with the reservation for its `Outcome`."""
 
 
 class Admitted(NamedTuple):
@@ -612,6 +666,23 @@ class Store(Protocol):
         """Keep each key's (version, blob) where its version is higher than the one kept, atomically;
         then every key's (version, blob) in `namespace`. Replicas share state (breakers) this way: a
         newer state, wherever it was made, wins, and an older one never overwrites it."""
+        ...
+
+    def take_outcomes(self) -> list[Outcome]:
+        """The outcomes of reservations since they were last taken (by any process), oldest first,
+        and forget them: each is reported once."""
+        ...
+
+    def add_samples(self, samples: Sequence[Sample], *, keep: int, ttl_s: float, now: float) -> None:
+        """Append each sample to its key's series, which keeps its newest `keep` (at most
+        `MAX_SAMPLES`) and is forgotten `ttl_s` after `now` unless written again; past `MAX_SAMPLE_KEYS`
+        series, the least recently written are forgotten. In one transaction."""
+        ...
+
+    def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
+        """For each key, in order, its kept samples applied at `since` or later, as (nanos, tokens),
+        newest first. A stored value that cannot be read back as a count reads as `CEILING` (the
+        caller bounds it) and is reported (`health()`)."""
         ...
 
     def health(self) -> StoreHealth:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -24,6 +24,12 @@ from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.store.base import (
     CEILING,
+    EXPIRED,
+    MAX_OUTCOMES,
+    MAX_SAMPLE_KEYS,
+    MAX_SAMPLES,
+    RELEASED,
+    SETTLED,
     Admission,
     Admitted,
     ApplyResult,
@@ -32,6 +38,8 @@ from otel_puppy.store.base import (
     CheckState,
     Counter,
     Increment,
+    Outcome,
+    Sample,
     SpendRecord,
     StateReport,
     StoreHealth,
@@ -138,6 +146,7 @@ class _Reservation:
     tokens: int
     expires_at: float
     settle_key: str | None
+    source: str
 
 
 _Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool, int | None]
@@ -181,6 +190,9 @@ class MemoryStore:
         self._marks: dict[str, float] = {}
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
+        self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
+        self._samples: OrderedDict[str, tuple[deque[tuple[float, int, int]], float]] = OrderedDict()
+        """Per key its newest samples (at, nanos, tokens) and when it is forgotten; least recently written first."""
         self._report = StateReport("memory store")
         self._layout = 0
         """Changes whenever a ring or calendar counter is created or dropped."""
@@ -224,7 +236,7 @@ class MemoryStore:
             or (record.call_keys and calls.joins(record.call_keys))
         ):
             if record.decision_id is not None:
-                self._release(record.decision_id)
+                self._release(record.decision_id, SETTLED, record.nanos)
             return ApplyResult.NESTED
         if not record.weak:
             if record.parent_key is not None:
@@ -236,8 +248,9 @@ class MemoryStore:
             saturated += self._add(increment)
         if saturated:
             self._report.saturated(saturated, "apply")
-        if not (record.decision_id is not None and self._release(record.decision_id)) and record.settle_key:
-            self._settle_oldest(record.settle_key)
+        decision_id = record.decision_id
+        if not (decision_id is not None and self._release(decision_id, SETTLED, record.nanos)) and record.settle_key:
+            self._settle_oldest(record.settle_key, record.nanos)
         return ApplyResult.APPLIED
 
     def _add(self, inc: Increment) -> int:
@@ -340,7 +353,7 @@ class MemoryStore:
                 if decision_id in self._reservations:
                     self._release(decision_id)  # the same decision admitted again replaces its reservation
                 self._reservations[decision_id] = _Reservation(
-                    checks, nanos, tokens, admission.expires_at, admission.settle_key
+                    checks, nanos, tokens, admission.expires_at, admission.settle_key, admission.source
                 )
                 # Exact (Python ints): released reservations take back exactly what they added.
                 for check in checks:
@@ -511,11 +524,12 @@ class MemoryStore:
         with self._lock:
             return self._release(decision_id)
 
-    def _release(self, decision_id: str) -> bool:
+    def _release(self, decision_id: str, outcome: str = RELEASED, cost: int = 0) -> bool:
         reservation = self._reservations.pop(decision_id, None)
         if reservation is None:
             return False
         nanos, tokens = reservation.nanos, reservation.tokens
+        self._outcomes.append(Outcome(reservation.source, outcome, nanos, cost))
         for check in reservation.checks:
             held_nanos, held_tokens = (0, 1) if check.limit_calls is not None else (nanos, tokens)
             totals = self._reserved[check.scope]
@@ -532,10 +546,10 @@ class MemoryStore:
                     del self._by_settle_key[reservation.settle_key]
         return True
 
-    def _settle_oldest(self, settle_key: str) -> None:
+    def _settle_oldest(self, settle_key: str, cost: int) -> None:
         queue = self._by_settle_key.get(settle_key)
         while queue:
-            if self._release(queue[0]):
+            if self._release(queue[0], SETTLED, cost):
                 return
             queue.popleft()
 
@@ -543,7 +557,7 @@ class MemoryStore:
         heap = self._reservation_heap
         while heap and heap[0][0] <= now:
             _, decision_id = heapq.heappop(heap)
-            self._release(decision_id)
+            self._release(decision_id, EXPIRED)
 
     # --- marks ---------------------------------------------------------------------------------
 
@@ -584,6 +598,39 @@ class MemoryStore:
                     kept[key] = (version, data)
             return dict(kept)
 
+    def take_outcomes(self) -> list[Outcome]:
+        with self._lock:
+            taken = list(self._outcomes)
+            self._outcomes.clear()
+            return taken
+
+    # --- samples -------------------------------------------------------------------------------
+
+    def add_samples(self, samples: Sequence[Sample], *, keep: int, ttl_s: float, now: float) -> None:
+        keep = max(1, min(keep, MAX_SAMPLES))
+        until = now + ttl_s
+        with self._lock:
+            series = self._samples
+            for key, at, nanos, tokens in samples:
+                entry = series.get(key)
+                if entry is None:
+                    while len(series) >= MAX_SAMPLE_KEYS:
+                        series.popitem(last=False)
+                    kept: deque[tuple[float, int, int]] = deque(maxlen=keep)
+                else:
+                    kept = entry[0] if entry[0].maxlen == keep else deque(entry[0], maxlen=keep)
+                    series.move_to_end(key)
+                kept.append((at, clamp(nanos), clamp(tokens)))
+                series[key] = (kept, until)
+
+    def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
+        with self._lock:
+            found = [self._samples.get(key) for key in keys]
+            return [
+                [] if entry is None else [(nanos, tokens) for at, nanos, tokens in reversed(entry[0]) if at >= since]
+                for entry in found
+            ]
+
     # --- housekeeping --------------------------------------------------------------------------
 
     def expire(self, now: float) -> int:
@@ -604,9 +651,12 @@ class MemoryStore:
             for ring_key in idle:
                 del self._rings[ring_key]
                 self._layout += 1
+            forgotten = [key for key, (_, until) in self._samples.items() if until <= now]
+            for key in forgotten:
+                del self._samples[key]
             before = len(self._reservations)
             self._expire_reservations(now)
-            return dropped + len(old) + len(idle) + before - len(self._reservations)
+            return dropped + len(old) + len(idle) + len(forgotten) + before - len(self._reservations)
 
     def health(self) -> StoreHealth:
         return self._report.health()

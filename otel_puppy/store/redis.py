@@ -39,6 +39,7 @@ budget denies, and is reported (`health()`); the scripts never fail on one.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -55,12 +56,17 @@ from otel_puppy.settings import redact_url
 from otel_puppy.store.base import (
     CEILING,
     MAX_CALL_SPANS,
+    MAX_OUTCOMES,
+    MAX_SAMPLE_KEYS,
+    MAX_SAMPLES,
     Admission,
     Admitted,
     ApplyResult,
     BudgetCheck,
     CheckState,
     Counter,
+    Outcome,
+    Sample,
     SpendRecord,
     StateReport,
     StoreHealth,
@@ -106,7 +112,9 @@ _RESULTS: Final = {b"a": ApplyResult.APPLIED, b"d": ApplyResult.DUPLICATE, b"n":
 #   field is marked (`p`): it reads as the ceiling and is not written until it expires.
 # - A scope's reserved total is exact whatever the number of reservations: two counts, hi and lo,
 #   worth hi * 2**40 + lo (fields n|scope and N|scope, t|scope and T|scope); read saturated.
-_LIB: Final = r"""
+_LIB: Final = (
+    f"local MAX_OUTCOMES = {MAX_OUTCOMES}\n"
+    + r"""
 local P = ARGV[1]
 local C = 9007199254740991
 local B = 1099511627776
@@ -241,10 +249,15 @@ local function wide_add(lo_field, hi_field, delta)
   end
 end
 
-local function release(id)
+-- A reservation dropped is an outcome (`Store.take_outcomes`): 'outcome|source|estimate|cost',
+-- newest first in one list, at most MAX_OUTCOMES long.
+local function release(id, outcome, cost)
   local rkey = P .. ':r:' .. id
-  local r = redis.call('HMGET', rkey, 'n', 't', 'k', 'c')
+  local r = redis.call('HMGET', rkey, 'n', 't', 'k', 'c', 'o')
   if not r[4] then return 0 end
+  local outcomes = P .. ':outcomes'
+  redis.call('LPUSH', outcomes, outcome .. '|' .. (r[5] or 'none') .. '|' .. (r[1] or '0') .. '|' .. (cost or '0'))
+  redis.call('LTRIM', outcomes, 0, MAX_OUTCOMES - 1)
   local n, t, c = count(r[1]), count(r[2]), count(r[4])
   if n and t and c and c <= redis.call('HLEN', rkey) then
     for i = 1, c do
@@ -269,10 +282,11 @@ end
 
 local function expire_reservations(now)
   local ids = redis.call('ZRANGEBYSCORE', P .. ':rexp', '-inf', now)
-  for _, id in ipairs(ids) do release(id) end
+  for _, id in ipairs(ids) do release(id, 'expired') end
   return #ids
 end
 """
+)
 
 # ARGV: prefix, token, record count, counter count, then per counter: kind (c|r), key, bucket
 # index (rolling) or '', ttl ms; then per record: span key, parent key, token ('' = this call's),
@@ -301,6 +315,8 @@ for _ = 1, count_ do
   local incs = tonumber(ARGV[keys_at + 5 * nkeys])
   local first = keys_at + 5 * nkeys + 1
   a = first + 3 * incs
+  local cost = '0'  -- the call's cost: every increment of a record adds it
+  if incs > 0 then cost = ARGV[first + 1] end
   if token == '' then token = batch_token end
   -- A weak record (success without usage) is remembered apart: it is nobody's parent.
   local seen_span = span
@@ -339,7 +355,7 @@ for _ = 1, count_ do
     end
     redis.call('SET', seen_key, token .. ':' .. result, 'PX', ttl)
     if result == 'n' then
-      if settling and decision ~= '' then release(decision) end
+      if settling and decision ~= '' then release(decision, 'settled', cost) end
     else
       if not weak then
         if parent ~= '' then redis.call('SET', P .. ':c:' .. parent, '1', 'PX', ttl) end
@@ -358,9 +374,9 @@ for _ = 1, count_ do
         sum_t[c] = add(sum_t[c] or 0, tonumber(ARGV[i + 2]))
         sum_r[c] = (sum_r[c] or 0) + 1
       end
-      if settling and not (decision ~= '' and release(decision) == 1) and settle ~= '' then
+      if settling and not (decision ~= '' and release(decision, 'settled', cost) == 1) and settle ~= '' then
         local oldest = redis.call('ZRANGE', P .. ':settle:' .. settle, 0, 0)
-        if oldest[1] then release(oldest[1]) end
+        if oldest[1] then release(oldest[1], 'settled', cost) end
       end
     end
     out[#out + 1] = result
@@ -474,7 +490,7 @@ return out
 """
 )
 
-# ARGV: prefix, now, decision id, nanos, tokens, expires at, settle key, reserve (1|0), then per
+# ARGV: prefix, now, decision id, nanos, tokens, expires at, settle key, reserve (1|0), source, then per
 # check: kind, key, index, scope, limit nanos ('' = none), limit tokens, blocking (1|0), limit calls
 # ('' = not a call budget). Amounts and limits are counts (the caller clamps them). Returns the
 # reserved flag, then per check: spent nanos, spent tokens (calls made for a call budget), reserved
@@ -498,7 +514,7 @@ end
 local out = {0}
 local admitted = true
 local scopes, calls = {}, {}
-for i = 9, #ARGV, 8 do
+for i = 10, #ARGV, 8 do
   local scope = ARGV[i + 3]
   local sn, st, sr = counter_read(ARGV[i], ARGV[i + 1], ARGV[i + 2])
   local rn, rt = held(scope)
@@ -520,10 +536,10 @@ for i = 9, #ARGV, 8 do
   out[#out + 1] = ok and 1 or 0
 end
 if admitted and ARGV[8] == '1' and (nanos > 0 or tokens > 0 or calls.any) and #scopes > 0 then
-  release(id)  -- the same decision admitted again replaces its reservation
+  release(id, 'released')  -- the same decision admitted again replaces its reservation
   local rkey = P .. ':r:' .. id
   local settle = ARGV[7]
-  redis.call('HSET', rkey, 'n', ARGV[4], 't', ARGV[5], 'k', settle, 'c', int(#scopes))
+  redis.call('HSET', rkey, 'n', ARGV[4], 't', ARGV[5], 'k', settle, 'c', int(#scopes), 'o', ARGV[9])
   for i, scope in ipairs(scopes) do
     redis.call('HSET', rkey, 's' .. i, scope)
     if calls[i] then
@@ -545,7 +561,14 @@ return out
 """
 )
 
-_RELEASE: Final = _LIB + "\nreturn release(ARGV[2])\n"
+_RELEASE: Final = _LIB + "\nreturn release(ARGV[2], 'released')\n"
+# ARGV: prefix. Returns the outcomes kept (newest first) and forgets them.
+_TAKE_OUTCOMES: Final = r"""
+local outcomes = ARGV[1] .. ':outcomes'
+local taken = redis.call('LRANGE', outcomes, 0, -1)
+redis.call('DEL', outcomes)
+return taken
+"""
 
 # Marks are few (one per alert crossing), so they keep an expiry index and `expire` counts them.
 _MARK: Final = r"""
@@ -592,6 +615,50 @@ return #marks + expire_reservations(ARGV[2])
 """
 )
 
+# Samples for learned estimates: per key a list of 'at:nanos:tokens', newest first, trimmed to `keep`
+# and expiring `ttl` after its last write; an index of keys by write order (`:lkeys`, scored by a
+# counter) bounds how many there are. ARGV: prefix, keep, ttl ms, most keys, then per sample: key, entry.
+_ADD_SAMPLES: Final = r"""
+local P = ARGV[1]
+local keep, ttl, most = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local index = P .. ':lkeys'
+local order, written = {}, {}
+for i = 5, #ARGV, 2 do
+  redis.call('LPUSH', P .. ':l:' .. ARGV[i], ARGV[i + 1])
+  if not written[ARGV[i]] then
+    written[ARGV[i]] = true
+    order[#order + 1] = ARGV[i]
+  end
+end
+for _, name in ipairs(order) do
+  local key = P .. ':l:' .. name
+  redis.call('LTRIM', key, 0, keep - 1)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', index, redis.call('INCR', P .. ':lseq'), name)
+end
+local excess = redis.call('ZCARD', index) - most
+if excess > 0 then
+  for _, name in ipairs(redis.call('ZRANGE', index, 0, excess - 1)) do redis.call('DEL', P .. ':l:' .. name) end
+  redis.call('ZREMRANGEBYRANK', index, 0, excess - 1)
+end
+redis.call('PEXPIRE', index, ttl)
+return 0
+"""
+# ARGV: prefix, then keys. Returns each key's entries, newest first.
+_READ_SAMPLES: Final = r"""
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = redis.call('LRANGE', ARGV[1] .. ':l:' .. ARGV[i], 0, -1) end
+return out
+"""
+
+
+def _sample_count(text: bytes) -> int | None:
+    """A sample's count as this store wrote it (decimal digits, at most `CEILING`), else None."""
+    if not text.isdigit() or len(text) > 16:
+        return None
+    value = int(text)
+    return value if value <= CEILING else None
+
 
 class RedisStore:
     """State in Redis (or Valkey), shared by every replica and process that uses the same prefix.
@@ -627,6 +694,9 @@ class RedisStore:
         self._unmark = client.register_script(_UNMARK)
         self._expire = client.register_script(_EXPIRE)
         self._merge = client.register_script(_MERGE)
+        self._add_samples = client.register_script(_ADD_SAMPLES)
+        self._take_outcomes = client.register_script(_TAKE_OUTCOMES)
+        self._read_samples = client.register_script(_READ_SAMPLES)
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._down_reason = ""
@@ -837,6 +907,7 @@ class RedisStore:
             repr(admission.expires_at),
             admission.settle_key or "",
             "1" if admission.reserve else "0",
+            admission.source,
         ]
         for check in admission.checks:
             argv += self._key(check.scope, check.window, now)[:3]
@@ -938,6 +1009,61 @@ class RedisStore:
         with self._call("merge state"):
             reply = self._merge(keys=[self._route], args=argv)
         return {reply[i].decode(): (int(reply[i + 1]), reply[i + 2]) for i in range(0, len(reply), 3)}
+
+    def take_outcomes(self) -> list[Outcome]:
+        """The outcomes of reservations since any process last took them, oldest first: one script."""
+        with self._call("take outcomes"):
+            reply = self._take_outcomes(keys=[self._route], args=[self.prefix])
+        taken = []
+        for entry in reversed(reply):
+            parts = entry.decode(errors="replace").split("|")
+            if len(parts) == 4:
+                outcome, source, estimate, cost = parts
+                taken.append(
+                    Outcome(source, outcome, _sample_count(estimate.encode()) or 0, _sample_count(cost.encode()) or 0)
+                )
+        return taken
+
+    # --- samples -------------------------------------------------------------------------------
+
+    def add_samples(self, samples: Sequence[Sample], *, keep: int, ttl_s: float, now: float) -> None:
+        """Append the samples, trim and expire their series, bound the keys: one script."""
+        if not samples:
+            return
+        keep = max(1, min(keep, MAX_SAMPLES))
+        argv: list[str] = [self.prefix, str(keep), str(max(1, int(ttl_s * 1000))), str(MAX_SAMPLE_KEYS)]
+        for key, at, nanos, tokens in samples:
+            argv += (key, f"{at!r}:{clamp(nanos)}:{clamp(tokens)}")
+        with self._call("add samples"):
+            self._add_samples(keys=[self._route], args=argv)
+
+    def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
+        """Each key's samples at `since` or later, newest first: one script."""
+        if not keys:
+            return []
+        with self._call("read samples"):
+            reply = self._read_samples(keys=[self._route], args=[self.prefix, *keys])
+        found: list[list[tuple[int, int]]] = []
+        unreadable = 0
+        for entries in reply:
+            series = []
+            for entry in entries:
+                parts = entry.split(b":")
+                try:
+                    at = float(parts[0])
+                except ValueError:
+                    at = math.inf  # unreadable: kept, as the ceiling
+                if at < since:
+                    continue
+                counts = [_sample_count(part) for part in parts[1:3]] if len(parts) == 3 else [None, None]
+                unreadable += counts.count(None)
+                series.append(
+                    (CEILING if counts[0] is None else counts[0], CEILING if counts[1] is None else counts[1])
+                )
+            found.append(series)
+        if unreadable:
+            self._report.unreadable(unreadable, "samples")
+        return found
 
     # --- housekeeping ----------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ import sqlite3
 import sys
 import threading
 import weakref
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from hashlib import blake2b
@@ -52,6 +53,12 @@ from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.forward.sqlite_queue import SQLiteQueue
 from otel_puppy.store.base import (
     CEILING,
+    EXPIRED,
+    MAX_OUTCOMES,
+    MAX_SAMPLE_KEYS,
+    MAX_SAMPLES,
+    RELEASED,
+    SETTLED,
     Admission,
     Admitted,
     ApplyResult,
@@ -59,6 +66,8 @@ from otel_puppy.store.base import (
     CallIndex,
     CheckState,
     Counter,
+    Outcome,
+    Sample,
     SpendRecord,
     StateReport,
     StoreHealth,
@@ -73,13 +82,15 @@ __all__ = ("SCHEMA_VERSION", "SQLiteStore")
 
 logger = logging.getLogger("otel_puppy")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """Bumped on every schema change; a file with a newer version is refused, an older one migrated.
 
 1 -> 2: the `state` table (breaker and anomaly state). Every table is created `IF NOT EXISTS`,
 so opening a version-1 file adds it; the version is then raised in the same transaction.
 2 -> 3: no `reservation_items_scope` index (each scope's reserved total is kept in memory, see `_Held`).
-3 -> 4: the `versioned_state` table (breaker state shared by processes on one file)."""
+3 -> 4: the `versioned_state` table (breaker state shared by processes on one file).
+4 -> 5: the `samples` and `sample_keys` tables (learned estimates); `reservations.source` and
+`.estimate` (for `take_outcomes`), added to an older file's table by `ALTER TABLE`."""
 
 _CACHE_KIB: Final = 32 * 1024
 _CHECKPOINT_PAGES: Final = 10_000
@@ -125,7 +136,9 @@ _SCHEMA: Final = (
         seq INTEGER PRIMARY KEY,
         decision_id TEXT NOT NULL UNIQUE,
         settle_key TEXT,
-        expires_at REAL NOT NULL
+        expires_at REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT 'request',
+        estimate INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS reservations_settle ON reservations (settle_key) WHERE settle_key IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at)",
@@ -155,7 +168,22 @@ _SCHEMA: Final = (
         data BLOB NOT NULL,
         PRIMARY KEY (namespace, key)
     ) WITHOUT ROWID""",
+    # Since version 5: settled calls' costs per key, for learned estimates (`add_samples`).
+    """CREATE TABLE IF NOT EXISTS samples (
+        seq INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        at REAL NOT NULL,
+        nanos INTEGER NOT NULL,
+        tokens INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS samples_key ON samples (key, seq)",
+    "CREATE TABLE IF NOT EXISTS sample_keys (key TEXT PRIMARY KEY, until REAL NOT NULL, written INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sample_keys_written ON sample_keys (written)",
+    "CREATE INDEX IF NOT EXISTS sample_keys_until ON sample_keys (until)",
 )
+
+
+_ESTIMATE_COLUMN: Final = "INTEGER NOT NULL DEFAULT 0"
 
 
 def _valid(column: str) -> str:
@@ -321,6 +349,7 @@ class SQLiteStore:
             raise
         self._db = db
         self._held = _Held()
+        self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
         if wal:
             # The checkpoints are the checkpointer's; the commits' own only bound the log should it fall behind.
             db.execute(f"PRAGMA wal_autocheckpoint = {_FALLBACK_CHECKPOINT_PAGES}")
@@ -332,6 +361,10 @@ class SQLiteStore:
             version = self._schema_version(db)
             for statement in _SCHEMA:
                 db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(reservations)")}
+            for column, declared in (("source", "TEXT NOT NULL DEFAULT 'request'"), ("estimate", _ESTIMATE_COLUMN)):
+                if column not in columns:  # a file from before version 5
+                    db.execute(f"ALTER TABLE reservations ADD COLUMN {column} {declared}")
             if version is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif version < SCHEMA_VERSION:
@@ -439,6 +472,8 @@ class SQLiteStore:
                 try:
                     yield db
                     db.execute("COMMIT")
+                    if held.outcomes:
+                        self._outcomes.extend(held.outcomes)
                 except BaseException:
                     held.discard()
                     self._calls.restore(self._undo)
@@ -446,6 +481,7 @@ class SQLiteStore:
                     raise
                 finally:
                     self._undo.clear()
+                    held.outcomes.clear()
             except sqlite3.Error as exc:
                 raise self._error(f"{doing} failed" + (", nothing was written" if write else ""), exc) from exc
 
@@ -497,7 +533,7 @@ class SQLiteStore:
                 or (record.call_keys and calls.joins(record.call_keys))
             ):
                 if settling and record.decision_id is not None:
-                    _release(db, self._held, record.decision_id)
+                    _release(db, self._held, record.decision_id, SETTLED, record.nanos)
                 append(ApplyResult.NESTED)
                 continue
             if not record.weak:
@@ -530,10 +566,13 @@ class SQLiteStore:
                 row[2] += 1
             if (
                 settling
-                and not (record.decision_id is not None and _release(db, self._held, record.decision_id))
+                and not (
+                    record.decision_id is not None
+                    and _release(db, self._held, record.decision_id, SETTLED, record.nanos)
+                )
                 and record.settle_key
             ):
-                _settle_oldest(db, self._held, record.settle_key)
+                _settle_oldest(db, self._held, record.settle_key, record.nanos)
             append(ApplyResult.APPLIED)
         db.executemany("INSERT INTO seen (span_key, until) VALUES (?, ?)", seen.items())
         if covered:
@@ -576,8 +615,15 @@ class SQLiteStore:
                 # the old one rather than adding to it.
                 _release(db, self._held, admission.decision_id)
                 seq = db.execute(
-                    "INSERT INTO reservations (decision_id, settle_key, expires_at) VALUES (?, ?, ?)",
-                    (admission.decision_id, admission.settle_key or None, admission.expires_at),
+                    "INSERT INTO reservations (decision_id, settle_key, expires_at, source, estimate) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        admission.decision_id,
+                        admission.settle_key or None,
+                        admission.expires_at,
+                        admission.source,
+                        nanos,
+                    ),
                 ).lastrowid
                 held = [check.amounts(nanos, tokens) for check in admission.checks]  # one call on a call budget
                 db.executemany(  # nanos and tokens are clamped: every item is a count in range
@@ -735,6 +781,70 @@ class SQLiteStore:
             )
             return {key: (version, bytes(data)) for key, version, data in rows}
 
+    def take_outcomes(self) -> list[Outcome]:
+        """The outcomes of reservations this process dropped (each reservation is dropped by one
+        transaction of one process, so across processes each is reported once)."""
+        with self._lock:
+            taken = list(self._outcomes)
+            self._outcomes.clear()
+            return taken
+
+    # --- samples -------------------------------------------------------------------------------
+
+    def add_samples(self, samples: Sequence[Sample], *, keep: int, ttl_s: float, now: float) -> None:
+        """Append the samples and trim each written series to its newest `keep`, in one transaction.
+
+        Raises:
+            StoreError: the transaction failed; nothing was written.
+        """
+        if not samples:
+            return
+        keep = max(1, min(keep, MAX_SAMPLES))
+        until = now + ttl_s
+        with self._transaction("add samples") as db:
+            db.executemany(
+                "INSERT INTO samples (key, at, nanos, tokens) VALUES (?, ?, ?, ?)",
+                [(key, at, clamp(nanos), clamp(tokens)) for key, at, nanos, tokens in samples],
+            )
+            # `written` orders series by their last write (the newest sample's seq), for the bound on keys.
+            keys = {sample.key for sample in samples}
+            db.executemany(
+                "INSERT INTO sample_keys (key, until, written) VALUES (?1, ?2, (SELECT max(seq) FROM samples "
+                "WHERE key = ?1)) ON CONFLICT (key) DO UPDATE SET until = excluded.until, written = excluded.written",
+                [(key, until) for key in keys],
+            )
+            db.executemany(
+                "DELETE FROM samples WHERE key = ?1 AND seq <= "
+                "(SELECT seq FROM samples WHERE key = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                [(key, keep) for key in keys],
+            )
+            excess = int(db.execute("SELECT count(*) FROM sample_keys").fetchone()[0]) - MAX_SAMPLE_KEYS
+            if excess > 0:
+                _forget_samples(db, "SELECT key FROM sample_keys ORDER BY written LIMIT ?", (excess,))
+
+    def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
+        """Each key's samples at `since` or later, newest first.
+
+        Raises:
+            StoreError: the read failed.
+        """
+        with self._transaction("read samples", write=False) as db:
+            found: list[list[tuple[int, int]]] = []
+            unreadable = 0
+            for key in keys:
+                rows = db.execute(
+                    "SELECT nanos, tokens FROM samples WHERE key = ? AND at >= ? ORDER BY seq DESC", (key, since)
+                ).fetchall()
+                series = []
+                for nanos, tokens in rows:
+                    n, t = _count(nanos), _count(tokens)
+                    unreadable += (n is None) + (t is None)
+                    series.append((CEILING if n is None else n, CEILING if t is None else t))
+                found.append(series)
+        if unreadable:
+            self._report.unreadable(unreadable, "samples")
+        return found
+
     # --- housekeeping --------------------------------------------------------------------------
 
     def expire(self, now: float) -> int:
@@ -752,6 +862,7 @@ class SQLiteStore:
             # Counted per rolling window whose every sub-bucket is gone, as MemoryStore counts rings.
             dropped += int(db.execute(_RINGS_GONE, (now,)).fetchone()[0])
             db.execute("DELETE FROM rolling WHERE expires_at <= ?", (now,))
+            dropped += _forget_samples(db, "SELECT key FROM sample_keys WHERE until <= ?", (now,))
             return dropped + _expire_reservations(db, self._held, now)
 
     def health(self) -> StoreHealth:
@@ -791,9 +902,11 @@ class _Held:
     too. Used under the store's lock only.
     """
 
-    __slots__ = ("_sums", "_version")
+    __slots__ = ("_sums", "_version", "outcomes")
 
     def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+        """Reservations this transaction dropped: the store's `take_outcomes` once it commits."""
         self._sums: dict[str, list[int]] = {}
         self._version: int | None = None
         """`PRAGMA data_version` when `_sums` were right; None: sum the file again."""
@@ -956,6 +1069,14 @@ def _lookup(db: sqlite3.Connection, statements: dict[int, str], keys: list[bytes
     return found
 
 
+def _forget_samples(db: sqlite3.Connection, select_keys: str, args: tuple[object, ...]) -> int:
+    """Forget the sample series `select_keys` names (one column, `key`); returns how many."""
+    keys = db.execute(select_keys, args).fetchall()
+    db.executemany("DELETE FROM samples WHERE key = ?", keys)
+    db.executemany("DELETE FROM sample_keys WHERE key = ?", keys)
+    return len(keys)
+
+
 def _count(value: object) -> int | None:
     """A stored count, or None when it is not an integer in `[0, CEILING]` (unreadable)."""
     return value if type(value) is int and 0 <= value <= CEILING else None
@@ -993,21 +1114,37 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     return "malformed" in text or "file is not a database" in text
 
 
-def _release(db: sqlite3.Connection, held: _Held, decision_id: str) -> bool:
-    row = db.execute("SELECT seq FROM reservations WHERE decision_id = ?", (decision_id,)).fetchone()
+def _release(db: sqlite3.Connection, held: _Held, decision_id: str, outcome: str = RELEASED, cost: int = 0) -> bool:
+    row = db.execute(f"SELECT {_RESERVATION} FROM reservations WHERE decision_id = ?", (decision_id,)).fetchone()  # noqa: S608 - constants only
     if row is None:
         return False
-    _drop_reservation(db, held, row[0])
+    _drop_reservation(db, held, row, outcome, cost)
     return True
 
 
-def _settle_oldest(db: sqlite3.Connection, held: _Held, settle_key: str) -> None:
-    row = db.execute("SELECT seq FROM reservations WHERE settle_key = ? ORDER BY seq LIMIT 1", (settle_key,)).fetchone()
+def _settle_oldest(db: sqlite3.Connection, held: _Held, settle_key: str, cost: int) -> None:
+    row = db.execute(
+        f"SELECT {_RESERVATION} FROM reservations WHERE settle_key = ? ORDER BY seq LIMIT 1",  # noqa: S608 - constants only
+        (settle_key,),
+    ).fetchone()
     if row is not None:
-        _drop_reservation(db, held, row[0])
+        _drop_reservation(db, held, row, SETTLED, cost)
 
 
-def _drop_reservation(db: sqlite3.Connection, held: _Held, seq: int) -> None:
+_RESERVATION: Final = "seq, source, estimate"
+"""The columns `_drop_reservation` takes of a reservation's row."""
+
+
+def _outcome(source: object, outcome: str, estimate: object, cost: int = 0) -> Outcome:
+    """A dropped reservation's outcome, from its stored source and estimate (unreadable ones as `none`, 0)."""
+    return Outcome(source if isinstance(source, str) else "none", outcome, _count(estimate) or 0, cost)
+
+
+def _drop_reservation(
+    db: sqlite3.Connection, held: _Held, row: tuple[int, object, object], outcome: str, cost: int
+) -> None:
+    seq = row[0]
+    held.outcomes.append(_outcome(row[1], outcome, row[2], cost))
     for scope, nanos, tokens in db.execute("SELECT scope, nanos, tokens FROM reservation_items WHERE seq = ?", (seq,)):
         n, t = _count(nanos), _count(tokens)
         if n is None or t is None:
@@ -1019,7 +1156,9 @@ def _drop_reservation(db: sqlite3.Connection, held: _Held, seq: int) -> None:
 
 
 def _expire_reservations(db: sqlite3.Connection, held: _Held, now: float) -> int:
-    expired = db.execute("SELECT seq FROM reservations WHERE expires_at <= ?", (now,)).fetchall()
+    rows = db.execute(f"SELECT {_RESERVATION} FROM reservations WHERE expires_at <= ?", (now,)).fetchall()  # noqa: S608 - constants only
+    expired = [(row[0],) for row in rows]
+    held.outcomes.extend(_outcome(source, EXPIRED, estimate) for _, source, estimate in rows)
     if expired:
         for scope, nh, nl, th, tl, bad in db.execute(_EXPIRED_SUMS, (now,)):
             if bad:

@@ -3,6 +3,7 @@ Prometheus, and firing on `otel-puppy demo` where the demo's policies say it mus
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def test_every_alert_has_a_severity_a_summary_and_a_description() -> None:
         assert group["name"].startswith("otel_puppy.")
         for rule in group["rules"]:
             if "alert" not in rule:
-                assert rule["record"].startswith("budget:otel_puppy_budget_"), rule["record"]
+                # Prometheus's naming: level:metric:operations, the metric one of ours
+                assert re.fullmatch(r"(budget|source):otel_puppy_[a-z_]+:[a-z0-9_]+", rule["record"]), rule["record"]
                 continue
             assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
             assert set(rule["annotations"]) == {"summary", "description"}, rule["alert"]

@@ -189,6 +189,25 @@ def test_decide_reserves_the_estimate(engine: PolicyEngine, client: httpx.Client
     assert engine.snapshot().budget("org-daily").reserved_usd == Decimal("0.003")
 
 
+def test_a_decision_without_an_estimate_reserves_the_learned_one_over_http() -> None:
+    engine = engine_with("budgets:\n  - {name: org-daily, limit_usd: 100, window: day, action: deny}\n")
+    for i in range(1, 31):  # gpt-4.1 at $2/$8 per million: call i costs 0.0028 * i
+        call = make_call(end_s=engine.clock.now(), agent="support", input_tokens=1000 * i, output_tokens=100 * i)
+        engine.observe(call)
+    with client_for(engine) as client:
+        response = client.post("/v1/decide", json={"provider": "openai", "model": "gpt-4.1", "agent": "support"})
+        data = response.json()
+        early = client.post("/v1/decide", json={"provider": "openai", "model": "gpt-4.1", "agent": "new"}).json()
+    assert response.status_code == 200, data
+    DecisionResponse.model_validate(data)
+    # the nearest-rank p95 of 30 calls: the 29th smallest, 0.0028 * 29
+    assert (data["estimate_source"], data["estimated_cost_usd"]) == ("learned", "0.081200000")
+    assert Decision.from_dict(data).estimate_source == "learned"
+    assert engine.snapshot().budget("org-daily").reserved_usd == 2 * Decimal("0.0812")  # both decisions hold it
+    assert (early["estimate_source"], early["estimated_cost_usd"]) == ("learned", "0.081200000")  # provider and model's
+    engine.close()
+
+
 # --- state endpoints ----------------------------------------------------------------------------
 
 
