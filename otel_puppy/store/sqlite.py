@@ -959,26 +959,33 @@ class _Checkpointer:
         self._timeout = busy_timeout_s
         self._stopped = threading.Event()
         self.busy = threading.Lock()
-        """Held while the thread is inside SQLite: a fork waits for it (`_before_fork`)."""
+        """Held while the thread is inside SQLite (opening and closing its connection included): a
+        fork waits for it (`_before_fork`), for as long as the thread lives, its store closed or not."""
+        _CHECKPOINTERS.add(self)
         self._thread = threading.Thread(target=self._run, name="otel-puppy-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         _background_priority()
         try:
-            db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
-        except sqlite3.Error:
-            logger.warning("sqlite store %s: no background checkpoints (cannot open)", self._path, exc_info=True)
-            return
-        try:
-            while not self._stopped.wait(_CHECKPOINT_EVERY_S):
-                try:
-                    with self.busy:
-                        self._checkpoint(db)
-                except sqlite3.Error as exc:  # the next one, or the commits' own, will do
-                    logger.debug("sqlite store %s: background checkpoint failed: %s", self._path, exc)
+            try:
+                with self.busy:
+                    db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+            except sqlite3.Error:
+                logger.warning("sqlite store %s: no background checkpoints (cannot open)", self._path, exc_info=True)
+                return
+            try:
+                while not self._stopped.wait(_CHECKPOINT_EVERY_S):
+                    try:
+                        with self.busy:
+                            self._checkpoint(db)
+                    except sqlite3.Error as exc:  # the next one, or the commits' own, will do
+                        logger.debug("sqlite store %s: background checkpoint failed: %s", self._path, exc)
+            finally:
+                with self.busy:
+                    db.close()
         finally:
-            db.close()
+            _CHECKPOINTERS.discard(self)
 
     @staticmethod
     def _checkpoint(db: sqlite3.Connection) -> None:
@@ -1001,6 +1008,9 @@ _INHERITED: Final[list[sqlite3.Connection]] = []
 """Connections a forked child got from its parent: kept, never used or closed, in the child."""
 _FORKING: list[SQLiteStore] = []
 """The stores `_before_fork` stopped, for the other half of the hook."""
+_CHECKPOINTERS: Final[set[_Checkpointer]] = set()
+"""Every checkpoint thread alive in this process (its store may be closed already), for the fork hooks."""
+_FORKING_CHECKPOINTERS: list[_Checkpointer] = []
 
 
 def _before_fork() -> None:
@@ -1011,23 +1021,31 @@ def _before_fork() -> None:
     stores = list(_OPEN)
     for store in stores:
         store._lock.acquire()
-        if store._checkpointer is not None:
-            store._checkpointer.busy.acquire()
+    # Every checkpoint thread, its store's or a closed store's still closing its connection: one in
+    # `sqlite3.connect` or `close` at the fork would leave SQLite's own file locks held in the child.
+    checkpointers = list(_CHECKPOINTERS)
+    for checkpointer in checkpointers:
+        checkpointer.busy.acquire()
     _FORKING[:] = stores
+    _FORKING_CHECKPOINTERS[:] = checkpointers
 
 
 def _after_fork_in_parent() -> None:
+    for checkpointer in _FORKING_CHECKPOINTERS:
+        checkpointer.busy.release()
     for store in _FORKING:
-        if store._checkpointer is not None:
-            store._checkpointer.busy.release()
         store._lock.release()
     _FORKING.clear()
+    _FORKING_CHECKPOINTERS.clear()
 
 
 def _after_fork_in_child() -> None:
     for store in _FORKING:
         store.after_fork()
     _FORKING.clear()
+    # Their threads stayed in the parent, and their locks stay taken here: a fork of this child must not wait on them.
+    _FORKING_CHECKPOINTERS.clear()
+    _CHECKPOINTERS.clear()
 
 
 if hasattr(os, "register_at_fork"):
