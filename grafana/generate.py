@@ -828,6 +828,20 @@ def overview() -> Dashboard:
                 [Query(f"sort_desc({top('agent')})", "{{agent}}", instant=True)],
                 "currencyUSD",
             ),
+            table(
+                "Cost by team and agent this month",
+                "Chargeback: the cost ledger since the start of the calendar month (UTC), by team and agent (empty: "
+                "the calls named none), up to a minute old. These are the figures `otel-puppy status --by team,agent` "
+                "prints and a FOCUS export of the month (`otel-puppy export focus`) adds up to.",
+                [
+                    Column(
+                        "this month",
+                        "currencyUSD",
+                        "max by (team, agent) (otel_puppy_cost_this_month_usd)",
+                    )
+                ],
+                width=24,
+            ),
         ],
     )
     health = Row(

@@ -25,6 +25,7 @@ from otel_puppy.calls import LLMCall
 from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit
 from otel_puppy.exceptions import RequestError, StoreError
 from otel_puppy.learned import LearnedEstimates
+from otel_puppy.ledger import HOUR, LedgerEntry, encode_dims, hour_of
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Degrade
 from otel_puppy.policies.breaker import BreakerRuntime
@@ -65,6 +66,8 @@ MAX_AMOUNT: Final = 2**53 - 1
 """Largest estimate in nano-USD or tokens (about $9 million): exact in every store, Redis Lua included."""
 _FITS: Final = attrgetter("fits")
 _PLANS_LIMIT: Final = 20_000
+_DIMS_LIMIT: Final = 20_000
+"""Ledger keys remembered (`BudgetAdmission.dims`); then forgotten all at once."""
 """Request shapes remembered per policy set (a per-user budget makes one per user); then forgotten."""
 
 
@@ -241,9 +244,13 @@ class BudgetAdmission:
     """Whether a policy reads the trace id: only then is a request's plan its own per agent run."""
     reservation_ttl_s: float
     total_windows: tuple[Window, ...]
+    ledger_retention_s: float | None = None
+    """How long the ledger keeps a call's row; `None`: no ledger (`ledger.py`)."""
     learned: LearnedEstimates | None = None
     """Where a request without an estimate gets one (`learned.py`); `None`: it gets none."""
     plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
+    dims: dict[tuple[str | None, ...], str] = field(default_factory=dict)
+    """`ledger.encode_dims` per dimensions seen: each call's ledger row key without a JSON encoding."""
     """`decide()`'s work per request shape, kept until the next reload."""
 
     def plan(self, request: DecisionRequest) -> Plan:
@@ -383,6 +390,38 @@ class BudgetAdmission:
                 Increment(instance.key, instance.window, ts, nanos, tokens) for instance in book.instances(call.scope())
             )
             key = settle_key(call.provider, call.request_model or call.model, call.agent, call.user)
+        ledger = None
+        retention = self.ledger_retention_s
+        if retention is not None and price.nanos is not None:
+            split = self.pricer.split(call, price)
+            if split is not None:
+                nanos_by_type, prices = split
+                hour = hour_of(ts)
+                model = price.model or call.model
+                names = (call.provider, model, call.service, call.agent, call.team, call.environment, prices)
+                known = self.dims
+                dims = known.get(names)
+                if dims is None:
+                    if len(known) >= _DIMS_LIMIT:
+                        known.clear()
+                    dims = known[names] = encode_dims(names)
+                uncached = call.input_tokens - call.cache_read_tokens - call.cache_write_tokens
+                plain = call.output_tokens - call.reasoning_tokens
+                counts = (
+                    1,
+                    uncached,
+                    nanos_by_type[0],
+                    call.cache_read_tokens,
+                    nanos_by_type[1],
+                    call.cache_write_tokens,
+                    nanos_by_type[2],
+                    plain,
+                    nanos_by_type[3],
+                    call.reasoning_tokens,
+                    nanos_by_type[4],
+                    nanos_by_type[5],
+                )
+                ledger = LedgerEntry(hour, dims, counts, hour + HOUR + retention)
         trace = f"{call.dedupe_namespace}{call.trace_id:032x}"  # a scoped ingest token's namespace first
         return SpendRecord(
             span_key=f"{trace}{call.span_id:016x}",
@@ -394,6 +433,7 @@ class BudgetAdmission:
             call_keys=call_keys(call),
             calls_until=now + min(ttl, CALL_KEYS_TTL_S),
             weak=is_weak(call),
+            ledger=ledger,
         )
 
 

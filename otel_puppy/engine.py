@@ -27,6 +27,7 @@ from otel_puppy._logging import RateLimitedLog
 from otel_puppy.admission import TOTAL_SCOPE, Headroom, Hit, Plan, denied
 from otel_puppy.alerts import AlertEvent, Alerts, AlertSink, LogSink, WebhookSink
 from otel_puppy.calls import LLMCall
+from otel_puppy.chargeback import MonthToDate
 from otel_puppy.clock import Clock, SystemClock
 from otel_puppy.decision import Action, Decision, DecisionRequest
 from otel_puppy.decisions import Decisions, strictest
@@ -103,6 +104,16 @@ class PolicyEngine:
         self.redundancy = RedundancyTracker(self.clock)
         self.learned = LearnedEstimates(self._store, self.settings)
         """What calls usually cost, for decisions without an estimate (`learned.py`)."""
+        self.month_to_date = (
+            MonthToDate(
+                self._store,
+                lateness_s=self.settings.max_span_lateness_s,
+                max_series=self.settings.max_label_values,
+            )
+            if self.settings.ledger
+            else None
+        )
+        """This month's cost by team and agent from the ledger, for the chargeback panel (`chargeback.py`)."""
         self.reservations = ReservationOutcomes(self._store)
         """What became of reservations, by estimate source (`reservations.py`)."""
         zone = self.settings.zone
@@ -163,6 +174,7 @@ class PolicyEngine:
             reservation_ttl_s=ttl,
             total_windows=windows,
             learned=self.learned,
+            ledger_retention_s=self.settings.ledger_retention_days * 86400.0 if self.settings.ledger else None,
         )
 
     def _route(self, event: RuntimeEvent) -> None:
@@ -455,6 +467,11 @@ class PolicyEngine:
             yield from self.reservations.collect()
         except StoreError as exc:  # counted at the next scrape the store answers
             self._route(StoreFailed("take outcomes", exc))
+        if self.month_to_date is not None:
+            try:
+                yield from self.month_to_date.collect(now)
+            except StoreError as exc:  # shown again at the next scrape the store answers
+                self._route(StoreFailed("read ledger", exc))
 
     # --- lifecycle and internal errors ---------------------------------------------------------
 

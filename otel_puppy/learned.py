@@ -64,6 +64,13 @@ def series_key(agent: str | None, provider: str, model: str) -> str:
     return "|".join(escape(part, "|") for part in (agent or "", provider, model))
 
 
+def _keys(agent: str | None, provider: str, model: str) -> tuple[str, ...]:
+    """The series a call adds to, and a decision reads in this order: its agent's (with one), then its
+    provider and model's."""
+    fallback = series_key(None, provider, model)
+    return (series_key(agent, provider, model), fallback) if agent else (fallback,)
+
+
 def nearest_rank(values: Sequence[int], quantile: Fraction) -> int:
     """The nearest-rank quantile: sorted ascending, the `ceil(quantile * n)`-th value (at least the first).
 
@@ -92,6 +99,8 @@ class LearnedEstimates:
         self._cache: dict[tuple[str | None, str, str], list[Any]] = {}
         """Per (agent, provider, model) asked about: [its figure, until when it holds, when it was
         computed]; `decide()` reads it with one lookup."""
+        self._keys: dict[tuple[str | None, str, str], tuple[str, ...]] = {}
+        """The series keys a call of (agent, provider, model) adds to (`observe`), computed once."""
         self._asked: dict[tuple[str, str], set[tuple[str | None, str, str]]] = {}
         """The cached keys per provider and model: new calls of it shorten their figures' hold (see
         `observe`)."""
@@ -105,16 +114,20 @@ class LearnedEstimates:
         """
         if not self.enabled:
             return
-        samples = []
+        samples: list[Sample] = []
         changed = set()
         for call, nanos in calls:
             if nanos is None or call.error_class is not None:
                 continue
             model = call.request_model or call.model
             cost, tokens = min(nanos, MAX_ESTIMATE_NANOS), min(call.output_tokens, MAX_CALL_TOKENS)
-            samples.append(Sample(series_key(None, call.provider, model), now, cost, tokens))
-            if call.agent:
-                samples.append(Sample(series_key(call.agent, call.provider, model), now, cost, tokens))
+            names = (call.agent or None, call.provider, model)
+            series = self._keys.get(names)
+            if series is None:
+                if len(self._keys) >= _CACHE_LIMIT:
+                    self._keys.clear()
+                series = self._keys[names] = _keys(*names)
+            samples.extend(Sample(key, now, cost, tokens) for key in series)
             changed.add((call.provider, model))
         if not samples:
             return
@@ -127,8 +140,8 @@ class LearnedEstimates:
             # computed (a store with I/O: one read per second and figure, not one per decision).
             cache, batched = self._cache, self._batched
             for pair in changed:
-                for key in self._asked.get(pair, ()):
-                    entry = cache.get(key)
+                for asked in self._asked.get(pair, ()):
+                    entry = cache.get(asked)
                     if entry is not None:
                         entry[1] = min(entry[1], entry[2] + _FLUSH_EVERY_S) if batched else -math.inf
             due = not self._batched or len(pending) >= _FLUSH_AT or now - self._flushed_at >= _FLUSH_EVERY_S
@@ -181,10 +194,7 @@ class LearnedEstimates:
         agent, provider, model = key
         if self._pending:
             self.flush(now)  # this process's own calls count at once
-        keys = [series_key(None, provider, model)]
-        if agent is not None:
-            keys.insert(0, series_key(agent, provider, model))
-        for series in self._store.read_samples(keys, now - self._max_age_s):
+        for series in self._store.read_samples(_keys(agent, provider, model), now - self._max_age_s):
             if len(series) >= self._min_calls:
                 kept = series[: self._keep]
                 return Learned(

@@ -15,6 +15,7 @@ resolved price.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from genai_prices import data_snapshot, decompose, validation  # noqa: F401
 from genai_prices import types as gp
 
 from otel_puppy.calls import LLMCall
+from otel_puppy.ledger import split_costs, unit_prices
 from otel_puppy.money import usd_to_nanos
 
 __all__ = ("Price", "PriceOverride", "Pricer", "Unpriced")
@@ -59,6 +61,11 @@ class Price:
     """`genai-prices` or `override` (a `prices:` entry in the policy files)."""
     scaled: int = 0
     scale: int = 9
+    tariff: object = None
+    """What priced it, for `Pricer.split`: the linear form of the price (`_Linear`), or genai-prices'
+    `ModelPrice` where the price is not linear; `None` for a call without usage."""
+    model: str | None = None
+    """The model that priced it (the response model, else the one asked for, as genai-prices knows it)."""
 
     @property
     def priced(self) -> bool:
@@ -136,6 +143,8 @@ class Pricer:
         self._known_providers = frozenset(p.id for p in self._snapshot.providers)
         self._models: dict[tuple[str, str], _Resolved | None] = {}
         self._linear: dict[int, tuple[gp.ModelPrice, tuple[_Linear, ...] | None]] = {}
+        self._unit_texts: dict[int, tuple[_Linear, str]] = {}
+        """`ledger.unit_prices` of each linear piece split by (`split`), by its id."""
         self._lock = threading.Lock()
 
     def after_fork(self) -> None:
@@ -228,7 +237,8 @@ class Pricer:
                         + c_cw * cache_write_tokens
                         + c_rs * reasoning_tokens
                     )
-                    return Price(_round_nanos(scaled, piece.scale), None, resolved.source, scaled, piece.scale)
+                    nanos = _round_nanos(scaled, piece.scale)
+                    return Price(nanos, None, resolved.source, scaled, piece.scale, piece, model)
         try:
             total = model_price.calc_price(_usage(counts))["total_price"]
         except (ValueError, ArithmeticError):
@@ -236,7 +246,35 @@ class Pricer:
         exponent = -int(total.as_tuple().exponent)
         scale = max(9, exponent)
         scaled = int(total.scaleb(scale))
-        return Price(usd_to_nanos(total), None, resolved.source, scaled, scale)
+        return Price(usd_to_nanos(total), None, resolved.source, scaled, scale, model_price, model)
+
+    # --- splitting by token type ---------------------------------------------------------------
+
+    def split(self, call: LLMCall, price: Price) -> tuple[list[int], str] | None:
+        """`price` of `call` by token type, in nano-USD adding up to `price.nanos` exactly: input
+        (uncached), cached input, cache write, output (not reasoning), reasoning, then a per-request
+        fee; and the unit prices they were priced at (`ledger.unit_prices`; empty when the price is
+        not linear). None for an unpriced call. See `ledger.py` for the rule."""
+        if price.nanos is None:
+            return None
+        cached, written, reasoning = call.cache_read_tokens, call.cache_write_tokens, call.reasoning_tokens
+        tokens = (call.input_tokens - cached - written, cached, written, call.output_tokens - reasoning, reasoning)
+        tariff = price.tariff
+        if isinstance(tariff, _Linear):
+            c_in, c_out, c_cr, c_cw, c_rs = tariff.coefficients
+            units = (c_in, c_in + c_cr, c_in + c_cw, c_out, c_out + c_rs, tariff.c0)
+            parts = [unit * count for unit, count in zip(units, (*tokens, 1), strict=True)]
+            if min(parts) >= 0:
+                text = self._unit_texts.get(id(tariff))
+                if text is None or text[0] is not tariff:  # the id of a collected piece can be reused
+                    text = self._unit_texts[id(tariff)] = (tariff, unit_prices(tariff.scale, units))
+                return split_costs(parts, tariff.scale, price.nanos), text[1]
+        elif isinstance(tariff, gp.ModelPrice):
+            parts_usd = _telescoped(tariff, tokens)
+            if parts_usd is not None:
+                scale = max(9, *(-int(part.as_tuple().exponent) for part in parts_usd))
+                return split_costs([int(part.scaleb(scale)) for part in parts_usd], scale, price.nanos), ""
+        return [price.nanos, 0, 0, 0, 0, 0], ""  # no price to split by (a call without usage is free)
 
     # --- resolution, memoized ---------------------------------------------------------------
 
@@ -308,6 +346,26 @@ def _model_refs(response_model: str | None, request_model: str | None) -> tuple[
     if not request_model or request_model == response_model:
         return (response_model,)
     return (response_model, request_model)
+
+
+def _telescoped(model_price: gp.ModelPrice, tokens: tuple[int, int, int, int, int]) -> list[Decimal] | None:
+    """What each token type adds to the price, in `Pricer.split`'s order (then the request fee: the
+    price of no tokens); None if genai-prices refuses a step or a type would cost less than nothing."""
+    uncached, cached, written, plain, reasoning = tokens
+    steps = (
+        (0, 0, 0, 0, 0),
+        (uncached, 0, 0, 0, 0),
+        (uncached + cached, 0, cached, 0, 0),
+        (uncached + cached + written, 0, cached, written, 0),
+        (uncached + cached + written, plain, cached, written, 0),
+        (uncached + cached + written, plain + reasoning, cached, written, reasoning),
+    )
+    try:
+        totals = [model_price.calc_price(_usage(step))["total_price"] for step in steps]
+    except (ValueError, ArithmeticError):
+        return None
+    parts = [after - before for before, after in itertools.pairwise(totals)] + [totals[0]]
+    return parts if min(parts) >= 0 else None
 
 
 def _usage(counts: tuple[int, ...]) -> gp.Usage:

@@ -52,6 +52,7 @@ def build_rules(
     reservation_ttl_s: float,
     total_windows: tuple[Window, ...],
     learned: LearnedEstimates | None = None,
+    ledger_retention_s: float | None = None,
 ) -> Rules:
     """Compile `policies`; with `previous`, every part keeps the live state the new entries still have."""
     if previous is None:
@@ -79,6 +80,7 @@ def build_rules(
         reservation_ttl_s=reservation_ttl_s,
         total_windows=total_windows,
         learned=learned,
+        ledger_retention_s=ledger_retention_s,
     )
     return Rules(policies, pricer, tuple(runtimes), budgets, breakers, router, admission)
 

@@ -92,6 +92,12 @@ class PuppySettings(BaseSettings):
     learned_refresh_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
     """How often a learned estimate is read again from the store (other replicas' calls); this
     process's own calls count at once."""
+    ledger: bool = True
+    """Keep the cost ledger: hourly spend, tokens by type and calls per provider, model, service, agent,
+    team and environment, written with the spend (`ledger.py`): what `otel-puppy export focus` and
+    `status --by` read."""
+    ledger_retention_days: int = Field(default=400, ge=1, le=3660)
+    """How long ledger rows are kept (the memory store keeps 35 days at most)."""
     alert_webhook_url: str | None = None
     """POST alert events as JSON here (the only URL otel_puppy fetches)."""
     fail_open: bool = True

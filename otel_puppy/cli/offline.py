@@ -1,4 +1,4 @@
-"""`otel-puppy demo`, `fleet`, `check` and `replay`: commands that need no running service."""
+"""`otel-puppy demo`, `fleet`, `check`, `replay` and `export`: commands that need no running service."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from otel_puppy.cli.errors import print_error, print_policy_errors
-from otel_puppy.exceptions import PolicyErrors
+from otel_puppy.exceptions import PolicyErrors, StoreError
 
 __all__ = ("register",)
 
@@ -73,6 +73,28 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "was learned from the calls before (as for agents that give no estimate)",
     )
     replay.set_defaults(handler=_replay)
+
+    export = commands.add_parser("export", help="export the cost ledger (FOCUS 1.2 for FinOps tools)")
+    formats = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    focus = formats.add_parser(
+        "focus",
+        help="FOCUS 1.2 CSV: one row per hour, provider, model, service, agent, team, environment and token type",
+        description="The cost ledger of a period as FOCUS 1.2 CSV, read from the store (OTEL_PUPPY_STORE, else "
+        "the service's default file) or, with --url, from a running service (GET /v1/export/focus, `read` role).",
+    )
+    focus.add_argument(
+        "--from", dest="start", default=None, help="YYYY-MM, YYYY-MM-DD or an ISO 8601 time (UTC); default: last month"
+    )
+    focus.add_argument(
+        "--to", dest="end", default=None, help="the period's end, exclusive (default: a month after --from)"
+    )
+    focus.add_argument("--out", type=Path, default=None, help="write to this file (default: standard output)")
+    focus.add_argument("--store", default=None, help="the store to read (default OTEL_PUPPY_STORE, else the service's)")
+    focus.add_argument("--url", default=None, help="read from this running service instead of a store")
+    focus.add_argument(
+        "--billing-account", default=None, help="BillingAccountId and Name (default: the provider's id and name)"
+    )
+    focus.set_defaults(handler=_export_focus)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -176,4 +198,71 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         # Off a terminal, tables as wide as their content: no money figure is ever cut to fit.
         render(report, command_console(), summary=args.summary)
+    return 0
+
+
+def _export_focus(args: argparse.Namespace) -> int:
+    import time
+
+    from otel_puppy.cli.serve import SERVICE_STORE
+    from otel_puppy.focus import write_focus_csv
+    from otel_puppy.ledger import parse_period, read_rows
+    from otel_puppy.settings import PuppySettings
+    from otel_puppy.store import open_store
+
+    if args.url is not None:
+        return _export_focus_remote(args)
+    try:
+        start, end = parse_period(args.start, args.end, time.time())
+    except ValueError as exc:
+        print_error(str(exc))
+        return 2
+    settings = PuppySettings.load()
+    url = args.store or (settings.store if settings.store != "memory://" else SERVICE_STORE)
+    if url == "memory://":
+        print_error("the memory store lives in its process: export from the service (--url) or a SQLite/Redis store")
+        return 2
+    try:
+        store = open_store(url)
+    except StoreError as exc:
+        print_error(str(exc))
+        return 1
+    try:
+        rows = read_rows(store, start, end)  # read a day at a time while written
+        if args.out is None:
+            write_focus_csv(rows, sys.stdout, billing_account=args.billing_account)
+            return 0
+        with args.out.open("w", encoding="ascii", newline="") as out:
+            written = write_focus_csv(rows, out, billing_account=args.billing_account)
+    except StoreError as exc:
+        print_error(f"cannot read the ledger: {exc}")
+        return 1
+    finally:
+        store.close()
+    print(f"wrote {written} FOCUS rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _export_focus_remote(args: argparse.Namespace) -> int:
+    import httpx
+
+    from otel_puppy.cli.errors import ServiceError
+    from otel_puppy.settings import PuppySettings
+
+    token = PuppySettings.load().api_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    given = {"from": args.start, "to": args.end, "billing_account": args.billing_account}
+    params = {name: value for name, value in given.items() if value}
+    url = args.url.rstrip("/")
+    try:
+        response = httpx.get(f"{url}/v1/export/focus", params=params, headers=headers, timeout=300)
+    except httpx.HTTPError as exc:
+        raise ServiceError(f"cannot reach otel-puppy at {url} ({exc}); is `otel-puppy serve` running there?") from None
+    if response.status_code != 200:
+        raise ServiceError(f"GET {url}/v1/export/focus answered {response.status_code}: {response.text[:300]}")
+    if args.out is None:
+        sys.stdout.write(response.text)
+    else:
+        args.out.write_text(response.text, encoding="ascii")
+        print(f"wrote {response.text.count(chr(10)) - 1} FOCUS rows to {args.out}", file=sys.stderr)
     return 0

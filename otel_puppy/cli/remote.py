@@ -10,6 +10,7 @@ import json
 import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlencode
 
 from otel_puppy.bounds import MAX_CALL_COST_USD, InvalidNumber, OutOfBounds, read_decimal
 from otel_puppy.cli.errors import ServiceError
@@ -18,6 +19,7 @@ from otel_puppy.cli.render import (
     render_anomalies,
     render_breakers,
     render_budgets,
+    render_costs,
     render_decision,
     render_health,
     render_policies,
@@ -72,6 +74,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "as wide as their content (no figure cut); --json for the API's JSON (money as exact decimal strings).",
     )
     _client_options(status)
+    status.add_argument(
+        "--by",
+        default=None,
+        help="instead: this month's cost and calls per value of these dimensions, from the cost ledger (comma-"
+        "separated: team, agent, service, environment, provider, model), the figures a FOCUS export adds up to",
+    )
+    status.add_argument(
+        "--from", dest="start", default=None, help="with --by: the period's start (default: this month)"
+    )
+    status.add_argument("--to", dest="end", default=None, help="with --by: the period's end (exclusive)")
     status.set_defaults(handler=_status)
 
 
@@ -152,6 +164,8 @@ def _status(args: argparse.Namespace) -> int:
 
     url, token = _target(args)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if args.by is not None:
+        return _costs(args, url, headers)
     state: dict[str, Any] = {}
     with httpx.Client(base_url=url, headers=headers, timeout=_CLIENT_TIMEOUT_S) as client:
         for name, path in _STATUS_PATHS:
@@ -176,6 +190,19 @@ def _status(args: argparse.Namespace) -> int:
         console.print(f"health: not shown to this token: {_refused(state['health'])}")
     else:
         render_health(state["health"], console)
+    return 0
+
+
+def _costs(args: argparse.Namespace, url: str, headers: dict[str, str]) -> int:
+    import httpx
+
+    params = {"by": args.by, **({"from": args.start} if args.start else {}), **({"to": args.end} if args.end else {})}
+    with httpx.Client(base_url=url, headers=headers, timeout=_CLIENT_TIMEOUT_S) as client:
+        body = _get(client, url, "/v1/costs?" + urlencode(params)) or {}
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    render_costs(body, command_console())
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from otel_puppy.money import format_usd
 
@@ -121,6 +122,22 @@ def render_budgets(budgets: list[dict[str, Any]], console: Console) -> None:
             when(budget.get("resets_at")),
         )
     console.print(table)
+
+
+def render_costs(body: Mapping[str, Any], console: Console) -> None:
+    """`GET /v1/costs` as `status --by` prints it: one row per value, the largest cost first, then the total."""
+    by = [str(name) for name in body.get("by", [])]
+    table = Table(
+        *by, "cost (USD)", "calls", title=f"Cost from {body.get('from')} to {body.get('to')}", title_justify="left"
+    )
+    table.columns[-2].justify = table.columns[-1].justify = "right"
+    table.columns[-2].no_wrap = True
+    for row in body.get("costs", []):
+        # Names are data, never rich markup.
+        cells: list[Any] = [Text(str(row.get(name) or "-")) for name in by]
+        table.add_row(*cells, usd_text(row.get("cost_usd")), number(row.get("calls")))
+    console.print(table)
+    console.print(f"total {usd_text(body.get('total_usd'))}")
 
 
 def render_breakers(breakers: list[dict[str, Any]], console: Console) -> None:

@@ -31,16 +31,17 @@ import functools
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import anyio
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -50,9 +51,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import otel_puppy
 from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreCorruptError
+from otel_puppy.focus import focus_csv_lines
 from otel_puppy.forward.sender import Forwarder
 from otel_puppy.guard import traceparent_trace_id
 from otel_puppy.health import assess
+from otel_puppy.ledger import LEDGER_DIMENSIONS, LedgerRow, costs_by, parse_period, read_rows
+from otel_puppy.money import format_usd, nanos_to_usd
 from otel_puppy.policies.models import PolicyFile
 from otel_puppy.policies.presence import missing_policies
 from otel_puppy.server.auth import MAX_JSON_BODY_BYTES, AuthAudit, AuthGate, document_bearer_auth
@@ -80,6 +84,7 @@ from otel_puppy.server.schemas import (
     AnomaliesResponse,
     BreakersResponse,
     BudgetsResponse,
+    CostsResponse,
     DecideRequest,
     DecisionResponse,
     ErrorResponse,
@@ -128,11 +133,16 @@ ROUTE_ROLES: Final[Mapping[tuple[str, str], Role]] = {
     ("GET", "/v1/health"): Role.READ,
     ("GET", "/v1/policies"): Role.READ,
     ("GET", "/metrics"): Role.READ,
+    ("GET", "/v1/export/focus"): Role.READ,
+    ("GET", "/v1/costs"): Role.READ,
     ("POST", "/v1/policies/reload"): Role.ADMIN,
 }
 """The role each route needs (`HEAD` as `GET`). The API documents (`/openapi.json`, `/docs`) need any
 valid token; the probes none."""
 _READY_WINDOW: Final = RollingWindow(3600, "1h")
+_PERIOD: Final = r"^\d{4}-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:?\d{2})?)?)?$"
+"""What `from` and `to` may look like (`ledger.parse_period` reads them: a month or day must also exist)."""
+_BY: Final = r"^(provider|model|service|agent|team|environment)(,(provider|model|service|agent|team|environment))*$"
 
 _NO_TELEMETRY: Final = {
     "tracing": False,
@@ -304,6 +314,76 @@ def create_app(
         token sees the detectors that watch its scope's calls alone."""
         statuses = visible_anomalies(engine.snapshot().anomalies, engine.policies, token_scope(request))
         return JSONResponse({"anomalies": [status.to_dict() for status in statuses]})
+
+    def ledger_rows(
+        request: Request, start: str | None, end: str | None
+    ) -> tuple[Iterator[LedgerRow], int, int] | JSONResponse:
+        """The ledger rows of the period a request asks for, as its token may see them, or the error."""
+        try:
+            first, last = parse_period(start, end, engine.clock.now())
+        except ValueError as exc:
+            return json_error(400, str(exc))
+        scope = token_scope(request)
+        try:
+            rows = read_rows(engine.store, first, last, dict(scope.values))
+        except ValueError as exc:  # a scope the ledger is not split by
+            return json_error(403, f"this token is scoped to {scope.text}: {exc}", code="forbidden")
+        return rows, first, last
+
+    @app.get(
+        "/v1/export/focus",
+        tags=["chargeback"],
+        response_class=Response,
+        responses={200: {"content": {"text/csv": {}}, "description": "FOCUS 1.2 CSV."}, **JSON_ERRORS},
+    )
+    def export_focus(
+        request: Request,
+        start: Annotated[str | None, Query(alias="from", max_length=64, pattern=_PERIOD)] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=64, pattern=_PERIOD)] = None,
+        billing_account: Annotated[str | None, Query(max_length=256)] = None,
+    ) -> Response:
+        """The cost ledger of a period as FOCUS 1.2 CSV (`from`, `to`: `YYYY-MM`, `YYYY-MM-DD` or ISO 8601
+        times, UTC; by default last month), one row per hour, provider, model, service, agent, team,
+        environment and token type (`billing_account`: BillingAccountId and Name; by default the provider's).
+        A scoped token gets its scope's rows alone."""
+        found = ledger_rows(request, start, end)
+        if isinstance(found, JSONResponse):
+            return found
+        return StreamingResponse(
+            focus_csv_lines(found[0], billing_account=billing_account), media_type="text/csv; charset=us-ascii"
+        )
+
+    @app.get("/v1/costs", tags=["chargeback"], response_model=CostsResponse, responses=JSON_ERRORS)
+    def costs(
+        request: Request,
+        by: Annotated[str, Query(max_length=128, pattern=_BY)] = "team",
+        start: Annotated[str | None, Query(alias="from", max_length=64, pattern=_PERIOD)] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=64, pattern=_PERIOD)] = None,
+    ) -> JSONResponse:
+        """Cost and calls of a period (by default this month) per value of `by` (comma-separated:
+        provider, model, service, agent, team, environment): the figures a FOCUS export adds up to."""
+        names = [name.strip() for name in by.split(",") if name.strip()]
+        if not names or len(names) > len(LEDGER_DIMENSIONS) or not LEDGER_DIMENSIONS.issuperset(names):
+            allowed = ", ".join(sorted(LEDGER_DIMENSIONS))
+            return json_error(400, f"by: {by!r} is not a comma-separated list of {allowed}")
+        if start is None and end is None:
+            start = datetime.fromtimestamp(engine.clock.now(), UTC).strftime("%Y-%m")
+        found = ledger_rows(request, start, end)
+        if isinstance(found, JSONResponse):
+            return found
+        rows, first, last = found
+        totals = costs_by(rows, names)
+        body = {
+            "from": datetime.fromtimestamp(first, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "to": datetime.fromtimestamp(last, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "by": names,
+            "costs": [
+                {**dict(zip(names, key, strict=True)), "cost_usd": format_usd(nanos_to_usd(nanos)), "calls": calls}
+                for key, nanos, calls in totals
+            ],
+            "total_usd": format_usd(nanos_to_usd(sum(nanos for _, nanos, _ in totals))),
+        }
+        return JSONResponse(body)
 
     @app.get("/v1/models", tags=["state"], response_model=ModelsResponse, responses=JSON_ERRORS)
     def models() -> JSONResponse:

@@ -36,6 +36,7 @@ __all__ = (
     "BreakerStatusModel",
     "BreakersResponse",
     "BudgetsResponse",
+    "CostsResponse",
     "DecideRequest",
     "DecisionResponse",
     "ErrorResponse",
@@ -412,3 +413,18 @@ class LiveResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
+
+
+class CostsResponse(BaseModel):
+    """`GET /v1/costs`: the cost ledger of a period added up per value of `by`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    from_: str = Field(alias="from", description="The period's first instant (UTC, ISO 8601).")
+    to: str = Field(description="The instant after the period's last (UTC, ISO 8601).")
+    by: list[str] = Field(description="The dimensions the costs are added up by.")
+    costs: list[dict[str, Any]] = Field(
+        description="Per value of `by` (its dimensions as keys, null where a call had none): `cost_usd` "
+        "(exact decimal text) and `calls`, the largest cost first."
+    )
+    total_usd: str = Field(description="Every row's cost added up: the FOCUS export's BilledCost sum.")

@@ -12,6 +12,7 @@
 - `merge_state`: versioned blobs, the higher version wins: how replicas share breaker state.
 - `add_samples`/`read_samples`: the newest costs of settled calls per key (agent, provider and
   model), bounded per key and in keys: what learned estimates are learned from (`learned.py`).
+- `read_ledger`: the hourly cost ledger rows `apply` writes with the spend (`ledger.py`).
 - `take_outcomes`: what became of reservations (settled by a call, expired unused, released), each
   reported once to whichever process takes it: `otel_puppy_reservations_total`.
 - `health`: what the store found wrong with its own state (saturated counters, unreadable values,
@@ -49,6 +50,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
+from otel_puppy.ledger import LedgerEntry
 from otel_puppy.windows import RollingWindow, Window
 
 if TYPE_CHECKING:
@@ -417,6 +419,8 @@ class SpendRecord:
     arrive close together (the engine keeps their keys an hour), where a span's own key is kept
     for any retry."""
     weak: bool = False
+    ledger: LedgerEntry | None = None
+    """The call's ledger row increment (`ledger.py`), added with the spend when the record is applied."""
 
     @property
     def nanos(self) -> int:
@@ -666,6 +670,12 @@ class Store(Protocol):
         """Keep each key's (version, blob) where its version is higher than the one kept, atomically;
         then every key's (version, blob) in `namespace`. Replicas share state (breakers) this way: a
         newer state, wherever it was made, wins, and an older one never overwrites it."""
+        ...
+
+    def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
+        """Every ledger row of the hours in `[start, end)` (epoch seconds): (hour, dims, counts), the
+        counts as `ledger.COUNTS`, each saturated at `CEILING`. A row that cannot be read back (another
+        tool's writes) is left out and reported (`health()`)."""
         ...
 
     def take_outcomes(self) -> list[Outcome]:

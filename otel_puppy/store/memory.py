@@ -17,11 +17,12 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import add, itemgetter
 from typing import Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
+from otel_puppy.ledger import MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS, LedgerEntry
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -191,6 +192,8 @@ class MemoryStore:
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
+        self._ledger: dict[int, tuple[dict[str, list[int]], list[float]]] = {}
+        """Per hour: its rows by dims, and [until when it is kept]."""
         self._samples: OrderedDict[str, tuple[deque[tuple[float, int, int]], float]] = OrderedDict()
         """Per key its newest samples (at, nanos, tokens) and when it is forgotten; least recently written first."""
         self._report = StateReport("memory store")
@@ -248,6 +251,8 @@ class MemoryStore:
             saturated += self._add(increment)
         if saturated:
             self._report.saturated(saturated, "apply")
+        if record.ledger is not None:
+            self._ledger_add(record.ledger)
         decision_id = record.decision_id
         if not (decision_id is not None and self._release(decision_id, SETTLED, record.nanos)) and record.settle_key:
             self._settle_oldest(record.settle_key, record.nanos)
@@ -598,6 +603,37 @@ class MemoryStore:
                     kept[key] = (version, data)
             return dict(kept)
 
+    # --- the ledger ----------------------------------------------------------------------------
+
+    def _ledger_add(self, entry: LedgerEntry) -> None:
+        hour = self._ledger.get(entry.hour)
+        until = min(entry.until, entry.hour + MEMORY_LEDGER_DAYS * 86400)
+        if hour is None:
+            hour = self._ledger[entry.hour] = ({}, [until])
+        elif until > hour[1][0]:
+            hour[1][0] = until
+        rows = hour[0]
+        counts = rows.get(entry.dims)
+        if counts is None:
+            dims = entry.dims if len(rows) < MAX_LEDGER_ROWS else OTHER_DIMS
+            counts = rows.get(dims)
+            if counts is None:
+                counts = rows[dims] = [0] * len(entry.counts)
+        added = entry.counts
+        if min(added) < 0 or max(added) > CEILING:  # never from the engine: clamped where it enters
+            added = tuple(map(clamp, added))
+        # Exact Python ints, each only ever growing: saturated when read (`read_ledger`).
+        counts[:] = map(add, counts, added)
+
+    def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
+        with self._lock:
+            return [
+                (hour, dims, tuple(count if count <= CEILING else CEILING for count in counts))
+                for hour, (rows, _) in sorted(self._ledger.items())
+                if start <= hour < end
+                for dims, counts in rows.items()
+            ]
+
     def take_outcomes(self) -> list[Outcome]:
         with self._lock:
             taken = list(self._outcomes)
@@ -651,6 +687,10 @@ class MemoryStore:
             for ring_key in idle:
                 del self._rings[ring_key]
                 self._layout += 1
+            hours = [hour for hour, (_, until) in self._ledger.items() if until[0] <= now]
+            for hour in hours:
+                del self._ledger[hour]
+            dropped += len(hours)
             forgotten = [key for key, (_, until) in self._samples.items() if until <= now]
             for key in forgotten:
                 del self._samples[key]

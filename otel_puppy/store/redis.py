@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue
 from otel_puppy.forward.redis_queue import RedisQueue
+from otel_puppy.ledger import COUNTS, HOUR, MAX_LEDGER_ROWS, OTHER_DIMS
 from otel_puppy.settings import redact_url
 from otel_puppy.store.base import (
     CEILING,
@@ -293,13 +294,43 @@ end
 # dedupe ttl ms, decision id, settle key, weak ('1' or ''), call keys ttl ms, call key count, then per call key: key,
 # start and end (integer microseconds), source, identified ('1' or '0'); then increment count, then
 # per increment: counter number
-# (from 1), nanos, tokens (counts, clamped by the caller). Spend of the applied records is summed
+# (from 1), nanos, tokens (counts, clamped by the caller); then '1' and its ledger row (hour, dims,
+# ttl ms, the `ledger.COUNTS`), or '0' for none. Spend of the applied records is summed
 # per counter first (saturated), so a batch writes each counter once. Returns one result letter
 # per record, then how many counts are at the ceiling after the batch, then how many values were
 # unreadable.
 _APPLY: Final = (
     _LIB
     + f"local MAX_CALL_SPANS = {MAX_CALL_SPANS}\n"
+    + f"local MAX_LEDGER_ROWS, LEDGER_COUNTS = {MAX_LEDGER_ROWS}, {len(COUNTS)}\n"
+    + f"local OTHER_DIMS = [=[{OTHER_DIMS}]=]\n"
+    + r"""
+-- The cost ledger (`ledger.py`): per hour a hash, per dims one field of comma-separated counts, each
+-- saturated at the ceiling; past MAX_LEDGER_ROWS fields a new row is added to OTHER_DIMS instead.
+local function ledger_add(at)
+  local key = P .. ':lg:' .. ARGV[at]
+  local dims = ARGV[at + 1]
+  local row = redis.call('HGET', key, dims)
+  if not row and redis.call('HLEN', key) >= MAX_LEDGER_ROWS then
+    dims = OTHER_DIMS
+    row = redis.call('HGET', key, dims)
+  end
+  local kept = {}
+  if row then for value in string.gmatch(row, '[^,]+') do kept[#kept + 1] = value end end
+  local out_ = {}
+  for j = 1, LEDGER_COUNTS do
+    local old = 0
+    if row then old = count(kept[j] or 'x') end
+    if not old then
+      old = C
+      bad = bad + 1
+    end
+    out_[j] = int(add(old, tonumber(ARGV[at + 2 + j])))
+  end
+  redis.call('HSET', key, dims, table.concat(out_, ','))
+  if redis.call('PTTL', key) < tonumber(ARGV[at + 2]) then redis.call('PEXPIRE', key, ARGV[at + 2]) end
+end
+"""
     + r"""
 local batch_token = ARGV[2]
 local count_, counters = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -314,7 +345,11 @@ for _ = 1, count_ do
   local keys_at = a + 9
   local incs = tonumber(ARGV[keys_at + 5 * nkeys])
   local first = keys_at + 5 * nkeys + 1
-  a = first + 3 * incs
+  local last = first + 3 * incs - 1
+  local ledger_at = last + 2  -- after the ledger flag: hour, dims, ttl ms, then the counts
+  local ledgered = ARGV[last + 1] == '1'
+  a = last + 2
+  if ledgered then a = a + 3 + LEDGER_COUNTS end
   local cost = '0'  -- the call's cost: every increment of a record adds it
   if incs > 0 then cost = ARGV[first + 1] end
   if token == '' then token = batch_token end
@@ -368,7 +403,8 @@ for _ = 1, count_ do
           if redis.call('PTTL', key) < tonumber(calls_ttl) then redis.call('PEXPIRE', key, calls_ttl) end
         end
       end
-      for i = first, a - 1, 3 do
+      if ledgered then ledger_add(ledger_at) end
+      for i = first, last, 3 do
         local c = tonumber(ARGV[i])
         sum_n[c] = add(sum_n[c] or 0, tonumber(ARGV[i + 1]))
         sum_t[c] = add(sum_t[c] or 0, tonumber(ARGV[i + 2]))
@@ -562,6 +598,12 @@ return out
 )
 
 _RELEASE: Final = _LIB + "\nreturn release(ARGV[2], 'released')\n"
+# ARGV: prefix, then hours. Returns per hour its hash's fields and values, flat.
+_READ_LEDGER: Final = r"""
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ':lg:' .. ARGV[i]) end
+return out
+"""
 # ARGV: prefix. Returns the outcomes kept (newest first) and forgets them.
 _TAKE_OUTCOMES: Final = r"""
 local outcomes = ARGV[1] .. ':outcomes'
@@ -696,6 +738,7 @@ class RedisStore:
         self._merge = client.register_script(_MERGE)
         self._add_samples = client.register_script(_ADD_SAMPLES)
         self._take_outcomes = client.register_script(_TAKE_OUTCOMES)
+        self._read_ledger = client.register_script(_READ_LEDGER)
         self._read_samples = client.register_script(_READ_SAMPLES)
         self._lock = threading.Lock()
         self._down_until = 0.0
@@ -869,6 +912,12 @@ class RedisStore:
                     kind, key, index, expires = self._key(inc.scope, window, inc.ts)
                     counters += (kind, key, index, str(max(1, int((expires - now) * 1000))))
                 rows += (number, str(clamp(inc.nanos)), str(clamp(inc.tokens)))
+            entry = record.ledger
+            if entry is None:
+                rows.append("0")
+            else:
+                ttl_ms = str(max(1, int((entry.until - now) * 1000)))
+                rows += ("1", str(entry.hour), entry.dims, ttl_ms, *(str(clamp(count)) for count in entry.counts))
         return [self.prefix, token, str(len(records)), str(len(numbers)), *counters, *rows]
 
     def _remember(self, records: Sequence[SpendRecord], token: str) -> None:
@@ -1009,6 +1058,28 @@ class RedisStore:
         with self._call("merge state"):
             reply = self._merge(keys=[self._route], args=argv)
         return {reply[i].decode(): (int(reply[i + 1]), reply[i + 2]) for i in range(0, len(reply), 3)}
+
+    def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
+        """The ledger rows of the hours in `[start, end)`: a script per 744 hours (a month)."""
+        hours = list(range(start - start % HOUR + (HOUR if start % HOUR else 0), end, HOUR))
+        found: list[tuple[int, str, tuple[int, ...]]] = []
+        unreadable = 0
+        for chunk in range(0, len(hours), 744):
+            part = hours[chunk : chunk + 744]
+            with self._call("read ledger"):
+                reply = self._read_ledger(keys=[self._route], args=[self.prefix, *map(str, part)])
+            for hour, fields in zip(part, reply, strict=True):
+                for i in range(0, len(fields), 2):
+                    counts = [_sample_count(value) for value in fields[i + 1].split(b",")]
+                    if len(counts) != len(COUNTS):
+                        unreadable += 1
+                        continue
+                    unreadable += counts.count(None)
+                    values = tuple(CEILING if value is None else value for value in counts)
+                    found.append((hour, fields[i].decode(errors="replace"), values))
+        if unreadable:
+            self._report.unreadable(unreadable, "ledger")
+        return found
 
     def take_outcomes(self) -> list[Outcome]:
         """The outcomes of reservations since any process last took them, oldest first: one script."""

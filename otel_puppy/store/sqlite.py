@@ -51,6 +51,7 @@ from typing import Any, Final
 from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.forward.sqlite_queue import SQLiteQueue
+from otel_puppy.ledger import COUNTS, MAX_LEDGER_ROWS, OTHER_DIMS
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -89,7 +90,7 @@ SCHEMA_VERSION: Final = 5
 so opening a version-1 file adds it; the version is then raised in the same transaction.
 2 -> 3: no `reservation_items_scope` index (each scope's reserved total is kept in memory, see `_Held`).
 3 -> 4: the `versioned_state` table (breaker state shared by processes on one file).
-4 -> 5: the `samples` and `sample_keys` tables (learned estimates); `reservations.source` and
+4 -> 5: the `samples` and `sample_keys` tables (learned estimates), the `ledger` table; `reservations.source` and
 `.estimate` (for `take_outcomes`), added to an older file's table by `ALTER TABLE`."""
 
 _CACHE_KIB: Final = 32 * 1024
@@ -180,6 +181,15 @@ _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS sample_keys (key TEXT PRIMARY KEY, until REAL NOT NULL, written INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS sample_keys_written ON sample_keys (written)",
     "CREATE INDEX IF NOT EXISTS sample_keys_until ON sample_keys (until)",
+    # Since version 5: the cost ledger, one row per hour and dimensions (`ledger.py`).
+    f"""CREATE TABLE IF NOT EXISTS ledger (
+        hour INTEGER NOT NULL,
+        dims TEXT NOT NULL,
+        until REAL NOT NULL,
+        {", ".join(f"{column} INTEGER NOT NULL" for column in COUNTS)},
+        PRIMARY KEY (hour, dims)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS ledger_expiry ON ledger (until)",
 )
 
 
@@ -197,6 +207,11 @@ def _saturating(column: str) -> str:
 
 
 _ADD_SET: Final = ", ".join(_saturating(column) for column in ("nanos", "tokens", "requests"))
+_LEDGER_ADD: Final = f"""
+INSERT INTO ledger (hour, dims, until, {", ".join(COUNTS)}) VALUES (?, ?, ?, {", ".join("?" * len(COUNTS))})
+ON CONFLICT (hour, dims) DO UPDATE SET until = max(until, excluded.until), {", ".join(_saturating(c) for c in COUNTS)}
+"""  # noqa: S608 - constants only
+_LEDGER_READ: Final = f"SELECT hour, dims, {', '.join(COUNTS)} FROM ledger WHERE hour >= ? AND hour < ? ORDER BY hour"  # noqa: S608
 # RETURNING: how many of the three counts are at the ceiling now (saturations, reported).
 _AT_CEILING: Final = f"RETURNING (nanos = {CEILING}) + (tokens = {CEILING}) + (requests = {CEILING})"
 _CALENDAR_ADD: Final = f"""
@@ -519,6 +534,7 @@ class SQLiteStore:
         covered: dict[bytes, float] = {}
         calendar: dict[tuple[str, str, float], list[float]] = {}
         rolling: dict[tuple[str, str, int], list[float]] = {}
+        ledger: dict[tuple[int, str], list[float]] = {}
         results: list[ApplyResult] = []
         append = results.append
         for record, (key, parent), covered_key in zip(records, keys, covered_keys, strict=True):
@@ -564,6 +580,15 @@ class SQLiteStore:
                 row[0] = min(row[0] + nanos, CEILING)
                 row[1] = min(row[1] + tokens, CEILING)
                 row[2] += 1
+            entry = record.ledger
+            if entry is not None:
+                kept = ledger.get((entry.hour, entry.dims))
+                if kept is None:
+                    ledger[(entry.hour, entry.dims)] = [entry.until, *(clamp(count) for count in entry.counts)]
+                else:
+                    kept[0] = max(kept[0], entry.until)
+                    for i, count in enumerate(entry.counts, 1):
+                        kept[i] = min(kept[i] + clamp(count), CEILING)
             if (
                 settling
                 and not (
@@ -583,6 +608,8 @@ class SQLiteStore:
             for k, v in rows.items():
                 saturated += db.execute(statement, (*k, *v)).fetchone()[0]
         self._report.saturated(saturated, "apply")
+        if ledger:
+            _add_ledger(db, ledger)
         return results
 
     # --- reading -------------------------------------------------------------------------------
@@ -781,6 +808,27 @@ class SQLiteStore:
             )
             return {key: (version, bytes(data)) for key, version, data in rows}
 
+    def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
+        """The ledger rows of the hours in `[start, end)`, in one read.
+
+        Raises:
+            StoreError: the read failed.
+        """
+        with self._transaction("read ledger", write=False) as db:
+            rows = db.execute(_LEDGER_READ, (start, end)).fetchall()
+        found = []
+        unreadable = 0
+        for hour, dims, *counts in rows:
+            values = [_count(count) for count in counts]
+            if type(hour) is not int or not isinstance(dims, str):
+                unreadable += 1
+                continue
+            unreadable += values.count(None)
+            found.append((hour, dims, tuple(CEILING if value is None else value for value in values)))
+        if unreadable:
+            self._report.unreadable(unreadable, "ledger")
+        return found
+
     def take_outcomes(self) -> list[Outcome]:
         """The outcomes of reservations this process dropped (each reservation is dropped by one
         transaction of one process, so across processes each is reported once)."""
@@ -863,6 +911,7 @@ class SQLiteStore:
             dropped += int(db.execute(_RINGS_GONE, (now,)).fetchone()[0])
             db.execute("DELETE FROM rolling WHERE expires_at <= ?", (now,))
             dropped += _forget_samples(db, "SELECT key FROM sample_keys WHERE until <= ?", (now,))
+            dropped += db.execute("DELETE FROM ledger WHERE until <= ?", (now,)).rowcount
             return dropped + _expire_reservations(db, self._held, now)
 
     def health(self) -> StoreHealth:
@@ -1085,6 +1134,24 @@ def _lookup(db: sqlite3.Connection, statements: dict[int, str], keys: list[bytes
         chunk += [None] * (size - len(chunk))
         found.update(row[0] for row in db.execute(statements[size], chunk))
     return found
+
+
+def _add_ledger(db: sqlite3.Connection, rows: Mapping[tuple[int, str], Sequence[float]]) -> None:
+    """Add a batch's ledger rows: a row an hour does not have yet, past `MAX_LEDGER_ROWS` of them, is
+    added to the hour's `OTHER_DIMS` row instead."""
+    room: dict[int, int] = {}
+    for (hour, dims), values in rows.items():
+        if db.execute("SELECT 1 FROM ledger WHERE hour = ? AND dims = ?", (hour, dims)).fetchone() is None:
+            left = room.get(hour)
+            if left is None:
+                used = db.execute("SELECT count(*) FROM ledger WHERE hour = ?", (hour,)).fetchone()[0]
+                left = MAX_LEDGER_ROWS - int(used)
+            if left <= 0:
+                dims = OTHER_DIMS  # noqa: PLW2901 - folded
+            else:
+                left -= 1
+            room[hour] = left
+        db.execute(_LEDGER_ADD, (hour, dims, *values))
 
 
 def _forget_samples(db: sqlite3.Connection, select_keys: str, args: tuple[object, ...]) -> int:

@@ -278,6 +278,9 @@ def test_the_json_api_from_its_openapi_document(case: Any, api_url: str) -> None
     excluded = {
         "/v1/traces": [schemathesis.checks.positive_data_acceptance],
         "/v1/decide": [schemathesis.checks.negative_data_rejection, schemathesis.checks.positive_data_acceptance],
+        # a period's `to` must be after its `from` and its month must exist: more than a pattern says
+        "/v1/export/focus": [schemathesis.checks.positive_data_acceptance],
+        "/v1/costs": [schemathesis.checks.positive_data_acceptance],
     }.get(case.path, [])
     case.validate_response(response, headers=headers, excluded_checks=excluded)
     check_json_error(response, case.path)
