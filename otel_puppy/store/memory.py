@@ -22,6 +22,7 @@ from typing import Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
+from otel_puppy.store._keyset import KeySet
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -180,8 +181,10 @@ class MemoryStore:
         self._calendar: dict[tuple[str, str, float], list[int]] = {}
         self._calendar_expiry: dict[tuple[str, str, float], float] = {}
         self._rings: dict[tuple[str, str], _Ring] = {}
-        self._seen: dict[str, float] = {}
-        self._covered: dict[str, float] = {}
+        self._seen = KeySet()
+        """Span keys applied (by 128-bit digest, see `KeySet`), each until its `dedupe_until`."""
+        self._covered = KeySet()
+        """Parents of applied spans: their own span is a nested one."""
         self._calls = CallIndex()
         self._reservations: dict[str, _Reservation] = {}
         self._reserved: dict[str, list[int]] = {}
@@ -225,10 +228,8 @@ class MemoryStore:
 
     def _apply_one(self, record: SpendRecord) -> ApplyResult:
         seen = self._seen
-        seen_key = record.seen_key
-        if seen_key in seen:
+        if not seen.add(record.seen_key, record.dedupe_until):
             return ApplyResult.DUPLICATE
-        seen[seen_key] = record.dedupe_until
         calls = self._calls
         if (
             record.span_key in self._covered
@@ -240,7 +241,7 @@ class MemoryStore:
             return ApplyResult.NESTED
         if not record.weak:
             if record.parent_key is not None:
-                self._covered[record.parent_key] = record.dedupe_until
+                self._covered.put(record.parent_key, record.dedupe_until)
             if record.call_keys:
                 calls.keep(record.call_keys, record.keys_until)
         saturated = 0
@@ -635,12 +636,11 @@ class MemoryStore:
 
     def expire(self, now: float) -> int:
         with self._lock:
-            dropped = 0
-            for table in (self._seen, self._covered, self._marks):
-                stale = [key for key, until in table.items() if until <= now]
-                for key in stale:
-                    del table[key]
-                dropped += len(stale)
+            dropped = self._seen.expire(now) + self._covered.expire(now)
+            stale = [key for key, until in self._marks.items() if until <= now]
+            for key in stale:
+                del self._marks[key]
+            dropped += len(stale)
             dropped += self._calls.expire(now)
             old = [bucket for bucket, until in self._calendar_expiry.items() if until <= now]
             for bucket in old:
