@@ -59,16 +59,18 @@ _new_state = tuple.__new__
 
 
 class _Ring:
-    """61 sub-buckets of a rolling window and their running total."""
+    """61 sub-buckets of a rolling window and their running total.
 
-    __slots__ = ("index", "last", "nanos", "requests", "step", "tokens", "totals", "until")
+    Slot `i % 61` holds sub-bucket `i` for the 61 sub-buckets up to `last` (one never written holds
+    zeros): which sub-bucket a slot holds follows from `last`, so none is stored per slot."""
+
+    __slots__ = ("last", "nanos", "requests", "step", "tokens", "totals", "until")
 
     def __init__(self, step: float) -> None:
         self.step = step
         self.last = -1
         self.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
-        self.index = [-1] * _SLOTS
         self.nanos = [0] * _SLOTS
         self.tokens = [0] * _SLOTS
         self.requests = [0] * _SLOTS
@@ -79,14 +81,13 @@ class _Ring:
             return
         first = max(self.last + 1, newest - SUB_BUCKETS)
         totals = self.totals
+        nanos, tokens, requests = self.nanos, self.tokens, self.requests
         for i in range(first, newest + 1):
-            slot = i % _SLOTS
-            if self.index[slot] != -1:
-                totals[0] -= self.nanos[slot]
-                totals[1] -= self.tokens[slot]
-                totals[2] -= self.requests[slot]
-            self.index[slot] = i
-            self.nanos[slot] = self.tokens[slot] = self.requests[slot] = 0
+            slot = i % _SLOTS  # held sub-bucket i - 61, which no longer counts
+            totals[0] -= nanos[slot]
+            totals[1] -= tokens[slot]
+            totals[2] -= requests[slot]
+            nanos[slot] = tokens[slot] = requests[slot] = 0
         self.last = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
         self.until = math.nextafter((newest + 1) * self.step, -math.inf)
@@ -96,9 +97,9 @@ class _Ring:
         counts are at the ceiling now (saturated)."""
         i = int(ts // self.step)
         self._advance(i)
-        slot = i % _SLOTS
-        if self.index[slot] != i:  # older than the window: it no longer counts
+        if i <= self.last - _SLOTS:  # older than the window: it no longer counts
             return 0
+        slot = i % _SLOTS
         saturated = 0
         totals = self.totals
         for field, (column, amount) in enumerate(((self.nanos, nanos), (self.tokens, tokens), (self.requests, 1))):
@@ -132,7 +133,7 @@ class _Ring:
         found = []
         for i in range(self.last - SUB_BUCKETS, self.last + 1):
             slot = i % _SLOTS
-            if self.index[slot] == i and (self.nanos[slot] or self.tokens[slot] or self.requests[slot]):
+            if self.nanos[slot] or self.tokens[slot] or self.requests[slot]:
                 found.append(SubBucket(i, self.nanos[slot], self.tokens[slot], self.requests[slot]))
         return tuple(found)
 
