@@ -250,6 +250,8 @@ class BudgetAdmission:
     """Where a request without an estimate gets one (`learned.py`); `None`: it gets none."""
     plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
     dims: dict[tuple[str | None, ...], str] = field(default_factory=dict)
+    settle_keys: dict[tuple[str | None, ...], str] = field(default_factory=dict)
+    """`settle_key` per (provider, model, agent, user) seen: four escapes per applied call saved."""
     """`ledger.encode_dims` per dimensions seen: each call's ledger row key without a JSON encoding."""
     """`decide()`'s work per request shape, kept until the next reload."""
 
@@ -389,7 +391,13 @@ class BudgetAdmission:
             increments.extend(
                 Increment(instance.key, instance.window, ts, nanos, tokens) for instance in book.instances(call.scope())
             )
-            key = settle_key(call.provider, call.request_model or call.model, call.agent, call.user)
+            settled_by = (call.provider, call.request_model or call.model, call.agent, call.user)
+            keys = self.settle_keys
+            key = keys.get(settled_by)
+            if key is None:
+                if len(keys) >= _DIMS_LIMIT:
+                    keys.clear()
+                key = keys[settled_by] = settle_key(*settled_by)
         ledger = None
         retention = self.ledger_retention_s
         if retention is not None and price.nanos is not None:

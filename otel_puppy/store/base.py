@@ -378,9 +378,9 @@ class ApplyResult(StrEnum):
     """Never sent to a store: the span carries a number outside its bound (`LLMCall.rejected`)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Increment:
-    """Add spend at time `ts` to the counter of `scope` in `window`."""
+class Increment(NamedTuple):
+    """Add spend at time `ts` to the counter of `scope` in `window`. (A named tuple: every applied
+    call makes one per window and budget instance it counts in.)"""
 
     scope: str
     window: Window
@@ -389,8 +389,7 @@ class Increment:
     tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class SpendRecord:
+class SpendRecord(NamedTuple):
     """One span's effect on the store, applied all-or-nothing with its dedupe check.
 
     `span_key` identifies the span (trace id and span id); `parent_key` its parent in the same

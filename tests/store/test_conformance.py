@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import signal
@@ -150,7 +149,7 @@ ANY_TIME = (0, CEILING)
 
 
 def keyed(key: str, *keys: CallKey, weak: bool = False, parent: str | None = None, nanos: int = 100) -> SpendRecord:
-    return dataclasses.replace(rec(key, parent=parent, nanos=nanos), call_keys=keys, weak=weak)
+    return rec(key, parent=parent, nanos=nanos)._replace(call_keys=keys, weak=weak)
 
 
 def response(source: str, response_id: str = "r1") -> CallKey:
@@ -258,8 +257,8 @@ def test_call_keys_of_a_batch_that_did_not_commit_are_taken_back(
 def test_expire_forgets_call_keys_with_their_last_span(store: Store) -> None:
     store.apply(
         [
-            dataclasses.replace(keyed("a", CallKey("k", 100, 200, "A")), dedupe_until=T0 + 600),
-            dataclasses.replace(keyed("b", CallKey("k", 300, 400, "A")), dedupe_until=T0 + 900),
+            keyed("a", CallKey("k", 100, 200, "A"))._replace(dedupe_until=T0 + 600),
+            keyed("b", CallKey("k", 300, 400, "A"))._replace(dedupe_until=T0 + 900),
         ],
         T0,
     )
