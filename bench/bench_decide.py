@@ -59,7 +59,10 @@ def run() -> list[Result]:
         engine.decide(**request)
     median, p99 = _timed(engine, requests)
     matched = len(engine.decide(**requests[0]).reasons) + len(engine.decide(**requests[0]).shadow)
-    # Learned estimates: 30 calls of each agent seen, then half the requests carry no estimate.
+    engine.close()
+    # Learned estimates, on an engine of its own (the same state as the first one had when timed): 30
+    # calls of each agent seen, then half the requests carry no estimate.
+    engine = engine_for_tests(policies, raise_internal_errors=False)
     engine.observe_many(
         [
             make_call(end_s=engine.clock.now(), agent=agent, input_tokens=1000 + 100 * i, output_tokens=100)
