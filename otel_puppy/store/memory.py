@@ -22,6 +22,7 @@ from typing import Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
+from otel_puppy.store._call_index import CallIndex
 from otel_puppy.store._keyset import KeySet
 from otel_puppy.store.base import (
     CEILING,
@@ -35,7 +36,6 @@ from otel_puppy.store.base import (
     Admitted,
     ApplyResult,
     BudgetCheck,
-    CallIndex,
     CheckState,
     Counter,
     Increment,

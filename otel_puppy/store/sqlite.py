@@ -51,6 +51,7 @@ from typing import Any, Final
 from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.forward.sqlite_queue import SQLiteQueue
+from otel_puppy.store._call_index import CallIndex
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -63,7 +64,6 @@ from otel_puppy.store.base import (
     Admitted,
     ApplyResult,
     BudgetCheck,
-    CallIndex,
     CheckState,
     Counter,
     Outcome,
