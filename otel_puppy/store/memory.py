@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 import threading
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,48 @@ class _Ring:
         return tuple(found)
 
 
+class _Series:
+    """One key's newest samples (`add_samples`): a ring of plain arrays, 24 bytes a sample, instead of
+    a deque of (at, nanos, tokens) tuples; `head` is the oldest sample's slot once the ring is full."""
+
+    __slots__ = ("at", "head", "keep", "nanos", "tokens", "until")
+
+    def __init__(self, keep: int, until: float) -> None:
+        self.keep = keep
+        self.until = until
+        """When the key is forgotten, unless written again."""
+        self.at = array("d")
+        self.nanos = array("q")
+        self.tokens = array("q")
+        self.head = 0
+
+    def append(self, at: float, nanos: int, tokens: int) -> None:
+        """Keep one more sample, letting the oldest go once `keep` are kept."""
+        if len(self.at) < self.keep:
+            self.at.append(at)
+            self.nanos.append(nanos)
+            self.tokens.append(tokens)
+            return
+        head = self.head
+        self.at[head], self.nanos[head], self.tokens[head] = at, nanos, tokens
+        self.head = (head + 1) % self.keep
+
+    def resized(self, keep: int) -> _Series:
+        """The same key keeping its newest `keep` samples."""
+        series = _Series(keep, self.until)
+        for at, nanos, tokens in reversed(self.newest_first()[:keep]):
+            series.append(at, nanos, tokens)
+        return series
+
+    def newest_first(self) -> list[tuple[float, int, int]]:
+        order = [*range(self.head - 1, -1, -1), *range(len(self.at) - 1, self.head - 1, -1)]
+        at, nanos, tokens = self.at, self.nanos, self.tokens
+        return [(at[i], nanos[i], tokens[i]) for i in order]
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+
 @dataclass(slots=True)
 class _Reservation:
     """The same `nanos` and `tokens` held on the budget of each of `checks` (the admission's own
@@ -195,8 +238,8 @@ class MemoryStore:
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
-        self._samples: OrderedDict[str, tuple[deque[tuple[float, int, int]], float]] = OrderedDict()
-        """Per key its newest samples (at, nanos, tokens) and when it is forgotten; least recently written first."""
+        self._samples: OrderedDict[str, _Series] = OrderedDict()
+        """Per key its newest samples and when it is forgotten; least recently written first."""
         self._report = StateReport("memory store")
         self._layout = 0
         """Changes whenever a ring or calendar counter is created or dropped."""
@@ -614,23 +657,24 @@ class MemoryStore:
         with self._lock:
             series = self._samples
             for key, at, nanos, tokens in samples:
-                entry = series.get(key)
-                if entry is None:
+                kept = series.get(key)
+                if kept is None:
                     while len(series) >= MAX_SAMPLE_KEYS:
                         series.popitem(last=False)
-                    kept: deque[tuple[float, int, int]] = deque(maxlen=keep)
+                    kept = series[key] = _Series(keep, until)
                 else:
-                    kept = entry[0] if entry[0].maxlen == keep else deque(entry[0], maxlen=keep)
+                    if kept.keep != keep:
+                        kept = series[key] = kept.resized(keep)
                     series.move_to_end(key)
-                kept.append((at, clamp(nanos), clamp(tokens)))
-                series[key] = (kept, until)
+                    kept.until = until
+                kept.append(at, clamp(nanos), clamp(tokens))
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
         with self._lock:
             found = [self._samples.get(key) for key in keys]
             return [
-                [] if entry is None else [(nanos, tokens) for at, nanos, tokens in reversed(entry[0]) if at >= since]
-                for entry in found
+                [] if kept is None else [(nanos, tokens) for at, nanos, tokens in kept.newest_first() if at >= since]
+                for kept in found
             ]
 
     # --- housekeeping --------------------------------------------------------------------------
@@ -652,7 +696,7 @@ class MemoryStore:
             for ring_key in idle:
                 del self._rings[ring_key]
                 self._layout += 1
-            forgotten = [key for key, (_, until) in self._samples.items() if until <= now]
+            forgotten = [key for key, kept in self._samples.items() if kept.until <= now]
             for key in forgotten:
                 del self._samples[key]
             before = len(self._reservations)

@@ -4,10 +4,12 @@ the rule does."""
 from __future__ import annotations
 
 import itertools
+import random
+from collections import deque
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from otel_puppy.store.base import Admission, BudgetCheck, CheckState, Increment, SpendRecord, check_state
+from otel_puppy.store.base import Admission, BudgetCheck, CheckState, Increment, Sample, SpendRecord, check_state
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
@@ -45,3 +47,23 @@ def test_admit_gives_the_states_check_state_gives_for_every_case() -> None:
             read = store.read_budgets([check], T0)
             assert read == [expected]
             assert type(read[0]) is CheckState
+
+
+def test_samples_are_the_newest_kept_as_a_deque_of_them_would_be() -> None:
+    # The samples' ring of arrays, against a deque of tuples through wraps and changes of `keep`.
+    rng = random.Random(18)
+    store, model = MemoryStore(), deque[tuple[float, int, int]](maxlen=1)
+    for step in range(400):
+        keep = rng.choice((1, 3, 5, 100)) if step % 37 == 0 else model.maxlen or 1
+        if keep != model.maxlen:
+            model = deque(model, maxlen=keep)
+        batch = [
+            Sample("k", T0 + step + i / 10, rng.randrange(1000), rng.randrange(50)) for i in range(rng.randrange(4))
+        ]
+        store.add_samples(batch, keep=keep, ttl_s=600, now=T0 + step)
+        model.extend((at, nanos, tokens) for _, at, nanos, tokens in batch)
+        since = T0 + step - rng.randrange(20)
+        assert store.read_samples(["k", "other"], since) == [
+            [(nanos, tokens) for at, nanos, tokens in reversed(model) if at >= since],
+            [],
+        ]
