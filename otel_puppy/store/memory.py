@@ -54,41 +54,47 @@ __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
 _ZERO = [0, 0, 0]
+_ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
+"""A ring's counts of 61 sub-buckets never written."""
 _NONE_RESERVED = [0, 0]
 _new_state = tuple.__new__
 """`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
 
 class _Ring:
-    """61 sub-buckets of a rolling window and their running total.
+    """The sub-buckets of a rolling window that count (the 61 up to `last`) and their running total.
 
-    Slot `i % 61` holds sub-bucket `i` for the 61 sub-buckets up to `last` (one never written holds
-    zeros): which sub-bucket a slot holds follows from `last`, so none is stored per slot."""
+    `counts` holds (nanos, tokens, requests) per sub-bucket, three int64s each, for the sub-buckets
+    from `first` to the newest one written (those in between never written hold zeros); none before
+    the oldest written that still counts, none after the newest written. A ring written in one
+    sub-bucket holds 24 bytes of counts, not 61 slots of three lists."""
 
-    __slots__ = ("last", "nanos", "requests", "step", "tokens", "totals", "until")
+    __slots__ = ("counts", "first", "last", "step", "totals", "until")
 
     def __init__(self, step: float) -> None:
         self.step = step
         self.last = -1
+        """The newest sub-bucket: the ring counts the 61 up to it."""
         self.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
-        self.nanos = [0] * _SLOTS
-        self.tokens = [0] * _SLOTS
-        self.requests = [0] * _SLOTS
+        self.counts = array("q")
+        self.first = 0
+        """The sub-bucket of `counts`' first entry."""
         self.totals = [0, 0, 0]
 
     def _advance(self, newest: int) -> None:
         if newest <= self.last:
             return
-        first = max(self.last + 1, newest - SUB_BUCKETS)
-        totals = self.totals
-        nanos, tokens, requests = self.nanos, self.tokens, self.requests
-        for i in range(first, newest + 1):
-            slot = i % _SLOTS  # held sub-bucket i - 61, which no longer counts
-            totals[0] -= nanos[slot]
-            totals[1] -= tokens[slot]
-            totals[2] -= requests[slot]
-            nanos[slot] = tokens[slot] = requests[slot] = 0
+        counts = self.counts
+        gone = min(len(counts) // 3, newest - SUB_BUCKETS - self.first)  # the oldest, no longer counting
+        if gone > 0:
+            totals = self.totals
+            end = 3 * gone
+            totals[0] -= sum(counts[0:end:3])
+            totals[1] -= sum(counts[1:end:3])
+            totals[2] -= sum(counts[2:end:3])
+            del counts[:end]
+            self.first += gone
         self.last = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
         self.until = math.nextafter((newest + 1) * self.step, -math.inf)
@@ -100,16 +106,26 @@ class _Ring:
         self._advance(i)
         if i <= self.last - _SLOTS:  # older than the window: it no longer counts
             return 0
-        slot = i % _SLOTS
+        counts = self.counts
+        held = len(counts) // 3
+        if not held:
+            counts.extend(_ZEROS[:3])
+            self.first = i
+        elif i < self.first:
+            counts[0:0] = _ZEROS[: 3 * (self.first - i)]
+            self.first = i
+        elif i >= self.first + held:
+            counts.extend(_ZEROS[: 3 * (i - self.first - held + 1)])
+        at = 3 * (i - self.first)
         saturated = 0
         totals = self.totals
-        for field, (column, amount) in enumerate(((self.nanos, nanos), (self.tokens, tokens), (self.requests, 1))):
-            old = column[slot]
+        for field, amount in enumerate((nanos, tokens, 1)):
+            old = counts[at + field]
             new = old + amount
             if new >= CEILING:
                 new = CEILING
                 saturated += 1
-            column[slot] = new
+            counts[at + field] = new
             totals[field] += new - old
         return saturated
 
@@ -131,12 +147,12 @@ class _Ring:
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
         self._advance(int(now // self.step))
-        found = []
-        for i in range(self.last - SUB_BUCKETS, self.last + 1):
-            slot = i % _SLOTS
-            if self.nanos[slot] or self.tokens[slot] or self.requests[slot]:
-                found.append(SubBucket(i, self.nanos[slot], self.tokens[slot], self.requests[slot]))
-        return tuple(found)
+        counts, first = self.counts, self.first
+        return tuple(
+            SubBucket(first + at, *counts[3 * at : 3 * at + 3])
+            for at in range(len(counts) // 3)
+            if counts[3 * at] or counts[3 * at + 1] or counts[3 * at + 2]
+        )
 
 
 class _Series:
