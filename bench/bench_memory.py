@@ -135,13 +135,11 @@ def _child_engine() -> dict[str, Any]:
     plain_ms, same_samples = _plain_ms(text)
     store = engine.store
     dedupe = sum(keys.nbytes() for keys in (store._seen, store._covered))  # type: ignore[attr-defined]
-    call_keys = store._calls.nbytes()  # type: ignore[attr-defined]
     applied = engine.registry.get_sample_value("otel_puppy_spans_total", {"result": "applied"}) or 0
     engine.close()
     return {
         "growth_mb": growth,
         "dedupe_mb": dedupe / 1e6,
-        "call_keys_mb": call_keys / 1e6,
         "spans_per_s": SPANS / elapsed,
         "applied": applied,
         "scrape_ms": scrape_ms,
@@ -179,16 +177,15 @@ def run() -> list[Result]:
     return [
         Result(
             name=f"memory: RSS growth over {SPANS:,} spans, {DISTINCT:,} agents/users/conversations",
-            ours=f"{growth:,.0f} MB (dedupe keys {engine['dedupe_mb']:,.0f} MB, call keys "
-            f"{engine['call_keys_mb']:,.0f} MB of it)",
+            ours=f"{growth:,.0f} MB (dedupe keys {engine['dedupe_mb']:,.0f} MB of it)",
             baseline=f"{SPANS:,} span ids in a Python set {floor['growth_mb']:,.0f} MB",
             ratio=growth / floor["growth_mb"],
             ratio_text=f"{growth / floor['growth_mb']:.1f}x the ids alone",
             target=f"<= {RSS_TARGET_MB:g} MB",
             met=growth <= RSS_TARGET_MB,
             note=f"memory store, through the span processor at {engine['spans_per_s']:,.0f} spans/s "
-            f"({engine['applied']:,.0f} applied: each span its own response id); budgets per agent, user (24h "
-            "rolling) and conversation; "
+            f"({engine['applied']:,.0f} applied: each span its own response id); budgets per agent, user "
+            "(24h rolling) and conversation; "
             "dedupe keys are kept for the dedupe window (24 h), exactly (128-bit digests: a false duplicate has "
             "probability about n²/2^129)",
         ),

@@ -27,7 +27,7 @@ from functools import lru_cache
 from hashlib import blake2b
 from typing import Final
 
-__all__ = ("Buckets", "KeySet", "digest")
+__all__ = ("KeySet",)
 
 _SHARDS: Final = 256
 _SHARD_SHIFT: Final = 56
@@ -138,24 +138,80 @@ class _Table:
         return self.capacity * 18
 
 
-class Buckets:
-    """Expiry buckets: a kept item's `until` falls in a one-minute bucket, and the bucket (every item
-    in it) is forgotten by the first `expired(now)` at or after the latest `until` put in it. Items
-    are counted per bucket, so a bucket left empty frees its id at once. Each bucket has a small id
-    (1 to `_MAX_GENERATIONS`) that tables keep per slot (a 16-bit generation)."""
+class KeySet:
+    """Keys (strings) each kept until its own time, by 128-bit digest; not thread-safe (the store's
+    lock guards it).
 
-    __slots__ = ("_buckets", "_free", "_generations")
+    >>> keys = KeySet()
+    >>> keys.add("a", until=120.0), keys.add("a", until=180.0), "a" in keys, "b" in keys
+    (True, False, True, False)
+    >>> keys.expire(119.0), keys.expire(120.0), "a" in keys
+    (0, 1, False)
+    """
+
+    __slots__ = ("_buckets", "_free", "_generations", "_tables")
 
     def __init__(self) -> None:
+        self._tables: list[_Table | None] = [None] * _SHARDS
         self._buckets: dict[int, int] = {}
         """Bucket (minute of `until`) -> its id in the tables."""
         self._generations: dict[int, list[float]] = {}
-        """Bucket id -> [its bucket, the latest `until` put in it, how many items it holds]."""
+        """Bucket id -> [its bucket, the latest `until` put in it, how many keys it holds]."""
         self._free: list[int] = []
         """Ids free again, once their bucket expired (reused before new ones)."""
 
-    def take(self, until: float) -> int:
-        """The id of `until`'s bucket, made if new; counts one item more in it."""
+    def __contains__(self, key: str) -> bool:
+        high, low = digest(key)
+        table = self._tables[high >> _SHARD_SHIFT]
+        return table is not None and table.find(high, low) >= 0
+
+    def add(self, key: str, until: float) -> bool:
+        """Keep `key` until `until`, unless it is kept already (then nothing changes); whether it was new."""
+        high, low = digest(key)
+        shard = high >> _SHARD_SHIFT
+        table = self._tables[shard]
+        if table is None:
+            table = self._tables[shard] = _Table(_prime_at_least(3))
+        elif table.find(high, low) >= 0:
+            return False
+        table.insert(high, low, self._generation(until))
+        return True
+
+    def put(self, key: str, until: float) -> None:
+        """Keep `key` until `until`, whether it was kept or not (a dict's `keys[key] = until`)."""
+        high, low = digest(key)
+        table = self._tables[high >> _SHARD_SHIFT]
+        slot = table.find(high, low) if table is not None else -1
+        if slot < 0:
+            self.add(key, until)
+            return
+        assert table is not None
+        gen = self._generation(until)
+        old = table.generation[slot]
+        table.generation[slot] = gen
+        self._drop_one(old)
+
+    def expire(self, now: float) -> int:
+        """Forget the buckets whose every key's `until` is at or before `now`; how many keys."""
+        dropped = 0
+        for gen in [gen for gen, (_, latest, _) in self._generations.items() if latest <= now]:
+            bucket = int(self._generations.pop(gen)[0])
+            del self._buckets[bucket]
+            for table in self._tables:
+                if table is not None:
+                    dropped += table.forget(gen)
+            self._free.append(gen)
+        return dropped
+
+    def nbytes(self) -> int:
+        """Bytes its tables hold (slots, kept or free)."""
+        return sum(table.nbytes() for table in self._tables if table is not None)
+
+    def __len__(self) -> int:
+        return sum(table.live for table in self._tables if table is not None)
+
+    def _generation(self, until: float) -> int:
+        """The id of `until`'s bucket, made if new; counts one key more in it."""
         bucket = int(until // _BUCKET_S)
         gen = self._buckets.get(bucket)
         if gen is None:
@@ -176,97 +232,11 @@ class Buckets:
         info[2] += 1
         return gen
 
-    def add(self, gen: int, count: int) -> None:
-        """`count` items more in bucket `gen` (moved there from another)."""
-        self._generations[gen][2] += count
-
-    def drop(self, gen: int, count: int = 1) -> None:
-        """`count` items left bucket `gen` (moved or taken out): a bucket left empty is forgotten."""
+    def _drop_one(self, gen: int) -> None:
+        """One key left bucket `gen` (moved to another): a bucket left empty is forgotten."""
         info = self._generations[gen]
-        info[2] -= count
+        info[2] -= 1
         if not info[2]:
             del self._generations[gen]
             del self._buckets[int(info[0])]
             self._free.append(gen)
-
-    def bucket(self, gen: int) -> float:
-        """The minute bucket `gen` is the id of: buckets compare by it, not by id."""
-        return self._generations[gen][0]
-
-    def latest(self, gen: int) -> float:
-        """The latest `until` put in bucket `gen`: it is forgotten at or after it."""
-        return self._generations[gen][1]
-
-    def expired(self, now: float) -> list[int]:
-        """Forget the buckets whose latest `until` is at or before `now`; their ids (free again:
-        the caller forgets their items before it takes any new one)."""
-        gens = [gen for gen, (_, latest, _) in self._generations.items() if latest <= now]
-        for gen in gens:
-            del self._buckets[int(self._generations.pop(gen)[0])]
-            self._free.append(gen)
-        return gens
-
-
-class KeySet:
-    """Keys (strings) each kept until its own time, by 128-bit digest; not thread-safe (the store's
-    lock guards it).
-
-    >>> keys = KeySet()
-    >>> keys.add("a", until=120.0), keys.add("a", until=180.0), "a" in keys, "b" in keys
-    (True, False, True, False)
-    >>> keys.expire(119.0), keys.expire(120.0), "a" in keys
-    (0, 1, False)
-    """
-
-    __slots__ = ("_buckets", "_tables")
-
-    def __init__(self) -> None:
-        self._tables: list[_Table | None] = [None] * _SHARDS
-        self._buckets = Buckets()
-
-    def __contains__(self, key: str) -> bool:
-        high, low = digest(key)
-        table = self._tables[high >> _SHARD_SHIFT]
-        return table is not None and table.find(high, low) >= 0
-
-    def add(self, key: str, until: float) -> bool:
-        """Keep `key` until `until`, unless it is kept already (then nothing changes); whether it was new."""
-        high, low = digest(key)
-        shard = high >> _SHARD_SHIFT
-        table = self._tables[shard]
-        if table is None:
-            table = self._tables[shard] = _Table(_prime_at_least(3))
-        elif table.find(high, low) >= 0:
-            return False
-        table.insert(high, low, self._buckets.take(until))
-        return True
-
-    def put(self, key: str, until: float) -> None:
-        """Keep `key` until `until`, whether it was kept or not (a dict's `keys[key] = until`)."""
-        high, low = digest(key)
-        table = self._tables[high >> _SHARD_SHIFT]
-        slot = table.find(high, low) if table is not None else -1
-        if slot < 0:
-            self.add(key, until)
-            return
-        assert table is not None
-        gen = self._buckets.take(until)
-        old = table.generation[slot]
-        table.generation[slot] = gen
-        self._buckets.drop(old)
-
-    def expire(self, now: float) -> int:
-        """Forget the buckets whose every key's `until` is at or before `now`; how many keys."""
-        dropped = 0
-        for gen in self._buckets.expired(now):
-            for table in self._tables:
-                if table is not None:
-                    dropped += table.forget(gen)
-        return dropped
-
-    def nbytes(self) -> int:
-        """Bytes its tables hold (slots, kept or free)."""
-        return sum(table.nbytes() for table in self._tables if table is not None)
-
-    def __len__(self) -> int:
-        return sum(table.live for table in self._tables if table is not None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import math
 import threading
-from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from typing import Final
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.ledger import MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS, LedgerEntry
-from otel_puppy.store._call_index import CallIndex
 from otel_puppy.store._keyset import KeySet
 from otel_puppy.store.base import (
     CEILING,
@@ -38,6 +36,7 @@ from otel_puppy.store.base import (
     Admitted,
     ApplyResult,
     BudgetCheck,
+    CallIndex,
     CheckState,
     Counter,
     Increment,
@@ -55,47 +54,41 @@ __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
 _ZERO = [0, 0, 0]
-_ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
-"""A ring's counts of 61 sub-buckets never written."""
 _NONE_RESERVED = [0, 0]
 _new_state = tuple.__new__
 """`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
 
 class _Ring:
-    """The sub-buckets of a rolling window that count (the 61 up to `last`) and their running total.
+    """61 sub-buckets of a rolling window and their running total.
 
-    `counts` holds (nanos, tokens, requests) per sub-bucket, three int64s each, for the sub-buckets
-    from `first` to the newest one written (those in between never written hold zeros); none before
-    the oldest written that still counts, none after the newest written. A ring written in one
-    sub-bucket holds 24 bytes of counts, not 61 slots of three lists."""
+    Slot `i % 61` holds sub-bucket `i` for the 61 sub-buckets up to `last` (one never written holds
+    zeros): which sub-bucket a slot holds follows from `last`, so none is stored per slot."""
 
-    __slots__ = ("counts", "first", "last", "step", "totals", "until")
+    __slots__ = ("last", "nanos", "requests", "step", "tokens", "totals", "until")
 
     def __init__(self, step: float) -> None:
         self.step = step
         self.last = -1
-        """The newest sub-bucket: the ring counts the 61 up to it."""
         self.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
-        self.counts = array("q")
-        self.first = 0
-        """The sub-bucket of `counts`' first entry."""
+        self.nanos = [0] * _SLOTS
+        self.tokens = [0] * _SLOTS
+        self.requests = [0] * _SLOTS
         self.totals = [0, 0, 0]
 
     def _advance(self, newest: int) -> None:
         if newest <= self.last:
             return
-        counts = self.counts
-        gone = min(len(counts) // 3, newest - SUB_BUCKETS - self.first)  # the oldest, no longer counting
-        if gone > 0:
-            totals = self.totals
-            end = 3 * gone
-            totals[0] -= sum(counts[0:end:3])
-            totals[1] -= sum(counts[1:end:3])
-            totals[2] -= sum(counts[2:end:3])
-            del counts[:end]
-            self.first += gone
+        first = max(self.last + 1, newest - SUB_BUCKETS)
+        totals = self.totals
+        nanos, tokens, requests = self.nanos, self.tokens, self.requests
+        for i in range(first, newest + 1):
+            slot = i % _SLOTS  # held sub-bucket i - 61, which no longer counts
+            totals[0] -= nanos[slot]
+            totals[1] -= tokens[slot]
+            totals[2] -= requests[slot]
+            nanos[slot] = tokens[slot] = requests[slot] = 0
         self.last = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
         self.until = math.nextafter((newest + 1) * self.step, -math.inf)
@@ -107,26 +100,16 @@ class _Ring:
         self._advance(i)
         if i <= self.last - _SLOTS:  # older than the window: it no longer counts
             return 0
-        counts = self.counts
-        held = len(counts) // 3
-        if not held:
-            counts.extend(_ZEROS[:3])
-            self.first = i
-        elif i < self.first:
-            counts[0:0] = _ZEROS[: 3 * (self.first - i)]
-            self.first = i
-        elif i >= self.first + held:
-            counts.extend(_ZEROS[: 3 * (i - self.first - held + 1)])
-        at = 3 * (i - self.first)
+        slot = i % _SLOTS
         saturated = 0
         totals = self.totals
-        for field, amount in enumerate((nanos, tokens, 1)):
-            old = counts[at + field]
+        for field, (column, amount) in enumerate(((self.nanos, nanos), (self.tokens, tokens), (self.requests, 1))):
+            old = column[slot]
             new = old + amount
             if new >= CEILING:
                 new = CEILING
                 saturated += 1
-            counts[at + field] = new
+            column[slot] = new
             totals[field] += new - old
         return saturated
 
@@ -148,54 +131,12 @@ class _Ring:
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
         self._advance(int(now // self.step))
-        counts, first = self.counts, self.first
-        return tuple(
-            SubBucket(first + at, *counts[3 * at : 3 * at + 3])
-            for at in range(len(counts) // 3)
-            if counts[3 * at] or counts[3 * at + 1] or counts[3 * at + 2]
-        )
-
-
-class _Series:
-    """One key's newest samples (`add_samples`): a ring of plain arrays, 24 bytes a sample, instead of
-    a deque of (at, nanos, tokens) tuples; `head` is the oldest sample's slot once the ring is full."""
-
-    __slots__ = ("at", "head", "keep", "nanos", "tokens", "until")
-
-    def __init__(self, keep: int, until: float) -> None:
-        self.keep = keep
-        self.until = until
-        """When the key is forgotten, unless written again."""
-        self.at = array("d")
-        self.nanos = array("q")
-        self.tokens = array("q")
-        self.head = 0
-
-    def append(self, at: float, nanos: int, tokens: int) -> None:
-        """Keep one more sample, letting the oldest go once `keep` are kept."""
-        if len(self.at) < self.keep:
-            self.at.append(at)
-            self.nanos.append(nanos)
-            self.tokens.append(tokens)
-            return
-        head = self.head
-        self.at[head], self.nanos[head], self.tokens[head] = at, nanos, tokens
-        self.head = (head + 1) % self.keep
-
-    def resized(self, keep: int) -> _Series:
-        """The same key keeping its newest `keep` samples."""
-        series = _Series(keep, self.until)
-        for at, nanos, tokens in reversed(self.newest_first()[:keep]):
-            series.append(at, nanos, tokens)
-        return series
-
-    def newest_first(self) -> list[tuple[float, int, int]]:
-        order = [*range(self.head - 1, -1, -1), *range(len(self.at) - 1, self.head - 1, -1)]
-        at, nanos, tokens = self.at, self.nanos, self.tokens
-        return [(at[i], nanos[i], tokens[i]) for i in order]
-
-    def __len__(self) -> int:
-        return len(self.at)
+        found = []
+        for i in range(self.last - SUB_BUCKETS, self.last + 1):
+            slot = i % _SLOTS
+            if self.nanos[slot] or self.tokens[slot] or self.requests[slot]:
+                found.append(SubBucket(i, self.nanos[slot], self.tokens[slot], self.requests[slot]))
+        return tuple(found)
 
 
 @dataclass(slots=True)
@@ -257,8 +198,8 @@ class MemoryStore:
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
         self._ledger: dict[int, tuple[dict[str, list[int]], list[float]]] = {}
         """Per hour: its rows by dims, and [until when it is kept]."""
-        self._samples: OrderedDict[str, _Series] = OrderedDict()
-        """Per key its newest samples and when it is forgotten; least recently written first."""
+        self._samples: OrderedDict[str, tuple[deque[tuple[float, int, int]], float]] = OrderedDict()
+        """Per key its newest samples (at, nanos, tokens) and when it is forgotten; least recently written first."""
         self._report = StateReport("memory store")
         self._layout = 0
         """Changes whenever a ring or calendar counter is created or dropped."""
@@ -709,24 +650,23 @@ class MemoryStore:
         with self._lock:
             series = self._samples
             for key, at, nanos, tokens in samples:
-                kept = series.get(key)
-                if kept is None:
+                entry = series.get(key)
+                if entry is None:
                     while len(series) >= MAX_SAMPLE_KEYS:
                         series.popitem(last=False)
-                    kept = series[key] = _Series(keep, until)
+                    kept: deque[tuple[float, int, int]] = deque(maxlen=keep)
                 else:
-                    if kept.keep != keep:
-                        kept = series[key] = kept.resized(keep)
+                    kept = entry[0] if entry[0].maxlen == keep else deque(entry[0], maxlen=keep)
                     series.move_to_end(key)
-                    kept.until = until
-                kept.append(at, clamp(nanos), clamp(tokens))
+                kept.append((at, clamp(nanos), clamp(tokens)))
+                series[key] = (kept, until)
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
         with self._lock:
             found = [self._samples.get(key) for key in keys]
             return [
-                [] if kept is None else [(nanos, tokens) for at, nanos, tokens in kept.newest_first() if at >= since]
-                for kept in found
+                [] if entry is None else [(nanos, tokens) for at, nanos, tokens in reversed(entry[0]) if at >= since]
+                for entry in found
             ]
 
     # --- housekeeping --------------------------------------------------------------------------
@@ -752,7 +692,7 @@ class MemoryStore:
             for hour in hours:
                 del self._ledger[hour]
             dropped += len(hours)
-            forgotten = [key for key, kept in self._samples.items() if kept.until <= now]
+            forgotten = [key for key, (_, until) in self._samples.items() if until <= now]
             for key in forgotten:
                 del self._samples[key]
             before = len(self._reservations)
