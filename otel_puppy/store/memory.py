@@ -23,7 +23,6 @@ from typing import Final
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.ledger import MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS, LedgerEntry
-from otel_puppy.store._keyset import KeySet
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -60,18 +59,16 @@ _new_state = tuple.__new__
 
 
 class _Ring:
-    """61 sub-buckets of a rolling window and their running total.
+    """61 sub-buckets of a rolling window and their running total."""
 
-    Slot `i % 61` holds sub-bucket `i` for the 61 sub-buckets up to `last` (one never written holds
-    zeros): which sub-bucket a slot holds follows from `last`, so none is stored per slot."""
-
-    __slots__ = ("last", "nanos", "requests", "step", "tokens", "totals", "until")
+    __slots__ = ("index", "last", "nanos", "requests", "step", "tokens", "totals", "until")
 
     def __init__(self, step: float) -> None:
         self.step = step
         self.last = -1
         self.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
+        self.index = [-1] * _SLOTS
         self.nanos = [0] * _SLOTS
         self.tokens = [0] * _SLOTS
         self.requests = [0] * _SLOTS
@@ -82,13 +79,14 @@ class _Ring:
             return
         first = max(self.last + 1, newest - SUB_BUCKETS)
         totals = self.totals
-        nanos, tokens, requests = self.nanos, self.tokens, self.requests
         for i in range(first, newest + 1):
-            slot = i % _SLOTS  # held sub-bucket i - 61, which no longer counts
-            totals[0] -= nanos[slot]
-            totals[1] -= tokens[slot]
-            totals[2] -= requests[slot]
-            nanos[slot] = tokens[slot] = requests[slot] = 0
+            slot = i % _SLOTS
+            if self.index[slot] != -1:
+                totals[0] -= self.nanos[slot]
+                totals[1] -= self.tokens[slot]
+                totals[2] -= self.requests[slot]
+            self.index[slot] = i
+            self.nanos[slot] = self.tokens[slot] = self.requests[slot] = 0
         self.last = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
         self.until = math.nextafter((newest + 1) * self.step, -math.inf)
@@ -98,9 +96,9 @@ class _Ring:
         counts are at the ceiling now (saturated)."""
         i = int(ts // self.step)
         self._advance(i)
-        if i <= self.last - _SLOTS:  # older than the window: it no longer counts
-            return 0
         slot = i % _SLOTS
+        if self.index[slot] != i:  # older than the window: it no longer counts
+            return 0
         saturated = 0
         totals = self.totals
         for field, (column, amount) in enumerate(((self.nanos, nanos), (self.tokens, tokens), (self.requests, 1))):
@@ -134,7 +132,7 @@ class _Ring:
         found = []
         for i in range(self.last - SUB_BUCKETS, self.last + 1):
             slot = i % _SLOTS
-            if self.nanos[slot] or self.tokens[slot] or self.requests[slot]:
+            if self.index[slot] == i and (self.nanos[slot] or self.tokens[slot] or self.requests[slot]):
                 found.append(SubBucket(i, self.nanos[slot], self.tokens[slot], self.requests[slot]))
         return tuple(found)
 
@@ -183,10 +181,8 @@ class MemoryStore:
         self._calendar: dict[tuple[str, str, float], list[int]] = {}
         self._calendar_expiry: dict[tuple[str, str, float], float] = {}
         self._rings: dict[tuple[str, str], _Ring] = {}
-        self._seen = KeySet()
-        """Span keys applied (by 128-bit digest, see `KeySet`), each until its `dedupe_until`."""
-        self._covered = KeySet()
-        """Parents of applied spans: their own span is a nested one."""
+        self._seen: dict[str, float] = {}
+        self._covered: dict[str, float] = {}
         self._calls = CallIndex()
         self._reservations: dict[str, _Reservation] = {}
         self._reserved: dict[str, list[int]] = {}
@@ -232,8 +228,10 @@ class MemoryStore:
 
     def _apply_one(self, record: SpendRecord) -> ApplyResult:
         seen = self._seen
-        if not seen.add(record.seen_key, record.dedupe_until):
+        seen_key = record.seen_key
+        if seen_key in seen:
             return ApplyResult.DUPLICATE
+        seen[seen_key] = record.dedupe_until
         calls = self._calls
         if (
             record.span_key in self._covered
@@ -245,7 +243,7 @@ class MemoryStore:
             return ApplyResult.NESTED
         if not record.weak:
             if record.parent_key is not None:
-                self._covered.put(record.parent_key, record.dedupe_until)
+                self._covered[record.parent_key] = record.dedupe_until
             if record.call_keys:
                 calls.keep(record.call_keys, record.keys_until)
         saturated = 0
@@ -673,11 +671,12 @@ class MemoryStore:
 
     def expire(self, now: float) -> int:
         with self._lock:
-            dropped = self._seen.expire(now) + self._covered.expire(now)
-            stale = [key for key, until in self._marks.items() if until <= now]
-            for key in stale:
-                del self._marks[key]
-            dropped += len(stale)
+            dropped = 0
+            for table in (self._seen, self._covered, self._marks):
+                stale = [key for key, until in table.items() if until <= now]
+                for key in stale:
+                    del table[key]
+                dropped += len(stale)
             dropped += self._calls.expire(now)
             old = [bucket for bucket, until in self._calendar_expiry.items() if until <= now]
             for bucket in old:
