@@ -8,15 +8,16 @@ replica exports the same values (`max` them, never sum). A team or agent a call 
 A scrape must stay cheap, so hours that can no longer change are added up once: a span is filed under
 its end time unless it arrived later than `OTEL_PUPPY_MAX_SPAN_LATENESS_S`, so hours older than that
 (and one more) are final; the hours after them are read again at most once a minute (`REFRESH_S`): the
-figures are up to a minute old, as fits a monthly figure. Series are bounded: past
-`max_label_values` (team, agent) pairs, the pairs with the least cost are folded into one
-`team="other", agent="other"` series, so the month's total stays whole.
+figures are up to a minute old, as fits a monthly figure. Series are bounded by the engine's label
+guard (`OTEL_PUPPY_MAX_LABEL_VALUES` values per label, later ones `other`), the same that bounds every
+other family, so `agent` takes the values it takes on `otel_puppy_llm_cost_usd_total`; a folded
+value's cost is added to its `other` series, so the month's total stays whole.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Final
 
@@ -28,7 +29,6 @@ from otel_puppy.store.base import Store
 
 __all__ = ("MonthToDate",)
 
-OTHER: Final = "other"
 _NANOS: Final = COST_COUNTS
 REFRESH_S: Final = 60.0
 
@@ -36,10 +36,10 @@ REFRESH_S: Final = 60.0
 class MonthToDate:
     """This month's cost by team and agent, kept up to date from the ledger at each scrape."""
 
-    def __init__(self, store: Store, *, lateness_s: float, max_series: int) -> None:
+    def __init__(self, store: Store, *, lateness_s: float, guard: Callable[[str, str | None], str]) -> None:
         self._store = store
         self._lateness_s = lateness_s
-        self._max_series = max_series
+        self._guard = guard
         self._lock = threading.Lock()
         self._month = -1
         self._final: dict[tuple[str, str], int] = {}
@@ -93,16 +93,17 @@ class MonthToDate:
         last = self._last
         if last is None or not 0 <= now - last[0] < REFRESH_S:
             last = self._last = (now, self.costs(now))
-        costs = sorted(last[1].items(), key=lambda item: (-item[1], item[0]))
-        kept, folded = costs[: self._max_series], costs[self._max_series :]
+        guard = self._guard
+        series: dict[tuple[str, str], int] = {}
+        for (team, agent), nanos in last[1].items():
+            labels = (guard("team", team), guard("agent", agent))
+            series[labels] = series.get(labels, 0) + nanos
         family = GaugeMetricFamily(
             "otel_puppy_cost_this_month_usd",
             "Cost since the start of the calendar month (UTC) by team and agent, from the cost ledger (the "
             "figures a FOCUS export of the month adds up to); the same on every replica.",
             labels=("team", "agent"),
         )
-        for labels, nanos in kept:
+        for labels, nanos in series.items():
             family.add_metric(labels, nanos_to_float(nanos))
-        if folded:
-            family.add_metric((OTHER, OTHER), nanos_to_float(sum(nanos for _, nanos in folded)))
         yield family

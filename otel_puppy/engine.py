@@ -108,7 +108,7 @@ class PolicyEngine:
             MonthToDate(
                 self._store,
                 lateness_s=self.settings.max_span_lateness_s,
-                max_series=self.settings.max_label_values,
+                guard=self.metrics.guard,
             )
             if self.settings.ledger
             else None
