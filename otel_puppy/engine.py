@@ -108,7 +108,7 @@ class PolicyEngine:
             MonthToDate(
                 self._store,
                 lateness_s=self.settings.max_span_lateness_s,
-                guard=self.metrics.guard,
+                guard=self.metrics.guard.quiet,
             )
             if self.settings.ledger
             else None

@@ -76,6 +76,18 @@ class LabelGuard:
         self.overflow[label] = self.overflow.get(label, 0) + 1
         return OVERFLOW
 
+    def quiet(self, label: str, value: str | None) -> str:
+        """As calling the guard, but a fold is not counted in `overflow`: for a family that labels, at
+        every scrape, values the calls already brought (and counted)."""
+        text = value or ""
+        seen = self._seen.setdefault(label, set())
+        if text in seen:
+            return text
+        if len(seen) < self.max_values:
+            seen.add(text)
+            return text
+        return OVERFLOW
+
 
 class _Histogram:
     __slots__ = ("buckets", "count", "sum")
