@@ -28,7 +28,7 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Context, Decimal
-from functools import cache
+from functools import cache, lru_cache
 from typing import Final, TextIO
 
 from otel_puppy.ledger import HOUR, REQUEST_NANOS, TOKEN_TYPES, LedgerRow, read_unit_prices
@@ -326,20 +326,18 @@ _DETAILS: Final = {name: json.dumps({"x_TokenType": name}) for name in _METERS}
 _QUOTED_DETAILS: Final = {name: _field(details) for name, details in _DETAILS.items()}
 
 
-@cache
+@lru_cache(maxsize=1024)
 def _unit_prices(prices: str) -> tuple[tuple[int, int, str], ...] | None:
     """Each type's unit price (then the fee's) as (scaled integer, scale, decimal text), from a ledger row's
     `prices`; None when unknown. One parse per distinct price list."""
-    scale, _, units = prices.partition(":")
-    if not scale.isdigit() or not units:
-        return None
     found = read_unit_prices(prices)
     if found is None:
         return None
-    return tuple((int(unit), int(scale), _decimal(usd)) for unit, usd in zip(units.split(","), found, strict=True))
+    scale, units = found
+    return tuple((unit, scale, _decimal(Decimal(unit).scaleb(-scale))) for unit in units)
 
 
-@cache
+@lru_cache(maxsize=8784)  # a leap year of hours
 def _periods(hour: int) -> tuple[str, str, str, str]:
     """The charge period (the hour) and billing period (its month) of an hour, as FOCUS writes times."""
     start = datetime.fromtimestamp(hour, UTC)

@@ -31,7 +31,6 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "COUNTS",
-    "DIMENSIONS",
+    "DIMS",
     "MAX_LEDGER_ROWS",
     "MEMORY_LEDGER_DAYS",
     "OTHER_DIMS",
@@ -51,7 +50,6 @@ __all__ = (
     "encode_dims",
     "hour_of",
     "split_costs",
-    "sum_counts",
 )
 
 HOUR: Final = 3600
@@ -59,7 +57,7 @@ MAX_LEDGER_ROWS: Final = 10_000
 """Ledger rows one hour may have; a call that would add another is folded into `OTHER_DIMS`."""
 MEMORY_LEDGER_DAYS: Final = 35
 """What the memory store keeps at most (a month and its edges): it lives only as long as its process."""
-DIMENSIONS: Final = ("provider", "model", "service", "agent", "team", "environment", "prices")
+DIMS: Final = ("provider", "model", "service", "agent", "team", "environment", "prices")
 """A row's dimensions, in order; `prices` holds the unit prices (`unit_prices`), empty when unknown."""
 COUNTS: Final = (
     "calls",
@@ -109,7 +107,7 @@ def decode_dims(key: str) -> tuple[str | None, ...] | None:
         dims = json.loads(key)
     except ValueError:
         return None
-    if not isinstance(dims, list) or len(dims) != len(DIMENSIONS):
+    if not isinstance(dims, list) or len(dims) != len(DIMS):
         return None
     if not all(d is None or isinstance(d, str) for d in dims):
         return None
@@ -166,12 +164,6 @@ def hour_of(ts: float) -> int:
     return int(ts // HOUR) * HOUR
 
 
-def sum_counts(into: list[int], counts: Sequence[int]) -> None:
-    """Add `counts` to `into`, position by position."""
-    for i, count in enumerate(counts):
-        into[i] += count
-
-
 def split_costs(scaled_parts: Sequence[int], scale: int, total_nanos: int) -> list[int]:
     """Each part's nano-USD, given exactly as `scaled_parts` (USD times `10**scale`, each >= 0, scale
     >= 9): rounded down, then the nano-dollars `total_nanos` has over their sum given one each to the
@@ -198,15 +190,14 @@ def unit_prices(scale: int, units: Iterable[int]) -> str:
     return f"{scale}:" + ",".join(str(unit) for unit in units)
 
 
-def read_unit_prices(prices: str) -> tuple[Decimal, ...] | None:
-    """Each type's unit price in USD per token (then the request fee), or None when unknown."""
+def read_unit_prices(prices: str) -> tuple[int, tuple[int, ...]] | None:
+    """The scale and each type's scaled unit price (then the request fee's) that `unit_prices` wrote, or
+    None when unknown (empty, or not written by it)."""
     scale, _, units = prices.partition(":")
-    if not scale.isdigit() or not units:
+    parts = units.split(",")
+    if not scale.isdigit() or not all(part.lstrip("-").isdigit() for part in parts):
         return None
-    try:
-        return tuple(Decimal(int(unit)).scaleb(-int(scale)) for unit in units.split(","))
-    except ValueError:
-        return None
+    return int(scale), tuple(int(part) for part in parts)
 
 
 LEDGER_DIMENSIONS: Final = frozenset({"provider", "model", "service", "agent", "team", "environment"})

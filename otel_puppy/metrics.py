@@ -66,19 +66,20 @@ class LabelGuard:
         self.overflow: dict[str, int] = {}
 
     def __call__(self, label: str, value: str | None) -> str:
-        text = value or ""
-        seen = self._seen.setdefault(label, set())
-        if text in seen:
-            return text
-        if len(seen) < self.max_values:
-            seen.add(text)
-            return text
-        self.overflow[label] = self.overflow.get(label, 0) + 1
-        return OVERFLOW
+        admitted = self._admit(label, value)
+        if admitted is None:
+            self.overflow[label] = self.overflow.get(label, 0) + 1
+            return OVERFLOW
+        return admitted
 
     def quiet(self, label: str, value: str | None) -> str:
         """As calling the guard, but a fold is not counted in `overflow`: for a family that labels, at
         every scrape, values the calls already brought (and counted)."""
+        admitted = self._admit(label, value)
+        return OVERFLOW if admitted is None else admitted
+
+    def _admit(self, label: str, value: str | None) -> str | None:
+        """The value as labelled (`""` for none) if it is, or still can be, one of the label's values; else None."""
         text = value or ""
         seen = self._seen.setdefault(label, set())
         if text in seen:
@@ -86,7 +87,7 @@ class LabelGuard:
         if len(seen) < self.max_values:
             seen.add(text)
             return text
-        return OVERFLOW
+        return None
 
 
 class _Histogram:

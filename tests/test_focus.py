@@ -164,6 +164,9 @@ def test_the_service_exports_and_adds_up_what_the_store_holds(engine: PolicyEngi
         costs = client.get("/v1/costs", params={"by": "team,agent"})  # this month (the clock's: January)
         bad = client.get("/v1/costs", params={"by": "user"})
         long = client.get("/v1/export/focus", params={"from": "2" * 65})
+        account = client.get("/v1/export/focus", params={"from": "2026-01", "billing_account": "a" * 257})
+        widest = client.get("/v1/export/focus", params={"from": "2026-01", "billing_account": "a" * 256})
+        longest_by = client.get("/v1/costs", params={"by": ",".join(["team"] * 26)})  # 129 characters
     assert exported.status_code == 200
     written = io.StringIO()
     write_focus_csv(read_rows(engine.store, *JANUARY), written, billing_account="acme")
@@ -181,6 +184,12 @@ def test_the_service_exports_and_adds_up_what_the_store_holds(engine: PolicyEngi
     assert bad.status_code == 422  # not one of the dimensions the document's pattern lists
     assert bad.json()["message"].startswith("query.by: String should match pattern")
     assert long.status_code == 422
+    assert account.status_code == 422
+    assert "query.billing_account" in account.json()["message"]
+    assert widest.status_code == 200
+    assert {row["BillingAccountId"] for row in csv.DictReader(io.StringIO(widest.text))} == {"a" * 256}
+    assert longest_by.status_code == 422
+    assert "query.by" in longest_by.json()["message"]
     assert "query.from" in long.json()["message"]
 
 
@@ -227,6 +236,9 @@ def test_the_command_line_exports_from_a_store_and_a_service_alike(tmp_path: Pat
     refused = cli(tmp_path, "export", "focus", "--store", "memory://")
     assert refused.returncode == 2
     assert "the memory store lives in its process" in refused.stderr
+    too_long = cli(tmp_path, "export", "focus", "--store", store, "--billing-account", "a" * 257)
+    assert too_long.returncode == 2
+    assert "--billing-account: must be 1 to 256 characters, not 257" in too_long.stderr
     wrong = cli(tmp_path, "export", "focus", "--store", store, "--from", "soon")
     assert (wrong.returncode, wrong.stderr.strip()) == (
         2,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from otel_puppy.bounds import MAX_NAME_LENGTH
 from otel_puppy.cli.errors import print_error, print_policy_errors
 from otel_puppy.exceptions import PolicyErrors, StoreError
 
@@ -92,7 +93,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     focus.add_argument("--store", default=None, help="the store to read (default OTEL_PUPPY_STORE, else the service's)")
     focus.add_argument("--url", default=None, help="read from this running service instead of a store")
     focus.add_argument(
-        "--billing-account", default=None, help="BillingAccountId and Name (default: the provider's id and name)"
+        "--billing-account",
+        type=_billing_account,
+        default=None,
+        help=f"BillingAccountId and Name, at most {MAX_NAME_LENGTH} characters (default: the provider's id and name)",
     )
     focus.set_defaults(handler=_export_focus)
 
@@ -266,3 +270,10 @@ def _export_focus_remote(args: argparse.Namespace) -> int:
         args.out.write_text(response.text, encoding="ascii")
         print(f"wrote {response.text.count(chr(10)) - 1} FOCUS rows to {args.out}", file=sys.stderr)
     return 0
+
+
+def _billing_account(text: str) -> str:
+    """A billing account name, bounded like every name (and as `GET /v1/export/focus` bounds it)."""
+    if not 0 < len(text) <= MAX_NAME_LENGTH:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_NAME_LENGTH} characters, not {len(text)}")
+    return text

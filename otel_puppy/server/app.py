@@ -49,6 +49,7 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import otel_puppy
+from otel_puppy.bounds import MAX_NAME_LENGTH
 from otel_puppy.engine import TOTAL_SCOPE, PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, SettingsError, StoreCorruptError
 from otel_puppy.focus import focus_csv_lines
@@ -340,7 +341,7 @@ def create_app(
         request: Request,
         start: Annotated[str | None, Query(alias="from", max_length=64, pattern=_PERIOD)] = None,
         end: Annotated[str | None, Query(alias="to", max_length=64, pattern=_PERIOD)] = None,
-        billing_account: Annotated[str | None, Query(max_length=256)] = None,
+        billing_account: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME_LENGTH)] = None,
     ) -> Response:
         """The cost ledger of a period as FOCUS 1.2 CSV (`from`, `to`: `YYYY-MM`, `YYYY-MM-DD` or ISO 8601
         times, UTC; by default last month), one row per hour, provider, model, service, agent, team,
