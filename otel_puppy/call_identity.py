@@ -5,7 +5,7 @@ OpenInference LangChain instrumentation over its OpenAI one, a proxy's spans bes
 When one span is the other's parent the store sees it by the span ids (`SpendRecord.parent_key`).
 When they are not (each instrumentation starts a root span of its own, or they are siblings), a
 span says which call it is by the `CallKey`s built here, and the store counts the first span of a
-call and reports the others as `NESTED`, atomically with the spend (`store.base.CallIndex`, and
+call and reports the others as `NESTED`, atomically with the spend (`store._call_index.CallIndex`, and
 the Redis store's script):
 
 - **The provider's response id** (`LLMCall.response_id`): providers make it unique per call, so

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, Final, Self
 from zoneinfo import ZoneInfo
@@ -186,47 +186,113 @@ class BudgetPolicy(NamedEntry):
 
 
 @dataclass(frozen=True, slots=True)
+class _PolicyParts:
+    """What every instance of one budget shares (computed once per budget, not per instance: a
+    per-user budget has tens of thousands of instances)."""
+
+    limit_nanos: int | None
+    limit_text: str
+    on_exceed: Action
+    degrade: str | None
+    fractions: tuple[float, ...]
+    """The distinct usable fractions of the limit, one admission check each."""
+    index: Mapping[Priority, int]
+    """Each priority's check among them."""
+
+    @classmethod
+    def of(cls, policy: BudgetPolicy) -> _PolicyParts:
+        fractions: list[float] = []
+        index: dict[Priority, int] = {}
+        for priority in Priority:  # one check for the priorities with the same limit
+            fraction = policy.usable_fraction(priority)
+            if fraction not in fractions:
+                fractions.append(fraction)
+            index[priority] = fractions.index(fraction)
+        return cls(
+            limit_nanos=usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None,
+            limit_text=format_usd(policy.limit_usd, dollar=True) if policy.limit_usd is not None else "",
+            on_exceed=policy.on_exceed,
+            degrade=policy.action.degrade if isinstance(policy.action, Degrade) else None,
+            fractions=tuple(fractions),
+            index=index,
+        )
+
+
+class _PriorityChecks(Mapping[Priority, BudgetCheck]):
+    """An instance's admission check per priority: its distinct checks (most often one) and the
+    budget's shared index of them, rather than a dict per instance."""
+
+    __slots__ = ("_checks", "_index")
+
+    def __init__(self, checks: tuple[BudgetCheck, ...], index: Mapping[Priority, int]) -> None:
+        self._checks = checks
+        self._index = index
+
+    def __getitem__(self, priority: Priority) -> BudgetCheck:
+        return self._checks[self._index[priority]]
+
+    def __iter__(self) -> Iterator[Priority]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetInstance:
-    """One budget for one scope: `per-agent` for `agent=support`, with what decide() needs precomputed."""
+    """One budget for one scope: `per-agent` for `agent=support`, with what decide() needs precomputed.
+
+    Per instance only its scope (`label`, `key`) and its checks; the rest is its budget's, shared."""
 
     policy: BudgetPolicy
     window: Window
     label: str
     key: str
-    limit_nanos: int | None
-    limit_text: str
-    on_exceed: Action
-    checks: dict[Priority, BudgetCheck]
+    checks: Mapping[Priority, BudgetCheck]
     """The admission check for each priority (the usable limit shrinks with higher priorities' reserves)."""
-    head: str
-    """The start of its hits' messages: `budget per-agent for agent=support: `."""
-    degrade: str | None
-    """The model its `degrade` action names, if that is its action."""
+    parts: _PolicyParts = field(repr=False)
+
+    @property
+    def limit_nanos(self) -> int | None:
+        return self.parts.limit_nanos
+
+    @property
+    def limit_text(self) -> str:
+        return self.parts.limit_text
+
+    @property
+    def on_exceed(self) -> Action:
+        return self.parts.on_exceed
+
+    @property
+    def degrade(self) -> str | None:
+        """The model its `degrade` action names, if that is its action."""
+        return self.parts.degrade
+
+    @property
+    def head(self) -> str:
+        """The start of its hits' messages: `budget per-agent for agent=support: ` (built when a hit is)."""
+        return f"budget {self.policy.name}{f' for {self.label}' if self.label else ''}: "
 
     @classmethod
-    def of(cls, policy: BudgetPolicy, window: Window, label: str) -> BudgetInstance:
+    def of(cls, policy: BudgetPolicy, window: Window, label: str, parts: _PolicyParts | None = None) -> BudgetInstance:
+        """`parts`: `_PolicyParts.of(policy)`, when the caller keeps it for the budget's instances."""
+        parts = parts or _PolicyParts.of(policy)
         key = f"budget:{policy.name}|{label}"
-        limit_nanos = usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None
-        blocking = not policy.shadow and policy.on_exceed is Action.DENY
-        checks: dict[Priority, BudgetCheck] = {}
-        by_fraction: dict[float, BudgetCheck] = {}  # one check for the priorities with the same limit
-        for priority in Priority:
-            fraction = policy.usable_fraction(priority)
-            check = by_fraction.get(fraction)
-            if check is None:
-                check = by_fraction[fraction] = BudgetCheck(
-                    scope=key,
-                    window=window,
-                    limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
-                    limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
-                    blocking=blocking,
-                    limit_calls=int(policy.limit_calls * fraction) if policy.limit_calls is not None else None,
-                )
-            checks[priority] = check
-        limit_text = format_usd(policy.limit_usd, dollar=True) if policy.limit_usd is not None else ""
-        head = f"budget {policy.name}{f' for {label}' if label else ''}: "
-        degrade = policy.action.degrade if isinstance(policy.action, Degrade) else None
-        return cls(policy, window, label, key, limit_nanos, limit_text, policy.on_exceed, checks, head, degrade)
+        limit_nanos = parts.limit_nanos
+        blocking = not policy.shadow and parts.on_exceed is Action.DENY
+        checks = tuple(
+            BudgetCheck(
+                scope=key,
+                window=window,
+                limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
+                limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+                blocking=blocking,
+                limit_calls=int(policy.limit_calls * fraction) if policy.limit_calls is not None else None,
+            )
+            for fraction in parts.fractions
+        )
+        return cls(policy, window, label, key, _PriorityChecks(checks, parts.index), parts)
 
 
 class BudgetBook:
@@ -260,7 +326,8 @@ class BudgetBook:
         self._cache: dict[tuple[str | None, ...], tuple[BudgetInstance, ...]] = {}
         self._labels: dict[str, dict[str, float]] = {b.name: {} for b in budgets}
         """Per budget, the labels seen, each with when it was last resolved, oldest first."""
-        self._interned: dict[tuple[str, str], BudgetInstance] = {}
+        self._interned: dict[str, dict[str, BudgetInstance]] = {b.name: {} for b in budgets}
+        self._parts = {b.name: _PolicyParts.of(b) for b in budgets}
         """One `BudgetInstance` per (budget, label), shared by every cached scope that falls in it:
         the scope cache then holds references, not copies (bounded by `max_scopes` per budget)."""
         self.folded = 0
@@ -362,16 +429,17 @@ class BudgetBook:
             return
         for label in forgotten:
             del labels[label]
-            self._interned.pop((budget.name, label), None)
+            self._interned[budget.name].pop(label, None)
         self._cache.clear()  # it may hold forgotten instances
         self.forgotten += len(forgotten)
         self.generation += 1
 
     def _instance(self, budget: BudgetPolicy, label: str) -> BudgetInstance:
-        key = (budget.name, label)
-        found = self._interned.get(key)
+        interned = self._interned[budget.name]
+        found = interned.get(label)
         if found is None:
-            found = self._interned[key] = BudgetInstance.of(budget, self._windows[budget.name], label)
+            name = budget.name
+            found = interned[label] = BudgetInstance.of(budget, self._windows[name], label, self._parts[name])
         return found
 
 

@@ -42,7 +42,6 @@ import importlib
 import logging
 import threading
 import time
-from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -69,7 +68,6 @@ __all__ = (
     "Admitted",
     "ApplyResult",
     "BudgetCheck",
-    "CallIndex",
     "CallKey",
     "CheckState",
     "Counter",
@@ -148,133 +146,6 @@ class CallKey(NamedTuple):
     source: str = ""
     """The instrumentation that wrote the span; `""` matches any."""
     identified: bool = False
-
-
-class CallIndex:
-    """The call keys of applied spans, in memory: how `MemoryStore`, and `SQLiteStore` per process,
-    recognise spans of one call that are not parent and child (`SpendRecord.call_keys`).
-
-    Per key, the spans kept (the `MAX_CALL_SPANS` that end last) until the latest `calls_until` of
-    them. A key most often has one span (a response id): it is kept as the bare `CallKey`.
-
-    >>> index = CallIndex()
-    >>> index.keep((CallKey("k", 100, 200, "A"),), until=60.0)
-    >>> index.joins((CallKey("k", 150, 300, "B"),)), index.joins((CallKey("k", 150, 300, "A"),))
-    (True, False)
-    """
-
-    __slots__ = ("_keys",)
-
-    def __init__(self) -> None:
-        self._keys: dict[str, _Entry] = {}
-
-    def joins(self, keys: Iterable[CallKey]) -> bool:
-        """Whether any of `keys` describes the call of a kept span."""
-        found = self._keys
-        for key in keys:
-            entry = found.get(key.key)
-            if entry is not None:
-                kept = entry[1]
-                if kept.joins(key) if type(kept) is _Kept else _joins(kept, key):  # type: ignore[arg-type]
-                    return True
-        return False
-
-    def keep(self, keys: Iterable[CallKey], until: float, undo: list[_Undo] | None = None) -> None:
-        """Keep `keys` until `until` (or the latest time one of their key already had). With `undo`,
-        append what `restore` needs to take this back (a transaction that may not commit)."""
-        found = self._keys
-        for key in keys:
-            entry = found.get(key.key)
-            if entry is None:
-                found[key.key] = (until, key)
-                if undo is not None:
-                    undo.append((key.key, None, None, None))
-                continue
-            kept = entry[1]
-            if type(kept) is _Kept:
-                dropped = kept.keep(key)
-                if undo is not None:
-                    undo.append((key.key, entry, key, dropped))
-            else:
-                if undo is not None:
-                    undo.append((key.key, entry, None, None))
-                kept = _Kept(kept)  # type: ignore[arg-type]
-                kept.keep(key)
-            found[key.key] = (max(until, entry[0]), kept)
-
-    def restore(self, undo: list[_Undo]) -> None:
-        """Take back the `keep` calls that filled `undo`, latest first."""
-        found = self._keys
-        for key, entry, added, dropped in reversed(undo):
-            if entry is None:
-                found.pop(key, None)
-                continue
-            if added is not None:  # added to spans kept together, in place: taken out again
-                kept = entry[1]
-                kept.spans.remove((added.end, added))  # type: ignore[union-attr]
-                if dropped is not None:
-                    insort(kept.spans, (dropped.end, dropped))  # type: ignore[union-attr]
-            found[key] = entry
-
-    def expire(self, now: float) -> int:
-        """Forget the keys whose time has passed; how many spans were kept under them."""
-        found = self._keys
-        stale = [key for key, (until, _) in found.items() if until <= now]
-        dropped = 0
-        for key in stale:
-            kept = found.pop(key)[1]
-            dropped += len(kept.spans) if type(kept) is _Kept else 1
-        return dropped
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-def _joins(kept: CallKey, key: CallKey) -> bool:
-    """Whether `key` and a kept span's `kept` describe one call (see `CallKey`)."""
-    return (
-        kept.start <= key.end
-        and key.start <= kept.end
-        and (not kept.source or not key.source or kept.source != key.source)
-        and not (kept.identified and key.identified)
-    )
-
-
-class _Kept:
-    """The spans kept under one key when there are several, in order of end time (each with its end
-    first, so the list sorts and bisects natively)."""
-
-    __slots__ = ("sources", "spans")
-
-    def __init__(self, first: CallKey) -> None:
-        self.spans: list[tuple[int, CallKey]] = [(first.end, first)]
-        self.sources = {first.source}
-        """Every source kept so far (never shrinks): a key only one instrumentation ever wrote joins nothing of it."""
-
-    def joins(self, key: CallKey) -> bool:
-        # Only the spans ending at or after `key.start` can overlap it.
-        sources = self.sources
-        if key.source and len(sources) == 1 and key.source in sources:
-            return False
-        spans = self.spans
-        return any(_joins(kept, key) for _, kept in spans[bisect_left(spans, (key.start,)) :])
-
-    def keep(self, key: CallKey) -> CallKey | None:
-        """Keep `key`; the span let go to make room for it, if any. (`sources` is not taken back with
-        it: a source too many only makes `joins` look at the spans.)"""
-        spans = self.spans
-        insort(spans, (key.end, key))
-        self.sources.add(key.source)
-        if len(spans) > MAX_CALL_SPANS:
-            return spans.pop(0)[1]
-        return None
-
-
-_Entry = tuple[float, "CallKey | _Kept"]
-"""What `CallIndex` holds per key: until when, and the span kept (or the spans, when several)."""
-_Undo = tuple[str, "_Entry | None", "CallKey | None", "CallKey | None"]
-"""How to take back one key's `keep`: the key, its entry before, and the span added to (and the one
-dropped from) spans kept together in place."""
 
 
 CEILING: Final = 2**53 - 1

@@ -2,7 +2,12 @@
 
 Calendar windows keep one counter per (scope, window, bucket start). Rolling windows keep a ring
 of 61 sub-buckets per (scope, window) with a running total, so reading a trailing 24 hours is
-O(1) rather than a sum over 61 counters.
+O(1) rather than a sum over 61 counters; a ring holds only the sub-buckets from its oldest written
+one still counting to its newest, in one `array` (24 bytes a sub-bucket).
+
+Span keys (`KeySet`) and call keys (`CallIndex`) are 128-bit digests in fixed-width records, 16
+and 20 bytes a span, instead of dicts of strings (about 380 bytes a span): a million spans in the
+dedupe window take about 40 MB (`bench/bench_memory.py`).
 
 Counts saturate at `CEILING` (see `store.base`): a calendar counter and each sub-bucket stop there;
 a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, a Python
@@ -14,6 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 import threading
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +29,8 @@ from typing import Final
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.ledger import MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS, LedgerEntry
+from otel_puppy.store._call_index import CallIndex
+from otel_puppy.store._keyset import KeySet, digest
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -35,7 +43,6 @@ from otel_puppy.store.base import (
     Admitted,
     ApplyResult,
     BudgetCheck,
-    CallIndex,
     CheckState,
     Counter,
     Increment,
@@ -53,40 +60,47 @@ __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
 _ZERO = [0, 0, 0]
+_ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
+"""A ring's counts of 61 sub-buckets never written."""
 _NONE_RESERVED = [0, 0]
 _new_state = tuple.__new__
 """`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
 
 class _Ring:
-    """61 sub-buckets of a rolling window and their running total."""
+    """The sub-buckets of a rolling window that count (the 61 up to `last`) and their running total.
 
-    __slots__ = ("index", "last", "nanos", "requests", "step", "tokens", "totals", "until")
+    `counts` holds (nanos, tokens, requests) per sub-bucket, three int64s each, for the sub-buckets
+    from `first` to the newest one written (those in between never written hold zeros); none before
+    the oldest written that still counts, none after the newest written. A ring written in one
+    sub-bucket holds 24 bytes of counts, not 61 slots of three lists."""
+
+    __slots__ = ("counts", "first", "last", "step", "totals", "until")
 
     def __init__(self, step: float) -> None:
         self.step = step
         self.last = -1
+        """The newest sub-bucket: the ring counts the 61 up to it."""
         self.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
-        self.index = [-1] * _SLOTS
-        self.nanos = [0] * _SLOTS
-        self.tokens = [0] * _SLOTS
-        self.requests = [0] * _SLOTS
+        self.counts = array("q")
+        self.first = 0
+        """The sub-bucket of `counts`' first entry."""
         self.totals = [0, 0, 0]
 
     def _advance(self, newest: int) -> None:
         if newest <= self.last:
             return
-        first = max(self.last + 1, newest - SUB_BUCKETS)
-        totals = self.totals
-        for i in range(first, newest + 1):
-            slot = i % _SLOTS
-            if self.index[slot] != -1:
-                totals[0] -= self.nanos[slot]
-                totals[1] -= self.tokens[slot]
-                totals[2] -= self.requests[slot]
-            self.index[slot] = i
-            self.nanos[slot] = self.tokens[slot] = self.requests[slot] = 0
+        counts = self.counts
+        gone = min(len(counts) // 3, newest - SUB_BUCKETS - self.first)  # the oldest, no longer counting
+        if gone > 0:
+            totals = self.totals
+            end = 3 * gone
+            totals[0] -= sum(counts[0:end:3])
+            totals[1] -= sum(counts[1:end:3])
+            totals[2] -= sum(counts[2:end:3])
+            del counts[:end]
+            self.first += gone
         self.last = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
         self.until = math.nextafter((newest + 1) * self.step, -math.inf)
@@ -96,18 +110,28 @@ class _Ring:
         counts are at the ceiling now (saturated)."""
         i = int(ts // self.step)
         self._advance(i)
-        slot = i % _SLOTS
-        if self.index[slot] != i:  # older than the window: it no longer counts
+        if i <= self.last - _SLOTS:  # older than the window: it no longer counts
             return 0
+        counts = self.counts
+        held = len(counts) // 3
+        if not held:
+            counts.extend(_ZEROS[:3])
+            self.first = i
+        elif i < self.first:
+            counts[0:0] = _ZEROS[: 3 * (self.first - i)]
+            self.first = i
+        elif i >= self.first + held:
+            counts.extend(_ZEROS[: 3 * (i - self.first - held + 1)])
+        at = 3 * (i - self.first)
         saturated = 0
         totals = self.totals
-        for field, (column, amount) in enumerate(((self.nanos, nanos), (self.tokens, tokens), (self.requests, 1))):
-            old = column[slot]
+        for field, amount in enumerate((nanos, tokens, 1)):
+            old = counts[at + field]
             new = old + amount
             if new >= CEILING:
                 new = CEILING
                 saturated += 1
-            column[slot] = new
+            counts[at + field] = new
             totals[field] += new - old
         return saturated
 
@@ -129,12 +153,54 @@ class _Ring:
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
         self._advance(int(now // self.step))
-        found = []
-        for i in range(self.last - SUB_BUCKETS, self.last + 1):
-            slot = i % _SLOTS
-            if self.index[slot] == i and (self.nanos[slot] or self.tokens[slot] or self.requests[slot]):
-                found.append(SubBucket(i, self.nanos[slot], self.tokens[slot], self.requests[slot]))
-        return tuple(found)
+        counts, first = self.counts, self.first
+        return tuple(
+            SubBucket(first + at, *counts[3 * at : 3 * at + 3])
+            for at in range(len(counts) // 3)
+            if counts[3 * at] or counts[3 * at + 1] or counts[3 * at + 2]
+        )
+
+
+class _Series:
+    """One key's newest samples (`add_samples`): a ring of plain arrays, 24 bytes a sample, instead of
+    a deque of (at, nanos, tokens) tuples; `head` is the oldest sample's slot once the ring is full."""
+
+    __slots__ = ("at", "head", "keep", "nanos", "tokens", "until")
+
+    def __init__(self, keep: int, until: float) -> None:
+        self.keep = keep
+        self.until = until
+        """When the key is forgotten, unless written again."""
+        self.at = array("d")
+        self.nanos = array("q")
+        self.tokens = array("q")
+        self.head = 0
+
+    def append(self, at: float, nanos: int, tokens: int) -> None:
+        """Keep one more sample, letting the oldest go once `keep` are kept."""
+        if len(self.at) < self.keep:
+            self.at.append(at)
+            self.nanos.append(nanos)
+            self.tokens.append(tokens)
+            return
+        head = self.head
+        self.at[head], self.nanos[head], self.tokens[head] = at, nanos, tokens
+        self.head = (head + 1) % self.keep
+
+    def resized(self, keep: int) -> _Series:
+        """The same key keeping its newest `keep` samples."""
+        series = _Series(keep, self.until)
+        for at, nanos, tokens in reversed(self.newest_first()[:keep]):
+            series.append(at, nanos, tokens)
+        return series
+
+    def newest_first(self) -> list[tuple[float, int, int]]:
+        order = [*range(self.head - 1, -1, -1), *range(len(self.at) - 1, self.head - 1, -1)]
+        at, nanos, tokens = self.at, self.nanos, self.tokens
+        return [(at[i], nanos[i], tokens[i]) for i in order]
+
+    def __len__(self) -> int:
+        return len(self.at)
 
 
 @dataclass(slots=True)
@@ -181,8 +247,10 @@ class MemoryStore:
         self._calendar: dict[tuple[str, str, float], list[int]] = {}
         self._calendar_expiry: dict[tuple[str, str, float], float] = {}
         self._rings: dict[tuple[str, str], _Ring] = {}
-        self._seen: dict[str, float] = {}
-        self._covered: dict[str, float] = {}
+        self._seen = KeySet()
+        """Span keys applied (by 128-bit digest, see `KeySet`), each until its `dedupe_until`."""
+        self._covered = KeySet()
+        """Parents of applied spans: their own span is a nested one."""
         self._calls = CallIndex()
         self._reservations: dict[str, _Reservation] = {}
         self._reserved: dict[str, list[int]] = {}
@@ -194,8 +262,8 @@ class MemoryStore:
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
         self._ledger: dict[int, tuple[dict[str, list[int]], list[float]]] = {}
         """Per hour: its rows by dims, and [until when it is kept]."""
-        self._samples: OrderedDict[str, tuple[deque[tuple[float, int, int]], float]] = OrderedDict()
-        """Per key its newest samples (at, nanos, tokens) and when it is forgotten; least recently written first."""
+        self._samples: OrderedDict[str, _Series] = OrderedDict()
+        """Per key its newest samples and when it is forgotten; least recently written first."""
         self._report = StateReport("memory store")
         self._layout = 0
         """Changes whenever a ring or calendar counter is created or dropped."""
@@ -227,25 +295,28 @@ class MemoryStore:
             return [self._apply_one(record) for record in records]
 
     def _apply_one(self, record: SpendRecord) -> ApplyResult:
+        # Each key is digested once (`KeySet`, `CallIndex`): the span's, its parent's, its calls'.
         seen = self._seen
-        seen_key = record.seen_key
-        if seen_key in seen:
+        span = digest(record.span_key)
+        if not seen.add_digest(digest(record.seen_key) if record.weak else span, record.dedupe_until):
             return ApplyResult.DUPLICATE
-        seen[seen_key] = record.dedupe_until
         calls = self._calls
+        parent = None if record.parent_key is None else digest(record.parent_key)
+        call_keys = record.call_keys
+        call_digests = [digest(key.key) for key in call_keys] if call_keys else None
         if (
-            record.span_key in self._covered
-            or (record.parent_key is not None and record.parent_key in seen)
-            or (record.call_keys and calls.joins(record.call_keys))
+            self._covered.has(span)
+            or (parent is not None and seen.has(parent))
+            or (call_keys and calls.joins(call_keys, call_digests))
         ):
             if record.decision_id is not None:
                 self._release(record.decision_id, SETTLED, record.nanos)
             return ApplyResult.NESTED
         if not record.weak:
-            if record.parent_key is not None:
-                self._covered[record.parent_key] = record.dedupe_until
-            if record.call_keys:
-                calls.keep(record.call_keys, record.keys_until)
+            if parent is not None:
+                self._covered.put_digest(parent, record.dedupe_until)
+            if call_keys:
+                calls.keep(call_keys, record.keys_until, None, call_digests)
         saturated = 0
         for increment in record.increments:
             saturated += self._add(increment)
@@ -648,35 +719,35 @@ class MemoryStore:
         with self._lock:
             series = self._samples
             for key, at, nanos, tokens in samples:
-                entry = series.get(key)
-                if entry is None:
+                kept = series.get(key)
+                if kept is None:
                     while len(series) >= MAX_SAMPLE_KEYS:
                         series.popitem(last=False)
-                    kept: deque[tuple[float, int, int]] = deque(maxlen=keep)
+                    kept = series[key] = _Series(keep, until)
                 else:
-                    kept = entry[0] if entry[0].maxlen == keep else deque(entry[0], maxlen=keep)
+                    if kept.keep != keep:
+                        kept = series[key] = kept.resized(keep)
                     series.move_to_end(key)
-                kept.append((at, clamp(nanos), clamp(tokens)))
-                series[key] = (kept, until)
+                    kept.until = until
+                kept.append(at, clamp(nanos), clamp(tokens))
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
         with self._lock:
             found = [self._samples.get(key) for key in keys]
             return [
-                [] if entry is None else [(nanos, tokens) for at, nanos, tokens in reversed(entry[0]) if at >= since]
-                for entry in found
+                [] if kept is None else [(nanos, tokens) for at, nanos, tokens in kept.newest_first() if at >= since]
+                for kept in found
             ]
 
     # --- housekeeping --------------------------------------------------------------------------
 
     def expire(self, now: float) -> int:
         with self._lock:
-            dropped = 0
-            for table in (self._seen, self._covered, self._marks):
-                stale = [key for key, until in table.items() if until <= now]
-                for key in stale:
-                    del table[key]
-                dropped += len(stale)
+            dropped = self._seen.expire(now) + self._covered.expire(now)
+            stale = [key for key, until in self._marks.items() if until <= now]
+            for key in stale:
+                del self._marks[key]
+            dropped += len(stale)
             dropped += self._calls.expire(now)
             old = [bucket for bucket, until in self._calendar_expiry.items() if until <= now]
             for bucket in old:
@@ -691,7 +762,7 @@ class MemoryStore:
             for hour in hours:
                 del self._ledger[hour]
             dropped += len(hours)
-            forgotten = [key for key, (_, until) in self._samples.items() if until <= now]
+            forgotten = [key for key, kept in self._samples.items() if kept.until <= now]
             for key in forgotten:
                 del self._samples[key]
             before = len(self._reservations)

@@ -52,6 +52,7 @@ from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.forward.sqlite_queue import SQLiteQueue
 from otel_puppy.ledger import COUNTS, MAX_LEDGER_ROWS, OTHER_DIMS
+from otel_puppy.store._call_index import CallIndex
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -64,7 +65,6 @@ from otel_puppy.store.base import (
     Admitted,
     ApplyResult,
     BudgetCheck,
-    CallIndex,
     CheckState,
     Counter,
     Outcome,

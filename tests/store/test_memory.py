@@ -4,11 +4,22 @@ the rule does."""
 from __future__ import annotations
 
 import itertools
+import random
+from collections import deque
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from otel_puppy.store.base import Admission, BudgetCheck, CheckState, Increment, SpendRecord, check_state
-from otel_puppy.store.memory import MemoryStore
+from otel_puppy.store.base import (
+    Admission,
+    BudgetCheck,
+    CheckState,
+    Increment,
+    Sample,
+    SpendRecord,
+    SubBucket,
+    check_state,
+)
+from otel_puppy.store.memory import MemoryStore, _Ring
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
 UTC = ZoneInfo("UTC")
@@ -45,3 +56,51 @@ def test_admit_gives_the_states_check_state_gives_for_every_case() -> None:
             read = store.read_budgets([check], T0)
             assert read == [expected]
             assert type(read[0]) is CheckState
+
+
+def test_samples_are_the_newest_kept_as_a_deque_of_them_would_be() -> None:
+    # The samples' ring of arrays, against a deque of tuples through wraps and changes of `keep`.
+    rng = random.Random(18)
+    store, model = MemoryStore(), deque[tuple[float, int, int]](maxlen=1)
+    for step in range(400):
+        keep = rng.choice((1, 3, 5, 100)) if step % 37 == 0 else model.maxlen or 1
+        if keep != model.maxlen:
+            model = deque(model, maxlen=keep)
+        batch = [
+            Sample("k", T0 + step + i / 10, rng.randrange(1000), rng.randrange(50)) for i in range(rng.randrange(4))
+        ]
+        store.add_samples(batch, keep=keep, ttl_s=600, now=T0 + step)
+        model.extend((at, nanos, tokens) for _, at, nanos, tokens in batch)
+        since = T0 + step - rng.randrange(20)
+        assert store.read_samples(["k", "other"], since) == [
+            [(nanos, tokens) for at, nanos, tokens in reversed(model) if at >= since],
+            [],
+        ]
+
+
+def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_would() -> None:
+    # The ring keeps counts only from its oldest written sub-bucket that still counts to its newest
+    # written one: against a dict of every sub-bucket, through gaps, late spend and long idle times.
+    rng = random.Random(61)
+    ring, model = _Ring(60.0), dict[int, list[int]]()
+    last = -1
+    now = T0
+    for _ in range(3000):
+        now += rng.choice((0.0, 1.0, 59.0, 60.0, 600.0, 3000.0, 4000.0))
+        if rng.random() < 0.7:
+            ts = now - rng.choice((0.0, 30.0, 120.0, 1800.0, 3600.0, 3660.0, 7200.0))
+            nanos, tokens = rng.randrange(1000), rng.randrange(100)
+            assert ring.add(ts, nanos, tokens) == 0
+            i = int(ts // 60.0)
+            last = max(last, i)
+            if i > last - 61:
+                counts = model.setdefault(i, [0, 0, 0])
+                counts[0], counts[1], counts[2] = counts[0] + nanos, counts[1] + tokens, counts[2] + 1
+        last = max(last, int(now // 60.0))
+        counting = {i: counts for i, counts in model.items() if last - 61 < i <= last}
+        expected = [sum(counts[field] for counts in counting.values()) for field in range(3)]
+        assert ring.read_raw(now) == expected
+        assert ring.sub_buckets(now) == tuple(
+            SubBucket(i, *counts) for i, counts in sorted(counting.items()) if any(counts)
+        )
+        assert len(ring.counts) <= 3 * 61

@@ -1,0 +1,289 @@
+"""`CallIndex`: the call keys of applied spans, kept exactly in little memory.
+
+`MemoryStore` (and `SQLiteStore` per process) keeps every applied span's `CallKey`s for an hour
+(`call_identity.CALL_KEYS_TTL_S`). As a dict of `CallKey` named tuples that cost about 250 bytes a
+span. Here a key that one span holds (nearly every key: a response id names one call) is a
+fixed-width record under the key's 128-bit digest, in `_keyset.Records`: the digest, a 16-bit
+expiry bucket and the span's source (an interned id, with its `identified` bit), then its start and
+end only when it has a time. A response id's key (any time: start 0, end `CEILING`) takes 20
+bytes, a key with a time 36. Looking a key up is a `bytes.find` in C, keeping it a concatenation.
+
+A key a second span comes to hold moves to a dict by its digest, with its spans in order of end
+(`_Kept`, the `MAX_CALL_SPANS` that end last), kept until the latest `until` of them: such keys are
+few (the spans of one call that agree on their usage), and each is looked up as a dict key.
+
+Exact up to a digest collision (two distinct keys share a 128-bit digest with probability about
+n²/2^129 for n keys kept at once: 3e-27 for a million): a collision would let one call's span be
+compared with another's kept spans under the rules of `CallKey` (times overlapping, sources
+differing), which could then report it as nested. No probabilistic filter: a span never kept is
+never joined.
+
+A record expires with its bucket (a minute, `_keyset.Buckets`): never before its `until` and at
+most a minute after it.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Sequence
+from typing import Final
+
+from otel_puppy.store._keyset import Buckets, Records, digest
+from otel_puppy.store.base import CEILING, MAX_CALL_SPANS, CallKey
+
+__all__ = ("CallIndex",)
+
+_INT64: Final = (-(2**63), 2**63 - 1)
+_TIMELESS: Final = 20
+"""A record of a key with any time: digest tail (14), bucket (2), source id and `identified` (4)."""
+_TIMED: Final = 36
+"""... and its start and end (8 each, signed)."""
+_Undo = tuple[str, bytes, "CallKey | None", "CallKey | None", float]
+"""How to take back one key's `keep`: what it did (`new` record, added to `many` spans, or made a
+single record `two`), the key's digest, the span it added (or the single span it moved) and the one
+it let go, and the `until` the key had before."""
+
+
+def _joins(kept: CallKey, key: CallKey) -> bool:
+    """Whether `key` and a kept span's `kept` describe one call (see `CallKey`)."""
+    return (
+        kept.start <= key.end
+        and key.start <= kept.end
+        and (not kept.source or not key.source or kept.source != key.source)
+        and not (kept.identified and key.identified)
+    )
+
+
+class _Kept:
+    """The spans kept under one key when there are several, in order of end time (each with its end
+    first, so the list sorts and bisects natively)."""
+
+    __slots__ = ("sources", "spans", "until")
+
+    def __init__(self, first: CallKey, until: float) -> None:
+        self.spans: list[tuple[int, CallKey]] = [(first.end, first)]
+        self.sources = {first.source}
+        """Every source kept so far (never shrinks): a key only one instrumentation ever wrote joins nothing of it."""
+        self.until = until
+
+    def joins(self, key: CallKey) -> bool:
+        # Only the spans ending at or after `key.start` can overlap it.
+        sources = self.sources
+        if key.source and len(sources) == 1 and key.source in sources:
+            return False
+        spans = self.spans
+        return any(_joins(kept, key) for _, kept in spans[bisect_left(spans, (key.start,)) :])
+
+    def keep(self, key: CallKey) -> CallKey | None:
+        """Keep `key`; the span let go to make room for it, if any. (`sources` is not taken back with
+        it: a source too many only makes `joins` look at the spans.)"""
+        spans = self.spans
+        insort(spans, (key.end, key))
+        self.sources.add(key.source)
+        if len(spans) > MAX_CALL_SPANS:
+            return spans.pop(0)[1]
+        return None
+
+
+def _bucket(records: Records, index: int, at: int) -> int:
+    """The bucket id of the record at offset `at` of string `index`."""
+    return int.from_bytes(records.strings[index][at + 14 : at + 16], "little")
+
+
+class CallIndex:
+    """The call keys of applied spans, in memory: how `MemoryStore`, and `SQLiteStore` per process,
+    recognise spans of one call that are not parent and child (`SpendRecord.call_keys`). Not
+    thread-safe (the store's lock guards it).
+
+    Per key, the spans kept (the `MAX_CALL_SPANS` that end last) until the latest `until` of them
+    (a key of one span: at most a minute more, see the module).
+
+    >>> index = CallIndex()
+    >>> index.keep((CallKey("k", 100, 200, "A"),), until=60.0)
+    >>> index.joins((CallKey("k", 150, 300, "B"),)), index.joins((CallKey("k", 150, 300, "A"),))
+    (True, False)
+    """
+
+    __slots__ = ("_buckets", "_many", "_refs", "_source_ids", "_sources", "_timed", "_timeless", "_unused")
+
+    def __init__(self) -> None:
+        self._timeless = Records(_TIMELESS)
+        """Keys of one span of any time (start 0, end `CEILING`: a response id's)."""
+        self._timed = Records(_TIMED)
+        """Keys of one span with a time."""
+        self._many: dict[bytes, _Kept] = {}
+        """Keys of several spans, by digest."""
+        self._buckets = Buckets()
+        self._sources: list[str] = [""]
+        """Source id -> source; id 0 is `""` (matches any), never counted or freed."""
+        self._source_ids: dict[str, int] = {"": 0}
+        self._refs: list[int] = [0]
+        """Per source id, the records holding it: a source none holds is forgotten (its id reused)."""
+        self._unused: list[int] = []
+        """Source ids free again."""
+
+    def joins(self, keys: Sequence[CallKey], digests: Sequence[bytes] | None = None) -> bool:
+        """Whether any of `keys` describes the call of a kept span (see `CallKey`); `digests`: their
+        keys' digests (`_keyset.digest`), if the caller has them."""
+        for i, key in enumerate(keys):
+            whole = digests[i] if digests is not None else digest(key.key)
+            many = self._many.get(whole)
+            if many is not None:
+                if many.joins(key):
+                    return True
+                continue
+            single = self._single(whole)
+            if single is not None and _joins(self._decode(key.key, *single), key):
+                return True
+        return False
+
+    def keep(
+        self,
+        keys: Sequence[CallKey],
+        until: float,
+        undo: list[_Undo] | None = None,
+        digests: Sequence[bytes] | None = None,
+    ) -> None:
+        """Keep `keys` until `until` (or the latest time one of their key already had). With `undo`,
+        append what `restore` needs to take this back (a transaction that may not commit)."""
+        for i, key in enumerate(keys):
+            whole = digests[i] if digests is not None else digest(key.key)
+            many = self._many.get(whole)
+            if many is not None:
+                before = many.until
+                dropped = many.keep(key)
+                many.until = max(before, until)
+                if undo is not None:
+                    undo.append(("many", whole, key, dropped, before))
+                continue
+            single = self._single(whole)
+            if single is None:
+                self._append(whole, key, self._buckets.take(until))
+                if undo is not None:
+                    undo.append(("new", whole, key, None, until))
+                continue
+            first = self._decode(key.key, *single)
+            before = self._buckets.latest(_bucket(*single))
+            self._remove(*single)
+            many = self._many[whole] = _Kept(first, max(before, until))
+            many.keep(key)
+            if undo is not None:
+                undo.append(("two", whole, first, None, before))
+
+    def restore(self, undo: list[_Undo]) -> None:
+        """Take back the `keep` calls that filled `undo`, latest first."""
+        for kind, whole, key, dropped, before in reversed(undo):
+            assert key is not None
+            if kind == "new":
+                single = self._single(whole)
+                assert single is not None
+                self._remove(*single)
+            elif kind == "many":
+                many = self._many[whole]
+                many.until = before
+                if dropped is key:  # it was let go at once: nothing else changed
+                    continue
+                many.spans.remove((key.end, key))
+                if dropped is not None:
+                    insort(many.spans, (dropped.end, dropped))
+            else:  # "two": back to the one span it held
+                del self._many[whole]
+                self._append(whole, key, self._buckets.take(before))
+
+    def expire(self, now: float) -> int:
+        """Forget the keys whose time has passed; how many spans were kept under them."""
+        dropped = 0
+        refs, unused = self._refs, []
+        for gen in self._buckets.expired(now):
+            for records in (self._timeless, self._timed):
+                for record in records.forget(gen):
+                    source = int.from_bytes(record[16:20], "little") >> 1
+                    if source:
+                        refs[source] -= 1
+                        if not refs[source]:
+                            unused.append(source)
+                    dropped += 1
+        for source in unused:
+            self._free_source(source)
+        many = self._many
+        stale = [whole for whole, kept in many.items() if kept.until <= now]
+        for whole in stale:
+            dropped += len(many.pop(whole).spans)
+        return dropped
+
+    def nbytes(self) -> int:
+        """Bytes its records hold, and about 200 a span of the keys several spans hold."""
+        return (
+            self._timeless.nbytes() + self._timed.nbytes() + 200 * sum(len(kept.spans) for kept in self._many.values())
+        )
+
+    def __len__(self) -> int:
+        """Spans kept."""
+        return self._timeless.live + self._timed.live + sum(len(kept.spans) for kept in self._many.values())
+
+    def _single(self, whole: bytes) -> tuple[Records, int, int] | None:
+        """Where the one span a key holds is: its records, string and offset; None if none."""
+        index, tail = whole[0] << 8 | whole[1], whole[2:]
+        for records in (self._timeless, self._timed):
+            found = records.strings[index]
+            if found:
+                at = records.find(found, tail)
+                if at >= 0:
+                    return records, index, at
+        return None
+
+    def _decode(self, key: str, records: Records, index: int, at: int) -> CallKey:
+        """The span of a record, as the `CallKey` it was kept as (named `key`)."""
+        found = records.strings[index]
+        meta = int.from_bytes(found[at + 16 : at + 20], "little")
+        if records is self._timeless:
+            start, end = 0, CEILING
+        else:
+            start = int.from_bytes(found[at + 20 : at + 28], "little", signed=True)
+            end = int.from_bytes(found[at + 28 : at + 36], "little", signed=True)
+        return CallKey(key, start, end, self._sources[meta >> 1], bool(meta & 1))
+
+    def _append(self, whole: bytes, key: CallKey, gen: int) -> None:
+        record = (
+            whole[2:]
+            + gen.to_bytes(2, "little")
+            + (self._source(key.source) << 1 | key.identified).to_bytes(4, "little")
+        )
+        start, end = key.start, key.end
+        if start == 0 and end == CEILING:
+            self._timeless.append(whole[0] << 8 | whole[1], record)
+            return
+        start, end = min(max(start, _INT64[0]), _INT64[1]), min(max(end, _INT64[0]), _INT64[1])
+        record += start.to_bytes(8, "little", signed=True) + end.to_bytes(8, "little", signed=True)
+        self._timed.append(whole[0] << 8 | whole[1], record)
+
+    def _remove(self, records: Records, index: int, at: int) -> None:
+        self._buckets.drop(_bucket(records, index, at))
+        source = int.from_bytes(records.strings[index][at + 16 : at + 20], "little") >> 1
+        records.remove(index, at)
+        if source:
+            self._refs[source] -= 1
+            if not self._refs[source]:
+                self._free_source(source)
+
+    def _free_source(self, source: int) -> None:
+        del self._source_ids[self._sources[source]]
+        self._sources[source] = ""
+        self._unused.append(source)
+
+    def _source(self, source: str) -> int:
+        """`source`'s id, interned if new; counts one record more holding it."""
+        if not source:
+            return 0
+        found = self._source_ids.get(source)
+        if found is None:
+            if self._unused:
+                found = self._unused.pop()
+                self._sources[found] = source
+            else:
+                found = len(self._sources)
+                self._sources.append(source)
+                self._refs.append(0)
+            self._source_ids[source] = found
+        self._refs[found] += 1
+        return found

@@ -1,0 +1,256 @@
+"""`KeySet`: the memory store's span keys, kept exactly in little memory.
+
+`MemoryStore` remembers every span's key for the dedupe window (a day by default). As a dict of
+`str` keys a million spans cost about 130 MB; here each key is its 128-bit digest, kept as a
+16-byte record (the digest's last 14 bytes and a 16-bit expiry bucket) in one of 65,536 `bytes`
+strings chosen by the digest's first two bytes (`Records`), so a million keys take about 19 MB.
+Looking a key up is one `bytes.find` in C over the dozen or so records of its string; keeping one
+is one concatenation.
+
+The digest is keyed BLAKE2b with a key drawn when the process starts: whoever writes span ids
+cannot choose ones that pile into one string (each string stays about n/65,536 records long).
+Nothing keyed by it outlives the process (the memory store and a process's call index).
+
+Exact up to a digest collision: two distinct keys share a 128-bit digest with probability about
+n²/2^129 for n keys kept at once (3e-27 for a million, 3e-21 for a billion), far below any hardware
+error rate; a collision would report one span as a duplicate of another. No probabilistic filter:
+a key never kept is never reported kept otherwise.
+
+Expiry is by bucket: a key's `until` falls in a one-minute bucket, and the whole bucket is forgotten
+by the first `expire(now)` at or after the latest `until` put in it. A key is therefore never
+forgotten before its `until`, and at most a minute after it (every key of a batch has the same
+`until`, so most buckets are forgotten exactly on time). Forgetting a bucket walks the strings once,
+each searched in C for the bucket's id.
+"""
+
+from __future__ import annotations
+
+import os
+from hashlib import blake2b
+from typing import Final
+
+__all__ = ("Buckets", "KeySet", "Records", "digest")
+
+_BUCKET_S: Final = 60.0
+_MAX_GENERATIONS: Final = 0xFFFE
+"""Buckets kept at once (ids 1 to 0xFFFE): 45 days of minutes. Past that a key joins the latest
+bucket, which then lasts until its `until` (never shorter, see `Buckets.take`)."""
+_STRINGS: Final = 1 << 16
+"""Strings records are spread over, by the first two bytes of their digest."""
+_KEY: Final = os.urandom(16)
+"""This process's digest key (see the module)."""
+
+
+_HASHER: Final = blake2b(digest_size=16, key=_KEY)
+"""Keyed once: a copy of it digests a key faster than keying anew."""
+
+
+def digest(key: str) -> bytes:
+    """`key`'s 128-bit keyed BLAKE2b digest (16 bytes); a key may hold any text a span sent (lone
+    surrogates included)."""
+    hasher = _HASHER.copy()
+    hasher.update(key.encode("utf-8", "surrogatepass"))
+    return hasher.digest()
+
+
+class Records:
+    """Fixed-width records, each led by the last 14 bytes of a 16-byte digest and a 16-bit bucket id
+    (little-endian), in 65,536 `bytes` strings chosen by the digest's first two bytes. Not
+    thread-safe (the store's lock guards it); records of one digest may repeat (`CallIndex`)."""
+
+    __slots__ = ("live", "strings", "width")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        """Bytes a record: 16, and what the caller keeps after the digest and bucket."""
+        self.strings: list[bytes] = [b""] * _STRINGS
+        self.live = 0
+
+    def find(self, found: bytes, tail: bytes, at: int = 0) -> int:
+        """Where in string `found` the next record of `tail` (a digest's last 14 bytes) starts, from
+        offset `at`; -1 if none."""
+        width = self.width
+        at = found.find(tail, at)
+        while at > 0 and at % width:  # a match across two records, not the start of one
+            at = found.find(tail, at + 1)
+        return at
+
+    def append(self, index: int, record: bytes) -> None:
+        self.strings[index] += record
+        self.live += 1
+
+    def replace(self, index: int, at: int, record: bytes) -> None:
+        """Overwrite the record at offset `at` of string `index` (same width)."""
+        found = self.strings[index]
+        self.strings[index] = found[:at] + record + found[at + self.width :]
+
+    def remove(self, index: int, at: int) -> None:
+        found = self.strings[index]
+        self.strings[index] = found[:at] + found[at + self.width :]
+        self.live -= 1
+
+    def forget(self, generation: int) -> list[bytes]:
+        """Take out every record of bucket `generation`; the records taken."""
+        pattern = generation.to_bytes(2, "little")
+        width = self.width
+        strings = self.strings
+        taken: list[bytes] = []
+        for index, found in enumerate(strings):
+            at = found.find(pattern, 14)
+            while at != -1 and at % width != 14:
+                at = found.find(pattern, at + 1)
+            if at == -1:
+                continue
+            kept: list[bytes] = []
+            for start in range(0, len(found), width):
+                record = found[start : start + width]
+                (taken if record[14:16] == pattern else kept).append(record)
+            strings[index] = b"".join(kept)
+        self.live -= len(taken)
+        return taken
+
+    def nbytes(self) -> int:
+        """Bytes of records (the strings' own headers, about 40 bytes each, come on top)."""
+        return self.live * self.width
+
+
+class Buckets:
+    """Expiry buckets: a kept item's `until` falls in a one-minute bucket, and the bucket (every item
+    in it) is forgotten by the first `expired(now)` at or after the latest `until` put in it. Items
+    are counted per bucket, so a bucket left empty frees its id at once. Each bucket has a small id
+    (1 to `_MAX_GENERATIONS`) that records keep (a 16-bit generation)."""
+
+    __slots__ = ("_buckets", "_free", "_generations")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, int] = {}
+        """Bucket (minute of `until`) -> its id in the tables."""
+        self._generations: dict[int, list[float]] = {}
+        """Bucket id -> [its bucket, the latest `until` put in it, how many items it holds]."""
+        self._free: list[int] = []
+        """Ids free again, once their bucket expired (reused before new ones)."""
+
+    def take(self, until: float) -> int:
+        """The id of `until`'s bucket, made if new; counts one item more in it."""
+        bucket = int(until // _BUCKET_S)
+        gen = self._buckets.get(bucket)
+        if gen is None:
+            if self._free:
+                gen = self._free.pop()
+            elif len(self._generations) < _MAX_GENERATIONS:
+                gen = len(self._generations) + 1
+            else:  # every id in use: the latest bucket keeps it, for at least as long
+                gen = self._buckets[max(self._buckets)]
+                info = self._generations[gen]
+                info[1], info[2] = max(info[1], until), info[2] + 1
+                return gen
+            self._buckets[bucket] = gen
+            self._generations[gen] = [float(bucket), until, 1]
+            return gen
+        info = self._generations[gen]
+        info[1] = max(info[1], until)
+        info[2] += 1
+        return gen
+
+    def add(self, gen: int, count: int) -> None:
+        """`count` items more in bucket `gen` (moved there from another)."""
+        self._generations[gen][2] += count
+
+    def drop(self, gen: int, count: int = 1) -> None:
+        """`count` items left bucket `gen` (moved or taken out): a bucket left empty is forgotten."""
+        info = self._generations[gen]
+        info[2] -= count
+        if not info[2]:
+            del self._generations[gen]
+            del self._buckets[int(info[0])]
+            self._free.append(gen)
+
+    def bucket(self, gen: int) -> float:
+        """The minute bucket `gen` is the id of: buckets compare by it, not by id."""
+        return self._generations[gen][0]
+
+    def latest(self, gen: int) -> float:
+        """The latest `until` put in bucket `gen`: it is forgotten at or after it."""
+        return self._generations[gen][1]
+
+    def expired(self, now: float) -> list[int]:
+        """Forget the buckets whose latest `until` is at or before `now`; their ids (free again:
+        the caller forgets their items before it takes any new one)."""
+        gens = [gen for gen, (_, latest, _) in self._generations.items() if latest <= now]
+        for gen in gens:
+            del self._buckets[int(self._generations.pop(gen)[0])]
+            self._free.append(gen)
+        return gens
+
+
+class KeySet:
+    """Keys (strings) each kept until its own time, by 128-bit digest (see the module); not
+    thread-safe (the store's lock guards it).
+
+    >>> keys = KeySet()
+    >>> keys.add("a", until=120.0), keys.add("a", until=180.0), "a" in keys, "b" in keys
+    (True, False, True, False)
+    >>> keys.expire(119.0), keys.expire(120.0), "a" in keys
+    (0, 1, False)
+    """
+
+    __slots__ = ("_buckets", "_records")
+
+    def __init__(self) -> None:
+        self._records = Records(16)
+        self._buckets = Buckets()
+
+    def __contains__(self, key: str) -> bool:
+        return self.has(digest(key))
+
+    def has(self, whole: bytes) -> bool:
+        """Whether the key of digest `whole` is kept."""
+        records = self._records
+        found = records.strings[whole[0] << 8 | whole[1]]
+        return bool(found) and records.find(found, whole[2:]) >= 0
+
+    def add(self, key: str, until: float) -> bool:
+        """Keep `key` until `until`, unless it is kept already (then nothing changes); whether it was new."""
+        return self.add_digest(digest(key), until)
+
+    def add_digest(self, whole: bytes, until: float) -> bool:
+        """`add` by the key's digest."""
+        records = self._records
+        index = whole[0] << 8 | whole[1]
+        tail = whole[2:]
+        found = records.strings[index]
+        if found and records.find(found, tail) >= 0:
+            return False
+        records.append(index, tail + self._buckets.take(until).to_bytes(2, "little"))
+        return True
+
+    def put(self, key: str, until: float) -> None:
+        """Keep `key` until `until`, whether it was kept or not (a dict's `keys[key] = until`)."""
+        self.put_digest(digest(key), until)
+
+    def put_digest(self, whole: bytes, until: float) -> None:
+        """`put` by the key's digest."""
+        records = self._records
+        index = whole[0] << 8 | whole[1]
+        tail = whole[2:]
+        found = records.strings[index]
+        at = records.find(found, tail) if found else -1
+        gen = self._buckets.take(until)
+        record = tail + gen.to_bytes(2, "little")
+        if at < 0:
+            records.append(index, record)
+            return
+        old = int.from_bytes(found[at + 14 : at + 16], "little")
+        records.replace(index, at, record)
+        self._buckets.drop(old)
+
+    def expire(self, now: float) -> int:
+        """Forget the buckets whose every key's `until` is at or before `now`; how many keys."""
+        return sum(len(self._records.forget(gen)) for gen in self._buckets.expired(now))
+
+    def nbytes(self) -> int:
+        """Bytes of its records."""
+        return self._records.nbytes()
+
+    def __len__(self) -> int:
+        return self._records.live

@@ -1,0 +1,104 @@
+"""`KeySet` against a dict of the same keys: the same answers through growth, expiry and reuse."""
+
+from __future__ import annotations
+
+import random
+from hashlib import blake2b
+
+from otel_puppy.store._keyset import KeySet, digest
+
+
+class _Model:
+    """What a `KeySet` promises, with plain dicts: a key is kept until the first `expire` at or
+    after the latest `until` put in its minute bucket."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}  # key -> its bucket
+        self.latest: dict[int, float] = {}
+
+    def add(self, key: str, until: float) -> bool:
+        if key in self.keys:
+            return False
+        self.put(key, until)
+        return True
+
+    def put(self, key: str, until: float) -> None:
+        old = self.keys.get(key)
+        bucket = int(until // 60)
+        self.keys[key] = bucket
+        self.latest[bucket] = max(self.latest.get(bucket, until), until)
+        if old is not None and old != bucket and old not in self.keys.values():
+            del self.latest[old]
+
+    def expire(self, now: float) -> int:
+        gone = {bucket for bucket, latest in self.latest.items() if latest <= now}
+        for bucket in gone:
+            del self.latest[bucket]
+        stale = [key for key, bucket in self.keys.items() if bucket in gone]
+        for key in stale:
+            del self.keys[key]
+        return len(stale)
+
+
+def test_a_keyset_answers_as_a_dict_of_its_keys_would() -> None:
+    rng = random.Random(20)
+    keys, model = KeySet(), _Model()
+    now = 1_800_000_000.0
+    for _ in range(60):
+        for _ in range(rng.randrange(1, 2000)):
+            key = f"{rng.randrange(30_000):048x}" + rng.choice(("", "~"))
+            until = now + rng.choice((60.0, 300.0, 3600.0)) + rng.random()
+            if rng.random() < 0.8:
+                assert keys.add(key, until) == model.add(key, until)
+            else:
+                keys.put(key, until)
+                model.put(key, until)
+        probes = [f"{rng.randrange(30_000):048x}" for _ in range(500)]
+        assert [key in keys for key in probes] == [key in model.keys for key in probes]
+        now += rng.choice((0.0, 30.0, 120.0, 600.0))
+        assert keys.expire(now) == model.expire(now)
+        assert len(keys) == len(model.keys)
+    assert all(key in keys for key in model.keys)
+    assert keys.expire(now + 86400) == len(model.keys)
+    assert len(keys) == 0
+    assert keys.nbytes() < 100_000  # the tables shrink again
+
+
+def test_a_key_is_kept_until_its_time_and_its_bucket_ends_with_its_latest() -> None:
+    keys = KeySet()
+    keys.add("a", 1200.0)
+    keys.add("b", 1230.5)  # the same minute: kept as long as b
+    assert keys.expire(1200.0) == 0
+    assert "a" in keys
+    assert keys.expire(1230.5) == 2
+    assert "a" not in keys
+    assert "b" not in keys
+
+
+def test_a_digest_is_128_bits_and_keyed_per_process() -> None:
+    whole = digest("a")
+    assert len(whole) == 16
+    assert digest("a") == whole != digest("b")
+    assert whole != blake2b(b"a", digest_size=16).digest()  # keyed: span ids cannot aim at one string
+
+
+def test_keys_of_one_string_never_match_across_two_records() -> None:
+    """A digest's tail found across the end of one record and the start of the next is not a key."""
+    keys = KeySet()
+    records = keys._records
+    tail = bytes(range(14))
+    records.append(7, bytes(range(100, 114)) + tail[:2])  # a record ending with the tail's first bytes
+    records.append(7, tail[2:] + b"\x01\x00\x00\x00")  # ... and one starting with the rest
+    assert records.find(records.strings[7], tail) == -1
+    records.append(7, tail + b"\x01\x00")
+    assert records.find(records.strings[7], tail) == 32
+
+
+def test_a_key_takes_16_bytes() -> None:
+    keys = KeySet()
+    for i in range(100_000):
+        keys.add(f"{i:048x}", 60.0)
+    assert len(keys) == 100_000
+    assert keys.nbytes() == 1_600_000
+    assert keys.expire(60.0) == 100_000
+    assert keys.nbytes() == 0
