@@ -46,7 +46,9 @@ class MonthToDate:
         """Cost in nano-USD per (team, agent) of the month's hours before `_final_until`."""
         self._final_until = 0
         self._last: tuple[float, dict[tuple[str, str], int]] | None = None
-        """The last figures and when they were read (`REFRESH_S`)."""
+        """When the figures were last read (`REFRESH_S`), and their series: the figures per (team,
+        agent) as labelled, folded by the guard once per read (a value the guard admitted stays
+        admitted, and one it folded stays folded, so the fold cannot change until the next read)."""
         self._names: dict[str, tuple[str, str]] = {}
         """(team, agent) per ledger dims key seen: a scrape decodes each key once."""
 
@@ -92,12 +94,13 @@ class MonthToDate:
         """
         last = self._last
         if last is None or not 0 <= now - last[0] < REFRESH_S:
-            last = self._last = (now, self.costs(now))
-        guard = self._guard
-        series: dict[tuple[str, str], int] = {}
-        for (team, agent), nanos in last[1].items():
-            labels = (guard("team", team), guard("agent", agent))
-            series[labels] = series.get(labels, 0) + nanos
+            guard = self._guard
+            series: dict[tuple[str, str], int] = {}
+            for (team, agent), nanos in self.costs(now).items():
+                labels = (guard("team", team), guard("agent", agent))
+                series[labels] = series.get(labels, 0) + nanos
+            last = self._last = (now, series)
+        series = last[1]
         family = GaugeMetricFamily(
             "otel_puppy_cost_this_month_usd",
             "Cost since the start of the calendar month (UTC) by team and agent, from the cost ledger (the "
