@@ -115,33 +115,21 @@ def _child_engine() -> dict[str, Any]:
     gc.collect()
     before = _rss_mb()
     began = time.perf_counter()
-    for first in range(0, SPANS, CHUNK):
-        spans = finished_spans(GENAI, CHUNK, first_id=first + 1)
-        for i, span in enumerate(spans, first):
-            attributes: dict[str, Any] = {
-                **GENAI,
-                "gen_ai.response.id": f"chatcmpl-{i + 1}",
-                "gen_ai.agent.name": f"agent-{i % DISTINCT}",
-                "user.id": f"user-{i * 7 % DISTINCT}",
-                "gen_ai.conversation.id": f"conversation-{i * 13 % DISTINCT}",
-            }
-            span._attributes = attributes
-            processor.on_end(span)
-        processor.force_flush()
+    _feed(processor, SPANS)
     elapsed = time.perf_counter() - began
     gc.collect()
     growth = _rss_mb() - before
     scrape_ms, text = _scrape(engine.registry)
     plain_ms, same_samples = _plain_ms(text)
     store = engine.store
-    dedupe = 0
-    for table in (getattr(store, "_seen", {}), getattr(store, "_covered", {})):
-        dedupe += sys.getsizeof(table) + sum(sys.getsizeof(key) for key in table)
+    dedupe = sum(keys.nbytes() for keys in (store._seen, store._covered))  # type: ignore[attr-defined]
+    call_keys = store._calls.nbytes()  # type: ignore[attr-defined]
     applied = engine.registry.get_sample_value("otel_puppy_spans_total", {"result": "applied"}) or 0
     engine.close()
     return {
         "growth_mb": growth,
         "dedupe_mb": dedupe / 1e6,
+        "call_keys_mb": call_keys / 1e6,
         "spans_per_s": SPANS / elapsed,
         "applied": applied,
         "scrape_ms": scrape_ms,
@@ -149,6 +137,65 @@ def _child_engine() -> dict[str, Any]:
         "same_samples": same_samples,
         "empty_scrape_ms": empty_ms,
         **_series(text),
+    }
+
+
+STORE_SPANS = 100_000
+"""Spans through an engine on the SQLite and on the Redis store (each write is I/O: fewer spans)."""
+
+
+def _feed(processor: Any, count: int) -> None:
+    """`count` spans as the engine child's (each its own response id, 10,000 distinct scopes)."""
+    for first in range(0, count, CHUNK):
+        spans = finished_spans(GENAI, CHUNK, first_id=first + 1)
+        for i, span in enumerate(spans, first):
+            span._attributes = {
+                **GENAI,
+                "gen_ai.response.id": f"chatcmpl-{i + 1}",
+                "gen_ai.agent.name": f"agent-{i % DISTINCT}",
+                "user.id": f"user-{i * 7 % DISTINCT}",
+                "gen_ai.conversation.id": f"conversation-{i * 13 % DISTINCT}",
+            }
+            processor.on_end(span)
+        processor.force_flush()
+
+
+def _child_store(url: str) -> dict[str, Any]:
+    """What a span's dedupe keys take in a shared store: on SQLite the pages of the dedupe tables and
+    their expiry indexes (`dbstat`); on Redis the keys and the server's memory."""
+    import sqlite3
+
+    from otel_puppy.engine import PolicyEngine
+    from otel_puppy.policies import parse_policy_text
+    from otel_puppy.settings import PuppySettings
+
+    def redis_figures() -> tuple[int, int]:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            return int(client.dbsize()), int(client.info("memory")["used_memory"])
+        finally:
+            client.close()
+
+    settings = PuppySettings.load(store=url, raise_internal_errors=False, watch_policies_s=None)
+    engine = PolicyEngine(settings, policies=parse_policy_text(POLICIES, Path("bench.yaml")))
+    redis_before = redis_figures() if url.startswith("redis") else (0, 0)
+    _feed(engine.span_processor(), STORE_SPANS)
+    applied = engine.registry.get_sample_value("otel_puppy_spans_total", {"result": "applied"}) or 0
+    engine.close()
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as db:
+            pages = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
+        dedupe = sum(pages.get(name, 0) for name in ("seen", "seen_expiry", "covered", "covered_expiry"))
+        return {"applied": applied, "dedupe_bytes": dedupe, "total_bytes": sum(pages.values()), "keys": 0}
+    keys, used = redis_figures()
+    return {
+        "applied": applied,
+        "dedupe_bytes": 0,
+        "total_bytes": used - redis_before[1],
+        "keys": keys - redis_before[0],
     }
 
 
@@ -160,9 +207,9 @@ def _child_floor() -> dict[str, Any]:
     return {"growth_mb": _rss_mb() - before, "kept": len(ids)}
 
 
-def _in_child(kind: str) -> dict[str, Any]:
+def _in_child(kind: str, *args: str) -> dict[str, Any]:
     output = subprocess.run(
-        [sys.executable, "-m", "bench.bench_memory", "--child", kind],
+        [sys.executable, "-m", "bench.bench_memory", "--child", kind, *args],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
@@ -172,14 +219,67 @@ def _in_child(kind: str) -> dict[str, Any]:
     return result
 
 
+def _shared_stores(engine: dict[str, Any]) -> list[Result]:
+    """The dedupe keys' size per span on SQLite and Redis, beside the memory store's (report only)."""
+    import tempfile
+
+    from bench.bench_scaling import redis_server, redis_store_missing
+
+    memory_bytes = (engine["dedupe_mb"] + engine["call_keys_mb"]) * 1e6 / SPANS
+    baseline = f"memory store {memory_bytes:.0f} bytes a span (dedupe and call keys, same run)"
+    results = []
+    with tempfile.TemporaryDirectory(prefix="otel-puppy-bench-memory-") as tmp:
+        sqlite = _in_child("store", f"sqlite:///{tmp}/state.db")
+        per_span = sqlite["dedupe_bytes"] / STORE_SPANS
+        results.append(
+            Result(
+                name=f"dedupe keys on disk, sqlite store, {STORE_SPANS:,} spans",
+                ours=f"{per_span:.0f} bytes a span (the whole file {sqlite['total_bytes'] / STORE_SPANS:.0f})",
+                baseline=baseline,
+                ratio=per_span / memory_bytes,
+                ratio_text=f"{per_span / memory_bytes:.1f}x the memory store's",
+                target="report",
+                met=None,
+                note=f"{sqlite['applied']:,.0f} applied; the pages of the seen and covered tables (16-byte digests, "
+                "WITHOUT ROWID) and their expiry indexes, from SQLite's dbstat; call keys are per process (as "
+                "the memory store's)",
+            )
+        )
+        missing = redis_store_missing()
+        if missing is None:
+            with redis_server(Path(tmp)) as address:
+                redis = _in_child("store", f"redis://{address}/0")
+            per_span = redis["total_bytes"] / STORE_SPANS
+            results.append(
+                Result(
+                    name=f"state in Redis, {STORE_SPANS:,} spans",
+                    ours=f"{redis['keys'] / STORE_SPANS:.2f} keys and {per_span:.0f} bytes a span",
+                    baseline=baseline,
+                    ratio=per_span / memory_bytes,
+                    ratio_text=f"{per_span / memory_bytes:.1f}x the memory store's",
+                    target="report",
+                    met=None,
+                    note=f"{redis['applied']:,.0f} applied; used_memory and DBSIZE of the server before and after: "
+                    "every key of the run, i.e. per span its dedupe key (the 64-hex span key) and its call keys "
+                    "(shared by replicas, each with a PX expiry), and the 10,000 scopes' counters, samples and ledger",
+                )
+            )
+    return results
+
+
 def run() -> list[Result]:
     engine = _in_child("engine")
     floor = _in_child("floor")
     growth, scrape = engine["growth_mb"], engine["scrape_ms"]
+    return [*_results(engine, floor, growth, scrape), *_shared_stores(engine)]
+
+
+def _results(engine: dict[str, Any], floor: dict[str, Any], growth: float, scrape: float) -> list[Result]:
     return [
         Result(
             name=f"memory: RSS growth over {SPANS:,} spans, {DISTINCT:,} agents/users/conversations",
-            ours=f"{growth:,.0f} MB (dedupe keys {engine['dedupe_mb']:,.0f} MB of it)",
+            ours=f"{growth:,.0f} MB (dedupe keys {engine['dedupe_mb']:,.0f} MB, call keys "
+            f"{engine['call_keys_mb']:,.0f} MB of it)",
             baseline=f"{SPANS:,} span ids in a Python set {floor['growth_mb']:,.0f} MB",
             ratio=growth / floor["growth_mb"],
             ratio_text=f"{growth / floor['growth_mb']:.1f}x the ids alone",
@@ -188,7 +288,8 @@ def run() -> list[Result]:
             note=f"memory store, through the span processor at {engine['spans_per_s']:,.0f} spans/s "
             f"({engine['applied']:,.0f} applied: each span its own response id); budgets per agent, user (24h "
             "rolling) and conversation; "
-            "dedupe keys are kept for the dedupe window (24 h)",
+            "dedupe keys are kept for the dedupe window (24 h), exactly (128-bit digests: a false duplicate has "
+            "probability about n²/2^129)",
         ),
         Result(
             name="metrics: a scrape after those spans",
@@ -214,10 +315,12 @@ def run() -> list[Result]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", choices=["engine", "floor"])
+    parser.add_argument("--child", choices=["engine", "floor", "store"])
+    parser.add_argument("url", nargs="?")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child_engine() if args.child == "engine" else _child_floor()))
+        children = {"engine": _child_engine, "floor": _child_floor, "store": lambda: _child_store(args.url)}
+        print(json.dumps(children[args.child]()))
         return
     for result in run():
         print(result)
