@@ -19,13 +19,16 @@ a key never kept is never reported kept otherwise.
 Expiry is by bucket: a key's `until` falls in a one-minute bucket, and the whole bucket is forgotten
 by the first `expire(now)` at or after the latest `until` put in it. A key is therefore never
 forgotten before its `until`, and at most a minute after it (every key of a batch has the same
-`until`, so most buckets are forgotten exactly on time). Forgetting a bucket walks the strings once,
-each searched in C for the bucket's id.
+`until`, so most buckets are forgotten exactly on time). An `expire` walks the strings once, however
+many buckets it forgets, reading each string's bucket ids in C.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from array import array
+from collections.abc import Collection
 from hashlib import blake2b
 from typing import Final
 
@@ -37,6 +40,10 @@ _MAX_GENERATIONS: Final = 0xFFFE
 bucket, which then lasts until its `until` (never shorter, see `Buckets.take`)."""
 _STRINGS: Final = 1 << 16
 """Strings records are spread over, by the first two bytes of their digest."""
+_FEW: Final = 4
+"""Buckets `Records.forget` looks for by searching bytes; past that it reads every bucket id."""
+_SWAP: Final = sys.byteorder != "little"
+"""Records keep bucket ids little-endian; `array` reads them in the machine's order."""
 _KEY: Final = os.urandom(16)
 """This process's digest key (see the module)."""
 
@@ -89,22 +96,41 @@ class Records:
         self.strings[index] = found[:at] + found[at + self.width :]
         self.live -= 1
 
-    def forget(self, generation: int) -> list[bytes]:
-        """Take out every record of bucket `generation`; the records taken."""
-        pattern = generation.to_bytes(2, "little")
+    def forget(self, generations: Collection[int]) -> list[bytes]:
+        """Take out every record of the buckets `generations`, in one walk over the strings however
+        many buckets expire at once (after a pause longer than the window, hundreds do); the records
+        taken. A string holds a record of a few buckets if `bytes.find` (in C) finds an id's two bytes
+        at a record's bucket; of many, if its bucket ids read as 16-bit integers (`array`) meet them."""
+        gens = set(generations)
+        if not gens:
+            return []
         width = self.width
+        step = width // 2
+        patterns = [gen.to_bytes(2, "little") for gen in gens] if len(gens) <= _FEW else []
         strings = self.strings
         taken: list[bytes] = []
         for index, found in enumerate(strings):
-            at = found.find(pattern, 14)
-            while at != -1 and at % width != 14:
-                at = found.find(pattern, at + 1)
-            if at == -1:
+            if not found:
                 continue
+            if patterns:
+                for pattern in patterns:
+                    at = found.find(pattern, 14)
+                    while at != -1 and at % width != 14:  # the bytes inside a record, not its bucket
+                        at = found.find(pattern, at + 1)
+                    if at != -1:
+                        break
+                else:
+                    continue
+            else:
+                ids = array("H", found)
+                if _SWAP:
+                    ids.byteswap()
+                if gens.isdisjoint(ids[7::step]):
+                    continue
             kept: list[bytes] = []
             for start in range(0, len(found), width):
                 record = found[start : start + width]
-                (taken if record[14:16] == pattern else kept).append(record)
+                (taken if int.from_bytes(record[14:16], "little") in gens else kept).append(record)
             strings[index] = b"".join(kept)
         self.live -= len(taken)
         return taken
@@ -246,7 +272,7 @@ class KeySet:
 
     def expire(self, now: float) -> int:
         """Forget the buckets whose every key's `until` is at or before `now`; how many keys."""
-        return sum(len(self._records.forget(gen)) for gen in self._buckets.expired(now))
+        return len(self._records.forget(self._buckets.expired(now)))
 
     def nbytes(self) -> int:
         """Bytes of its records."""
