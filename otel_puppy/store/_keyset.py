@@ -146,7 +146,7 @@ class Buckets:
     are counted per bucket, so a bucket left empty frees its id at once. Each bucket has a small id
     (1 to `_MAX_GENERATIONS`) that records keep (a 16-bit generation)."""
 
-    __slots__ = ("_buckets", "_free", "_generations")
+    __slots__ = ("_buckets", "_free", "_generations", "_newest")
 
     def __init__(self) -> None:
         self._buckets: dict[int, int] = {}
@@ -155,6 +155,9 @@ class Buckets:
         """Bucket id -> [its bucket, the latest `until` put in it, how many items it holds]."""
         self._free: list[int] = []
         """Ids free again, once their bucket expired (reused before new ones)."""
+        self._newest: tuple[int, int] | None = None
+        """(bucket, id) of the latest bucket, once asked for: no bucket made since is later, so
+        while its bucket is kept it is the latest (every id in use, each `take` asks for it)."""
 
     def take(self, until: float) -> int:
         """The id of `until`'s bucket, made if new; counts one item more in it."""
@@ -166,10 +169,17 @@ class Buckets:
             elif len(self._generations) < _MAX_GENERATIONS:
                 gen = len(self._generations) + 1
             else:  # every id in use: the latest bucket keeps it, for at least as long
-                gen = self._buckets[max(self._buckets)]
+                newest = self._newest
+                if newest is None or self._buckets.get(newest[0]) != newest[1]:
+                    latest = max(self._buckets)  # once per latest bucket, not per key
+                    newest = self._newest = (latest, self._buckets[latest])
+                gen = newest[1]
                 info = self._generations[gen]
                 info[1], info[2] = max(info[1], until), info[2] + 1
                 return gen
+            newest = self._newest
+            if newest is not None and bucket > newest[0]:
+                self._newest = (bucket, gen)
             self._buckets[bucket] = gen
             self._generations[gen] = [float(bucket), until, 1]
             return gen
