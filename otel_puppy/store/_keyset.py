@@ -25,6 +25,7 @@ many buckets it forgets, reading each string's bucket ids in C.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from array import array
@@ -38,6 +39,10 @@ _BUCKET_S: Final = 60.0
 _MAX_GENERATIONS: Final = 0xFFFE
 """Buckets kept at once (ids 1 to 0xFFFE): 45 days of minutes. Past that a key joins the latest
 bucket, which then lasts until its `until` (never shorter, see `Buckets.take`)."""
+_ENDLESS: Final = -(2**62)
+"""The bucket of an `until` that is no finite number: `dedupe_ttl_s=inf` (settings allow it) keeps a
+span's key for ever, as the dicts of keys did (`int(inf // 60)` raised, and every span with it).
+Its bucket expires by its latest `until` like any other: one of `inf` never."""
 _STRINGS: Final = 1 << 16
 """Strings records are spread over, by the first two bytes of their digest."""
 _FEW: Final = 4
@@ -161,7 +166,7 @@ class Buckets:
 
     def take(self, until: float) -> int:
         """The id of `until`'s bucket, made if new; counts one item more in it."""
-        bucket = int(until // _BUCKET_S)
+        bucket = int(until // _BUCKET_S) if math.isfinite(until) else _ENDLESS
         gen = self._buckets.get(bucket)
         if gen is None:
             if self._free:

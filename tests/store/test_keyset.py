@@ -158,3 +158,16 @@ def test_keys_past_the_last_bucket_id_do_not_each_look_for_the_latest_bucket(
     assert keys.expire(60.0 * 248) == 49  # the latest bucket holds every late key, until the latest
     assert keys.expire(60.0 * 249) == 201
     assert len(keys) == 0
+
+
+def test_a_key_kept_for_ever_is_kept_and_expires_with_nothing() -> None:
+    # `dedupe_ttl_s` may be `inf` (the settings allow it): every key's `until` is then `inf`.
+    keys = KeySet()
+    assert keys.add("a", until=float("inf"))
+    assert not keys.add("a", until=float("inf"))
+    keys.put("b", until=float("inf"))
+    keys.add("c", until=60.0)
+    assert keys.expire(1e18) == 1
+    assert "a" in keys
+    assert "b" in keys
+    assert "c" not in keys
