@@ -433,7 +433,12 @@ class BudgetAdmission:
         trace = f"{call.dedupe_namespace}{call.trace_id:032x}"  # a scoped ingest token's namespace first
         return SpendRecord(
             span_key=f"{trace}{call.span_id:016x}",
-            parent_key=f"{trace}{call.parent_span_id:016x}" if call.parent_span_id else None,
+            # A span is never its own parent: the store would find its own key just kept (NESTED).
+            parent_key=(
+                f"{trace}{call.parent_span_id:016x}"
+                if call.parent_span_id and call.parent_span_id != call.span_id
+                else None
+            ),
             increments=tuple(increments),
             dedupe_until=now + ttl,
             decision_id=call.decision_id,

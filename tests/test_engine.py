@@ -119,3 +119,12 @@ def test_store_expires_old_counters_and_dedupe_keys() -> None:
     assert all(start >= clock.now() - 86400 for _, _, start in store._calendar)  # type: ignore[attr-defined]
     assert sorted(store._rings) == [("total", "1h"), ("total", "24h")]  # type: ignore[attr-defined]
     engine.close()
+
+
+def test_a_span_naming_itself_its_parent_is_counted(engine: PolicyEngine) -> None:
+    # Its parent key is its own span key, which the store has just remembered: without the guard
+    # the span was NESTED under itself and never counted (any sender could spend unbudgeted).
+    c = one_call(trace_id=10, span_id=300, parent_span_id=300)
+    assert engine.observe(c).result is ApplyResult.APPLIED
+    assert engine.observe(c).result is ApplyResult.DUPLICATE
+    assert engine.snapshot().spend("day") * 10**9 == 2_800_000

@@ -194,15 +194,15 @@ class CallIndex:
         """Forget the keys whose time has passed; how many spans were kept under them."""
         dropped = 0
         refs, unused = self._refs, []
-        for gen in self._buckets.expired(now):
-            for records in (self._timeless, self._timed):
-                for record in records.forget(gen):
-                    source = int.from_bytes(record[16:20], "little") >> 1
-                    if source:
-                        refs[source] -= 1
-                        if not refs[source]:
-                            unused.append(source)
-                    dropped += 1
+        gens = self._buckets.expired(now)
+        for records in (self._timeless, self._timed):
+            for record in records.forget(gens):
+                source = int.from_bytes(record[16:20], "little") >> 1
+                if source:
+                    refs[source] -= 1
+                    if not refs[source]:
+                        unused.append(source)
+                dropped += 1
         for source in unused:
             self._free_source(source)
         many = self._many

@@ -19,13 +19,17 @@ a key never kept is never reported kept otherwise.
 Expiry is by bucket: a key's `until` falls in a one-minute bucket, and the whole bucket is forgotten
 by the first `expire(now)` at or after the latest `until` put in it. A key is therefore never
 forgotten before its `until`, and at most a minute after it (every key of a batch has the same
-`until`, so most buckets are forgotten exactly on time). Forgetting a bucket walks the strings once,
-each searched in C for the bucket's id.
+`until`, so most buckets are forgotten exactly on time). An `expire` walks the strings once, however
+many buckets it forgets, reading each string's bucket ids in C.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+from array import array
+from collections.abc import Collection
 from hashlib import blake2b
 from typing import Final
 
@@ -35,8 +39,16 @@ _BUCKET_S: Final = 60.0
 _MAX_GENERATIONS: Final = 0xFFFE
 """Buckets kept at once (ids 1 to 0xFFFE): 45 days of minutes. Past that a key joins the latest
 bucket, which then lasts until its `until` (never shorter, see `Buckets.take`)."""
+_ENDLESS: Final = -(2**62)
+"""The bucket of an `until` that is no finite number: `dedupe_ttl_s=inf` (settings allow it) keeps a
+span's key for ever, as the dicts of keys did (`int(inf // 60)` raised, and every span with it).
+Its bucket expires by its latest `until` like any other: one of `inf` never."""
 _STRINGS: Final = 1 << 16
 """Strings records are spread over, by the first two bytes of their digest."""
+_FEW: Final = 4
+"""Buckets `Records.forget` looks for by searching bytes; past that it reads every bucket id."""
+_SWAP: Final = sys.byteorder != "little"
+"""Records keep bucket ids little-endian; `array` reads them in the machine's order."""
 _KEY: Final = os.urandom(16)
 """This process's digest key (see the module)."""
 
@@ -89,22 +101,41 @@ class Records:
         self.strings[index] = found[:at] + found[at + self.width :]
         self.live -= 1
 
-    def forget(self, generation: int) -> list[bytes]:
-        """Take out every record of bucket `generation`; the records taken."""
-        pattern = generation.to_bytes(2, "little")
+    def forget(self, generations: Collection[int]) -> list[bytes]:
+        """Take out every record of the buckets `generations`, in one walk over the strings however
+        many buckets expire at once (after a pause longer than the window, hundreds do); the records
+        taken. A string holds a record of a few buckets if `bytes.find` (in C) finds an id's two bytes
+        at a record's bucket; of many, if its bucket ids read as 16-bit integers (`array`) meet them."""
+        gens = set(generations)
+        if not gens:
+            return []
         width = self.width
+        step = width // 2
+        patterns = [gen.to_bytes(2, "little") for gen in gens] if len(gens) <= _FEW else []
         strings = self.strings
         taken: list[bytes] = []
         for index, found in enumerate(strings):
-            at = found.find(pattern, 14)
-            while at != -1 and at % width != 14:
-                at = found.find(pattern, at + 1)
-            if at == -1:
+            if not found:
                 continue
+            if patterns:
+                for pattern in patterns:
+                    at = found.find(pattern, 14)
+                    while at != -1 and at % width != 14:  # the bytes inside a record, not its bucket
+                        at = found.find(pattern, at + 1)
+                    if at != -1:
+                        break
+                else:
+                    continue
+            else:
+                ids = array("H", found)
+                if _SWAP:
+                    ids.byteswap()
+                if gens.isdisjoint(ids[7::step]):
+                    continue
             kept: list[bytes] = []
             for start in range(0, len(found), width):
                 record = found[start : start + width]
-                (taken if record[14:16] == pattern else kept).append(record)
+                (taken if int.from_bytes(record[14:16], "little") in gens else kept).append(record)
             strings[index] = b"".join(kept)
         self.live -= len(taken)
         return taken
@@ -120,7 +151,7 @@ class Buckets:
     are counted per bucket, so a bucket left empty frees its id at once. Each bucket has a small id
     (1 to `_MAX_GENERATIONS`) that records keep (a 16-bit generation)."""
 
-    __slots__ = ("_buckets", "_free", "_generations")
+    __slots__ = ("_buckets", "_free", "_generations", "_newest")
 
     def __init__(self) -> None:
         self._buckets: dict[int, int] = {}
@@ -129,10 +160,13 @@ class Buckets:
         """Bucket id -> [its bucket, the latest `until` put in it, how many items it holds]."""
         self._free: list[int] = []
         """Ids free again, once their bucket expired (reused before new ones)."""
+        self._newest: tuple[int, int] | None = None
+        """(bucket, id) of the latest bucket, once asked for: no bucket made since is later, so
+        while its bucket is kept it is the latest (every id in use, each `take` asks for it)."""
 
     def take(self, until: float) -> int:
         """The id of `until`'s bucket, made if new; counts one item more in it."""
-        bucket = int(until // _BUCKET_S)
+        bucket = int(until // _BUCKET_S) if math.isfinite(until) else _ENDLESS
         gen = self._buckets.get(bucket)
         if gen is None:
             if self._free:
@@ -140,10 +174,17 @@ class Buckets:
             elif len(self._generations) < _MAX_GENERATIONS:
                 gen = len(self._generations) + 1
             else:  # every id in use: the latest bucket keeps it, for at least as long
-                gen = self._buckets[max(self._buckets)]
+                newest = self._newest
+                if newest is None or self._buckets.get(newest[0]) != newest[1]:
+                    latest = max(self._buckets)  # once per latest bucket, not per key
+                    newest = self._newest = (latest, self._buckets[latest])
+                gen = newest[1]
                 info = self._generations[gen]
                 info[1], info[2] = max(info[1], until), info[2] + 1
                 return gen
+            newest = self._newest
+            if newest is not None and bucket > newest[0]:
+                self._newest = (bucket, gen)
             self._buckets[bucket] = gen
             self._generations[gen] = [float(bucket), until, 1]
             return gen
@@ -246,7 +287,7 @@ class KeySet:
 
     def expire(self, now: float) -> int:
         """Forget the buckets whose every key's `until` is at or before `now`; how many keys."""
-        return sum(len(self._records.forget(gen)) for gen in self._buckets.expired(now))
+        return len(self._records.forget(self._buckets.expired(now)))
 
     def nbytes(self) -> int:
         """Bytes of its records."""

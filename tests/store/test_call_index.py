@@ -111,3 +111,25 @@ def test_a_response_id_costs_20_bytes_and_any_text_is_a_key() -> None:
     assert index.joins((CallKey("r\x1fchatcmpl-99999", 0, CEILING, "B"),))
     assert not index.joins((CallKey("r\x1fchatcmpl-100000", 0, CEILING, "B"),))
     assert index.nbytes() == 20 * len(index)
+
+
+def test_expiring_one_bucket_or_many_at_once_takes_exactly_theirs() -> None:
+    # Records whose sources and times hold every small bucket id's two bytes at other offsets, in
+    # buckets expired one at a time (ids searched as bytes) and hundreds at once (ids read as
+    # integers, one walk over the strings): each expire takes exactly the spans the model drops.
+    rng = random.Random(7)
+    now = 1_800_000_000.0
+    for pause in (1, 3, 300):
+        index, model = CallIndex(), _Model()
+        for minute in range(1, 301):
+            for _ in range(20):
+                start = int.from_bytes(bytes(rng.randrange(1, 8) for _ in range(8)), "little") >> 2
+                key = CallKey(f"u\x1f{rng.randrange(10**9)}", start, start + 1, rng.choice("ABCDEFGH"))
+                keys = (key, CallKey(f"r\x1f{rng.randrange(10**9)}", 0, CEILING, key.source))
+                index.keep(keys, now + 60 * minute)
+                model.keep(keys, now + 60 * minute)
+        for minute in range(pause, 301 + pause, pause):
+            assert index.expire(now + 60 * minute) == model.expire(now + 60 * minute)
+            assert len(index) == sum(len(spans) for _, spans in model.keys.values())
+        assert len(index) == 0
+        assert index._source_ids == {"": 0}

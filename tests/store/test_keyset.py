@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 from hashlib import blake2b
+from typing import Any
 
+import pytest
+
+from otel_puppy.store import _keyset
 from otel_puppy.store._keyset import KeySet, digest
 
 
@@ -102,3 +106,68 @@ def test_a_key_takes_16_bytes() -> None:
     assert keys.nbytes() == 1_600_000
     assert keys.expire(60.0) == 100_000
     assert keys.nbytes() == 0
+
+
+class _Walks(list[bytes]):
+    """The strings of `Records`, counting the walks over them."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        _Walks.walks += 1
+        return super().__iter__()
+
+
+def test_an_expire_after_a_long_pause_walks_the_strings_once() -> None:
+    # A working day of spans (600 minute buckets), then a pause past the window: the next expire
+    # forgets every bucket at once. Walking the 65,536 strings once per bucket held the store's lock
+    # for seconds (8.5 s for 300,000 keys); one walk takes about 0.1 s.
+    keys = KeySet()
+    for i in range(6000):
+        keys.add(f"trace-{i}", until=1_800_000_000.0 + 60 * (i // 10))
+    keys._records.strings = _Walks(keys._records.strings)
+    _Walks.walks = 0
+    assert keys.expire(1_800_000_000.0 + 60 * 600) == 6000
+    assert _Walks.walks == 1
+    assert len(keys) == 0
+    assert not any(keys._records.strings)
+
+
+def test_keys_past_the_last_bucket_id_do_not_each_look_for_the_latest_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A dedupe window longer than 0xFFFE minutes (45 days; `dedupe_ttl_s` has no upper bound) uses
+    # every bucket id after 45 days: each later key joins the latest bucket. Finding it by `max`
+    # over the 65,534 buckets at every key cost 1.2 ms a key (600x); it is found once.
+    scans = 0
+
+    def counting_max(*args: Any, **kwargs: Any) -> Any:
+        nonlocal scans
+        scans += len(args) == 1 and isinstance(args[0], dict)
+        return max(*args, **kwargs)
+
+    monkeypatch.setattr(_keyset, "_MAX_GENERATIONS", 50)
+    monkeypatch.setattr(_keyset, "max", counting_max, raising=False)
+    keys = KeySet()
+    for minute in range(50):
+        keys.add(f"k{minute}", until=60.0 * minute)
+    for i in range(200):
+        assert keys.add(f"late{i}", until=60.0 * (50 + i))
+    assert scans <= 1
+    assert all(f"late{i}" in keys for i in range(200))
+    assert keys.expire(60.0 * 248) == 49  # the latest bucket holds every late key, until the latest
+    assert keys.expire(60.0 * 249) == 201
+    assert len(keys) == 0
+
+
+def test_a_key_kept_for_ever_is_kept_and_expires_with_nothing() -> None:
+    # `dedupe_ttl_s` may be `inf` (the settings allow it): every key's `until` is then `inf`.
+    keys = KeySet()
+    assert keys.add("a", until=float("inf"))
+    assert not keys.add("a", until=float("inf"))
+    keys.put("b", until=float("inf"))
+    keys.add("c", until=60.0)
+    assert keys.expire(1e18) == 1
+    assert "a" in keys
+    assert "b" in keys
+    assert "c" not in keys

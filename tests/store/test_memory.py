@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from otel_puppy.store.base import (
     Admission,
+    ApplyResult,
     BudgetCheck,
     CheckState,
     Increment,
@@ -104,3 +105,14 @@ def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_wo
             SubBucket(i, *counts) for i, counts in sorted(counting.items()) if any(counts)
         )
         assert len(ring.counts) <= 3 * 61
+
+
+def test_a_span_kept_for_ever_is_applied_once() -> None:
+    # `dedupe_ttl_s=inf` (the settings allow it) gives every record `dedupe_until=inf`: the span is
+    # applied, its retry a duplicate, its child nested, and no expire forgets it.
+    store = MemoryStore()
+    forever = float("inf")
+    assert store.apply([SpendRecord("t1s1", None, (), forever)], 0.0) == [ApplyResult.APPLIED]
+    assert store.apply([SpendRecord("t1s2", "t1s1", (), forever)], 0.0) == [ApplyResult.NESTED]
+    store.expire(1e15)
+    assert store.apply([SpendRecord("t1s1", None, (), forever)], 1e15) == [ApplyResult.DUPLICATE]
