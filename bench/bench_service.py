@@ -6,6 +6,12 @@ run: `GET /healthz` paced the same way (the HTTP floor), and the parse-only rate
 OTLP payloads in-process (gunzip + `decode_traces` + `calls_from_request`, no engine), which is
 the most one Python process could ingest.
 
+A third figure is CPU, not rate: the service process's CPU time (`/proc/<pid>/stat`, user and
+system) per small GenAI span (six attributes, no message bodies) it ingests, beside what decoding
+and walking the same bodies costs in this process (gunzip, `ParseFromString`, and a read of every
+span's ids, times, status and every attribute's key and value: the least any reader of them does).
+CPU time, so the load generator sharing the cores does not blur it.
+
 `python -m bench.bench_service` prints the figures.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 import gc
 import gzip
 import json
+import math
 import os
 import random
 import signal
@@ -55,7 +62,20 @@ DECIDE_TARGET_MS = 2.0
 BATCH_SPANS = 100
 BATCHES = {"protobuf": 300, "json": 150}
 INGEST_THREADS = 4
-INGEST_TARGETS = {"protobuf": 0.25, "json": 0.10}
+INGEST_TARGETS = {"protobuf": 0.50, "json": 0.10}
+SMALL_GENAI: dict[str, Any] = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "openai",
+    "gen_ai.request.model": "gpt-4.1",
+    "gen_ai.agent.name": "support",
+    "gen_ai.usage.input_tokens": 1500,
+    "gen_ai.usage.output_tokens": 230,
+}
+"""A small GenAI span: six attributes, no message bodies (where the service's CPU per span is furthest
+from the cost of decoding the span)."""
+SMALL_BATCHES = 300
+SMALL_CPU_TARGET = 4.0
+"""Service CPU per small span at most this many times its decode-and-walk cost."""
 STORES = ("memory://", "sqlite:///bench-state.db")
 READY_WITHIN_S = 30.0
 
@@ -71,10 +91,11 @@ class Service:
 
 
 @contextmanager
-def service(store: str, workdir: Path, *args: str) -> Iterator[Service]:
-    """`otel-puppy serve` on a free loopback port with the 50 policies of `bench_decide` (and `args`)."""
-    policies = workdir / "policies.yaml"
-    policies.write_text(policy_yaml())
+def service(store: str, workdir: Path, *args: str, policies: str | None = None) -> Iterator[Service]:
+    """`otel-puppy serve` on a free loopback port with the 50 policies of `bench_decide` (or the
+    `policies` text: `""` for none), and `args`."""
+    policy_file = workdir / "policies.yaml"
+    policy_file.write_text(policy_yaml() if policies is None else policies or "budgets: []\n")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -83,7 +104,7 @@ def service(store: str, workdir: Path, *args: str) -> Iterator[Service]:
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "otel_puppy", "serve", "--port", str(port), "--store", store,
-             "--policies", str(policies), *args],
+             "--policies", str(policy_file), *args],
             cwd=workdir,
             env=env,
             stdout=output,
@@ -316,14 +337,15 @@ def decide_latency(url: str) -> tuple[Paced, Paced, float]:
 # --- OTLP ingest --------------------------------------------------------------------------------
 
 
-def _template() -> ExportTraceServiceRequest:
-    """A request of `BATCH_SPANS` pydantic-ai `chat` spans (with message bodies), from the real SDK."""
+def _template(genai: dict[str, Any] = GENAI) -> ExportTraceServiceRequest:
+    """A request of `BATCH_SPANS` `chat` spans with `genai` (by default pydantic-ai's, with message
+    bodies), from the real SDK."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-fleet"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("bench")
     for i in range(BATCH_SPANS):
-        attributes: dict[str, Any] = {**GENAI, "gen_ai.agent.name": AGENTS[i % len(AGENTS)]}
+        attributes: dict[str, Any] = {**genai, "gen_ai.agent.name": AGENTS[i % len(AGENTS)]}
         with tracer.start_as_current_span("chat gpt-4.1", kind=SpanKind.CLIENT, attributes=attributes):
             pass
     provider.shutdown()
@@ -331,9 +353,9 @@ def _template() -> ExportTraceServiceRequest:
     return request
 
 
-def payloads(encoding: str, count: int, rng: random.Random) -> list[bytes]:
+def payloads(encoding: str, count: int, rng: random.Random, genai: dict[str, Any] = GENAI) -> list[bytes]:
     """`count` gzip bodies of `BATCH_SPANS` spans each, every span with ids (and a response id) of its own."""
-    template = _template()
+    template = _template(genai)
     bodies = []
     for _ in range(count):
         request = ExportTraceServiceRequest()
@@ -375,6 +397,43 @@ def parse_only(bodies: list[bytes], content_type: str) -> float:
             spans += len(calls) + rejected
         best = max(best, spans / (time.perf_counter() - start))
     return best
+
+
+def decode_and_walk(bodies: list[bytes]) -> float:
+    """CPU microseconds per span, in this process, to gunzip and decode protobuf `bodies` and read
+    every span's ids, times, status and name, and every attribute's key and value; best of 3."""
+    best = math.inf
+    for _ in range(3):
+        spans = 0
+        start = time.process_time()
+        for body in bodies:
+            request = decode_traces(gzip.decompress(body), PROTOBUF)
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        spans += 1
+                        _ = (span.trace_id, span.span_id, span.parent_span_id, span.name)
+                        _ = (span.start_time_unix_nano, span.end_time_unix_nano, span.status.code)
+                        for attribute in span.attributes:
+                            value = attribute.value
+                            kind = value.WhichOneof("value")
+                            _ = (attribute.key, getattr(value, kind) if kind else None)
+        best = min(best, (time.process_time() - start) / spans * 1e6)
+    return best
+
+
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process `pid` so far (`/proc/<pid>/stat`, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def small_span_cpu(running: Service, bodies: list[bytes]) -> float:
+    """The service's CPU microseconds per span to ingest protobuf `bodies` (after a warm-up of 20)."""
+    ingest(running.url, bodies[:20], PROTOBUF)
+    before = process_cpu_s(running.process.pid)
+    ingest(running.url, bodies[20:], PROTOBUF)
+    return (process_cpu_s(running.process.pid) - before) / ((len(bodies) - 20) * BATCH_SPANS) * 1e6
 
 
 def ingest(
@@ -441,11 +500,20 @@ def run() -> list[Result]:
             workdir.mkdir()
             # Ids of their own for every store's run, so no span is a duplicate of an earlier one.
             bodies = {encoding: payloads(encoding, count, rng) for encoding, count in BATCHES.items()}
+            small = payloads("protobuf", SMALL_BATCHES + 20, rng, SMALL_GENAI) if kind == "memory" else []
+            small_cpu: dict[str, float] = {}
             with service(store, workdir) as running:
                 decide, healthz, service_ms = decide_latency(running.url)
                 ingested = {
                     encoding: ingest(running.url, batch, content_types[encoding]) for encoding, batch in bodies.items()
                 }
+                if small:
+                    small_cpu["the 50 policies"] = small_span_cpu(running, small)
+            if small:
+                (workdir / "none").mkdir()
+                fresh = payloads("protobuf", SMALL_BATCHES + 20, rng, SMALL_GENAI)  # no duplicates of the first run
+                with service(store, workdir / "none", policies="") as running:
+                    small_cpu["no policies"] = small_span_cpu(running, fresh)
             errors = f"; {decide.errors} decide errors" if decide.errors else ""
             results.append(
                 Result(
@@ -479,6 +547,24 @@ def run() -> list[Result]:
                         f"before its 200{retried}",
                     )
                 )
+            if small:
+                walk = decode_and_walk(small)
+                for policies, cpu in small_cpu.items():
+                    results.append(
+                        Result(
+                            name=f"OTLP ingest CPU per small GenAI span, protobuf gzip, {kind} store, {policies}",
+                            ours=f"{cpu:.1f} us of service CPU per span",
+                            baseline=f"decode and walk {walk:.1f} us per span",
+                            ratio=cpu / walk,
+                            ratio_text=f"{cpu / walk:.1f}x decode and walk",
+                            target=f"<= {SMALL_CPU_TARGET:g}x decode and walk",
+                            met=cpu <= SMALL_CPU_TARGET * walk,
+                            note=f"{SMALL_BATCHES * BATCH_SPANS:,} chat spans of six attributes (operation, provider, "
+                            f"model, agent, input and output tokens), no message bodies, {INGEST_THREADS} exporters; "
+                            "the service process's user+system CPU (/proc) over the ingest, every feature at its "
+                            "default; decode and walk in the bench process, same run",
+                        )
+                    )
     return results
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from operator import attrgetter
 from typing import Any, Final, TypeVar
 
@@ -65,6 +66,12 @@ _MAX_ESTIMATE_NANOS: Final = usd_to_nanos(MAX_CALL_COST_USD)
 MAX_AMOUNT: Final = 2**53 - 1
 """Largest estimate in nano-USD or tokens (about $9 million): exact in every store, Redis Lua included."""
 _FITS: Final = attrgetter("fits")
+_increment: Final = partial(tuple.__new__, Increment)
+"""`Increment` from a tuple of its fields, without the named tuple's Python-level `__new__` (every
+applied span makes one per total window and budget instance)."""
+_spend_record: Final = partial(tuple.__new__, SpendRecord)
+_ledger_entry: Final = partial(tuple.__new__, LedgerEntry)
+"""`SpendRecord` from a tuple of all its fields, in order (tests/test_engine_batch.py holds the order)."""
 _PLANS_LIMIT: Final = 20_000
 _DIMS_LIMIT: Final = 20_000
 """Ledger keys remembered (`BudgetAdmission.dims`); then forgotten all at once."""
@@ -379,75 +386,94 @@ class BudgetAdmission:
 
     def record(self, call: LLMCall, price: Price, now: float, *, lateness_s: float, ttl: float) -> SpendRecord:
         """The spend record of one call: the built-in totals and every budget instance it counts against."""
-        # Spend belongs to the window the call ended in, but never to one in the future (skew), and
-        # never to one so far back that no budget would see it while the metrics count it.
-        ts = min(call.end_ns / 1e9, now) if call.end_ns > 0 and not late(call, now, lateness_s) else now
-        nanos = price.nanos or 0
-        tokens = call.input_tokens + call.output_tokens
-        increments = [Increment(TOTAL_SCOPE, window, ts, nanos, tokens) for window in self.total_windows]
-        key = None
+        return self.records([call], [price], now, lateness_s=lateness_s, ttl=ttl)[0]
+
+    def records(
+        self, calls: Sequence[LLMCall], prices: Sequence[Price], now: float, *, lateness_s: float, ttl: float
+    ) -> list[SpendRecord]:
+        """`record` of each call with its price, in order: what is the same for the whole batch (windows,
+        budgets, retention, the dedupe deadlines) looked up once."""
+        totals = self.total_windows
         book = self.budgets.book
-        if book.budgets:
-            increments.extend(
-                Increment(instance.key, instance.window, ts, nanos, tokens) for instance in book.instances(call.scope())
-            )
-            settled_by = (call.provider, call.request_model or call.model, call.agent, call.user)
-            keys = self.settle_keys
-            key = keys.get(settled_by)
-            if key is None:
-                if len(keys) >= _DIMS_LIMIT:
-                    keys.clear()
-                key = keys[settled_by] = settle_key(*settled_by)
-        ledger = None
+        budgets = bool(book.budgets)
+        instances_of = book.call_instances
+        keys = self.settle_keys
         retention = self.ledger_retention_s
-        if retention is not None and price.nanos is not None:
-            split = self.pricer.split(call, price)
-            if split is not None:
-                nanos_by_type, prices = split
-                hour = hour_of(ts)
-                model = price.model or call.model
-                names = (call.provider, model, call.service, call.agent, call.team, call.environment, prices)
-                known = self.dims
-                dims = known.get(names)
-                if dims is None:
-                    if len(known) >= _DIMS_LIMIT:
-                        known.clear()
-                    dims = known[names] = encode_dims(names)
-                uncached = call.input_tokens - call.cache_read_tokens - call.cache_write_tokens
-                plain = call.output_tokens - call.reasoning_tokens
-                counts = (
-                    1,
-                    uncached,
-                    nanos_by_type[0],
-                    call.cache_read_tokens,
-                    nanos_by_type[1],
-                    call.cache_write_tokens,
-                    nanos_by_type[2],
-                    plain,
-                    nanos_by_type[3],
-                    call.reasoning_tokens,
-                    nanos_by_type[4],
-                    nanos_by_type[5],
+        split_of = self.pricer.split
+        known = self.dims
+        dedupe_until = now + ttl
+        calls_until = now + min(ttl, CALL_KEYS_TTL_S)
+        out: list[SpendRecord] = []
+        append = out.append
+        for call, price in zip(calls, prices, strict=True):
+            # Spend belongs to the window the call ended in, but never to one in the future (skew), and
+            # never to one so far back that no budget would see it while the metrics count it.
+            end_ns = call.end_ns
+            ts = min(end_ns / 1e9, now) if end_ns > 0 and not late(call, now, lateness_s) else now
+            nanos = price.nanos or 0
+            tokens = call.input_tokens + call.output_tokens
+            increments = [_increment((TOTAL_SCOPE, window, ts, nanos, tokens)) for window in totals]
+            key = None
+            if budgets:
+                increments += [
+                    _increment((instance.key, instance.window, ts, nanos, tokens)) for instance in instances_of(call)
+                ]
+                settled_by = (call.provider, call.request_model or call.model, call.agent, call.user)
+                key = keys.get(settled_by)
+                if key is None:
+                    if len(keys) >= _DIMS_LIMIT:
+                        keys.clear()
+                    key = keys[settled_by] = settle_key(*settled_by)
+            ledger = None
+            if retention is not None and price.nanos is not None:
+                split = split_of(call, price)
+                if split is not None:
+                    nanos_by_type, unit_prices = split
+                    hour = hour_of(ts)
+                    model = price.model or call.model
+                    names = (call.provider, model, call.service, call.agent, call.team, call.environment, unit_prices)
+                    dims = known.get(names)
+                    if dims is None:
+                        if len(known) >= _DIMS_LIMIT:
+                            known.clear()
+                        dims = known[names] = encode_dims(names)
+                    cached, written, reasoning = call.cache_read_tokens, call.cache_write_tokens, call.reasoning_tokens
+                    counts = (
+                        1,
+                        call.input_tokens - cached - written,
+                        nanos_by_type[0],
+                        cached,
+                        nanos_by_type[1],
+                        written,
+                        nanos_by_type[2],
+                        call.output_tokens - reasoning,
+                        nanos_by_type[3],
+                        reasoning,
+                        nanos_by_type[4],
+                        nanos_by_type[5],
+                    )
+                    ledger = _ledger_entry((hour, dims, counts, hour + HOUR + retention))
+            trace = f"{call.dedupe_namespace}{call.trace_id:032x}"  # a scoped ingest token's namespace first
+            append(
+                _spend_record(
+                    (
+                        f"{trace}{call.span_id:016x}",  # span_key
+                        # parent_key: a span is never its own parent (the store would find its own key just kept)
+                        f"{trace}{call.parent_span_id:016x}"
+                        if call.parent_span_id and call.parent_span_id != call.span_id
+                        else None,
+                        tuple(increments),
+                        dedupe_until,
+                        call.decision_id,
+                        key,  # settle_key
+                        call_keys(call),
+                        calls_until,
+                        is_weak(call),
+                        ledger,
+                    )
                 )
-                ledger = LedgerEntry(hour, dims, counts, hour + HOUR + retention)
-        trace = f"{call.dedupe_namespace}{call.trace_id:032x}"  # a scoped ingest token's namespace first
-        return SpendRecord(
-            span_key=f"{trace}{call.span_id:016x}",
-            # A span is never its own parent: the store would find its own key just kept (NESTED).
-            parent_key=(
-                f"{trace}{call.parent_span_id:016x}"
-                if call.parent_span_id and call.parent_span_id != call.span_id
-                else None
-            ),
-            increments=tuple(increments),
-            dedupe_until=now + ttl,
-            decision_id=call.decision_id,
-            settle_key=key,
-            call_keys=call_keys(call),
-            calls_until=now + min(ttl, CALL_KEYS_TTL_S),
-            weak=is_weak(call),
-            ledger=ledger,
-        )
+            )
+        return out
 
 
 @dataclass(frozen=True, slots=True)

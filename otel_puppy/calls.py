@@ -320,7 +320,8 @@ def call_from_parts(
         return None
     if attributes.get(semconv.DECISION_ACTION) == "deny":
         return None  # our guard stopped it: no model was called, nothing was spent, nothing failed
-    operation = _text(_first(attributes, semconv.OPERATION))
+    plan = _plan_of(attributes)
+    operation = _text(_first(attributes, plan.operation))
     if operation in semconv.NOT_CALL_OPERATIONS:
         return None
     # A kind that is not a string (the SDK keeps maps and lists) names no kind: it is ignored.
@@ -333,16 +334,16 @@ def call_from_parts(
     if isinstance(tl_kind, str) and tl_kind not in {"llm", "embedding"}:
         return None
 
-    has_usage = not attributes.keys().isdisjoint(semconv.USAGE_KEYS)
+    has_usage = plan.has_usage
     if not has_usage:
-        if any(key.startswith(semconv.AGGREGATED_PREFIX) for key in attributes):
+        if plan.aggregated:
             return None
         if error:
             # A failed call carries no usage, and many instrumentations write no operation name on
             # it: a model or provider in any convention (or an OpenInference LLM kind) names it.
             if operation not in semconv.CALL_OPERATIONS and oi_kind is None and not _names_call(attributes):
                 return None
-        elif _response_id(attributes) is None:
+        elif _response_id(attributes, plan.response_id) is None:
             # Success without usage and without the provider's response id is half a call whose
             # usage another span reports (logfire's request span of a stream, which reports it on a
             # log), or a stream given up before the provider answered: counting it would count the
@@ -357,20 +358,11 @@ def call_from_parts(
 
     problems: list[str] = []
     rejections: list[str] = []
-    tokens = [
-        _tokens(attributes, keys, problems, rejections, limits.max_tokens)
-        for keys in (
-            semconv.INPUT_TOKENS,
-            semconv.OUTPUT_TOKENS,
-            semconv.CACHE_READ_TOKENS,
-            semconv.CACHE_WRITE_TOKENS,
-            semconv.REASONING_TOKENS,
-        )
-    ]
+    tokens = [_tokens(attributes, keys, problems, rejections, limits.max_tokens) if keys else 0 for keys in plan.tokens]
     input_tokens, output_tokens, cache_read, cache_write, reasoning = tokens
     if not reasoning and semconv.RAW_USAGE in attributes:
         reasoning = _raw_reasoning(attributes[semconv.RAW_USAGE], limits.max_tokens)
-    provider = normalize_provider(_first(attributes, semconv.PROVIDER))
+    provider = normalize_provider(_first(attributes, plan.provider))
     if cache_read + cache_write and (
         instrumentation in semconv.INPUT_WITHOUT_CACHE_SCOPES
         or (provider in semconv.INPUT_WITHOUT_CACHE_PROVIDERS and cache_read + cache_write > input_tokens)
@@ -383,14 +375,14 @@ def call_from_parts(
     if reasoning > output_tokens:
         problems.append("reasoning tokens exceed output tokens")
 
-    request_model = _name(attributes, semconv.REQUEST_MODEL, problems) or _invoked_model(attributes)
+    request_model = _name(attributes, plan.request_model, problems) or _invoked_model(attributes)
     decided = attributes.get(semconv.DECISION_MODEL)
     if isinstance(decided, str) and ":" in decided and len(decided) <= 2 * _MAX_NAME and _utf8(decided):
         # A degrade or a route sent the request elsewhere; the instrumentation's span still names
         # the model the agent was built with, so a failed call would be booked to the wrong one.
         decided_provider, _, decided_model = decided.partition(":")
         provider, request_model = normalize_provider(decided_provider), decided_model[:_MAX_NAME] or request_model
-    reported_cost = _cost(attributes, rejections, limits.max_cost_usd)
+    reported_cost = _cost(attributes, rejections, limits.max_cost_usd, plan.reported_cost)
     if reported_cost == 0 and (input_tokens or output_tokens):
         # Tokens were used and the provider bills them: an instrumentation writing 0 is telling us
         # it could not price the model (OpenLIT does so for every model it does not know), not that
@@ -402,7 +394,7 @@ def call_from_parts(
         parent_span_id=parent_span_id,
         provider=provider,
         request_model=request_model,
-        response_model=_name(attributes, semconv.RESPONSE_MODEL, problems),
+        response_model=_name(attributes, plan.response_model, problems),
         operation=_capped(operation) or ("embeddings" if oi_kind == "EMBEDDING" else "chat"),
         start_ns=start_ns,
         end_ns=end_ns,
@@ -413,20 +405,91 @@ def call_from_parts(
         reasoning_tokens=reasoning,
         has_usage=has_usage,
         error_class=classify_error(attributes, status_message, exception_events) if error else None,
-        agent=_label(attributes, semconv.AGENT),
+        agent=_label(attributes, plan.agent),
         service=_capped(_text(resource.get(semconv.RESOURCE_SERVICE))),
-        conversation=_label(attributes, semconv.CONVERSATION),
-        user=_label(attributes, semconv.USER),
-        team=_label(attributes, semconv.TEAM) or _label(resource, semconv.RESOURCE_TEAM),
-        environment=_label(attributes, semconv.ENVIRONMENT) or _label(resource, semconv.RESOURCE_ENVIRONMENT),
+        conversation=_label(attributes, plan.conversation),
+        user=_label(attributes, plan.user),
+        team=_label(attributes, plan.team) or _label(resource, semconv.RESOURCE_TEAM),
+        environment=_label(attributes, plan.environment) or _label(resource, semconv.RESOURCE_ENVIRONMENT),
         reported_cost_usd=reported_cost,
         decision_id=_capped(_text(attributes.get(semconv.DECISION_ID))),
-        response_id=_response_id(attributes),
+        response_id=_response_id(attributes, plan.response_id),
         instrumentation=_capped(instrumentation) if instrumentation else None,
-        prompt_hash=prompt_digest(_first(attributes, semconv.PROMPT)),
+        prompt_hash=prompt_digest(_first(attributes, plan.prompt)),
         problems=tuple(problems),
         rejected="; ".join(rejections) if rejections else None,
     )
+
+
+class _Plan:
+    """Which keys of each convention a span's attributes hold, in the order they are tried: what
+    `call_from_parts` reads, worked out once per set of keys (spans of one instrumentation share it).
+    Every reader takes the first of its keys that the attributes hold (or the first not `None`):
+    trying only those held reads what trying them all would."""
+
+    __slots__ = (
+        "agent",
+        "aggregated",
+        "conversation",
+        "environment",
+        "has_usage",
+        "operation",
+        "prompt",
+        "provider",
+        "reported_cost",
+        "request_model",
+        "response_id",
+        "response_model",
+        "team",
+        "tokens",
+        "user",
+    )
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        held = frozenset(keys)
+
+        def present(names: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(name for name in names if name in held)
+
+        self.operation = present(semconv.OPERATION)
+        self.has_usage = not held.isdisjoint(semconv.USAGE_KEYS)
+        self.aggregated = any(key.startswith(semconv.AGGREGATED_PREFIX) for key in keys)
+        self.response_id = present(semconv.RESPONSE_ID)
+        self.tokens = tuple(
+            present(names)
+            for names in (
+                semconv.INPUT_TOKENS,
+                semconv.OUTPUT_TOKENS,
+                semconv.CACHE_READ_TOKENS,
+                semconv.CACHE_WRITE_TOKENS,
+                semconv.REASONING_TOKENS,
+            )
+        )
+        self.provider = present(semconv.PROVIDER)
+        self.request_model = present(semconv.REQUEST_MODEL)
+        self.response_model = present(semconv.RESPONSE_MODEL)
+        self.reported_cost = present(semconv.REPORTED_COST)
+        self.agent = present(semconv.AGENT)
+        self.conversation = present(semconv.CONVERSATION)
+        self.user = present(semconv.USER)
+        self.team = present(semconv.TEAM)
+        self.environment = present(semconv.ENVIRONMENT)
+        self.prompt = present(semconv.PROMPT)
+
+
+_PLANS: Final[dict[tuple[str, ...], _Plan]] = {}
+_PLANS_LIMIT: Final = 4096
+"""Key sets remembered (one per instrumentation and span shape in use); then forgotten all at once."""
+
+
+def _plan_of(attributes: Mapping[str, Any]) -> _Plan:
+    keys = tuple(attributes)
+    plan = _PLANS.get(keys)
+    if plan is None:
+        if len(_PLANS) >= _PLANS_LIMIT:
+            _PLANS.clear()
+        plan = _PLANS[keys] = _Plan(keys)
+    return plan
 
 
 def prompt_digest(prompt: object) -> str | None:
@@ -569,9 +632,9 @@ def _raw_reasoning(raw: object, maximum: int) -> int:
     return 0
 
 
-def _response_id(attributes: Mapping[str, Any]) -> str | None:
+def _response_id(attributes: Mapping[str, Any], keys: tuple[str, ...] = semconv.RESPONSE_ID) -> str | None:
     """The provider's response id: a printable string of at most `MAX_NAME_LENGTH` characters, else none."""
-    value = _first(attributes, semconv.RESPONSE_ID)
+    value = _first(attributes, keys)
     if not isinstance(value, str):
         return None
     value = value.strip()
@@ -723,9 +786,14 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _cost(attributes: Mapping[str, Any], rejections: list[str], maximum: Decimal) -> float | None:
+def _cost(
+    attributes: Mapping[str, Any],
+    rejections: list[str],
+    maximum: Decimal,
+    keys: tuple[str, ...] = semconv.REPORTED_COST,
+) -> float | None:
     """The cost the span reports (for drift only): a bounded number, else `None`; out of range, a rejection."""
-    for key in semconv.REPORTED_COST:
+    for key in keys:
         value = attributes.get(key)
         if value is None:
             continue

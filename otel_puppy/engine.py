@@ -226,8 +226,7 @@ class PolicyEngine:
         rules = self._rules
         pricer, ttl, lateness = rules.pricer, self.settings.dedupe_ttl_s, self.settings.max_span_lateness_s
         prices = [pricer.price(call) for call in calls]
-        record = rules.admission.record
-        records = [record(c, p, now, lateness_s=lateness, ttl=ttl) for c, p in zip(calls, prices, strict=True)]
+        records = rules.admission.records(calls, prices, now, lateness_s=lateness, ttl=ttl)
         try:
             results = self._store.apply(records, now)
         except StoreError:

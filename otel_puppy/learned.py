@@ -28,6 +28,7 @@ import math
 import threading
 from collections.abc import Sequence
 from fractions import Fraction
+from functools import partial
 from typing import Any, Final, NamedTuple
 
 from otel_puppy._keys import escape
@@ -47,6 +48,8 @@ _FLUSH_AT: Final = 512
 _MAX_PENDING: Final = 10_000
 """Samples kept while the store does not answer; the oldest are dropped past this."""
 _CACHE_LIMIT: Final = 20_000
+_sample: Final = partial(tuple.__new__, Sample)
+"""`Sample` from a tuple of its fields, without the named tuple's Python-level `__new__` (two or three per call)."""
 """Figures cached per process (one per agent, provider and model asked about); then forgotten."""
 
 
@@ -127,7 +130,7 @@ class LearnedEstimates:
                 if len(self._keys) >= _CACHE_LIMIT:
                     self._keys.clear()
                 series = self._keys[names] = _keys(*names)
-            samples.extend(Sample(key, now, cost, tokens) for key in series)
+            samples += [_sample((key, now, cost, tokens)) for key in series]
             changed.add((call.provider, model))
         if not samples:
             return

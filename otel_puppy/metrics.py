@@ -230,10 +230,17 @@ class Metrics:
         self._extra.append(produce)
 
     def record_calls(self, observed: Iterable[tuple[LLMCall, Price]]) -> None:
-        """Count applied calls: requests, tokens, cost or unpriced, drift, duration."""
+        """Count applied calls: requests, tokens, cost or unpriced, drift, duration.
+
+        A batch is added up per series first (calls of one model, agent and outcome are most of it),
+        then each series is added to once."""
         with self._lock:
             guard = self.guard
             bases: dict[tuple[str, str, str | None, str | None], tuple[str, str, str, str]] = {}
+            sums: dict[tuple[tuple[str, str, str, str], str], list[int]] = {}
+            # per (base, error class): [requests, then the five token counts]
+            priced: dict[tuple[str, str, str, str], int] = {}
+            durations = self._durations
             for call, price in observed:
                 labels = (call.provider, call.model, call.agent, call.service)
                 base = bases.get(labels)
@@ -246,39 +253,43 @@ class Metrics:
                     )
                     if OVERFLOW not in base:  # a fold is counted per call: a folded call asks the guard again
                         bases[labels] = base
-                error_class = call.error_class.value if call.error_class else ""
-                key = (*base, "error" if error_class else "ok", error_class)
-                self._requests[key] = self._requests.get(key, 0) + 1
-                for token_type, count in zip(
-                    TOKEN_TYPES,
-                    (
-                        call.input_tokens,
-                        call.output_tokens,
-                        call.cache_read_tokens,
-                        call.cache_write_tokens,
-                        call.reasoning_tokens,
-                    ),
-                    strict=True,
-                ):
-                    if count:
-                        token_key = (*base, token_type)
-                        self._tokens[token_key] = self._tokens.get(token_key, 0) + count
-                if price.nanos is not None:
+                group = (base, call.error_class.value if call.error_class else "")
+                summed = sums.get(group)
+                if summed is None:
+                    summed = sums[group] = [0, 0, 0, 0, 0, 0]
+                summed[0] += 1
+                summed[1] += call.input_tokens
+                summed[2] += call.output_tokens
+                summed[3] += call.cache_read_tokens
+                summed[4] += call.cache_write_tokens
+                summed[5] += call.reasoning_tokens
+                nanos = price.nanos
+                if nanos is not None:
                     if call.has_usage:  # a failed call without usage adds no $0 series
-                        self._cost[base] = self._cost.get(base, 0) + price.nanos
+                        priced[base] = priced.get(base, 0) + nanos
                     if call.reported_cost_usd is not None:
                         # reported costs are floats: nano-USD is finer than their useful precision
-                        drift = round(call.reported_cost_usd * 1e9) - price.nanos
+                        drift = round(call.reported_cost_usd * 1e9) - nanos
                         if drift:
                             drift_key = (base[0], base[1], "over" if drift > 0 else "under")
                             self._drift[drift_key] = self._drift.get(drift_key, 0) + abs(drift)
                 else:
                     unpriced_key = (*base, price.unpriced_reason or "")
                     self._unpriced[unpriced_key] = self._unpriced.get(unpriced_key, 0) + 1
-                histogram = self._durations.get(base)
+                histogram = durations.get(base)
                 if histogram is None:
-                    histogram = self._durations[base] = _Histogram()
+                    histogram = durations[base] = _Histogram()
                 histogram.observe(call.duration_s)
+            requests, tokens, cost = self._requests, self._tokens, self._cost
+            for (base, error_class), summed in sums.items():
+                key = (*base, "error" if error_class else "ok", error_class)
+                requests[key] = requests.get(key, 0) + summed[0]
+                for token_type, count in zip(TOKEN_TYPES, summed[1:], strict=True):
+                    if count:
+                        token_key = (*base, token_type)
+                        tokens[token_key] = tokens.get(token_key, 0) + count
+            for base, nanos in priced.items():
+                cost[base] = cost.get(base, 0) + nanos
 
     def record_cache_savings(self, saved: Iterable[tuple[LLMCall, int]]) -> None:
         """Add what the prompt cache saved on each call (nano-USD)."""

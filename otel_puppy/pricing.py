@@ -19,7 +19,7 @@ import itertools
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Final
@@ -75,6 +75,28 @@ class Price:
     def exact_usd(self) -> Decimal | None:
         """The exact cost genai-prices computes, before rounding to nano-USD."""
         return None if self.nanos is None else Decimal(self.scaled).scaleb(-self.scale)
+
+
+_PRICE_SETTERS: Final = tuple(getattr(Price, f.name).__set__ for f in fields(Price))
+"""Each field's slot setter, in field order, for `_linear_price` (tests/test_pricing.py holds the two together)."""
+_new_object: Final = object.__new__
+
+
+def _linear_price(  # noqa: PLR0917 - positional, as Price(...) is
+    nanos: int, source: str, scaled: int, scale: int, tariff: object, model: str
+) -> Price:
+    """`Price(nanos, None, source, scaled, scale, tariff, model)`, as the generated `__init__` builds it
+    but without a frozen `__setattr__` per field: every priced span makes one (two with cache reads)."""
+    price: Price = _new_object(Price)
+    put_nanos, put_reason, put_source, put_scaled, put_scale, put_tariff, put_model = _PRICE_SETTERS
+    put_nanos(price, nanos)
+    put_reason(price, None)
+    put_source(price, source)
+    put_scaled(price, scaled)
+    put_scale(price, scale)
+    put_tariff(price, tariff)
+    put_model(price, model)
+    return price
 
 
 FREE: Final = Price(nanos=0)
@@ -238,7 +260,7 @@ class Pricer:
                         + c_rs * reasoning_tokens
                     )
                     nanos = _round_nanos(scaled, piece.scale)
-                    return Price(nanos, None, resolved.source, scaled, piece.scale, piece, model)
+                    return _linear_price(nanos, resolved.source, scaled, piece.scale, piece, model)
         try:
             total = model_price.calc_price(_usage(counts))["total_price"]
         except (ValueError, ArithmeticError):

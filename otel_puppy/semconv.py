@@ -116,6 +116,34 @@ MARKERS: Final = frozenset(USAGE_KEYS + OPERATION + CALL_NAMES + (OPENINFERENCE_
 """A span with none of these keys is not a GenAI span; the span processor drops it at once. (One
 exception: a failed span with no attributes at all, which may be a call: `calls._bare_failure`.)"""
 
+SPAN_KEYS: Final = frozenset(
+    PROVIDER
+    + REQUEST_MODEL
+    + RESPONSE_MODEL
+    + OPERATION
+    + RESPONSE_ID
+    + (INVOCATION_PARAMETERS,)
+    + INPUT_TOKENS
+    + OUTPUT_TOKENS
+    + CACHE_READ_TOKENS
+    + CACHE_WRITE_TOKENS
+    + REASONING_TOKENS
+    + (RAW_USAGE,)
+    + REPORTED_COST
+    + AGENT
+    + CONVERSATION
+    + USER
+    + TEAM
+    + ENVIRONMENT
+    + (DECISION_ID, DECISION_ACTION, DECISION_MODEL)
+    + PROMPT
+    + HTTP_STATUS
+    + (ERROR_TYPE, LOGFIRE_SPAN_TYPE, OPENINFERENCE_KIND, TRACELOOP_KIND)
+)
+"""Every span attribute `calls.call_from_parts` reads, besides those under `AGGREGATED_PREFIX` (read for
+their presence): the OTLP reader converts these values alone (tests/test_calls.py holds the two together)."""
+
+
 # --- provider names as the conventions spell them -> genai-prices provider ids --------------
 PROVIDER_ALIASES: Final = {
     "openai": "openai",

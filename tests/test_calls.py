@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 
 import pytest
 
-from otel_puppy.calls import ErrorClass, LLMCall, _new_call, extract_call
+from otel_puppy import semconv
+from otel_puppy.calls import ErrorClass, LLMCall, _new_call, call_from_parts, extract_call
 from otel_puppy.testing import make_span
 
 
@@ -378,3 +380,64 @@ def test_new_call_builds_what_the_generated_init_builds() -> None:
     built = _new_call(**given)  # type: ignore[arg-type]
     assert built == LLMCall(**given)  # type: ignore[arg-type]
     assert [getattr(built, name) for name in names] == [given.get(name, "") for name in names]
+
+
+class _Reads(dict[str, object]):
+    """Attributes that note every key `call_from_parts` looks up (not the walk for aggregated keys)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> object:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def keys(self) -> _ReadKeys:  # type: ignore[override]
+        return _ReadKeys(self)
+
+
+class _ReadKeys:
+    def __init__(self, attributes: _Reads) -> None:
+        self.attributes = attributes
+
+    def isdisjoint(self, keys: Iterable[str]) -> bool:
+        keys = tuple(keys)
+        self.attributes.read.update(keys)
+        return dict.keys(self.attributes).isdisjoint(keys)
+
+
+def test_the_otlp_reader_converts_every_attribute_a_call_is_read_from() -> None:
+    """The OTLP reader converts only `semconv.SPAN_KEYS` (and aggregated usage keys): every key
+    `call_from_parts` reads, over every recorded span of the corpus, failed or not, is among them."""
+    from tests.corpus._replay import load_cases
+
+    read: set[str] = set()
+    spans = [span for case in load_cases() for span in case.spans()]
+    assert len(spans) > 50
+    for span in spans:
+        for error in (False, True):
+            attributes = _Reads(span.attributes or {})
+            call_from_parts(
+                attributes,
+                resource=span.resource.attributes,
+                trace_id=1,
+                span_id=2,
+                parent_span_id=0,
+                start_ns=1,
+                end_ns=2,
+                error=error,
+                instrumentation=span.instrumentation_scope.name if span.instrumentation_scope else None,
+                name=span.name,
+            )
+            read |= attributes.read
+    assert read - semconv.SPAN_KEYS == set()
+    assert {semconv.PROVIDER[0], semconv.INPUT_TOKENS[0], semconv.HTTP_STATUS[0], semconv.PROMPT[0]} <= read

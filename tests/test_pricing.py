@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import warnings
 from datetime import UTC, datetime
@@ -190,3 +191,22 @@ def test_a_successful_call_without_usage_is_unpriced_and_a_failed_one_free() -> 
 )
 def test_usd_to_nanos_rounds_once_half_to_even(usd: str, nanos: int) -> None:
     assert usd_to_nanos(Decimal(usd)) == nanos
+
+
+def test_a_linear_price_is_the_price_its_fields_make() -> None:
+    """`_linear_price` sets `Price`'s slots in field order, without its `__init__`: a field added to
+    `Price` must be added there too."""
+    from otel_puppy.pricing import Price, _linear_price
+
+    tariff = object()
+    built = _linear_price(12, "override", 1200, 11, tariff, "gpt-4.1")
+    assert built == Price(12, None, "override", 1200, 11, tariff, "gpt-4.1")
+    assert [f.name for f in dataclasses.fields(Price)] == [
+        "nanos",
+        "unpriced_reason",
+        "source",
+        "scaled",
+        "scale",
+        "tariff",
+        "model",
+    ]

@@ -46,7 +46,7 @@ from otel_puppy.clock import Clock
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.money import NANOS_PER_USD
 from otel_puppy.policies.base import Duration, NamedEntry, PolicyModel
-from otel_puppy.policies.matching import Dimension, Match, Scope, scope_label
+from otel_puppy.policies.matching import Dimension, Match, Scope, call_scope_key, scope_label
 from otel_puppy.policies.runtime import OpenBreaker, RuntimeContext, RuntimeEvent
 from otel_puppy.store.base import report_unrestored
 
@@ -308,6 +308,8 @@ class AnomalyWatch:
         self._lock = threading.Lock()
         now = clock.now()
         self._watched = tuple(_Watched(policy, now) for policy in policies)
+        self._reads_trace = any(policy.match is not None and policy.match.trace is not None for policy in policies)
+        """Whether a policy matches on the trace id (`per` never names it)."""
         self._pending: list[AnomalyEvent] = []
         """Events from intervals closed by `observe` (it saw a boundary before `tick` did)."""
         self._fired: dict[tuple[str, str, str], int] = {}
@@ -333,13 +335,25 @@ class AnomalyWatch:
         with self._lock:
             if now >= self._due:
                 self._roll_all(now, self._pending)
+            # Calls with one scope key match and split alike: a batch works each key out once.
+            reads_trace = self._reads_trace
+            plans: dict[tuple[object, ...], tuple[Scope, list[tuple[_Watched, str]]]] = {}
             for call, nanos in observed:
-                scope = call.scope()
-                for watched in self._watched:
+                key = call_scope_key(call, reads_trace)
+                plan = plans.get(key)
+                if plan is None:
+                    scope = call.scope()
+                    plan = plans[key] = (
+                        scope,
+                        [
+                            (watched, scope_label(watched.policy.per, scope))
+                            for watched in self._watched
+                            if watched.policy.match is None or watched.policy.match.matches(scope)
+                        ],
+                    )
+                scope = plan[0]
+                for watched, subject in plan[1]:
                     policy = watched.policy
-                    if policy.match is not None and not policy.match.matches(scope):
-                        continue
-                    subject = scope_label(policy.per, scope)
                     detector = watched.detectors.get(subject)
                     if detector is None:
                         if len(watched.detectors) >= policy.max_subjects:

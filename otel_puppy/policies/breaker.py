@@ -27,7 +27,7 @@ from otel_puppy.clock import Clock
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Severity
 from otel_puppy.exceptions import CircuitOpenError
 from otel_puppy.policies.base import Duration, NamedEntry
-from otel_puppy.policies.matching import DIMENSIONS, Match, ScopeLike
+from otel_puppy.policies.matching import DIMENSIONS, Match, ScopeLike, call_scope_key
 from otel_puppy.policies.runtime import OpenBreaker, RuntimeContext, RuntimeEvent, StateChanged
 from otel_puppy.store.base import report_unrestored
 
@@ -358,6 +358,8 @@ class BreakerBoard:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._breakers = tuple(_Breaker(policy) for policy in policies)
+        self._reads_trace = any(policy.match is not None and policy.match.trace is not None for policy in policies)
+        """Whether a breaker matches on the trace id."""
         self._unclosed = 0
         """Subjects not closed, over every breaker. While none is, `check()` has nothing to say and
         returns at once: the usual case, and `decide()` asks on every call. Read without the lock:
@@ -370,16 +372,20 @@ class BreakerBoard:
         if not self._breakers:
             return
         run = _Pass(self._clock.now())
+        reads_trace = self._reads_trace
+        applying: dict[tuple[object, ...], list[_Breaker]] = {}  # calls with one scope key match alike
         with self._lock:
             for call in calls:
-                scope = call.scope()
-                for breaker in self._breakers:
-                    if breaker.applies(scope):
-                        key = breaker.key(
-                            call.provider, call.request_model or call.model
-                        )  # decide() sees requested names
-                        event = outcome(breaker.policy, call.ok, call.error_class)
-                        self._feed(breaker, key, event, run)
+                key = call_scope_key(call, reads_trace)
+                breakers = applying.get(key)
+                if breakers is None:
+                    scope = call.scope()
+                    breakers = applying[key] = [breaker for breaker in self._breakers if breaker.applies(scope)]
+                model = call.request_model or call.model  # decide() sees requested names
+                for breaker in breakers:
+                    subject = breaker.key(call.provider, model)
+                    event = outcome(breaker.policy, call.ok, call.error_class)
+                    self._feed(breaker, subject, event, run)
         self._after(run)
 
     def record(self, provider: str, model: str | None, *, ok: bool, error_class: ErrorClass | None = None) -> None:

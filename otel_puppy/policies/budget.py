@@ -33,7 +33,7 @@ from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Priority, Se
 from otel_puppy.exceptions import StoreError
 from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
-from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, scope_label
+from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, call_scope_key, scope_label
 from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StoreFailed
 from otel_puppy.store.base import CEILING, BudgetCheck, CheckState, Store, SubBucket, fullest_states
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window, parse_window
@@ -323,7 +323,7 @@ class BudgetBook:
         # budgets sharing a window share that work.
         shared: dict[str, Window] = {}
         self._windows = {b.name: shared.setdefault(b.window, parse_window(b.window, zone)) for b in budgets}
-        self._cache: dict[tuple[str | None, ...], tuple[BudgetInstance, ...]] = {}
+        self._cache: dict[tuple[object, ...], tuple[BudgetInstance, ...]] = {}
         self._labels: dict[str, dict[str, float]] = {b.name: {} for b in budgets}
         """Per budget, the labels seen, each with when it was last resolved, oldest first."""
         self._interned: dict[str, dict[str, BudgetInstance]] = {b.name: {} for b in budgets}
@@ -344,10 +344,25 @@ class BudgetBook:
         key = tuple(scope.get(d) for d in self._dimensions)
         found = self._cache.get(key)
         if found is None:
-            found = tuple(self._resolve(budget, scope) for budget in self.budgets if self._applies(budget, scope))
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = found
+            found = self._miss(key, scope)
+        return found
+
+    def call_instances(self, call: LLMCall) -> tuple[BudgetInstance, ...]:
+        """`instances(call.scope())`, without building the scope when the cache has it: what every
+        applied span asks (the cache key read straight from the call's fields)."""
+        key: tuple[object, ...] = call_scope_key(call, trace=False)
+        if self.reads_trace:  # as `scope.get("trace")` has it: the key is shared with `instances`
+            key = (*key, f"{call.trace_id:032x}")
+        found = self._cache.get(key)
+        if found is None:
+            found = self._miss(key, call.scope())
+        return found
+
+    def _miss(self, key: tuple[object, ...], scope: ScopeLike) -> tuple[BudgetInstance, ...]:
+        found = tuple(self._resolve(budget, scope) for budget in self.budgets if self._applies(budget, scope))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = found
         return found
 
     def window(self, name: str) -> Window:

@@ -10,15 +10,17 @@ import re
 from collections.abc import Mapping
 from fnmatch import translate
 from functools import cached_property
+from operator import attrgetter
 from typing import Annotated, Final, Literal, get_args
 
 from pydantic import BeforeValidator, StringConstraints, field_validator
 
 from otel_puppy._keys import escape
+from otel_puppy.calls import LLMCall
 from otel_puppy.policies.base import PolicyModel
 from otel_puppy.scope import Scope
 
-__all__ = ("DIMENSIONS", "Dimension", "Match", "Scope", "ScopeLike", "scope_label")
+__all__ = ("DIMENSIONS", "Dimension", "Match", "Scope", "ScopeLike", "call_scope_key", "scope_label")
 
 Dimension = Literal[
     "provider", "model", "agent", "service", "user", "team", "environment", "conversation", "operation", "trace"
@@ -27,6 +29,8 @@ Dimension = Literal[
 (the agent run: a call's trace id, a decision's current span context or `traceparent`) is an id
 like `user`: a budget `per: [trace]` exports only its fullest instance, never one series per run."""
 DIMENSIONS: Final[tuple[Dimension, ...]] = get_args(Dimension)
+_LABEL_DIMENSIONS: Final = tuple(d for d in DIMENSIONS if d != "trace")
+_CALL_LABELS: Final = attrgetter(*_LABEL_DIMENSIONS)
 ScopeLike = Scope | Mapping[str, str | None]
 """What `Match.matches` and `scope_label` read: a `Scope`, or a mapping of dimension -> value."""
 
@@ -107,3 +111,11 @@ def scope_label(per: tuple[str, ...], scope: ScopeLike) -> str:
     instance of agent `x` and user `y`; a value without them keeps the label it always had.
     """
     return ",".join(f"{dimension}={escape(scope.get(dimension) or '', ',')}" for dimension in per)
+
+
+def call_scope_key(call: LLMCall, trace: bool) -> tuple[object, ...]:
+    """What tells two calls' scopes apart for matching and splitting, without building them: the values
+    `call.scope()` would have, the trace id only with `trace` (a policy reads it). Calls with equal keys
+    match and split alike, so a batch works a key's matches out once."""
+    labels: tuple[object, ...] = _CALL_LABELS(call)
+    return (*labels, call.trace_id) if trace else labels

@@ -604,6 +604,8 @@ class DecodedSpan:
 _SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value", "bytes_value"})
 _STRUCTURED_KEYS: Final = frozenset(semconv.PROMPT)
 """Keys whose kvlist (or nested array) values are kept as JSON text: structured prompt messages."""
+_SPAN_KEYS: Final = semconv.SPAN_KEYS
+_AGGREGATED_PREFIX: Final = semconv.AGGREGATED_PREFIX
 _STATUS_ERROR: Final = Status.STATUS_CODE_ERROR
 _ZERO_TRACE: Final = bytes(16)
 _ZERO_SPAN: Final = bytes(8)
@@ -638,16 +640,18 @@ def _read_spans(request: ExportTraceServiceRequest, limits: CallLimits) -> Itera
                     where = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
                     yield None, _id(trace_id, 16), _id(span_id, 8), f"{where}: {problem}"
                     continue
-                # The cheap test first: most spans in a mixed stream carry no GenAI attribute at all.
-                # A failed span with no attribute at all may still be a call (`calls._bare_failure`).
+                # One pass over the attributes: whether any is a GenAI one (most spans in a mixed stream
+                # carry none), and the values of those a call is read from. A failed span with no
+                # attribute at all may still be a call (`calls._bare_failure`).
                 attributes = span.attributes
-                if markers.isdisjoint([kv.key for kv in attributes]) and (
-                    attributes or span.status.code != _STATUS_ERROR
-                ):
+                read, marked = _call_attributes(attributes, markers)
+                if not marked and (attributes or span.status.code != _STATUS_ERROR):
                     continue
+                if not read and attributes:
+                    read = _attributes(attributes)  # none it reads: `call_from_parts` sees them all, as ever
                 if resource is None:
                     resource = _attributes(resource_spans.resource.attributes)
-                decoded = _decode_call(span, resource, limits, instrumentation)
+                decoded = _decode_call(span, resource, limits, instrumentation, read)
                 if decoded is not None:
                     if decoded[3] is not None:
                         where = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
@@ -700,12 +704,17 @@ def _id(raw: bytes, size: int) -> int:
 
 
 def _decode_call(
-    span: Span, resource: Mapping[str, object], limits: CallLimits, instrumentation: str = ""
+    span: Span,
+    resource: Mapping[str, object],
+    limits: CallLimits,
+    instrumentation: str = "",
+    attributes: Mapping[str, object] | None = None,
 ) -> _Read | None:
+    """`span` as a call; `attributes`, when given, are its attributes as `_call_attributes` read them."""
     try:
         error = span.status.code == _STATUS_ERROR
         call = call_from_parts(
-            _attributes(span.attributes),
+            attributes if attributes is not None else _attributes(span.attributes),
             resource=resource,
             trace_id=int.from_bytes(span.trace_id, "big"),
             span_id=int.from_bytes(span.span_id, "big"),
@@ -757,6 +766,34 @@ def _attributes(key_values: Iterable[KeyValue]) -> dict[str, object]:
         elif kind == "kvlist_value" and kv.key in _STRUCTURED_KEYS:
             out[kv.key] = _json_text(value)
     return out
+
+
+def _call_attributes(key_values: Iterable[KeyValue], markers: frozenset[str]) -> tuple[dict[str, object], bool]:
+    """`_attributes` of the keys `call_from_parts` reads (`semconv.SPAN_KEYS`, and those under
+    `AGGREGATED_PREFIX`); and whether any key, empty or not, is one of `markers`. The values of the
+    others (message bodies, finish reasons, server addresses) are never converted."""
+    out: dict[str, object] = {}
+    marked = False
+    wanted, prefix, scalars = _SPAN_KEYS, _AGGREGATED_PREFIX, _SCALARS
+    for kv in key_values:
+        key = kv.key
+        if key not in wanted and not key.startswith(prefix):
+            continue
+        if not marked and key in markers:
+            marked = True
+        value = kv.value
+        kind = value.WhichOneof("value")
+        if kind in scalars:
+            out[key] = getattr(value, kind)
+        elif kind == "array_value":
+            items = _array(value.array_value)
+            if items is not None:
+                out[key] = items
+            elif key in _STRUCTURED_KEYS:
+                out[key] = _json_text(value)
+        elif kind == "kvlist_value" and key in _STRUCTURED_KEYS:
+            out[key] = _json_text(value)
+    return out, marked
 
 
 def _array(array: ArrayValue) -> tuple[object, ...] | None:

@@ -445,6 +445,31 @@ def test_a_non_genai_span_is_not_a_call_and_not_rejected() -> None:
     assert calls_from_request(make_request(span(HTTP, span_id=9))) == ([], 0, [])
 
 
+def test_a_failed_span_whose_genai_keys_are_all_empty_is_read_with_its_other_attributes() -> None:
+    """The reader converts only the attributes a call is read from; a span with none of them left (a
+    GenAI key without a value) is read with all of them, as before: not the attribute-less failure
+    `calls._bare_failure` would take from the span's name."""
+
+    def request(*others: KeyValue) -> ExportTraceServiceRequest:
+        failed = span({}, span_id=1, error=True, name="chat gpt-4.1")
+        failed.attributes.add(key="gen_ai.request.model")  # a key without a value
+        failed.attributes.extend(others)
+        scope = InstrumentationScope(name="openlit.instrumentation.openai")
+        return ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(scope=scope, spans=[failed])])]
+        )
+
+    assert calls_from_request(request(KeyValue(key="http.route", value=AnyValue(string_value="/v1/chat")))) == (
+        [],
+        0,
+        [],
+    )
+    calls, _, _ = calls_from_request(request())  # nothing but the empty key: an attribute-less failure
+    assert [(c.provider, c.request_model, c.error_class) for c in calls] == [
+        ("openai", "gpt-4.1", ErrorClass.RATE_LIMIT)
+    ]
+
+
 def test_a_root_call_has_parent_zero_and_a_bad_parent_id_is_ignored() -> None:
     root = span(CHAT, span_id=1)
     odd_parent = span(CHAT, span_id=2)
