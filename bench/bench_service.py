@@ -77,6 +77,9 @@ SMALL_BATCHES = 300
 SMALL_CPU_TARGET = 4.0
 """Service CPU per small span at most this many times its decode-and-walk cost."""
 STORES = ("memory://", "sqlite:///bench-state.db")
+DECIDE_RUNS = {"memory": 1, "sqlite": 5}
+"""Consecutive decide runs per store (each beside `/healthz` paced the same way, in the same run):
+SQLite's target is met only if every one of its five is."""
 READY_WITHIN_S = 30.0
 
 
@@ -503,7 +506,7 @@ def run() -> list[Result]:
             small = payloads("protobuf", SMALL_BATCHES + 20, rng, SMALL_GENAI) if kind == "memory" else []
             small_cpu: dict[str, float] = {}
             with service(store, workdir) as running:
-                decide, healthz, service_ms = decide_latency(running.url)
+                runs = [decide_latency(running.url) for _ in range(DECIDE_RUNS[kind])]
                 ingested = {
                     encoding: ingest(running.url, batch, content_types[encoding]) for encoding, batch in bodies.items()
                 }
@@ -514,7 +517,11 @@ def run() -> list[Result]:
                 fresh = payloads("protobuf", SMALL_BATCHES + 20, rng, SMALL_GENAI)  # no duplicates of the first run
                 with service(store, workdir / "none", policies="") as running:
                     small_cpu["no policies"] = small_span_cpu(running, fresh)
-            errors = f"; {decide.errors} decide errors" if decide.errors else ""
+            # The run with the worst p99 is the figure; with several runs, each one's p99 is in the note.
+            decide, healthz, service_ms = max(runs, key=lambda run: run[0].p99_ms)
+            errors = sum(run[0].errors for run in runs)
+            each = ", ".join(f"p99 {d.p99_ms:.2f} ms ({d.p99_ms / h.p99_ms:.2f}x /healthz)" for d, h, _ in runs)
+            each = f"; runs: {each}" if len(runs) > 1 else ""
             results.append(
                 Result(
                     name=f"/v1/decide over HTTP, paced 1,000 req/s, {kind} store",
@@ -522,11 +529,11 @@ def run() -> list[Result]:
                     baseline=f"GET /healthz {healthz.text()}",
                     ratio=decide.p99_ms / healthz.p99_ms,
                     ratio_text=f"p99 {decide.p99_ms / healthz.p99_ms:.2f}x /healthz",
-                    target=f"p99 < {DECIDE_TARGET_MS:g} ms",
-                    met=decide.p99_ms < DECIDE_TARGET_MS and not decide.errors,
+                    target=f"p99 < {DECIDE_TARGET_MS:g} ms" + (f" in {len(runs)} runs" if len(runs) > 1 else ""),
+                    met=all(d.p99_ms < DECIDE_TARGET_MS for d, _, _ in runs) and not errors,
                     note=f"50 policies, about 9 matching each request, each reserving $0.002; {CONNECTIONS} "
                     f"kept-alive connections, open-loop; one request at a time takes {service_ms:.2f} ms "
-                    f"(median){errors}",
+                    f"(median){each}" + (f"; {errors} decide errors" if errors else ""),
                 )
             )
             for encoding, (rate, refused) in ingested.items():

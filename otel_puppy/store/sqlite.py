@@ -38,8 +38,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import sys
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -96,7 +96,8 @@ so opening a version-1 file adds it; the version is then raised in the same tran
 _CACHE_KIB: Final = 32 * 1024
 _CHECKPOINT_PAGES: Final = 10_000
 _CHECKPOINT_EVERY_S: Final = 0.1
-_CHECKPOINT_PASSES: Final = 20
+_REWIND_FRAMES: Final = 16_384
+"""A log this long (64 MiB of 4 KiB pages) is caught up with the store's writers held off, so it rewinds."""
 _FALLBACK_CHECKPOINT_PAGES: Final = 4 * _CHECKPOINT_PAGES
 
 _SCHEMA: Final = (
@@ -313,7 +314,12 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0, check_integrity: bool = True) -> None:
         self.path = str(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """Held by a thread for each transaction, and by `uncontended` for its whole block (hence reentrant)."""
+        self._begun = False
+        """A write transaction `uncontended` began, for the next transaction of its block to continue."""
+        self._not_waiting_until = 0.0
+        """`uncontended` does not wait for the lock before this (`time.monotonic()`)."""
         self._db: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._report = StateReport(f"sqlite store {self.path}")
@@ -368,7 +374,7 @@ class SQLiteStore:
         if wal:
             # The checkpoints are the checkpointer's; the commits' own only bound the log should it fall behind.
             db.execute(f"PRAGMA wal_autocheckpoint = {_FALLBACK_CHECKPOINT_PAGES}")
-            self._checkpointer = _Checkpointer(self.path, busy_timeout_s)
+            self._checkpointer = _Checkpointer(self.path, busy_timeout_s, self._lock)
 
     def _create_schema(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -430,7 +436,8 @@ class SQLiteStore:
         the process that took them), so the parent's is left unused and never closed here, where
         closing it could take the file's log away from the parent. The hook's `before` half keeps
         every thread of the parent out of SQLite while it forks, so nothing is mid-transaction."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._begun = False
         self._report.after_fork()
         self._checkpointer = None  # its thread stayed in the parent
         db = self._db
@@ -483,7 +490,10 @@ class SQLiteStore:
             db = self._connection()
             held = self._held
             try:
-                db.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+                if self._begun:  # in `uncontended`'s block: its write transaction is this one
+                    self._begun = False
+                else:
+                    db.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
                 try:
                     yield db
                     db.execute("COMMIT")
@@ -499,6 +509,64 @@ class SQLiteStore:
                     held.outcomes.clear()
             except sqlite3.Error as exc:
                 raise self._error(f"{doing} failed" + (", nothing was written" if write else ""), exc) from exc
+
+    @contextmanager
+    def uncontended(self) -> Iterator[bool]:
+        """Whether this thread can write at once; if so (True), the store is its own for the block.
+
+        True: no other thread of this process was in the store, and the file's write lock was free
+        (no other connection writing); the block's store calls then never wait: the store's lock
+        stays with this thread for the block, and the write transaction begun here is continued by
+        the block's first store call (and rolled back, having written nothing, if there is none).
+        False: someone is writing; nothing is held, and the block should hand its work to a thread
+        that may wait. This is how the service decides on its event loop without ever waiting there
+        for a lock (`server/app.py`).
+        """
+        lock = self._lock
+        if not lock.acquire(blocking=False):
+            # Another thread's transaction: most (a decision that went to a worker thread, a
+            # checkpoint's last pass) end within a millisecond or two, and end sooner for this
+            # thread's waiting without the interpreter lock. A longer one (a large batch of spans)
+            # makes the next ones not wait for a while.
+            now = time.monotonic()
+            checkpointer = self._checkpointer
+            if checkpointer is not None and checkpointer.rewinding:
+                waited = lock.acquire(timeout=_REWIND_WAIT_S)  # a few milliseconds, never more often than every second
+            else:
+                waited = now >= self._not_waiting_until and lock.acquire(timeout=_UNCONTENDED_WAIT_S)
+            if not waited:
+                if now >= self._not_waiting_until and not (checkpointer is not None and checkpointer.rewinding):
+                    self._not_waiting_until = now + _UNCONTENDED_PAUSE_S
+                yield False
+                return
+        try:
+            began = self._begin_at_once()
+            if began:
+                self._begun = True
+            try:
+                yield began
+            finally:
+                if self._begun:  # the block made no store call: nothing was written
+                    self._begun = False
+                    _rollback(self._connection())
+        finally:
+            self._lock.release()
+
+    def _begin_at_once(self) -> bool:
+        """`BEGIN IMMEDIATE` without waiting (the busy timeout is 0 for it); whether it began."""
+        db = self._db
+        if db is None:  # closed, or a forked child's first use: the ordinary path opens or raises
+            return False
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
+        except sqlite3.Error:
+            _rollback(db)
+            return False
+        return True
 
     # --- spans ---------------------------------------------------------------------------------
 
@@ -632,15 +700,21 @@ class SQLiteStore:
             StoreError: the transaction failed; nothing was reserved.
         """
         nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
+        checks = admission.checks
+        calls = any(check.limit_calls is not None for check in checks)
+        may_reserve = admission.reserve and bool(nanos or tokens or calls) and bool(checks)
         with self._transaction("admit") as db:
-            states, unreadable = self._check(db, admission.checks, nanos, tokens, now)
-            admitted = all(state.fits for check, state in zip(admission.checks, states, strict=True) if check.blocking)
-            calls = any(check.limit_calls is not None for check in admission.checks)
-            reserve = admitted and admission.reserve and bool(nanos or tokens or calls) and bool(admission.checks)
+            states, unreadable, previous = self._check(
+                db, checks, nanos, tokens, now, admission.decision_id if may_reserve else None
+            )
+            reserve = may_reserve and all(
+                state.fits for check, state in zip(checks, states, strict=True) if check.blocking
+            )
             if reserve:
                 # A decision id is admitted once; should it come again, the new reservation replaces
                 # the old one rather than adding to it.
-                _release(db, self._held, admission.decision_id)
+                if previous is not None:
+                    _drop_reservation(db, self._held, previous, RELEASED, 0)
                 seq = db.execute(
                     "INSERT INTO reservations (decision_id, settle_key, expires_at, source, estimate) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -652,13 +726,12 @@ class SQLiteStore:
                         nanos,
                     ),
                 ).lastrowid
-                held = [check.amounts(nanos, tokens) for check in admission.checks]  # one call on a call budget
-                db.executemany(  # nanos and tokens are clamped: every item is a count in range
-                    "INSERT INTO reservation_items (seq, item, scope, nanos, tokens) VALUES (?, ?, ?, ?, ?)",
-                    [(seq, item, check.scope, *held[item]) for item, check in enumerate(admission.checks)],
-                )
-                for check, (held_nanos, held_tokens) in zip(admission.checks, held, strict=True):
-                    self._held.change(check.scope, held_nanos, held_tokens)
+                held = [check.amounts(nanos, tokens) for check in checks]  # one call on a call budget
+                # nanos and tokens are clamped: every item is a count in range
+                _insert_items(db, [(seq, item, check.scope, *held[item]) for item, check in enumerate(checks)])
+                change = self._held.change
+                for check, (held_nanos, held_tokens) in zip(checks, held, strict=True):
+                    change(check.scope, held_nanos, held_tokens)
         self._report.unreadable(unreadable, "admit")
         return Admitted(reserve, tuple(states))
 
@@ -671,7 +744,7 @@ class SQLiteStore:
         if not checks:
             return []
         with self._transaction("read budgets") as db:
-            states, unreadable = self._check(db, checks, 0, 0, now)
+            states, unreadable, _ = self._check(db, checks, 0, 0, now)
         self._report.unreadable(unreadable, "read budgets")
         return states
 
@@ -680,26 +753,40 @@ class SQLiteStore:
         one read of every check (one transaction), the fullest picked here."""
         return fullest_states(groups, self.read_budgets([check for group in groups for check in group], now))
 
-    def _check(
-        self, db: sqlite3.Connection, checks: Sequence[BudgetCheck], nanos: int, tokens: int, now: float
-    ) -> tuple[list[CheckState], int]:
-        """Each check's state with `nanos` and `tokens` more (clamped), and how many stored values
-        could not be read; in a write transaction (expired reservations are dropped first)."""
-        _expire_reservations(db, self._held, now)
-        totals = self._held.totals(db)
+    def _check(  # noqa: PLR0917 - private, one caller per argument shape
+        self,
+        db: sqlite3.Connection,
+        checks: Sequence[BudgetCheck],
+        nanos: int,
+        tokens: int,
+        now: float,
+        decision_id: str | None = None,
+    ) -> tuple[list[CheckState], int, tuple[int, object, object] | None]:
+        """Each check's state with `nanos` and `tokens` more (clamped), how many stored values could
+        not be read, and the open reservation of `decision_id` (when given); in a write transaction
+        (expired reservations are dropped first).
+
+        Everything is read by one statement per `_READ_CHUNK` checks (`_reads`): a decision's nine
+        budgets were once fourteen statements, each a round trip through the sqlite3 module."""
+        version, expired, previous, spent = _read(db, checks, now, decision_id)
+        held_by = self._held
+        if expired:
+            _expire_reservations(db, held_by, now)
+            if previous is not None:  # it may have been one of them
+                previous = _reservation(db, decision_id)
+        totals = held_by.totals(db, version)
         states: list[CheckState] = []
         unreadable = 0
-        for check in checks:
-            spent = _total(db, check.scope, check.window, now)
+        for check, counts in zip(checks, spent, strict=True):
             held = totals.get(check.scope) or _NOTHING_HELD
             if held[2]:  # an unreadable reservation: the scope is exhausted
                 unreadable += 1
                 held = _SATURATED_HELD
             elif held[0] > CEILING or held[1] > CEILING:
                 held = (min(held[0], CEILING), min(held[1], CEILING), 0)
-            unreadable += spent[3]
-            states.append(check_state(check, spent, held, nanos, tokens))
-        return states, unreadable
+            unreadable += counts[3]
+            states.append(check_state(check, counts, held, nanos, tokens))
+        return states, unreadable, previous
 
     def read_sub_buckets(self, reads: Sequence[tuple[str, RollingWindow]], now: float) -> list[tuple[SubBucket, ...]]:
         """Each rolling window's sub-buckets that count at `now` and hold spend, in one snapshot.
@@ -960,10 +1047,10 @@ class _Held:
         self._version: int | None = None
         """`PRAGMA data_version` when `_sums` were right; None: sum the file again."""
 
-    def totals(self, db: sqlite3.Connection) -> dict[str, list[int]]:
+    def totals(self, db: sqlite3.Connection, version: int) -> dict[str, list[int]]:
         """[nanos, tokens, unreadable items] by scope in this transaction (exact: the totals may
-        pass `CEILING`; scopes with nothing reserved are absent)."""
-        version = db.execute("PRAGMA data_version").fetchone()[0]
+        pass `CEILING`; scopes with nothing reserved are absent). `version`: `PRAGMA data_version`,
+        read in this transaction."""
         if version != self._version:
             self._sums = {
                 scope: [(nh << 31) + nl, (th << 31) + tl, bad]
@@ -990,32 +1077,44 @@ class _Held:
 
 
 class _Checkpointer:
-    """Copies the write-ahead log into the database file twice a second, from its own thread and
+    """Copies the write-ahead log into the database file ten times a second, from its own thread and
     connection, so that the store's callers do not.
 
     A commit that crosses `wal_autocheckpoint` checkpoints before it returns: tens of milliseconds
     for 40 MB of log, during which that caller and every request queued behind it wait (`admit`
     commits on every decision: at a thousand a second, that was once a second). Here PASSIVE
-    checkpoints wait for no reader or writer. Each copies the frames there were when it began;
-    the log is rewound by the first commit that finds every frame copied, so while commits keep
-    coming, short passes follow a long one until a pass finds nothing new. The commits' own
-    checkpoints stay as a bound on the log should this thread fall behind or not run (a forked
-    child). Durability is unchanged: a checkpoint syncs as the commits' own did.
+    checkpoints wait for no reader or writer; each copies the frames committed when it began.
+
+    The log is rewound (written again from its start) only by a commit that finds every frame
+    copied. Under steady decisions that never happened: a pass ends while the next decision is in
+    its transaction, so the log grew to the commits' own bound (160 MB), every page read searched
+    an ever longer log index, and then a commit checkpointed it all. So once the log is
+    `_REWIND_FRAMES` long (64 MiB: every few seconds at a thousand decisions a second), one more
+    pass runs with the store's lock held: no transaction of this process is open, the pass copies
+    the frames since the last one and syncs (1 to 5 ms measured on a busy 2-core machine), and the
+    next commit rewinds the log. Meanwhile `SQLiteStore.uncontended` waits (`rewinding`). (The
+    thread runs at the process's priority: at the lowest, it could be preempted holding the lock.)
+    Another process on the file may still keep it from rewinding; the commits' own checkpoints
+    stay as the bound then, and should this thread fall behind or not run (a forked child).
+    Durability is unchanged: a checkpoint syncs as the commits' own did.
     """
 
-    def __init__(self, path: str, busy_timeout_s: float) -> None:
+    def __init__(self, path: str, busy_timeout_s: float, store_lock: threading.RLock) -> None:
         self._path = path
         self._timeout = busy_timeout_s
+        self._store_lock = store_lock
+        self.rewinding = False
+        """True while the last pass of a rewind holds the store's lock (`SQLiteStore.uncontended` waits for it)."""
         self._stopped = threading.Event()
         self.busy = threading.Lock()
         """Held while the thread is inside SQLite (opening and closing its connection included): a
-        fork waits for it (`_before_fork`), for as long as the thread lives, its store closed or not."""
+        fork waits for it (`_before_fork`), for as long as the thread lives, its store closed or not.
+        Taken after the store's lock, never before it, as `_before_fork` takes them."""
         _CHECKPOINTERS.add(self)
         self._thread = threading.Thread(target=self._run, name="otel-puppy-sqlite-checkpoint", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        _background_priority()
         try:
             try:
                 with self.busy:
@@ -1026,8 +1125,7 @@ class _Checkpointer:
             try:
                 while not self._stopped.wait(_CHECKPOINT_EVERY_S):
                     try:
-                        with self.busy:
-                            self._checkpoint(db)
+                        self._checkpoint(db)
                     except sqlite3.Error as exc:  # the next one, or the commits' own, will do
                         logger.debug("sqlite store %s: background checkpoint failed: %s", self._path, exc)
             finally:
@@ -1036,14 +1134,19 @@ class _Checkpointer:
         finally:
             _CHECKPOINTERS.discard(self)
 
-    @staticmethod
-    def _checkpoint(db: sqlite3.Connection) -> None:
-        previous = -1
-        for _ in range(_CHECKPOINT_PASSES):
-            busy, frames, _copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-            if busy or frames <= previous:  # a reader in the way, or nothing came since the last pass
-                return
-            previous = frames
+    def _checkpoint(self, db: sqlite3.Connection) -> None:
+        with self.busy:
+            _busy, frames, _copied = _passive(db)
+        if frames < _REWIND_FRAMES:
+            return
+        with self.busy:  # the frames committed during the long pass: the held pass copies fewer
+            _passive(db)
+        with self._store_lock, self.busy:
+            self.rewinding = True
+            try:
+                _passive(db)
+            finally:
+                self.rewinding = False
 
     def stop(self) -> None:
         self._stopped.set()
@@ -1101,13 +1204,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
-def _background_priority() -> None:
-    """The calling thread yields the CPU to every other (the lowest `nice`), on Linux where a
-    thread has its own; elsewhere it keeps the process's priority. Checkpoints can wait: the
-    requests the store's callers are answering cannot."""
-    if sys.platform == "linux":
-        with suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+def _passive(db: sqlite3.Connection) -> tuple[int, int, int]:
+    """A PASSIVE checkpoint: (1 if a reader or writer kept it from copying every frame, frames in
+    the log, frames copied)."""
+    busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(busy), int(frames), int(copied)
 
 
 def _rollback(db: sqlite3.Connection) -> None:
@@ -1188,6 +1289,140 @@ def _total(db: sqlite3.Connection, scope: str, window: Window, now: float) -> tu
     )
 
 
+_RESERVATION: Final = "seq, source, estimate"
+"""The columns `_drop_reservation` takes of a reservation's row."""
+_UNCONTENDED_WAIT_S: Final = 0.002
+"""How long `uncontended` waits for another thread's transaction; `_UNCONTENDED_PAUSE_S`: then how long it does not."""
+_UNCONTENDED_PAUSE_S: Final = 0.05
+_REWIND_WAIT_S: Final = 0.05
+_READ_CHUNK: Final = 100
+"""Checks read by one statement (`_read`): at most 3 parameters and one compound term each, far
+below SQLite's limits (32,766 parameters, 500 terms)."""
+_READS_KEPT: Final = 256
+_READS: dict[tuple[bool, bool, tuple[bool, ...]], str] = {}
+"""`_read`'s statements by shape: whether it asks the version and expiry (first chunk), whether it
+looks a decision id up, and which checks are rolling windows. A few shapes in practice."""
+# Tagged rows, one per term: -1 data_version, -2 whether a reservation expired, -3 the decision
+# id's open reservation (`_RESERVATION` columns), then each check's counter by its index: a calendar
+# window's raw row (none when it has no spend yet), a rolling window's sums as `_ROLLING_TOTAL`'s.
+_VERSION_TERM: Final = "SELECT -1, data_version, 0, 0, 0, 0, 0 FROM pragma_data_version"
+_EXPIRED_TERM: Final = "SELECT -2, EXISTS (SELECT 1 FROM reservations WHERE expires_at <= ?1), 0, 0, 0, 0, 0"
+_PREVIOUS_TERM: Final = f"SELECT -3, {_RESERVATION}, 0, 0, 0 FROM reservations WHERE decision_id = ?2"  # noqa: S608
+_CALENDAR_TERM: Final = (
+    "SELECT {i}, nanos, tokens, requests, 0, 0, 0 FROM calendar WHERE scope = ?{a} AND unit = ?{b} AND start = ?{c}"
+)
+_ROLLING_TERM: Final = f"""SELECT {{i}},
+    COALESCE(SUM(CASE WHEN {_valid("nanos")} THEN nanos END), 0),
+    COALESCE(SUM(CASE WHEN {_valid("tokens")} THEN tokens END), 0),
+    COALESCE(SUM(CASE WHEN {_valid("requests")} THEN requests END), 0),
+    COALESCE(SUM(NOT {_valid("nanos")}), 0),
+    COALESCE(SUM(NOT {_valid("tokens")}), 0),
+    COALESCE(SUM(NOT {_valid("requests")}), 0)
+FROM rolling WHERE scope = ?{{a}} AND label = ?{{b}} AND idx >= (
+    SELECT max(COALESCE(MAX(idx), ?{{c}}), ?{{c}}) FROM rolling WHERE scope = ?{{a}} AND label = ?{{b}}
+) - {SUB_BUCKETS}"""  # noqa: S608 - constants only
+
+
+def _read_statement(first: bool, lookup: bool, rolling: tuple[bool, ...]) -> str:
+    key = (first, lookup, rolling)
+    statement = _READS.get(key)
+    if statement is None:
+        terms = [_VERSION_TERM, _EXPIRED_TERM] if first else []
+        if lookup:
+            terms.append(_PREVIOUS_TERM)
+        for i, is_rolling in enumerate(rolling):
+            a = 3 + 3 * i
+            terms.append((_ROLLING_TERM if is_rolling else _CALENDAR_TERM).format(i=i, a=a, b=a + 1, c=a + 2))
+        statement = " UNION ALL ".join(terms)
+        if len(_READS) >= _READS_KEPT:
+            _READS.clear()
+        _READS[key] = statement
+    return statement
+
+
+def _read(
+    db: sqlite3.Connection, checks: Sequence[BudgetCheck], now: float, decision_id: str | None
+) -> tuple[int, bool, tuple[int, object, object] | None, list[tuple[int, int, int, int]]]:
+    """In one statement per `_READ_CHUNK` checks: `PRAGMA data_version`, whether any reservation
+    has expired at `now`, `decision_id`'s open reservation (None if none, or not asked), and each
+    check's counter as `_total` reads it."""
+    version = 0
+    expired = False
+    previous: tuple[int, object, object] | None = None
+    spent: list[tuple[int, int, int, int]] = []
+    first = True
+    for start in range(0, max(len(checks), 1), _READ_CHUNK):
+        chunk = checks[start : start + _READ_CHUNK]
+        lookup = first and decision_id is not None
+        params: list[object] = [now, decision_id if lookup else None]
+        rolling = []
+        for check in chunk:
+            window = check.window
+            if isinstance(window, RollingWindow):
+                rolling.append(True)
+                params += (check.scope, window.label, int(now // window.step))
+            else:
+                rolling.append(False)
+                params += (check.scope, window.unit, window.bounds(now)[0])
+        if not chunk and not lookup:  # the statement's parameters are numbered up to the highest used
+            del params[1:]
+        found = [_NO_SPEND] * len(chunk)
+        for row in db.execute(_read_statement(first, lookup, tuple(rolling)), params):
+            tag = row[0]
+            if tag >= 0:
+                found[tag] = _rolling_counts(row) if rolling[tag] else _calendar_counts(row)
+            elif tag == -1:
+                version = row[1]
+            elif tag == -2:
+                expired = row[1] == 1
+            else:
+                previous = (row[1], row[2], row[3])
+        spent += found
+        first = False
+    return version, expired, previous, spent
+
+
+_NO_SPEND: Final = (0, 0, 0, 0)
+
+
+def _rolling_counts(row: Sequence[Any]) -> tuple[int, int, int, int]:
+    """(nanos, tokens, requests, unreadable values) from a `_ROLLING_TERM` row."""
+    return (
+        CEILING if row[4] else min(row[1], CEILING),
+        CEILING if row[5] else min(row[2], CEILING),
+        CEILING if row[6] else min(row[3], CEILING),
+        row[4] + row[5] + row[6],
+    )
+
+
+def _calendar_counts(row: Sequence[Any]) -> tuple[int, int, int, int]:
+    """(nanos, tokens, requests, unreadable values) from a `_CALENDAR_TERM` row (raw stored values)."""
+    nanos, tokens, requests = _count(row[1]), _count(row[2]), _count(row[3])
+    if nanos is not None and tokens is not None and requests is not None:
+        return nanos, tokens, requests, 0
+    return (
+        CEILING if nanos is None else nanos,
+        CEILING if tokens is None else tokens,
+        CEILING if requests is None else requests,
+        (nanos is None) + (tokens is None) + (requests is None),
+    )
+
+
+_ITEMS_CHUNK: Final = 100
+_INSERT_ITEMS: Final = {
+    n: "INSERT INTO reservation_items (seq, item, scope, nanos, tokens) VALUES "  # noqa: S608 - placeholders only
+    + ", ".join(["(?, ?, ?, ?, ?)"] * n)
+    for n in range(1, _ITEMS_CHUNK + 1)
+}
+
+
+def _insert_items(db: sqlite3.Connection, rows: Sequence[tuple[int | None, int, str, int, int]]) -> None:
+    """Insert a reservation's items, `_ITEMS_CHUNK` rows a statement (one for a decision's nine)."""
+    for start in range(0, len(rows), _ITEMS_CHUNK):
+        chunk = rows[start : start + _ITEMS_CHUNK]
+        db.execute(_INSERT_ITEMS[len(chunk)], [value for row in chunk for value in row])
+
+
 _CORRUPT_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 
 
@@ -1199,8 +1434,14 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     return "malformed" in text or "file is not a database" in text
 
 
-def _release(db: sqlite3.Connection, held: _Held, decision_id: str, outcome: str = RELEASED, cost: int = 0) -> bool:
+def _reservation(db: sqlite3.Connection, decision_id: str | None) -> tuple[int, object, object] | None:
+    """The open reservation of `decision_id` (`_RESERVATION` columns), or None."""
     row = db.execute(f"SELECT {_RESERVATION} FROM reservations WHERE decision_id = ?", (decision_id,)).fetchone()  # noqa: S608 - constants only
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def _release(db: sqlite3.Connection, held: _Held, decision_id: str, outcome: str = RELEASED, cost: int = 0) -> bool:
+    row = _reservation(db, decision_id)
     if row is None:
         return False
     _drop_reservation(db, held, row, outcome, cost)
@@ -1214,10 +1455,6 @@ def _settle_oldest(db: sqlite3.Connection, held: _Held, settle_key: str, cost: i
     ).fetchone()
     if row is not None:
         _drop_reservation(db, held, row, SETTLED, cost)
-
-
-_RESERVATION: Final = "seq, source, estimate"
-"""The columns `_drop_reservation` takes of a reservation's row."""
 
 
 def _outcome(source: object, outcome: str, estimate: object, cost: int = 0) -> Outcome:

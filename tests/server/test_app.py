@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -30,6 +33,7 @@ from otel_puppy.server.schemas import (
 from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
+from otel_puppy.store.sqlite import SQLiteStore
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
 
 POLICIES = """
@@ -187,6 +191,38 @@ def test_decide_reserves_the_estimate(engine: PolicyEngine, client: httpx.Client
     assert response.json()["decision_id"]
     assert before == Decimal(0)
     assert engine.snapshot().budget("org-daily").reserved_usd == Decimal("0.003")
+
+
+def test_decide_on_sqlite_answers_on_the_event_loop_unless_someone_is_writing(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    engine = PolicyEngine(
+        PuppySettings.load(store="memory://"),
+        policies=parse_policy_text(POLICIES, Path("policies/test.yaml")),
+        store=SQLiteStore(path),
+        clock=FakeClock(),
+        registry=CollectorRegistry(auto_describe=True),
+    )
+    deciding_threads: list[str] = []
+    decide = engine.decide
+
+    def watched(*args: Any, **kwargs: Any) -> Decision:
+        deciding_threads.append(threading.current_thread().name)
+        return decide(*args, **kwargs)
+
+    engine.decide = watched  # type: ignore[method-assign]
+    body = {"provider": "openai", "model": "gpt-4.1", "agent": "x", "estimated_cost_usd": "0.0001"}
+    with client_for(engine) as client:
+        assert client.post("/v1/decide", json=body).json()["action"] == "allow"
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as other:
+            other.execute("BEGIN IMMEDIATE")  # another process writing: the decision waits in a worker thread
+            timer = threading.Timer(0.3, other.execute, ("ROLLBACK",))
+            timer.start()
+            assert client.post("/v1/decide", json=body).json()["action"] == "allow"
+            timer.join()
+    assert deciding_threads[0] == "uvicorn"  # the server's event loop (`serving` runs it in this thread)
+    assert deciding_threads[1] not in ("uvicorn", threading.main_thread().name)
+    assert engine.snapshot().budget("org-daily").reserved_usd == Decimal("0.0002")
+    engine.close()
 
 
 def test_a_decision_without_an_estimate_reserves_the_learned_one_over_http() -> None:

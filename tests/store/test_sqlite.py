@@ -24,6 +24,7 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.settings import PuppySettings
+from otel_puppy.store import sqlite as sqlite_store
 from otel_puppy.store.base import (
     CEILING,
     Admitted,
@@ -35,7 +36,7 @@ from otel_puppy.store.base import (
     open_store,
 )
 from otel_puppy.store.memory import MemoryStore
-from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore, _Checkpointer
+from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from otel_puppy.testing import FakeClock, make_call
 from tests.store.test_conformance import DAY, H1, T0, admit, check, read, rec, reserved
 
@@ -283,6 +284,153 @@ def test_two_connections_racing_never_reserve_more_than_the_budget(path: Path) -
         store.close()
 
 
+_RACER = """
+import sys, threading
+from otel_puppy.store.base import Admission, BudgetCheck
+from otel_puppy.store.sqlite import SQLiteStore
+from datetime import UTC
+from otel_puppy.windows import CalendarWindow
+path, name = sys.argv[1], sys.argv[2]
+store = SQLiteStore(path)
+day = CalendarWindow("day", UTC)
+checks = (BudgetCheck("s", day, 1000, None, True), BudgetCheck("t", day, None, None, True))
+admitted = []
+def agent(worker):
+    for attempt in range(40):
+        admission = Admission(f"{name}-{worker}-{attempt}", checks, 10, 0, 1e10, None, reserve=True)
+        result = None
+        if worker % 2:  # as the service decides: at once when no one is writing, else waiting in a thread
+            with store.uncontended() as at_once:
+                if at_once:
+                    result = store.admit(admission, 1.7e9)
+        if result is None:
+            result = store.admit(admission, 1.7e9)
+        if result.reserved:
+            admitted.append(admission.decision_id)
+threads = [threading.Thread(target=agent, args=(worker,)) for worker in range(4)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+store.close()
+print(len(admitted))
+"""
+
+
+def test_processes_deciding_at_once_or_waiting_never_reserve_more_than_the_budget(path: Path) -> None:
+    SQLiteStore(path).close()
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _RACER, str(path), f"p{n}"], stdout=subprocess.PIPE, text=True)
+        for n in range(3)
+    ]
+    counts = [int(racer.communicate(timeout=120)[0]) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0, 0]
+    assert sum(counts) == 100  # exactly 1000 / 10, out of 480 attempts from 3 processes
+    store = SQLiteStore(path)
+    assert reserved(store, now=1.7e9) == (1000, 0)
+    assert reserved(store, "t", now=1.7e9) == (1000, 0)
+    store.close()
+
+
+def test_uncontended_continues_its_transaction_in_the_first_store_call(path: Path) -> None:
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    with store.uncontended() as at_once:
+        assert at_once is True
+        assert admit(store, "d1", nanos=10).reserved
+        assert admit(store, "d2", nanos=20).reserved  # the next call is a transaction of its own
+    assert reserved(other) == (30, 0)
+    with store.uncontended() as at_once:  # no store call: nothing written, nothing left open
+        assert at_once is True
+    assert store._db is not None
+    assert not store._db.in_transaction
+    with pytest.raises(RuntimeError), store.uncontended():
+        raise RuntimeError("the block failed")
+    assert store._db is not None
+    assert not store._db.in_transaction
+    assert admit(other, "d3", nanos=5).reserved  # neither lock was kept
+    assert reserved(store) == (35, 0)
+    store.close()
+    other.close()
+
+
+def test_uncontended_never_waits_for_another_connection(path: Path) -> None:
+    store = SQLiteStore(path, busy_timeout_s=5)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")  # another process writing
+        began = time.monotonic()
+        with store.uncontended() as at_once:
+            assert at_once is False
+        assert time.monotonic() - began < 1
+        db.execute("ROLLBACK")
+    assert store._db is not None
+    assert not store._db.in_transaction
+    with store.uncontended() as at_once:  # the busy timeout is the store's again
+        assert at_once is True
+        assert store._db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    store.close()
+
+
+def test_uncontended_waits_briefly_for_another_thread_then_not_for_a_while(path: Path) -> None:
+    store = SQLiteStore(path)
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:  # a long transaction of another thread (a large batch of spans)
+        with store._transaction("apply"):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    holding.wait(10)
+    began = time.monotonic()
+    with store.uncontended() as at_once:
+        assert at_once is False
+    waited = time.monotonic() - began
+    assert sqlite_store._UNCONTENDED_WAIT_S <= waited < 1
+    began = time.monotonic()
+    with store.uncontended() as at_once:  # within the pause: not waiting at all
+        assert at_once is False
+    assert time.monotonic() - began < sqlite_store._UNCONTENDED_WAIT_S
+    release.set()
+    thread.join()
+    store._not_waiting_until = 0.0
+    with store.uncontended() as at_once:
+        assert at_once is True
+    store.close()
+
+
+def test_a_long_log_is_caught_up_with_the_store_held_so_the_next_commit_rewinds_it(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(path)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop()  # its thread: this test checkpoints by hand
+    monkeypatch.setattr(sqlite_store, "_REWIND_FRAMES", 1)
+    seen_rewinding: list[bool] = []
+    lock_held: list[bool] = []
+    passive = sqlite_store._passive
+
+    def watched(db: sqlite3.Connection) -> tuple[int, int, int]:
+        seen_rewinding.append(checkpointer.rewinding)
+        if checkpointer.rewinding:  # the store's lock is the checkpointing thread's: no one else's
+            other = threading.Thread(target=lambda: lock_held.append(store._lock.acquire(blocking=False)))
+            other.start()
+            other.join()
+        return passive(db)
+
+    monkeypatch.setattr(sqlite_store, "_passive", watched)
+    for n in range(20):
+        store.apply([rec(f"span-{n}")], T0)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        frames = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        checkpointer._checkpoint(db)
+        assert seen_rewinding == [False, False, True]
+        assert lock_held == [False]
+        assert checkpointer.rewinding is False
+        store.apply([rec("after")], T0)  # the log is caught up: this commit rewinds it
+        assert db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] < frames
+    store.close()
+
+
 # --- through the engine -----------------------------------------------------------------------
 
 
@@ -380,7 +528,8 @@ def test_checkpoints_run_off_the_callers_thread_and_stop_with_the_store(path: Pa
     for n in range(20):
         store.apply([rec(f"span-{n}")], T0)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-        _Checkpointer._checkpoint(db)  # what the thread does twice a second
+        assert store._checkpointer is not None
+        store._checkpointer._checkpoint(db)  # what the thread does ten times a second
         busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         assert (busy, frames) == (0, copied)  # everything is in the database file
         store.apply([rec("after")], T0)  # and the next commit rewinds the log
