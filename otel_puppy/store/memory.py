@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import add, itemgetter
-from typing import Final
+from typing import Any, Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
@@ -45,7 +45,6 @@ from otel_puppy.store.base import (
     BudgetCheck,
     CheckState,
     Counter,
-    Increment,
     Outcome,
     Sample,
     SpendRecord,
@@ -105,7 +104,7 @@ class _Ring:
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
         self.until = math.nextafter((newest + 1) * self.step, -math.inf)
 
-    def add(self, ts: float, nanos: int, tokens: int) -> int:
+    def add(self, ts: float, nanos: int, tokens: int, requests: int = 1) -> int:
         """Add to the sub-bucket of `ts` (amounts in `[0, CEILING]`); returns how many of its
         counts are at the ceiling now (saturated)."""
         i = int(ts // self.step)
@@ -125,7 +124,7 @@ class _Ring:
         at = 3 * (i - self.first)
         saturated = 0
         totals = self.totals
-        for field, amount in enumerate((nanos, tokens, 1)):
+        for field, amount in enumerate((nanos, tokens, requests)):
             old = counts[at + field]
             new = old + amount
             if new >= CEILING:
@@ -291,10 +290,27 @@ class MemoryStore:
     # --- spans ---------------------------------------------------------------------------------
 
     def apply(self, records: Sequence[SpendRecord], now: float) -> list[ApplyResult]:
+        # The applied records' increments are added up per counter first (a batch's spans mostly fall
+        # in the same few budgets' counters), then each counter is written once: the same totals as
+        # adding them one by one, since every amount is clamped into [0, CEILING] and counts only grow
+        # (a counter saturates where the one-by-one sum would have; `saturated` counts writes).
         with self._lock:
-            return [self._apply_one(record) for record in records]
+            rolling: dict[tuple[str, str, int], list[Any]] = {}
+            calendar: dict[tuple[str, str, float], list[Any]] = {}
+            try:
+                return [self._apply_one(record, rolling, calendar) for record in records]
+            finally:
+                if rolling or calendar:
+                    saturated = self._add_all(rolling, calendar)
+                    if saturated:
+                        self._report.saturated(saturated, "apply")
 
-    def _apply_one(self, record: SpendRecord) -> ApplyResult:
+    def _apply_one(
+        self,
+        record: SpendRecord,
+        rolling: dict[tuple[str, str, int], list[Any]],
+        calendar: dict[tuple[str, str, float], list[Any]],
+    ) -> ApplyResult:
         # Each key is digested once (`KeySet`, `CallIndex`): the span's, its parent's, its calls'.
         seen = self._seen
         span = digest(record.span_key)
@@ -317,11 +333,24 @@ class MemoryStore:
                 self._covered.put_digest(parent, record.dedupe_until)
             if call_keys:
                 calls.keep(call_keys, record.keys_until, None, call_digests)
-        saturated = 0
-        for increment in record.increments:
-            saturated += self._add(increment)
-        if saturated:
-            self._report.saturated(saturated, "apply")
+        for inc in record.increments:  # added up per counter; written by `apply` (`_add_all`)
+            window = inc.window
+            nanos, tokens = inc.nanos, inc.tokens
+            nanos = 0 if nanos <= 0 else nanos if nanos < CEILING else CEILING  # `clamp`, inlined
+            tokens = 0 if tokens <= 0 else tokens if tokens < CEILING else CEILING
+            if isinstance(window, RollingWindow):
+                key: tuple[str, str, Any] = (inc.scope, window.label, int(inc.ts // window.step))
+                pending: dict[Any, list[Any]] = rolling
+            else:
+                key = (inc.scope, window.unit, window.bounds(inc.ts)[0])  # the calendar counter's own key
+                pending = calendar
+            entry = pending.get(key)
+            if entry is None:
+                pending[key] = [inc, nanos, tokens, 1]
+            else:
+                entry[1] += nanos
+                entry[2] += tokens
+                entry[3] += 1
         if record.ledger is not None:
             self._ledger_add(record.ledger)
         decision_id = record.decision_id
@@ -329,31 +358,33 @@ class MemoryStore:
             self._settle_oldest(record.settle_key, record.nanos)
         return ApplyResult.APPLIED
 
-    def _add(self, inc: Increment) -> int:
-        """Add one increment; returns how many of its counter's counts are at the ceiling now."""
-        window = inc.window
-        nanos, tokens = clamp(inc.nanos), clamp(inc.tokens)
-        if isinstance(window, RollingWindow):
-            ring_key = (inc.scope, window.label)
-            ring = self._rings.get(ring_key)
-            if ring is None:
-                ring = self._rings[ring_key] = _Ring(window.step)
-                self._layout += 1
-            return ring.add(inc.ts, nanos, tokens)
-        start, end = window.bounds(inc.ts)
-        key = (inc.scope, window.unit, start)
-        counter = self._calendar.get(key)
-        if counter is None:
-            counter = self._calendar[key] = [0, 0, 0]
-            self._layout += 1
-            self._calendar_expiry[key] = end + window.retention()
+    def _add_all(
+        self, rolling: dict[tuple[str, str, int], list[Any]], calendar: dict[tuple[str, str, float], list[Any]]
+    ) -> int:
+        """Write the increments `_apply_one` added up (per counter: an increment of it, its nanos, tokens
+        and calls); how many counts are at the ceiling after their write."""
         saturated = 0
-        for field, amount in enumerate((nanos, tokens, 1)):
-            total = counter[field] + amount
-            if total >= CEILING:
-                total = CEILING
-                saturated += 1
-            counter[field] = total
+        rings = self._rings
+        for (scope, label, _), (inc, nanos, tokens, calls) in rolling.items():
+            ring = rings.get((scope, label))
+            if ring is None:
+                ring = rings[(scope, label)] = _Ring(inc.window.step)
+                self._layout += 1
+            saturated += ring.add(inc.ts, min(nanos, CEILING), min(tokens, CEILING), calls)
+        counters = self._calendar
+        for key, (inc, nanos, tokens, calls) in calendar.items():
+            counter = counters.get(key)
+            if counter is None:
+                window = inc.window
+                counter = counters[key] = [0, 0, 0]
+                self._layout += 1
+                self._calendar_expiry[key] = window.bounds(inc.ts)[1] + window.retention()
+            for field, amount in enumerate((nanos, tokens, calls)):
+                total = counter[field] + amount
+                if total >= CEILING:
+                    total = CEILING
+                    saturated += 1
+                counter[field] = total
         return saturated
 
     # --- reading -------------------------------------------------------------------------------

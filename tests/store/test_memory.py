@@ -116,3 +116,33 @@ def test_a_span_kept_for_ever_is_applied_once() -> None:
     assert store.apply([SpendRecord("t1s2", "t1s1", (), forever)], 0.0) == [ApplyResult.NESTED]
     store.expire(1e15)
     assert store.apply([SpendRecord("t1s1", None, (), forever)], 1e15) == [ApplyResult.DUPLICATE]
+
+
+def test_a_batch_adds_up_per_counter_what_one_span_at_a_time_adds() -> None:
+    """`apply` sums a batch's increments per counter before writing each once: every counter ends as
+    when the spans come one by one (late spend, spend older than the window, sums past the ceiling,
+    negative amounts, duplicates and nested spans that add nothing)."""
+    rng = random.Random(7)
+    windows: tuple[Window, ...] = (*WINDOWS, RollingWindow(86400, "24h"), CalendarWindow("hour", UTC))
+    huge = 2**53 - 1
+    records = []
+    for _ in range(400):
+        ts = T0 - rng.choice((0, 5, 30, 1800, 3599, 3700, 90_000)) + rng.random()
+        nanos = rng.choice((0, -3, 1, 2_000_000, huge // 3, huge, 2**70))
+        increments = tuple(
+            Increment(f"s{rng.randrange(4)}", window, ts, nanos, rng.choice((0, 7, 1500, -1)))
+            for window in rng.sample(windows, rng.randrange(1, len(windows) + 1))
+        )
+        span = f"span-{rng.randrange(300)}"  # some spans come twice: duplicates add nothing
+        parent = f"span-{rng.randrange(300)}" if rng.random() < 0.2 else None  # some are nested
+        records.append(SpendRecord(span, parent, increments, T0 + 86400))
+    one_by_one, batched = MemoryStore(), MemoryStore()
+    results = [one_by_one.apply([record], T0)[0] for record in records]
+    assert batched.apply(records, T0) == results
+    assert results.count(ApplyResult.APPLIED) > 100
+    reads = [(f"s{s}", window) for s in range(4) for window in windows]
+    assert batched.totals(reads, T0) == one_by_one.totals(reads, T0)
+    rolling = [(scope, window) for scope, window in reads if isinstance(window, RollingWindow)]
+    assert batched.read_sub_buckets(rolling, T0) == one_by_one.read_sub_buckets(rolling, T0)
+    assert batched.health().saturated > 0
+    assert len(batched) == len(one_by_one)
