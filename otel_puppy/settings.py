@@ -72,8 +72,8 @@ class PuppySettings(BaseSettings):
     """Spans the span processor holds for its worker before it drops (and counts) new ones."""
     max_label_values: int = Field(default=200, ge=1)
     """Distinct values a metric label may take before further values are folded into `other`."""
-    dedupe_ttl_s: float = Field(default=24 * 3600, gt=0)
-    """How long a span id is remembered, so a retried span is never counted twice."""
+    dedupe_ttl_s: float = Field(default=24 * 3600, gt=0, le=400 * 86400, allow_inf_nan=False)
+    """How long a span id is remembered, so a retried span is never counted twice (at most 400 days)."""
     watch_policies_s: float | None = Field(default=1.0, gt=0)
     """Poll the policy files this often and reload on change; unset to only reload on request."""
     reservation_ttl_s: float = Field(default=300.0, gt=0)

@@ -38,3 +38,15 @@ def test_token_required_beyond_loopback_and_never_printed(monkeypatch: pytest.Mo
 def test_store_url_is_checked() -> None:
     with pytest.raises(SettingsError, match="OTEL_PUPPY_STORE"):
         PuppySettings.load(store="postgres://x")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "34560001", "inf", "nan"])
+def test_the_dedupe_window_is_bounded(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("OTEL_PUPPY_DEDUPE_TTL_S", value)
+    with pytest.raises(SettingsError, match="OTEL_PUPPY_DEDUPE_TTL_S"):
+        PuppySettings.load()
+
+
+def test_the_dedupe_window_may_be_400_days(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PUPPY_DEDUPE_TTL_S", "34560000")
+    assert PuppySettings.load().dedupe_ttl_s == 400 * 86400
