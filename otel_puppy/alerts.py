@@ -58,7 +58,8 @@ class AlertEvent:
 
 class AlertSink(Protocol):
     def send(self, event: AlertEvent) -> None:
-        """Deliver an event; must not block for long and must not raise."""
+        """Deliver an event; must not block for long and must not raise. A sink with threads or locks
+        also has `after_fork()`, called in a forked child to repair what the parent's threads held."""
         ...
 
 
@@ -72,6 +73,10 @@ class LogSink:
 
     def __init__(self, log: RateLimitedLog | None = None) -> None:
         self.log = log or RateLimitedLog(logger)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the log's lock."""
+        self.log.after_fork()
 
     def send(self, event: AlertEvent) -> None:
         key = f"{event.kind}:{event.policy}:{event.severity.value}"
@@ -105,9 +110,19 @@ class WebhookSink:
         self.dropped = 0
         self.failed = 0
         self._log = RateLimitedLog(logger)
-        self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=self._max_queue)
         self._thread = threading.Thread(target=self._run, name="otel-puppy-webhook", daemon=True)
         self._thread.start()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread is not here and its queue's locks may be held. The
+        events the parent had queued are the parent's to deliver: the child starts with none."""
+        self._log.after_fork()
+        self._start()
 
     def send(self, event: AlertEvent) -> None:
         try:
@@ -158,6 +173,15 @@ class Alerts:
         self._counts: dict[tuple[str, str, str], int] = {}
         self.recent: list[AlertEvent] = []
         """The last 100 events, newest last (for status pages and tests)."""
+
+    def after_fork(self) -> None:
+        """In a forked child: repair what the parent's threads held, here and in every sink."""
+        self._lock = threading.Lock()
+        self._log.after_fork()
+        for sink in self.sinks:
+            after_fork = getattr(sink, "after_fork", None)
+            if after_fork is not None:
+                after_fork()
 
     def emit(self, event: AlertEvent) -> None:
         with self._lock:

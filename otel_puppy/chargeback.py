@@ -52,6 +52,10 @@ class MonthToDate:
         self._names: dict[str, tuple[str, str]] = {}
         """(team, agent) per ledger dims key seen: a scrape decodes each key once."""
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     def costs(self, now: float) -> dict[tuple[str, str], int]:
         """Nano-USD per (team, agent) since the start of the month of `now` (UTC).
 

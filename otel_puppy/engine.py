@@ -12,8 +12,10 @@ degrade is one more pass. Each policy kind lives in its runtime (`policies/runti
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -132,6 +134,11 @@ class PolicyEngine:
         self._closed = False
         self._metrics_servers: list[MetricsServer] = []
         self.metrics.add_collector(self._collect)
+        # A forked child gets a copy of this engine but not the threads that held its locks: every
+        # part repairs them there, before the processor's worker restarts (hooks run in the order they
+        # were registered). A weak reference, so registering does not keep the engine alive.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
         try:  # last: an engine that failed to start holds no registry
             self.metrics.register(self.registry)
         except RegistryInUse:  # another engine claimed it since `ensure_free`
@@ -537,10 +544,18 @@ class PolicyEngine:
         self._processor_lock = threading.Lock()
         rules = self._rules
         parts = (self.metrics, self._decisions, self._log, self._store, rules.pricer, self.stats, rules.router)
-        for part in (*parts, self.history, self._sync):
+        for part in (*parts, self.history, self._sync, self.alerts, self.redundancy, self.learned, self.reservations):
             part.after_fork()
+        if self.month_to_date is not None:
+            self.month_to_date.after_fork()
         for runtime in rules.runtimes:
             runtime.after_fork()
+
+
+def _after_fork_in_child(ref: weakref.ReferenceType[PolicyEngine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine.after_fork()
 
 
 _REFUSED: Final = Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)

@@ -108,6 +108,10 @@ class LearnedEstimates:
         """The cached keys per provider and model: new calls of it shorten their figures' hold (see
         `observe`)."""
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     def observe(self, calls: Sequence[tuple[LLMCall, int | None]], now: float) -> None:
         """Keep each applied call (with its cost in nano-USD, `None` when unpriced) that was priced and
         did not fail, under its agent's series and its provider and model's.

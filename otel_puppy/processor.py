@@ -61,9 +61,6 @@ class CallSink(Protocol):
     def internal_error(self, component: str, *, reraise: bool | None = None) -> None:
         """Count and log the exception being handled; re-raise it under pytest unless `reraise=False`."""
 
-    def after_fork(self) -> None:
-        """In a forked child, before the worker restarts: repair what the parent's threads held."""
-
 
 class _Flush:
     __slots__ = ("done",)
@@ -279,7 +276,7 @@ def _reinit_in_child(ref: weakref.ReferenceType[PuppySpanProcessor]) -> None:
     processor = ref()
     if processor is None:
         return
-    processor._engine.after_fork()
+    # The engine repaired its own parts already: its hook was registered first, so it ran first.
     processor._shutdown = False
     processor._worker_error = None
     processor._start()

@@ -83,6 +83,10 @@ class RedundancyTracker:
         self._last_seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._totals: dict[tuple[str, str], _Totals] = {}
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     def observe(self, observed: Sequence[tuple[LLMCall, int | None]]) -> None:
         """Account applied calls, each with its cost in nano-USD (`None` when unpriced).
 

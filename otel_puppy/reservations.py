@@ -51,6 +51,10 @@ class ReservationOutcomes:
         }
         """Per source with an estimate: the count in each bucket, and the sum of the ratios."""
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     def take(self) -> None:
         """Count the outcomes the store holds now (and make it forget them).
 

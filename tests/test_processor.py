@@ -149,6 +149,67 @@ def test_forked_child_gets_its_own_worker(engine: PolicyEngine) -> None:
     assert spans_total(engine, "applied") == 1.0
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def locks_of(root: object) -> dict[str, threading.Lock]:
+    """Every lock held by otel_puppy objects reachable from `root`, by attribute path."""
+    found: dict[str, threading.Lock] = {}
+    seen: set[int] = set()
+
+    def walk(value: object, path: str, depth: int) -> None:
+        if isinstance(value, _LOCK_TYPES):
+            found[path] = value  # type: ignore[assignment]
+            return
+        if id(value) in seen or depth > 6:
+            return
+        seen.add(id(value))
+        if isinstance(value, (list, tuple)):
+            for index, item in enumerate(value[:50]):
+                walk(item, f"{path}[{index}]", depth + 1)
+        elif type(value).__module__.startswith("otel_puppy"):
+            fields = getattr(value, "__dict__", {})
+            slots = [name for cls in type(value).__mro__ for name in getattr(cls, "__slots__", ())]
+            for name in [*fields, *slots]:
+                if hasattr(value, name):
+                    walk(getattr(value, name), f"{path}.{name}", depth + 1)
+
+    walk(root, "engine", 0)
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_the_worker_holds_any_lock_leaves_the_child_none_held(engine: PolicyEngine) -> None:
+    """Whatever lock a parent's thread held at the fork (the worker is mid-batch at any moment), the
+    child's worker and decisions do not wait on it: every part's `after_fork` replaces its locks."""
+    processor = engine.span_processor()
+    processor.on_end(make_span(CALL))
+    assert processor.force_flush()
+    locks = locks_of(engine)
+    assert {"engine.learned._lock", "engine.redundancy._lock", "engine.reservations._lock"} <= set(locks)
+    held = [lock for lock in locks.values() if lock.acquire(blocking=False)]
+    read, write = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                still = sorted(path for path, lock in locks_of(engine).items() if lock.locked())
+                processor.on_end(make_span(CALL))
+                ok = processor.force_flush(5000)
+                os.write(write, f"{ok} {spans_total(engine, 'applied')} {still}".encode())
+            finally:
+                os._exit(0)
+    finally:
+        for lock in held:
+            lock.release()
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 10_000).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == "True 2.0 []"
+
+
 class Counting(SpanProcessor):
     def __init__(self) -> None:
         self.ended = 0

@@ -122,6 +122,10 @@ class RunCosts:
         self._call_count = 0
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the lock."""
+        self._lock = threading.Lock()
+
     def link(self, spans: Iterable[tuple[int, int, int]]) -> None:
         """Remember (trace id, span id, parent span id) of spans, 0 for a root's parent."""
         with self._lock:

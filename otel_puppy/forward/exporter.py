@@ -16,7 +16,9 @@ refuses. So a span that gains attributes is exported as a new `ReadableSpan`, th
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -86,6 +88,16 @@ class EnrichingSpanExporter(SpanExporter):
         ancestors end after it, so they are exported with it or later, and an application's other
         spans (requests, queries) cost no memory."""
         self._lock = threading.Lock()
+        # The SDK's BatchSpanProcessor restarts its worker in a forked child; the locks that worker
+        # (or another thread) held here at the fork are replaced first. A weak reference, so
+        # registering does not keep the exporter alive.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads may have held the locks."""
+        self._lock = threading.Lock()
+        self.runs.after_fork()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -162,6 +174,12 @@ class EnrichingSpanExporter(SpanExporter):
         if self.operation_cost and price.exact_usd is not None and OPERATION_COST not in present:
             added.append((OPERATION_COST, float(price.exact_usd)))
         return added
+
+
+def _after_fork_in_child(ref: weakref.ReferenceType[EnrichingSpanExporter]) -> None:
+    exporter = ref()
+    if exporter is not None:
+        exporter.after_fork()
 
 
 class _Enriched(ReadableSpan):
