@@ -12,10 +12,8 @@ degrade is one more pass. Each policy kind lives in its runtime (`policies/runti
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import warnings
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -24,6 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client.core import Metric
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
+from otel_puppy._fork import repair_in_child
 from otel_puppy._ids import decision_id as new_decision_id
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.admission import TOTAL_SCOPE, Headroom, Hit, Plan, denied
@@ -134,11 +133,8 @@ class PolicyEngine:
         self._closed = False
         self._metrics_servers: list[MetricsServer] = []
         self.metrics.add_collector(self._collect)
-        # A forked child gets a copy of this engine but not the threads that held its locks: every
-        # part repairs them there, before the processor's worker restarts (hooks run in the order they
-        # were registered). A weak reference, so registering does not keep the engine alive.
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
+        # Registered before the span processor's: every part is repaired before its worker restarts.
+        repair_in_child(self, PolicyEngine.after_fork)
         try:  # last: an engine that failed to start holds no registry
             self.metrics.register(self.registry)
         except RegistryInUse:  # another engine claimed it since `ensure_free`
@@ -550,12 +546,6 @@ class PolicyEngine:
             self.month_to_date.after_fork()
         for runtime in rules.runtimes:
             runtime.after_fork()
-
-
-def _after_fork_in_child(ref: weakref.ReferenceType[PolicyEngine]) -> None:
-    engine = ref()
-    if engine is not None:
-        engine.after_fork()
 
 
 _REFUSED: Final = Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)

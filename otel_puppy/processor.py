@@ -14,10 +14,8 @@ can never count a span twice, because the store dedupes by span id.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
@@ -29,6 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from otel_puppy import semconv
+from otel_puppy._fork import repair_in_child
 from otel_puppy.calls import LLMCall, extract_call
 from otel_puppy.exceptions import StoreError
 from otel_puppy.guard import DECISION_CONTEXT_KEY
@@ -82,10 +81,14 @@ class PuppySpanProcessor(SpanProcessor):
         self._shutdown = False
         self._worker_error: BaseException | None = None
         self._start()
-        # A forked child gets a copy of this object but not its thread: give it a fresh queue and
-        # worker there. A weak reference, so registering does not keep the processor alive.
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reinit_in_child(ref))
+        # A forked child gets a copy of this object but not its thread: a fresh queue and worker
+        # there, after the engine's own repair (registered when the engine was made, so run first).
+        repair_in_child(self, PuppySpanProcessor._after_fork)
+
+    def _after_fork(self) -> None:
+        self._shutdown = False
+        self._worker_error = None
+        self._start()
 
     def _start(self) -> None:
         self._queue: deque[ReadableSpan | _Flush] = deque()
@@ -270,13 +273,3 @@ class PuppySpanProcessor(SpanProcessor):
             if self._engine.settings.reraise:
                 # Under pytest the error surfaces from the next force_flush, in the test's thread.
                 self._worker_error = exc
-
-
-def _reinit_in_child(ref: weakref.ReferenceType[PuppySpanProcessor]) -> None:
-    processor = ref()
-    if processor is None:
-        return
-    # The engine repaired its own parts already: its hook was registered first, so it ran first.
-    processor._shutdown = False
-    processor._worker_error = None
-    processor._start()

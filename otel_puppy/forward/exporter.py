@@ -16,9 +16,7 @@ refuses. So a span that gains attributes is exported as a new `ReadableSpan`, th
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -29,6 +27,7 @@ from opentelemetry.trace import StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from otel_puppy import semconv
+from otel_puppy._fork import repair_in_child
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.calls import LLMCall, extract_call, is_genai_span
 from otel_puppy.forward.enrich import REJECTED, RunCosts, call_attributes, is_run, run_attributes
@@ -88,11 +87,9 @@ class EnrichingSpanExporter(SpanExporter):
         ancestors end after it, so they are exported with it or later, and an application's other
         spans (requests, queries) cost no memory."""
         self._lock = threading.Lock()
-        # The SDK's BatchSpanProcessor restarts its worker in a forked child; the locks that worker
-        # (or another thread) held here at the fork are replaced first. A weak reference, so
-        # registering does not keep the exporter alive.
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
+        # The SDK's BatchSpanProcessor restarts its worker in a forked child: the locks that worker
+        # (or another thread) held here at the fork are replaced there.
+        repair_in_child(self, EnrichingSpanExporter.after_fork)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's threads may have held the locks."""
@@ -174,12 +171,6 @@ class EnrichingSpanExporter(SpanExporter):
         if self.operation_cost and price.exact_usd is not None and OPERATION_COST not in present:
             added.append((OPERATION_COST, float(price.exact_usd)))
         return added
-
-
-def _after_fork_in_child(ref: weakref.ReferenceType[EnrichingSpanExporter]) -> None:
-    exporter = ref()
-    if exporter is not None:
-        exporter.after_fork()
 
 
 class _Enriched(ReadableSpan):
