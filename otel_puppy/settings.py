@@ -68,16 +68,20 @@ class PuppySettings(BaseSettings):
     timezone: str = "UTC"
     """IANA timezone of calendar windows (`day` resets at local midnight)."""
 
-    queue_size: int = Field(default=20_000, ge=1)
-    """Spans the span processor holds for its worker before it drops (and counts) new ones."""
-    max_label_values: int = Field(default=200, ge=1)
-    """Distinct values a metric label may take before further values are folded into `other`."""
+    queue_size: int = Field(default=20_000, ge=1, le=1_000_000)
+    """Spans the span processor holds for its worker before it drops (and counts) new ones (at most a
+    million: a few KB each, the queue's memory stays bounded)."""
+    max_label_values: int = Field(default=200, ge=1, le=10_000)
+    """Distinct values a metric label may take before further values are folded into `other` (at most
+    10,000: past that a label is an id, and the series would not be bounded)."""
     dedupe_ttl_s: float = Field(default=24 * 3600, gt=0, le=400 * 86400, allow_inf_nan=False)
     """How long a span id is remembered, so a retried span is never counted twice (at most 400 days)."""
-    watch_policies_s: float | None = Field(default=1.0, gt=0)
-    """Poll the policy files this often and reload on change; unset to only reload on request."""
-    reservation_ttl_s: float = Field(default=300.0, gt=0)
-    """How long a `decide()` reservation waits for the span that settles it before it expires."""
+    watch_policies_s: float | None = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    """Poll the policy files this often (at most an hour apart) and reload on change; unset to only
+    reload on request."""
+    reservation_ttl_s: float = Field(default=300.0, gt=0, le=86400, allow_inf_nan=False)
+    """How long a `decide()` reservation waits for the span that settles it before it expires (at most
+    a day: a reservation that never expired would hold its budget for good)."""
     learned_estimates: bool = True
     """A decision without an estimate reserves a learned one: a high quantile of what the last calls of
     the same agent, provider and model cost (`learned.py`). False: no estimate, nothing reserved."""

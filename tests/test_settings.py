@@ -50,3 +50,43 @@ def test_the_dedupe_window_is_bounded(monkeypatch: pytest.MonkeyPatch, value: st
 def test_the_dedupe_window_may_be_400_days(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_PUPPY_DEDUPE_TTL_S", "34560000")
     assert PuppySettings.load().dedupe_ttl_s == 400 * 86400
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_PUPPY_QUEUE_SIZE", "0"),
+        ("OTEL_PUPPY_QUEUE_SIZE", "1000001"),
+        ("OTEL_PUPPY_QUEUE_SIZE", "1" + "0" * 4000),
+        ("OTEL_PUPPY_MAX_LABEL_VALUES", "0"),
+        ("OTEL_PUPPY_MAX_LABEL_VALUES", "10001"),
+        ("OTEL_PUPPY_WATCH_POLICIES_S", "0"),
+        ("OTEL_PUPPY_WATCH_POLICIES_S", "3600.001"),
+        ("OTEL_PUPPY_WATCH_POLICIES_S", "inf"),
+        ("OTEL_PUPPY_WATCH_POLICIES_S", "nan"),
+        ("OTEL_PUPPY_RESERVATION_TTL_S", "0"),
+        ("OTEL_PUPPY_RESERVATION_TTL_S", "86400.5"),
+        ("OTEL_PUPPY_RESERVATION_TTL_S", "inf"),
+        ("OTEL_PUPPY_RESERVATION_TTL_S", "nan"),
+        ("OTEL_PUPPY_RESERVATION_TTL_S", "1e308"),
+    ],
+)
+def test_sizes_and_intervals_are_bounded(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    # Unbounded, an infinite poll interval stopped the policy watcher (`Event.wait(inf)` raises), an
+    # infinite reservation held its budget for good, and a queue or a label of any size was accepted.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        PuppySettings.load()
+
+
+def test_sizes_and_intervals_may_be_their_largest(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in [
+        ("OTEL_PUPPY_QUEUE_SIZE", "1000000"),
+        ("OTEL_PUPPY_MAX_LABEL_VALUES", "10000"),
+        ("OTEL_PUPPY_WATCH_POLICIES_S", "3600"),
+        ("OTEL_PUPPY_RESERVATION_TTL_S", "86400"),
+    ]:
+        monkeypatch.setenv(variable, value)
+    settings = PuppySettings.load()
+    assert (settings.queue_size, settings.max_label_values) == (1_000_000, 10_000)
+    assert (settings.watch_policies_s, settings.reservation_ttl_s) == (3600.0, 86400.0)
