@@ -215,9 +215,10 @@ class _Reservation:
     source: str
 
 
-_Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool, int | None]
+_Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool, int | None, list[int]]
 """What `admit` reads for one check: its counter, its scope, its limits (clamped to `CEILING`),
-whether it blocks, and its call limit (clamped) if it is a call budget."""
+whether it blocks, its call limit (clamped) if it is a call budget, and its scope's reserved totals
+(the very list `_reserved` holds, which reservations change in place)."""
 _RANKED_BY: Final = (itemgetter(0), itemgetter(1), itemgetter(2))
 """What `read_fullest` ranks a group's counters by: spend, tokens or calls (`[nanos, tokens, requests]`)."""
 _Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter], bool]
@@ -253,6 +254,8 @@ class MemoryStore:
         self._calls = CallIndex()
         self._reservations: dict[str, _Reservation] = {}
         self._reserved: dict[str, list[int]] = {}
+        """Per scope, [nanos, tokens] its outstanding reservations hold. A list stays while `admit`'s
+        `_found` may hold it (at [0, 0] once released); `expire` drops those at zero."""
         self._by_settle_key: dict[str, deque[str]] = {}
         self._reservation_heap: list[tuple[float, str]] = []
         self._marks: dict[str, float] = {}
@@ -413,7 +416,6 @@ class MemoryStore:
         nanos, tokens = admission.nanos, admission.tokens
         if not (0 <= nanos <= CEILING and 0 <= tokens <= CEILING):
             nanos, tokens = clamp(nanos), clamp(tokens)
-        reserved_totals = self._reserved
         with self._lock:
             heap = self._reservation_heap
             if heap and heap[0][0] <= now:
@@ -423,8 +425,7 @@ class MemoryStore:
                 found = self._find(checks, now)
             states = []
             admitted = True
-            reserved_of = reserved_totals.get
-            for counter, scope, limit_nanos, limit_tokens, blocking, limit_calls in found[4]:
+            for counter, _, limit_nanos, limit_tokens, blocking, limit_calls, held in found[4]:
                 if isinstance(counter, _Ring):  # `read_raw`, inlined
                     if now >= counter.until:
                         counter._advance(int(now // counter.step))
@@ -433,13 +434,9 @@ class MemoryStore:
                         spent = [min(total, CEILING) for total in spent]
                 else:
                     spent = counter
-                held = reserved_of(scope)
-                if held is None:
-                    held_nanos = held_tokens = 0
-                else:
-                    held_nanos, held_tokens = held
-                    if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
-                        held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
+                held_nanos, held_tokens = held
+                if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
+                    held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
                 if limit_calls is not None:  # a call budget: one call more, held in the token slot
                     fits = spent[2] + held_tokens < limit_calls
                     states.append(_new_state(CheckState, (spent[0], spent[2], held_nanos, held_tokens, fits)))
@@ -462,15 +459,15 @@ class MemoryStore:
                 self._reservations[decision_id] = _Reservation(
                     checks, nanos, tokens, admission.expires_at, admission.settle_key, admission.source
                 )
-                # Exact (Python ints): released reservations take back exactly what they added.
-                for check in checks:
-                    held_nanos, held_tokens = (0, 1) if check.limit_calls is not None else (nanos, tokens)
-                    totals = reserved_totals.get(check.scope)
-                    if totals is None:
-                        reserved_totals[check.scope] = [held_nanos, held_tokens]
+                # Exact (Python ints): released reservations take back exactly what they added. Each
+                # check's totals are the scope's own list (`_find` put it there): no lookup.
+                for entry in found[4]:
+                    totals = entry[6]
+                    if entry[5] is not None:  # a call budget holds one call
+                        totals[1] += 1
                     else:
-                        totals[0] += held_nanos
-                        totals[1] += held_tokens
+                        totals[0] += nanos
+                        totals[1] += tokens
                 settle_key = admission.settle_key
                 if settle_key:
                     queue = self._by_settle_key.get(settle_key)
@@ -484,7 +481,7 @@ class MemoryStore:
         """The counter each of `checks` reads at `now` (a ring, a calendar counter, or `_ZERO`), kept
         for `admit` while no counter is created or dropped and `now` stays in every calendar bucket:
         a request of the same shape then reads them with no key to build or look up."""
-        rings, calendar = self._rings, self._calendar
+        rings, calendar, reserved = self._rings, self._calendar, self._reserved
         counters: list[_Counter] = []
         first, last = -math.inf, math.inf
         for check in checks:
@@ -497,6 +494,9 @@ class MemoryStore:
                 first, last = max(first, start), min(last, end)
                 found_counter = calendar.get((check.scope, window.unit, start))
             limit_nanos, limit_tokens, limit_calls = check.limit_nanos, check.limit_tokens, check.limit_calls
+            held = reserved.get(check.scope)
+            if held is None:
+                held = reserved[check.scope] = [0, 0]
             counters.append(
                 (
                     found_counter if found_counter is not None else _ZERO,
@@ -505,6 +505,7 @@ class MemoryStore:
                     None if limit_tokens is None else min(limit_tokens, CEILING),
                     check.blocking,
                     None if limit_calls is None else min(limit_calls, CEILING),
+                    held,
                 )
             )
         holds_calls = any(check.limit_calls is not None for check in checks)
@@ -534,7 +535,7 @@ class MemoryStore:
             if heap and heap[0][0] <= now:
                 self._expire_reservations(now)
             plans = self._fullest_plans(groups, now)
-            reserved_totals = self._reserved
+            reserving = bool(self._reservations)  # `_reserved` keeps lists at zero: not the test
             for group, (field, group_rings, counts, advanced) in zip(groups, plans, strict=True):
                 if len(group) == 1:  # most groups: a label the guard let through, one instance each
                     winners.append(group[0])
@@ -552,7 +553,7 @@ class MemoryStore:
                     best = counts.index(fullest)
                 else:  # a ring's total past the ceiling reads as the ceiling: the first of those
                     best = next(i for i, counted in enumerate(counts) if counted[field] >= CEILING)
-                if field != 1 and reserved_totals:  # reservations count too: rank again with them
+                if field != 1 and reserving:  # reservations count too: rank again with them
                     best = self._fullest_reserving(group, now)
                 winners.append(group[best])
             return self._read_budgets(winners, now)
@@ -639,11 +640,11 @@ class MemoryStore:
         self._outcomes.append(Outcome(reservation.source, outcome, nanos, cost))
         for check in reservation.checks:
             held_nanos, held_tokens = (0, 1) if check.limit_calls is not None else (nanos, tokens)
-            totals = self._reserved[check.scope]
+            totals = self._reserved.get(check.scope)
+            if totals is None:  # only a hold of nothing (a call budget's request of no estimate) finds none
+                continue
             totals[0] -= held_nanos
-            totals[1] -= held_tokens
-            if totals == [0, 0]:
-                del self._reserved[check.scope]
+            totals[1] -= held_tokens  # at [0, 0] it stays: `_found` may hold it (`expire` drops it)
         if reservation.settle_key:
             queue = self._by_settle_key.get(reservation.settle_key)
             if queue is not None:
@@ -798,6 +799,11 @@ class MemoryStore:
                 del self._samples[key]
             before = len(self._reservations)
             self._expire_reservations(now)
+            released = [scope for scope, totals in self._reserved.items() if totals == [0, 0]]
+            if released:
+                for scope in released:
+                    del self._reserved[scope]
+                self._found.clear()  # it holds these lists: `admit` finds its counters again
             return dropped + len(old) + len(idle) + len(forgotten) + before - len(self._reservations)
 
     def health(self) -> StoreHealth:

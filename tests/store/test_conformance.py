@@ -548,6 +548,22 @@ def test_release(store: Store) -> None:
     assert reserved(store) == (0, 0)
 
 
+def test_a_reservation_holding_nothing_on_a_budget_is_released_after_others_there(store: Store) -> None:
+    # A request with no estimate on a call budget and a spend budget holds one call on the first and
+    # nothing on the second. Released after another decision's hold on the spend budget, the memory
+    # store looked up the spend budget's totals (dropped at zero by then) and raised KeyError.
+    calls, spend = BudgetCheck("c", DAY, None, None, True, limit_calls=10), check("s")
+    assert admit(store, "nothing", calls, spend).reserved is True
+    assert admit(store, "something", spend, nanos=500).reserved is True
+    assert store.release("something") is True
+    assert store.release("nothing") is True
+    assert reserved(store, "s") == (0, 0)
+    assert store.read_budgets([calls], T0)[0] == CheckState(0, 0, 0, 0, True)
+    store.expire(T0)  # zero totals are dropped, and what admit kept of them with them
+    assert admit(store, "again", calls, spend, nanos=7).states[1] == CheckState(0, 0, 0, 0, True)
+    assert reserved(store, "s") == (7, 0)
+
+
 def test_reservations_expire_at_their_time(store: Store) -> None:
     admit(store, "d1", nanos=500, expires_at=T0 + 300)
     assert reserved(store, now=T0 + 299.999) == (500, 0)
