@@ -75,6 +75,7 @@ __all__ = (
     "Outcome",
     "Sample",
     "SpendRecord",
+    "Spread",
     "StateReport",
     "Store",
     "StoreHealth",
@@ -260,6 +261,17 @@ class Increment(NamedTuple):
     tokens: int
 
 
+class Spread(NamedTuple):
+    """A record's increments in one piece (the engine's records for the memory store): `nanos` and
+    `tokens` at `ts` added to the counter of each (scope, window) of `targets`, a tuple shared by the
+    records of a batch that count in the same budgets. The same as one `Increment` per target."""
+
+    targets: tuple[tuple[str, Window], ...]
+    ts: float
+    nanos: int
+    tokens: int
+
+
 class SpendRecord(NamedTuple):
     """One span's effect on the store, applied all-or-nothing with its dedupe check.
 
@@ -291,11 +303,17 @@ class SpendRecord(NamedTuple):
     weak: bool = False
     ledger: LedgerEntry | None = None
     """The call's ledger row increment (`ledger.py`), added with the spend when the record is applied."""
+    spread: Spread | None = None
+    """Its increments in one piece, in place of `increments` (empty then): only a store that reads it
+    is given one (`MemoryStore.reads_spread`)."""
 
     @property
     def nanos(self) -> int:
         """The call's cost: every increment adds it (to a different counter); 0 with none."""
-        return self.increments[0].nanos if self.increments else 0
+        if self.increments:
+            return self.increments[0].nanos
+        spread = self.spread
+        return spread.nanos if spread is not None and spread.targets else 0
 
     @property
     def keys_until(self) -> float:
