@@ -57,7 +57,6 @@ from otel_puppy.span_results import count_results
 from otel_puppy.state_sync import StateSync
 from otel_puppy.store import ApplyResult, Store, open_store
 from otel_puppy.store.base import Admitted
-from otel_puppy.store.memory import MemoryStore
 from otel_puppy.store_figures import StoreFigures, total_windows
 from otel_puppy.windows import CalendarWindow
 
@@ -231,7 +230,7 @@ class PolicyEngine:
         pricer, ttl, lateness = rules.pricer, self.settings.dedupe_ttl_s, self.settings.max_span_lateness_s
         prices = [pricer.price(call) for call in calls]
         records = rules.admission.records(
-            calls, prices, now, lateness_s=lateness, ttl=ttl, spread=type(self._store) is MemoryStore
+            calls, prices, now, lateness_s=lateness, ttl=ttl, spread=getattr(self._store, "reads_spread", False) is True
         )
         try:
             results = self._store.apply(records, now)

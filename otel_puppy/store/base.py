@@ -42,11 +42,11 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.ledger import LedgerEntry
@@ -76,6 +76,7 @@ __all__ = (
     "Sample",
     "SpendRecord",
     "Spread",
+    "SpreadSums",
     "StateReport",
     "Store",
     "StoreHealth",
@@ -270,6 +271,50 @@ class Spread(NamedTuple):
     ts: float
     nanos: int
     tokens: int
+
+
+class SpreadSums:
+    """A batch's `Spread`s added up (for `apply`): per targets tuple and the counter each of its windows
+    has at the spread's time, the first spread's time and the sums of the clamped nanos and tokens and
+    the count of spreads. `counters()` gives each target's share, as its increments would add up: amounts
+    are clamped into [0, CEILING] first, so adding them in any grouping saturates where they would."""
+
+    __slots__ = ("groups", "windows")
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[Any, ...], list[Any]] = {}
+        self.windows: dict[int, tuple[Any, ...]] = {}
+        """Per targets tuple (by id, kept in the value): its rolling windows' steps and its calendar windows."""
+
+    def add(self, spread: Spread) -> None:
+        targets, ts, nanos, tokens = spread
+        nanos = 0 if nanos <= 0 else nanos if nanos < CEILING else CEILING  # `clamp`, inlined
+        tokens = 0 if tokens <= 0 else tokens if tokens < CEILING else CEILING
+        windows = self.windows.get(id(targets))
+        if windows is None or windows[0] is not targets:
+            distinct = dict.fromkeys(window for _, window in targets)
+            steps = tuple(window.step for window in distinct if isinstance(window, RollingWindow))
+            calendars = tuple(window for window in distinct if not isinstance(window, RollingWindow))
+            windows = self.windows[id(targets)] = (targets, steps, calendars)
+        # Spreads of the same targets whose time falls in the same counter of each window: one group.
+        key = (
+            id(targets),
+            *[int(ts // step) for step in windows[1]],
+            *[window.bounds(ts)[0] for window in windows[2]],
+        )
+        group = self.groups.get(key)
+        if group is None:
+            self.groups[key] = [targets, ts, nanos, tokens, 1]
+        else:
+            group[2] += nanos
+            group[3] += tokens
+            group[4] += 1
+
+    def counters(self) -> Iterator[tuple[str, Window, float, int, int, int]]:
+        """Per group and target: its scope and window, the group's first time, nanos, tokens and count."""
+        for targets, ts, nanos, tokens, calls in self.groups.values():
+            for scope, window in targets:
+                yield scope, window, ts, nanos, tokens, calls
 
 
 class SpendRecord(NamedTuple):

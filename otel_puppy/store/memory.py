@@ -49,7 +49,7 @@ from otel_puppy.store.base import (
     Outcome,
     Sample,
     SpendRecord,
-    Spread,
+    SpreadSums,
     StateReport,
     StoreHealth,
     SubBucket,
@@ -235,62 +235,6 @@ window), and per check the counts it reads (a ring's running total or a calendar
 when there is none yet)."""
 
 
-class _Spreads:
-    """`MemoryStore.apply`'s sums of a batch's `Spread`s: per targets tuple and the counter each of its
-    windows has at the spread's time (the same counters), the first spread's time, and the clamped
-    nanos, tokens and count of them all; then added to the per-counter sums as the increments would be."""
-
-    __slots__ = ("groups", "windows")
-
-    def __init__(self) -> None:
-        self.groups: dict[tuple[Any, ...], list[Any]] = {}
-        self.windows: dict[int, tuple[Any, ...]] = {}
-        """Per targets tuple (by id, kept in the value): its rolling windows' steps and its calendar windows."""
-
-    def add(self, spread: Spread) -> None:
-        targets, ts, nanos, tokens = spread
-        nanos = 0 if nanos <= 0 else nanos if nanos < CEILING else CEILING  # `clamp`, inlined
-        tokens = 0 if tokens <= 0 else tokens if tokens < CEILING else CEILING
-        windows = self.windows.get(id(targets))
-        if windows is None or windows[0] is not targets:
-            distinct = dict.fromkeys(window for _, window in targets)
-            steps = tuple(window.step for window in distinct if isinstance(window, RollingWindow))
-            calendars = tuple(window for window in distinct if not isinstance(window, RollingWindow))
-            windows = self.windows[id(targets)] = (targets, steps, calendars)
-        # The counters of the spread: as `_apply_one` keys an increment's, one per distinct window.
-        key = (
-            id(targets),
-            *[int(ts // step) for step in windows[1]],
-            *[window.bounds(ts)[0] for window in windows[2]],
-        )
-        group = self.groups.get(key)
-        if group is None:
-            self.groups[key] = [targets, ts, nanos, tokens, 1]
-        else:
-            group[2] += nanos
-            group[3] += tokens
-            group[4] += 1
-
-    def add_to(
-        self, rolling: dict[tuple[str, str, int], list[Any]], calendar: dict[tuple[str, str, float], list[Any]]
-    ) -> None:
-        for targets, ts, nanos, tokens, calls in self.groups.values():
-            for scope, window in targets:
-                if isinstance(window, RollingWindow):
-                    key: tuple[str, str, Any] = (scope, window.label, int(ts // window.step))
-                    pending: dict[Any, list[Any]] = rolling
-                else:
-                    key = (scope, window.unit, window.bounds(ts)[0])
-                    pending = calendar
-                entry = pending.get(key)
-                if entry is None:
-                    pending[key] = [Increment(scope, window, ts, nanos, tokens), nanos, tokens, calls]
-                else:
-                    entry[1] += nanos
-                    entry[2] += tokens
-                    entry[3] += calls
-
-
 class MemoryStore:
     """Holds everything in this process; nothing survives a restart."""
 
@@ -298,6 +242,8 @@ class MemoryStore:
     """Only this process sees the state (a forked child gets a copy that goes its own way)."""
     does_io = False
     """Every call answers from memory under one short lock."""
+    reads_spread = True
+    """`apply` reads a record's `SpendRecord.spread` (the engine sends one in place of its increments)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -352,16 +298,28 @@ class MemoryStore:
         # in the same few budgets' counters), then each counter is written once: the same totals as
         # adding them one by one, since every amount is clamped into [0, CEILING] and counts only grow
         # (a counter saturates where the one-by-one sum would have; `saturated` counts writes).
-        # A record's `spread` is added up first per targets and counters (`_Spreads`), then per counter.
+        # A record's `spread` is added up first per targets and counters (`SpreadSums`), then per counter.
         with self._lock:
             rolling: dict[tuple[str, str, int], list[Any]] = {}
             calendar: dict[tuple[str, str, float], list[Any]] = {}
-            spreads = _Spreads()
+            spreads = SpreadSums()
             try:
                 return [self._apply_one(record, rolling, calendar, spreads) for record in records]
             finally:
-                if spreads.groups:
-                    spreads.add_to(rolling, calendar)
+                for scope, window, ts, nanos, tokens, calls in spreads.counters():
+                    if isinstance(window, RollingWindow):
+                        key: tuple[str, str, Any] = (scope, window.label, int(ts // window.step))
+                        pending: dict[Any, list[Any]] = rolling
+                    else:
+                        key = (scope, window.unit, window.bounds(ts)[0])
+                        pending = calendar
+                    entry = pending.get(key)
+                    if entry is None:
+                        pending[key] = [Increment(scope, window, ts, nanos, tokens), nanos, tokens, calls]
+                    else:
+                        entry[1] += nanos
+                        entry[2] += tokens
+                        entry[3] += calls
                 if rolling or calendar:
                     saturated = self._add_all(rolling, calendar)
                     if saturated:
@@ -372,7 +330,7 @@ class MemoryStore:
         record: SpendRecord,
         rolling: dict[tuple[str, str, int], list[Any]],
         calendar: dict[tuple[str, str, float], list[Any]],
-        spreads: _Spreads,
+        spreads: SpreadSums,
     ) -> ApplyResult:
         # Each key is digested once (`KeySet`, `CallIndex`): the span's, its parent's, its calls'.
         seen = self._seen

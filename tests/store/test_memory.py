@@ -17,7 +17,6 @@ from otel_puppy.store.base import (
     Increment,
     Sample,
     SpendRecord,
-    Spread,
     SubBucket,
     check_state,
 )
@@ -147,46 +146,3 @@ def test_a_batch_adds_up_per_counter_what_one_span_at_a_time_adds() -> None:
     assert batched.read_sub_buckets(rolling, T0) == one_by_one.read_sub_buckets(rolling, T0)
     assert batched.health().saturated > 0
     assert len(batched) == len(one_by_one)
-
-
-def test_a_spread_adds_what_its_increments_add() -> None:
-    """A record's `spread` (the engine's records for this store) counts as one increment per target:
-    batches of spread records (targets shared or equal, late and old spend, sums past the ceiling,
-    duplicates and nested spans) end every counter as their increments applied one span at a time."""
-    rng = random.Random(11)
-    windows: tuple[Window, ...] = (*WINDOWS, RollingWindow(86400, "24h"), CalendarWindow("hour", UTC))
-    pool = [
-        tuple((f"s{rng.randrange(4)}", window) for window in rng.sample(windows, rng.randrange(1, len(windows) + 1)))
-        for _ in range(5)
-    ]
-    pool.append((("s0", windows[0]), ("s0", windows[0])))  # one counter twice: added twice
-    huge = 2**53 - 1
-    spread, plain = [], []
-    for _ in range(600):
-        ts = T0 - rng.choice((0, 5, 30, 1800, 3599, 3700, 90_000)) + rng.random()
-        nanos = rng.choice((0, -3, 1, 2_000_000, huge // 3, huge, 2**70))
-        tokens = rng.choice((0, 7, 1500, -1, 2**60))
-        targets = rng.choice(pool)
-        if rng.random() < 0.2:
-            targets = tuple(pair for pair in targets)  # equal targets in a tuple of their own
-        span = f"span-{rng.randrange(400)}"
-        parent = f"span-{rng.randrange(400)}" if rng.random() < 0.2 else None
-        increments = tuple(Increment(scope, window, ts, nanos, tokens) for scope, window in targets)
-        plain.append(SpendRecord(span, parent, increments, T0 + 86400))
-        spread.append(SpendRecord(span, parent, (), T0 + 86400, spread=Spread(targets, ts, nanos, tokens)))
-    assert all(s.nanos == p.nanos for s, p in zip(spread, plain, strict=True))
-    one_by_one, batched = MemoryStore(), MemoryStore()
-    results = [one_by_one.apply([record], T0)[0] for record in plain]
-    assert [r for i in range(0, 600, 100) for r in batched.apply(spread[i : i + 100], T0)] == results
-    assert results.count(ApplyResult.APPLIED) > 100
-    reads = [(f"s{s}", window) for s in range(4) for window in windows]
-    assert batched.totals(reads, T0) == one_by_one.totals(reads, T0)
-    rolling = [(scope, window) for scope, window in reads if isinstance(window, RollingWindow)]
-    assert batched.read_sub_buckets(rolling, T0) == one_by_one.read_sub_buckets(rolling, T0)
-    assert len(batched) == len(one_by_one)
-    assert batched._calendar_expiry == one_by_one._calendar_expiry
-    # `saturated` counts writes: as many as the same batches of increments make
-    by_increments = MemoryStore()
-    for i in range(0, 600, 100):
-        by_increments.apply(plain[i : i + 100], T0)
-    assert batched.health().saturated == by_increments.health().saturated > 0
