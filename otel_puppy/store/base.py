@@ -284,31 +284,35 @@ class SpreadSums:
     def __init__(self) -> None:
         self.groups: dict[tuple[Any, ...], list[Any]] = {}
         self.windows: dict[int, tuple[Any, ...]] = {}
-        """Per targets tuple (by id, kept in the value): its rolling windows' steps and its calendar windows."""
+        """Per targets tuple (by id, kept in the value): `_layout`."""
 
     def add(self, spread: Spread) -> None:
         targets, ts, nanos, tokens = spread
         nanos = 0 if nanos <= 0 else nanos if nanos < CEILING else CEILING  # `clamp`, inlined
         tokens = 0 if tokens <= 0 else tokens if tokens < CEILING else CEILING
-        windows = self.windows.get(id(targets))
-        if windows is None or windows[0] is not targets:
-            distinct = dict.fromkeys(window for _, window in targets)
-            steps = tuple(window.step for window in distinct if isinstance(window, RollingWindow))
-            calendars = tuple(window for window in distinct if not isinstance(window, RollingWindow))
-            windows = self.windows[id(targets)] = (targets, steps, calendars)
-        # Spreads of the same targets whose time falls in the same counter of each window: one group.
-        key = (
-            id(targets),
-            *[int(ts // step) for step in windows[1]],
-            *[window.bounds(ts)[0] for window in windows[2]],
-        )
-        group = self.groups.get(key)
+        layout = self.windows.get(id(targets))
+        if layout is None or layout[0] is not targets:
+            layout = self._layout(targets)
+        # Spreads of the same targets whose time falls in the same counter of each window: one group
+        # (a rolling window's counter is `ts // step`, a calendar window's its start).
+        found = (id(targets), *[ts // step for step in layout[1]], *[bounds(ts)[0] for bounds in layout[2]])
+        group = self.groups.get(found)
         if group is None:
-            self.groups[key] = [targets, ts, nanos, tokens, 1]
+            self.groups[found] = [targets, ts, nanos, tokens, 1]
         else:
             group[2] += nanos
             group[3] += tokens
             group[4] += 1
+
+    def _layout(self, targets: tuple[tuple[str, Window], ...]) -> tuple[Any, ...]:
+        """The targets' rolling windows' steps and calendar windows' `bounds`, each window once: by identity (a
+        batch's windows are a few objects, the totals' and the budgets', and a window's own hash is
+        not cheap; equal windows apart only add a part to the key that is the same)."""
+        distinct = list({id(window): window for _, window in targets}.values())
+        steps = tuple(window.step for window in distinct if isinstance(window, RollingWindow))
+        calendars = tuple(window.bounds for window in distinct if not isinstance(window, RollingWindow))
+        layout = self.windows[id(targets)] = (targets, steps, calendars)
+        return layout
 
     def counters(self) -> Iterator[tuple[str, Window, float, int, int, int]]:
         """Per group and target: its scope and window, the group's first time, nanos, tokens and count."""
