@@ -34,7 +34,16 @@ from otel_puppy.policies.budget import BudgetInstance, BudgetRuntime, readable, 
 from otel_puppy.policies.budget import unreadable_hit as _unreadable_hit
 from otel_puppy.policies.matching import Scope
 from otel_puppy.pricing import Price, Pricer
-from otel_puppy.store.base import Admission, Admitted, BudgetCheck, CheckState, Increment, SpendRecord, Store
+from otel_puppy.store.base import (
+    Admission,
+    Admitted,
+    BudgetCheck,
+    CheckState,
+    Increment,
+    SpendRecord,
+    Spread,
+    Store,
+)
 from otel_puppy.windows import CalendarWindow, Window
 
 __all__ = (
@@ -72,6 +81,7 @@ applied span makes one per total window and budget instance)."""
 _spend_record: Final = partial(tuple.__new__, SpendRecord)
 _ledger_entry: Final = partial(tuple.__new__, LedgerEntry)
 """`SpendRecord` from a tuple of all its fields, in order (tests/test_engine_batch.py holds the order)."""
+_spread: Final = partial(tuple.__new__, Spread)
 _PLANS_LIMIT: Final = 20_000
 _DIMS_LIMIT: Final = 20_000
 """Ledger keys remembered (`BudgetAdmission.dims`); then forgotten all at once."""
@@ -389,11 +399,25 @@ class BudgetAdmission:
         return self.records([call], [price], now, lateness_s=lateness_s, ttl=ttl)[0]
 
     def records(
-        self, calls: Sequence[LLMCall], prices: Sequence[Price], now: float, *, lateness_s: float, ttl: float
+        self,
+        calls: Sequence[LLMCall],
+        prices: Sequence[Price],
+        now: float,
+        *,
+        lateness_s: float,
+        ttl: float,
+        spread: bool = False,
     ) -> list[SpendRecord]:
         """`record` of each call with its price, in order: what is the same for the whole batch (windows,
-        budgets, retention, the dedupe deadlines) looked up once."""
+        budgets, retention, the dedupe deadlines) looked up once. With `spread`, each record's increments
+        are its `SpendRecord.spread` (for a store that reads it), the targets shared by the records of
+        the calls that count in the same budget instances."""
         totals = self.total_windows
+        total_targets = tuple((TOTAL_SCOPE, window) for window in totals)
+        targets_of: dict[int, tuple[tuple[BudgetInstance, ...], tuple[tuple[str, Window], ...]]] = {}
+        """Per tuple of instances (`call_instances` answers the same one for calls of one scope, by
+        its id, kept here with it), the record's targets."""
+        no_instances: tuple[BudgetInstance, ...] = ()
         book = self.budgets.book
         budgets = bool(book.budgets)
         instances_of = book.call_instances
@@ -412,12 +436,24 @@ class BudgetAdmission:
             ts = min(end_ns / 1e9, now) if end_ns > 0 and not late(call, now, lateness_s) else now
             nanos = price.nanos or 0
             tokens = call.input_tokens + call.output_tokens
-            increments = [_increment((TOTAL_SCOPE, window, ts, nanos, tokens)) for window in totals]
             key = None
+            spread_of = None
+            if spread:
+                instances = instances_of(call) if budgets else no_instances
+                found = targets_of.get(id(instances))
+                if found is None or found[0] is not instances:
+                    targets = total_targets + tuple((instance.key, instance.window) for instance in instances)
+                    found = targets_of[id(instances)] = (instances, targets)
+                spread_of = _spread((found[1], ts, nanos, tokens))
+                increments: list[Increment] = []
+            else:
+                increments = [_increment((TOTAL_SCOPE, window, ts, nanos, tokens)) for window in totals]
             if budgets:
-                increments += [
-                    _increment((instance.key, instance.window, ts, nanos, tokens)) for instance in instances_of(call)
-                ]
+                if not spread:
+                    increments += [
+                        _increment((instance.key, instance.window, ts, nanos, tokens))
+                        for instance in instances_of(call)
+                    ]
                 settled_by = (call.provider, call.request_model or call.model, call.agent, call.user)
                 key = keys.get(settled_by)
                 if key is None:
@@ -470,6 +506,7 @@ class BudgetAdmission:
                         calls_until,
                         is_weak(call),
                         ledger,
+                        spread_of,
                     )
                 )
             )

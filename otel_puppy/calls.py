@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
@@ -141,40 +141,9 @@ class LLMCall:
         )
 
 
-_CALL_SETTERS: Final = tuple(getattr(LLMCall, f.name).__set__ for f in fields(LLMCall))
-"""Each field's slot setter, in field order, for `_new_call` (tests/test_calls.py holds the two together)."""
-(
-    _put_trace_id,
-    _put_span_id,
-    _put_parent_span_id,
-    _put_provider,
-    _put_request_model,
-    _put_response_model,
-    _put_operation,
-    _put_start_ns,
-    _put_end_ns,
-    _put_input_tokens,
-    _put_output_tokens,
-    _put_cache_read_tokens,
-    _put_cache_write_tokens,
-    _put_reasoning_tokens,
-    _put_has_usage,
-    _put_error_class,
-    _put_agent,
-    _put_service,
-    _put_conversation,
-    _put_user,
-    _put_team,
-    _put_environment,
-    _put_reported_cost_usd,
-    _put_decision_id,
-    _put_response_id,
-    _put_instrumentation,
-    _put_prompt_hash,
-    _put_problems,
-    _put_dedupe_namespace,
-    _put_rejected,
-) = _CALL_SETTERS
+_Unfrozen: Final[Any] = type("_Unfrozen", (), {"__slots__": LLMCall.__slots__})
+"""`LLMCall`'s slots, in its layout, without its frozen `__setattr__`: `_new_call` fills one and then
+makes it the `LLMCall` it is (assigning `__class__` is allowed between classes of the same slots)."""
 _new_object: Final = object.__new__
 
 
@@ -211,39 +180,42 @@ def _new_call(
     rejected: str | None,
 ) -> LLMCall:
     """`LLMCall(...)` of every field but `dedupe_namespace` (empty), as the generated `__init__` builds
-    it but without a frozen `__setattr__` lookup per field: that was a third of reading a small span."""
-    call: LLMCall = _new_object(LLMCall)
-    _put_trace_id(call, trace_id)
-    _put_span_id(call, span_id)
-    _put_parent_span_id(call, parent_span_id)
-    _put_provider(call, provider)
-    _put_request_model(call, request_model)
-    _put_response_model(call, response_model)
-    _put_operation(call, operation)
-    _put_start_ns(call, start_ns)
-    _put_end_ns(call, end_ns)
-    _put_input_tokens(call, input_tokens)
-    _put_output_tokens(call, output_tokens)
-    _put_cache_read_tokens(call, cache_read_tokens)
-    _put_cache_write_tokens(call, cache_write_tokens)
-    _put_reasoning_tokens(call, reasoning_tokens)
-    _put_has_usage(call, has_usage)
-    _put_error_class(call, error_class)
-    _put_agent(call, agent)
-    _put_service(call, service)
-    _put_conversation(call, conversation)
-    _put_user(call, user)
-    _put_team(call, team)
-    _put_environment(call, environment)
-    _put_reported_cost_usd(call, reported_cost_usd)
-    _put_decision_id(call, decision_id)
-    _put_response_id(call, response_id)
-    _put_instrumentation(call, instrumentation)
-    _put_prompt_hash(call, prompt_hash)
-    _put_problems(call, problems)
-    _put_dedupe_namespace(call, "")
-    _put_rejected(call, rejected)
-    return call
+    it but without a frozen `__setattr__` per field (a third of reading a small span, and still most of
+    making a call with one slot setter per field): each slot is stored as in a plain class."""
+    call = _new_object(_Unfrozen)
+    call.trace_id = trace_id
+    call.span_id = span_id
+    call.parent_span_id = parent_span_id
+    call.provider = provider
+    call.request_model = request_model
+    call.response_model = response_model
+    call.operation = operation
+    call.start_ns = start_ns
+    call.end_ns = end_ns
+    call.input_tokens = input_tokens
+    call.output_tokens = output_tokens
+    call.cache_read_tokens = cache_read_tokens
+    call.cache_write_tokens = cache_write_tokens
+    call.reasoning_tokens = reasoning_tokens
+    call.has_usage = has_usage
+    call.error_class = error_class
+    call.agent = agent
+    call.service = service
+    call.conversation = conversation
+    call.user = user
+    call.team = team
+    call.environment = environment
+    call.reported_cost_usd = reported_cost_usd
+    call.decision_id = decision_id
+    call.response_id = response_id
+    call.instrumentation = instrumentation
+    call.prompt_hash = prompt_hash
+    call.problems = problems
+    call.dedupe_namespace = ""
+    call.rejected = rejected
+    call.__class__ = LLMCall
+    built: LLMCall = call
+    return built
 
 
 def is_genai_span(attributes: Mapping[str, Any]) -> bool:
@@ -301,6 +273,7 @@ def call_from_parts(
     limits: CallLimits = DEFAULT_LIMITS,
     instrumentation: str | None = None,
     name: str | None = None,
+    memo: dict[tuple[object, ...], Any] | None = None,
 ) -> LLMCall | None:
     """Build an `LLMCall` from span parts, or `None` when the span is not one model call.
 
@@ -311,16 +284,203 @@ def call_from_parts(
     Numbers are read with `bounds.read_count`/`read_decimal`: one that is not a number makes the
     call `problems` (counted, not priced); one outside `limits` makes it `rejected` (not applied).
     Names longer than `bounds.MAX_NAME_LENGTH` are treated as absent.
+
+    `memo` (a dict, kept by the caller for spans of one `resource`) remembers what the attributes
+    other than the numbers and ids say (`_Labels`), for spans with usage that did not fail: at most
+    `MEMO_ENTRIES`, each keyed by short values only (`_memo_key`). The call is the same without it.
     """
     if not attributes:
         if not error:
             return None
         attributes = _bare_failure(name, instrumentation)
+    plan = _plan_of(attributes)
+    if memo is not None and not error and plan.has_usage:
+        key = _memo_key(attributes, instrumentation)
+        if key is None:
+            labels = _labels(attributes, plan, resource, instrumentation, error)
+        else:
+            labels = memo.get(key, _UNKNOWN)
+            if labels is _UNKNOWN:
+                labels = _labels(attributes, plan, resource, instrumentation, error)
+                if len(memo) < MEMO_ENTRIES:
+                    memo[key] = labels
+    else:
+        labels = _labels(attributes, plan, resource, instrumentation, error)
+    if labels is None:
+        return None
+
+    problems: list[str] = []
+    rejections: list[str] = []
+    tokens = [_tokens(attributes, keys, problems, rejections, limits.max_tokens) if keys else 0 for keys in plan.tokens]
+    input_tokens, output_tokens, cache_read, cache_write, reasoning = tokens
+    if not reasoning and semconv.RAW_USAGE in attributes:
+        reasoning = _raw_reasoning(attributes[semconv.RAW_USAGE], limits.max_tokens)
+    if cache_read + cache_write and (
+        labels.cache_scope or (labels.cache_provider and cache_read + cache_write > input_tokens)
+    ):
+        # The provider's own input count leaves the cache out (Anthropic's, Bedrock's), and this
+        # instrumentation passed it through; the GenAI conventions (and genai-prices) count it in.
+        input_tokens += cache_read + cache_write
+    if cache_read + cache_write > input_tokens:
+        problems.append("cache tokens exceed input tokens")
+    if reasoning > output_tokens:
+        problems.append("reasoning tokens exceed output tokens")
+    reported_cost = _cost(attributes, rejections, limits.max_cost_usd, plan.reported_cost)
+    if reported_cost == 0 and (input_tokens or output_tokens):
+        # Tokens were used and the provider bills them: an instrumentation writing 0 is telling us
+        # it could not price the model (OpenLIT does so for every model it does not know), not that
+        # the call was free. Only a real report feeds the drift.
+        reported_cost = None
+    return _new_call(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id,
+        provider=labels.provider,
+        request_model=labels.request_model,
+        response_model=labels.response_model,
+        operation=labels.operation,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        has_usage=plan.has_usage,
+        error_class=classify_error(attributes, status_message, exception_events) if error else None,
+        agent=labels.agent,
+        service=labels.service,
+        conversation=labels.conversation,
+        user=labels.user,
+        team=labels.team,
+        environment=labels.environment,
+        reported_cost_usd=reported_cost,
+        decision_id=_capped(_text(attributes.get(semconv.DECISION_ID))),
+        response_id=_response_id(attributes, plan.response_id),
+        instrumentation=labels.instrumentation,
+        prompt_hash=prompt_digest(_first(attributes, plan.prompt)),
+        problems=(*problems, *labels.problems) if labels.problems else tuple(problems),
+        rejected="; ".join(rejections) if rejections else None,
+    )
+
+
+MEMO_ENTRIES: Final = 256
+"""Label sets a `call_from_parts` memo keeps (the OTLP decoder keeps one per resource of a request)."""
+_MEMO_TEXT: Final = 256
+"""A span with a longer value (or more attributes than `_MEMO_KEYS`) is read without the memo."""
+_MEMO_KEYS: Final = 32
+_VARYING: Final = frozenset(
+    semconv.INPUT_TOKENS
+    + semconv.OUTPUT_TOKENS
+    + semconv.CACHE_READ_TOKENS
+    + semconv.CACHE_WRITE_TOKENS
+    + semconv.REASONING_TOKENS
+    + (semconv.RAW_USAGE, semconv.DECISION_ID)
+    + semconv.REPORTED_COST
+    + semconv.RESPONSE_ID
+    + semconv.PROMPT
+)
+"""Keys whose values differ from call to call: read for each span, never part of a memo's key."""
+_UNKNOWN: Final = object()
+
+
+def _memo_key(attributes: Mapping[str, Any], instrumentation: str | None) -> tuple[object, ...] | None:
+    """What `_labels` reads of a span with usage that did not fail: its other attributes' keys and
+    values (a value not a string with its type, as `True == 1 == 1.0`), and its instrumentation.
+    `None` (no memo) for a value that is not a short string, bytes or number, or too many keys."""
+    if len(attributes) > _MEMO_KEYS or (instrumentation is not None and len(instrumentation) > _MEMO_TEXT):
+        return None
+    varying = _VARYING
+    parts: list[object] = [instrumentation]
+    append = parts.append
+    for name, value in attributes.items():
+        if name in varying:
+            continue
+        if len(name) > _MEMO_TEXT:
+            return None
+        append(name)
+        kind = type(value)
+        if kind is str or kind is bytes:
+            if len(value) > _MEMO_TEXT:
+                return None
+            if kind is bytes:
+                append(bytes)
+        elif kind is int or kind is float or kind is bool:
+            append(kind)
+        else:
+            return None
+        append(value)
+    return tuple(parts)
+
+
+class _Labels:
+    """What a call's attributes, resource and instrumentation say besides its numbers: who made it,
+    with which model; the same for every span of a kind, so the OTLP decoder reads it once per batch."""
+
+    __slots__ = (
+        "agent",
+        "cache_provider",
+        "cache_scope",
+        "conversation",
+        "environment",
+        "instrumentation",
+        "operation",
+        "problems",
+        "provider",
+        "request_model",
+        "response_model",
+        "service",
+        "team",
+        "user",
+    )
+
+    def __init__(
+        self,
+        attributes: Mapping[str, Any],
+        plan: _Plan,
+        *,
+        resource: Mapping[str, Any],
+        instrumentation: str | None,
+        operation: str | None,
+        oi_kind: str | None,
+    ) -> None:
+        problems: list[str] = []
+        provider = normalize_provider(_first(attributes, plan.provider))
+        self.cache_scope = instrumentation in semconv.INPUT_WITHOUT_CACHE_SCOPES
+        self.cache_provider = provider in semconv.INPUT_WITHOUT_CACHE_PROVIDERS
+        request_model = _name(attributes, plan.request_model, problems) or _invoked_model(attributes)
+        decided = attributes.get(semconv.DECISION_MODEL)
+        if isinstance(decided, str) and ":" in decided and len(decided) <= 2 * _MAX_NAME and _utf8(decided):
+            # A degrade or a route sent the request elsewhere; the instrumentation's span still names
+            # the model the agent was built with, so a failed call would be booked to the wrong one.
+            decided_provider, _, decided_model = decided.partition(":")
+            provider, request_model = normalize_provider(decided_provider), decided_model[:_MAX_NAME] or request_model
+        self.provider = provider
+        self.request_model = request_model
+        self.response_model = _name(attributes, plan.response_model, problems)
+        self.problems = tuple(problems)
+        self.operation = _capped(operation) or ("embeddings" if oi_kind == "EMBEDDING" else "chat")
+        self.agent = _label(attributes, plan.agent)
+        self.service = _capped(_text(resource.get(semconv.RESOURCE_SERVICE)))
+        self.conversation = _label(attributes, plan.conversation)
+        self.user = _label(attributes, plan.user)
+        self.team = _label(attributes, plan.team) or _label(resource, semconv.RESOURCE_TEAM)
+        self.environment = _label(attributes, plan.environment) or _label(resource, semconv.RESOURCE_ENVIRONMENT)
+        self.instrumentation = _capped(instrumentation) if instrumentation else None
+
+
+def _labels(
+    attributes: Mapping[str, Any],
+    plan: _Plan,
+    resource: Mapping[str, Any],
+    instrumentation: str | None,
+    error: bool,
+) -> _Labels | None:
+    """The call's `_Labels`, or `None` when the span is not one model call."""
     if attributes.get(semconv.LOGFIRE_SPAN_TYPE) == semconv.LOGFIRE_PENDING:
         return None
     if attributes.get(semconv.DECISION_ACTION) == "deny":
         return None  # our guard stopped it: no model was called, nothing was spent, nothing failed
-    plan = _plan_of(attributes)
     operation = _text(_first(attributes, plan.operation))
     if operation in semconv.NOT_CALL_OPERATIONS:
         return None
@@ -334,8 +494,7 @@ def call_from_parts(
     if isinstance(tl_kind, str) and tl_kind not in {"llm", "embedding"}:
         return None
 
-    has_usage = plan.has_usage
-    if not has_usage:
+    if not plan.has_usage:
         if plan.aggregated:
             return None
         if error:
@@ -355,69 +514,8 @@ def call_from_parts(
             attributes
         ):
             return None
-
-    problems: list[str] = []
-    rejections: list[str] = []
-    tokens = [_tokens(attributes, keys, problems, rejections, limits.max_tokens) if keys else 0 for keys in plan.tokens]
-    input_tokens, output_tokens, cache_read, cache_write, reasoning = tokens
-    if not reasoning and semconv.RAW_USAGE in attributes:
-        reasoning = _raw_reasoning(attributes[semconv.RAW_USAGE], limits.max_tokens)
-    provider = normalize_provider(_first(attributes, plan.provider))
-    if cache_read + cache_write and (
-        instrumentation in semconv.INPUT_WITHOUT_CACHE_SCOPES
-        or (provider in semconv.INPUT_WITHOUT_CACHE_PROVIDERS and cache_read + cache_write > input_tokens)
-    ):
-        # The provider's own input count leaves the cache out (Anthropic's, Bedrock's), and this
-        # instrumentation passed it through; the GenAI conventions (and genai-prices) count it in.
-        input_tokens += cache_read + cache_write
-    if cache_read + cache_write > input_tokens:
-        problems.append("cache tokens exceed input tokens")
-    if reasoning > output_tokens:
-        problems.append("reasoning tokens exceed output tokens")
-
-    request_model = _name(attributes, plan.request_model, problems) or _invoked_model(attributes)
-    decided = attributes.get(semconv.DECISION_MODEL)
-    if isinstance(decided, str) and ":" in decided and len(decided) <= 2 * _MAX_NAME and _utf8(decided):
-        # A degrade or a route sent the request elsewhere; the instrumentation's span still names
-        # the model the agent was built with, so a failed call would be booked to the wrong one.
-        decided_provider, _, decided_model = decided.partition(":")
-        provider, request_model = normalize_provider(decided_provider), decided_model[:_MAX_NAME] or request_model
-    reported_cost = _cost(attributes, rejections, limits.max_cost_usd, plan.reported_cost)
-    if reported_cost == 0 and (input_tokens or output_tokens):
-        # Tokens were used and the provider bills them: an instrumentation writing 0 is telling us
-        # it could not price the model (OpenLIT does so for every model it does not know), not that
-        # the call was free. Only a real report feeds the drift.
-        reported_cost = None
-    return _new_call(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=parent_span_id,
-        provider=provider,
-        request_model=request_model,
-        response_model=_name(attributes, plan.response_model, problems),
-        operation=_capped(operation) or ("embeddings" if oi_kind == "EMBEDDING" else "chat"),
-        start_ns=start_ns,
-        end_ns=end_ns,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        reasoning_tokens=reasoning,
-        has_usage=has_usage,
-        error_class=classify_error(attributes, status_message, exception_events) if error else None,
-        agent=_label(attributes, plan.agent),
-        service=_capped(_text(resource.get(semconv.RESOURCE_SERVICE))),
-        conversation=_label(attributes, plan.conversation),
-        user=_label(attributes, plan.user),
-        team=_label(attributes, plan.team) or _label(resource, semconv.RESOURCE_TEAM),
-        environment=_label(attributes, plan.environment) or _label(resource, semconv.RESOURCE_ENVIRONMENT),
-        reported_cost_usd=reported_cost,
-        decision_id=_capped(_text(attributes.get(semconv.DECISION_ID))),
-        response_id=_response_id(attributes, plan.response_id),
-        instrumentation=_capped(instrumentation) if instrumentation else None,
-        prompt_hash=prompt_digest(_first(attributes, plan.prompt)),
-        problems=tuple(problems),
-        rejected="; ".join(rejections) if rejections else None,
+    return _Labels(
+        attributes, plan, resource=resource, instrumentation=instrumentation, operation=operation, oi_kind=oi_kind
     )
 
 

@@ -229,7 +229,9 @@ class PolicyEngine:
         rules = self._rules
         pricer, ttl, lateness = rules.pricer, self.settings.dedupe_ttl_s, self.settings.max_span_lateness_s
         prices = [pricer.price(call) for call in calls]
-        records = rules.admission.records(calls, prices, now, lateness_s=lateness, ttl=ttl)
+        records = rules.admission.records(
+            calls, prices, now, lateness_s=lateness, ttl=ttl, spread=getattr(self._store, "reads_spread", False) is True
+        )
         try:
             results = self._store.apply(records, now)
         except StoreError:

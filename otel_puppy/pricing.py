@@ -186,6 +186,12 @@ class Pricer:
         cache reads had they been plain input tokens, less what they cost. 0 without cache reads."""
         if not call.cache_read_tokens or price.nanos is None:
             return 0
+        tariff = price.tariff
+        if isinstance(tariff, _Linear):
+            # Priced by a linear piece: with no cache reads the same piece prices it (the piece is chosen
+            # by input tokens alone), less the cache reads' term; as pricing the call again would.
+            scaled = price.scaled - tariff.coefficients[2] * call.cache_read_tokens
+            return max(_round_nanos(scaled, tariff.scale) - price.nanos, 0)
         uncached = self._price(call, 0)
         return max((uncached.nanos or 0) - price.nanos, 0) if uncached.nanos is not None else 0
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from otel_puppy import semconv
+from otel_puppy import calls, semconv
 from otel_puppy.calls import ErrorClass, LLMCall, _new_call, call_from_parts, extract_call
 from otel_puppy.testing import make_span
 
@@ -380,6 +380,74 @@ def test_new_call_builds_what_the_generated_init_builds() -> None:
     built = _new_call(**given)  # type: ignore[arg-type]
     assert built == LLMCall(**given)  # type: ignore[arg-type]
     assert [getattr(built, name) for name in names] == [given.get(name, "") for name in names]
+
+
+_USAGE: dict[str, object] = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "openai",
+    "gen_ai.request.model": "gpt-4.1",
+    "gen_ai.usage.input_tokens": 100,
+    "gen_ai.usage.output_tokens": 20,
+}
+_MEMO_SPANS: list[tuple[dict[str, object], dict[str, object], str | None]] = [
+    (dict(_USAGE, **{"gen_ai.agent.name": "a"}), {"service.name": "s"}, "scope"),
+    (dict(_USAGE, **{"gen_ai.agent.name": "a", "gen_ai.usage.input_tokens": 7}), {"service.name": "s"}, "scope"),
+    (dict(_USAGE, **{"gen_ai.agent.name": "a"}), {"service.name": "s"}, "other scope"),
+    (dict(_USAGE, **{"user.id": 1}), {}, None),  # an int user id is a label: `True` and `1.0` are not
+    (dict(_USAGE, **{"user.id": True}), {}, None),
+    (dict(_USAGE, **{"user.id": 1.0}), {}, None),
+    (dict(_USAGE, **{"gen_ai.response.model": " "}), {}, None),  # a problem, after the numbers' own
+    (dict(_USAGE, **{"gen_ai.response.model": " ", "gen_ai.usage.reasoning.output_tokens": 900}), {}, None),
+    (dict(_USAGE, **{"gen_ai.provider.name": "anthropic", "gen_ai.usage.cache_read.input_tokens": 900}), {}, None),
+    (dict(_USAGE, **{"gen_ai.provider.name": "anthropic", "gen_ai.usage.cache_read.input_tokens": 90}), {}, None),
+    (dict(_USAGE, **{"gen_ai.usage.cache_read.input_tokens": 90}), {}, "opentelemetry.instrumentation.bedrock"),
+    (dict(_USAGE, **{"otel_puppy.decision.model": "anthropic:claude-haiku-4-5"}), {}, None),
+    (dict(_USAGE, **{"otel_puppy.decision_id": "d-1", "gen_ai.response.id": "r-1"}), {}, None),
+    (dict(_USAGE, **{"otel_puppy.decision_id": "d-2", "gen_ai.response.id": "r-2"}), {}, None),
+    (dict(_USAGE, **{"gen_ai.usage.cost": 0.25}), {}, None),
+    (dict(_USAGE, **{"gen_ai.usage.cost": 1e9, "gen_ai.usage.output_tokens": "x"}), {}, None),
+    (dict(_USAGE, **{"gen_ai.operation.name": "execute_tool"}), {}, None),  # not a call, remembered so
+    (dict(_USAGE, **{"gen_ai.agent.name": "a" * 300}), {}, None),  # too long to key on: read without it
+    (dict(_USAGE, **{"gen_ai.agent.name": ("a",)}), {}, None),
+]
+
+
+@pytest.mark.parametrize("error", [False, True])
+def test_the_memo_reads_what_reading_each_span_alone_reads(error: bool) -> None:
+    """`call_from_parts(memo=...)`: the same call, every field, as without it, in any order and again."""
+    names = [f.name for f in dataclasses.fields(LLMCall)]
+    memo: dict[tuple[object, ...], object] = {}
+    for attributes, resource, instrumentation in [*_MEMO_SPANS, *reversed(_MEMO_SPANS), *_MEMO_SPANS]:
+        parts = {"resource": resource, "trace_id": 1, "span_id": 2, "parent_span_id": 0, "start_ns": 1, "end_ns": 2}
+        parts["error"] = error
+        alone = call_from_parts(attributes, instrumentation=instrumentation, **parts)  # type: ignore[arg-type]
+        memoized = call_from_parts(attributes, instrumentation=instrumentation, memo=memo, **parts)  # type: ignore[arg-type]
+        if alone is None:
+            assert memoized is None
+        else:
+            assert memoized is not None
+            assert [getattr(memoized, name) for name in names] == [getattr(alone, name) for name in names]
+    assert (len(memo) > 0) is not error  # a failed span is read without it
+
+
+def test_the_memo_is_bounded() -> None:
+    memo: dict[tuple[object, ...], object] = {}
+    for n in range(2 * calls.MEMO_ENTRIES):
+        attributes = dict(_USAGE, **{"gen_ai.agent.name": f"agent-{n}"})
+        found = call_from_parts(
+            attributes,
+            resource={},
+            trace_id=1,
+            span_id=2,
+            parent_span_id=0,
+            start_ns=1,
+            end_ns=2,
+            error=False,
+            memo=memo,
+        )
+        assert found is not None
+        assert found.agent == f"agent-{n}"
+    assert len(memo) == calls.MEMO_ENTRIES
 
 
 class _Reads(dict[str, object]):

@@ -19,7 +19,7 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.ledger import LedgerEntry
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.store import ApplyResult
-from otel_puppy.store.base import Increment, SpendRecord
+from otel_puppy.store.base import Increment, SpendRecord, Spread
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
 
 NOW: Final = 1_767_229_200.0 + 30
@@ -132,6 +132,8 @@ def test_records_are_built_from_their_fields_in_order() -> None:
         "calls_until",
         "weak",
         "ledger",
+        "spread",
     )
     assert Increment._fields == ("scope", "window", "ts", "nanos", "tokens")
     assert LedgerEntry._fields == ("hour", "dims", "counts", "until")
+    assert Spread._fields == ("targets", "ts", "nanos", "tokens")

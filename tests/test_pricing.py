@@ -12,7 +12,7 @@ import pytest
 from genai_prices import Usage, calc_price, data_snapshot
 from genai_prices.types import StartDateConstraint
 
-from otel_puppy.calls import extract_call
+from otel_puppy.calls import LLMCall, extract_call
 from otel_puppy.money import usd_to_nanos
 from otel_puppy.pricing import Price, PriceOverride, Pricer, Unpriced
 from otel_puppy.testing import make_span
@@ -210,3 +210,43 @@ def test_a_linear_price_is_the_price_its_fields_make() -> None:
         "tariff",
         "model",
     ]
+
+
+def test_cache_savings_are_pricing_the_call_again_without_its_cache_reads() -> None:
+    """A linear price's savings come from its own piece (no second pricing): for every model genai-prices
+    knows, tiers crossed or not, they are what pricing the call with no cache reads gives."""
+    pricer = Pricer()
+    rng = random.Random(5)
+    checked = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for provider in data_snapshot.get_snapshot().providers:
+            for model in provider.models:
+                for input_tokens in (1, 1_000, 150_000, 250_000, 1_500_000):
+                    cache_read = rng.randint(1, input_tokens)
+                    output = rng.randint(0, 5_000)
+                    call = LLMCall(
+                        trace_id=1,
+                        span_id=2,
+                        parent_span_id=0,
+                        provider=provider.id,
+                        request_model=model.id,
+                        response_model=None,
+                        operation="chat",
+                        start_ns=1_767_225_600 * 10**9,
+                        end_ns=1_767_225_601 * 10**9,
+                        input_tokens=input_tokens,
+                        output_tokens=output,
+                        cache_read_tokens=cache_read,
+                        cache_write_tokens=rng.randint(0, input_tokens - cache_read),
+                        reasoning_tokens=rng.randint(0, output),
+                        has_usage=True,
+                    )
+                    price = pricer.price(call)
+                    if price.nanos is None:
+                        continue
+                    uncached = pricer._price(call, 0)
+                    expected = max((uncached.nanos or 0) - price.nanos, 0) if uncached.nanos is not None else 0
+                    assert pricer.cache_savings(call, price) == expected, (provider.id, model.id, input_tokens)
+                    checked += 1
+    assert checked > 5_000

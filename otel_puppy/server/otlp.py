@@ -631,6 +631,7 @@ def _read_spans(request: ExportTraceServiceRequest, limits: CallLimits) -> Itera
     markers = semconv.MARKERS
     for r_index, resource_spans in enumerate(request.resource_spans):
         resource: dict[str, object] | None = None  # converted once, for the resource's first call
+        memo: dict[tuple[object, ...], Any] = {}  # its calls' labels (`call_from_parts`)
         for s_index, scope_spans in enumerate(resource_spans.scope_spans):
             instrumentation = scope_spans.scope.name
             for index, span in enumerate(scope_spans.spans):
@@ -651,7 +652,7 @@ def _read_spans(request: ExportTraceServiceRequest, limits: CallLimits) -> Itera
                     read = _attributes(attributes)  # none it reads: `call_from_parts` sees them all, as ever
                 if resource is None:
                     resource = _attributes(resource_spans.resource.attributes)
-                decoded = _decode_call(span, resource, limits, instrumentation, read)
+                decoded = _decode_call(span, resource, limits, instrumentation, read, memo=memo)
                 if decoded is not None:
                     if decoded[3] is not None:
                         where = f"resourceSpans[{r_index}].scopeSpans[{s_index}].spans[{index}]"
@@ -709,8 +710,11 @@ def _decode_call(
     limits: CallLimits,
     instrumentation: str = "",
     attributes: Mapping[str, object] | None = None,
+    *,
+    memo: dict[tuple[object, ...], Any] | None = None,
 ) -> _Read | None:
-    """`span` as a call; `attributes`, when given, are its attributes as `_call_attributes` read them."""
+    """`span` as a call; `attributes`, when given, are its attributes as `_call_attributes` read them;
+    `memo` is `call_from_parts`'s, for the spans of `resource`."""
     try:
         error = span.status.code == _STATUS_ERROR
         call = call_from_parts(
@@ -731,6 +735,7 @@ def _decode_call(
             limits=limits,
             instrumentation=instrumentation or None,
             name=span.name,
+            memo=memo,
         )
     except Exception:
         # A bug reading one hostile span must not lose the batch: reject it, say so, log it.

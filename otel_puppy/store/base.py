@@ -42,11 +42,11 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.ledger import LedgerEntry
@@ -75,6 +75,8 @@ __all__ = (
     "Outcome",
     "Sample",
     "SpendRecord",
+    "Spread",
+    "SpreadSums",
     "StateReport",
     "Store",
     "StoreHealth",
@@ -260,6 +262,65 @@ class Increment(NamedTuple):
     tokens: int
 
 
+class Spread(NamedTuple):
+    """A record's increments in one piece (the engine's records for the memory store): `nanos` and
+    `tokens` at `ts` added to the counter of each (scope, window) of `targets`, a tuple shared by the
+    records of a batch that count in the same budgets. The same as one `Increment` per target."""
+
+    targets: tuple[tuple[str, Window], ...]
+    ts: float
+    nanos: int
+    tokens: int
+
+
+class SpreadSums:
+    """A batch's `Spread`s added up (for `apply`): per targets tuple and the counter each of its windows
+    has at the spread's time, the first spread's time and the sums of the clamped nanos and tokens and
+    the count of spreads. `counters()` gives each target's share, as its increments would add up: amounts
+    are clamped into [0, CEILING] first, so adding them in any grouping saturates where they would."""
+
+    __slots__ = ("groups", "windows")
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[Any, ...], list[Any]] = {}
+        self.windows: dict[int, tuple[Any, ...]] = {}
+        """Per targets tuple (by id, kept in the value): `_layout`."""
+
+    def add(self, spread: Spread) -> None:
+        targets, ts, nanos, tokens = spread
+        nanos = 0 if nanos <= 0 else nanos if nanos < CEILING else CEILING  # `clamp`, inlined
+        tokens = 0 if tokens <= 0 else tokens if tokens < CEILING else CEILING
+        layout = self.windows.get(id(targets))
+        if layout is None or layout[0] is not targets:
+            layout = self._layout(targets)
+        # Spreads of the same targets whose time falls in the same counter of each window: one group
+        # (a rolling window's counter is `ts // step`, a calendar window's its start).
+        found = (id(targets), *[ts // step for step in layout[1]], *[bounds(ts)[0] for bounds in layout[2]])
+        group = self.groups.get(found)
+        if group is None:
+            self.groups[found] = [targets, ts, nanos, tokens, 1]
+        else:
+            group[2] += nanos
+            group[3] += tokens
+            group[4] += 1
+
+    def _layout(self, targets: tuple[tuple[str, Window], ...]) -> tuple[Any, ...]:
+        """The targets' rolling windows' steps and calendar windows' `bounds`, each window once: by identity (a
+        batch's windows are a few objects, the totals' and the budgets', and a window's own hash is
+        not cheap; equal windows apart only add a part to the key that is the same)."""
+        distinct = list({id(window): window for _, window in targets}.values())
+        steps = tuple(window.step for window in distinct if isinstance(window, RollingWindow))
+        calendars = tuple(window.bounds for window in distinct if not isinstance(window, RollingWindow))
+        layout = self.windows[id(targets)] = (targets, steps, calendars)
+        return layout
+
+    def counters(self) -> Iterator[tuple[str, Window, float, int, int, int]]:
+        """Per group and target: its scope and window, the group's first time, nanos, tokens and count."""
+        for targets, ts, nanos, tokens, calls in self.groups.values():
+            for scope, window in targets:
+                yield scope, window, ts, nanos, tokens, calls
+
+
 class SpendRecord(NamedTuple):
     """One span's effect on the store, applied all-or-nothing with its dedupe check.
 
@@ -291,11 +352,17 @@ class SpendRecord(NamedTuple):
     weak: bool = False
     ledger: LedgerEntry | None = None
     """The call's ledger row increment (`ledger.py`), added with the spend when the record is applied."""
+    spread: Spread | None = None
+    """Its increments in one piece, in place of `increments` (empty then): only a store that reads it
+    is given one (`MemoryStore.reads_spread`)."""
 
     @property
     def nanos(self) -> int:
         """The call's cost: every increment adds it (to a different counter); 0 with none."""
-        return self.increments[0].nanos if self.increments else 0
+        if self.increments:
+            return self.increments[0].nanos
+        spread = self.spread
+        return spread.nanos if spread is not None and spread.targets else 0
 
     @property
     def keys_until(self) -> float:

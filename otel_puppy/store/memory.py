@@ -45,9 +45,11 @@ from otel_puppy.store.base import (
     BudgetCheck,
     CheckState,
     Counter,
+    Increment,
     Outcome,
     Sample,
     SpendRecord,
+    SpreadSums,
     StateReport,
     StoreHealth,
     SubBucket,
@@ -241,6 +243,8 @@ class MemoryStore:
     """Only this process sees the state (a forked child gets a copy that goes its own way)."""
     does_io = False
     """Every call answers from memory under one short lock."""
+    reads_spread = True
+    """`apply` reads a record's `SpendRecord.spread` (the engine sends one in place of its increments)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -297,12 +301,28 @@ class MemoryStore:
         # in the same few budgets' counters), then each counter is written once: the same totals as
         # adding them one by one, since every amount is clamped into [0, CEILING] and counts only grow
         # (a counter saturates where the one-by-one sum would have; `saturated` counts writes).
+        # A record's `spread` is added up first per targets and counters (`SpreadSums`), then per counter.
         with self._lock:
             rolling: dict[tuple[str, str, int], list[Any]] = {}
             calendar: dict[tuple[str, str, float], list[Any]] = {}
+            spreads = SpreadSums()
             try:
-                return [self._apply_one(record, rolling, calendar) for record in records]
+                return [self._apply_one(record, rolling, calendar, spreads) for record in records]
             finally:
+                for scope, window, ts, nanos, tokens, calls in spreads.counters():
+                    if isinstance(window, RollingWindow):
+                        key: tuple[str, str, Any] = (scope, window.label, int(ts // window.step))
+                        pending: dict[Any, list[Any]] = rolling
+                    else:
+                        key = (scope, window.unit, window.bounds(ts)[0])
+                        pending = calendar
+                    entry = pending.get(key)
+                    if entry is None:
+                        pending[key] = [Increment(scope, window, ts, nanos, tokens), nanos, tokens, calls]
+                    else:
+                        entry[1] += nanos
+                        entry[2] += tokens
+                        entry[3] += calls
                 if rolling or calendar:
                     saturated = self._add_all(rolling, calendar)
                     if saturated:
@@ -313,6 +333,7 @@ class MemoryStore:
         record: SpendRecord,
         rolling: dict[tuple[str, str, int], list[Any]],
         calendar: dict[tuple[str, str, float], list[Any]],
+        spreads: SpreadSums,
     ) -> ApplyResult:
         # Each key is digested once (`KeySet`, `CallIndex`): the span's, its parent's, its calls'.
         seen = self._seen
@@ -336,6 +357,8 @@ class MemoryStore:
                 self._covered.put_digest(parent, record.dedupe_until)
             if call_keys:
                 calls.keep(call_keys, record.keys_until, None, call_digests)
+        if record.spread is not None:
+            spreads.add(record.spread)
         for inc in record.increments:  # added up per counter; written by `apply` (`_add_all`)
             window = inc.window
             nanos, tokens = inc.nanos, inc.tokens

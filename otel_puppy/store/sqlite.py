@@ -45,6 +45,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from hashlib import blake2b
+from operator import add
 from pathlib import Path
 from typing import Any, Final
 
@@ -70,6 +71,7 @@ from otel_puppy.store.base import (
     Outcome,
     Sample,
     SpendRecord,
+    SpreadSums,
     StateReport,
     StoreHealth,
     SubBucket,
@@ -311,6 +313,8 @@ class SQLiteStore:
     sharing is harmless: there is no one to share with)."""
     does_io = True
     """Every call is a transaction on the file: it may wait on the disk or on another writer."""
+    reads_spread = True
+    """`apply` reads a record's `SpendRecord.spread` (the engine sends one in place of its increments)."""
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0, check_integrity: bool = True) -> None:
         self.path = str(path)
@@ -603,6 +607,7 @@ class SQLiteStore:
         calendar: dict[tuple[str, str, float], list[float]] = {}
         rolling: dict[tuple[str, str, int], list[float]] = {}
         ledger: dict[tuple[int, str], list[float]] = {}
+        spreads = SpreadSums()
         results: list[ApplyResult] = []
         append = results.append
         for record, (key, parent), covered_key in zip(records, keys, covered_keys, strict=True):
@@ -625,6 +630,8 @@ class SQLiteStore:
                     covered[parent] = record.dedupe_until
                 if record.call_keys:
                     calls.keep(record.call_keys, record.keys_until, undo)
+            if record.spread is not None:
+                spreads.add(record.spread)
             for inc in record.increments:
                 window = inc.window
                 nanos, tokens = clamp(inc.nanos), clamp(inc.tokens)
@@ -650,13 +657,17 @@ class SQLiteStore:
                 row[2] += 1
             entry = record.ledger
             if entry is not None:
+                # Each count clamped, then summed exactly and capped once below: for amounts of at
+                # least 0 that is where adding them one by one would have saturated.
+                counts = entry.counts
+                if min(counts) < 0 or max(counts) > CEILING:  # never from the engine
+                    counts = tuple(map(clamp, counts))
                 kept = ledger.get((entry.hour, entry.dims))
                 if kept is None:
-                    ledger[(entry.hour, entry.dims)] = [entry.until, *(clamp(count) for count in entry.counts)]
+                    ledger[(entry.hour, entry.dims)] = [entry.until, *counts]
                 else:
                     kept[0] = max(kept[0], entry.until)
-                    for i, count in enumerate(entry.counts, 1):
-                        kept[i] = min(kept[i] + clamp(count), CEILING)
+                    kept[1:] = map(add, kept[1:], counts)
             if (
                 settling
                 and not (
@@ -667,6 +678,38 @@ class SQLiteStore:
             ):
                 _settle_oldest(db, self._held, record.settle_key, record.nanos)
             append(ApplyResult.APPLIED)
+        # The spreads' counters, as their increments would have been added above.
+        for scope, window, ts, nanos, tokens, count in spreads.counters():
+            if isinstance(window, RollingWindow):
+                step = window.step
+                index = int(ts // step)
+                rolling_key = (scope, window.label, index)
+                row = rolling.get(rolling_key)
+                if row is None:
+                    rolling[rolling_key] = [
+                        min(nanos, CEILING),
+                        min(tokens, CEILING),
+                        count,
+                        (index + 1) * step + window.retention(),
+                    ]
+                    continue
+            else:
+                start, end = window.bounds(ts)
+                calendar_key = (scope, window.unit, start)
+                row = calendar.get(calendar_key)
+                if row is None:
+                    calendar[calendar_key] = [
+                        min(nanos, CEILING),
+                        min(tokens, CEILING),
+                        count,
+                        end + window.retention(),
+                    ]
+                    continue
+            row[0] = min(row[0] + nanos, CEILING)
+            row[1] = min(row[1] + tokens, CEILING)
+            row[2] += count
+        for kept in ledger.values():
+            kept[1:] = [count if count <= CEILING else CEILING for count in kept[1:]]
         db.executemany("INSERT INTO seen (span_key, until) VALUES (?, ?)", seen.items())
         if covered:
             db.executemany(_COVERED_ADD, covered.items())
@@ -936,6 +979,8 @@ class SQLiteStore:
             return
         keep = max(1, min(keep, MAX_SAMPLES))
         until = now + ttl_s
+        if len(samples) > keep:
+            samples = _newest(samples, keep)
         with self._transaction("add samples") as db:
             db.executemany(
                 "INSERT INTO samples (key, at, nanos, tokens) VALUES (?, ?, ?, ?)",
@@ -1024,6 +1069,20 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+
+def _newest(samples: Sequence[Sample], keep: int) -> list[Sample]:
+    """The newest `keep` samples of each series, in order: what the trim after writing them all would
+    leave of them (the series' older rows go too, and the order of what is left is the same)."""
+    counts: dict[str, int] = {}
+    newest: list[Sample] = []
+    for sample in reversed(samples):
+        count = counts.get(sample.key, 0)
+        if count < keep:
+            counts[sample.key] = count + 1
+            newest.append(sample)
+    newest.reverse()
+    return newest
 
 
 class _Held:

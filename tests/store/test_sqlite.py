@@ -31,6 +31,7 @@ from otel_puppy.store.base import (
     ApplyResult,
     CheckState,
     Counter,
+    Sample,
     SpendRecord,
     StoreHealth,
     open_store,
@@ -680,3 +681,23 @@ def test_a_file_that_is_not_a_database_is_a_corrupt_error(path: Path) -> None:
     path.write_bytes(b"not a database, just some bytes " * 100)
     with pytest.raises(StoreCorruptError, match=store_at(path) + r": cannot open: file is not a database"):
         SQLiteStore(path)
+
+
+def test_samples_past_keep_in_one_write_are_kept_as_the_memory_store_keeps_them(path: Path) -> None:
+    """Only a series' newest `keep` samples of a write are written (the trim would drop the others): the
+    series read as the memory store's (interleaved series, batches past `keep`, `keep` changing)."""
+    rng = random.Random(5)
+    store, reference = SQLiteStore(path), MemoryStore()
+    t0 = 1_780_000_000.0
+    for step in range(60):
+        keep = rng.choice((1, 3, 10))
+        batch = [
+            Sample(f"k{rng.randrange(3)}", t0 + step + i / 100, rng.randrange(1000), rng.randrange(50))
+            for i in range(rng.randrange(40))
+        ]
+        for target in (store, reference):
+            target.add_samples(batch, keep=keep, ttl_s=600, now=t0 + step)
+        keys = ["k0", "k1", "k2", "absent"]
+        since = t0 + step - rng.randrange(5)
+        assert store.read_samples(keys, since) == reference.read_samples(keys, since)
+    store.close()
