@@ -5,9 +5,9 @@ of 61 sub-buckets per (scope, window) with a running total, so reading a trailin
 O(1) rather than a sum over 61 counters; a ring holds only the sub-buckets from its oldest written
 one still counting to its newest, in one `array` (24 bytes a sub-bucket).
 
-Span keys (`KeySet`) and call keys (`CallIndex`) are 128-bit digests in fixed-width records, 16
-and 20 bytes a span, instead of dicts of strings (about 380 bytes a span): a million spans in the
-dedupe window take about 40 MB (`bench/bench_memory.py`).
+Span keys (`KeySet`) and call keys (`CallIndex`) are 128-bit digests in fixed-width records, 17
+and 17 to 37 bytes a span, instead of dicts of strings (about 380 bytes a span): a million spans in
+the dedupe window take about 36 MB (`bench/bench_memory.py`).
 
 Counts saturate at `CEILING` (see `store.base`): a calendar counter and each sub-bucket stop there;
 a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, a Python
