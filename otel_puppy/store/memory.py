@@ -243,8 +243,11 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calendar: dict[tuple[str, str, float], list[int]] = {}
-        self._calendar_expiry: dict[tuple[str, str, float], float] = {}
+        self._calendar: dict[tuple[str, float], dict[str, list[int]]] = {}
+        """Per calendar bucket (a window's unit and the bucket's start), each scope's counter: one key
+        and one expiry per bucket, not per counter (tens of thousands of scopes share a bucket)."""
+        self._calendar_expiry: dict[tuple[str, float], float] = {}
+        """Per calendar bucket, when it is forgotten: the latest end and retention of its counters'."""
         self._rings: dict[tuple[str, str], _Ring] = {}
         self._seen = KeySet()
         """Span keys applied (by 128-bit digest, see `KeySet`), each until its `dedupe_until`."""
@@ -371,14 +374,19 @@ class MemoryStore:
                 ring = rings[(scope, label)] = _Ring(inc.window.step)
                 self._layout += 1
             saturated += ring.add(inc.ts, min(nanos, CEILING), min(tokens, CEILING), calls)
-        counters = self._calendar
-        for key, (inc, nanos, tokens, calls) in calendar.items():
-            counter = counters.get(key)
+        buckets, expiry = self._calendar, self._calendar_expiry
+        for (scope, unit, start), (inc, nanos, tokens, calls) in calendar.items():
+            counters = buckets.get((unit, start))
+            if counters is None:
+                counters = buckets[(unit, start)] = {}
+            counter = counters.get(scope)
             if counter is None:
                 window = inc.window
-                counter = counters[key] = [0, 0, 0]
+                counter = counters[scope] = [0, 0, 0]
                 self._layout += 1
-                self._calendar_expiry[key] = window.bounds(inc.ts)[1] + window.retention()
+                until = window.bounds(inc.ts)[1] + window.retention()
+                if until > expiry.get((unit, start), -math.inf):
+                    expiry[(unit, start)] = until
             for field, amount in enumerate((nanos, tokens, calls)):
                 total = counter[field] + amount
                 if total >= CEILING:
@@ -400,7 +408,8 @@ class MemoryStore:
         if isinstance(window, RollingWindow):
             ring = self._rings.get((scope, window.label))
             return ring.read_raw(now) if ring is not None else _ZERO
-        counter = self._calendar.get((scope, window.unit, window.bounds(now)[0]))
+        counters = self._calendar.get((window.unit, window.bounds(now)[0]))
+        counter = counters.get(scope) if counters is not None else None
         return counter if counter is not None else _ZERO
 
     # --- admission -----------------------------------------------------------------------------
@@ -495,7 +504,8 @@ class MemoryStore:
             else:
                 start, end = window.bounds(now)
                 first, last = max(first, start), min(last, end)
-                found_counter = calendar.get((check.scope, window.unit, start))
+                bucket = calendar.get((window.unit, start))
+                found_counter = bucket.get(check.scope) if bucket is not None else None
             limit_nanos, limit_tokens, limit_calls = check.limit_nanos, check.limit_tokens, check.limit_calls
             counters.append(
                 (
@@ -580,7 +590,8 @@ class MemoryStore:
                 # A ring's running total is one list it changes in place for the ring's life.
                 plans.append((field, present, [ring.totals if ring is not None else _ZERO for ring in found], [-1]))
             else:
-                counters = [calendar.get((check.scope, window.unit, start)) for check in group]
+                bucket = calendar.get((window.unit, start)) or {}
+                counters = [bucket.get(check.scope) for check in group]
                 plans.append((field, [], [counter if counter is not None else _ZERO for counter in counters], [-1]))
         self._plans = (groups, starts, self._layout, plans)
         return plans
@@ -603,7 +614,8 @@ class MemoryStore:
                 ring = rings.get((scope, window.label))
                 spent = ring.read_raw(now) if ring is not None else _ZERO
             else:
-                spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
+                bucket = calendar.get((window.unit, window.bounds(now)[0]))
+                spent = (bucket.get(scope) if bucket is not None else None) or _ZERO
             held = reserved_totals.get(scope) or _NONE_RESERVED
             if held[0] > CEILING or held[1] > CEILING:
                 held = [min(held[0], CEILING), min(held[1], CEILING)]
@@ -781,9 +793,10 @@ class MemoryStore:
             dropped += len(stale)
             dropped += self._calls.expire(now)
             old = [bucket for bucket, until in self._calendar_expiry.items() if until <= now]
+            counters = 0
             for bucket in old:
                 del self._calendar_expiry[bucket]
-                del self._calendar[bucket]
+                counters += len(self._calendar.pop(bucket))
                 self._layout += 1
             idle = [ring_key for ring_key, ring in self._rings.items() if ring.read_raw(now)[2] == 0]
             for ring_key in idle:
@@ -798,7 +811,7 @@ class MemoryStore:
                 del self._samples[key]
             before = len(self._reservations)
             self._expire_reservations(now)
-            return dropped + len(old) + len(idle) + len(forgotten) + before - len(self._reservations)
+            return dropped + counters + len(idle) + len(forgotten) + before - len(self._reservations)
 
     def health(self) -> StoreHealth:
         return self._report.health()
@@ -812,4 +825,5 @@ class MemoryStore:
         pass
 
     def __len__(self) -> int:
-        return len(self._calendar) + len(self._rings) + len(self._seen)
+        counters = sum(len(bucket) for bucket in self._calendar.values())
+        return counters + len(self._rings) + len(self._seen)
