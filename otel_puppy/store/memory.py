@@ -262,8 +262,9 @@ class MemoryStore:
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
-        self._ledger: dict[int, tuple[dict[str, list[int]], list[float]]] = {}
-        """Per hour: its rows by dims, and [until when it is kept]."""
+        self._ledger: dict[int, tuple[dict[str, array[int]], list[float]]] = {}
+        """Per hour: its rows by dims (their counts in an `array`: 8 bytes a count, where a list of
+        Python ints took 40), and [until when it is kept]."""
         self._samples: OrderedDict[str, _Series] = OrderedDict()
         """Per key its newest samples and when it is forgotten; least recently written first."""
         self._report = StateReport("memory store")
@@ -727,17 +728,20 @@ class MemoryStore:
         elif until > hour[1][0]:
             hour[1][0] = until
         rows = hour[0]
-        counts = rows.get(entry.dims)
-        if counts is None:
-            dims = entry.dims if len(rows) < MAX_LEDGER_ROWS else OTHER_DIMS
+        dims = entry.dims
+        counts = rows.get(dims)
+        if counts is None and len(rows) >= MAX_LEDGER_ROWS:
+            dims = OTHER_DIMS
             counts = rows.get(dims)
-            if counts is None:
-                counts = rows[dims] = [0] * len(entry.counts)
         added = entry.counts
         if min(added) < 0 or max(added) > CEILING:  # never from the engine: clamped where it enters
             added = tuple(map(clamp, added))
-        # Exact Python ints, each only ever growing: saturated when read (`read_ledger`).
-        counts[:] = map(add, counts, added)
+        # Each count saturates at the ceiling: it only ever grows, so it reads as the exact sum would
+        # (`read_ledger`), and a sum of two counts at most the ceiling fits an int64.
+        summed = array("q", added if counts is None else map(add, counts, added))
+        if max(summed) > CEILING:
+            summed = array("q", [min(count, CEILING) for count in summed])
+        rows[dims] = summed
 
     def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
         with self._lock:
