@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import struct
 import threading
 from array import array
 from collections import OrderedDict, deque
@@ -160,30 +161,33 @@ class _Ring:
         )
 
 
-class _Series:
-    """One key's newest samples (`add_samples`): a ring of plain arrays, 24 bytes a sample, instead of
-    a deque of (at, nanos, tokens) tuples; `head` is the oldest sample's slot once the ring is full."""
+_SAMPLE: Final = struct.Struct("<dqq")
+"""A sample of `_Series`: when (a float), nano-USD and tokens (each at most `CEILING`)."""
 
-    __slots__ = ("at", "head", "keep", "nanos", "tokens", "until")
+
+class _Series:
+    """One key's newest samples (`add_samples`): a ring of `_SAMPLE` records, 24 bytes a sample, in
+    one `bytearray` (not a deque of tuples, nor an `array` per field: an array costs 64 bytes before
+    its first sample, and most of the ten thousand keys hold a few); `head` is the oldest sample's
+    slot once the ring is full."""
+
+    __slots__ = ("head", "keep", "records", "until")
 
     def __init__(self, keep: int, until: float) -> None:
         self.keep = keep
         self.until = until
         """When the key is forgotten, unless written again."""
-        self.at = array("d")
-        self.nanos = array("q")
-        self.tokens = array("q")
+        self.records = bytearray()
         self.head = 0
 
     def append(self, at: float, nanos: int, tokens: int) -> None:
         """Keep one more sample, letting the oldest go once `keep` are kept."""
-        if len(self.at) < self.keep:
-            self.at.append(at)
-            self.nanos.append(nanos)
-            self.tokens.append(tokens)
+        records = self.records
+        if len(records) < self.keep * _SAMPLE.size:
+            records += _SAMPLE.pack(at, nanos, tokens)
             return
         head = self.head
-        self.at[head], self.nanos[head], self.tokens[head] = at, nanos, tokens
+        _SAMPLE.pack_into(records, head * _SAMPLE.size, at, nanos, tokens)
         self.head = (head + 1) % self.keep
 
     def resized(self, keep: int) -> _Series:
@@ -194,12 +198,12 @@ class _Series:
         return series
 
     def newest_first(self) -> list[tuple[float, int, int]]:
-        order = [*range(self.head - 1, -1, -1), *range(len(self.at) - 1, self.head - 1, -1)]
-        at, nanos, tokens = self.at, self.nanos, self.tokens
-        return [(at[i], nanos[i], tokens[i]) for i in order]
+        samples = list(_SAMPLE.iter_unpack(self.records))
+        head = self.head
+        return samples[:head][::-1] + samples[head:][::-1]
 
     def __len__(self) -> int:
-        return len(self.at)
+        return len(self.records) // _SAMPLE.size
 
 
 @dataclass(slots=True)
