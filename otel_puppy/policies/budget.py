@@ -198,6 +198,9 @@ class _PolicyParts:
     """The distinct usable fractions of the limit, one admission check each."""
     index: Mapping[Priority, int]
     """Each priority's check among them."""
+    limits: tuple[tuple[int | None, int | None, int | None], ...]
+    """Per fraction, its check's limits (nano-USD, tokens, calls): computed once, so the budget's
+    instances share these ints rather than each holding its own (32 bytes apiece)."""
 
     @classmethod
     def of(cls, policy: BudgetPolicy) -> _PolicyParts:
@@ -208,13 +211,23 @@ class _PolicyParts:
             if fraction not in fractions:
                 fractions.append(fraction)
             index[priority] = fractions.index(fraction)
+        limit_nanos = usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None
+        limits = tuple(
+            (
+                int(limit_nanos * fraction) if limit_nanos is not None else None,
+                int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+                int(policy.limit_calls * fraction) if policy.limit_calls is not None else None,
+            )
+            for fraction in fractions
+        )
         return cls(
-            limit_nanos=usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None,
+            limit_nanos=limit_nanos,
             limit_text=format_usd(policy.limit_usd, dollar=True) if policy.limit_usd is not None else "",
             on_exceed=policy.on_exceed,
             degrade=policy.action.degrade if isinstance(policy.action, Degrade) else None,
             fractions=tuple(fractions),
             index=index,
+            limits=limits,
         )
 
 
@@ -230,6 +243,28 @@ class _PriorityChecks(Mapping[Priority, BudgetCheck]):
 
     def __getitem__(self, priority: Priority) -> BudgetCheck:
         return self._checks[self._index[priority]]
+
+    def __iter__(self) -> Iterator[Priority]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class _OneCheck(Mapping[Priority, BudgetCheck]):
+    """`_PriorityChecks` of an instance whose priorities share one check (most budgets: no reserve
+    for higher priorities), without a tuple of one per instance."""
+
+    __slots__ = ("_check", "_index")
+
+    def __init__(self, check: BudgetCheck, index: Mapping[Priority, int]) -> None:
+        self._check = check
+        self._index = index
+
+    def __getitem__(self, priority: Priority) -> BudgetCheck:
+        if priority not in self._index:  # as `_PriorityChecks`: no check for what is no priority
+            raise KeyError(priority)
+        return self._check
 
     def __iter__(self) -> Iterator[Priority]:
         return iter(self._index)
@@ -279,20 +314,20 @@ class BudgetInstance:
         """`parts`: `_PolicyParts.of(policy)`, when the caller keeps it for the budget's instances."""
         parts = parts or _PolicyParts.of(policy)
         key = f"budget:{policy.name}|{label}"
-        limit_nanos = parts.limit_nanos
         blocking = not policy.shadow and parts.on_exceed is Action.DENY
         checks = tuple(
             BudgetCheck(
                 scope=key,
                 window=window,
-                limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
-                limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+                limit_nanos=limit_nanos,
+                limit_tokens=limit_tokens,
                 blocking=blocking,
-                limit_calls=int(policy.limit_calls * fraction) if policy.limit_calls is not None else None,
+                limit_calls=limit_calls,
             )
-            for fraction in parts.fractions
+            for limit_nanos, limit_tokens, limit_calls in parts.limits
         )
-        return cls(policy, window, label, key, _PriorityChecks(checks, parts.index), parts)
+        by_priority = _OneCheck(checks[0], parts.index) if len(checks) == 1 else _PriorityChecks(checks, parts.index)
+        return cls(policy, window, label, key, by_priority, parts)
 
 
 class BudgetBook:
