@@ -63,6 +63,8 @@ _ZERO = [0, 0, 0]
 _ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
 """A ring's counts of 61 sub-buckets never written."""
 _NONE_RESERVED = [0, 0]
+_NO_RINGS: Final[dict[str, _Ring]] = {}
+"""The rings of a rolling window none is kept for yet (never written)."""
 _new_state = tuple.__new__
 """`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
@@ -252,7 +254,8 @@ class MemoryStore:
         and one expiry per bucket, not per counter (tens of thousands of scopes share a bucket)."""
         self._calendar_expiry: dict[tuple[str, float], float] = {}
         """Per calendar bucket, when it is forgotten: the latest end and retention of its counters'."""
-        self._rings: dict[tuple[str, str], _Ring] = {}
+        self._rings: dict[str, dict[str, _Ring]] = {}
+        """Per rolling window (its label), each scope's ring: no (scope, label) key tuple per ring."""
         self._seen = KeySet()
         """Span keys applied (by 128-bit digest, see `KeySet`), each until its `dedupe_until`."""
         self._covered = KeySet()
@@ -372,11 +375,14 @@ class MemoryStore:
         """Write the increments `_apply_one` added up (per counter: an increment of it, its nanos, tokens
         and calls); how many counts are at the ceiling after their write."""
         saturated = 0
-        rings = self._rings
+        windows = self._rings
         for (scope, label, _), (inc, nanos, tokens, calls) in rolling.items():
-            ring = rings.get((scope, label))
+            rings = windows.get(label)
+            if rings is None:
+                rings = windows[label] = {}
+            ring = rings.get(scope)
             if ring is None:
-                ring = rings[(scope, label)] = _Ring(inc.window.step)
+                ring = rings[scope] = _Ring(inc.window.step)
                 self._layout += 1
             saturated += ring.add(inc.ts, min(nanos, CEILING), min(tokens, CEILING), calls)
         buckets, expiry = self._calendar, self._calendar_expiry
@@ -411,7 +417,7 @@ class MemoryStore:
 
     def _raw_total(self, scope: str, window: Window, now: float) -> list[int]:
         if isinstance(window, RollingWindow):
-            ring = self._rings.get((scope, window.label))
+            ring = self._rings.get(window.label, _NO_RINGS).get(scope)
             return ring.read_raw(now) if ring is not None else _ZERO
         counters = self._calendar.get((window.unit, window.bounds(now)[0]))
         counter = counters.get(scope) if counters is not None else None
@@ -505,7 +511,7 @@ class MemoryStore:
             window = check.window
             found_counter: _Ring | list[int] | None
             if isinstance(window, RollingWindow):
-                found_counter = rings.get((check.scope, window.label))
+                found_counter = rings.get(window.label, _NO_RINGS).get(check.scope)
             else:
                 start, end = window.bounds(now)
                 first, last = max(first, start), min(last, end)
@@ -590,7 +596,8 @@ class MemoryStore:
             first_check = group[0]
             field = 0 if first_check.limit_nanos is not None else 2 if first_check.limit_calls is not None else 1
             if isinstance(window, RollingWindow):
-                found = [rings.get((check.scope, window.label)) for check in group]
+                window_rings = rings.get(window.label, _NO_RINGS)
+                found = [window_rings.get(check.scope) for check in group]
                 present = [ring for ring in found if ring is not None]
                 # A ring's running total is one list it changes in place for the ring's life.
                 plans.append((field, present, [ring.totals if ring is not None else _ZERO for ring in found], [-1]))
@@ -616,7 +623,7 @@ class MemoryStore:
             scope, window = check.scope, check.window
             spent: list[int] | None
             if isinstance(window, RollingWindow):
-                ring = rings.get((scope, window.label))
+                ring = rings.get(window.label, _NO_RINGS).get(scope)
                 spent = ring.read_raw(now) if ring is not None else _ZERO
             else:
                 bucket = calendar.get((window.unit, window.bounds(now)[0]))
@@ -640,7 +647,7 @@ class MemoryStore:
             rings = self._rings
             found: list[tuple[SubBucket, ...]] = []
             for scope, window in reads:
-                ring = rings.get((scope, window.label))
+                ring = rings.get(window.label, _NO_RINGS).get(scope)
                 found.append(ring.sub_buckets(now) if ring is not None else ())
             return found
 
@@ -806,10 +813,15 @@ class MemoryStore:
                 del self._calendar_expiry[bucket]
                 counters += len(self._calendar.pop(bucket))
                 self._layout += 1
-            idle = [ring_key for ring_key, ring in self._rings.items() if ring.read_raw(now)[2] == 0]
-            for ring_key in idle:
-                del self._rings[ring_key]
-                self._layout += 1
+            idle = 0
+            for label, rings in list(self._rings.items()):
+                gone = [scope for scope, ring in rings.items() if ring.read_raw(now)[2] == 0]
+                for scope in gone:
+                    del rings[scope]
+                    self._layout += 1
+                idle += len(gone)
+                if not rings:
+                    del self._rings[label]
             hours = [hour for hour, (_, until) in self._ledger.items() if until[0] <= now]
             for hour in hours:
                 del self._ledger[hour]
@@ -819,7 +831,7 @@ class MemoryStore:
                 del self._samples[key]
             before = len(self._reservations)
             self._expire_reservations(now)
-            return dropped + counters + len(idle) + len(forgotten) + before - len(self._reservations)
+            return dropped + counters + idle + len(forgotten) + before - len(self._reservations)
 
     def health(self) -> StoreHealth:
         return self._report.health()
@@ -834,4 +846,5 @@ class MemoryStore:
 
     def __len__(self) -> int:
         counters = sum(len(bucket) for bucket in self._calendar.values())
-        return counters + len(self._rings) + len(self._seen)
+        rings = sum(len(window_rings) for window_rings in self._rings.values())
+        return counters + rings + len(self._seen)
