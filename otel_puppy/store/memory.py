@@ -10,8 +10,8 @@ and 17 to 37 bytes a span, instead of dicts of strings (about 380 bytes a span):
 the dedupe window take about 36 MB (`bench/bench_memory.py`).
 
 Counts saturate at `CEILING` (see `store.base`): a calendar counter and each sub-bucket stop there;
-a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, a Python
-int) and reads as the ceiling above it; a scope's reserved total is exact and reads likewise.
+a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, in an
+int64) and reads as the ceiling above it; a scope's reserved total is exact and reads likewise.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
-_ZERO = [0, 0, 0]
+_ZERO: Final = array("q", bytes(24))
+"""The counts of a counter never written (never changed: a shared stand-in)."""
 _ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
 """A ring's counts of 61 sub-buckets never written."""
 _NONE_RESERVED = [0, 0]
@@ -88,7 +89,9 @@ class _Ring:
         self.counts = array("q")
         self.first = 0
         """The sub-bucket of `counts`' first entry."""
-        self.totals = [0, 0, 0]
+        self.totals = array("q", bytes(24))
+        """The exact sums of `counts` (at most 61 times the ceiling: an int64 holds it). Counts and
+        totals are `array`s, 8 bytes a count where a list of Python ints took 40."""
 
     def _advance(self, newest: int) -> None:
         if newest <= self.last:
@@ -140,17 +143,17 @@ class _Ring:
     def read(self, now: float) -> Counter:
         return Counter(*self.read_raw(now))
 
-    def read_raw(self, now: float) -> list[int]:
+    def read_raw(self, now: float) -> array[int]:
         """[nanos, tokens, requests] now, each at most `CEILING`; the caller must not keep or change it."""
         if now >= self.until:  # else `now` is still in the newest sub-bucket: nothing to advance
             self._advance(int(now // self.step))
         totals = self.totals
         if totals[0] > CEILING or totals[1] > CEILING or totals[2] > CEILING:
-            return [min(total, CEILING) for total in totals]
+            return array("q", [min(total, CEILING) for total in totals])
         return totals
 
     def empty(self) -> bool:
-        return self.totals == [0, 0, 0]
+        return not any(self.totals)
 
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
@@ -221,7 +224,7 @@ class _Reservation:
     source: str
 
 
-_Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool, int | None]
+_Counter = tuple["_Ring | array[int]", str, int | None, int | None, bool, int | None]
 """What `admit` reads for one check: its counter, its scope, its limits (clamped to `CEILING`),
 whether it blocks, and its call limit (clamped) if it is a call budget."""
 _RANKED_BY: Final = (itemgetter(0), itemgetter(1), itemgetter(2))
@@ -231,7 +234,7 @@ _Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter], bool]
 counter, and whether a call budget is among them (an admission then reserves with no estimate)."""
 _FOUND_LIMIT: Final = 4096
 """Admission shapes kept (one per request shape in use; forgotten all at once past this)."""
-_Plan = tuple[int, list["_Ring"], list[list[int]], list[int]]
+_Plan = tuple[int, list["_Ring"], list["array[int]"], list[int]]
 """Per group of `read_fullest`: the field it ranks by, its rings (if rolling), each check's counter,
 and (one item) the step every ring of the group was last brought to."""
 """`read_fullest`'s plan of a group: the field it ranks by, the rings to bring to now (a rolling
@@ -249,7 +252,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calendar: dict[tuple[str, float], dict[str, list[int]]] = {}
+        self._calendar: dict[tuple[str, float], dict[str, array[int]]] = {}
         """Per calendar bucket (a window's unit and the bucket's start), each scope's counter: one key
         and one expiry per bucket, not per counter (tens of thousands of scopes share a bucket)."""
         self._calendar_expiry: dict[tuple[str, float], float] = {}
@@ -393,7 +396,7 @@ class MemoryStore:
             counter = counters.get(scope)
             if counter is None:
                 window = inc.window
-                counter = counters[scope] = [0, 0, 0]
+                counter = counters[scope] = array("q", bytes(24))
                 self._layout += 1
                 until = window.bounds(inc.ts)[1] + window.retention()
                 if until > expiry.get((unit, start), -math.inf):
@@ -415,7 +418,7 @@ class MemoryStore:
     def _total(self, scope: str, window: Window, now: float) -> Counter:
         return Counter(*self._raw_total(scope, window, now))
 
-    def _raw_total(self, scope: str, window: Window, now: float) -> list[int]:
+    def _raw_total(self, scope: str, window: Window, now: float) -> array[int]:
         if isinstance(window, RollingWindow):
             ring = self._rings.get(window.label, _NO_RINGS).get(scope)
             return ring.read_raw(now) if ring is not None else _ZERO
@@ -450,7 +453,7 @@ class MemoryStore:
                         counter._advance(int(now // counter.step))
                     spent = counter.totals
                     if spent[0] > CEILING or spent[1] > CEILING or spent[2] > CEILING:
-                        spent = [min(total, CEILING) for total in spent]
+                        spent = array("q", [min(total, CEILING) for total in spent])
                 else:
                     spent = counter
                 held = reserved_of(scope)
@@ -509,7 +512,7 @@ class MemoryStore:
         first, last = -math.inf, math.inf
         for check in checks:
             window = check.window
-            found_counter: _Ring | list[int] | None
+            found_counter: _Ring | array[int] | None
             if isinstance(window, RollingWindow):
                 found_counter = rings.get(window.label, _NO_RINGS).get(check.scope)
             else:
@@ -621,7 +624,7 @@ class MemoryStore:
         append = states.append
         for check in checks:
             scope, window = check.scope, check.window
-            spent: list[int] | None
+            spent: array[int] | None
             if isinstance(window, RollingWindow):
                 ring = rings.get(window.label, _NO_RINGS).get(scope)
                 spent = ring.read_raw(now) if ring is not None else _ZERO
