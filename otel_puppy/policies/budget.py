@@ -394,7 +394,9 @@ class BudgetBook:
         return found
 
     def _miss(self, key: tuple[object, ...], scope: ScopeLike) -> tuple[BudgetInstance, ...]:
-        found = tuple(self._resolve(budget, scope) for budget in self.budgets if self._applies(budget, scope))
+        # One time for every budget the scope falls in: their labels share the float (32 bytes each).
+        now = self._now() if self._now is not None else 0.0
+        found = tuple(self._resolve(budget, scope, now) for budget in self.budgets if self._applies(budget, scope))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = found
@@ -434,10 +436,9 @@ class BudgetBook:
             return False  # no run to budget: a decision that names no trace
         return budget.match is None or budget.match.matches(scope)
 
-    def _resolve(self, budget: BudgetPolicy, scope: ScopeLike) -> BudgetInstance:
+    def _resolve(self, budget: BudgetPolicy, scope: ScopeLike, now: float) -> BudgetInstance:
         label = scope_label(budget.per, scope)
         labels = self._labels[budget.name]
-        now = self._now() if self._now is not None else 0.0
         if label in labels:
             del labels[label]  # to the end: the newest resolved
             labels[label] = now
