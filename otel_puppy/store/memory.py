@@ -60,7 +60,9 @@ __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
 _ZERO: Final = array("q", bytes(24))
-"""The counts of a counter never written (never changed: a shared stand-in)."""
+"""The counts of a counter never written (never changed: a shared stand-in). A new counter is a
+slice of it: a slice allocates its 3 counts exactly, where `array("q", bytes(24))` or `extend`
+allocate room for 8 (tens of thousands of counters)."""
 _ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
 """A ring's counts of 61 sub-buckets never written."""
 _NONE_RESERVED = [0, 0]
@@ -89,7 +91,7 @@ class _Ring:
         self.counts = array("q")
         self.first = 0
         """The sub-bucket of `counts`' first entry."""
-        self.totals = array("q", bytes(24))
+        self.totals = _ZERO[:]
         """The exact sums of `counts` (at most 61 times the ceiling: an int64 holds it). Counts and
         totals are `array`s, 8 bytes a count where a list of Python ints took 40."""
 
@@ -120,7 +122,7 @@ class _Ring:
         counts = self.counts
         held = len(counts) // 3
         if not held:
-            counts.extend(_ZEROS[:3])
+            counts = self.counts = _ZEROS[:3]  # a slice: exactly 3 counts (see `_ZERO`)
             self.first = i
         elif i < self.first:
             counts[0:0] = _ZEROS[: 3 * (self.first - i)]
@@ -396,7 +398,7 @@ class MemoryStore:
             counter = counters.get(scope)
             if counter is None:
                 window = inc.window
-                counter = counters[scope] = array("q", bytes(24))
+                counter = counters[scope] = _ZERO[:]
                 self._layout += 1
                 until = window.bounds(inc.ts)[1] + window.retention()
                 if until > expiry.get((unit, start), -math.inf):
@@ -752,10 +754,12 @@ class MemoryStore:
             added = tuple(map(clamp, added))
         # Each count saturates at the ceiling: it only ever grows, so it reads as the exact sum would
         # (`read_ledger`), and a sum of two counts at most the ceiling fits an int64.
-        summed = array("q", added if counts is None else map(add, counts, added))
-        if max(summed) > CEILING:
-            summed = array("q", [min(count, CEILING) for count in summed])
-        rows[dims] = summed
+        if counts is None:  # from the tuple: its counts allocated exactly (from `map`, room for half more)
+            counts = rows[dims] = array("q", added)
+        else:
+            counts[:] = array("q", map(add, counts, added))
+        if max(counts) > CEILING:
+            counts[:] = array("q", [min(count, CEILING) for count in counts])
 
     def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
         with self._lock:
