@@ -28,7 +28,7 @@ import math
 import threading
 from collections.abc import Sequence
 from fractions import Fraction
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Final, NamedTuple
 
 from otel_puppy._keys import escape
@@ -70,8 +70,15 @@ def series_key(agent: str | None, provider: str, model: str) -> str:
 def _keys(agent: str | None, provider: str, model: str) -> tuple[str, ...]:
     """The series a call adds to, and a decision reads in this order: its agent's (with one), then its
     provider and model's."""
-    fallback = series_key(None, provider, model)
+    fallback = _fallback_key(provider, model)
     return (series_key(agent, provider, model), fallback) if agent else (fallback,)
+
+
+@lru_cache(maxsize=1024)
+def _fallback_key(provider: str, model: str) -> str:
+    """`series_key(None, provider, model)`, one string shared by the cached series of every agent
+    calling that model (ten thousand agents kept ten thousand copies of it)."""
+    return series_key(None, provider, model)
 
 
 def nearest_rank(values: Sequence[int], quantile: Fraction) -> int:

@@ -115,9 +115,11 @@ def test_store_expires_old_counters_and_dedupe_keys() -> None:
     assert f"{c.span_id:016x}" not in str(engine._store._seen)  # type: ignore[attr-defined]
     store = engine._store
     # the first call's hour and day buckets are gone; the new call's remain, and one ring per rolling window
-    assert sorted(unit for _, unit, _ in store._calendar) == ["day", "hour"]  # type: ignore[attr-defined]
-    assert all(start >= clock.now() - 86400 for _, _, start in store._calendar)  # type: ignore[attr-defined]
-    assert sorted(store._rings) == [("total", "1h"), ("total", "24h")]  # type: ignore[attr-defined]
+    counters = [(unit, start, scope) for (unit, start), scopes in store._calendar.items() for scope in scopes]  # type: ignore[attr-defined]
+    assert sorted(unit for unit, _, _ in counters) == ["day", "hour"]
+    assert all(start >= clock.now() - 86400 for _, start, _ in counters)
+    rings = sorted((scope, label) for label, scopes in store._rings.items() for scope in scopes)  # type: ignore[attr-defined]
+    assert rings == [("total", "1h"), ("total", "24h")]
     engine.close()
 
 

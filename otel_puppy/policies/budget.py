@@ -198,6 +198,9 @@ class _PolicyParts:
     """The distinct usable fractions of the limit, one admission check each."""
     index: Mapping[Priority, int]
     """Each priority's check among them."""
+    limits: tuple[tuple[int | None, int | None, int | None], ...]
+    """Per fraction, its check's limits (nano-USD, tokens, calls): computed once, so the budget's
+    instances share these ints rather than each holding its own (32 bytes apiece)."""
 
     @classmethod
     def of(cls, policy: BudgetPolicy) -> _PolicyParts:
@@ -208,13 +211,23 @@ class _PolicyParts:
             if fraction not in fractions:
                 fractions.append(fraction)
             index[priority] = fractions.index(fraction)
+        limit_nanos = usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None
+        limits = tuple(
+            (
+                int(limit_nanos * fraction) if limit_nanos is not None else None,
+                int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+                int(policy.limit_calls * fraction) if policy.limit_calls is not None else None,
+            )
+            for fraction in fractions
+        )
         return cls(
-            limit_nanos=usd_to_nanos(policy.limit_usd) if policy.limit_usd is not None else None,
+            limit_nanos=limit_nanos,
             limit_text=format_usd(policy.limit_usd, dollar=True) if policy.limit_usd is not None else "",
             on_exceed=policy.on_exceed,
             degrade=policy.action.degrade if isinstance(policy.action, Degrade) else None,
             fractions=tuple(fractions),
             index=index,
+            limits=limits,
         )
 
 
@@ -238,19 +251,48 @@ class _PriorityChecks(Mapping[Priority, BudgetCheck]):
         return len(self._index)
 
 
+class _OneCheck(Mapping[Priority, BudgetCheck]):
+    """`_PriorityChecks` of an instance whose priorities share one check (most budgets: no reserve
+    for higher priorities), without a tuple of one per instance."""
+
+    __slots__ = ("_check", "_index")
+
+    def __init__(self, check: BudgetCheck, index: Mapping[Priority, int]) -> None:
+        self._check = check
+        self._index = index
+
+    def __getitem__(self, priority: Priority) -> BudgetCheck:
+        if priority not in self._index:  # as `_PriorityChecks`: no check for what is no priority
+            raise KeyError(priority)
+        return self._check
+
+    def __iter__(self) -> Iterator[Priority]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetInstance:
     """One budget for one scope: `per-agent` for `agent=support`, with what decide() needs precomputed.
 
-    Per instance only its scope (`label`, `key`) and its checks; the rest is its budget's, shared."""
+    Per instance only its scope (`key`, which ends with its `label`) and its checks; the rest is its
+    budget's, shared."""
 
     policy: BudgetPolicy
     window: Window
-    label: str
     key: str
+    """`budget:{policy name}|{label}`: the store's scope of its counters."""
     checks: Mapping[Priority, BudgetCheck]
     """The admission check for each priority (the usable limit shrinks with higher priorities' reserves)."""
     parts: _PolicyParts = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        """Its scope, `agent=support` (empty for a budget without `per`): the end of its `key`, cut
+        when asked (hits and a scrape's new groups) rather than kept beside it for every instance."""
+        return self.key[len(self.policy.name) + 8 :]
 
     @property
     def limit_nanos(self) -> int | None:
@@ -277,22 +319,30 @@ class BudgetInstance:
     @classmethod
     def of(cls, policy: BudgetPolicy, window: Window, label: str, parts: _PolicyParts | None = None) -> BudgetInstance:
         """`parts`: `_PolicyParts.of(policy)`, when the caller keeps it for the budget's instances."""
-        parts = parts or _PolicyParts.of(policy)
-        key = f"budget:{policy.name}|{label}"
-        limit_nanos = parts.limit_nanos
+        return cls.keyed(policy, window, _instance_key(policy.name, label), parts or _PolicyParts.of(policy))
+
+    @classmethod
+    def keyed(cls, policy: BudgetPolicy, window: Window, key: str, parts: _PolicyParts) -> BudgetInstance:
+        """`of` by the instance's `key` (`_instance_key`), which it keeps (not a copy)."""
         blocking = not policy.shadow and parts.on_exceed is Action.DENY
         checks = tuple(
             BudgetCheck(
                 scope=key,
                 window=window,
-                limit_nanos=int(limit_nanos * fraction) if limit_nanos is not None else None,
-                limit_tokens=int(policy.limit_tokens * fraction) if policy.limit_tokens is not None else None,
+                limit_nanos=limit_nanos,
+                limit_tokens=limit_tokens,
                 blocking=blocking,
-                limit_calls=int(policy.limit_calls * fraction) if policy.limit_calls is not None else None,
+                limit_calls=limit_calls,
             )
-            for fraction in parts.fractions
+            for limit_nanos, limit_tokens, limit_calls in parts.limits
         )
-        return cls(policy, window, label, key, _PriorityChecks(checks, parts.index), parts)
+        by_priority = _OneCheck(checks[0], parts.index) if len(checks) == 1 else _PriorityChecks(checks, parts.index)
+        return cls(policy, window, key, by_priority, parts)
+
+
+def _instance_key(name: str, label: str) -> str:
+    """The `key` of budget `name`'s instance for scope `label`."""
+    return f"budget:{name}|{label}"
 
 
 class BudgetBook:
@@ -325,7 +375,8 @@ class BudgetBook:
         self._windows = {b.name: shared.setdefault(b.window, parse_window(b.window, zone)) for b in budgets}
         self._cache: dict[tuple[object, ...], tuple[BudgetInstance, ...]] = {}
         self._labels: dict[str, dict[str, float]] = {b.name: {} for b in budgets}
-        """Per budget, the labels seen, each with when it was last resolved, oldest first."""
+        """Per budget, the instances seen, by key (`_instance_key`: the instance keeps the same string),
+        each with when it was last resolved, oldest first."""
         self._interned: dict[str, dict[str, BudgetInstance]] = {b.name: {} for b in budgets}
         self._parts = {b.name: _PolicyParts.of(b) for b in budgets}
         """One `BudgetInstance` per (budget, label), shared by every cached scope that falls in it:
@@ -359,7 +410,9 @@ class BudgetBook:
         return found
 
     def _miss(self, key: tuple[object, ...], scope: ScopeLike) -> tuple[BudgetInstance, ...]:
-        found = tuple(self._resolve(budget, scope) for budget in self.budgets if self._applies(budget, scope))
+        # One time for every budget the scope falls in: their labels share the float (32 bytes each).
+        now = self._now() if self._now is not None else 0.0
+        found = tuple(self._resolve(budget, scope, now) for budget in self.budgets if self._applies(budget, scope))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = found
@@ -378,8 +431,9 @@ class BudgetBook:
             return cached[1]
         found: list[BudgetInstance] = []
         for budget in self.budgets:
-            labels = self._labels[budget.name].keys() or ({""} if not budget.per else set())
-            found.extend(self._instance(budget, label) for label in sorted(labels))
+            name = budget.name
+            keys = self._labels[name].keys() or ({_instance_key(name, "")} if not budget.per else set())
+            found.extend(self._instance(budget, key) for key in sorted(keys))  # by label: one prefix
         known = tuple(found)
         self._known = (generation, known)
         return known
@@ -399,17 +453,16 @@ class BudgetBook:
             return False  # no run to budget: a decision that names no trace
         return budget.match is None or budget.match.matches(scope)
 
-    def _resolve(self, budget: BudgetPolicy, scope: ScopeLike) -> BudgetInstance:
+    def _resolve(self, budget: BudgetPolicy, scope: ScopeLike, now: float) -> BudgetInstance:
         label = scope_label(budget.per, scope)
-        labels = self._labels[budget.name]
-        now = self._now() if self._now is not None else 0.0
-        if label in labels:
-            del labels[label]  # to the end: the newest resolved
-            labels[label] = now
+        key = _instance_key(budget.name, label)
+        keys = self._labels[budget.name]
+        if key in keys:
+            del keys[key]  # to the end: the newest resolved
         else:
-            if len(labels) >= budget.max_scopes and self._now is not None:
-                self._forget_idle(budget, labels, now)
-            if len(labels) >= budget.max_scopes:
+            if len(keys) >= budget.max_scopes and self._now is not None:
+                self._forget_idle(budget, keys, now)
+            if len(keys) >= budget.max_scopes:
                 self.folded += 1
                 self._log.warning(
                     f"fold:{budget.name}",
@@ -419,12 +472,13 @@ class BudgetBook:
                     label,
                     OVERFLOW_SCOPE,
                 )
-                label = OVERFLOW_SCOPE
-            labels[label] = now
+                key = _instance_key(budget.name, OVERFLOW_SCOPE)
             self.generation += 1
-        return self._instance(budget, label)
+        instance = self._instance(budget, key)
+        keys[instance.key] = now  # the instance's own string, not this call's equal copy
+        return instance
 
-    def _forget_idle(self, budget: BudgetPolicy, labels: dict[str, float], now: float) -> None:
+    def _forget_idle(self, budget: BudgetPolicy, keys: dict[str, float], now: float) -> None:
         """Forget the instances of `budget` not resolved since its idle cutoff, oldest first (so the
         scan stops at the first one still in use)."""
         idle = self._idle[budget.name]
@@ -436,25 +490,25 @@ class BudgetBook:
         else:
             cutoff = window.bounds(now)[0]
         forgotten = []
-        for label, seen in labels.items():
+        for key, seen in keys.items():
             if seen >= cutoff:
                 break
-            forgotten.append(label)
+            forgotten.append(key)
         if not forgotten:
             return
-        for label in forgotten:
-            del labels[label]
-            self._interned[budget.name].pop(label, None)
+        for key in forgotten:
+            del keys[key]
+            self._interned[budget.name].pop(key, None)
         self._cache.clear()  # it may hold forgotten instances
         self.forgotten += len(forgotten)
         self.generation += 1
 
-    def _instance(self, budget: BudgetPolicy, label: str) -> BudgetInstance:
+    def _instance(self, budget: BudgetPolicy, key: str) -> BudgetInstance:
         interned = self._interned[budget.name]
-        found = interned.get(label)
+        found = interned.get(key)
         if found is None:
             name = budget.name
-            found = interned[label] = BudgetInstance.of(budget, self._windows[name], label, self._parts[name])
+            found = interned[key] = BudgetInstance.keyed(budget, self._windows[name], key, self._parts[name])
         return found
 
 

@@ -4,9 +4,10 @@
 (`call_identity.CALL_KEYS_TTL_S`). As a dict of `CallKey` named tuples that cost about 250 bytes a
 span. Here a key that one span holds (nearly every key: a response id names one call) is a
 fixed-width record under the key's 128-bit digest, in `_keyset.Records`: the digest, a 16-bit
-expiry bucket and the span's source (an interned id, with its `identified` bit), then its start and
-end only when it has a time. A response id's key (any time: start 0, end `CEILING`) takes 20
-bytes, a key with a time 36. Looking a key up is a `bytes.find` in C, keeping it a concatenation.
+expiry bucket, then the span's source (an interned id, with its `identified` bit) unless it has
+none, then its start and end only when it has a time. A response id's key (any time: start 0, end
+`CEILING`) takes 17 bytes without a source and 21 with one, a key with a time 37. Looking a key up
+is a `bytes.find` in C, keeping it a concatenation.
 
 A key a second span comes to hold moves to a dict by its digest, with its spans in order of end
 (`_Kept`, the `MAX_CALL_SPANS` that end last), kept until the latest `until` of them: such keys are
@@ -28,15 +29,17 @@ from bisect import bisect_left, insort
 from collections.abc import Sequence
 from typing import Final
 
-from otel_puppy.store._keyset import Buckets, Records, digest
+from otel_puppy.store._keyset import TAIL, Buckets, Records, digest, place
 from otel_puppy.store.base import CEILING, MAX_CALL_SPANS, CallKey
 
 __all__ = ("CallIndex",)
 
 _INT64: Final = (-(2**63), 2**63 - 1)
-_TIMELESS: Final = 20
-"""A record of a key with any time: digest tail (14), bucket (2), source id and `identified` (4)."""
-_TIMED: Final = 36
+_BARE: Final = TAIL + 2
+"""A record of a key with any time and no source (nor `identified`): digest tail and bucket (2)."""
+_TIMELESS: Final = _BARE + 4
+"""A record of a key with any time: ... and its source id and `identified` (4)."""
+_TIMED: Final = _TIMELESS + 16
 """... and its start and end (8 each, signed)."""
 _Undo = tuple[str, bytes, "CallKey | None", "CallKey | None", float]
 """How to take back one key's `keep`: what it did (`new` record, added to `many` spans, or made a
@@ -87,7 +90,7 @@ class _Kept:
 
 def _bucket(records: Records, index: int, at: int) -> int:
     """The bucket id of the record at offset `at` of string `index`."""
-    return int.from_bytes(records.strings[index][at + 14 : at + 16], "little")
+    return int.from_bytes(records.strings[index][at + TAIL : at + _BARE], "little")
 
 
 class CallIndex:
@@ -104,9 +107,22 @@ class CallIndex:
     (True, False)
     """
 
-    __slots__ = ("_buckets", "_many", "_refs", "_source_ids", "_sources", "_timed", "_timeless", "_unused")
+    __slots__ = (
+        "_bare",
+        "_buckets",
+        "_many",
+        "_refs",
+        "_source_ids",
+        "_sources",
+        "_timed",
+        "_timeless",
+        "_unused",
+    )
 
     def __init__(self) -> None:
+        self._bare = Records(_BARE)
+        """Keys of one span of any time and no source (not `identified`): a response id's, when the
+        span names no instrumentation."""
         self._timeless = Records(_TIMELESS)
         """Keys of one span of any time (start 0, end `CEILING`: a response id's)."""
         self._timed = Records(_TIMED)
@@ -195,9 +211,10 @@ class CallIndex:
         dropped = 0
         refs, unused = self._refs, []
         gens = self._buckets.expired(now)
+        dropped += len(self._bare.forget(gens))
         for records in (self._timeless, self._timed):
             for record in records.forget(gens):
-                source = int.from_bytes(record[16:20], "little") >> 1
+                source = int.from_bytes(record[_BARE:_TIMELESS], "little") >> 1
                 if source:
                     refs[source] -= 1
                     if not refs[source]:
@@ -213,18 +230,18 @@ class CallIndex:
 
     def nbytes(self) -> int:
         """Bytes its records hold, and about 200 a span of the keys several spans hold."""
-        return (
-            self._timeless.nbytes() + self._timed.nbytes() + 200 * sum(len(kept.spans) for kept in self._many.values())
-        )
+        held = self._bare.nbytes() + self._timeless.nbytes() + self._timed.nbytes()
+        return held + 200 * sum(len(kept.spans) for kept in self._many.values())
 
     def __len__(self) -> int:
         """Spans kept."""
-        return self._timeless.live + self._timed.live + sum(len(kept.spans) for kept in self._many.values())
+        held = self._bare.live + self._timeless.live + self._timed.live
+        return held + sum(len(kept.spans) for kept in self._many.values())
 
     def _single(self, whole: bytes) -> tuple[Records, int, int] | None:
         """Where the one span a key holds is: its records, string and offset; None if none."""
-        index, tail = whole[0] << 8 | whole[1], whole[2:]
-        for records in (self._timeless, self._timed):
+        index, tail = place(whole)
+        for records in (self._bare, self._timeless, self._timed):
             found = records.strings[index]
             if found:
                 at = records.find(found, tail)
@@ -234,32 +251,37 @@ class CallIndex:
 
     def _decode(self, key: str, records: Records, index: int, at: int) -> CallKey:
         """The span of a record, as the `CallKey` it was kept as (named `key`)."""
+        if records is self._bare:
+            return CallKey(key, 0, CEILING, "", False)
         found = records.strings[index]
-        meta = int.from_bytes(found[at + 16 : at + 20], "little")
+        meta = int.from_bytes(found[at + _BARE : at + _TIMELESS], "little")
         if records is self._timeless:
             start, end = 0, CEILING
         else:
-            start = int.from_bytes(found[at + 20 : at + 28], "little", signed=True)
-            end = int.from_bytes(found[at + 28 : at + 36], "little", signed=True)
+            start = int.from_bytes(found[at + _TIMELESS : at + _TIMELESS + 8], "little", signed=True)
+            end = int.from_bytes(found[at + _TIMELESS + 8 : at + _TIMED], "little", signed=True)
         return CallKey(key, start, end, self._sources[meta >> 1], bool(meta & 1))
 
     def _append(self, whole: bytes, key: CallKey, gen: int) -> None:
-        record = (
-            whole[2:]
-            + gen.to_bytes(2, "little")
-            + (self._source(key.source) << 1 | key.identified).to_bytes(4, "little")
-        )
+        index, record = place(whole)
+        record += gen.to_bytes(2, "little")
         start, end = key.start, key.end
-        if start == 0 and end == CEILING:
-            self._timeless.append(whole[0] << 8 | whole[1], record)
+        timeless = start == 0 and end == CEILING
+        if timeless and not key.source and not key.identified:
+            self._bare.append(index, record)
+            return
+        record += (self._source(key.source) << 1 | key.identified).to_bytes(4, "little")
+        if timeless:
+            self._timeless.append(index, record)
             return
         start, end = min(max(start, _INT64[0]), _INT64[1]), min(max(end, _INT64[0]), _INT64[1])
         record += start.to_bytes(8, "little", signed=True) + end.to_bytes(8, "little", signed=True)
-        self._timed.append(whole[0] << 8 | whole[1], record)
+        self._timed.append(index, record)
 
     def _remove(self, records: Records, index: int, at: int) -> None:
         self._buckets.drop(_bucket(records, index, at))
-        source = int.from_bytes(records.strings[index][at + 16 : at + 20], "little") >> 1
+        found = records.strings[index]
+        source = 0 if records is self._bare else int.from_bytes(found[at + _BARE : at + _TIMELESS], "little") >> 1
         records.remove(index, at)
         if source:
             self._refs[source] -= 1

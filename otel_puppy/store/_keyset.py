@@ -2,13 +2,20 @@
 
 `MemoryStore` remembers every span's key for the dedupe window (a day by default). As a dict of
 `str` keys a million spans cost about 130 MB; here each key is its 128-bit digest, kept as a
-16-byte record (the digest's last 14 bytes and a 16-bit expiry bucket) in one of 65,536 `bytes`
-strings chosen by the digest's first two bytes (`Records`), so a million keys take about 19 MB.
-Looking a key up is one `bytes.find` in C over the dozen or so records of its string; keeping one
+17-byte record (the digest's last 15 bytes and a 16-bit expiry bucket) in one of 4,096 `bytes`
+strings chosen by the digest's first 12 bits (`Records`), so a million keys take about 18 MB.
+Looking a key up is one `bytes.find` in C over the few hundred records of its string; keeping one
 is one concatenation.
 
+Why 4,096 strings of a few kilobytes rather than 65,536 of a few hundred bytes (16-byte records,
+the first two bytes implied): strings that small live in Python's small-object pools, one pool per
+size, and as every string grows by a record at a time the pools of the sizes they grew out of stay
+held by the few strings still that small. At a million keys (of spans and of calls) that was 11 MB
+of pools held mostly empty and 4 MB of string headers, more than the byte a record more costs here;
+strings of a few kilobytes are allocated by `malloc`, which coalesces what they free.
+
 The digest is keyed BLAKE2b with a key drawn when the process starts: whoever writes span ids
-cannot choose ones that pile into one string (each string stays about n/65,536 records long).
+cannot choose ones that pile into one string (each string stays about n/4,096 records long).
 Nothing keyed by it outlives the process (the memory store and a process's call index).
 
 Exact up to a digest collision: two distinct keys share a 128-bit digest with probability about
@@ -33,7 +40,7 @@ from collections.abc import Collection
 from hashlib import blake2b
 from typing import Final
 
-__all__ = ("Buckets", "KeySet", "Records", "digest")
+__all__ = ("TAIL", "Buckets", "KeySet", "Records", "digest", "place")
 
 _BUCKET_S: Final = 60.0
 _MAX_GENERATIONS: Final = 0xFFFE
@@ -43,8 +50,13 @@ _ENDLESS: Final = -(2**62)
 """The bucket of an `until` that is no finite number: `dedupe_ttl_s=inf` (settings allow it) keeps a
 span's key for ever, as the dicts of keys did (`int(inf // 60)` raised, and every span with it).
 Its bucket expires by its latest `until` like any other: one of `inf` never."""
-_STRINGS: Final = 1 << 16
-"""Strings records are spread over, by the first two bytes of their digest."""
+_STRINGS: Final = 1 << 12
+"""Strings records are spread over, by the first 12 bits of their digest."""
+_INDEX_SHIFT: Final = 16 - 12
+"""Of a digest's first two bytes, the bits below the string's index."""
+TAIL: Final = 15
+"""Bytes of a digest a record starts with: all but the first, which the string's index holds (with
+the top 4 bits of the second, kept anyway: records stay whole bytes)."""
 _FEW: Final = 4
 """Buckets `Records.forget` looks for by searching bytes; past that it reads every bucket id."""
 _SWAP: Final = sys.byteorder != "little"
@@ -57,6 +69,11 @@ _HASHER: Final = blake2b(digest_size=16, key=_KEY)
 """Keyed once: a copy of it digests a key faster than keying anew."""
 
 
+def place(whole: bytes) -> tuple[int, bytes]:
+    """The string the records of digest `whole` are in, and the tail they start with."""
+    return (whole[0] << 8 | whole[1]) >> _INDEX_SHIFT, whole[1:]
+
+
 def digest(key: str) -> bytes:
     """`key`'s 128-bit keyed BLAKE2b digest (16 bytes); a key may hold any text a span sent (lone
     surrogates included)."""
@@ -66,20 +83,20 @@ def digest(key: str) -> bytes:
 
 
 class Records:
-    """Fixed-width records, each led by the last 14 bytes of a 16-byte digest and a 16-bit bucket id
-    (little-endian), in 65,536 `bytes` strings chosen by the digest's first two bytes. Not
+    """Fixed-width records, each led by the last `TAIL` bytes of a 16-byte digest and a 16-bit bucket
+    id (little-endian), in 4,096 `bytes` strings chosen by the digest's first 12 bits (`place`). Not
     thread-safe (the store's lock guards it); records of one digest may repeat (`CallIndex`)."""
 
     __slots__ = ("live", "strings", "width")
 
     def __init__(self, width: int) -> None:
         self.width = width
-        """Bytes a record: 16, and what the caller keeps after the digest and bucket."""
+        """Bytes a record: 17 (`TAIL` and the bucket), and what the caller keeps after them."""
         self.strings: list[bytes] = [b""] * _STRINGS
         self.live = 0
 
     def find(self, found: bytes, tail: bytes, at: int = 0) -> int:
-        """Where in string `found` the next record of `tail` (a digest's last 14 bytes) starts, from
+        """Where in string `found` the next record of `tail` (a digest's last `TAIL` bytes) starts, from
         offset `at`; -1 if none."""
         width = self.width
         at = found.find(tail, at)
@@ -105,12 +122,12 @@ class Records:
         """Take out every record of the buckets `generations`, in one walk over the strings however
         many buckets expire at once (after a pause longer than the window, hundreds do); the records
         taken. A string holds a record of a few buckets if `bytes.find` (in C) finds an id's two bytes
-        at a record's bucket; of many, if its bucket ids read as 16-bit integers (`array`) meet them."""
+        at a record's bucket; of many, if its bucket ids, gathered by slicing and read as 16-bit
+        integers (`array`), meet them."""
         gens = set(generations)
         if not gens:
             return []
         width = self.width
-        step = width // 2
         patterns = [gen.to_bytes(2, "little") for gen in gens] if len(gens) <= _FEW else []
         strings = self.strings
         taken: list[bytes] = []
@@ -119,23 +136,27 @@ class Records:
                 continue
             if patterns:
                 for pattern in patterns:
-                    at = found.find(pattern, 14)
-                    while at != -1 and at % width != 14:  # the bytes inside a record, not its bucket
+                    at = found.find(pattern, TAIL)
+                    while at != -1 and at % width != TAIL:  # the bytes inside a record, not its bucket
                         at = found.find(pattern, at + 1)
                     if at != -1:
                         break
                 else:
                     continue
             else:
-                ids = array("H", found)
+                low = found[TAIL::width]
+                pairs = bytearray(2 * len(low))
+                pairs[0::2] = low
+                pairs[1::2] = found[TAIL + 1 :: width]
+                ids = array("H", pairs)
                 if _SWAP:
                     ids.byteswap()
-                if gens.isdisjoint(ids[7::step]):
+                if gens.isdisjoint(ids):
                     continue
             kept: list[bytes] = []
             for start in range(0, len(found), width):
                 record = found[start : start + width]
-                (taken if int.from_bytes(record[14:16], "little") in gens else kept).append(record)
+                (taken if int.from_bytes(record[TAIL : TAIL + 2], "little") in gens else kept).append(record)
             strings[index] = b"".join(kept)
         self.live -= len(taken)
         return taken
@@ -238,7 +259,7 @@ class KeySet:
     __slots__ = ("_buckets", "_records")
 
     def __init__(self) -> None:
-        self._records = Records(16)
+        self._records = Records(TAIL + 2)
         self._buckets = Buckets()
 
     def __contains__(self, key: str) -> bool:
@@ -247,8 +268,9 @@ class KeySet:
     def has(self, whole: bytes) -> bool:
         """Whether the key of digest `whole` is kept."""
         records = self._records
-        found = records.strings[whole[0] << 8 | whole[1]]
-        return bool(found) and records.find(found, whole[2:]) >= 0
+        index, tail = place(whole)
+        found = records.strings[index]
+        return bool(found) and records.find(found, tail) >= 0
 
     def add(self, key: str, until: float) -> bool:
         """Keep `key` until `until`, unless it is kept already (then nothing changes); whether it was new."""
@@ -257,8 +279,7 @@ class KeySet:
     def add_digest(self, whole: bytes, until: float) -> bool:
         """`add` by the key's digest."""
         records = self._records
-        index = whole[0] << 8 | whole[1]
-        tail = whole[2:]
+        index, tail = place(whole)
         found = records.strings[index]
         if found and records.find(found, tail) >= 0:
             return False
@@ -272,8 +293,7 @@ class KeySet:
     def put_digest(self, whole: bytes, until: float) -> None:
         """`put` by the key's digest."""
         records = self._records
-        index = whole[0] << 8 | whole[1]
-        tail = whole[2:]
+        index, tail = place(whole)
         found = records.strings[index]
         at = records.find(found, tail) if found else -1
         gen = self._buckets.take(until)
@@ -281,7 +301,7 @@ class KeySet:
         if at < 0:
             records.append(index, record)
             return
-        old = int.from_bytes(found[at + 14 : at + 16], "little")
+        old = int.from_bytes(found[at + TAIL : at + TAIL + 2], "little")
         records.replace(index, at, record)
         self._buckets.drop(old)
 

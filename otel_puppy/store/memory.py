@@ -5,19 +5,20 @@ of 61 sub-buckets per (scope, window) with a running total, so reading a trailin
 O(1) rather than a sum over 61 counters; a ring holds only the sub-buckets from its oldest written
 one still counting to its newest, in one `array` (24 bytes a sub-bucket).
 
-Span keys (`KeySet`) and call keys (`CallIndex`) are 128-bit digests in fixed-width records, 16
-and 20 bytes a span, instead of dicts of strings (about 380 bytes a span): a million spans in the
-dedupe window take about 40 MB (`bench/bench_memory.py`).
+Span keys (`KeySet`) and call keys (`CallIndex`) are 128-bit digests in fixed-width records, 17
+and 17 to 37 bytes a span, instead of dicts of strings (about 380 bytes a span): a million spans in
+the dedupe window take about 36 MB (`bench/bench_memory.py`).
 
 Counts saturate at `CEILING` (see `store.base`): a calendar counter and each sub-bucket stop there;
-a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, a Python
-int) and reads as the ceiling above it; a scope's reserved total is exact and reads likewise.
+a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, in an
+int64) and reads as the ceiling above it; a scope's reserved total is exact and reads likewise.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import struct
 import threading
 from array import array
 from collections import OrderedDict, deque
@@ -60,10 +61,15 @@ from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
-_ZERO = [0, 0, 0]
+_ZERO: Final = array("q", bytes(24))
+"""The counts of a counter never written (never changed: a shared stand-in). A new counter is a
+slice of it: a slice allocates its 3 counts exactly, where `array("q", bytes(24))` or `extend`
+allocate room for 8 (tens of thousands of counters)."""
 _ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
 """A ring's counts of 61 sub-buckets never written."""
 _NONE_RESERVED = [0, 0]
+_NO_RINGS: Final[dict[str, _Ring]] = {}
+"""The rings of a rolling window none is kept for yet (never written)."""
 _new_state = tuple.__new__
 """`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
@@ -87,7 +93,9 @@ class _Ring:
         self.counts = array("q")
         self.first = 0
         """The sub-bucket of `counts`' first entry."""
-        self.totals = [0, 0, 0]
+        self.totals = _ZERO[:]
+        """The exact sums of `counts` (at most 61 times the ceiling: an int64 holds it). Counts and
+        totals are `array`s, 8 bytes a count where a list of Python ints took 40."""
 
     def _advance(self, newest: int) -> None:
         if newest <= self.last:
@@ -116,7 +124,7 @@ class _Ring:
         counts = self.counts
         held = len(counts) // 3
         if not held:
-            counts.extend(_ZEROS[:3])
+            counts = self.counts = _ZEROS[:3]  # a slice: exactly 3 counts (see `_ZERO`)
             self.first = i
         elif i < self.first:
             counts[0:0] = _ZEROS[: 3 * (self.first - i)]
@@ -139,17 +147,17 @@ class _Ring:
     def read(self, now: float) -> Counter:
         return Counter(*self.read_raw(now))
 
-    def read_raw(self, now: float) -> list[int]:
+    def read_raw(self, now: float) -> array[int]:
         """[nanos, tokens, requests] now, each at most `CEILING`; the caller must not keep or change it."""
         if now >= self.until:  # else `now` is still in the newest sub-bucket: nothing to advance
             self._advance(int(now // self.step))
         totals = self.totals
         if totals[0] > CEILING or totals[1] > CEILING or totals[2] > CEILING:
-            return [min(total, CEILING) for total in totals]
+            return array("q", [min(total, CEILING) for total in totals])
         return totals
 
     def empty(self) -> bool:
-        return self.totals == [0, 0, 0]
+        return not any(self.totals)
 
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
@@ -162,30 +170,33 @@ class _Ring:
         )
 
 
-class _Series:
-    """One key's newest samples (`add_samples`): a ring of plain arrays, 24 bytes a sample, instead of
-    a deque of (at, nanos, tokens) tuples; `head` is the oldest sample's slot once the ring is full."""
+_SAMPLE: Final = struct.Struct("<dqq")
+"""A sample of `_Series`: when (a float), nano-USD and tokens (each at most `CEILING`)."""
 
-    __slots__ = ("at", "head", "keep", "nanos", "tokens", "until")
+
+class _Series:
+    """One key's newest samples (`add_samples`): a ring of `_SAMPLE` records, 24 bytes a sample, in
+    one `bytearray` (not a deque of tuples, nor an `array` per field: an array costs 64 bytes before
+    its first sample, and most of the ten thousand keys hold a few); `head` is the oldest sample's
+    slot once the ring is full."""
+
+    __slots__ = ("head", "keep", "records", "until")
 
     def __init__(self, keep: int, until: float) -> None:
         self.keep = keep
         self.until = until
         """When the key is forgotten, unless written again."""
-        self.at = array("d")
-        self.nanos = array("q")
-        self.tokens = array("q")
+        self.records = bytearray()
         self.head = 0
 
     def append(self, at: float, nanos: int, tokens: int) -> None:
         """Keep one more sample, letting the oldest go once `keep` are kept."""
-        if len(self.at) < self.keep:
-            self.at.append(at)
-            self.nanos.append(nanos)
-            self.tokens.append(tokens)
+        records = self.records
+        if len(records) < self.keep * _SAMPLE.size:
+            records += _SAMPLE.pack(at, nanos, tokens)
             return
         head = self.head
-        self.at[head], self.nanos[head], self.tokens[head] = at, nanos, tokens
+        _SAMPLE.pack_into(records, head * _SAMPLE.size, at, nanos, tokens)
         self.head = (head + 1) % self.keep
 
     def resized(self, keep: int) -> _Series:
@@ -196,12 +207,12 @@ class _Series:
         return series
 
     def newest_first(self) -> list[tuple[float, int, int]]:
-        order = [*range(self.head - 1, -1, -1), *range(len(self.at) - 1, self.head - 1, -1)]
-        at, nanos, tokens = self.at, self.nanos, self.tokens
-        return [(at[i], nanos[i], tokens[i]) for i in order]
+        samples = list(_SAMPLE.iter_unpack(self.records))
+        head = self.head
+        return samples[:head][::-1] + samples[head:][::-1]
 
     def __len__(self) -> int:
-        return len(self.at)
+        return len(self.records) // _SAMPLE.size
 
 
 @dataclass(slots=True)
@@ -217,7 +228,7 @@ class _Reservation:
     source: str
 
 
-_Counter = tuple["_Ring | list[int]", str, int | None, int | None, bool, int | None, list[int]]
+_Counter = tuple["_Ring | array[int]", str, int | None, int | None, bool, int | None, list[int]]
 """What `admit` reads for one check: its counter, its scope, its limits (clamped to `CEILING`),
 whether it blocks, its call limit (clamped) if it is a call budget, and its scope's reserved totals
 (the very list `_reserved` holds, which reservations change in place)."""
@@ -228,7 +239,7 @@ _Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter], bool]
 counter, and whether a call budget is among them (an admission then reserves with no estimate)."""
 _FOUND_LIMIT: Final = 4096
 """Admission shapes kept (one per request shape in use; forgotten all at once past this)."""
-_Plan = tuple[int, list["_Ring"], list[list[int]], list[int]]
+_Plan = tuple[int, list["_Ring"], list["array[int]"], list[int]]
 """Per group of `read_fullest`: the field it ranks by, its rings (if rolling), each check's counter,
 and (one item) the step every ring of the group was last brought to."""
 """`read_fullest`'s plan of a group: the field it ranks by, the rings to bring to now (a rolling
@@ -248,9 +259,13 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calendar: dict[tuple[str, str, float], list[int]] = {}
-        self._calendar_expiry: dict[tuple[str, str, float], float] = {}
-        self._rings: dict[tuple[str, str], _Ring] = {}
+        self._calendar: dict[tuple[str, float], dict[str, array[int]]] = {}
+        """Per calendar bucket (a window's unit and the bucket's start), each scope's counter: one key
+        and one expiry per bucket, not per counter (tens of thousands of scopes share a bucket)."""
+        self._calendar_expiry: dict[tuple[str, float], float] = {}
+        """Per calendar bucket, when it is forgotten: the latest end and retention of its counters'."""
+        self._rings: dict[str, dict[str, _Ring]] = {}
+        """Per rolling window (its label), each scope's ring: no (scope, label) key tuple per ring."""
         self._seen = KeySet()
         """Span keys applied (by 128-bit digest, see `KeySet`), each until its `dedupe_until`."""
         self._covered = KeySet()
@@ -266,8 +281,9 @@ class MemoryStore:
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
-        self._ledger: dict[int, tuple[dict[str, list[int]], list[float]]] = {}
-        """Per hour: its rows by dims, and [until when it is kept]."""
+        self._ledger: dict[int, tuple[dict[str, array[int]], list[float]]] = {}
+        """Per hour: its rows by dims (their counts in an `array`: 8 bytes a count, where a list of
+        Python ints took 40), and [until when it is kept]."""
         self._samples: OrderedDict[str, _Series] = OrderedDict()
         """Per key its newest samples and when it is forgotten; least recently written first."""
         self._report = StateReport("memory store")
@@ -390,21 +406,29 @@ class MemoryStore:
         """Write the increments `_apply_one` added up (per counter: an increment of it, its nanos, tokens
         and calls); how many counts are at the ceiling after their write."""
         saturated = 0
-        rings = self._rings
+        windows = self._rings
         for (scope, label, _), (inc, nanos, tokens, calls) in rolling.items():
-            ring = rings.get((scope, label))
+            rings = windows.get(label)
+            if rings is None:
+                rings = windows[label] = {}
+            ring = rings.get(scope)
             if ring is None:
-                ring = rings[(scope, label)] = _Ring(inc.window.step)
+                ring = rings[scope] = _Ring(inc.window.step)
                 self._layout += 1
             saturated += ring.add(inc.ts, min(nanos, CEILING), min(tokens, CEILING), calls)
-        counters = self._calendar
-        for key, (inc, nanos, tokens, calls) in calendar.items():
-            counter = counters.get(key)
+        buckets, expiry = self._calendar, self._calendar_expiry
+        for (scope, unit, start), (inc, nanos, tokens, calls) in calendar.items():
+            counters = buckets.get((unit, start))
+            if counters is None:
+                counters = buckets[(unit, start)] = {}
+            counter = counters.get(scope)
             if counter is None:
                 window = inc.window
-                counter = counters[key] = [0, 0, 0]
+                counter = counters[scope] = _ZERO[:]
                 self._layout += 1
-                self._calendar_expiry[key] = window.bounds(inc.ts)[1] + window.retention()
+                until = window.bounds(inc.ts)[1] + window.retention()
+                if until > expiry.get((unit, start), -math.inf):
+                    expiry[(unit, start)] = until
             for field, amount in enumerate((nanos, tokens, calls)):
                 total = counter[field] + amount
                 if total >= CEILING:
@@ -422,11 +446,12 @@ class MemoryStore:
     def _total(self, scope: str, window: Window, now: float) -> Counter:
         return Counter(*self._raw_total(scope, window, now))
 
-    def _raw_total(self, scope: str, window: Window, now: float) -> list[int]:
+    def _raw_total(self, scope: str, window: Window, now: float) -> array[int]:
         if isinstance(window, RollingWindow):
-            ring = self._rings.get((scope, window.label))
+            ring = self._rings.get(window.label, _NO_RINGS).get(scope)
             return ring.read_raw(now) if ring is not None else _ZERO
-        counter = self._calendar.get((scope, window.unit, window.bounds(now)[0]))
+        counters = self._calendar.get((window.unit, window.bounds(now)[0]))
+        counter = counters.get(scope) if counters is not None else None
         return counter if counter is not None else _ZERO
 
     # --- admission -----------------------------------------------------------------------------
@@ -454,7 +479,7 @@ class MemoryStore:
                         counter._advance(int(now // counter.step))
                     spent = counter.totals
                     if spent[0] > CEILING or spent[1] > CEILING or spent[2] > CEILING:
-                        spent = [min(total, CEILING) for total in spent]
+                        spent = array("q", [min(total, CEILING) for total in spent])
                 else:
                     spent = counter
                 held_nanos, held_tokens = held
@@ -509,13 +534,14 @@ class MemoryStore:
         first, last = -math.inf, math.inf
         for check in checks:
             window = check.window
-            found_counter: _Ring | list[int] | None
+            found_counter: _Ring | array[int] | None
             if isinstance(window, RollingWindow):
-                found_counter = rings.get((check.scope, window.label))
+                found_counter = rings.get(window.label, _NO_RINGS).get(check.scope)
             else:
                 start, end = window.bounds(now)
                 first, last = max(first, start), min(last, end)
-                found_counter = calendar.get((check.scope, window.unit, start))
+                bucket = calendar.get((window.unit, start))
+                found_counter = bucket.get(check.scope) if bucket is not None else None
             limit_nanos, limit_tokens, limit_calls = check.limit_nanos, check.limit_tokens, check.limit_calls
             held = reserved.get(check.scope)
             if held is None:
@@ -599,12 +625,14 @@ class MemoryStore:
             first_check = group[0]
             field = 0 if first_check.limit_nanos is not None else 2 if first_check.limit_calls is not None else 1
             if isinstance(window, RollingWindow):
-                found = [rings.get((check.scope, window.label)) for check in group]
+                window_rings = rings.get(window.label, _NO_RINGS)
+                found = [window_rings.get(check.scope) for check in group]
                 present = [ring for ring in found if ring is not None]
                 # A ring's running total is one list it changes in place for the ring's life.
                 plans.append((field, present, [ring.totals if ring is not None else _ZERO for ring in found], [-1]))
             else:
-                counters = [calendar.get((check.scope, window.unit, start)) for check in group]
+                bucket = calendar.get((window.unit, start)) or {}
+                counters = [bucket.get(check.scope) for check in group]
                 plans.append((field, [], [counter if counter is not None else _ZERO for counter in counters], [-1]))
         self._plans = (groups, starts, self._layout, plans)
         return plans
@@ -622,12 +650,13 @@ class MemoryStore:
         append = states.append
         for check in checks:
             scope, window = check.scope, check.window
-            spent: list[int] | None
+            spent: array[int] | None
             if isinstance(window, RollingWindow):
-                ring = rings.get((scope, window.label))
+                ring = rings.get(window.label, _NO_RINGS).get(scope)
                 spent = ring.read_raw(now) if ring is not None else _ZERO
             else:
-                spent = calendar.get((scope, window.unit, window.bounds(now)[0])) or _ZERO
+                bucket = calendar.get((window.unit, window.bounds(now)[0]))
+                spent = (bucket.get(scope) if bucket is not None else None) or _ZERO
             held = reserved_totals.get(scope) or _NONE_RESERVED
             if held[0] > CEILING or held[1] > CEILING:
                 held = [min(held[0], CEILING), min(held[1], CEILING)]
@@ -647,7 +676,7 @@ class MemoryStore:
             rings = self._rings
             found: list[tuple[SubBucket, ...]] = []
             for scope, window in reads:
-                ring = rings.get((scope, window.label))
+                ring = rings.get(window.label, _NO_RINGS).get(scope)
                 found.append(ring.sub_buckets(now) if ring is not None else ())
             return found
 
@@ -739,17 +768,22 @@ class MemoryStore:
         elif until > hour[1][0]:
             hour[1][0] = until
         rows = hour[0]
-        counts = rows.get(entry.dims)
-        if counts is None:
-            dims = entry.dims if len(rows) < MAX_LEDGER_ROWS else OTHER_DIMS
+        dims = entry.dims
+        counts = rows.get(dims)
+        if counts is None and len(rows) >= MAX_LEDGER_ROWS:
+            dims = OTHER_DIMS
             counts = rows.get(dims)
-            if counts is None:
-                counts = rows[dims] = [0] * len(entry.counts)
         added = entry.counts
         if min(added) < 0 or max(added) > CEILING:  # never from the engine: clamped where it enters
             added = tuple(map(clamp, added))
-        # Exact Python ints, each only ever growing: saturated when read (`read_ledger`).
-        counts[:] = map(add, counts, added)
+        # Each count saturates at the ceiling: it only ever grows, so it reads as the exact sum would
+        # (`read_ledger`), and a sum of two counts at most the ceiling fits an int64.
+        if counts is None:  # from the tuple: its counts allocated exactly (from `map`, room for half more)
+            counts = rows[dims] = array("q", added)
+        else:
+            counts[:] = array("q", map(add, counts, added))
+        if max(counts) > CEILING:
+            counts[:] = array("q", [min(count, CEILING) for count in counts])
 
     def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
         with self._lock:
@@ -805,14 +839,20 @@ class MemoryStore:
             dropped += len(stale)
             dropped += self._calls.expire(now)
             old = [bucket for bucket, until in self._calendar_expiry.items() if until <= now]
+            counters = 0
             for bucket in old:
                 del self._calendar_expiry[bucket]
-                del self._calendar[bucket]
+                counters += len(self._calendar.pop(bucket))
                 self._layout += 1
-            idle = [ring_key for ring_key, ring in self._rings.items() if ring.read_raw(now)[2] == 0]
-            for ring_key in idle:
-                del self._rings[ring_key]
-                self._layout += 1
+            idle = 0
+            for label, rings in list(self._rings.items()):
+                gone = [scope for scope, ring in rings.items() if ring.read_raw(now)[2] == 0]
+                for scope in gone:
+                    del rings[scope]
+                    self._layout += 1
+                idle += len(gone)
+                if not rings:
+                    del self._rings[label]
             hours = [hour for hour, (_, until) in self._ledger.items() if until[0] <= now]
             for hour in hours:
                 del self._ledger[hour]
@@ -827,7 +867,7 @@ class MemoryStore:
                 for scope in released:
                     del self._reserved[scope]
                 self._found.clear()  # it holds these lists: `admit` finds its counters again
-            return dropped + len(old) + len(idle) + len(forgotten) + before - len(self._reservations)
+            return dropped + counters + idle + len(forgotten) + before - len(self._reservations)
 
     def health(self) -> StoreHealth:
         return self._report.health()
@@ -841,4 +881,6 @@ class MemoryStore:
         pass
 
     def __len__(self) -> int:
-        return len(self._calendar) + len(self._rings) + len(self._seen)
+        counters = sum(len(bucket) for bucket in self._calendar.values())
+        rings = sum(len(window_rings) for window_rings in self._rings.values())
+        return counters + rings + len(self._seen)

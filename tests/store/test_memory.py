@@ -100,7 +100,7 @@ def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_wo
         last = max(last, int(now // 60.0))
         counting = {i: counts for i, counts in model.items() if last - 61 < i <= last}
         expected = [sum(counts[field] for counts in counting.values()) for field in range(3)]
-        assert ring.read_raw(now) == expected
+        assert list(ring.read_raw(now)) == expected
         assert ring.sub_buckets(now) == tuple(
             SubBucket(i, *counts) for i, counts in sorted(counting.items()) if any(counts)
         )
