@@ -29,7 +29,7 @@ from bisect import bisect_left, insort
 from collections.abc import Sequence
 from typing import Final
 
-from otel_puppy.store._keyset import TAIL, Buckets, Records, digest, place
+from otel_puppy.store._keyset import TAIL, Buckets, Partition, Records, digest
 from otel_puppy.store.base import CEILING, MAX_CALL_SPANS, CallKey
 
 __all__ = ("CallIndex",)
@@ -119,13 +119,15 @@ class CallIndex:
         "_unused",
     )
 
-    def __init__(self) -> None:
-        self._bare = Records(_BARE)
+    def __init__(self, partition: Partition | None = None) -> None:
+        if partition is None:  # one index in all three kinds of record: `_single` looks once
+            partition = Partition()
+        self._bare = Records(_BARE, partition)
         """Keys of one span of any time and no source (not `identified`): a response id's, when the
         span names no instrumentation."""
-        self._timeless = Records(_TIMELESS)
+        self._timeless = Records(_TIMELESS, partition)
         """Keys of one span of any time (start 0, end `CEILING`: a response id's)."""
-        self._timed = Records(_TIMED)
+        self._timed = Records(_TIMED, partition)
         """Keys of one span with a time."""
         self._many: dict[bytes, _Kept] = {}
         """Keys of several spans, by digest."""
@@ -240,7 +242,7 @@ class CallIndex:
 
     def _single(self, whole: bytes) -> tuple[Records, int, int] | None:
         """Where the one span a key holds is: its records, string and offset; None if none."""
-        index, tail = place(whole)
+        index, tail = self._bare.partition.place(whole)
         for records in (self._bare, self._timeless, self._timed):
             found = records.strings[index]
             if found:
@@ -263,7 +265,7 @@ class CallIndex:
         return CallKey(key, start, end, self._sources[meta >> 1], bool(meta & 1))
 
     def _append(self, whole: bytes, key: CallKey, gen: int) -> None:
-        index, record = place(whole)
+        index, record = self._bare.partition.place(whole)
         record += gen.to_bytes(2, "little")
         start, end = key.start, key.end
         timeless = start == 0 and end == CEILING

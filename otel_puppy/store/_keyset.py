@@ -2,20 +2,23 @@
 
 `MemoryStore` remembers every span's key for the dedupe window (a day by default). As a dict of
 `str` keys a million spans cost about 130 MB; here each key is its 128-bit digest, kept as a
-17-byte record (the digest's last 15 bytes and a 16-bit expiry bucket) in one of 4,096 `bytes`
-strings chosen by the digest's first 12 bits (`Records`), so a million keys take about 18 MB.
-Looking a key up is one `bytes.find` in C over the few hundred records of its string; keeping one
+17-byte record (the digest's last 15 bytes and a 16-bit expiry bucket) in one of a few thousand
+`bytes` strings chosen by the digest's low bits (`Records`, `Partition`), so a million keys take
+about 18 MB. Looking a key up is one `bytes.find` in C over the records of its string; keeping one
 is one concatenation.
 
-Why 4,096 strings of a few kilobytes rather than 65,536 of a few hundred bytes (16-byte records,
-the first two bytes implied): strings that small live in Python's small-object pools, one pool per
-size, and as every string grows by a record at a time the pools of the sizes they grew out of stay
-held by the few strings still that small. At a million keys (of spans and of calls) that was 11 MB
-of pools held mostly empty and 4 MB of string headers, more than the byte a record more costs here;
-strings of a few kilobytes are allocated by `malloc`, which coalesces what they free.
+Strings of a few kilobytes, however many keys: `Partition` starts with 4,096 strings and, as keys
+are added, splits one string in two each time the average passes `_LOAD` records (linear hashing),
+so a lookup never scans more than a few kilobytes (a fixed 4,096 strings scanned about 40 KB each
+at ten million keys, five times the work per key) and no split moves more than one string's
+records. Not fewer, smaller strings: strings of a few hundred bytes live in Python's small-object
+pools, one pool per size, and as every string grows by a record at a time the pools of the sizes
+they grew out of stay held by the few strings still that small (65,536 strings of a few hundred
+bytes held 11 MB of mostly empty pools and 4 MB of headers at a million keys); strings of a few
+kilobytes are allocated by `malloc`, which coalesces what they free.
 
 The digest is keyed BLAKE2b with a key drawn when the process starts: whoever writes span ids
-cannot choose ones that pile into one string (each string stays about n/4,096 records long).
+cannot choose ones that pile into one string (each string stays about `_LOAD` records long).
 Nothing keyed by it outlives the process (the memory store and a process's call index).
 
 Exact up to a digest collision: two distinct keys share a 128-bit digest with probability about
@@ -40,7 +43,7 @@ from collections.abc import Collection
 from hashlib import blake2b
 from typing import Final
 
-__all__ = ("TAIL", "Buckets", "KeySet", "Records", "digest", "place")
+__all__ = ("TAIL", "Buckets", "KeySet", "Partition", "Records", "digest")
 
 _BUCKET_S: Final = 60.0
 _MAX_GENERATIONS: Final = 0xFFFE
@@ -50,13 +53,15 @@ _ENDLESS: Final = -(2**62)
 """The bucket of an `until` that is no finite number: `dedupe_ttl_s=inf` (settings allow it) keeps a
 span's key for ever, as the dicts of keys did (`int(inf // 60)` raised, and every span with it).
 Its bucket expires by its latest `until` like any other: one of `inf` never."""
-_STRINGS: Final = 1 << 12
-"""Strings records are spread over, by the first 12 bits of their digest."""
-_INDEX_SHIFT: Final = 16 - 12
-"""Of a digest's first two bytes, the bits below the string's index."""
+_FIRST_BITS: Final = 12
+"""A partition starts with 2**12 strings (at least 2**8: the string's index holds the digest's first byte)."""
+_LOAD: Final = 240
+"""Records a partition's strings hold on average (about 4 KB of 17-byte records) before one more is split."""
+_MAX_BITS: Final = 30
+"""Strings stop being split at 2**30 (the index is read from the digest's first four bytes)."""
 TAIL: Final = 15
-"""Bytes of a digest a record starts with: all but the first, which the string's index holds (with
-the top 4 bits of the second, kept anyway: records stay whole bytes)."""
+"""Bytes of a digest a record starts with: all but the first, which the string's index holds (the
+index's low 8 bits are the first byte; its higher bits, kept in the record too, split strings)."""
 _FEW: Final = 4
 """Buckets `Records.forget` looks for by searching bytes; past that it reads every bucket id."""
 _SWAP: Final = sys.byteorder != "little"
@@ -69,11 +74,6 @@ _HASHER: Final = blake2b(digest_size=16, key=_KEY)
 """Keyed once: a copy of it digests a key faster than keying anew."""
 
 
-def place(whole: bytes) -> tuple[int, bytes]:
-    """The string the records of digest `whole` are in, and the tail they start with."""
-    return (whole[0] << 8 | whole[1]) >> _INDEX_SHIFT, whole[1:]
-
-
 def digest(key: str) -> bytes:
     """`key`'s 128-bit keyed BLAKE2b digest (16 bytes); a key may hold any text a span sent (lone
     surrogates included)."""
@@ -82,17 +82,66 @@ def digest(key: str) -> bytes:
     return hasher.digest()
 
 
+class Partition:
+    """Which string a digest's records are in, for the `Records` sharing it (a `CallIndex`'s three
+    kinds of record share one: a key is looked for at one index in each). Linear hashing: the index
+    is the low `bits` bits of the digest's first four bytes (little-endian), or one bit more for the
+    strings split in this round (those below `split`). Once the records outgrow `load` a string on
+    average, the next string's records are split in two by that bit, the new string appended (at its
+    index, `split + 2**bits`); after 2**bits splits a round ends with `bits` one more. Not thread-safe."""
+
+    __slots__ = ("bits", "limit", "live", "load", "members", "split")
+
+    def __init__(self, bits: int = _FIRST_BITS, load: int = _LOAD) -> None:
+        if not 8 <= bits <= _MAX_BITS or load < 1:
+            raise ValueError(f"a partition starts with 2**8 to 2**{_MAX_BITS} strings of at least one record")
+        self.bits = bits
+        self.split = 0
+        self.load = load
+        self.live = 0
+        """Records in its members."""
+        self.limit = load << bits
+        """Records past which one more string is split."""
+        self.members: list[Records] = []
+
+    @property
+    def strings(self) -> int:
+        return (1 << self.bits) + self.split
+
+    def place(self, whole: bytes) -> tuple[int, bytes]:
+        """The string the records of digest `whole` are in, and the tail they start with."""
+        low = int.from_bytes(whole[:4], "little")
+        index = low & ((1 << self.bits) - 1)
+        if index < self.split:
+            index = low & ((1 << (self.bits + 1)) - 1)
+        return index, whole[1:]
+
+    def added(self, count: int) -> None:
+        """`count` records more (fewer, negative) in its members; a string split if they outgrew them."""
+        self.live += count
+        if self.live > self.limit and self.bits < _MAX_BITS:
+            bit = self.bits
+            for records in self.members:
+                records.split(self.split, bit)
+            self.split += 1
+            if self.split == 1 << bit:
+                self.bits, self.split = bit + 1, 0
+            self.limit = self.load * self.strings
+
+
 class Records:
     """Fixed-width records, each led by the last `TAIL` bytes of a 16-byte digest and a 16-bit bucket
-    id (little-endian), in 4,096 `bytes` strings chosen by the digest's first 12 bits (`place`). Not
+    id (little-endian), in `bytes` strings chosen by the digest's low bits (`Partition.place`). Not
     thread-safe (the store's lock guards it); records of one digest may repeat (`CallIndex`)."""
 
-    __slots__ = ("live", "strings", "width")
+    __slots__ = ("live", "partition", "strings", "width")
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, partition: Partition | None = None) -> None:
         self.width = width
         """Bytes a record: 17 (`TAIL` and the bucket), and what the caller keeps after them."""
-        self.strings: list[bytes] = [b""] * _STRINGS
+        self.partition = partition if partition is not None else Partition()
+        self.partition.members.append(self)
+        self.strings: list[bytes] = [b""] * self.partition.strings
         self.live = 0
 
     def find(self, found: bytes, tail: bytes, at: int = 0) -> int:
@@ -107,6 +156,7 @@ class Records:
     def append(self, index: int, record: bytes) -> None:
         self.strings[index] += record
         self.live += 1
+        self.partition.added(1)
 
     def replace(self, index: int, at: int, record: bytes) -> None:
         """Overwrite the record at offset `at` of string `index` (same width)."""
@@ -117,6 +167,21 @@ class Records:
         found = self.strings[index]
         self.strings[index] = found[:at] + found[at + self.width :]
         self.live -= 1
+        self.partition.live -= 1
+
+    def split(self, index: int, bit: int) -> None:
+        """Move the records of string `index` whose digest has `bit` set to a new string (appended):
+        `Partition.added`. The digest's byte `bit // 8` (at least the second) is in the record."""
+        found = self.strings[index]
+        moved: list[bytes] = []
+        if found:
+            width, at, mask = self.width, bit // 8 - 1, 1 << (bit % 8)
+            kept: list[bytes] = []
+            for start in range(0, len(found), width):
+                (moved if found[start + at] & mask else kept).append(found[start : start + width])
+            if moved:
+                self.strings[index] = b"".join(kept)
+        self.strings.append(b"".join(moved))
 
     def forget(self, generations: Collection[int]) -> list[bytes]:
         """Take out every record of the buckets `generations`, in one walk over the strings however
@@ -159,6 +224,7 @@ class Records:
                 (taken if int.from_bytes(record[TAIL : TAIL + 2], "little") in gens else kept).append(record)
             strings[index] = b"".join(kept)
         self.live -= len(taken)
+        self.partition.live -= len(taken)
         return taken
 
     def nbytes(self) -> int:
@@ -258,8 +324,8 @@ class KeySet:
 
     __slots__ = ("_buckets", "_records")
 
-    def __init__(self) -> None:
-        self._records = Records(TAIL + 2)
+    def __init__(self, partition: Partition | None = None) -> None:
+        self._records = Records(TAIL + 2, partition)
         self._buckets = Buckets()
 
     def __contains__(self, key: str) -> bool:
@@ -268,7 +334,7 @@ class KeySet:
     def has(self, whole: bytes) -> bool:
         """Whether the key of digest `whole` is kept."""
         records = self._records
-        index, tail = place(whole)
+        index, tail = records.partition.place(whole)
         found = records.strings[index]
         return bool(found) and records.find(found, tail) >= 0
 
@@ -279,7 +345,7 @@ class KeySet:
     def add_digest(self, whole: bytes, until: float) -> bool:
         """`add` by the key's digest."""
         records = self._records
-        index, tail = place(whole)
+        index, tail = records.partition.place(whole)
         found = records.strings[index]
         if found and records.find(found, tail) >= 0:
             return False
@@ -293,7 +359,7 @@ class KeySet:
     def put_digest(self, whole: bytes, until: float) -> None:
         """`put` by the key's digest."""
         records = self._records
-        index, tail = place(whole)
+        index, tail = records.partition.place(whole)
         found = records.strings[index]
         at = records.find(found, tail) if found else -1
         gen = self._buckets.take(until)

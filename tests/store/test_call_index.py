@@ -7,7 +7,10 @@ import random
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 
+import pytest
+
 from otel_puppy.store._call_index import CallIndex, _Undo
+from otel_puppy.store._keyset import Partition
 from otel_puppy.store.base import CEILING, MAX_CALL_SPANS, CallKey
 
 
@@ -64,9 +67,11 @@ def _random_key(rng: random.Random) -> CallKey:
     )
 
 
-def test_a_call_index_answers_as_the_dicts_of_call_keys_did() -> None:
+@pytest.mark.parametrize("bits", [None, 8], ids=["4096 strings", "split from 256"])
+def test_a_call_index_answers_as_the_dicts_of_call_keys_did(bits: int | None) -> None:
+    # From 256 strings of 2 records, strings (of all three kinds of record at once) are split all along.
     rng = random.Random(20)
-    index, model = CallIndex(), _Model()
+    index, model = CallIndex(Partition(bits, load=2) if bits else None), _Model()
     now = 1_800_000_000.0
     for _ in range(40):
         for _ in range(rng.randrange(1, 400)):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from otel_puppy.store import _keyset
-from otel_puppy.store._keyset import KeySet, digest
+from otel_puppy.store._keyset import KeySet, Partition, digest
 
 
 class _Model:
@@ -44,9 +44,11 @@ class _Model:
         return len(stale)
 
 
-def test_a_keyset_answers_as_a_dict_of_its_keys_would() -> None:
+@pytest.mark.parametrize("bits", [None, 8], ids=["4096 strings", "split from 256"])
+def test_a_keyset_answers_as_a_dict_of_its_keys_would(bits: int | None) -> None:
+    # From 256 strings of 2 records, strings are split all along (rounds of 256, 512, ... strings).
     rng = random.Random(20)
-    keys, model = KeySet(), _Model()
+    keys, model = KeySet(Partition(bits, load=2) if bits else None), _Model()
     now = 1_800_000_000.0
     for _ in range(60):
         for _ in range(rng.randrange(1, 2000)):
@@ -171,3 +173,26 @@ def test_a_key_kept_for_ever_is_kept_and_expires_with_nothing() -> None:
     assert "a" in keys
     assert "b" in keys
     assert "c" not in keys
+
+
+def test_strings_stay_near_their_load_however_many_keys() -> None:
+    """Linear hashing: a lookup scans about `load` records, never a string grown with the key count."""
+    partition = Partition(8, load=16)
+    keys = KeySet(partition)
+    for i in range(100_000):
+        assert keys.add(f"{i:032x}", 60.0)
+    records = keys._records
+    assert len(records.strings) == partition.strings == 100_000 // 16  # 256 strings, split to 6,250
+    assert partition.bits == 12
+    longest = max(len(found) for found in records.strings) // records.width
+    assert longest < 4 * 16  # unsplit strings of a round hold about twice the load, split ones about half
+    assert all(f"{i:032x}" in keys for i in range(0, 100_000, 7))
+    assert not any(f"{i:032x}" in keys for i in range(100_000, 110_000))
+    assert keys.expire(60.0) == 100_000
+
+
+def test_a_partition_starts_with_at_least_256_strings() -> None:
+    with pytest.raises(ValueError, match="2\\*\\*8"):
+        Partition(7)
+    with pytest.raises(ValueError, match="at least one record"):
+        Partition(12, load=0)
