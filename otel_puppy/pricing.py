@@ -165,8 +165,9 @@ class Pricer:
         self._known_providers = frozenset(p.id for p in self._snapshot.providers)
         self._models: dict[tuple[str, str], _Resolved | None] = {}
         self._linear: dict[int, tuple[gp.ModelPrice, tuple[_Linear, ...] | None]] = {}
-        self._unit_texts: dict[int, tuple[_Linear, str]] = {}
-        """`ledger.unit_prices` of each linear piece split by (`split`), by its id."""
+        self._units: dict[int, tuple[_Linear, tuple[int, ...], str]] = {}
+        """Each linear piece split by (`split`), by its id: its unit prices by token type (then the request
+        fee) and their `ledger.unit_prices`."""
         self._lock = threading.Lock()
 
     def after_fork(self) -> None:
@@ -286,18 +287,26 @@ class Pricer:
         if price.nanos is None:
             return None
         cached, written, reasoning = call.cache_read_tokens, call.cache_write_tokens, call.reasoning_tokens
-        tokens = (call.input_tokens - cached - written, cached, written, call.output_tokens - reasoning, reasoning)
         tariff = price.tariff
         if isinstance(tariff, _Linear):
-            c_in, c_out, c_cr, c_cw, c_rs = tariff.coefficients
-            units = (c_in, c_in + c_cr, c_in + c_cw, c_out, c_out + c_rs, tariff.c0)
-            parts = [unit * count for unit, count in zip(units, (*tokens, 1), strict=True)]
+            found = self._units.get(id(tariff))
+            if found is None or found[0] is not tariff:  # the id of a collected piece can be reused
+                c_in, c_out, c_cr, c_cw, c_rs = tariff.coefficients
+                units = (c_in, c_in + c_cr, c_in + c_cw, c_out, c_out + c_rs, tariff.c0)
+                found = self._units[id(tariff)] = (tariff, units, unit_prices(tariff.scale, units))
+            u_input, u_cached, u_written, u_output, u_reasoning, fee = found[1]
+            parts = [
+                u_input * (call.input_tokens - cached - written),
+                u_cached * cached,
+                u_written * written,
+                u_output * (call.output_tokens - reasoning),
+                u_reasoning * reasoning,
+                fee,
+            ]
             if min(parts) >= 0:
-                text = self._unit_texts.get(id(tariff))
-                if text is None or text[0] is not tariff:  # the id of a collected piece can be reused
-                    text = self._unit_texts[id(tariff)] = (tariff, unit_prices(tariff.scale, units))
-                return split_costs(parts, tariff.scale, price.nanos), text[1]
+                return split_costs(parts, tariff.scale, price.nanos), found[2]
         elif isinstance(tariff, gp.ModelPrice):
+            tokens = (call.input_tokens - cached - written, cached, written, call.output_tokens - reasoning, reasoning)
             parts_usd = _telescoped(tariff, tokens)
             if parts_usd is not None:
                 scale = max(9, *(-int(part.as_tuple().exponent) for part in parts_usd))
