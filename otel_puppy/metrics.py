@@ -294,15 +294,21 @@ class Metrics:
     def record_cache_savings(self, saved: Iterable[tuple[LLMCall, int]]) -> None:
         """Add what the prompt cache saved on each call (nano-USD)."""
         with self._lock:
-            guard = self.guard
+            guard, savings = self.guard, self._cache_savings
+            keys: dict[tuple[str, str, str | None, str | None], tuple[str, str, str, str]] = {}
             for call, nanos in saved:
-                key = (
-                    guard("provider", call.provider),
-                    guard("model", call.model),
-                    guard("agent", call.agent),
-                    guard("service", call.service),
-                )
-                self._cache_savings[key] = self._cache_savings.get(key, 0) + nanos
+                labels = (call.provider, call.model, call.agent, call.service)
+                key = keys.get(labels)
+                if key is None:
+                    key = (
+                        guard("provider", labels[0]),
+                        guard("model", labels[1]),
+                        guard("agent", labels[2]),
+                        guard("service", labels[3]),
+                    )
+                    if OVERFLOW not in key:  # a fold is counted per call: a folded call asks the guard again
+                        keys[labels] = key
+                savings[key] = savings.get(key, 0) + nanos
 
     def record_spans(self, result: str, count: int = 1) -> None:
         """Count spans by what became of them (applied, duplicate, nested, invalid, dropped, ...)."""
