@@ -279,7 +279,11 @@ class Metrics:
                 histogram = durations.get(base)
                 if histogram is None:
                     histogram = durations[base] = _Histogram()
-                histogram.observe(call.duration_s)
+                elapsed = call.end_ns - call.start_ns
+                duration_s = elapsed / 1e9 if elapsed > 0 else 0.0  # `call.duration_s`
+                histogram.buckets[bisect_left(DURATION_BUCKETS, duration_s)] += 1  # `histogram.observe`
+                histogram.count += 1
+                histogram.sum += duration_s
             requests, tokens, cost = self._requests, self._tokens, self._cost
             for (base, error_class), summed in sums.items():
                 key = (*base, "error" if error_class else "ok", error_class)
