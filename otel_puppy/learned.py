@@ -43,10 +43,8 @@ __all__ = ("MAX_ESTIMATE_NANOS", "Learned", "LearnedEstimates", "nearest_rank", 
 MAX_ESTIMATE_NANOS: Final = usd_to_nanos(MAX_CALL_COST_USD)
 _FLUSH_EVERY_S: Final = 1.0
 """A store with I/O gets this process's samples in batches at most this far apart."""
-_FLUSH_AT: Final = 4096
-"""... or as soon as this many are waiting. A write keeps only each series' newest `learned_samples`,
-so writing more at once writes fewer rows: 512 at a time, ingest at 20,000 calls a second wrote each
-series' samples many times over (about 6 us per call on SQLite)."""
+_FLUSH_AT: Final = 512
+"""... or as soon as this many are waiting."""
 _MAX_PENDING: Final = 10_000
 """Samples kept while the store does not answer; the oldest are dropped past this."""
 _CACHE_LIMIT: Final = 20_000
