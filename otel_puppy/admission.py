@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 
 from otel_puppy._keys import escape
 from otel_puppy.bounds import MAX_CALL_COST_USD
-from otel_puppy.call_identity import CALL_KEYS_TTL_S, call_keys, is_weak
+from otel_puppy.call_identity import CALL_KEYS_TTL_S, call_keys
 from otel_puppy.calls import LLMCall
 from otel_puppy.decision import Action, Decision, DecisionRequest, LazyHits, PolicyHit
 from otel_puppy.exceptions import RequestError, StoreError
@@ -433,7 +433,11 @@ class BudgetAdmission:
             # Spend belongs to the window the call ended in, but never to one in the future (skew), and
             # never to one so far back that no budget would see it while the metrics count it.
             end_ns = call.end_ns
-            ts = min(end_ns / 1e9, now) if end_ns > 0 and not late(call, now, lateness_s) else now
+            ts = now
+            if end_ns > 0:
+                ended = end_ns / 1e9
+                if abs(ended - now) <= lateness_s:  # not `late`
+                    ts = min(ended, now)
             nanos = price.nanos or 0
             tokens = call.input_tokens + call.output_tokens
             key = None
@@ -504,7 +508,7 @@ class BudgetAdmission:
                         key,  # settle_key
                         call_keys(call),
                         calls_until,
-                        is_weak(call),
+                        call.error_class is None and not call.has_usage,  # is_weak
                         ledger,
                         spread_of,
                     )

@@ -47,7 +47,8 @@ kept for the whole dedupe window (a retry may come much later)."""
 _key: Final = partial(tuple.__new__, CallKey)
 """`CallKey` from a tuple of all its fields, without the named tuple's Python-level `__new__`."""
 _SEPARATOR: Final = "\x1f"
-"""Between the parts of a key: names are printable, so no part holds it."""
+"""Between the parts of a key: names are printable, so no part holds it (`_keys` spells it `\\x1f`
+inside its f-strings)."""
 
 
 def is_weak(call: LLMCall) -> bool:
@@ -66,16 +67,22 @@ def call_keys(call: LLMCall) -> tuple[CallKey, ...]:
 
 def _keys(call: LLMCall) -> tuple[CallKey, ...]:
     response_id = call.response_id
-    source = _source(call.instrumentation) if call.instrumentation else ""
-    by_id = _key(("r" + _SEPARATOR + response_id, 0, CEILING, source, False)) if response_id is not None else None
-    if not source or (call.error_class is None and not call.has_usage):
+    instrumentation = call.instrumentation
+    source = _source(instrumentation) if instrumentation else ""
+    by_id = _key((f"r\x1f{response_id}", 0, CEILING, source, False)) if response_id is not None else None
+    failed = call.error_class is not None
+    if not source or not (failed or call.has_usage):
         return (by_id,) if by_id is not None else ()
-    if call.error_class is not None:
-        parts: tuple[str, ...] = ("f", call.service or "", call.provider, call.model)
+    # The parts joined by `_SEPARATOR` (one f-string, not a tuple joined): "f", service, provider,
+    # model for a failure; "u", service, provider, input and output tokens for a success.
+    if failed:
+        text = f"f\x1f{call.service or ''}\x1f{call.provider}\x1f{call.model}"
     else:
-        parts = ("u", call.service or "", call.provider, str(call.input_tokens), str(call.output_tokens))
-    start = max(call.start_ns, 0) // 1000
-    by_agreement = _key((_SEPARATOR.join(parts), start, max(call.end_ns // 1000, start), source, by_id is not None))
+        text = f"u\x1f{call.service or ''}\x1f{call.provider}\x1f{call.input_tokens}\x1f{call.output_tokens}"
+    start = call.start_ns
+    start = start // 1000 if start > 0 else 0
+    end = call.end_ns // 1000
+    by_agreement = _key((text, start, end if end > start else start, source, by_id is not None))
     return (by_id, by_agreement) if by_id is not None else (by_agreement,)
 
 

@@ -15,6 +15,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Final
 
@@ -237,8 +238,17 @@ class PolicyEngine:
         except StoreError:
             self.metrics.record_store_error("apply")
             raise
-        observations = [Observation(c, p, r) for c, p, r in zip(calls, prices, results, strict=True)]
-        applied = [(o.call, o.price) for o in observations if o.result is ApplyResult.APPLIED]
+        observations: list[Observation] = []
+        applied: list[tuple[LLMCall, Price]] = []
+        put_call, put_price, put_result = _OBSERVATION_SETTERS
+        for call, price, result in zip(calls, prices, results, strict=True):
+            observation = _new_object(Observation)  # `Observation(call, price, result)`, see the setters
+            put_call(observation, call)
+            put_price(observation, price)
+            put_result(observation, result)
+            observations.append(observation)
+            if result is _APPLIED:
+                applied.append((call, price))
         self.metrics.record_calls(applied)
         saved = [
             (call, n) for call, price in applied if call.cache_read_tokens and (n := pricer.cache_savings(call, price))
@@ -551,3 +561,8 @@ class PolicyEngine:
 
 
 _REFUSED: Final = Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE)
+_APPLIED: Final = ApplyResult.APPLIED
+_OBSERVATION_SETTERS: Final = tuple(getattr(Observation, f.name).__set__ for f in fields(Observation))
+"""`Observation`'s slot setters in field order: `observe_many` builds one per span without the frozen
+dataclass's `__setattr__` per field (tests/test_engine_batch.py holds the two together)."""
+_new_object: Final = object.__new__

@@ -129,22 +129,28 @@ class LearnedEstimates:
         if not self.enabled:
             return
         samples: list[Sample] = []
-        changed = set()
+        append = samples.append
+        known = self._keys
+        batch: dict[tuple[str | None, str, str], tuple[str, ...]] = {}
+        """The series of each (agent, provider, model) of the batch."""
         for call, nanos in calls:
             if nanos is None or call.error_class is not None:
                 continue
-            model = call.request_model or call.model
-            cost, tokens = min(nanos, MAX_ESTIMATE_NANOS), min(call.output_tokens, MAX_CALL_TOKENS)
-            names = (call.agent or None, call.provider, model)
-            series = self._keys.get(names)
+            names = (call.agent or None, call.provider, call.request_model or call.model)
+            series = batch.get(names)
             if series is None:
-                if len(self._keys) >= _CACHE_LIMIT:
-                    self._keys.clear()
-                series = self._keys[names] = _keys(*names)
-            samples += [_sample((key, now, cost, tokens)) for key in series]
-            changed.add((call.provider, model))
+                series = known.get(names)
+                if series is None:
+                    if len(known) >= _CACHE_LIMIT:
+                        known.clear()
+                    series = known[names] = _keys(*names)
+                batch[names] = series
+            cost, tokens = min(nanos, MAX_ESTIMATE_NANOS), min(call.output_tokens, MAX_CALL_TOKENS)
+            for key in series:
+                append(_sample((key, now, cost, tokens)))
         if not samples:
             return
+        changed = {(provider, model) for _, provider, model in batch}
         with self._lock:
             pending = self._pending
             pending += samples

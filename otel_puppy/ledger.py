@@ -175,8 +175,13 @@ def split_costs(scaled_parts: Sequence[int], scale: int, total_nanos: int) -> li
     unit = 10 ** (scale - 9)
     floors = [part // unit for part in scaled_parts]
     left = total_nanos - sum(floors)
-    if left > 0:
-        order = sorted(range(len(scaled_parts)), key=lambda i: -(scaled_parts[i] % unit))
+    if left == 1:  # the usual remainder: the first part with the largest remainder gets it
+        remainders = [part % unit for part in scaled_parts]
+        floors[remainders.index(max(remainders))] += 1
+        left = 0
+    elif left > 0:
+        below = [-(part % unit) for part in scaled_parts]
+        order = sorted(range(len(scaled_parts)), key=below.__getitem__)
         for i in order[:left]:
             floors[i] += 1
         left -= min(left, len(order))

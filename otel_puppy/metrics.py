@@ -25,13 +25,13 @@ import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
-from otel_puppy.calls import LLMCall
+from otel_puppy.calls import ErrorClass, LLMCall
 from otel_puppy.exceptions import RegistryInUse
 from otel_puppy.money import nanos_to_float
 from otel_puppy.pricing import Price, Unpriced
@@ -236,27 +236,35 @@ class Metrics:
         then each series is added to once."""
         with self._lock:
             guard = self.guard
-            bases: dict[tuple[str, str, str | None, str | None], tuple[str, str, str, str]] = {}
+            series: dict[tuple[str, str, str | None, str | None, ErrorClass | None], tuple[Any, ...]] = {}
+            # per (provider, model, agent, service, error class) of the calls: their labels as guarded,
+            # the sums below and the duration histogram
             sums: dict[tuple[tuple[str, str, str, str], str], list[int]] = {}
-            # per (base, error class): [requests, then the five token counts]
+            # per (labels, error class): [requests, then the five token counts]
             priced: dict[tuple[str, str, str, str], int] = {}
             durations = self._durations
             for call, price in observed:
-                labels = (call.provider, call.model, call.agent, call.service)
-                base = bases.get(labels)
-                if base is None:
+                failure = call.error_class
+                names = (call.provider, call.model, call.agent, call.service, failure)
+                found = series.get(names)
+                if found is None:
                     base = (
-                        guard("provider", labels[0]),
-                        guard("model", labels[1]),
-                        guard("agent", labels[2]),
-                        guard("service", labels[3]),
+                        guard("provider", names[0]),
+                        guard("model", names[1]),
+                        guard("agent", names[2]),
+                        guard("service", names[3]),
                     )
+                    group = (base, failure.value if failure else "")
+                    summed = sums.get(group)
+                    if summed is None:
+                        summed = sums[group] = [0, 0, 0, 0, 0, 0]
+                    histogram = durations.get(base)
+                    if histogram is None:
+                        histogram = durations[base] = _Histogram()
+                    found = (base, summed, histogram)
                     if OVERFLOW not in base:  # a fold is counted per call: a folded call asks the guard again
-                        bases[labels] = base
-                group = (base, call.error_class.value if call.error_class else "")
-                summed = sums.get(group)
-                if summed is None:
-                    summed = sums[group] = [0, 0, 0, 0, 0, 0]
+                        series[names] = found
+                base, summed, histogram = found
                 summed[0] += 1
                 summed[1] += call.input_tokens
                 summed[2] += call.output_tokens
@@ -276,10 +284,11 @@ class Metrics:
                 else:
                     unpriced_key = (*base, price.unpriced_reason or "")
                     self._unpriced[unpriced_key] = self._unpriced.get(unpriced_key, 0) + 1
-                histogram = durations.get(base)
-                if histogram is None:
-                    histogram = durations[base] = _Histogram()
-                histogram.observe(call.duration_s)
+                elapsed = call.end_ns - call.start_ns
+                duration_s = elapsed / 1e9 if elapsed > 0 else 0.0  # `call.duration_s`
+                histogram.buckets[bisect_left(DURATION_BUCKETS, duration_s)] += 1  # `histogram.observe`
+                histogram.count += 1
+                histogram.sum += duration_s
             requests, tokens, cost = self._requests, self._tokens, self._cost
             for (base, error_class), summed in sums.items():
                 key = (*base, "error" if error_class else "ok", error_class)
@@ -294,15 +303,21 @@ class Metrics:
     def record_cache_savings(self, saved: Iterable[tuple[LLMCall, int]]) -> None:
         """Add what the prompt cache saved on each call (nano-USD)."""
         with self._lock:
-            guard = self.guard
+            guard, savings = self.guard, self._cache_savings
+            keys: dict[tuple[str, str, str | None, str | None], tuple[str, str, str, str]] = {}
             for call, nanos in saved:
-                key = (
-                    guard("provider", call.provider),
-                    guard("model", call.model),
-                    guard("agent", call.agent),
-                    guard("service", call.service),
-                )
-                self._cache_savings[key] = self._cache_savings.get(key, 0) + nanos
+                labels = (call.provider, call.model, call.agent, call.service)
+                key = keys.get(labels)
+                if key is None:
+                    key = (
+                        guard("provider", labels[0]),
+                        guard("model", labels[1]),
+                        guard("agent", labels[2]),
+                        guard("service", labels[3]),
+                    )
+                    if OVERFLOW not in key:  # a fold is counted per call: a folded call asks the guard again
+                        keys[labels] = key
+                savings[key] = savings.get(key, 0) + nanos
 
     def record_spans(self, result: str, count: int = 1) -> None:
         """Count spans by what became of them (applied, duplicate, nested, invalid, dropped, ...)."""

@@ -349,36 +349,38 @@ class ModelStats:
         if not observed:
             return
         now = self._clock.now()
-        current = math.floor(now / self._width)
-        oldest_live = current - SUB_BUCKETS + 1
-        prepared = []
-        for call, nanos in observed:
-            ended = min(call.end_ns / 1e9, now) if call.end_ns > 0 else now
-            prepared.append(
-                (
-                    (call.provider, call.model),
-                    math.floor(ended / self._width),
-                    call.duration_s,
-                    not call.ok,
-                    call.input_tokens + call.output_tokens,
-                    nanos,
-                )
-            )
+        width = self._width
+        oldest_live = math.floor(now / width) - SUB_BUCKETS + 1
         with self._lock:
             series_by_key = self._series
-            for key, epoch, latency_s, failed, tokens, nanos in prepared:
+            last_key: tuple[str, str] | None = None
+            series = None
+            for call, nanos in observed:
+                end_ns = call.end_ns
+                ended = min(end_ns / 1e9, now) if end_ns > 0 else now
+                epoch = math.floor(ended / width)
                 if epoch < oldest_live:
                     self.dropped += 1
                     continue
-                series = series_by_key.get(key)
-                if series is None:
-                    if len(series_by_key) >= self.max_models:
-                        series_by_key.popitem(last=False)
-                        self.evicted += 1
-                    series = series_by_key[key] = _Series()
-                else:
-                    series_by_key.move_to_end(key)
-                series.add(epoch, latency_s, failed, tokens, nanos)
+                key = (call.provider, call.model)
+                if series is None or key != last_key:
+                    # The same model as the call before (most of a batch) is already the newest.
+                    series = series_by_key.get(key)
+                    if series is None:
+                        if len(series_by_key) >= self.max_models:
+                            series_by_key.popitem(last=False)
+                            self.evicted += 1
+                        series = series_by_key[key] = _Series()
+                    else:
+                        series_by_key.move_to_end(key)
+                    last_key = key
+                series.add(
+                    epoch,
+                    max(end_ns - call.start_ns, 0) / 1e9,  # duration_s
+                    call.error_class is not None,
+                    call.input_tokens + call.output_tokens,
+                    nanos,
+                )
 
     def get(self, provider: str, model: str) -> ModelStat | None:
         """The model's statistics over the window, or `None` when it had no calls in it."""

@@ -38,6 +38,10 @@ __all__ = ("Price", "PriceOverride", "Pricer", "Unpriced")
 
 _FIELDS: Final = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "output_reasoning_tokens")
 _FOREVER_START: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_STATIC_LIMIT: Final = 4096
+"""(provider, response model, request model) names whose time-independent price a pricer keeps; then forgotten."""
+_STATIC_NAME_LIMIT: Final = 1024
+"""... each with at most this many characters in all (longer ones are priced the long way each time)."""
 _FOREVER_END: Final = datetime(9999, 1, 1, tzinfo=UTC)
 
 
@@ -138,6 +142,10 @@ class _Linear:
     coefficients: tuple[int, int, int, int, int]
 
 
+_Static = tuple[tuple[_Linear, ...], str, str] | tuple[()]
+"""`Pricer._static_for`: a call's linear pieces, price source and pricing model, or `()`."""
+
+
 @dataclass(slots=True)
 class _Resolved:
     """One model as genai-prices (or an override) knows it, with the price period last used."""
@@ -165,8 +173,11 @@ class Pricer:
         self._known_providers = frozenset(p.id for p in self._snapshot.providers)
         self._models: dict[tuple[str, str], _Resolved | None] = {}
         self._linear: dict[int, tuple[gp.ModelPrice, tuple[_Linear, ...] | None]] = {}
-        self._unit_texts: dict[int, tuple[_Linear, str]] = {}
-        """`ledger.unit_prices` of each linear piece split by (`split`), by its id."""
+        self._units: dict[int, tuple[_Linear, tuple[int, ...], str]] = {}
+        """Each linear piece split by (`split`), by its id: its unit prices by token type (then the request
+        fee) and their `ledger.unit_prices`."""
+        self._static: dict[tuple[str, str | None, str | None], _Static] = {}
+        """`_static_for` per (provider, response model, request model) of the calls priced."""
         self._lock = threading.Lock()
 
     def after_fork(self) -> None:
@@ -203,6 +214,37 @@ class Pricer:
         if not call.has_usage:
             # Providers do not bill failed calls; a successful call without usage cost something unknown.
             return FREE if call.error_class is not None else _NO_USAGE
+        names = (call.provider, call.response_model, call.request_model)
+        static = self._static.get(names)
+        if static is None:
+            static = self._static_for(names)
+        if static:
+            pieces, source, model = static
+            input_tokens, output_tokens = call.input_tokens, call.output_tokens
+            cache_write_tokens, reasoning_tokens = call.cache_write_tokens, call.reasoning_tokens
+            # `_price_counts`, its price and pieces known: the same checks, the same sums
+            if (
+                input_tokens < 0
+                or output_tokens < 0
+                or cache_read_tokens < 0
+                or cache_write_tokens < 0
+                or reasoning_tokens < 0
+                or cache_read_tokens + cache_write_tokens > input_tokens
+                or reasoning_tokens > output_tokens
+            ):
+                return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE, source=source)
+            for piece in pieces:
+                if piece.upper is None or input_tokens <= piece.upper:
+                    c_in, c_out, c_cr, c_cw, c_rs = piece.coefficients
+                    scaled = (
+                        piece.c0
+                        + c_in * input_tokens
+                        + c_out * output_tokens
+                        + c_cr * cache_read_tokens
+                        + c_cw * cache_write_tokens
+                        + c_rs * reasoning_tokens
+                    )
+                    return _linear_price(_round_nanos(scaled, piece.scale), source, scaled, piece.scale, piece, model)
         at = call.start_ns / 1e9 if call.start_ns > 0 else None
         counts = (
             call.input_tokens,
@@ -216,6 +258,28 @@ class Pricer:
             if price.unpriced_reason != Unpriced.UNKNOWN_MODEL:
                 return price
         return _UNKNOWN_MODEL
+
+    def _static_for(self, names: tuple[str, str | None, str | None]) -> _Static:
+        """For `_price`: the linear pieces, source and model a call of (provider, response model, request
+        model) is priced by when that does not depend on the time (the first of its models known has
+        one price for all time, and it is linear); else `()`. Kept for `_STATIC_LIMIT` such names."""
+        provider, response_model, request_model = names
+        found: _Static = ()
+        for model_ref in _model_refs(response_model, request_model):
+            resolved = self._resolve(provider, model_ref)
+            if resolved is None:
+                continue
+            if resolved.static_price is not None:
+                pieces = self._linear_for(resolved.static_price)
+                if pieces:
+                    found = (pieces, resolved.source, model_ref)
+            break
+        if sum(len(name or "") for name in names) <= _STATIC_NAME_LIMIT:
+            with self._lock:
+                if len(self._static) >= _STATIC_LIMIT:
+                    self._static.clear()
+                self._static[names] = found
+        return found
 
     def price_usage(
         self,
@@ -286,18 +350,26 @@ class Pricer:
         if price.nanos is None:
             return None
         cached, written, reasoning = call.cache_read_tokens, call.cache_write_tokens, call.reasoning_tokens
-        tokens = (call.input_tokens - cached - written, cached, written, call.output_tokens - reasoning, reasoning)
         tariff = price.tariff
         if isinstance(tariff, _Linear):
-            c_in, c_out, c_cr, c_cw, c_rs = tariff.coefficients
-            units = (c_in, c_in + c_cr, c_in + c_cw, c_out, c_out + c_rs, tariff.c0)
-            parts = [unit * count for unit, count in zip(units, (*tokens, 1), strict=True)]
+            found = self._units.get(id(tariff))
+            if found is None or found[0] is not tariff:  # the id of a collected piece can be reused
+                c_in, c_out, c_cr, c_cw, c_rs = tariff.coefficients
+                units = (c_in, c_in + c_cr, c_in + c_cw, c_out, c_out + c_rs, tariff.c0)
+                found = self._units[id(tariff)] = (tariff, units, unit_prices(tariff.scale, units))
+            u_input, u_cached, u_written, u_output, u_reasoning, fee = found[1]
+            parts = [
+                u_input * (call.input_tokens - cached - written),
+                u_cached * cached,
+                u_written * written,
+                u_output * (call.output_tokens - reasoning),
+                u_reasoning * reasoning,
+                fee,
+            ]
             if min(parts) >= 0:
-                text = self._unit_texts.get(id(tariff))
-                if text is None or text[0] is not tariff:  # the id of a collected piece can be reused
-                    text = self._unit_texts[id(tariff)] = (tariff, unit_prices(tariff.scale, units))
-                return split_costs(parts, tariff.scale, price.nanos), text[1]
+                return split_costs(parts, tariff.scale, price.nanos), found[2]
         elif isinstance(tariff, gp.ModelPrice):
+            tokens = (call.input_tokens - cached - written, cached, written, call.output_tokens - reasoning, reasoning)
             parts_usd = _telescoped(tariff, tokens)
             if parts_usd is not None:
                 scale = max(9, *(-int(part.as_tuple().exponent) for part in parts_usd))

@@ -8,6 +8,7 @@ window totals, the ledger rows and the model statistics.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 from typing import Final
@@ -97,6 +98,23 @@ def test_a_batch_counts_as_its_calls_one_at_a_time() -> None:
     finally:
         batched.close()
         single.close()
+
+
+def test_observations_of_a_batch_are_the_observations_their_fields_make() -> None:
+    """`observe_many` sets `Observation`'s slots in field order, without its `__init__`: a field added
+    to `Observation` must be added there too."""
+    from otel_puppy.snapshot import Observation
+
+    assert [f.name for f in dataclasses.fields(Observation)] == ["call", "price", "result"]
+    calls = _batch()
+    engine = _engine()
+    try:
+        observed = engine.observe_many(calls)
+        assert [type(o) for o in observed] == [Observation] * len(calls)
+        assert observed == [Observation(o.call, o.price, o.result) for o in observed]
+        assert [o.call for o in observed] == calls
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize("ledger", [True, False])

@@ -147,6 +147,8 @@ baseline, `zscore: 4` fires 20% above it instead of on any rounding noise."""
 RESERVOIR_SIZE: Final = 512
 """Durations kept per subject and interval for `latency_p95` (reservoir sampling past this)."""
 _RATES: Final = frozenset({"cost_rate", "token_rate", "request_rate"})
+_SUMMED: Final = _RATES | {"error_rate"}
+"""Signals a batch adds to per scope key at once (`latency_p95` samples each call's duration)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,24 +337,36 @@ class AnomalyWatch:
         with self._lock:
             if now >= self._due:
                 self._roll_all(now, self._pending)
-            # Calls with one scope key match and split alike: a batch works each key out once.
+            # Calls with one scope key match and split alike: a batch works each key out once, and
+            # adds its calls up per key: [the first call, its scope, its (watched, subject) pairs,
+            # calls, nano-USD, tokens, errors].
             reads_trace = self._reads_trace
-            plans: dict[tuple[object, ...], tuple[Scope, list[tuple[_Watched, str]]]] = {}
+            groups: dict[tuple[object, ...], list[Any]] = {}
+            timed: list[tuple[LLMCall, list[tuple[_Watched, str]]]] = []
+            # ... and each call of a key with a latency policy, in order, with its latency pairs: a
+            # reservoir draws per call.
             for call, nanos in observed:
                 key = call_scope_key(call, reads_trace)
-                plan = plans.get(key)
-                if plan is None:
+                group = groups.get(key)
+                if group is None:
                     scope = call.scope()
-                    plan = plans[key] = (
-                        scope,
-                        [
-                            (watched, scope_label(watched.policy.per, scope))
-                            for watched in self._watched
-                            if watched.policy.match is None or watched.policy.match.matches(scope)
-                        ],
-                    )
-                scope = plan[0]
-                for watched, subject in plan[1]:
+                    pairs = [
+                        (watched, scope_label(watched.policy.per, scope))
+                        for watched in self._watched
+                        if watched.policy.match is None or watched.policy.match.matches(scope)
+                    ]
+                    timing = [(watched, subject) for watched, subject in pairs if watched.policy.signal not in _SUMMED]
+                    group = groups[key] = [call, scope, pairs, 0, 0, 0, 0, timing]
+                group[3] += 1
+                group[4] += nanos or 0
+                group[5] += call.input_tokens + call.output_tokens
+                group[6] += call.error_class is not None  # not call.ok
+                if group[7]:
+                    timed.append((call, group[7]))
+            # Each detector is made (or found full) in the order the calls first reach it, as one
+            # call at a time would.
+            for first, scope, pairs, calls, cost, tokens, errors, _ in groups.values():
+                for watched, subject in pairs:
                     policy = watched.policy
                     detector = watched.detectors.get(subject)
                     if detector is None:
@@ -364,26 +378,33 @@ class AnomalyWatch:
                         detector = watched.detectors[subject] = _Detector(now)
                     if detector.target is None and "provider" in policy.per:
                         model = scope.get("model") if "model" in policy.per else None
-                        detector.target = (scope.get("provider") or call.provider, model)
+                        detector.target = (scope.get("provider") or first.provider, model)
                     detector.last_seen = now
-                    detector.calls += 1
                     signal = policy.signal
+                    if signal not in _SUMMED:
+                        continue  # counted per call below
+                    detector.calls += calls
                     if signal == "cost_rate":
-                        detector.amount += nanos or 0
+                        detector.amount += cost
                     elif signal == "token_rate":
-                        detector.amount += call.input_tokens + call.output_tokens
+                        detector.amount += tokens
                     elif signal == "request_rate":
-                        detector.amount += 1
-                    elif signal == "error_rate":
-                        detector.errors += not call.ok
+                        detector.amount += calls
+                    else:  # error_rate
+                        detector.errors += errors
+            for call, pairs in timed:
+                for watched, subject in pairs:
+                    detector = watched.detectors.get(subject)
+                    if detector is None:  # the policy watches too many subjects already
+                        continue
+                    detector.calls += 1
+                    durations = detector.durations
+                    if len(durations) < RESERVOIR_SIZE:
+                        durations.append(call.duration_s)
                     else:
-                        durations = detector.durations
-                        if len(durations) < RESERVOIR_SIZE:
-                            durations.append(call.duration_s)
-                        else:
-                            slot = self._random.randrange(detector.calls)
-                            if slot < RESERVOIR_SIZE:
-                                durations[slot] = call.duration_s
+                        slot = self._random.randrange(detector.calls)
+                        if slot < RESERVOIR_SIZE:
+                            durations[slot] = call.duration_s
         for policy in overflowed:
             logger.warning(
                 "anomaly policy %s watches %d subjects already; new %s values are not watched",

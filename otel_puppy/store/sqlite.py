@@ -47,7 +47,7 @@ from contextlib import contextmanager, suppress
 from hashlib import blake2b
 from operator import add
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
@@ -280,8 +280,10 @@ WHERE NOT EXISTS (
 """
 
 # Key lookups bind a fixed number of parameters (padded with NULLs, which match nothing), so a
-# handful of statements cover every batch size and stay in sqlite3's statement cache.
-_LOOKUP_SIZES: Final = (8, 64, 512)
+# handful of statements cover every batch size and stay in sqlite3's statement cache. Sizes double:
+# padding costs as keys do (a 100-span batch's 100 covered keys padded to 512 took twice as long as
+# to 128).
+_LOOKUP_SIZES: Final = (8, 16, 32, 64, 128, 256, 512)
 _SEEN_LOOKUP: Final = {
     n: f"SELECT span_key FROM seen WHERE span_key IN ({', '.join('?' * n)})"  # noqa: S608 - placeholders only
     for n in _LOOKUP_SIZES
@@ -290,6 +292,11 @@ _COVERED_LOOKUP: Final = {
     n: f"SELECT parent_key FROM covered WHERE parent_key IN ({', '.join('?' * n)})"  # noqa: S608 - placeholders only
     for n in _LOOKUP_SIZES
 }
+_LEDGER_LOOKUP: Final = {
+    n: f"SELECT dims FROM ledger WHERE hour = ? AND dims IN ({', '.join('?' * n)})"  # noqa: S608 - placeholders only
+    for n in _LOOKUP_SIZES
+}
+_K = TypeVar("_K")
 
 
 class SQLiteStore:
@@ -344,7 +351,7 @@ class SQLiteStore:
         try:
             # isolation_level=None: no implicit transactions; each method issues its own BEGIN.
             db = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False, cached_statements=64
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False, cached_statements=128
             )
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from exc
@@ -1284,24 +1291,36 @@ def _digest(key: str) -> bytes:
     return blake2b(key.encode(), digest_size=16).digest()
 
 
-def _lookup(db: sqlite3.Connection, statements: dict[int, str], keys: list[bytes]) -> set[bytes]:
-    """Which of `keys` the table holds."""
-    found: set[bytes] = set()
+def _lookup(
+    db: sqlite3.Connection, statements: dict[int, str], keys: Sequence[_K], first: tuple[object, ...] = ()
+) -> set[_K]:
+    """Which of `keys` the table holds (with the parameters `first` before them, when the statement
+    takes any)."""
+    found: set[_K] = set()
     largest = _LOOKUP_SIZES[-1]
-    for first in range(0, len(keys), largest):
-        chunk: list[bytes | None] = list(keys[first : first + largest])
-        size = next(n for n in _LOOKUP_SIZES if n >= len(chunk))
-        chunk += [None] * (size - len(chunk))
+    for start in range(0, len(keys), largest):
+        chunk: list[object] = [*first, *keys[start : start + largest]]
+        size = next(n for n in _LOOKUP_SIZES if n >= len(chunk) - len(first))
+        chunk += [None] * (size + len(first) - len(chunk))
         found.update(row[0] for row in db.execute(statements[size], chunk))
     return found
 
 
 def _add_ledger(db: sqlite3.Connection, rows: Mapping[tuple[int, str], Sequence[float]]) -> None:
     """Add a batch's ledger rows: a row an hour does not have yet, past `MAX_LEDGER_ROWS` of them, is
-    added to the hour's `OTHER_DIMS` row instead."""
+    added to the hour's `OTHER_DIMS` row instead. The rows it has are read at once per hour, and
+    the batch is written with one `executemany`, in order: as row by row."""
+    wanted: dict[int, list[str]] = {}
+    for hour, dims in rows:
+        wanted.setdefault(hour, []).append(dims)
+    present: set[tuple[int, str]] = set()
+    for hour, names in wanted.items():
+        for found in _lookup(db, _LEDGER_LOOKUP, names, (hour,)):
+            present.add((hour, found))
     room: dict[int, int] = {}
+    added: list[tuple[object, ...]] = []
     for (hour, dims), values in rows.items():
-        if db.execute("SELECT 1 FROM ledger WHERE hour = ? AND dims = ?", (hour, dims)).fetchone() is None:
+        if (hour, dims) not in present:
             left = room.get(hour)
             if left is None:
                 used = db.execute("SELECT count(*) FROM ledger WHERE hour = ?", (hour,)).fetchone()[0]
@@ -1311,7 +1330,9 @@ def _add_ledger(db: sqlite3.Connection, rows: Mapping[tuple[int, str], Sequence[
             else:
                 left -= 1
             room[hour] = left
-        db.execute(_LEDGER_ADD, (hour, dims, *values))
+            present.add((hour, dims))  # written below: a later row of the batch finds it
+        added.append((hour, dims, *values))
+    db.executemany(_LEDGER_ADD, added)
 
 
 def _forget_samples(db: sqlite3.Connection, select_keys: str, args: tuple[object, ...]) -> int:
