@@ -687,31 +687,18 @@ class SQLiteStore:
             append(ApplyResult.APPLIED)
         # The spreads' counters, as their increments would have been added above.
         for scope, window, ts, nanos, tokens, count in spreads.counters():
+            rows: dict[Any, list[float]]
+            counter: tuple[str, str, float]
             if isinstance(window, RollingWindow):
-                step = window.step
-                index = int(ts // step)
-                rolling_key = (scope, window.label, index)
-                row = rolling.get(rolling_key)
-                if row is None:
-                    rolling[rolling_key] = [
-                        min(nanos, CEILING),
-                        min(tokens, CEILING),
-                        count,
-                        (index + 1) * step + window.retention(),
-                    ]
-                    continue
+                index = int(ts // window.step)
+                rows, counter, ends = rolling, (scope, window.label, index), (index + 1) * window.step
             else:
-                start, end = window.bounds(ts)
-                calendar_key = (scope, window.unit, start)
-                row = calendar.get(calendar_key)
-                if row is None:
-                    calendar[calendar_key] = [
-                        min(nanos, CEILING),
-                        min(tokens, CEILING),
-                        count,
-                        end + window.retention(),
-                    ]
-                    continue
+                start, ends = window.bounds(ts)
+                rows, counter = calendar, (scope, window.unit, start)
+            row = rows.get(counter)
+            if row is None:  # kept past the moment it stops counting (the window's retention)
+                rows[counter] = [min(nanos, CEILING), min(tokens, CEILING), count, ends + window.retention()]
+                continue
             row[0] = min(row[0] + nanos, CEILING)
             row[1] = min(row[1] + tokens, CEILING)
             row[2] += count
