@@ -688,7 +688,7 @@ class SQLiteStore:
         # The spreads' counters, as their increments would have been added above.
         for scope, window, ts, nanos, tokens, count in spreads.counters():
             rows: dict[Any, list[float]]
-            counter: tuple[str, str, float]
+            counter: Any  # (scope, label, index) or (scope, unit, start): the key of `rows`
             if isinstance(window, RollingWindow):
                 index = int(ts // window.step)
                 rows, counter, ends = rolling, (scope, window.label, index), (index + 1) * window.step
