@@ -474,29 +474,31 @@ class MemoryStore:
             states = []
             admitted = True
             for counter, _, limit_nanos, limit_tokens, blocking, limit_calls, held in found[4]:
+                # Each count read once: unpacked, an `array`'s counts cost what a list's do indexed.
                 if isinstance(counter, _Ring):  # `read_raw`, inlined
                     if now >= counter.until:
                         counter._advance(int(now // counter.step))
-                    spent = counter.totals
-                    if spent[0] > CEILING or spent[1] > CEILING or spent[2] > CEILING:
-                        spent = array("q", [min(total, CEILING) for total in spent])
+                    spent_nanos, spent_tokens, spent_calls = counter.totals
+                    if spent_nanos > CEILING or spent_tokens > CEILING or spent_calls > CEILING:
+                        spent_nanos, spent_tokens = min(spent_nanos, CEILING), min(spent_tokens, CEILING)
+                        spent_calls = min(spent_calls, CEILING)
                 else:
-                    spent = counter
+                    spent_nanos, spent_tokens, spent_calls = counter
                 held_nanos, held_tokens = held
                 if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
                     held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
                 if limit_calls is not None:  # a call budget: one call more, held in the token slot
-                    fits = spent[2] + held_tokens < limit_calls
-                    states.append(_new_state(CheckState, (spent[0], spent[2], held_nanos, held_tokens, fits)))
+                    fits = spent_calls + held_tokens < limit_calls
+                    states.append(_new_state(CheckState, (spent_nanos, spent_calls, held_nanos, held_tokens, fits)))
                     if not fits and blocking:
                         admitted = False
                     continue
-                used = spent[0] + held_nanos
+                used = spent_nanos + held_nanos
                 fits = limit_nanos is None or (used + nanos <= limit_nanos if nanos else used < limit_nanos)
                 if fits and limit_tokens is not None:
-                    used = spent[1] + held_tokens
+                    used = spent_tokens + held_tokens
                     fits = used + tokens <= limit_tokens if tokens else used < limit_tokens
-                states.append(_new_state(CheckState, (spent[0], spent[1], held_nanos, held_tokens, fits)))
+                states.append(_new_state(CheckState, (spent_nanos, spent_tokens, held_nanos, held_tokens, fits)))
                 if not fits and blocking:
                     admitted = False
             reserve = admitted and admission.reserve and bool(nanos or tokens or found[5]) and bool(checks)
