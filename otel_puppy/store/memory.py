@@ -365,19 +365,24 @@ class MemoryStore:
         parent = None if record.parent_key is None else digest(record.parent_key)
         call_keys = record.call_keys
         call_digests = [digest(key.key) for key in call_keys] if call_keys else None
+        weak = record.weak
         if (
             self._covered.has(span)
             or (parent is not None and seen.has(parent))
-            or (call_keys and calls.joins(call_keys, call_digests))
+            or (
+                call_digests is not None
+                and (
+                    calls.joins(call_keys, call_digests)
+                    if weak
+                    else calls.joins_else_keep(call_keys, call_digests, record.keys_until)  # kept if applied
+                )
+            )
         ):
             if record.decision_id is not None:
                 self._release(record.decision_id, SETTLED, record.nanos)
             return ApplyResult.NESTED
-        if not record.weak:
-            if parent is not None:
-                self._covered.put_digest(parent, record.dedupe_until)
-            if call_keys:
-                calls.keep(call_keys, record.keys_until, None, call_digests)
+        if not weak and parent is not None:
+            self._covered.put_digest(parent, record.dedupe_until)
         if record.spread is not None:
             spreads.add(record.spread)
         for inc in record.increments:  # added up per counter; written by `apply` (`_add_all`)
