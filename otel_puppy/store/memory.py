@@ -359,13 +359,13 @@ class MemoryStore:
         # Each key is digested once (`KeySet`, `CallIndex`): the span's, its parent's, its calls'.
         seen = self._seen
         span = digest(record.span_key)
-        if not seen.add_digest(digest(record.seen_key) if record.weak else span, record.dedupe_until):
+        weak = record.weak
+        if not seen.add_digest(digest(record.span_key + "~") if weak else span, record.dedupe_until):  # `seen_key`
             return ApplyResult.DUPLICATE
         calls = self._calls
         parent = None if record.parent_key is None else digest(record.parent_key)
         call_keys = record.call_keys
         call_digests = [digest(key.key) for key in call_keys] if call_keys else None
-        weak = record.weak
         if (
             self._covered.has(span)
             or (parent is not None and seen.has(parent))
@@ -374,7 +374,11 @@ class MemoryStore:
                 and (
                     calls.joins(call_keys, call_digests)
                     if weak
-                    else calls.joins_else_keep(call_keys, call_digests, record.keys_until)  # kept if applied
+                    else calls.joins_else_keep(  # kept if applied
+                        call_keys,
+                        call_digests,
+                        record.dedupe_until if record.calls_until is None else record.calls_until,  # `keys_until`
+                    )
                 )
             )
         ):
@@ -412,8 +416,11 @@ class MemoryStore:
                 row[0] = max(row[0], ledger.until)
                 row[1].append(ledger.counts)
         decision_id = record.decision_id
-        if not (decision_id is not None and self._release(decision_id, SETTLED, record.nanos)) and record.settle_key:
-            self._settle_oldest(record.settle_key, record.nanos)
+        if decision_id is not None and self._release(decision_id, SETTLED, record.nanos):
+            return ApplyResult.APPLIED
+        settle_key = record.settle_key
+        if settle_key and settle_key in self._by_settle_key:  # else `_settle_oldest` finds no reservation
+            self._settle_oldest(settle_key, record.nanos)
         return ApplyResult.APPLIED
 
     def _add_all(
