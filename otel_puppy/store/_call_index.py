@@ -167,26 +167,63 @@ class CallIndex:
         for i, key in enumerate(keys):
             whole = digests[i] if digests is not None else digest(key.key)
             many = self._many.get(whole)
+            self._keep(whole, key, until, many, None if many is not None else self._single(whole), undo=undo)
+
+    def joins_else_keep(self, keys: Sequence[CallKey], digests: Sequence[bytes], until: float) -> bool:
+        """`joins(keys, digests)`; if not, `keep(keys, until, digests=digests)` too, with the spans each
+        key holds looked up once for both (again only where an earlier key's `keep` may have moved them:
+        a span held in a string, or keys of one digest)."""
+        found: list[tuple[_Kept | None, tuple[Records, int, int] | None]] = []
+        for key, whole in zip(keys, digests, strict=True):
+            many = self._many.get(whole)
             if many is not None:
-                before = many.until
-                dropped = many.keep(key)
-                many.until = max(before, until)
-                if undo is not None:
-                    undo.append(("many", whole, key, dropped, before))
-                continue
-            single = self._single(whole)
-            if single is None:
-                self._append(whole, key, self._buckets.take(until))
-                if undo is not None:
-                    undo.append(("new", whole, key, None, until))
-                continue
-            first = self._decode(key.key, *single)
-            before = self._buckets.latest(_bucket(*single))
-            self._remove(*single)
-            many = self._many[whole] = _Kept(first, max(before, until))
-            many.keep(key)
+                if many.joins(key):
+                    return True
+                found.append((many, None))
+            else:
+                single = self._single(whole)
+                if single is not None and _joins(self._decode(key.key, *single), key):
+                    return True
+                found.append((None, single))
+        distinct = len(digests) == 1 or len(set(digests)) == len(digests)
+        for i, (key, whole) in enumerate(zip(keys, digests, strict=True)):
+            many, single = found[i]
+            if i and (single is not None or not distinct):
+                many = self._many.get(whole)
+                single = None if many is not None else self._single(whole)
+            self._keep(whole, key, until, many, single, undo=None)
+        return False
+
+    def _keep(
+        self,
+        whole: bytes,
+        key: CallKey,
+        until: float,
+        many: _Kept | None,
+        single: tuple[Records, int, int] | None,
+        *,
+        undo: list[_Undo] | None,
+    ) -> None:
+        """`keep` one key of digest `whole`, whose spans kept are `many`, else `single` (`_single`)."""
+        if many is not None:
+            before = many.until
+            dropped = many.keep(key)
+            many.until = max(before, until)
             if undo is not None:
-                undo.append(("two", whole, first, None, before))
+                undo.append(("many", whole, key, dropped, before))
+            return
+        if single is None:
+            self._append(whole, key, self._buckets.take(until))
+            if undo is not None:
+                undo.append(("new", whole, key, None, until))
+            return
+        first = self._decode(key.key, *single)
+        before = self._buckets.latest(_bucket(*single))
+        self._remove(*single)
+        many = self._many[whole] = _Kept(first, max(before, until))
+        many.keep(key)
+        if undo is not None:
+            undo.append(("two", whole, first, None, before))
 
     def restore(self, undo: list[_Undo]) -> None:
         """Take back the `keep` calls that filled `undo`, latest first."""

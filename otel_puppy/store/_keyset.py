@@ -238,7 +238,7 @@ class Buckets:
     are counted per bucket, so a bucket left empty frees its id at once. Each bucket has a small id
     (1 to `_MAX_GENERATIONS`) that records keep (a 16-bit generation)."""
 
-    __slots__ = ("_buckets", "_free", "_generations", "_newest")
+    __slots__ = ("_buckets", "_free", "_generations", "_last", "_newest")
 
     def __init__(self) -> None:
         self._buckets: dict[int, int] = {}
@@ -250,9 +250,16 @@ class Buckets:
         self._newest: tuple[int, int] | None = None
         """(bucket, id) of the latest bucket, once asked for: no bucket made since is later, so
         while its bucket is kept it is the latest (every id in use, each `take` asks for it)."""
+        self._last: tuple[float, int, list[float]] | None = None
+        """The `until` last taken, the id it was given and that id's entry in `_generations`, while the
+        id is in use: a batch's keys mostly share one `until`."""
 
     def take(self, until: float) -> int:
         """The id of `until`'s bucket, made if new; counts one item more in it."""
+        last = self._last
+        if last is not None and last[0] == until:  # its latest `until` is at least this one already
+            last[2][2] += 1
+            return last[1]
         bucket = int(until // _BUCKET_S) if math.isfinite(until) else _ENDLESS
         gen = self._buckets.get(bucket)
         if gen is None:
@@ -268,16 +275,19 @@ class Buckets:
                 gen = newest[1]
                 info = self._generations[gen]
                 info[1], info[2] = max(info[1], until), info[2] + 1
+                self._last = (until, gen, info)
                 return gen
             newest = self._newest
             if newest is not None and bucket > newest[0]:
                 self._newest = (bucket, gen)
             self._buckets[bucket] = gen
-            self._generations[gen] = [float(bucket), until, 1]
+            info = self._generations[gen] = [float(bucket), until, 1]
+            self._last = (until, gen, info)
             return gen
         info = self._generations[gen]
         info[1] = max(info[1], until)
         info[2] += 1
+        self._last = (until, gen, info)
         return gen
 
     def add(self, gen: int, count: int) -> None:
@@ -292,6 +302,7 @@ class Buckets:
             del self._generations[gen]
             del self._buckets[int(info[0])]
             self._free.append(gen)
+            self._last = None
 
     def bucket(self, gen: int) -> float:
         """The minute bucket `gen` is the id of: buckets compare by it, not by id."""
@@ -305,6 +316,8 @@ class Buckets:
         """Forget the buckets whose latest `until` is at or before `now`; their ids (free again:
         the caller forgets their items before it takes any new one)."""
         gens = [gen for gen, (_, latest, _) in self._generations.items() if latest <= now]
+        if gens:
+            self._last = None
         for gen in gens:
             del self._buckets[int(self._generations.pop(gen)[0])]
             self._free.append(gen)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -283,7 +284,7 @@ class SpreadSums:
 
     def __init__(self) -> None:
         self.groups: dict[tuple[Any, ...], list[Any]] = {}
-        self.windows: dict[int, tuple[Any, ...]] = {}
+        self.windows: dict[int, list[Any]] = {}
         """Per targets tuple (by id, kept in the value): `_layout`."""
 
     def add(self, spread: Spread) -> None:
@@ -294,8 +295,13 @@ class SpreadSums:
         if layout is None or layout[0] is not targets:
             layout = self._layout(targets)
         # Spreads of the same targets whose time falls in the same counter of each window: one group
-        # (a rolling window's counter is `ts // step`, a calendar window's its start).
-        found = (id(targets), *[ts // step for step in layout[1]], *[bounds(ts)[0] for bounds in layout[2]])
+        # (a rolling window's counter is `ts // step`, a calendar window's its start). The calendar
+        # windows' starts are those of the last time looked up while `ts` falls in all their counters
+        # (`bounds` answers a time in [start, end) with that start and end).
+        if not layout[3] <= ts < layout[4]:
+            starts, ends = zip(*[bounds(ts) for bounds in layout[2]], strict=True) if layout[2] else ((), ())
+            layout[3:] = max(starts, default=-math.inf), min(ends, default=math.inf), starts
+        found = (id(targets), *[ts // step for step in layout[1]], *layout[5])
         group = self.groups.get(found)
         if group is None:
             self.groups[found] = [targets, ts, nanos, tokens, 1]
@@ -304,14 +310,16 @@ class SpreadSums:
             group[3] += tokens
             group[4] += 1
 
-    def _layout(self, targets: tuple[tuple[str, Window], ...]) -> tuple[Any, ...]:
-        """The targets' rolling windows' steps and calendar windows' `bounds`, each window once: by identity (a
-        batch's windows are a few objects, the totals' and the budgets', and a window's own hash is
-        not cheap; equal windows apart only add a part to the key that is the same)."""
+    def _layout(self, targets: tuple[tuple[str, Window], ...]) -> list[Any]:
+        """The targets' rolling windows' steps (each once: equal steps give equal counters) and calendar
+        windows' `bounds`, each window once: by identity (a batch's windows are a few objects, the
+        totals' and the budgets', and a window's own hash is not cheap; equal windows apart only add a
+        part to the key that is the same); then the span of time the calendar starts last looked up
+        hold for, and those starts (none yet)."""
         distinct = list({id(window): window for _, window in targets}.values())
-        steps = tuple(window.step for window in distinct if isinstance(window, RollingWindow))
+        steps = tuple({window.step: None for window in distinct if isinstance(window, RollingWindow)})
         calendars = tuple(window.bounds for window in distinct if not isinstance(window, RollingWindow))
-        layout = self.windows[id(targets)] = (targets, steps, calendars)
+        layout = self.windows[id(targets)] = [targets, steps, calendars, math.inf, -math.inf, ()]
         return layout
 
     def counters(self) -> Iterator[tuple[str, Window, float, int, int, int]]:

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
-from otel_puppy.ledger import MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS, LedgerEntry
+from otel_puppy.ledger import MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS
 from otel_puppy.store._call_index import CallIndex
 from otel_puppy.store._keyset import KeySet, digest
 from otel_puppy.store.base import (
@@ -318,13 +318,17 @@ class MemoryStore:
         # adding them one by one, since every amount is clamped into [0, CEILING] and counts only grow
         # (a counter saturates where the one-by-one sum would have; `saturated` counts writes).
         # A record's `spread` is added up first per targets and counters (`SpreadSums`), then per counter.
+        # Ledger rows likewise: each row's counts are gathered per batch, then added to it once.
         with self._lock:
             rolling: dict[tuple[str, str, int], list[Any]] = {}
             calendar: dict[tuple[str, str, float], list[Any]] = {}
             spreads = SpreadSums()
+            ledgers: dict[tuple[int, str], list[Any]] = {}
             try:
-                return [self._apply_one(record, rolling, calendar, spreads) for record in records]
+                return [self._apply_one(record, rolling, calendar, spreads, ledgers) for record in records]
             finally:
+                for (hour, dims), (until, counts) in ledgers.items():
+                    self._ledger_add(hour, dims, until, counts)
                 for scope, window, ts, nanos, tokens, calls in spreads.counters():
                     if isinstance(window, RollingWindow):
                         key: tuple[str, str, Any] = (scope, window.label, int(ts // window.step))
@@ -350,11 +354,13 @@ class MemoryStore:
         rolling: dict[tuple[str, str, int], list[Any]],
         calendar: dict[tuple[str, str, float], list[Any]],
         spreads: SpreadSums,
+        ledgers: dict[tuple[int, str], list[Any]],
     ) -> ApplyResult:
         # Each key is digested once (`KeySet`, `CallIndex`): the span's, its parent's, its calls'.
         seen = self._seen
         span = digest(record.span_key)
-        if not seen.add_digest(digest(record.seen_key) if record.weak else span, record.dedupe_until):
+        weak = record.weak
+        if not seen.add_digest(digest(record.span_key + "~") if weak else span, record.dedupe_until):  # `seen_key`
             return ApplyResult.DUPLICATE
         calls = self._calls
         parent = None if record.parent_key is None else digest(record.parent_key)
@@ -363,16 +369,24 @@ class MemoryStore:
         if (
             self._covered.has(span)
             or (parent is not None and seen.has(parent))
-            or (call_keys and calls.joins(call_keys, call_digests))
+            or (
+                call_digests is not None
+                and (
+                    calls.joins(call_keys, call_digests)
+                    if weak
+                    else calls.joins_else_keep(  # kept if applied
+                        call_keys,
+                        call_digests,
+                        record.dedupe_until if record.calls_until is None else record.calls_until,  # `keys_until`
+                    )
+                )
+            )
         ):
             if record.decision_id is not None:
                 self._release(record.decision_id, SETTLED, record.nanos)
             return ApplyResult.NESTED
-        if not record.weak:
-            if parent is not None:
-                self._covered.put_digest(parent, record.dedupe_until)
-            if call_keys:
-                calls.keep(call_keys, record.keys_until, None, call_digests)
+        if not weak and parent is not None:
+            self._covered.put_digest(parent, record.dedupe_until)
         if record.spread is not None:
             spreads.add(record.spread)
         for inc in record.increments:  # added up per counter; written by `apply` (`_add_all`)
@@ -393,11 +407,20 @@ class MemoryStore:
                 entry[1] += nanos
                 entry[2] += tokens
                 entry[3] += 1
-        if record.ledger is not None:
-            self._ledger_add(record.ledger)
+        ledger = record.ledger
+        if ledger is not None:  # added up per row; written by `apply` (`_ledger_add`)
+            row = ledgers.get((ledger.hour, ledger.dims))
+            if row is None:
+                ledgers[(ledger.hour, ledger.dims)] = [ledger.until, [ledger.counts]]
+            else:
+                row[0] = max(row[0], ledger.until)
+                row[1].append(ledger.counts)
         decision_id = record.decision_id
-        if not (decision_id is not None and self._release(decision_id, SETTLED, record.nanos)) and record.settle_key:
-            self._settle_oldest(record.settle_key, record.nanos)
+        if decision_id is not None and self._release(decision_id, SETTLED, record.nanos):
+            return ApplyResult.APPLIED
+        settle_key = record.settle_key
+        if settle_key and settle_key in self._by_settle_key:  # else `_settle_oldest` finds no reservation
+            self._settle_oldest(settle_key, record.nanos)
         return ApplyResult.APPLIED
 
     def _add_all(
@@ -762,25 +785,31 @@ class MemoryStore:
 
     # --- the ledger ----------------------------------------------------------------------------
 
-    def _ledger_add(self, entry: LedgerEntry) -> None:
-        hour = self._ledger.get(entry.hour)
-        until = min(entry.until, entry.hour + MEMORY_LEDGER_DAYS * 86400)
+    def _ledger_add(self, start: int, dims: str, until: float, entries: list[tuple[int, ...]]) -> None:
+        """Add the counts of `entries` (`LedgerEntry.counts`, in order) to row `dims` of hour `start`,
+        kept at least until `until` (the latest of theirs): as adding each in turn would (the rows
+        of an hour are made in the order their first entries came, so the same ones overflow into
+        `OTHER_DIMS`)."""
+        hour = self._ledger.get(start)
+        until = min(until, start + MEMORY_LEDGER_DAYS * 86400)
         if hour is None:
-            hour = self._ledger[entry.hour] = ({}, [until])
+            hour = self._ledger[start] = ({}, [until])
         elif until > hour[1][0]:
             hour[1][0] = until
         rows = hour[0]
-        dims = entry.dims
         counts = rows.get(dims)
         if counts is None and len(rows) >= MAX_LEDGER_ROWS:
             dims = OTHER_DIMS
             counts = rows.get(dims)
-        added = entry.counts
-        if min(added) < 0 or max(added) > CEILING:  # never from the engine: clamped where it enters
-            added = tuple(map(clamp, added))
+        if min(map(min, entries)) < 0 or max(map(max, entries)) > CEILING:  # never from the engine
+            entries = [tuple(map(clamp, added)) for added in entries]  # clamped where they enter
         # Each count saturates at the ceiling: it only ever grows, so it reads as the exact sum would
         # (`read_ledger`), and a sum of two counts at most the ceiling fits an int64.
-        if counts is None:  # from the tuple: its counts allocated exactly (from `map`, room for half more)
+        if len(entries) == 1:
+            added: Sequence[int] = entries[0]
+        else:
+            added = [total if total < CEILING else CEILING for total in map(sum, zip(*entries, strict=True))]
+        if counts is None:  # from a tuple or list: its counts allocated exactly (from `map`, room for half more)
             counts = rows[dims] = array("q", added)
         else:
             counts[:] = array("q", map(add, counts, added))

@@ -1,5 +1,5 @@
 """`CallIndex` against the dicts of `CallKey`s it replaced: the same answers through growth, spans
-let go past `MAX_CALL_SPANS`, rollbacks and expiry."""
+let go past `MAX_CALL_SPANS`, rollbacks, `joins_else_keep` and expiry."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import pytest
 
 from otel_puppy.store._call_index import CallIndex, _Undo
-from otel_puppy.store._keyset import Partition
+from otel_puppy.store._keyset import Partition, digest
 from otel_puppy.store.base import CEILING, MAX_CALL_SPANS, CallKey
 
 
@@ -75,13 +75,19 @@ def test_a_call_index_answers_as_the_dicts_of_call_keys_did(bits: int | None) ->
     now = 1_800_000_000.0
     for _ in range(40):
         for _ in range(rng.randrange(1, 400)):
-            keys = tuple(_random_key(rng) for _ in range(rng.randrange(1, 3)))
+            keys = tuple(_random_key(rng) for _ in range(rng.randrange(1, 4)))
             until = now + 60 * rng.choice((1, 5, 60))
             if rng.random() < 0.2:  # a transaction that does not commit: nothing changes
                 undo: list[_Undo] = []
                 index.keep(keys, until, undo)
                 index.keep(tuple(_random_key(rng) for _ in range(2)), until + 60, undo)
                 index.restore(undo)
+                continue
+            if rng.random() < 0.5:  # as the memory store applies a span: its keys kept unless one joins
+                joined = model.joins(keys)
+                assert index.joins_else_keep(keys, [digest(key.key) for key in keys], until) == joined
+                if not joined:
+                    model.keep(keys, until)
                 continue
             index.keep(keys, until)
             model.keep(keys, until)
