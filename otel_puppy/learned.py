@@ -109,8 +109,12 @@ class LearnedEstimates:
         self._cache: dict[tuple[str | None, str, str], list[Any]] = {}
         """Per (agent, provider, model) asked about: [its figure, until when it holds, when it was
         computed]; `decide()` reads it with one lookup."""
-        self._keys: dict[tuple[str | None, str, str], tuple[str, ...]] = {}
-        """The series keys a call of (agent, provider, model) adds to (`observe`), computed once."""
+        self._keys: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
+        """The series keys a call adds to (`observe`), computed once: per provider and model, their
+        series' and each agent's (a dict by agent per model rather than a tuple of three names and
+        one of two keys per agent: ten thousand agents kept 2 MB of them)."""
+        self._kept = 0
+        """Agents' series keys in `_keys`: all are forgotten past `_CACHE_LIMIT`."""
         self._asked: dict[tuple[str, str], set[tuple[str | None, str, str]]] = {}
         """The cached keys per provider and model: new calls of it shorten their figures' hold (see
         `observe`)."""
@@ -130,7 +134,6 @@ class LearnedEstimates:
             return
         samples: list[Sample] = []
         append = samples.append
-        known = self._keys
         batch: dict[tuple[str | None, str, str], tuple[str, ...]] = {}
         """The series of each (agent, provider, model) of the batch."""
         for call, nanos in calls:
@@ -139,12 +142,7 @@ class LearnedEstimates:
             names = (call.agent or None, call.provider, call.request_model or call.model)
             series = batch.get(names)
             if series is None:
-                series = known.get(names)
-                if series is None:
-                    if len(known) >= _CACHE_LIMIT:
-                        known.clear()
-                    series = known[names] = _keys(*names)
-                batch[names] = series
+                series = batch[names] = self._series(*names)
             cost, tokens = min(nanos, MAX_ESTIMATE_NANOS), min(call.output_tokens, MAX_CALL_TOKENS)
             for key in series:
                 append(_sample((key, now, cost, tokens)))
@@ -167,6 +165,28 @@ class LearnedEstimates:
             due = not self._batched or len(pending) >= _FLUSH_AT or now - self._flushed_at >= _FLUSH_EVERY_S
         if due:
             self.flush(now)
+
+    def _series(self, agent: str | None, provider: str, model: str) -> tuple[str, ...]:
+        """`_keys(agent, provider, model)`, each key computed once (kept in `_keys`)."""
+        known = self._keys
+        models = known.get((provider, model))
+        if models is None:
+            if len(known) >= _CACHE_LIMIT:
+                known.clear()
+                self._kept = 0
+            models = known[(provider, model)] = (_fallback_key(provider, model), {})
+        fallback, agents = models
+        if not agent:
+            return (fallback,)
+        key = agents.get(agent)
+        if key is None:
+            if self._kept >= _CACHE_LIMIT:
+                for _, kept in known.values():
+                    kept.clear()
+                self._kept = 0
+            key = agents[agent] = series_key(agent, provider, model)
+            self._kept += 1
+        return key, fallback
 
     def flush(self, now: float) -> None:
         """Write the waiting samples to the store.

@@ -14,10 +14,12 @@ the limit by itself never fits: no `retry_after_s`, and its message says so.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
+from operator import attrgetter
 from typing import Annotated, Any, Final, Self
 from zoneinfo import ZoneInfo
 
@@ -33,7 +35,7 @@ from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Priority, Se
 from otel_puppy.exceptions import StoreError
 from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
-from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, call_scope_key, scope_label
+from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, scope_label
 from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StoreFailed
 from otel_puppy.store.base import CEILING, BudgetCheck, CheckState, Store, SubBucket, fullest_states
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window, parse_window
@@ -201,6 +203,8 @@ class _PolicyParts:
     limits: tuple[tuple[int | None, int | None, int | None], ...]
     """Per fraction, its check's limits (nano-USD, tokens, calls): computed once, so the budget's
     instances share these ints rather than each holding its own (32 bytes apiece)."""
+    blocking: bool
+    """Whether its checks stop a reservation when over: an enforced `deny` budget."""
 
     @classmethod
     def of(cls, policy: BudgetPolicy) -> _PolicyParts:
@@ -228,6 +232,7 @@ class _PolicyParts:
             fractions=tuple(fractions),
             index=index,
             limits=limits,
+            blocking=not policy.shadow and policy.on_exceed is Action.DENY,
         )
 
 
@@ -273,30 +278,63 @@ class _OneCheck(Mapping[Priority, BudgetCheck]):
         return len(self._index)
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetInstance:
+class BudgetInstance(BudgetCheck):
     """One budget for one scope: `per-agent` for `agent=support`, with what decide() needs precomputed.
 
-    Per instance only its scope (`key`, which ends with its `label`) and its checks; the rest is its
-    budget's, shared."""
+    An instance is its own admission check at its budget's whole limit (the one `critical` requests
+    have, and every priority of a budget without reserves): one object per instance rather than an
+    instance, a check and a mapping of priorities to it (a per-user budget has tens of thousands). Its
+    `scope`, the store's, is its `key`; the rest is its budget's, shared."""
+
+    __slots__ = ("more", "parts", "policy", "seen")
 
     policy: BudgetPolicy
-    window: Window
-    key: str
-    """`budget:{policy name}|{label}`: the store's scope of its counters."""
-    checks: Mapping[Priority, BudgetCheck]
-    """The admission check for each priority (the usable limit shrinks with higher priorities' reserves)."""
-    parts: _PolicyParts = field(repr=False)
+    parts: _PolicyParts
+    more: tuple[BudgetCheck, ...]
+    """The checks of the priorities its budget's reserves leave less (`_PolicyParts.fractions` after
+    the first), in that order; none for most budgets."""
+    seen: float
+    """When its `BudgetBook` last resolved it: one idle long enough is forgotten to make room."""
+
+    def __init__(
+        self,
+        policy: BudgetPolicy,
+        window: Window,
+        key: str,
+        parts: _PolicyParts,
+        *,
+        more: tuple[BudgetCheck, ...] = (),
+        seen: float = -math.inf,
+    ) -> None:
+        limit_nanos, limit_tokens, limit_calls = parts.limits[0]
+        BudgetCheck.__init__(self, key, window, limit_nanos, limit_tokens, parts.blocking, limit_calls)
+        # The check's `__setattr__` refuses (a frozen dataclass's, which cannot even pass the
+        # instance's own fields on), so they are set as `object` sets them.
+        set_field = object.__setattr__
+        set_field(self, "policy", policy)
+        set_field(self, "parts", parts)
+        set_field(self, "more", more)
+        set_field(self, "seen", seen)
+
+    @property
+    def key(self) -> str:
+        """`budget:{policy name}|{label}`: the store's scope of its counters (its check's `scope`)."""
+        return self.scope
+
+    @property
+    def checks(self) -> Mapping[Priority, BudgetCheck]:
+        """The admission check for each priority (the usable limit shrinks with higher priorities'
+        reserves); built when asked (a plan's first request, a scrape's new groups), not kept."""
+        more = self.more
+        if not more:
+            return _OneCheck(self, self.parts.index)
+        return _PriorityChecks((self, *more), self.parts.index)
 
     @property
     def label(self) -> str:
         """Its scope, `agent=support` (empty for a budget without `per`): the end of its `key`, cut
         when asked (hits and a scrape's new groups) rather than kept beside it for every instance."""
-        return self.key[len(self.policy.name) + 8 :]
-
-    @property
-    def limit_nanos(self) -> int | None:
-        return self.parts.limit_nanos
+        return self.scope[len(self.policy.name) + 8 :]
 
     @property
     def limit_text(self) -> str:
@@ -324,20 +362,11 @@ class BudgetInstance:
     @classmethod
     def keyed(cls, policy: BudgetPolicy, window: Window, key: str, parts: _PolicyParts) -> BudgetInstance:
         """`of` by the instance's `key` (`_instance_key`), which it keeps (not a copy)."""
-        blocking = not policy.shadow and parts.on_exceed is Action.DENY
-        checks = tuple(
-            BudgetCheck(
-                scope=key,
-                window=window,
-                limit_nanos=limit_nanos,
-                limit_tokens=limit_tokens,
-                blocking=blocking,
-                limit_calls=limit_calls,
-            )
-            for limit_nanos, limit_tokens, limit_calls in parts.limits
+        more = tuple(
+            BudgetCheck(key, window, limit_nanos, limit_tokens, parts.blocking, limit_calls)
+            for limit_nanos, limit_tokens, limit_calls in parts.limits[1:]
         )
-        by_priority = _OneCheck(checks[0], parts.index) if len(checks) == 1 else _PriorityChecks(checks, parts.index)
-        return cls(policy, window, key, by_priority, parts)
+        return cls(policy, window, key, parts, more=more)
 
 
 def _instance_key(name: str, label: str) -> str:
@@ -360,9 +389,15 @@ class BudgetBook:
         """When instances were last resolved, so idle ones can be forgotten to make room (none: never)."""
         self.reads_trace = any(_names_trace(b) for b in budgets)
         """Whether a budget reads the trace id (`per: [trace]` or a `match` on it)."""
-        self._dimensions = DIMENSIONS if self.reads_trace else _LABEL_DIMENSIONS
-        """What the scope cache is keyed by: the trace id only when a budget reads it (every call has
-        its own, so a key with it would make the cache miss on every run)."""
+        read = {d for b in budgets for d in (*b.per, *(b.match.dimensions if b.match is not None else ()))}
+        self._dimensions = tuple(d for d in _LABEL_DIMENSIONS if d in read)
+        """What the scope cache is keyed by: the dimensions some budget reads (two scopes alike in
+        those count against the same instances), one value alone if only one is read, else a tuple;
+        and with the trace id (`(values, trace)`) only when a budget reads it (every call has its
+        own, so a key with it would make the cache miss on every run). The fewer, the less the cache
+        keeps per scope: a per-user budget's a user id, not a tuple of nine values."""
+        self._call_key = attrgetter(*self._dimensions) if self._dimensions else _no_dimensions
+        """The scope cache's key of a call's scope, without the trace id: read from its fields."""
         self._idle = {
             b.name: float(parse_window(b.idle_timeout, zone).seconds) if b.idle_timeout else None  # type: ignore[union-attr]
             for b in budgets
@@ -373,14 +408,15 @@ class BudgetBook:
         # budgets sharing a window share that work.
         shared: dict[str, Window] = {}
         self._windows = {b.name: shared.setdefault(b.window, parse_window(b.window, zone)) for b in budgets}
-        self._cache: dict[tuple[object, ...], tuple[BudgetInstance, ...]] = {}
-        self._labels: dict[str, dict[str, float]] = {b.name: {} for b in budgets}
-        """Per budget, the instances seen, by key (`_instance_key`: the instance keeps the same string),
-        each with when it was last resolved, oldest first."""
-        self._interned: dict[str, dict[str, BudgetInstance]] = {b.name: {} for b in budgets}
+        self._cache: dict[object, tuple[BudgetInstance, ...]] = {}
         self._parts = {b.name: _PolicyParts.of(b) for b in budgets}
-        """One `BudgetInstance` per (budget, label), shared by every cached scope that falls in it:
-        the scope cache then holds references, not copies (bounded by `max_scopes` per budget)."""
+        self._instances: dict[str, dict[str, BudgetInstance]] = {
+            b.name: {} if b.per else self._unscoped(b) for b in budgets
+        }
+        """Per budget, its instances seen by key (the instance's own string), the least recently resolved
+        first (`BudgetInstance.seen`): one per (budget, label), shared by every cached scope that falls
+        in it, so the scope cache holds references, not copies (bounded by `max_scopes` per budget). A
+        budget without `per` has its one instance from the start."""
         self.folded = 0
         """Scopes sent to the shared `other` instance because a budget had `max_scopes` already."""
         self.forgotten = 0
@@ -392,7 +428,10 @@ class BudgetBook:
 
     def instances(self, scope: ScopeLike) -> tuple[BudgetInstance, ...]:
         """Every budget instance this scope counts against."""
-        key = tuple(scope.get(d) for d in self._dimensions)
+        dimensions = self._dimensions
+        key: object = scope.get(dimensions[0]) if len(dimensions) == 1 else tuple(map(scope.get, dimensions))
+        if self.reads_trace:
+            key = (key, scope.get("trace"))
         found = self._cache.get(key)
         if found is None:
             found = self._miss(key, scope)
@@ -401,15 +440,15 @@ class BudgetBook:
     def call_instances(self, call: LLMCall) -> tuple[BudgetInstance, ...]:
         """`instances(call.scope())`, without building the scope when the cache has it: what every
         applied span asks (the cache key read straight from the call's fields)."""
-        key: tuple[object, ...] = call_scope_key(call, trace=False)
+        key = self._call_key(call)
         if self.reads_trace:  # as `scope.get("trace")` has it: the key is shared with `instances`
-            key = (*key, f"{call.trace_id:032x}")
+            key = (key, f"{call.trace_id:032x}")
         found = self._cache.get(key)
         if found is None:
             found = self._miss(key, call.scope())
         return found
 
-    def _miss(self, key: tuple[object, ...], scope: ScopeLike) -> tuple[BudgetInstance, ...]:
+    def _miss(self, key: object, scope: ScopeLike) -> tuple[BudgetInstance, ...]:
         # One time for every budget the scope falls in: their labels share the float (32 bytes each).
         now = self._now() if self._now is not None else 0.0
         found = tuple(self._resolve(budget, scope, now) for budget in self.budgets if self._applies(budget, scope))
@@ -431,9 +470,8 @@ class BudgetBook:
             return cached[1]
         found: list[BudgetInstance] = []
         for budget in self.budgets:
-            name = budget.name
-            keys = self._labels[name].keys() or ({_instance_key(name, "")} if not budget.per else set())
-            found.extend(self._instance(budget, key) for key in sorted(keys))  # by label: one prefix
+            instances = self._instances[budget.name]
+            found.extend(instances[key] for key in sorted(instances))  # by label: one prefix
         known = tuple(found)
         self._known = (generation, known)
         return known
@@ -444,7 +482,11 @@ class BudgetBook:
         for budget in self.budgets:
             before = old.get(budget.name)
             if before is not None and before.per == budget.per:
-                self._labels[budget.name] = dict(previous._labels[budget.name])
+                # This book's instances (its budget may have changed), in the same order, seen when they were.
+                self._instances[budget.name] = {
+                    key: self._new_instance(budget, key, instance.seen)
+                    for key, instance in previous._instances[budget.name].items()
+                }
         self.generation += 1
 
     @staticmethod
@@ -456,13 +498,12 @@ class BudgetBook:
     def _resolve(self, budget: BudgetPolicy, scope: ScopeLike, now: float) -> BudgetInstance:
         label = scope_label(budget.per, scope)
         key = _instance_key(budget.name, label)
-        keys = self._labels[budget.name]
-        if key in keys:
-            del keys[key]  # to the end: the newest resolved
-        else:
-            if len(keys) >= budget.max_scopes and self._now is not None:
-                self._forget_idle(budget, keys, now)
-            if len(keys) >= budget.max_scopes:
+        instances = self._instances[budget.name]
+        instance = instances.pop(key, None)  # to the end: the newest resolved
+        if instance is None:
+            if len(instances) >= budget.max_scopes and self._now is not None:
+                self._forget_idle(budget, instances, now)
+            if len(instances) >= budget.max_scopes:
                 self.folded += 1
                 self._log.warning(
                     f"fold:{budget.name}",
@@ -473,12 +514,16 @@ class BudgetBook:
                     OVERFLOW_SCOPE,
                 )
                 key = _instance_key(budget.name, OVERFLOW_SCOPE)
+                instance = instances.get(key)  # where it was: not moved (nor the `other` it counts as)
             self.generation += 1
-        instance = self._instance(budget, key)
-        keys[instance.key] = now  # the instance's own string, not this call's equal copy
+            if instance is None:
+                instance = instances[key] = self._new_instance(budget, key)
+        else:
+            instances[instance.key] = instance  # the instance's own string, not this call's equal copy
+        object.__setattr__(instance, "seen", now)  # as `BudgetInstance.__init__` sets it
         return instance
 
-    def _forget_idle(self, budget: BudgetPolicy, keys: dict[str, float], now: float) -> None:
+    def _forget_idle(self, budget: BudgetPolicy, instances: dict[str, BudgetInstance], now: float) -> None:
         """Forget the instances of `budget` not resolved since its idle cutoff, oldest first (so the
         scan stops at the first one still in use)."""
         idle = self._idle[budget.name]
@@ -490,26 +535,27 @@ class BudgetBook:
         else:
             cutoff = window.bounds(now)[0]
         forgotten = []
-        for key, seen in keys.items():
-            if seen >= cutoff:
+        for key, instance in instances.items():
+            if instance.seen >= cutoff:
                 break
             forgotten.append(key)
         if not forgotten:
             return
         for key in forgotten:
-            del keys[key]
-            self._interned[budget.name].pop(key, None)
+            del instances[key]
         self._cache.clear()  # it may hold forgotten instances
         self.forgotten += len(forgotten)
         self.generation += 1
 
-    def _instance(self, budget: BudgetPolicy, key: str) -> BudgetInstance:
-        interned = self._interned[budget.name]
-        found = interned.get(key)
-        if found is None:
-            name = budget.name
-            found = interned[key] = BudgetInstance.keyed(budget, self._windows[name], key, self._parts[name])
-        return found
+    def _new_instance(self, budget: BudgetPolicy, key: str, seen: float = -math.inf) -> BudgetInstance:
+        instance = BudgetInstance.keyed(budget, self._windows[budget.name], key, self._parts[budget.name])
+        object.__setattr__(instance, "seen", seen)  # as `BudgetInstance.__init__` sets it
+        return instance
+
+    def _unscoped(self, budget: BudgetPolicy) -> dict[str, BudgetInstance]:
+        """The instances of a budget without `per` from the start: its one (never resolved yet)."""
+        instance = self._new_instance(budget, _instance_key(budget.name, ""))
+        return {instance.key: instance}
 
 
 def budget_hit(
@@ -779,6 +825,11 @@ _UTILIZATION: Final = "otel_puppy_budget_utilization_ratio"
 _RESERVED: Final = "otel_puppy_budget_reserved_usd"
 _WINDOW: Final = "otel_puppy_budget_window_seconds"
 _LABEL_DIMENSIONS: Final = tuple(d for d in DIMENSIONS if d != "trace")
+
+
+def _no_dimensions(call: LLMCall) -> tuple[()]:
+    """The scope cache's key of every call when no budget reads a dimension."""
+    return ()
 
 
 def _names_trace(budget: BudgetPolicy) -> bool:

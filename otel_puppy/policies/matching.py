@@ -71,7 +71,7 @@ class Match(PolicyModel):
         return globs
 
     @cached_property
-    def _compiled(self) -> tuple[tuple[str, frozenset[str], re.Pattern[str] | None], ...]:
+    def _compiled(self) -> tuple[tuple[Dimension, frozenset[str], re.Pattern[str] | None], ...]:
         compiled = []
         for dimension in DIMENSIONS:
             globs: tuple[str, ...] | None = getattr(self, dimension)
@@ -82,6 +82,11 @@ class Match(PolicyModel):
             regex = re.compile("|".join(patterns)) if patterns else None
             compiled.append((dimension, exact, regex))
         return tuple(compiled)
+
+    @property
+    def dimensions(self) -> tuple[Dimension, ...]:
+        """The dimensions it reads (those it gives globs for), in `DIMENSIONS` order."""
+        return tuple(d for d, _, _ in self._compiled)
 
     def matches(self, scope: ScopeLike) -> bool:
         """Whether every dimension given here matches the scope's value (a missing value never does)."""
