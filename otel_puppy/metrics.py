@@ -248,12 +248,7 @@ class Metrics:
                 names = (call.provider, call.model, call.agent, call.service, failure)
                 found = series.get(names)
                 if found is None:
-                    base = (
-                        guard("provider", names[0]),
-                        guard("model", names[1]),
-                        guard("agent", names[2]),
-                        guard("service", names[3]),
-                    )
+                    base = _guarded(guard, names[0], names[1], names[2], names[3])
                     group = (base, failure.value if failure else "")
                     summed = sums.get(group)
                     if summed is None:
@@ -309,12 +304,7 @@ class Metrics:
                 labels = (call.provider, call.model, call.agent, call.service)
                 key = keys.get(labels)
                 if key is None:
-                    key = (
-                        guard("provider", labels[0]),
-                        guard("model", labels[1]),
-                        guard("agent", labels[2]),
-                        guard("service", labels[3]),
-                    )
+                    key = _guarded(guard, *labels)
                     if OVERFLOW not in key:  # a fold is counted per call: a folded call asks the guard again
                         keys[labels] = key
                 savings[key] = savings.get(key, 0) + nanos
@@ -592,3 +582,10 @@ def gauge(
     for key, value in samples:
         family.add_metric(key, float(value))
     return family
+
+
+def _guarded(
+    guard: LabelGuard, provider: str, model: str, agent: str | None, service: str | None
+) -> tuple[str, str, str, str]:
+    """A call's provider, model, agent and service labels, each through the cardinality guard."""
+    return guard("provider", provider), guard("model", model), guard("agent", agent), guard("service", service)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -146,6 +146,42 @@ _Static = tuple[tuple[_Linear, ...], str, str] | tuple[()]
 """`Pricer._static_for`: a call's linear pieces, price source and pricing model, or `()`."""
 
 
+def _valid(counts: tuple[int, int, int, int, int]) -> bool:
+    """Whether token counts (input, output, cache read, cache write, reasoning) make a usage: none
+    negative, cache tokens within input tokens, reasoning tokens within output tokens."""
+    input_tokens, output_tokens, cache_read, cache_write, reasoning = counts
+    return (
+        input_tokens >= 0
+        and output_tokens >= 0
+        and cache_read >= 0
+        and cache_write >= 0
+        and reasoning >= 0
+        and cache_read + cache_write <= input_tokens
+        and reasoning <= output_tokens
+    )
+
+
+def _by_pieces(
+    pieces: Iterable[_Linear], counts: tuple[int, int, int, int, int], source: str, model: str
+) -> Price | None:
+    """Valid `counts` priced by the first of a price's linear pieces that holds their input tokens;
+    `None` if none does (the price is then calculated in full)."""
+    input_tokens, output_tokens, cache_read, cache_write, reasoning = counts
+    for piece in pieces:
+        if piece.upper is None or input_tokens <= piece.upper:
+            c_in, c_out, c_cr, c_cw, c_rs = piece.coefficients
+            scaled = (
+                piece.c0
+                + c_in * input_tokens
+                + c_out * output_tokens
+                + c_cr * cache_read
+                + c_cw * cache_write
+                + c_rs * reasoning
+            )
+            return _linear_price(_round_nanos(scaled, piece.scale), source, scaled, piece.scale, piece, model)
+    return None
+
+
 @dataclass(slots=True)
 class _Resolved:
     """One model as genai-prices (or an override) knows it, with the price period last used."""
@@ -218,34 +254,6 @@ class Pricer:
         static = self._static.get(names)
         if static is None:
             static = self._static_for(names)
-        if static:
-            pieces, source, model = static
-            input_tokens, output_tokens = call.input_tokens, call.output_tokens
-            cache_write_tokens, reasoning_tokens = call.cache_write_tokens, call.reasoning_tokens
-            # `_price_counts`, its price and pieces known: the same checks, the same sums
-            if (
-                input_tokens < 0
-                or output_tokens < 0
-                or cache_read_tokens < 0
-                or cache_write_tokens < 0
-                or reasoning_tokens < 0
-                or cache_read_tokens + cache_write_tokens > input_tokens
-                or reasoning_tokens > output_tokens
-            ):
-                return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE, source=source)
-            for piece in pieces:
-                if piece.upper is None or input_tokens <= piece.upper:
-                    c_in, c_out, c_cr, c_cw, c_rs = piece.coefficients
-                    scaled = (
-                        piece.c0
-                        + c_in * input_tokens
-                        + c_out * output_tokens
-                        + c_cr * cache_read_tokens
-                        + c_cw * cache_write_tokens
-                        + c_rs * reasoning_tokens
-                    )
-                    return _linear_price(_round_nanos(scaled, piece.scale), source, scaled, piece.scale, piece, model)
-        at = call.start_ns / 1e9 if call.start_ns > 0 else None
         counts = (
             call.input_tokens,
             call.output_tokens,
@@ -253,6 +261,14 @@ class Pricer:
             call.cache_write_tokens,
             call.reasoning_tokens,
         )
+        if static:  # `_price_counts`, its price and pieces known: the same checks, the same sums
+            pieces, source, model = static
+            if not _valid(counts):
+                return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE, source=source)
+            priced = _by_pieces(pieces, counts, source, model)
+            if priced is not None:
+                return priced
+        at = call.start_ns / 1e9 if call.start_ns > 0 else None
         for model_ref in _model_refs(call.response_model, call.request_model):
             price = self._price_counts(call.provider, model_ref, counts, at)
             if price.unpriced_reason != Unpriced.UNKNOWN_MODEL:
@@ -304,33 +320,14 @@ class Pricer:
         resolved = self._resolve(provider, model)
         if resolved is None:
             return _UNKNOWN_MODEL
-        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens = counts
-        if (
-            input_tokens < 0
-            or output_tokens < 0
-            or cache_read_tokens < 0
-            or cache_write_tokens < 0
-            or reasoning_tokens < 0
-            or cache_read_tokens + cache_write_tokens > input_tokens
-            or reasoning_tokens > output_tokens
-        ):
+        if not _valid(counts):
             return Price(nanos=None, unpriced_reason=Unpriced.INVALID_USAGE, source=resolved.source)
         model_price = resolved.static_price or self._price_in_force(resolved, _as_datetime(at))
         linear = self._linear_for(model_price)
         if linear is not None:
-            for piece in linear:
-                if piece.upper is None or input_tokens <= piece.upper:
-                    c_in, c_out, c_cr, c_cw, c_rs = piece.coefficients
-                    scaled = (
-                        piece.c0
-                        + c_in * input_tokens
-                        + c_out * output_tokens
-                        + c_cr * cache_read_tokens
-                        + c_cw * cache_write_tokens
-                        + c_rs * reasoning_tokens
-                    )
-                    nanos = _round_nanos(scaled, piece.scale)
-                    return _linear_price(nanos, resolved.source, scaled, piece.scale, piece, model)
+            priced = _by_pieces(linear, counts, resolved.source, model)
+            if priced is not None:
+                return priced
         try:
             total = model_price.calc_price(_usage(counts))["total_price"]
         except (ValueError, ArithmeticError):
