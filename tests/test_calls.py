@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pytest
 
@@ -389,6 +390,16 @@ _USAGE: dict[str, object] = {
     "gen_ai.usage.input_tokens": 100,
     "gen_ai.usage.output_tokens": 20,
 }
+
+
+def _read(attributes: Mapping[str, Any], resource: Mapping[str, Any], **more: Any) -> LLMCall | None:
+    """`call_from_parts` of a span with fixed ids and times (`error` False unless given)."""
+    more.setdefault("error", False)
+    return call_from_parts(
+        attributes, resource=resource, trace_id=1, span_id=2, parent_span_id=0, start_ns=1, end_ns=2, **more
+    )
+
+
 _MEMO_SPANS: list[tuple[dict[str, object], dict[str, object], str | None]] = [
     (dict(_USAGE, **{"gen_ai.agent.name": "a"}), {"service.name": "s"}, "scope"),
     (dict(_USAGE, **{"gen_ai.agent.name": "a", "gen_ai.usage.input_tokens": 7}), {"service.name": "s"}, "scope"),
@@ -418,10 +429,8 @@ def test_the_memo_reads_what_reading_each_span_alone_reads(error: bool) -> None:
     names = [f.name for f in dataclasses.fields(LLMCall)]
     memo: dict[tuple[object, ...], object] = {}
     for attributes, resource, instrumentation in [*_MEMO_SPANS, *reversed(_MEMO_SPANS), *_MEMO_SPANS]:
-        parts = {"resource": resource, "trace_id": 1, "span_id": 2, "parent_span_id": 0, "start_ns": 1, "end_ns": 2}
-        parts["error"] = error
-        alone = call_from_parts(attributes, instrumentation=instrumentation, **parts)  # type: ignore[arg-type]
-        memoized = call_from_parts(attributes, instrumentation=instrumentation, memo=memo, **parts)  # type: ignore[arg-type]
+        alone = _read(attributes, resource, error=error, instrumentation=instrumentation)
+        memoized = _read(attributes, resource, error=error, instrumentation=instrumentation, memo=memo)
         if alone is None:
             assert memoized is None
         else:
@@ -434,17 +443,7 @@ def test_the_memo_is_bounded() -> None:
     memo: dict[tuple[object, ...], object] = {}
     for n in range(2 * calls.MEMO_ENTRIES):
         attributes = dict(_USAGE, **{"gen_ai.agent.name": f"agent-{n}"})
-        found = call_from_parts(
-            attributes,
-            resource={},
-            trace_id=1,
-            span_id=2,
-            parent_span_id=0,
-            start_ns=1,
-            end_ns=2,
-            error=False,
-            memo=memo,
-        )
+        found = _read(attributes, {}, memo=memo)
         assert found is not None
         assert found.agent == f"agent-{n}"
     assert len(memo) == calls.MEMO_ENTRIES
@@ -494,17 +493,9 @@ def test_the_otlp_reader_converts_every_attribute_a_call_is_read_from() -> None:
     for span in spans:
         for error in (False, True):
             attributes = _Reads(span.attributes or {})
-            call_from_parts(
-                attributes,
-                resource=span.resource.attributes,
-                trace_id=1,
-                span_id=2,
-                parent_span_id=0,
-                start_ns=1,
-                end_ns=2,
-                error=error,
-                instrumentation=span.instrumentation_scope.name if span.instrumentation_scope else None,
-                name=span.name,
+            scope = span.instrumentation_scope
+            _read(
+                attributes, span.resource.attributes, error=error, instrumentation=scope and scope.name, name=span.name
             )
             read |= attributes.read
     assert read - semconv.SPAN_KEYS == set()

@@ -12,10 +12,11 @@ import pytest
 from genai_prices import Usage, calc_price, data_snapshot
 from genai_prices.types import StartDateConstraint
 
+from otel_puppy import pricing
 from otel_puppy.calls import LLMCall, extract_call
 from otel_puppy.money import usd_to_nanos
 from otel_puppy.pricing import Price, PriceOverride, Pricer, Unpriced
-from otel_puppy.testing import make_span
+from otel_puppy.testing import make_call, make_span
 
 
 def test_matches_calc_price_for_every_model_genai_prices_knows() -> None:
@@ -250,3 +251,19 @@ def test_cache_savings_are_pricing_the_call_again_without_its_cache_reads() -> N
                     assert pricer.cache_savings(call, price) == expected, (provider.id, model.id, input_tokens)
                     checked += 1
     assert checked > 5_000
+
+
+def test_the_static_price_memo_is_bounded_in_entries_and_name_length() -> None:
+    """Names a span chose are keys of `Pricer._static`: at most `_STATIC_LIMIT` of them (then all are
+    forgotten), none longer than `_STATIC_NAME_LIMIT` in all; prices are the same whether kept or not."""
+    pricer = Pricer()
+    known = make_call(end_s=1.7e9, model="gpt-4.1", input_tokens=1000, output_tokens=100)
+    expected = pricer.price(known).nanos
+    assert expected is not None
+    long_name = "m" * (pricing._STATIC_NAME_LIMIT + 1)
+    assert pricer.price(dataclasses.replace(known, request_model=long_name, response_model=None)).nanos is None
+    assert all(len("".join(name or "" for name in names)) <= pricing._STATIC_NAME_LIMIT for names in pricer._static)
+    for i in range(pricing._STATIC_LIMIT + 10):
+        pricer.price(dataclasses.replace(known, request_model=f"no-such-model-{i}", response_model=None))
+        assert len(pricer._static) <= pricing._STATIC_LIMIT
+    assert pricer.price(known).nanos == expected

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
+from otel_puppy import learned
 from otel_puppy.calls import ErrorClass
 from otel_puppy.clock import ManualClock
 from otel_puppy.decision import Decision
@@ -346,4 +347,24 @@ def test_an_older_sqlite_file_gets_the_reservation_columns(tmp_path: Path) -> No
     assert decision.reserved_usd == Decimal("0.010000000")
     assert engine.store.release(decision.decision_id or "")
     assert engine.store.take_outcomes() == [("request", "released", 10_000_000, 0)]
+    engine.close()
+
+
+def test_the_series_key_memo_is_bounded_in_agents_and_models() -> None:
+    """Agents and models are names spans chose: past `_CACHE_LIMIT` of either, the memo of their series
+    keys is forgotten (and computed again), never grown; the keys are the same either way."""
+    engine = engine_on(open_store("memory://"))
+    estimates = engine.learned
+    limit = learned._CACHE_LIMIT
+    for i in range(limit + 5):
+        assert estimates._series(f"agent-{i}", "openai", "gpt-4.1")[0] == series_key(f"agent-{i}", "openai", "gpt-4.1")
+        assert estimates._kept <= limit
+    assert sum(len(agents) for _, agents in estimates._keys.values()) <= limit
+    for i in range(limit + 5):
+        estimates._series(None, "openai", f"model-{i}")
+        assert len(estimates._keys) <= limit
+    assert estimates._series("agent-1", "openai", "m") == (
+        series_key("agent-1", "openai", "m"),
+        series_key(None, "openai", "m"),
+    )
     engine.close()
