@@ -288,8 +288,8 @@ def _results(engine: dict[str, Any], floor: dict[str, Any], growth: float, scrap
             note=f"memory store, through the span processor at {engine['spans_per_s']:,.0f} spans/s "
             f"({engine['applied']:,.0f} applied: each span its own response id); budgets per agent, user (24h "
             "rolling) and conversation; "
-            "dedupe keys are kept for the dedupe window (24 h), exactly (128-bit digests: a false duplicate has "
-            "probability about n²/2^129)",
+            "dedupe keys are kept for the dedupe window (24 h), exactly (120-bit digests: a false duplicate has "
+            "probability about n²/2^121)",
         ),
         Result(
             name="metrics: a scrape after those spans",

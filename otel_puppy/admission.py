@@ -19,7 +19,7 @@ from functools import partial
 from operator import attrgetter
 from typing import Any, Final, TypeVar
 
-from otel_puppy._keys import escape
+from otel_puppy._keys import ESCAPE, escape
 from otel_puppy.bounds import MAX_CALL_COST_USD
 from otel_puppy.call_identity import CALL_KEYS_TTL_S, call_keys
 from otel_puppy.calls import LLMCall
@@ -83,9 +83,11 @@ _ledger_entry: Final = partial(tuple.__new__, LedgerEntry)
 """`SpendRecord` from a tuple of all its fields, in order (tests/test_engine_batch.py holds the order)."""
 _spread: Final = partial(tuple.__new__, Spread)
 _PLANS_LIMIT: Final = 20_000
-_DIMS_LIMIT: Final = 20_000
-"""Ledger keys remembered (`BudgetAdmission.dims`); then forgotten all at once."""
 """Request shapes remembered per policy set (a per-user budget makes one per user); then forgotten."""
+_DIMS_LIMIT: Final = 1_024
+"""Ledger keys remembered (`BudgetAdmission.dims`); then forgotten all at once. Few: with ten thousand
+agents a memo of them all held 1.3 MB (each key a second copy of the ledger row's) for what an encoding
+(`encode_dims`, under a microsecond) gives."""
 
 
 class PendingBudgetHit:
@@ -266,11 +268,10 @@ class BudgetAdmission:
     learned: LearnedEstimates | None = None
     """Where a request without an estimate gets one (`learned.py`); `None`: it gets none."""
     plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
-    dims: dict[tuple[str | None, ...], str] = field(default_factory=dict)
-    settle_keys: dict[tuple[str | None, ...], str] = field(default_factory=dict)
-    """`settle_key` per (provider, model, agent, user) seen: four escapes per applied call saved."""
-    """`ledger.encode_dims` per dimensions seen: each call's ledger row key without a JSON encoding."""
     """`decide()`'s work per request shape, kept until the next reload."""
+    dims: dict[tuple[str | None, ...], str] = field(default_factory=dict)
+    """`ledger.encode_dims` per dimensions seen lately (at most `_DIMS_LIMIT`, then forgotten all at
+    once): the ledger row key of the calls of a few busy agents without an encoding each."""
 
     def plan(self, request: DecisionRequest) -> Plan:
         key = (
@@ -421,7 +422,6 @@ class BudgetAdmission:
         book = self.budgets.book
         budgets = bool(book.budgets)
         instances_of = book.call_instances
-        keys = self.settle_keys
         retention = self.ledger_retention_s
         split_of = self.pricer.split
         known = self.dims
@@ -458,12 +458,7 @@ class BudgetAdmission:
                         _increment((instance.key, instance.window, ts, nanos, tokens))
                         for instance in instances_of(call)
                     ]
-                settled_by = (call.provider, call.request_model or call.model, call.agent, call.user)
-                key = keys.get(settled_by)
-                if key is None:
-                    if len(keys) >= _DIMS_LIMIT:
-                        keys.clear()
-                    key = keys[settled_by] = settle_key(*settled_by)
+                key = settle_key(call.provider, call.request_model or call.model, call.agent, call.user)
             ledger = None
             if retention is not None and price.nanos is not None:
                 split = split_of(call, price)
@@ -598,4 +593,7 @@ def settle_key(provider: str, model: str, agent: str | None, user: str | None) -
 
     Injective (a `|` inside a value is escaped), so agent `a|b` never settles agent `a`, user `b`.
     """
+    joined = f"{provider or ''}|{model or ''}|{agent or ''}|{user or ''}"
+    if ESCAPE not in joined and joined.count("|") == 3:  # nothing to escape: `escape` leaves each as is
+        return joined
     return "|".join(escape(part or "", "|") for part in (provider, model, agent, user))

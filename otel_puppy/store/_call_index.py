@@ -3,18 +3,18 @@
 `MemoryStore` (and `SQLiteStore` per process) keeps every applied span's `CallKey`s for an hour
 (`call_identity.CALL_KEYS_TTL_S`). As a dict of `CallKey` named tuples that cost about 250 bytes a
 span. Here a key that one span holds (nearly every key: a response id names one call) is a
-fixed-width record under the key's 128-bit digest, in `_keyset.Records`: the digest, a 16-bit
+fixed-width record under the key's 120-bit digest, in `_keyset.Records`: the digest, a 16-bit
 expiry bucket, then the span's source (an interned id, with its `identified` bit) unless it has
 none, then its start and end only when it has a time. A response id's key (any time: start 0, end
-`CEILING`) takes 17 bytes without a source and 21 with one, a key with a time 37. Looking a key up
+`CEILING`) takes 16 bytes without a source and 20 with one, a key with a time 36. Looking a key up
 is a `bytes.find` in C, keeping it a concatenation.
 
 A key a second span comes to hold moves to a dict by its digest, with its spans in order of end
 (`_Kept`, the `MAX_CALL_SPANS` that end last), kept until the latest `until` of them: such keys are
 few (the spans of one call that agree on their usage), and each is looked up as a dict key.
 
-Exact up to a digest collision (two distinct keys share a 128-bit digest with probability about
-n²/2^129 for n keys kept at once: 3e-27 for a million): a collision would let one call's span be
+Exact up to a digest collision (two distinct keys share a 120-bit digest with probability about
+n²/2^121 for n keys kept at once: 4e-25 for a million): a collision would let one call's span be
 compared with another's kept spans under the rules of `CallKey` (times overlapping, sources
 differing), which could then report it as nested. No probabilistic filter: a span never kept is
 never joined.

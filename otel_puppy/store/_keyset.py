@@ -1,10 +1,10 @@
 """`KeySet`: the memory store's span keys, kept exactly in little memory.
 
 `MemoryStore` remembers every span's key for the dedupe window (a day by default). As a dict of
-`str` keys a million spans cost about 130 MB; here each key is its 128-bit digest, kept as a
-17-byte record (the digest's last 15 bytes and a 16-bit expiry bucket) in one of a few thousand
+`str` keys a million spans cost about 130 MB; here each key is its 120-bit digest, kept as a
+16-byte record (the digest's last 14 bytes and a 16-bit expiry bucket) in one of a few thousand
 `bytes` strings chosen by the digest's low bits (`Records`, `Partition`), so a million keys take
-about 18 MB. Looking a key up is one `bytes.find` in C over the records of its string; keeping one
+about 16 MB. Looking a key up is one `bytes.find` in C over the records of its string; keeping one
 is one concatenation.
 
 Strings of a few kilobytes, however many keys: `Partition` starts with 4,096 strings and, as keys
@@ -21,9 +21,11 @@ The digest is keyed BLAKE2b with a key drawn when the process starts: whoever wr
 cannot choose ones that pile into one string (each string stays about `_LOAD` records long).
 Nothing keyed by it outlives the process (the memory store and a process's call index).
 
-Exact up to a digest collision: two distinct keys share a 128-bit digest with probability about
-n²/2^129 for n keys kept at once (3e-27 for a million, 3e-21 for a billion), far below any hardware
-error rate; a collision would report one span as a duplicate of another. No probabilistic filter:
+Exact up to a digest collision: two distinct keys share a 120-bit digest with probability about
+n²/2^121 for n keys kept at once (4e-25 for a million, 4e-19 for a billion), far below any hardware
+error rate; a collision would report one span as a duplicate of another. (120 bits, not 128: a
+128-bit digest's record took a byte more, 2 MB at a million spans with their call keys, for a
+probability that was already negligible.) No probabilistic filter:
 a key never kept is never reported kept otherwise.
 
 Expiry is by bucket: a key's `until` falls in a one-minute bucket, and the whole bucket is forgotten
@@ -56,10 +58,10 @@ Its bucket expires by its latest `until` like any other: one of `inf` never."""
 _FIRST_BITS: Final = 12
 """A partition starts with 2**12 strings (at least 2**8: the string's index holds the digest's first byte)."""
 _LOAD: Final = 240
-"""Records a partition's strings hold on average (about 4 KB of 17-byte records) before one more is split."""
+"""Records a partition's strings hold on average (about 4 KB of 16-byte records) before one more is split."""
 _MAX_BITS: Final = 30
 """Strings stop being split at 2**30 (the index is read from the digest's first four bytes)."""
-TAIL: Final = 15
+TAIL: Final = 14
 """Bytes of a digest a record starts with: all but the first, which the string's index holds (the
 index's low 8 bits are the first byte; its higher bits, kept in the record too, split strings)."""
 _FEW: Final = 4
@@ -70,12 +72,12 @@ _KEY: Final = os.urandom(16)
 """This process's digest key (see the module)."""
 
 
-_HASHER: Final = blake2b(digest_size=16, key=_KEY)
+_HASHER: Final = blake2b(digest_size=1 + TAIL, key=_KEY)
 """Keyed once: a copy of it digests a key faster than keying anew."""
 
 
 def digest(key: str) -> bytes:
-    """`key`'s 128-bit keyed BLAKE2b digest (16 bytes); a key may hold any text a span sent (lone
+    """`key`'s 120-bit keyed BLAKE2b digest (15 bytes); a key may hold any text a span sent (lone
     surrogates included)."""
     hasher = _HASHER.copy()
     hasher.update(key.encode("utf-8", "surrogatepass"))
@@ -130,7 +132,7 @@ class Partition:
 
 
 class Records:
-    """Fixed-width records, each led by the last `TAIL` bytes of a 16-byte digest and a 16-bit bucket
+    """Fixed-width records, each led by the last `TAIL` bytes of a 15-byte digest and a 16-bit bucket
     id (little-endian), in `bytes` strings chosen by the digest's low bits (`Partition.place`). Not
     thread-safe (the store's lock guards it); records of one digest may repeat (`CallIndex`)."""
 
@@ -138,7 +140,7 @@ class Records:
 
     def __init__(self, width: int, partition: Partition | None = None) -> None:
         self.width = width
-        """Bytes a record: 17 (`TAIL` and the bucket), and what the caller keeps after them."""
+        """Bytes a record: 16 (`TAIL` and the bucket), and what the caller keeps after them."""
         self.partition = partition if partition is not None else Partition()
         self.partition.members.append(self)
         self.strings: list[bytes] = [b""] * self.partition.strings
@@ -325,7 +327,7 @@ class Buckets:
 
 
 class KeySet:
-    """Keys (strings) each kept until its own time, by 128-bit digest (see the module); not
+    """Keys (strings) each kept until its own time, by 120-bit digest (see the module); not
     thread-safe (the store's lock guards it).
 
     >>> keys = KeySet()

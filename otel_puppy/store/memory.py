@@ -5,9 +5,9 @@ of 61 sub-buckets per (scope, window) with a running total, so reading a trailin
 O(1) rather than a sum over 61 counters; a ring holds only the sub-buckets from its oldest written
 one still counting to its newest, in one `array` (24 bytes a sub-bucket).
 
-Span keys (`KeySet`) and call keys (`CallIndex`) are 128-bit digests in fixed-width records, 17
-and 17 to 37 bytes a span, instead of dicts of strings (about 380 bytes a span): a million spans in
-the dedupe window take about 36 MB (`bench/bench_memory.py`).
+Span keys (`KeySet`) and call keys (`CallIndex`) are 120-bit digests in fixed-width records, 16
+and 16 to 36 bytes a span, instead of dicts of strings (about 380 bytes a span): a million spans in
+the dedupe window take about 32 MB (`bench/bench_memory.py`).
 
 Counts saturate at `CEILING` (see `store.base`): a calendar counter and each sub-bucket stop there;
 a ring's running total is the exact sum of its sub-buckets (at most 61 times the ceiling, in an
@@ -21,7 +21,7 @@ import math
 import struct
 import threading
 from array import array
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import add, itemgetter
@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
-from otel_puppy.ledger import MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS
+from otel_puppy.ledger import COUNTS, MAX_LEDGER_ROWS, MEMORY_LEDGER_DAYS, OTHER_DIMS
 from otel_puppy.store._call_index import CallIndex
 from otel_puppy.store._keyset import KeySet, digest
 from otel_puppy.store.base import (
@@ -67,6 +67,8 @@ slice of it: a slice allocates its 3 counts exactly, where `array("q", bytes(24)
 allocate room for 8 (tens of thousands of counters)."""
 _ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
 """A ring's counts of 61 sub-buckets never written."""
+_LEDGER_WIDTH: Final = len(COUNTS)
+"""Counts a ledger row holds (`LedgerEntry.counts`)."""
 _NONE_RESERVED = [0, 0]
 _NO_RINGS: Final[dict[str, _Ring]] = {}
 """The rings of a rolling window none is kept for yet (never written)."""
@@ -77,38 +79,37 @@ _new_state = tuple.__new__
 class _Ring:
     """The sub-buckets of a rolling window that count (the 61 up to `last`) and their running total.
 
-    `counts` holds (nanos, tokens, requests) per sub-bucket, three int64s each, for the sub-buckets
-    from `first` to the newest one written (those in between never written hold zeros); none before
-    the oldest written that still counts, none after the newest written. A ring written in one
-    sub-bucket holds 24 bytes of counts, not 61 slots of three lists."""
+    `counts` holds first the running total (nanos, tokens, requests: the exact sums of the sub-buckets,
+    at most 61 times the ceiling, which an int64 holds), then (nanos, tokens, requests) per sub-bucket,
+    three int64s each, for the sub-buckets from `first` to the newest one written (those in between
+    never written hold zeros); none before the oldest written that still counts, none after the newest
+    written. One `array` for both, for the ring's life (`read_fullest` keeps it): a ring written in one
+    sub-bucket holds 48 bytes of counts in one array, not two arrays nor 61 slots of three lists."""
 
-    __slots__ = ("counts", "first", "last", "step", "totals", "until")
+    __slots__ = ("counts", "first", "last", "step", "until")
 
-    def __init__(self, step: float) -> None:
+    def __init__(self, step: float, ts: float | None = None) -> None:
         self.step = step
         self.last = -1
         """The newest sub-bucket: the ring counts the 61 up to it."""
         self.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
-        self.counts = array("q")
-        self.first = 0
-        """The sub-bucket of `counts`' first entry."""
-        self.totals = _ZERO[:]
-        """The exact sums of `counts` (at most 61 times the ceiling: an int64 holds it). Counts and
-        totals are `array`s, 8 bytes a count where a list of Python ints took 40."""
+        self.first = 0 if ts is None else int(ts // step)
+        """The sub-bucket of `counts`' first sub-bucket's entries."""
+        self.counts = _ZEROS[: 3 if ts is None else 6]
+        """A slice: its counts allocated exactly. With `ts`, room for its sub-bucket, which `add` writes."""
 
     def _advance(self, newest: int) -> None:
         if newest <= self.last:
             return
         counts = self.counts
-        gone = min(len(counts) // 3, newest - SUB_BUCKETS - self.first)  # the oldest, no longer counting
+        gone = min(len(counts) // 3 - 1, newest - SUB_BUCKETS - self.first)  # the oldest, no longer counting
         if gone > 0:
-            totals = self.totals
-            end = 3 * gone
-            totals[0] -= sum(counts[0:end:3])
-            totals[1] -= sum(counts[1:end:3])
-            totals[2] -= sum(counts[2:end:3])
-            del counts[:end]
+            end = 3 + 3 * gone
+            counts[0] -= sum(counts[3:end:3])
+            counts[1] -= sum(counts[4:end:3])
+            counts[2] -= sum(counts[5:end:3])
+            del counts[3:end]
             self.first += gone
         self.last = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
@@ -122,18 +123,17 @@ class _Ring:
         if i <= self.last - _SLOTS:  # older than the window: it no longer counts
             return 0
         counts = self.counts
-        held = len(counts) // 3
+        held = len(counts) // 3 - 1
         if not held:
-            counts = self.counts = _ZEROS[:3]  # a slice: exactly 3 counts (see `_ZERO`)
+            counts.extend(_ZEROS[:3])
             self.first = i
         elif i < self.first:
-            counts[0:0] = _ZEROS[: 3 * (self.first - i)]
+            counts[3:3] = _ZEROS[: 3 * (self.first - i)]
             self.first = i
         elif i >= self.first + held:
             counts.extend(_ZEROS[: 3 * (i - self.first - held + 1)])
-        at = 3 * (i - self.first)
+        at = 3 + 3 * (i - self.first)
         saturated = 0
-        totals = self.totals
         for field, amount in enumerate((nanos, tokens, requests)):
             old = counts[at + field]
             new = old + amount
@@ -141,31 +141,28 @@ class _Ring:
                 new = CEILING
                 saturated += 1
             counts[at + field] = new
-            totals[field] += new - old
+            counts[field] += new - old
         return saturated
 
     def read(self, now: float) -> Counter:
         return Counter(*self.read_raw(now))
 
     def read_raw(self, now: float) -> array[int]:
-        """[nanos, tokens, requests] now, each at most `CEILING`; the caller must not keep or change it."""
+        """[nanos, tokens, requests] now, each at most `CEILING`."""
         if now >= self.until:  # else `now` is still in the newest sub-bucket: nothing to advance
             self._advance(int(now // self.step))
-        totals = self.totals
+        totals = self.counts[:3]
         if totals[0] > CEILING or totals[1] > CEILING or totals[2] > CEILING:
             return array("q", [min(total, CEILING) for total in totals])
         return totals
-
-    def empty(self) -> bool:
-        return not any(self.totals)
 
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
         self._advance(int(now // self.step))
         counts, first = self.counts, self.first
         return tuple(
-            SubBucket(first + at, *counts[3 * at : 3 * at + 3])
-            for at in range(len(counts) // 3)
+            SubBucket(first + at - 1, *counts[3 * at : 3 * at + 3])
+            for at in range(1, len(counts) // 3)
             if counts[3 * at] or counts[3 * at + 1] or counts[3 * at + 2]
         )
 
@@ -267,7 +264,7 @@ class MemoryStore:
         self._rings: dict[str, dict[str, _Ring]] = {}
         """Per rolling window (its label), each scope's ring: no (scope, label) key tuple per ring."""
         self._seen = KeySet()
-        """Span keys applied (by 128-bit digest, see `KeySet`), each until its `dedupe_until`."""
+        """Span keys applied (by 120-bit digest, see `KeySet`), each until its `dedupe_until`."""
         self._covered = KeySet()
         """Parents of applied spans: their own span is a nested one."""
         self._calls = CallIndex()
@@ -281,11 +278,14 @@ class MemoryStore:
         self._state: dict[str, dict[str, bytes]] = {}
         self._versioned: dict[str, dict[str, tuple[int, bytes]]] = {}
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
-        self._ledger: dict[int, tuple[dict[str, array[int]], list[float]]] = {}
-        """Per hour: its rows by dims (their counts in an `array`: 8 bytes a count, where a list of
-        Python ints took 40), and [until when it is kept]."""
-        self._samples: OrderedDict[str, _Series] = OrderedDict()
-        """Per key its newest samples and when it is forgotten; least recently written first."""
+        self._ledger: dict[int, tuple[dict[str, int], array[int], list[float]]] = {}
+        """Per hour: where each row's counts start (by its dims) in the hour's one `array` of counts
+        (8 bytes a count, where a list of Python ints took 40, and no array of its own per row: 64
+        bytes more each, for ten thousand agents' rows), that array, and [until when it is kept]."""
+        self._samples: dict[str, _Series] = {}
+        """Per key its newest samples and when it is forgotten; least recently written first (a dict,
+        in order of insertion: a key written is put back at the end; an `OrderedDict` took 60 bytes
+        a key more)."""
         self._report = StateReport("memory store")
         self._layout = 0
         """Changes whenever a ring or calendar counter is created or dropped."""
@@ -318,7 +318,10 @@ class MemoryStore:
         # adding them one by one, since every amount is clamped into [0, CEILING] and counts only grow
         # (a counter saturates where the one-by-one sum would have; `saturated` counts writes).
         # A record's `spread` is added up first per targets and counters (`SpreadSums`), then per counter.
-        # Ledger rows likewise: each row's counts are gathered per batch, then added to it once.
+        # Ledger rows likewise: each row's counts are gathered per batch, then added to it once, into
+        # its hour's one array of counts (so every entry has `ledger.COUNTS`' counts: refused first).
+        if any(r.ledger is not None and len(r.ledger.counts) != _LEDGER_WIDTH for r in records):
+            raise ValueError(f"a ledger entry has not {_LEDGER_WIDTH} counts (`ledger.COUNTS`): nothing was applied")
         with self._lock:
             rolling: dict[tuple[str, str, int], list[Any]] = {}
             calendar: dict[tuple[str, str, float], list[Any]] = {}
@@ -436,7 +439,7 @@ class MemoryStore:
                 rings = windows[label] = {}
             ring = rings.get(scope)
             if ring is None:
-                ring = rings[scope] = _Ring(inc.window.step)
+                ring = rings[scope] = _Ring(inc.window.step, inc.ts)
                 self._layout += 1
             saturated += ring.add(inc.ts, min(nanos, CEILING), min(tokens, CEILING), calls)
         buckets, expiry = self._calendar, self._calendar_expiry
@@ -501,7 +504,8 @@ class MemoryStore:
                 if isinstance(counter, _Ring):  # `read_raw`, inlined
                     if now >= counter.until:
                         counter._advance(int(now // counter.step))
-                    spent_nanos, spent_tokens, spent_calls = counter.totals
+                    counts = counter.counts  # its running total first
+                    spent_nanos, spent_tokens, spent_calls = counts[0], counts[1], counts[2]
                     if spent_nanos > CEILING or spent_tokens > CEILING or spent_calls > CEILING:
                         spent_nanos, spent_tokens = min(spent_nanos, CEILING), min(spent_tokens, CEILING)
                         spent_calls = min(spent_calls, CEILING)
@@ -653,8 +657,8 @@ class MemoryStore:
                 window_rings = rings.get(window.label, _NO_RINGS)
                 found = [window_rings.get(check.scope) for check in group]
                 present = [ring for ring in found if ring is not None]
-                # A ring's running total is one list it changes in place for the ring's life.
-                plans.append((field, present, [ring.totals if ring is not None else _ZERO for ring in found], [-1]))
+                # A ring's counts, its running total first, are one array it changes in place for its life.
+                plans.append((field, present, [ring.counts if ring is not None else _ZERO for ring in found], [-1]))
             else:
                 bucket = calendar.get((window.unit, start)) or {}
                 counters = [bucket.get(check.scope) for check in group]
@@ -793,14 +797,14 @@ class MemoryStore:
         hour = self._ledger.get(start)
         until = min(until, start + MEMORY_LEDGER_DAYS * 86400)
         if hour is None:
-            hour = self._ledger[start] = ({}, [until])
-        elif until > hour[1][0]:
-            hour[1][0] = until
-        rows = hour[0]
-        counts = rows.get(dims)
-        if counts is None and len(rows) >= MAX_LEDGER_ROWS:
+            hour = self._ledger[start] = ({}, array("q"), [until])
+        elif until > hour[2][0]:
+            hour[2][0] = until
+        rows, table = hour[0], hour[1]
+        row = rows.get(dims)
+        if row is None and len(rows) >= MAX_LEDGER_ROWS:
             dims = OTHER_DIMS
-            counts = rows.get(dims)
+            row = rows.get(dims)
         if min(map(min, entries)) < 0 or max(map(max, entries)) > CEILING:  # never from the engine
             entries = [tuple(map(clamp, added)) for added in entries]  # clamped where they enter
         # Each count saturates at the ceiling: it only ever grows, so it reads as the exact sum would
@@ -809,20 +813,23 @@ class MemoryStore:
             added: Sequence[int] = entries[0]
         else:
             added = [total if total < CEILING else CEILING for total in map(sum, zip(*entries, strict=True))]
-        if counts is None:  # from a tuple or list: its counts allocated exactly (from `map`, room for half more)
-            counts = rows[dims] = array("q", added)
-        else:
-            counts[:] = array("q", map(add, counts, added))
+        if row is None:
+            rows[dims] = len(table)
+            table.extend(added)
+            return
+        at = row + _LEDGER_WIDTH
+        counts = array("q", map(add, table[row:at], added))
         if max(counts) > CEILING:
-            counts[:] = array("q", [min(count, CEILING) for count in counts])
+            counts = array("q", [min(count, CEILING) for count in counts])
+        table[row:at] = counts
 
     def read_ledger(self, start: int, end: int) -> list[tuple[int, str, tuple[int, ...]]]:
         with self._lock:
             return [
-                (hour, dims, tuple(count if count <= CEILING else CEILING for count in counts))
-                for hour, (rows, _) in sorted(self._ledger.items())
+                (hour, dims, tuple(min(count, CEILING) for count in table[row : row + _LEDGER_WIDTH]))
+                for hour, (rows, table, _) in sorted(self._ledger.items())
                 if start <= hour < end
-                for dims, counts in rows.items()
+                for dims, row in rows.items()
             ]
 
     def take_outcomes(self) -> list[Outcome]:
@@ -839,16 +846,16 @@ class MemoryStore:
         with self._lock:
             series = self._samples
             for key, at, nanos, tokens in samples:
-                kept = series.get(key)
+                kept = series.pop(key, None)  # put back last: the most recently written
                 if kept is None:
                     while len(series) >= MAX_SAMPLE_KEYS:
-                        series.popitem(last=False)
-                    kept = series[key] = _Series(keep, until)
+                        del series[next(iter(series))]  # the least recently written
+                    kept = _Series(keep, until)
                 else:
                     if kept.keep != keep:
-                        kept = series[key] = kept.resized(keep)
-                    series.move_to_end(key)
+                        kept = kept.resized(keep)
                     kept.until = until
+                series[key] = kept
                 kept.append(at, clamp(nanos), clamp(tokens))
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
@@ -884,7 +891,7 @@ class MemoryStore:
                 idle += len(gone)
                 if not rings:
                     del self._rings[label]
-            hours = [hour for hour, (_, until) in self._ledger.items() if until[0] <= now]
+            hours = [hour for hour, (_, _, until) in self._ledger.items() if until[0] <= now]
             for hour in hours:
                 del self._ledger[hour]
             dropped += len(hours)

@@ -114,17 +114,17 @@ def test_a_key_is_kept_until_its_latest_time_and_at_most_a_minute_more() -> None
     assert not index.joins(probe)
 
 
-def test_a_response_id_costs_17_bytes_or_21_with_a_source_and_any_text_is_a_key() -> None:
+def test_a_response_id_costs_16_bytes_or_20_with_a_source_and_any_text_is_a_key() -> None:
     index = CallIndex()
     index.keep([CallKey(f"r\x1fchatcmpl-{i}", 0, CEILING) for i in range(100_000)], until=3600.0)
-    assert index.nbytes() == 17 * len(index)
+    assert index.nbytes() == 16 * len(index)
     index.keep((CallKey("r\x1f\ud800", 0, CEILING, "A"),), until=3600.0)  # a lone surrogate, as JSON may send
     assert index.joins((CallKey("r\x1f\ud800", 0, CEILING, "B"),))
     assert not index.joins((CallKey("r\x1f\ud800", 0, CEILING, "A"),))
     assert index.joins((CallKey("r\x1fchatcmpl-99999", 0, CEILING, "B"),))
     assert index.joins((CallKey("r\x1fchatcmpl-99999", 0, CEILING, ""),))
     assert not index.joins((CallKey("r\x1fchatcmpl-100000", 0, CEILING, "B"),))
-    assert index.nbytes() == 17 * 100_000 + 21
+    assert index.nbytes() == 16 * 100_000 + 20
     assert index.expire(3600.0) == 100_001
     assert index._source_ids == {"": 0}
 

@@ -9,6 +9,9 @@ from collections import deque
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import pytest
+
+from otel_puppy.ledger import COUNTS, LedgerEntry
 from otel_puppy.store.base import (
     Admission,
     ApplyResult,
@@ -104,7 +107,7 @@ def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_wo
         assert ring.sub_buckets(now) == tuple(
             SubBucket(i, *counts) for i, counts in sorted(counting.items()) if any(counts)
         )
-        assert len(ring.counts) <= 3 * 61
+        assert len(ring.counts) <= 3 + 3 * 61  # the running total, then at most 61 sub-buckets
 
 
 def test_a_span_kept_for_ever_is_applied_once() -> None:
@@ -146,3 +149,16 @@ def test_a_batch_adds_up_per_counter_what_one_span_at_a_time_adds() -> None:
     assert batched.read_sub_buckets(rolling, T0) == one_by_one.read_sub_buckets(rolling, T0)
     assert batched.health().saturated > 0
     assert len(batched) == len(one_by_one)
+
+
+def test_a_ledger_entry_of_another_width_is_refused_before_anything_is_applied() -> None:
+    # An hour's rows share one array of counts: an entry of 11 counts would shift every row after it.
+    store = MemoryStore()
+    hour = int(T0 // 3600 * 3600)
+    good = SpendRecord("t1s1", None, (), T0 + 60, ledger=LedgerEntry(hour, "a", (1,) * len(COUNTS), T0 + 3600))
+    bad = SpendRecord("t1s2", None, (), T0 + 60, ledger=LedgerEntry(hour, "b", (1,) * 11, T0 + 3600))
+    with pytest.raises(ValueError, match="ledger entry"):
+        store.apply([good, bad], T0)
+    assert store.read_ledger(hour, hour + 3600) == []
+    assert store.apply([good], T0) == [ApplyResult.APPLIED]  # not seen before: the batch did nothing
+    assert store.read_ledger(hour, hour + 3600) == [(hour, "a", (1,) * len(COUNTS))]
