@@ -37,7 +37,7 @@ from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_na
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, scope_label
 from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StoreFailed
-from otel_puppy.store.base import CEILING, BudgetCheck, CheckState, Store, SubBucket, fullest_states
+from otel_puppy.store.base import CEILING, BudgetCheck, CheckState, CheckTerms, Store, SubBucket, fullest_states
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window, parse_window
 
 __all__ = (
@@ -278,43 +278,51 @@ class _OneCheck(Mapping[Priority, BudgetCheck]):
         return len(self._index)
 
 
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What every instance of one budget shares: its policy, its parts, and the terms of its checks
+    (`_PolicyParts.limits` in its window, the whole limit first): one object per budget."""
+
+    policy: BudgetPolicy
+    parts: _PolicyParts
+    terms: tuple[CheckTerms, ...]
+
+    @classmethod
+    def of(cls, policy: BudgetPolicy, window: Window, parts: _PolicyParts) -> _Shared:
+        terms = tuple(CheckTerms(window, nanos, tokens, parts.blocking, calls) for nanos, tokens, calls in parts.limits)
+        return cls(policy, parts, terms)
+
+
 class BudgetInstance(BudgetCheck):
     """One budget for one scope: `per-agent` for `agent=support`, with what decide() needs precomputed.
 
     An instance is its own admission check at its budget's whole limit (the one `critical` requests
     have, and every priority of a budget without reserves): one object per instance rather than an
     instance, a check and a mapping of priorities to it (a per-user budget has tens of thousands). Its
-    `scope`, the store's, is its `key`; the rest is its budget's, shared."""
+    `scope`, the store's, is its `key`; the rest is its budget's, shared (`_Shared`, its `terms` among
+    them): four references, 64 bytes an instance."""
 
-    __slots__ = ("more", "parts", "policy", "seen")
+    __slots__ = ("seen", "shared")
 
-    policy: BudgetPolicy
-    parts: _PolicyParts
-    more: tuple[BudgetCheck, ...]
-    """The checks of the priorities its budget's reserves leave less (`_PolicyParts.fractions` after
-    the first), in that order; none for most budgets."""
+    shared: _Shared
     seen: float
     """When its `BudgetBook` last resolved it: one idle long enough is forgotten to make room."""
 
-    def __init__(
-        self,
-        policy: BudgetPolicy,
-        window: Window,
-        key: str,
-        parts: _PolicyParts,
-        *,
-        more: tuple[BudgetCheck, ...] = (),
-        seen: float = -math.inf,
-    ) -> None:
-        limit_nanos, limit_tokens, limit_calls = parts.limits[0]
-        BudgetCheck.__init__(self, key, window, limit_nanos, limit_tokens, parts.blocking, limit_calls)
-        # The check's `__setattr__` refuses (a frozen dataclass's, which cannot even pass the
-        # instance's own fields on), so they are set as `object` sets them.
+    def __init__(self, key: str, shared: _Shared, seen: float = -math.inf) -> None:
+        # The check's `__setattr__` refuses (it is frozen), so the fields are set as `object` sets them.
         set_field = object.__setattr__
-        set_field(self, "policy", policy)
-        set_field(self, "parts", parts)
-        set_field(self, "more", more)
+        set_field(self, "scope", key)
+        set_field(self, "terms", shared.terms[0])
+        set_field(self, "shared", shared)
         set_field(self, "seen", seen)
+
+    @property
+    def policy(self) -> BudgetPolicy:
+        return self.shared.policy
+
+    @property
+    def parts(self) -> _PolicyParts:
+        return self.shared.parts
 
     @property
     def key(self) -> str:
@@ -322,13 +330,19 @@ class BudgetInstance(BudgetCheck):
         return self.scope
 
     @property
+    def more(self) -> tuple[BudgetCheck, ...]:
+        """The checks of the priorities its budget's reserves leave less (`_PolicyParts.fractions` after
+        the first), in that order; none for most budgets. Built when asked, on the budget's terms."""
+        return tuple(BudgetCheck.sharing(self.scope, terms) for terms in self.shared.terms[1:])
+
+    @property
     def checks(self) -> Mapping[Priority, BudgetCheck]:
         """The admission check for each priority (the usable limit shrinks with higher priorities'
         reserves); built when asked (a plan's first request, a scrape's new groups), not kept."""
-        more = self.more
-        if not more:
-            return _OneCheck(self, self.parts.index)
-        return _PriorityChecks((self, *more), self.parts.index)
+        shared = self.shared
+        if len(shared.terms) == 1:
+            return _OneCheck(self, shared.parts.index)
+        return _PriorityChecks((self, *self.more), shared.parts.index)
 
     @property
     def label(self) -> str:
@@ -362,11 +376,7 @@ class BudgetInstance(BudgetCheck):
     @classmethod
     def keyed(cls, policy: BudgetPolicy, window: Window, key: str, parts: _PolicyParts) -> BudgetInstance:
         """`of` by the instance's `key` (`_instance_key`), which it keeps (not a copy)."""
-        more = tuple(
-            BudgetCheck(key, window, limit_nanos, limit_tokens, parts.blocking, limit_calls)
-            for limit_nanos, limit_tokens, limit_calls in parts.limits[1:]
-        )
-        return cls(policy, window, key, parts, more=more)
+        return cls(key, _Shared.of(policy, window, parts))
 
 
 def _instance_key(name: str, label: str) -> str:
@@ -409,7 +419,8 @@ class BudgetBook:
         shared: dict[str, Window] = {}
         self._windows = {b.name: shared.setdefault(b.window, parse_window(b.window, zone)) for b in budgets}
         self._cache: dict[object, tuple[BudgetInstance, ...]] = {}
-        self._parts = {b.name: _PolicyParts.of(b) for b in budgets}
+        self._shared = {b.name: _Shared.of(b, self._windows[b.name], _PolicyParts.of(b)) for b in budgets}
+        """Per budget, what its instances share (one object, referenced by each)."""
         self._instances: dict[str, dict[str, BudgetInstance]] = {
             b.name: {} if b.per else self._unscoped(b) for b in budgets
         }
@@ -548,9 +559,7 @@ class BudgetBook:
         self.generation += 1
 
     def _new_instance(self, budget: BudgetPolicy, key: str, seen: float = -math.inf) -> BudgetInstance:
-        instance = BudgetInstance.keyed(budget, self._windows[budget.name], key, self._parts[budget.name])
-        object.__setattr__(instance, "seen", seen)  # as `BudgetInstance.__init__` sets it
-        return instance
+        return BudgetInstance(key, self._shared[budget.name], seen)
 
     def _unscoped(self, budget: BudgetPolicy) -> dict[str, BudgetInstance]:
         """The instances of a budget without `per` from the start: its one (never resolved yet)."""

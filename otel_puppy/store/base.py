@@ -44,7 +44,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
@@ -71,6 +71,7 @@ __all__ = (
     "BudgetCheck",
     "CallKey",
     "CheckState",
+    "CheckTerms",
     "Counter",
     "Increment",
     "Outcome",
@@ -390,10 +391,11 @@ class Counter:
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetCheck:
-    """One budget instance in an admission: its usable limit (for the request's priority)."""
+class CheckTerms:
+    """What a check says beside its scope: its window, its usable limits and whether it blocks.
+    Shared: every instance of a budget holds its budget's terms for a priority (tens of thousands of
+    instances hold one reference, not five fields each)."""
 
-    scope: str
     window: Window
     limit_nanos: int | None
     limit_tokens: int | None
@@ -404,10 +406,87 @@ class BudgetCheck:
     the counter's requests; every admission that reserves holds one call on it until the call's span
     settles it (or it expires). Its `CheckState` token fields count calls."""
 
+
+class BudgetCheck:
+    """One budget instance in an admission: its scope, and its usable limit (for the request's
+    priority) in its `terms`, read through the fields `window`, `limit_nanos`, `limit_tokens`,
+    `blocking` and `limit_calls`. Frozen; equal (and hashed) by scope and terms, as a dataclass of
+    the six fields was."""
+
+    __slots__ = ("scope", "terms")
+
+    scope: str
+    terms: CheckTerms
+
+    def __init__(  # noqa: PLR0917 - the six fields in order, as the dataclass it was took them
+        self,
+        scope: str,
+        window: Window,
+        limit_nanos: int | None,
+        limit_tokens: int | None,
+        blocking: bool,
+        limit_calls: int | None = None,
+    ) -> None:
+        _set_field(self, "scope", scope)
+        _set_field(self, "terms", CheckTerms(window, limit_nanos, limit_tokens, blocking, limit_calls))
+
+    @classmethod
+    def sharing(cls, scope: str, terms: CheckTerms) -> BudgetCheck:
+        """A check of `scope` on `terms` (the object itself, shared)."""
+        check = cls.__new__(cls)
+        _set_field(check, "scope", scope)
+        _set_field(check, "terms", terms)
+        return check
+
+    @property
+    def window(self) -> Window:
+        return self.terms.window
+
+    @property
+    def limit_nanos(self) -> int | None:
+        return self.terms.limit_nanos
+
+    @property
+    def limit_tokens(self) -> int | None:
+        return self.terms.limit_tokens
+
+    @property
+    def blocking(self) -> bool:
+        return self.terms.blocking
+
+    @property
+    def limit_calls(self) -> int | None:
+        return self.terms.limit_calls
+
     def amounts(self, nanos: int, tokens: int) -> tuple[int, int]:
         """What a reservation of (`nanos`, `tokens`) holds on this check's scope: one call on a
         call budget (in the token slot), else the estimate."""
-        return (0, 1) if self.limit_calls is not None else (nanos, tokens)
+        return (0, 1) if self.terms.limit_calls is not None else (nanos, tokens)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.scope == other.scope and self.terms == other.terms
+
+    def __hash__(self) -> int:
+        return hash((self.scope, self.terms))
+
+    def __repr__(self) -> str:
+        terms = self.terms
+        return (
+            f"{type(self).__name__}(scope={self.scope!r}, window={terms.window!r}, limit_nanos={terms.limit_nanos!r}, "
+            f"limit_tokens={terms.limit_tokens!r}, blocking={terms.blocking!r}, limit_calls={terms.limit_calls!r})"
+        )
+
+
+_set_field: Final = object.__setattr__
+"""How a frozen check's fields are set (its own `__setattr__` refuses)."""
 
 
 class CheckState(NamedTuple):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+import sys
+from dataclasses import FrozenInstanceError, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 from otel_puppy.decision import Action, PolicyHit, Priority, Severity, policy_hit_dict
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit, budget_hit_dict
+from otel_puppy.store.base import BudgetCheck
+from otel_puppy.windows import CalendarWindow
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC).timestamp()
 POLICIES = """\
@@ -96,4 +99,46 @@ def test_priorities_with_the_same_limit_share_one_check() -> None:
         Priority.LOW: 80 * 10**9,
         Priority.BULK: 80 * 10**9,
     }
-    assert vip.checks[Priority.NORMAL] is vip.checks[Priority.BULK]
+    checks = vip.checks
+    assert checks[Priority.NORMAL] is checks[Priority.BULK]
+    assert checks[Priority.NORMAL].terms is vip.checks[Priority.LOW].terms  # the budget's, shared
+
+
+def test_the_instances_of_a_budget_share_its_terms_and_are_four_references_each() -> None:
+    """Ten thousand users make ten thousand instances of a per-user budget: each holds its scope and
+    when it was last resolved, and refers to its budget's shared part (64 bytes, where the same
+    instance holding its window, limits and budget itself took 112)."""
+    budgets = parse_policy_text(POLICIES, Path("policies/test.yaml")).budgets
+    book = BudgetBook(budgets, ZoneInfo("UTC"))
+    one = book.instances({"agent": "support", "user": "u1", "provider": "openai"})
+    two = book.instances({"agent": "billing", "user": "u2", "provider": "openai"})
+    for a, b in zip(one, two, strict=True):
+        assert a.policy is b.policy
+        assert a.terms is b.terms
+        assert a.shared is b.shared
+        assert sys.getsizeof(a) <= 64
+    per_user = next(i for i in one if i.policy.per == ("user",))
+    assert per_user.scope != two[one.index(per_user)].scope
+
+
+def test_a_check_is_frozen_and_equal_by_its_six_fields() -> None:
+    day = CalendarWindow("day", ZoneInfo("UTC"))
+    check = BudgetCheck("s", day, 1000, None, True)
+    assert check == BudgetCheck(
+        "s", CalendarWindow("day", ZoneInfo("UTC")), 1000, None, blocking=True, limit_calls=None
+    )
+    assert hash(check) == hash(BudgetCheck("s", day, 1000, None, True))
+    assert check != BudgetCheck("s", day, 1000, None, False) != BudgetCheck("t", day, 1000, None, True)
+    assert check != BudgetCheck("s", day, 1000, None, True, limit_calls=5)
+    assert (check.window, check.limit_nanos, check.limit_tokens, check.blocking, check.limit_calls) == (
+        day,
+        1000,
+        None,
+        True,
+        None,
+    )
+    with pytest.raises(FrozenInstanceError):
+        check.scope = "t"
+    with pytest.raises(FrozenInstanceError):
+        del check.terms
+    assert repr(check).startswith("BudgetCheck(scope='s', window=CalendarWindow(")
