@@ -168,48 +168,45 @@ class _Ring:
 
 
 _SAMPLE: Final = struct.Struct("<dqq")
-"""A sample of `_Series`: when (a float), nano-USD and tokens (each at most `CEILING`)."""
+"""A sample of a series: when (a float), nano-USD and tokens (each at most `CEILING`)."""
+_SERIES: Final = struct.Struct("<dII")
+"""A series' header: when the key is forgotten unless written again, how many samples it keeps
+(`keep`, at most `MAX_SAMPLES`), and the oldest sample's slot once it keeps that many (`head`)."""
+_UNTIL: Final = struct.Struct("<d")
+"""The header's first field alone (`until`)."""
 
 
-class _Series:
-    """One key's newest samples (`add_samples`): a ring of `_SAMPLE` records, 24 bytes a sample, in
-    one `bytearray` (not a deque of tuples, nor an `array` per field: an array costs 64 bytes before
-    its first sample, and most of the ten thousand keys hold a few); `head` is the oldest sample's
-    slot once the ring is full."""
+def _new_series(keep: int, until: float) -> bytearray:
+    """One key's newest samples (`add_samples`): a `_SERIES` header then a ring of `_SAMPLE` records,
+    24 bytes a sample, in one `bytearray` of its own. Not an object holding a bytearray and a float
+    (80 bytes more a key: 0.8 MB for ten thousand keys), nor a deque of tuples, nor an `array` per
+    field (64 bytes each before its first sample, and most keys hold a few)."""
+    return bytearray(_SERIES.pack(until, keep, 0))
 
-    __slots__ = ("head", "keep", "records", "until")
 
-    def __init__(self, keep: int, until: float) -> None:
-        self.keep = keep
-        self.until = until
-        """When the key is forgotten, unless written again."""
-        self.records = bytearray()
-        self.head = 0
+def _append_sample(series: bytearray, until: float, at: float, nanos: int, tokens: int) -> None:
+    """Keep one more sample, letting the oldest go once `keep` are kept; the key lasts until `until`."""
+    _, keep, head = _SERIES.unpack_from(series)
+    if len(series) < _SERIES.size + keep * _SAMPLE.size:
+        _UNTIL.pack_into(series, 0, until)
+        series += _SAMPLE.pack(at, nanos, tokens)
+        return
+    _SAMPLE.pack_into(series, _SERIES.size + head * _SAMPLE.size, at, nanos, tokens)
+    _SERIES.pack_into(series, 0, until, keep, (head + 1) % keep)
 
-    def append(self, at: float, nanos: int, tokens: int) -> None:
-        """Keep one more sample, letting the oldest go once `keep` are kept."""
-        records = self.records
-        if len(records) < self.keep * _SAMPLE.size:
-            records += _SAMPLE.pack(at, nanos, tokens)
-            return
-        head = self.head
-        _SAMPLE.pack_into(records, head * _SAMPLE.size, at, nanos, tokens)
-        self.head = (head + 1) % self.keep
 
-    def resized(self, keep: int) -> _Series:
-        """The same key keeping its newest `keep` samples."""
-        series = _Series(keep, self.until)
-        for at, nanos, tokens in reversed(self.newest_first()[:keep]):
-            series.append(at, nanos, tokens)
-        return series
+def _newest_first(series: bytearray) -> list[tuple[float, int, int]]:
+    head = _SERIES.unpack_from(series)[2]
+    samples = list(_SAMPLE.iter_unpack(series[_SERIES.size :]))
+    return samples[:head][::-1] + samples[head:][::-1]
 
-    def newest_first(self) -> list[tuple[float, int, int]]:
-        samples = list(_SAMPLE.iter_unpack(self.records))
-        head = self.head
-        return samples[:head][::-1] + samples[head:][::-1]
 
-    def __len__(self) -> int:
-        return len(self.records) // _SAMPLE.size
+def _resized(series: bytearray, keep: int, until: float) -> bytearray:
+    """The same key keeping its newest `keep` samples."""
+    resized = _new_series(keep, until)
+    for at, nanos, tokens in reversed(_newest_first(series)[:keep]):
+        _append_sample(resized, until, at, nanos, tokens)
+    return resized
 
 
 @dataclass(slots=True)
@@ -282,8 +279,8 @@ class MemoryStore:
         """Per hour: where each row's counts start (by its dims) in the hour's one `array` of counts
         (8 bytes a count, where a list of Python ints took 40, and no array of its own per row: 64
         bytes more each, for ten thousand agents' rows), that array, and [until when it is kept]."""
-        self._samples: dict[str, _Series] = {}
-        """Per key its newest samples and when it is forgotten; least recently written first (a dict,
+        self._samples: dict[str, bytearray] = {}
+        """Per key its newest samples and when it is forgotten (`_new_series`); least recently written first (a dict,
         in order of insertion: a key written is put back at the end; an `OrderedDict` took 60 bytes
         a key more)."""
         self._report = StateReport("memory store")
@@ -850,19 +847,17 @@ class MemoryStore:
                 if kept is None:
                     while len(series) >= MAX_SAMPLE_KEYS:
                         del series[next(iter(series))]  # the least recently written
-                    kept = _Series(keep, until)
-                else:
-                    if kept.keep != keep:
-                        kept = kept.resized(keep)
-                    kept.until = until
+                    kept = _new_series(keep, until)
+                elif _SERIES.unpack_from(kept)[1] != keep:
+                    kept = _resized(kept, keep, until)
                 series[key] = kept
-                kept.append(at, clamp(nanos), clamp(tokens))
+                _append_sample(kept, until, at, clamp(nanos), clamp(tokens))
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
         with self._lock:
             found = [self._samples.get(key) for key in keys]
             return [
-                [] if kept is None else [(nanos, tokens) for at, nanos, tokens in kept.newest_first() if at >= since]
+                [] if kept is None else [(nanos, tokens) for at, nanos, tokens in _newest_first(kept) if at >= since]
                 for kept in found
             ]
 
@@ -895,7 +890,7 @@ class MemoryStore:
             for hour in hours:
                 del self._ledger[hour]
             dropped += len(hours)
-            forgotten = [key for key, kept in self._samples.items() if kept.until <= now]
+            forgotten = [key for key, kept in self._samples.items() if _UNTIL.unpack_from(kept)[0] <= now]
             for key in forgotten:
                 del self._samples[key]
             before = len(self._reservations)

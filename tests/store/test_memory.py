@@ -13,6 +13,9 @@ import pytest
 
 from otel_puppy.ledger import COUNTS, LedgerEntry
 from otel_puppy.store.base import (
+    CEILING,
+    MAX_SAMPLE_KEYS,
+    MAX_SAMPLES,
     Admission,
     ApplyResult,
     BudgetCheck,
@@ -80,6 +83,33 @@ def test_samples_are_the_newest_kept_as_a_deque_of_them_would_be() -> None:
             [(nanos, tokens) for at, nanos, tokens in reversed(model) if at >= since],
             [],
         ]
+
+
+def test_a_series_lasts_until_its_latest_write_and_keeps_its_newest_through_any_keep() -> None:
+    # A series holds its `until`, `keep` and `head` in its own header: every write sets `until` (one
+    # into a full ring, one that changes `keep`), `expire` reads it, and a change of `keep` moves the
+    # key to the newest end like any write.
+    store = MemoryStore()
+    store.add_samples([Sample("k", T0, 1, 1), Sample("full", T0, 1, 1)], keep=1, ttl_s=60, now=T0)
+    store.add_samples([Sample("full", T0 + 1, 2, 2)], keep=1, ttl_s=60, now=T0 + 30)  # into its full ring
+    store.add_samples([Sample("k", T0 + 1, 2, 2)], keep=3, ttl_s=60, now=T0 + 30)  # resized
+    assert store.expire(T0 + 60) == 0
+    assert store.read_samples(["k", "full"], T0) == [[(2, 2), (1, 1)], [(2, 2)]]
+    assert store.expire(T0 + 90) == 2
+    assert store.read_samples(["k", "full"], T0) == [[], []]
+    # The largest ring, wrapped twice, at the ceiling; then kept smaller: its newest.
+    samples = [Sample("big", T0 + i, CEILING - i % 2, CEILING) for i in range(2 * MAX_SAMPLES + 7)]
+    store.add_samples(samples, keep=MAX_SAMPLES, ttl_s=60, now=T0)
+    newest = [(nanos, tokens) for _, _, nanos, tokens in reversed(samples)]
+    assert store.read_samples(["big"], T0) == [newest[:MAX_SAMPLES]]
+    store.add_samples([Sample("big", T0 + 9999, 5, 6)], keep=2, ttl_s=60, now=T0)
+    assert store.read_samples(["big"], T0) == [[(5, 6), newest[0]]]
+    # Least recently written first out: "k0" was resized after the rest were written.
+    keys = [Sample(f"k{i}", T0, i, 0) for i in range(MAX_SAMPLE_KEYS)]
+    store.add_samples(keys, keep=2, ttl_s=600, now=T0)
+    store.add_samples([Sample("k0", T0, 9, 0)], keep=4, ttl_s=600, now=T0)
+    store.add_samples([Sample("new", T0, 7, 0)], keep=2, ttl_s=600, now=T0)
+    assert store.read_samples(["k0", "k1", "k2", "new"], T0) == [[(9, 0), (0, 0)], [], [(2, 0)], [(7, 0)]]
 
 
 def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_would() -> None:
