@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import add, itemgetter
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
@@ -66,7 +66,7 @@ _ZERO: Final = array("q", bytes(24))
 slice of it: a slice allocates its 3 counts exactly, where `array("q", bytes(24))` or `extend`
 allocate room for 8 (tens of thousands of counters)."""
 _ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
-"""A ring's counts of 61 sub-buckets never written."""
+"""A ring's counts of 61 sub-buckets never written (more than its header and one sub-bucket too)."""
 _LEDGER_WIDTH: Final = len(COUNTS)
 """Counts a ledger row holds (`LedgerEntry.counts`)."""
 _NONE_RESERVED = [0, 0]
@@ -76,72 +76,114 @@ _new_state = tuple.__new__
 """`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
 
-class _Ring:
+_FIRST: Final = 3
+"""Where a ring holds the number of its first held sub-bucket (after its running total)."""
+_LAST: Final = 4
+"""Where a ring holds the number of its newest sub-bucket: it counts the 61 up to it."""
+_HELD: Final = 5
+"""Where a ring's sub-buckets' counts start."""
+
+
+_FLOATS: dict[float, float] = {}
+"""The one float object of each value `_shared` was given (at most `_FLOATS_LIMIT`)."""
+_FLOATS_LIMIT: Final = 4096
+
+
+def _shared(value: float) -> float:
+    """One object for equal floats: ten thousand rings of a window hold the same step and mostly the
+    same `until`, 32 bytes each as objects of their own (`RollingWindow.step` computes a new one each
+    time): 0.64 MB for ten thousand rings. Forgotten all at once past `_FLOATS_LIMIT` values (a new
+    `until` per sub-bucket); equal floats are interchangeable (no NaN reaches here: `int(now // step)`
+    refuses it first)."""
+    shared = _FLOATS.get(value)
+    if shared is None:
+        if len(_FLOATS) >= _FLOATS_LIMIT:
+            _FLOATS.clear()
+        shared = _FLOATS[value] = value
+    return shared
+
+
+if TYPE_CHECKING:
+    _Int64s = array[int]
+else:
+    _Int64s = array  # `array[int]` at run time only from Python 3.12
+
+
+class _Ring(_Int64s):
     """The sub-buckets of a rolling window that count (the 61 up to `last`) and their running total.
 
-    `counts` holds first the running total (nanos, tokens, requests: the exact sums of the sub-buckets,
-    at most 61 times the ceiling, which an int64 holds), then (nanos, tokens, requests) per sub-bucket,
-    three int64s each, for the sub-buckets from `first` to the newest one written (those in between
-    never written hold zeros); none before the oldest written that still counts, none after the newest
-    written. One `array` for both, for the ring's life (`read_fullest` keeps it): a ring written in one
-    sub-bucket holds 48 bytes of counts in one array, not two arrays nor 61 slots of three lists."""
+    The ring is itself its `array` of int64s: first the running total (nanos, tokens, requests: the
+    exact sums of the sub-buckets, at most 61 times the ceiling, which an int64 holds), then the
+    numbers of its first held sub-bucket (`_FIRST`) and of its newest (`_LAST`), then (nanos, tokens,
+    requests) per sub-bucket from the first held to the newest one written (those in between never
+    written hold zeros); none before the oldest written that still counts, none after the newest
+    written. The same object for the ring's life (`read_fullest` keeps it).
 
-    __slots__ = ("counts", "first", "last", "step", "until")
+    One object: a ring written in one sub-bucket takes 96 bytes plus 64 of counts, where an object of
+    five slots holding an array, two Python ints and two floats took 320 (a ring per user: 1.6 MB
+    for ten thousand). Its `step` and `until` are floats other rings share (`_shared`); the `step`
+    slot costs nothing: the object is 88 bytes without it, 96 with it, allocated in 16s.
+    Sub-bucket numbers are int64s (a clock before the year 10**13)."""
 
-    def __init__(self, step: float, ts: float | None = None) -> None:
-        self.step = step
-        self.last = -1
-        """The newest sub-bucket: the ring counts the 61 up to it."""
-        self.until = -math.inf
+    __slots__ = ("step", "until")
+    step: float
+    until: float
+
+    def __new__(cls, step: float, ts: float | None = None) -> _Ring:
+        # From an array: its counts allocated exactly (`bytes` or `extend` allocate room for more).
+        # With `ts`, room for its sub-bucket, which `add` writes. (typeshed's `array.__new__` returns
+        # `array[int]` whatever the class.)
+        ring: _Ring = super().__new__(cls, "q", _ZEROS[: _HELD if ts is None else _HELD + 3])  # type: ignore[assignment]
+        ring.step = _shared(step)
+        ring.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
-        self.first = 0 if ts is None else int(ts // step)
-        """The sub-bucket of `counts`' first sub-bucket's entries."""
-        self.counts = _ZEROS[: 3 if ts is None else 6]
-        """A slice: its counts allocated exactly. With `ts`, room for its sub-bucket, which `add` writes."""
+        ring[_FIRST] = 0 if ts is None else int(ts // step)
+        ring[_LAST] = -1
+        return ring
 
     def _advance(self, newest: int) -> None:
-        if newest <= self.last:
+        if newest <= self[_LAST]:
             return
-        counts = self.counts
-        gone = min(len(counts) // 3 - 1, newest - SUB_BUCKETS - self.first)  # the oldest, no longer counting
+        first = self[_FIRST]
+        gone = min((len(self) - _HELD) // 3, newest - SUB_BUCKETS - first)  # the oldest, no longer counting
         if gone > 0:
-            end = 3 + 3 * gone
-            counts[0] -= sum(counts[3:end:3])
-            counts[1] -= sum(counts[4:end:3])
-            counts[2] -= sum(counts[5:end:3])
-            del counts[3:end]
-            self.first += gone
-        self.last = newest
+            end = _HELD + 3 * gone
+            self[0] -= sum(self[_HELD:end:3])
+            self[1] -= sum(self[_HELD + 1 : end : 3])
+            self[2] -= sum(self[_HELD + 2 : end : 3])
+            del self[_HELD:end]
+            self[_FIRST] = first + gone
+        self[_LAST] = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
-        self.until = math.nextafter((newest + 1) * self.step, -math.inf)
+        self.until = _shared(math.nextafter((newest + 1) * self.step, -math.inf))
 
     def add(self, ts: float, nanos: int, tokens: int, requests: int = 1) -> int:
         """Add to the sub-bucket of `ts` (amounts in `[0, CEILING]`); returns how many of its
         counts are at the ceiling now (saturated)."""
         i = int(ts // self.step)
         self._advance(i)
-        if i <= self.last - _SLOTS:  # older than the window: it no longer counts
+        if i <= self[_LAST] - _SLOTS:  # older than the window: it no longer counts
             return 0
-        counts = self.counts
-        held = len(counts) // 3 - 1
+        held = (len(self) - _HELD) // 3
+        first = self[_FIRST]
         if not held:
-            counts.extend(_ZEROS[:3])
-            self.first = i
-        elif i < self.first:
-            counts[3:3] = _ZEROS[: 3 * (self.first - i)]
-            self.first = i
-        elif i >= self.first + held:
-            counts.extend(_ZEROS[: 3 * (i - self.first - held + 1)])
-        at = 3 + 3 * (i - self.first)
+            self.extend(_ZEROS[:3])
+            self[_FIRST] = first = i
+        elif i < first:
+            self[_HELD:_HELD] = _ZEROS[: 3 * (first - i)]
+            self[_FIRST] = first = i
+        elif i >= first + held:
+            self.extend(_ZEROS[: 3 * (i - first - held + 1)])
+        at = _HELD + 3 * (i - first)
         saturated = 0
         for field, amount in enumerate((nanos, tokens, requests)):
-            old = counts[at + field]
+            old = self[at + field]
             new = old + amount
             if new >= CEILING:
                 new = CEILING
                 saturated += 1
-            counts[at + field] = new
-            counts[field] += new - old
+            self[at + field] = new
+            self[field] += new - old
         return saturated
 
     def read(self, now: float) -> Counter:
@@ -151,7 +193,7 @@ class _Ring:
         """[nanos, tokens, requests] now, each at most `CEILING`."""
         if now >= self.until:  # else `now` is still in the newest sub-bucket: nothing to advance
             self._advance(int(now // self.step))
-        totals = self.counts[:3]
+        totals = self[:3]  # a plain `array`
         if totals[0] > CEILING or totals[1] > CEILING or totals[2] > CEILING:
             return array("q", [min(total, CEILING) for total in totals])
         return totals
@@ -159,11 +201,11 @@ class _Ring:
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
         self._advance(int(now // self.step))
-        counts, first = self.counts, self.first
+        first = self[_FIRST]
         return tuple(
-            SubBucket(first + at - 1, *counts[3 * at : 3 * at + 3])
-            for at in range(1, len(counts) // 3)
-            if counts[3 * at] or counts[3 * at + 1] or counts[3 * at + 2]
+            SubBucket(first + (at - _HELD) // 3, *self[at : at + 3])
+            for at in range(_HELD, len(self), 3)
+            if self[at] or self[at + 1] or self[at + 2]
         )
 
 
@@ -501,8 +543,7 @@ class MemoryStore:
                 if isinstance(counter, _Ring):  # `read_raw`, inlined
                     if now >= counter.until:
                         counter._advance(int(now // counter.step))
-                    counts = counter.counts  # its running total first
-                    spent_nanos, spent_tokens, spent_calls = counts[0], counts[1], counts[2]
+                    spent_nanos, spent_tokens, spent_calls = counter[0], counter[1], counter[2]  # its running total
                     if spent_nanos > CEILING or spent_tokens > CEILING or spent_calls > CEILING:
                         spent_nanos, spent_tokens = min(spent_nanos, CEILING), min(spent_tokens, CEILING)
                         spent_calls = min(spent_calls, CEILING)
@@ -618,7 +659,7 @@ class MemoryStore:
                 if group_rings:  # a rolling window: bring each ring to now first (once per step:
                     newest = int(now // group_rings[0].step)  # writes only move a ring forward)
                     if advanced[0] != newest:
-                        for ring in [ring for ring in group_rings if ring.last < newest]:
+                        for ring in [ring for ring in group_rings if ring[_LAST] < newest]:
                             ring._advance(newest)
                         advanced[0] = newest
                 # In C, not a Python loop per check: the first counter with the most, and its index
@@ -654,8 +695,8 @@ class MemoryStore:
                 window_rings = rings.get(window.label, _NO_RINGS)
                 found = [window_rings.get(check.scope) for check in group]
                 present = [ring for ring in found if ring is not None]
-                # A ring's counts, its running total first, are one array it changes in place for its life.
-                plans.append((field, present, [ring.counts if ring is not None else _ZERO for ring in found], [-1]))
+                # A ring is an array of its counts, its running total first, changed in place for its life.
+                plans.append((field, present, [ring if ring is not None else _ZERO for ring in found], [-1]))
             else:
                 bucket = calendar.get((window.unit, start)) or {}
                 counters = [bucket.get(check.scope) for check in group]

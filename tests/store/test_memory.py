@@ -26,7 +26,7 @@ from otel_puppy.store.base import (
     SubBucket,
     check_state,
 )
-from otel_puppy.store.memory import MemoryStore, _Ring
+from otel_puppy.store.memory import _FLOATS, _FLOATS_LIMIT, MemoryStore, _Ring, _shared
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
 UTC = ZoneInfo("UTC")
@@ -137,7 +137,44 @@ def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_wo
         assert ring.sub_buckets(now) == tuple(
             SubBucket(i, *counts) for i, counts in sorted(counting.items()) if any(counts)
         )
-        assert len(ring.counts) <= 3 + 3 * 61  # the running total, then at most 61 sub-buckets
+        assert len(ring) <= 5 + 3 * 61  # the running total, first and last, then at most 61 sub-buckets
+
+
+def test_a_ring_of_61_sub_buckets_at_the_ceiling_reads_it_and_lets_each_go_in_turn() -> None:
+    # The running total is the exact sum (61 times the ceiling fits its int64) and reads as the
+    # ceiling; the ring holds the numbers of its first and newest sub-buckets in its own array after it.
+    step = 60.0
+    ring, first = _Ring(step, T0), int(T0 // step)
+    for i in range(61):
+        assert ring.add(T0 + i * step, CEILING, CEILING, CEILING) == 3
+    assert ring.add(T0, 1, 1, 1) == 3  # saturated: stays at the ceiling
+    now = T0 + 60 * step
+    assert list(ring.read_raw(now)) == [CEILING] * 3
+    assert ring[:5].tolist() == [61 * CEILING] * 3 + [first, first + 60]
+    assert ring.sub_buckets(now) == tuple(SubBucket(first + i, CEILING, CEILING, CEILING) for i in range(61))
+    assert len(ring) == 5 + 3 * 61
+    for gone in range(1, 62):  # each sub-bucket forward lets the oldest go, exactly
+        now += step
+        assert list(ring.read_raw(now)) == [CEILING if gone < 61 else 0] * 3
+        assert ring[:5].tolist() == [(61 - gone) * CEILING] * 3 + [first + gone, first + 60 + gone]
+        assert len(ring.sub_buckets(now)) == 61 - gone
+    assert ring.add(now, 7, 8) == 0
+    assert ring.tolist() == [7, 8, 1, first + 121, first + 121, 7, 8, 1]
+
+
+def test_rings_of_a_window_share_their_step_and_until_objects_and_the_floats_kept_are_bounded() -> None:
+    # Equal floats as one object (`_shared`): 32 bytes a ring each, else. The memo forgets past its bound.
+    window = RollingWindow(3600, "1h")
+    one, other = _Ring(window.step, T0), _Ring(window.step, T0 + 1)
+    assert window.step is not window.step  # a new float each time: the ring keeps a shared one
+    assert one.step is other.step
+    one.add(T0, 1, 1)
+    other.add(T0 + 1, 1, 1)
+    assert one.until == other.until
+    assert one.until is other.until
+    for i in range(2 * _FLOATS_LIMIT):
+        assert _shared(i + 0.5) == i + 0.5
+        assert len(_FLOATS) <= _FLOATS_LIMIT
 
 
 def test_a_span_kept_for_ever_is_applied_once() -> None:
