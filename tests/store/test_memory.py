@@ -20,11 +20,13 @@ from otel_puppy.store.base import (
     ApplyResult,
     BudgetCheck,
     CheckState,
+    Counter,
     Increment,
     Sample,
     SpendRecord,
     SubBucket,
     check_state,
+    fullest_states,
 )
 from otel_puppy.store.memory import _FLOATS, _FLOATS_LIMIT, MemoryStore, _Ring, _shared
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
@@ -175,6 +177,42 @@ def test_rings_of_a_window_share_their_step_and_until_objects_and_the_floats_kep
     for i in range(2 * _FLOATS_LIMIT):
         assert _shared(i + 0.5) == i + 0.5
         assert len(_FLOATS) <= _FLOATS_LIMIT
+
+
+def test_a_calendar_buckets_counters_in_one_array_read_as_a_counter_each_would() -> None:
+    # Three hundred scopes share the day's array (where most start past 256); some never written
+    # read the zeros it starts with, and the next day has no bucket yet. Every read (totals, admit,
+    # read_budgets, read_fullest) against a dict of saturating counters, through sums past the ceiling.
+    rng = random.Random(3)
+    day = CalendarWindow("day", UTC)
+    scopes = [f"s{i}" for i in range(320)]
+    model = {scope: [0, 0, 0] for scope in scopes}
+    store = MemoryStore()
+    for n in range(1500):
+        scope = rng.choice(scopes[:300])  # s300 to s319: never written
+        nanos, tokens = rng.choice((0, 5, CEILING // 2, CEILING)), rng.choice((0, 7, CEILING))
+        store.apply([SpendRecord(f"span-{n}", None, (Increment(scope, day, T0, nanos, tokens),), T0 + 86400)], T0)
+        counts = model[scope]
+        counts[:] = [min(count + added, CEILING) for count, added in zip(counts, (nanos, tokens, 1), strict=True)]
+    written = sum(1 for counts in model.values() if counts[2])
+    assert 290 < written < 300
+    assert len(store) == written + 1500  # counters and span keys
+    for now in (T0, T0 + 86400):  # that day's bucket, then a day with none
+        spent = model if now == T0 else {scope: [0, 0, 0] for scope in scopes}
+        assert store.totals([(scope, day) for scope in scopes], now) == [Counter(*spent[s]) for s in scopes]
+        checks = [
+            BudgetCheck(scope, day, nanos, tokens, False, calls)
+            for scope in scopes
+            for nanos, tokens, calls in ((CEILING, None, None), (None, 10**9, None), (None, None, 4))
+        ]
+        expected = [check_state(check, spent[check.scope], (0, 0), 0, 0) for check in checks]
+        assert store.read_budgets(checks, now) == expected
+        admitted = store.admit(Admission("d", tuple(checks), 0, 0, now + 60, None, reserve=False), now)
+        assert list(admitted.states) == expected
+        groups = [checks[kind::3][first : first + size] for kind in range(3) for first, size in ((0, 320), (290, 30))]
+        flat = [c for group in groups for c in group]
+        assert store.read_fullest(groups, now) == fullest_states(groups, store.read_budgets(flat, now))
+    assert store.expire(T0 + 10 * 86400) == written + 1500
 
 
 def test_a_span_kept_for_ever_is_applied_once() -> None:
