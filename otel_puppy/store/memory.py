@@ -226,17 +226,6 @@ def _new_series(keep: int, until: float) -> bytearray:
     return bytearray(_SERIES.pack(until, keep, 0))
 
 
-def _append_sample(series: bytearray, until: float, at: float, nanos: int, tokens: int) -> None:
-    """Keep one more sample, letting the oldest go once `keep` are kept; the key lasts until `until`."""
-    _, keep, head = _SERIES.unpack_from(series)
-    if len(series) < _SERIES.size + keep * _SAMPLE.size:
-        _UNTIL.pack_into(series, 0, until)
-        series += _SAMPLE.pack(at, nanos, tokens)
-        return
-    _SAMPLE.pack_into(series, _SERIES.size + head * _SAMPLE.size, at, nanos, tokens)
-    _SERIES.pack_into(series, 0, until, keep, (head + 1) % keep)
-
-
 def _newest_first(series: bytearray) -> list[tuple[float, int, int]]:
     head = _SERIES.unpack_from(series)[2]
     samples = list(_SAMPLE.iter_unpack(series[_SERIES.size :]))
@@ -244,11 +233,9 @@ def _newest_first(series: bytearray) -> list[tuple[float, int, int]]:
 
 
 def _resized(series: bytearray, keep: int, until: float) -> bytearray:
-    """The same key keeping its newest `keep` samples."""
-    resized = _new_series(keep, until)
-    for at, nanos, tokens in reversed(_newest_first(series)[:keep]):
-        _append_sample(resized, until, at, nanos, tokens)
-    return resized
+    """The same key keeping its newest `keep` samples, oldest first (its oldest slot, `head`, is 0)."""
+    kept = reversed(_newest_first(series)[:keep])
+    return bytearray(_SERIES.pack(until, keep, 0) + b"".join(_SAMPLE.pack(*sample) for sample in kept))
 
 
 @dataclass(slots=True)
@@ -900,16 +887,26 @@ class MemoryStore:
         until = now + ttl_s
         with self._lock:
             series = self._samples
+            full = _SERIES.size + keep * _SAMPLE.size
+            header_of, write_header, write_sample = _SERIES.unpack_from, _SERIES.pack_into, _SAMPLE.pack_into
             for key, at, nanos, tokens in samples:
                 kept = series.pop(key, None)  # put back last: the most recently written
                 if kept is None:
                     while len(series) >= MAX_SAMPLE_KEYS:
                         del series[next(iter(series))]  # the least recently written
                     kept = _new_series(keep, until)
-                elif _SERIES.unpack_from(kept)[1] != keep:
+                _, kept_keep, head = header_of(kept)
+                if kept_keep != keep:
                     kept = _resized(kept, keep, until)
+                    head = 0
                 series[key] = kept
-                _append_sample(kept, until, at, clamp(nanos), clamp(tokens))
+                # One more sample, the oldest let go once `keep` are kept; the key lasts until `until`.
+                if len(kept) < full:
+                    _UNTIL.pack_into(kept, 0, until)
+                    kept += _SAMPLE.pack(at, clamp(nanos), clamp(tokens))
+                else:
+                    write_sample(kept, _SERIES.size + head * _SAMPLE.size, at, clamp(nanos), clamp(tokens))
+                    write_header(kept, 0, until, keep, (head + 1) % keep)
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
         with self._lock:
