@@ -1,6 +1,7 @@
 """In-memory store: one lock, dicts of integers. The library default.
 
-Calendar windows keep one counter per (scope, window, bucket start). Rolling windows keep a ring
+Calendar windows keep one counter per (scope, window, bucket start), the counters of a bucket in
+one `array` (24 bytes a counter). Rolling windows keep a ring
 of 61 sub-buckets per (scope, window) with a running total, so reading a trailing 24 hours is
 O(1) rather than a sum over 61 counters; a ring holds only the sub-buckets from its oldest written
 one still counting to its newest, in one `array` (24 bytes a sub-bucket).
@@ -25,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import add, itemgetter
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from otel_puppy.exceptions import StoreError
 from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
@@ -62,11 +63,10 @@ __all__ = ("MemoryStore",)
 
 _SLOTS = SUB_BUCKETS + 1
 _ZERO: Final = array("q", bytes(24))
-"""The counts of a counter never written (never changed: a shared stand-in). A new counter is a
-slice of it: a slice allocates its 3 counts exactly, where `array("q", bytes(24))` or `extend`
-allocate room for 8 (tens of thousands of counters)."""
+"""The counts of a counter never written (never changed: a shared stand-in). A calendar bucket's
+counters start with a copy of it (`MemoryStore._calendar`)."""
 _ZEROS: Final = array("q", bytes(8 * 3 * _SLOTS))
-"""A ring's counts of 61 sub-buckets never written."""
+"""A ring's counts of 61 sub-buckets never written (more than its header and one sub-bucket too)."""
 _LEDGER_WIDTH: Final = len(COUNTS)
 """Counts a ledger row holds (`LedgerEntry.counts`)."""
 _NONE_RESERVED = [0, 0]
@@ -76,72 +76,114 @@ _new_state = tuple.__new__
 """`CheckState`'s fields as a tuple, without the named tuple's Python-level `__new__`."""
 
 
-class _Ring:
+_FIRST: Final = 3
+"""Where a ring holds the number of its first held sub-bucket (after its running total)."""
+_LAST: Final = 4
+"""Where a ring holds the number of its newest sub-bucket: it counts the 61 up to it."""
+_HELD: Final = 5
+"""Where a ring's sub-buckets' counts start."""
+
+
+_FLOATS: dict[float, float] = {}
+"""The one float object of each value `_shared` was given (at most `_FLOATS_LIMIT`)."""
+_FLOATS_LIMIT: Final = 4096
+
+
+def _shared(value: float) -> float:
+    """One object for equal floats: ten thousand rings of a window hold the same step and mostly the
+    same `until`, 32 bytes each as objects of their own (`RollingWindow.step` computes a new one each
+    time): 0.64 MB for ten thousand rings. Forgotten all at once past `_FLOATS_LIMIT` values (a new
+    `until` per sub-bucket); equal floats are interchangeable (no NaN reaches here: `int(now // step)`
+    refuses it first)."""
+    shared = _FLOATS.get(value)
+    if shared is None:
+        if len(_FLOATS) >= _FLOATS_LIMIT:
+            _FLOATS.clear()
+        shared = _FLOATS[value] = value
+    return shared
+
+
+if TYPE_CHECKING:
+    _Int64s = array[int]
+else:
+    _Int64s = array  # `array[int]` at run time only from Python 3.12
+
+
+class _Ring(_Int64s):
     """The sub-buckets of a rolling window that count (the 61 up to `last`) and their running total.
 
-    `counts` holds first the running total (nanos, tokens, requests: the exact sums of the sub-buckets,
-    at most 61 times the ceiling, which an int64 holds), then (nanos, tokens, requests) per sub-bucket,
-    three int64s each, for the sub-buckets from `first` to the newest one written (those in between
-    never written hold zeros); none before the oldest written that still counts, none after the newest
-    written. One `array` for both, for the ring's life (`read_fullest` keeps it): a ring written in one
-    sub-bucket holds 48 bytes of counts in one array, not two arrays nor 61 slots of three lists."""
+    The ring is itself its `array` of int64s: first the running total (nanos, tokens, requests: the
+    exact sums of the sub-buckets, at most 61 times the ceiling, which an int64 holds), then the
+    numbers of its first held sub-bucket (`_FIRST`) and of its newest (`_LAST`), then (nanos, tokens,
+    requests) per sub-bucket from the first held to the newest one written (those in between never
+    written hold zeros); none before the oldest written that still counts, none after the newest
+    written. The same object for the ring's life (`read_fullest` keeps it).
 
-    __slots__ = ("counts", "first", "last", "step", "until")
+    One object: a ring written in one sub-bucket takes 96 bytes plus 64 of counts, where an object of
+    five slots holding an array, two Python ints and two floats took 320 (a ring per user: 1.6 MB
+    for ten thousand). Its `step` and `until` are floats other rings share (`_shared`); the `step`
+    slot costs nothing: the object is 88 bytes without it, 96 with it, allocated in 16s.
+    Sub-bucket numbers are int64s (a clock before the year 10**13)."""
 
-    def __init__(self, step: float, ts: float | None = None) -> None:
-        self.step = step
-        self.last = -1
-        """The newest sub-bucket: the ring counts the 61 up to it."""
-        self.until = -math.inf
+    __slots__ = ("step", "until")
+    step: float
+    until: float
+
+    def __new__(cls, step: float, ts: float | None = None) -> _Ring:
+        # From an array: its counts allocated exactly (`bytes` or `extend` allocate room for more).
+        # With `ts`, room for its sub-bucket, which `add` writes. (typeshed's `array.__new__` returns
+        # `array[int]` whatever the class.)
+        ring: _Ring = super().__new__(cls, "q", _ZEROS[: _HELD if ts is None else _HELD + 3])  # type: ignore[assignment]
+        ring.step = _shared(step)
+        ring.until = -math.inf
         """When the newest sub-bucket ends: before it, reading needs no `_advance`."""
-        self.first = 0 if ts is None else int(ts // step)
-        """The sub-bucket of `counts`' first sub-bucket's entries."""
-        self.counts = _ZEROS[: 3 if ts is None else 6]
-        """A slice: its counts allocated exactly. With `ts`, room for its sub-bucket, which `add` writes."""
+        ring[_FIRST] = 0 if ts is None else int(ts // step)
+        ring[_LAST] = -1
+        return ring
 
     def _advance(self, newest: int) -> None:
-        if newest <= self.last:
+        if newest <= self[_LAST]:
             return
-        counts = self.counts
-        gone = min(len(counts) // 3 - 1, newest - SUB_BUCKETS - self.first)  # the oldest, no longer counting
+        first = self[_FIRST]
+        gone = min((len(self) - _HELD) // 3, newest - SUB_BUCKETS - first)  # the oldest, no longer counting
         if gone > 0:
-            end = 3 + 3 * gone
-            counts[0] -= sum(counts[3:end:3])
-            counts[1] -= sum(counts[4:end:3])
-            counts[2] -= sum(counts[5:end:3])
-            del counts[3:end]
-            self.first += gone
-        self.last = newest
+            end = _HELD + 3 * gone
+            self[0] -= sum(self[_HELD:end:3])
+            self[1] -= sum(self[_HELD + 1 : end : 3])
+            self[2] -= sum(self[_HELD + 2 : end : 3])
+            del self[_HELD:end]
+            self[_FIRST] = first + gone
+        self[_LAST] = newest
         # One ulp below the product (rounded by at most half an ulp): never after the true end.
-        self.until = math.nextafter((newest + 1) * self.step, -math.inf)
+        self.until = _shared(math.nextafter((newest + 1) * self.step, -math.inf))
 
     def add(self, ts: float, nanos: int, tokens: int, requests: int = 1) -> int:
         """Add to the sub-bucket of `ts` (amounts in `[0, CEILING]`); returns how many of its
         counts are at the ceiling now (saturated)."""
         i = int(ts // self.step)
         self._advance(i)
-        if i <= self.last - _SLOTS:  # older than the window: it no longer counts
+        if i <= self[_LAST] - _SLOTS:  # older than the window: it no longer counts
             return 0
-        counts = self.counts
-        held = len(counts) // 3 - 1
+        held = (len(self) - _HELD) // 3
+        first = self[_FIRST]
         if not held:
-            counts.extend(_ZEROS[:3])
-            self.first = i
-        elif i < self.first:
-            counts[3:3] = _ZEROS[: 3 * (self.first - i)]
-            self.first = i
-        elif i >= self.first + held:
-            counts.extend(_ZEROS[: 3 * (i - self.first - held + 1)])
-        at = 3 + 3 * (i - self.first)
+            self.extend(_ZEROS[:3])
+            self[_FIRST] = first = i
+        elif i < first:
+            self[_HELD:_HELD] = _ZEROS[: 3 * (first - i)]
+            self[_FIRST] = first = i
+        elif i >= first + held:
+            self.extend(_ZEROS[: 3 * (i - first - held + 1)])
+        at = _HELD + 3 * (i - first)
         saturated = 0
         for field, amount in enumerate((nanos, tokens, requests)):
-            old = counts[at + field]
+            old = self[at + field]
             new = old + amount
             if new >= CEILING:
                 new = CEILING
                 saturated += 1
-            counts[at + field] = new
-            counts[field] += new - old
+            self[at + field] = new
+            self[field] += new - old
         return saturated
 
     def read(self, now: float) -> Counter:
@@ -151,7 +193,7 @@ class _Ring:
         """[nanos, tokens, requests] now, each at most `CEILING`."""
         if now >= self.until:  # else `now` is still in the newest sub-bucket: nothing to advance
             self._advance(int(now // self.step))
-        totals = self.counts[:3]
+        totals = self[:3]  # a plain `array`
         if totals[0] > CEILING or totals[1] > CEILING or totals[2] > CEILING:
             return array("q", [min(total, CEILING) for total in totals])
         return totals
@@ -159,57 +201,42 @@ class _Ring:
     def sub_buckets(self, now: float) -> tuple[SubBucket, ...]:
         """The sub-buckets that count at `now` and hold spend, oldest first."""
         self._advance(int(now // self.step))
-        counts, first = self.counts, self.first
+        first = self[_FIRST]
         return tuple(
-            SubBucket(first + at - 1, *counts[3 * at : 3 * at + 3])
-            for at in range(1, len(counts) // 3)
-            if counts[3 * at] or counts[3 * at + 1] or counts[3 * at + 2]
+            SubBucket(first + (at - _HELD) // 3, *self[at : at + 3])
+            for at in range(_HELD, len(self), 3)
+            if self[at] or self[at + 1] or self[at + 2]
         )
 
 
 _SAMPLE: Final = struct.Struct("<dqq")
-"""A sample of `_Series`: when (a float), nano-USD and tokens (each at most `CEILING`)."""
+"""A sample of a series: when (a float), nano-USD and tokens (each at most `CEILING`)."""
+_SERIES: Final = struct.Struct("<dII")
+"""A series' header: when the key is forgotten unless written again, how many samples it keeps
+(`keep`, at most `MAX_SAMPLES`), and the oldest sample's slot once it keeps that many (`head`)."""
+_UNTIL: Final = struct.Struct("<d")
+"""The header's first field alone (`until`)."""
 
 
-class _Series:
-    """One key's newest samples (`add_samples`): a ring of `_SAMPLE` records, 24 bytes a sample, in
-    one `bytearray` (not a deque of tuples, nor an `array` per field: an array costs 64 bytes before
-    its first sample, and most of the ten thousand keys hold a few); `head` is the oldest sample's
-    slot once the ring is full."""
+def _new_series(keep: int, until: float) -> bytearray:
+    """One key's newest samples (`add_samples`): a `_SERIES` header then a ring of `_SAMPLE` records,
+    24 bytes a sample, in one `bytearray` of its own. Not an object holding a bytearray and the key's
+    `until` (48 bytes more a key: 0.48 MB for the ten thousand of `bench/bench_memory.py`), nor a
+    deque of tuples, nor an `array` per field (64 bytes each before its first sample, and most keys
+    hold a few)."""
+    return bytearray(_SERIES.pack(until, keep, 0))
 
-    __slots__ = ("head", "keep", "records", "until")
 
-    def __init__(self, keep: int, until: float) -> None:
-        self.keep = keep
-        self.until = until
-        """When the key is forgotten, unless written again."""
-        self.records = bytearray()
-        self.head = 0
+def _newest_first(series: bytearray) -> list[tuple[float, int, int]]:
+    head = _SERIES.unpack_from(series)[2]
+    samples = list(_SAMPLE.iter_unpack(series[_SERIES.size :]))
+    return samples[:head][::-1] + samples[head:][::-1]
 
-    def append(self, at: float, nanos: int, tokens: int) -> None:
-        """Keep one more sample, letting the oldest go once `keep` are kept."""
-        records = self.records
-        if len(records) < self.keep * _SAMPLE.size:
-            records += _SAMPLE.pack(at, nanos, tokens)
-            return
-        head = self.head
-        _SAMPLE.pack_into(records, head * _SAMPLE.size, at, nanos, tokens)
-        self.head = (head + 1) % self.keep
 
-    def resized(self, keep: int) -> _Series:
-        """The same key keeping its newest `keep` samples."""
-        series = _Series(keep, self.until)
-        for at, nanos, tokens in reversed(self.newest_first()[:keep]):
-            series.append(at, nanos, tokens)
-        return series
-
-    def newest_first(self) -> list[tuple[float, int, int]]:
-        samples = list(_SAMPLE.iter_unpack(self.records))
-        head = self.head
-        return samples[:head][::-1] + samples[head:][::-1]
-
-    def __len__(self) -> int:
-        return len(self.records) // _SAMPLE.size
+def _resized(series: bytearray, keep: int, until: float) -> bytearray:
+    """The same key keeping its newest `keep` samples, oldest first (its oldest slot, `head`, is 0)."""
+    kept = reversed(_newest_first(series)[:keep])
+    return bytearray(_SERIES.pack(until, keep, 0) + b"".join(_SAMPLE.pack(*sample) for sample in kept))
 
 
 @dataclass(slots=True)
@@ -225,8 +252,9 @@ class _Reservation:
     source: str
 
 
-_Counter = tuple["_Ring | array[int]", str, int | None, int | None, bool, int | None, list[int]]
-"""What `admit` reads for one check: its counter, its scope, its limits (clamped to `CEILING`),
+_Counter = tuple["_Ring | array[int]", int, int | None, int | None, bool, int | None, list[int]]
+"""What `admit` reads for one check: its counts (a ring, a calendar bucket's counters, or `_ZERO`)
+and where its own start in them (0 but in a bucket's), its limits (clamped to `CEILING`),
 whether it blocks, its call limit (clamped) if it is a call budget, and its scope's reserved totals
 (the very list `_reserved` holds, which reservations change in place)."""
 _RANKED_BY: Final = (itemgetter(0), itemgetter(1), itemgetter(2))
@@ -236,12 +264,12 @@ _Found = tuple[tuple[BudgetCheck, ...], int, float, float, list[_Counter], bool]
 counter, and whether a call budget is among them (an admission then reserves with no estimate)."""
 _FOUND_LIMIT: Final = 4096
 """Admission shapes kept (one per request shape in use; forgotten all at once past this)."""
-_Plan = tuple[int, list["_Ring"], list["array[int]"], list[int]]
-"""Per group of `read_fullest`: the field it ranks by, its rings (if rolling), each check's counter,
-and (one item) the step every ring of the group was last brought to."""
-"""`read_fullest`'s plan of a group: the field it ranks by, the rings to bring to now (a rolling
-window), and per check the counts it reads (a ring's running total or a calendar counter; zeros
-when there is none yet)."""
+_Plan = tuple[int, list["_Ring"], list["array[int]"], "itemgetter[tuple[int, ...]] | None", list[int]]
+"""`read_fullest`'s plan of a group: the field it ranks by; the rings to bring to now and per check
+its ring (`_ZERO` when there is none yet), if a rolling window; else its calendar bucket's counters
+(one item: `_ZERO` when there is no bucket yet) and what reads the field of each check's counter
+from them (its zeros when there is none yet); then (one item) the step every ring of the group was
+last brought to."""
 
 
 class MemoryStore:
@@ -256,9 +284,13 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calendar: dict[tuple[str, float], dict[str, array[int]]] = {}
-        """Per calendar bucket (a window's unit and the bucket's start), each scope's counter: one key
-        and one expiry per bucket, not per counter (tens of thousands of scopes share a bucket)."""
+        self._calendar: dict[tuple[str, float], tuple[dict[str, int], array[int]]] = {}
+        """Per calendar bucket (a window's unit and the bucket's start): where each scope's counter
+        starts in it, and its counters, (nanos, tokens, requests) each, after the zeros of a counter
+        never written (at 0: where a scope with none reads). One key and one expiry per bucket, not
+        per counter (tens of thousands of scopes share a bucket), and one `array`: 24 bytes a counter
+        and the int of where (32 past 256), where an array each took 96 (a 64-byte object and its 24
+        bytes apart, allocated in 32): 1.0 MB less for twenty thousand counters (tracemalloc)."""
         self._calendar_expiry: dict[tuple[str, float], float] = {}
         """Per calendar bucket, when it is forgotten: the latest end and retention of its counters'."""
         self._rings: dict[str, dict[str, _Ring]] = {}
@@ -282,8 +314,8 @@ class MemoryStore:
         """Per hour: where each row's counts start (by its dims) in the hour's one `array` of counts
         (8 bytes a count, where a list of Python ints took 40, and no array of its own per row: 64
         bytes more each, for ten thousand agents' rows), that array, and [until when it is kept]."""
-        self._samples: dict[str, _Series] = {}
-        """Per key its newest samples and when it is forgotten; least recently written first (a dict,
+        self._samples: dict[str, bytearray] = {}
+        """Per key its newest samples and when it is forgotten (`_new_series`); least recently written first (a dict,
         in order of insertion: a key written is put back at the end; an `OrderedDict` took 60 bytes
         a key more)."""
         self._report = StateReport("memory store")
@@ -444,23 +476,25 @@ class MemoryStore:
             saturated += ring.add(inc.ts, min(nanos, CEILING), min(tokens, CEILING), calls)
         buckets, expiry = self._calendar, self._calendar_expiry
         for (scope, unit, start), (inc, nanos, tokens, calls) in calendar.items():
-            counters = buckets.get((unit, start))
-            if counters is None:
-                counters = buckets[(unit, start)] = {}
-            counter = counters.get(scope)
-            if counter is None:
+            bucket = buckets.get((unit, start))
+            if bucket is None:
+                bucket = buckets[(unit, start)] = ({}, _ZERO[:])
+            starts, counters = bucket
+            at = starts.get(scope)
+            if at is None:
                 window = inc.window
-                counter = counters[scope] = _ZERO[:]
+                at = starts[scope] = len(counters)
+                counters.extend(_ZERO)
                 self._layout += 1
                 until = window.bounds(inc.ts)[1] + window.retention()
                 if until > expiry.get((unit, start), -math.inf):
                     expiry[(unit, start)] = until
-            for field, amount in enumerate((nanos, tokens, calls)):
-                total = counter[field] + amount
+            for field, amount in enumerate((nanos, tokens, calls), at):
+                total = counters[field] + amount
                 if total >= CEILING:
                     total = CEILING
                     saturated += 1
-                counter[field] = total
+                counters[field] = total
         return saturated
 
     # --- reading -------------------------------------------------------------------------------
@@ -476,9 +510,9 @@ class MemoryStore:
         if isinstance(window, RollingWindow):
             ring = self._rings.get(window.label, _NO_RINGS).get(scope)
             return ring.read_raw(now) if ring is not None else _ZERO
-        counters = self._calendar.get((window.unit, window.bounds(now)[0]))
-        counter = counters.get(scope) if counters is not None else None
-        return counter if counter is not None else _ZERO
+        bucket = self._calendar.get((window.unit, window.bounds(now)[0]))
+        at = bucket[0].get(scope) if bucket is not None else None
+        return bucket[1][at : at + 3] if bucket is not None and at is not None else _ZERO
 
     # --- admission -----------------------------------------------------------------------------
 
@@ -499,18 +533,17 @@ class MemoryStore:
                 found = self._find(checks, now)
             states = []
             admitted = True
-            for counter, _, limit_nanos, limit_tokens, blocking, limit_calls, held in found[4]:
-                # Each count read once: unpacked, an `array`'s counts cost what a list's do indexed.
+            for counter, at, limit_nanos, limit_tokens, blocking, limit_calls, held in found[4]:
+                # Each count read once, into a local.
                 if isinstance(counter, _Ring):  # `read_raw`, inlined
                     if now >= counter.until:
                         counter._advance(int(now // counter.step))
-                    counts = counter.counts  # its running total first
-                    spent_nanos, spent_tokens, spent_calls = counts[0], counts[1], counts[2]
+                    spent_nanos, spent_tokens, spent_calls = counter[0], counter[1], counter[2]  # its running total
                     if spent_nanos > CEILING or spent_tokens > CEILING or spent_calls > CEILING:
                         spent_nanos, spent_tokens = min(spent_nanos, CEILING), min(spent_tokens, CEILING)
                         spent_calls = min(spent_calls, CEILING)
-                else:
-                    spent_nanos, spent_tokens, spent_calls = counter
+                else:  # three counts of a calendar bucket's (or `_ZERO`'s)
+                    spent_nanos, spent_tokens, spent_calls = counter[at], counter[at + 1], counter[at + 2]
                 held_nanos, held_tokens = held
                 if held_nanos > CEILING or held_tokens > CEILING:  # exact totals; they read saturated
                     held_nanos, held_tokens = min(held_nanos, CEILING), min(held_tokens, CEILING)
@@ -555,7 +588,7 @@ class MemoryStore:
             return Admitted(reserve, tuple(states))
 
     def _find(self, checks: tuple[BudgetCheck, ...], now: float) -> _Found:
-        """The counter each of `checks` reads at `now` (a ring, a calendar counter, or `_ZERO`), kept
+        """The counter each of `checks` reads at `now` (a ring, a calendar counter, or `_ZERO`'s), kept
         for `admit` while no counter is created or dropped and `now` stays in every calendar bucket:
         a request of the same shape then reads them with no key to build or look up."""
         rings, calendar, reserved = self._rings, self._calendar, self._reserved
@@ -566,11 +599,13 @@ class MemoryStore:
             found_counter: _Ring | array[int] | None
             if isinstance(window, RollingWindow):
                 found_counter = rings.get(window.label, _NO_RINGS).get(check.scope)
+                at = 0
             else:
                 start, end = window.bounds(now)
                 first, last = max(first, start), min(last, end)
                 bucket = calendar.get((window.unit, start))
-                found_counter = bucket.get(check.scope) if bucket is not None else None
+                found_counter = bucket[1] if bucket is not None else None
+                at = bucket[0].get(check.scope, 0) if bucket is not None else 0  # 0: its zeros
             limit_nanos, limit_tokens, limit_calls = check.limit_nanos, check.limit_tokens, check.limit_calls
             held = reserved.get(check.scope)
             if held is None:
@@ -578,7 +613,7 @@ class MemoryStore:
             counters.append(
                 (
                     found_counter if found_counter is not None else _ZERO,
-                    check.scope,
+                    at,
                     None if limit_nanos is None else min(limit_nanos, CEILING),  # limits are clamped to it
                     None if limit_tokens is None else min(limit_tokens, CEILING),
                     check.blocking,
@@ -614,20 +649,22 @@ class MemoryStore:
                 self._expire_reservations(now)
             plans = self._fullest_plans(groups, now)
             reserving = bool(self._reservations)  # `_reserved` keeps lists at zero: not the test
-            for group, (field, group_rings, counts, advanced) in zip(groups, plans, strict=True):
+            for group, (field, group_rings, counts, pick, advanced) in zip(groups, plans, strict=True):
                 if len(group) == 1:  # most groups: a label the guard let through, one instance each
                     winners.append(group[0])
                     continue
                 if group_rings:  # a rolling window: bring each ring to now first (once per step:
                     newest = int(now // group_rings[0].step)  # writes only move a ring forward)
                     if advanced[0] != newest:
-                        for ring in [ring for ring in group_rings if ring.last < newest]:
+                        for ring in [ring for ring in group_rings if ring[_LAST] < newest]:
                             ring._advance(newest)
                         advanced[0] = newest
                 # In C, not a Python loop per check: the first counter with the most, and its index
                 # (`index` finds that counter first: any before it holds less, so is not equal).
-                fullest = max(counts, key=_RANKED_BY[field])
-                if fullest[field] <= CEILING:
+                if pick is not None:  # a calendar window: its counters never pass the ceiling
+                    amounts = pick(counts[0])
+                    best = amounts.index(max(amounts))
+                elif (fullest := max(counts, key=_RANKED_BY[field]))[field] <= CEILING:
                     best = counts.index(fullest)
                 else:  # a ring's total past the ceiling reads as the ceiling: the first of those
                     best = next(i for i, counted in enumerate(counts) if counted[field] >= CEILING)
@@ -657,12 +694,15 @@ class MemoryStore:
                 window_rings = rings.get(window.label, _NO_RINGS)
                 found = [window_rings.get(check.scope) for check in group]
                 present = [ring for ring in found if ring is not None]
-                # A ring's counts, its running total first, are one array it changes in place for its life.
-                plans.append((field, present, [ring.counts if ring is not None else _ZERO for ring in found], [-1]))
+                # A ring is an array of its counts, its running total first, changed in place for its life.
+                plans.append((field, present, [ring if ring is not None else _ZERO for ring in found], None, [-1]))
             else:
-                bucket = calendar.get((window.unit, start)) or {}
-                counters = [bucket.get(check.scope) for check in group]
-                plans.append((field, [], [counter if counter is not None else _ZERO for counter in counters], [-1]))
+                bucket = calendar.get((window.unit, start))
+                starts_at = bucket[0] if bucket is not None else {}
+                # A tuple of the group's amounts, read in C (a group of one, of which `itemgetter` reads
+                # one amount and no tuple, is not ranked).
+                pick = itemgetter(*[starts_at.get(check.scope, 0) + field for check in group])
+                plans.append((field, [], [bucket[1] if bucket is not None else _ZERO], pick, [-1]))
         self._plans = (groups, starts, self._layout, plans)
         return plans
 
@@ -679,25 +719,28 @@ class MemoryStore:
         append = states.append
         for check in checks:
             scope, window = check.scope, check.window
-            spent: array[int] | None
+            spent: array[int]
+            at = 0
             if isinstance(window, RollingWindow):
                 ring = rings.get(window.label, _NO_RINGS).get(scope)
                 spent = ring.read_raw(now) if ring is not None else _ZERO
             else:
                 bucket = calendar.get((window.unit, window.bounds(now)[0]))
-                spent = (bucket.get(scope) if bucket is not None else None) or _ZERO
+                spent = bucket[1] if bucket is not None else _ZERO
+                at = bucket[0].get(scope, 0) if bucket is not None else 0
+            spent_nanos, spent_tokens, spent_calls = spent[at], spent[at + 1], spent[at + 2]
             held = reserved_totals.get(scope) or _NONE_RESERVED
             if held[0] > CEILING or held[1] > CEILING:
                 held = [min(held[0], CEILING), min(held[1], CEILING)]
             if (limit := check.limit_calls) is not None:
-                fits = spent[2] + held[1] < min(limit, CEILING)
-                append(_new_state(CheckState, (spent[0], spent[2], held[0], held[1], fits)))
+                fits = spent_calls + held[1] < min(limit, CEILING)
+                append(_new_state(CheckState, (spent_nanos, spent_calls, held[0], held[1], fits)))
                 continue
             limit = check.limit_nanos
-            fits = limit is None or spent[0] + held[0] < min(limit, CEILING)
+            fits = limit is None or spent_nanos + held[0] < min(limit, CEILING)
             if fits and (limit := check.limit_tokens) is not None:
-                fits = spent[1] + held[1] < min(limit, CEILING)
-            append(_new_state(CheckState, (spent[0], spent[1], held[0], held[1], fits)))
+                fits = spent_tokens + held[1] < min(limit, CEILING)
+            append(_new_state(CheckState, (spent_nanos, spent_tokens, held[0], held[1], fits)))
         return states
 
     def read_sub_buckets(self, reads: Sequence[tuple[str, RollingWindow]], now: float) -> list[tuple[SubBucket, ...]]:
@@ -845,24 +888,32 @@ class MemoryStore:
         until = now + ttl_s
         with self._lock:
             series = self._samples
+            full = _SERIES.size + keep * _SAMPLE.size
+            header_of, write_header, write_sample = _SERIES.unpack_from, _SERIES.pack_into, _SAMPLE.pack_into
             for key, at, nanos, tokens in samples:
                 kept = series.pop(key, None)  # put back last: the most recently written
                 if kept is None:
                     while len(series) >= MAX_SAMPLE_KEYS:
                         del series[next(iter(series))]  # the least recently written
-                    kept = _Series(keep, until)
-                else:
-                    if kept.keep != keep:
-                        kept = kept.resized(keep)
-                    kept.until = until
+                    kept = _new_series(keep, until)
+                _, kept_keep, head = header_of(kept)
+                if kept_keep != keep:
+                    kept = _resized(kept, keep, until)
+                    head = 0
                 series[key] = kept
-                kept.append(at, clamp(nanos), clamp(tokens))
+                # One more sample, the oldest let go once `keep` are kept; the key lasts until `until`.
+                if len(kept) < full:
+                    _UNTIL.pack_into(kept, 0, until)
+                    kept += _SAMPLE.pack(at, clamp(nanos), clamp(tokens))
+                else:
+                    write_sample(kept, _SERIES.size + head * _SAMPLE.size, at, clamp(nanos), clamp(tokens))
+                    write_header(kept, 0, until, keep, (head + 1) % keep)
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
         with self._lock:
             found = [self._samples.get(key) for key in keys]
             return [
-                [] if kept is None else [(nanos, tokens) for at, nanos, tokens in kept.newest_first() if at >= since]
+                [] if kept is None else [(nanos, tokens) for at, nanos, tokens in _newest_first(kept) if at >= since]
                 for kept in found
             ]
 
@@ -880,7 +931,7 @@ class MemoryStore:
             counters = 0
             for bucket in old:
                 del self._calendar_expiry[bucket]
-                counters += len(self._calendar.pop(bucket))
+                counters += len(self._calendar.pop(bucket)[0])
                 self._layout += 1
             idle = 0
             for label, rings in list(self._rings.items()):
@@ -895,7 +946,7 @@ class MemoryStore:
             for hour in hours:
                 del self._ledger[hour]
             dropped += len(hours)
-            forgotten = [key for key, kept in self._samples.items() if kept.until <= now]
+            forgotten = [key for key, kept in self._samples.items() if _UNTIL.unpack_from(kept)[0] <= now]
             for key in forgotten:
                 del self._samples[key]
             before = len(self._reservations)
@@ -919,6 +970,6 @@ class MemoryStore:
         pass
 
     def __len__(self) -> int:
-        counters = sum(len(bucket) for bucket in self._calendar.values())
+        counters = sum(len(starts) for starts, _ in self._calendar.values())
         rings = sum(len(window_rings) for window_rings in self._rings.values())
         return counters + rings + len(self._seen)

@@ -13,17 +13,22 @@ import pytest
 
 from otel_puppy.ledger import COUNTS, LedgerEntry
 from otel_puppy.store.base import (
+    CEILING,
+    MAX_SAMPLE_KEYS,
+    MAX_SAMPLES,
     Admission,
     ApplyResult,
     BudgetCheck,
     CheckState,
+    Counter,
     Increment,
     Sample,
     SpendRecord,
     SubBucket,
     check_state,
+    fullest_states,
 )
-from otel_puppy.store.memory import MemoryStore, _Ring
+from otel_puppy.store.memory import _FLOATS, _FLOATS_LIMIT, MemoryStore, _Ring, _shared
 from otel_puppy.windows import CalendarWindow, RollingWindow, Window
 
 UTC = ZoneInfo("UTC")
@@ -82,6 +87,33 @@ def test_samples_are_the_newest_kept_as_a_deque_of_them_would_be() -> None:
         ]
 
 
+def test_a_series_lasts_until_its_latest_write_and_keeps_its_newest_through_any_keep() -> None:
+    # A series holds its `until`, `keep` and `head` in its own header: every write sets `until` (one
+    # into a full ring, one that changes `keep`), `expire` reads it, and a change of `keep` moves the
+    # key to the newest end like any write.
+    store = MemoryStore()
+    store.add_samples([Sample("k", T0, 1, 1), Sample("full", T0, 1, 1)], keep=1, ttl_s=60, now=T0)
+    store.add_samples([Sample("full", T0 + 1, 2, 2)], keep=1, ttl_s=60, now=T0 + 30)  # into its full ring
+    store.add_samples([Sample("k", T0 + 1, 2, 2)], keep=3, ttl_s=60, now=T0 + 30)  # resized
+    assert store.expire(T0 + 60) == 0
+    assert store.read_samples(["k", "full"], T0) == [[(2, 2), (1, 1)], [(2, 2)]]
+    assert store.expire(T0 + 90) == 2
+    assert store.read_samples(["k", "full"], T0) == [[], []]
+    # The largest ring, wrapped twice, at the ceiling; then kept smaller: its newest.
+    samples = [Sample("big", T0 + i, CEILING - i % 2, CEILING) for i in range(2 * MAX_SAMPLES + 7)]
+    store.add_samples(samples, keep=MAX_SAMPLES, ttl_s=60, now=T0)
+    newest = [(nanos, tokens) for _, _, nanos, tokens in reversed(samples)]
+    assert store.read_samples(["big"], T0) == [newest[:MAX_SAMPLES]]
+    store.add_samples([Sample("big", T0 + 9999, 5, 6)], keep=2, ttl_s=60, now=T0)
+    assert store.read_samples(["big"], T0) == [[(5, 6), newest[0]]]
+    # Least recently written first out: "k0" was resized after the rest were written.
+    keys = [Sample(f"k{i}", T0, i, 0) for i in range(MAX_SAMPLE_KEYS)]
+    store.add_samples(keys, keep=2, ttl_s=600, now=T0)
+    store.add_samples([Sample("k0", T0, 9, 0)], keep=4, ttl_s=600, now=T0)
+    store.add_samples([Sample("new", T0, 7, 0)], keep=2, ttl_s=600, now=T0)
+    assert store.read_samples(["k0", "k1", "k2", "new"], T0) == [[(9, 0), (0, 0)], [], [(2, 0)], [(7, 0)]]
+
+
 def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_would() -> None:
     # The ring keeps counts only from its oldest written sub-bucket that still counts to its newest
     # written one: against a dict of every sub-bucket, through gaps, late spend and long idle times.
@@ -107,7 +139,80 @@ def test_a_ring_counts_the_61_sub_buckets_up_to_its_newest_as_a_sum_over_them_wo
         assert ring.sub_buckets(now) == tuple(
             SubBucket(i, *counts) for i, counts in sorted(counting.items()) if any(counts)
         )
-        assert len(ring.counts) <= 3 + 3 * 61  # the running total, then at most 61 sub-buckets
+        assert len(ring) <= 5 + 3 * 61  # the running total, first and last, then at most 61 sub-buckets
+
+
+def test_a_ring_of_61_sub_buckets_at_the_ceiling_reads_it_and_lets_each_go_in_turn() -> None:
+    # The running total is the exact sum (61 times the ceiling fits its int64) and reads as the
+    # ceiling; the ring holds the numbers of its first and newest sub-buckets in its own array after it.
+    step = 60.0
+    ring, first = _Ring(step, T0), int(T0 // step)
+    for i in range(61):
+        assert ring.add(T0 + i * step, CEILING, CEILING, CEILING) == 3
+    assert ring.add(T0, 1, 1, 1) == 3  # saturated: stays at the ceiling
+    now = T0 + 60 * step
+    assert list(ring.read_raw(now)) == [CEILING] * 3
+    assert ring[:5].tolist() == [61 * CEILING] * 3 + [first, first + 60]
+    assert ring.sub_buckets(now) == tuple(SubBucket(first + i, CEILING, CEILING, CEILING) for i in range(61))
+    assert len(ring) == 5 + 3 * 61
+    for gone in range(1, 62):  # each sub-bucket forward lets the oldest go, exactly
+        now += step
+        assert list(ring.read_raw(now)) == [CEILING if gone < 61 else 0] * 3
+        assert ring[:5].tolist() == [(61 - gone) * CEILING] * 3 + [first + gone, first + 60 + gone]
+        assert len(ring.sub_buckets(now)) == 61 - gone
+    assert ring.add(now, 7, 8) == 0
+    assert ring.tolist() == [7, 8, 1, first + 121, first + 121, 7, 8, 1]
+
+
+def test_rings_of_a_window_share_their_step_and_until_objects_and_the_floats_kept_are_bounded() -> None:
+    # Equal floats as one object (`_shared`): 32 bytes a ring each, else. The memo forgets past its bound.
+    window = RollingWindow(3600, "1h")
+    one, other = _Ring(window.step, T0), _Ring(window.step, T0 + 1)
+    assert window.step is not window.step  # a new float each time: the ring keeps a shared one
+    assert one.step is other.step
+    one.add(T0, 1, 1)
+    other.add(T0 + 1, 1, 1)
+    assert one.until == other.until
+    assert one.until is other.until
+    for i in range(2 * _FLOATS_LIMIT):
+        assert _shared(i + 0.5) == i + 0.5
+        assert len(_FLOATS) <= _FLOATS_LIMIT
+
+
+def test_a_calendar_buckets_counters_in_one_array_read_as_a_counter_each_would() -> None:
+    # Three hundred scopes share the day's array (where most start past 256); some never written
+    # read the zeros it starts with, and the next day has no bucket yet. Every read (totals, admit,
+    # read_budgets, read_fullest) against a dict of saturating counters, through sums past the ceiling.
+    rng = random.Random(3)
+    day = CalendarWindow("day", UTC)
+    scopes = [f"s{i}" for i in range(320)]
+    model = {scope: [0, 0, 0] for scope in scopes}
+    store = MemoryStore()
+    for n in range(1500):
+        scope = rng.choice(scopes[:300])  # s300 to s319: never written
+        nanos, tokens = rng.choice((0, 5, CEILING // 2, CEILING)), rng.choice((0, 7, CEILING))
+        store.apply([SpendRecord(f"span-{n}", None, (Increment(scope, day, T0, nanos, tokens),), T0 + 86400)], T0)
+        counts = model[scope]
+        counts[:] = [min(count + added, CEILING) for count, added in zip(counts, (nanos, tokens, 1), strict=True)]
+    written = sum(1 for counts in model.values() if counts[2])
+    assert 290 < written < 300
+    assert len(store) == written + 1500  # counters and span keys
+    for now in (T0, T0 + 86400):  # that day's bucket, then a day with none
+        spent = model if now == T0 else {scope: [0, 0, 0] for scope in scopes}
+        assert store.totals([(scope, day) for scope in scopes], now) == [Counter(*spent[s]) for s in scopes]
+        checks = [
+            BudgetCheck(scope, day, nanos, tokens, False, calls)
+            for scope in scopes
+            for nanos, tokens, calls in ((CEILING, None, None), (None, 10**9, None), (None, None, 4))
+        ]
+        expected = [check_state(check, spent[check.scope], (0, 0), 0, 0) for check in checks]
+        assert store.read_budgets(checks, now) == expected
+        admitted = store.admit(Admission("d", tuple(checks), 0, 0, now + 60, None, reserve=False), now)
+        assert list(admitted.states) == expected
+        groups = [checks[kind::3][first : first + size] for kind in range(3) for first, size in ((0, 320), (290, 30))]
+        flat = [c for group in groups for c in group]
+        assert store.read_fullest(groups, now) == fullest_states(groups, store.read_budgets(flat, now))
+    assert store.expire(T0 + 10 * 86400) == written + 1500
 
 
 def test_a_span_kept_for_ever_is_applied_once() -> None:
