@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from genai_prices import Usage, calc_price
@@ -36,6 +40,8 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreError
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
 from otel_puppy.server.app import MAX_BODY_BYTES, MAX_CONCURRENT_INGEST, create_app
+from otel_puppy.server.memory import MemoryLimiter
+from otel_puppy.server.receiver import TraceReceiver, _in_thread
 from otel_puppy.testing import engine_for_tests
 from tests._service import CHAT_CALL
 from tests.server.test_app import serve
@@ -520,3 +526,64 @@ def test_otlp_http_conformance(case: Case, monkeypatch: pytest.MonkeyPatch) -> N
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail("peak RSS cannot be reset here, so the gzip bomb's memory bound is unchecked")
             pytest.skip("peak RSS cannot be reset on this platform")
+
+
+# --- the receiver's slots and its worker threads ------------------------------------------------
+
+
+def test_a_free_ingest_slot_is_taken_without_yielding_and_a_busy_one_refused_after_the_wait() -> None:
+    engine = engine_for_tests()
+    receiver = TraceReceiver(
+        engine, max_body_bytes=MiB, max_concurrent=1, wait_s=0.2, body_timeout_s=1, memory=MemoryLimiter(MiB)
+    )
+    others_ran: list[str] = []
+
+    async def other() -> None:
+        others_ran.append("ran")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(other)
+            assert await receiver._take_slot()  # free: taken at once, no other task ran meanwhile
+            assert others_ran == []
+            start = time.monotonic()
+            assert not await receiver._take_slot()  # busy: refused once the wait is over
+            assert time.monotonic() - start >= 0.2
+            assert others_ran == ["ran"]
+            receiver._slots.release()
+            assert await receiver._take_slot()
+
+    try:
+        anyio.run(main)
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_request_waits_for_its_worker_then_is_cancelled() -> None:
+    """A batch being applied is never abandoned: the request lets go of its slot and memory after it."""
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    def work() -> int:
+        started.set()
+        assert release.wait(10)
+        finished.append(True)
+        return 1
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as workers:
+            task = asyncio.ensure_future(_in_thread(workers, work))
+            assert await asyncio.to_thread(started.wait, 10)
+            task.cancel()
+            await asyncio.sleep(0.1)
+            assert not task.done()  # still waiting for the worker
+            task.cancel()  # cancelled again: still waiting
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert finished == [True]
+            assert await _in_thread(workers, lambda: 2) == 2
+
+    asyncio.run(main())
