@@ -39,9 +39,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreError
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
+from otel_puppy.server import receiver as receiver_module
 from otel_puppy.server.app import MAX_BODY_BYTES, MAX_CONCURRENT_INGEST, create_app
 from otel_puppy.server.memory import MemoryLimiter
 from otel_puppy.server.receiver import TraceReceiver, _in_thread
+from otel_puppy.server.tokens import TokenScope
 from otel_puppy.testing import engine_for_tests
 from tests._service import CHAT_CALL
 from tests.server.test_app import serve
@@ -353,17 +355,18 @@ def store_fails(engine: PolicyEngine, client: httpx.Client, stack: ExitStack, mo
 def every_slot_busy(
     engine: PolicyEngine, client: httpx.Client, stack: ExitStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hold every ingest slot: as many exports as allowed, each stuck inside `observe_many`."""
+    """Hold every ingest slot: as many exports as allowed, each stuck in its worker thread (inflating:
+    with the memory store, batches take turns from decoding on)."""
     entered = threading.Semaphore(0)
     release = threading.Event()
-    observe_many = engine.observe_many
+    inflate = receiver_module._inflate
 
-    def held(calls: Any) -> Any:
+    def held(*args: Any) -> Any:
         entered.release()
         assert release.wait(30)
-        return observe_many(calls)
+        return inflate(*args)
 
-    monkeypatch.setattr(engine, "observe_many", held)
+    monkeypatch.setattr(receiver_module, "_inflate", held)
     body = protobuf_body(1)
     results: list[int] = []
 
@@ -587,3 +590,39 @@ def test_a_cancelled_request_waits_for_its_worker_then_is_cancelled() -> None:
             assert await _in_thread(workers, lambda: 2) == 2
 
     asyncio.run(main())
+
+
+def test_batches_take_turns_with_a_store_without_io_and_overlap_with_one_that_does_io() -> None:
+    engine = engine_for_tests()
+    try:
+        limiter = MemoryLimiter(MiB)
+        options: dict[str, Any] = {"max_body_bytes": MiB, "max_concurrent": 2, "wait_s": 1, "body_timeout_s": 1}
+        inside, release = threading.Semaphore(0), threading.Event()
+
+        def held(calls: Any) -> Any:
+            inside.release()
+            assert release.wait(10)
+            return []
+
+        engine.observe_many = held  # type: ignore[method-assign]
+        body = bytearray(protobuf_body(1))
+        for does_io, together in ((False, 1), (True, 2)):
+            engine.store.does_io = does_io  # type: ignore[misc]
+            receiver = TraceReceiver(engine, memory=limiter, **options)
+            release.clear()
+            threads = [
+                threading.Thread(
+                    target=receiver._ingest, args=([bytearray(body)], "", PROTOBUF, limiter.reservation(), TokenScope())
+                )
+                for _ in range(2)
+            ]
+            for thread in threads:
+                thread.start()
+            assert inside.acquire(timeout=10)
+            assert inside.acquire(timeout=0.3) is (together == 2)  # the second is inside at once only with I/O
+            release.set()
+            for thread in threads:
+                thread.join(10)
+            assert together == 2 or inside.acquire(timeout=10)  # and it goes in once the first is done
+    finally:
+        engine.close()
