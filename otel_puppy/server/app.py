@@ -245,14 +245,6 @@ def create_app(
         forwarder=forwarder,
     )
 
-    @app.post(
-        TRACES_PATH,
-        tags=["otlp"],
-        summary="OTLP/HTTP trace export",
-        response_class=Response,
-        responses=OTLP_RESPONSES,
-        openapi_extra=OTLP_REQUEST,
-    )
     async def export_traces(request: Request) -> Response:
         """Receive an `ExportTraceServiceRequest` (protobuf or JSON, optionally gzip or deflate).
 
@@ -260,6 +252,19 @@ def create_app(
         `partial_success.rejected_spans`. Errors are `google.rpc.Status` in the request's encoding.
         """
         return await receiver.receive(request)
+
+    # Every exporter's every batch: served by `_RequestRoute`, not FastAPI's request pipeline.
+    app.router.add_api_route(
+        TRACES_PATH,
+        export_traces,
+        methods=["POST"],
+        tags=["otlp"],
+        summary="OTLP/HTTP trace export",
+        response_class=Response,
+        responses=OTLP_RESPONSES,
+        openapi_extra=OTLP_REQUEST,
+        route_class_override=_RequestRoute,
+    )
 
     # With the memory store a decision is tens of microseconds of CPU: answering on the event loop
     # beats a hop to a worker thread. A store that does I/O keeps the event loop free instead, but
@@ -501,6 +506,24 @@ def create_app(
         app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
     return app
+
+
+class _RequestRoute(APIRoute):
+    """A route whose endpoint takes the `Request` alone and returns a `Response`, awaited directly:
+    without FastAPI's request pipeline (dependency solving, its exit stacks, response checks),
+    which has nothing to do for such an endpoint. Documented from the endpoint's signature and
+    the route's arguments like any route.
+
+    For `POST /v1/traces`, which every exporter calls for every batch: FastAPI's pipeline cost
+    about 25 us of CPU per request (in-process ASGI calls of an empty export: 160 us with it).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        parameters = list(inspect.signature(endpoint).parameters.values())
+        if len(parameters) != 1 or self.dependant.dependencies or self.dependencies:
+            raise TypeError(f"{self.path}: a _RequestRoute endpoint takes the Request alone, and no dependencies")
+        return endpoint
 
 
 class _BodyRoute(APIRoute):

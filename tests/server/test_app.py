@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import Depends, Request, Response
 from prometheus_client.registry import CollectorRegistry
 
 import otel_puppy
@@ -21,7 +22,7 @@ from otel_puppy.decision import Decision, DecisionRequest, PolicyHit, Priority
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, StoreError
 from otel_puppy.policies import load_policies, parse_policy_text
-from otel_puppy.server.app import create_app
+from otel_puppy.server.app import _RequestRoute, create_app
 from otel_puppy.server.schemas import (
     AnomaliesResponse,
     BreakersResponse,
@@ -736,6 +737,33 @@ def test_probes(client: httpx.Client) -> None:
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------
+
+
+def test_the_otlp_route_is_served_by_its_endpoint_alone() -> None:
+    """`POST /v1/traces` skips FastAPI's request pipeline: its handler is the endpoint itself, which
+    works only for an endpoint taking the `Request` alone, so any other is refused when built."""
+    engine = engine_for_tests()
+    try:
+        route = next(route for route in create_app(engine).routes if getattr(route, "path", "") == "/v1/traces")
+    finally:
+        engine.close()
+    assert isinstance(route, _RequestRoute)
+    assert route.get_route_handler() is route.endpoint
+
+    async def two(request: Request, limit: int) -> Response:
+        raise AssertionError("never called")
+
+    async def one() -> int:
+        return 1
+
+    async def depends(request: Request, value: int = Depends(one)) -> Response:
+        raise AssertionError("never called")
+
+    for endpoint in (two, depends):
+        with pytest.raises(TypeError, match="takes the Request alone"):
+            _RequestRoute("/x", endpoint, methods=["POST"])
+    with pytest.raises(TypeError, match="takes the Request alone"):
+        _RequestRoute("/x", route.endpoint, methods=["POST"], dependencies=[Depends(one)])
 
 
 def test_openapi_lists_every_endpoint_with_its_schemas(client: httpx.Client) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from genai_prices import Usage, calc_price
@@ -35,7 +39,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreError
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
+from otel_puppy.server import receiver as receiver_module
 from otel_puppy.server.app import MAX_BODY_BYTES, MAX_CONCURRENT_INGEST, create_app
+from otel_puppy.server.memory import MemoryLimiter
+from otel_puppy.server.receiver import TraceReceiver, _in_thread
+from otel_puppy.server.tokens import TokenScope
 from otel_puppy.testing import engine_for_tests
 from tests._service import CHAT_CALL
 from tests.server.test_app import serve
@@ -347,17 +355,18 @@ def store_fails(engine: PolicyEngine, client: httpx.Client, stack: ExitStack, mo
 def every_slot_busy(
     engine: PolicyEngine, client: httpx.Client, stack: ExitStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hold every ingest slot: as many exports as allowed, each stuck inside `observe_many`."""
+    """Hold every ingest slot: as many exports as allowed, each stuck in its worker thread (inflating:
+    with the memory store, batches take turns from decoding on)."""
     entered = threading.Semaphore(0)
     release = threading.Event()
-    observe_many = engine.observe_many
+    inflate = receiver_module._inflate
 
-    def held(calls: Any) -> Any:
+    def held(*args: Any) -> Any:
         entered.release()
         assert release.wait(30)
-        return observe_many(calls)
+        return inflate(*args)
 
-    monkeypatch.setattr(engine, "observe_many", held)
+    monkeypatch.setattr(receiver_module, "_inflate", held)
     body = protobuf_body(1)
     results: list[int] = []
 
@@ -520,3 +529,100 @@ def test_otlp_http_conformance(case: Case, monkeypatch: pytest.MonkeyPatch) -> N
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail("peak RSS cannot be reset here, so the gzip bomb's memory bound is unchecked")
             pytest.skip("peak RSS cannot be reset on this platform")
+
+
+# --- the receiver's slots and its worker threads ------------------------------------------------
+
+
+def test_a_free_ingest_slot_is_taken_without_yielding_and_a_busy_one_refused_after_the_wait() -> None:
+    engine = engine_for_tests()
+    receiver = TraceReceiver(
+        engine, max_body_bytes=MiB, max_concurrent=1, wait_s=0.2, body_timeout_s=1, memory=MemoryLimiter(MiB)
+    )
+    others_ran: list[str] = []
+
+    async def other() -> None:
+        others_ran.append("ran")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(other)
+            assert await receiver._take_slot()  # free: taken at once, no other task ran meanwhile
+            assert others_ran == []
+            start = time.monotonic()
+            assert not await receiver._take_slot()  # busy: refused once the wait is over
+            assert time.monotonic() - start >= 0.2
+            assert others_ran == ["ran"]
+            receiver._slots.release()
+            assert await receiver._take_slot()
+
+    try:
+        anyio.run(main)
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_request_waits_for_its_worker_then_is_cancelled() -> None:
+    """A batch being applied is never abandoned: the request lets go of its slot and memory after it."""
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    def work() -> int:
+        started.set()
+        assert release.wait(10)
+        finished.append(True)
+        return 1
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as workers:
+            task = asyncio.ensure_future(_in_thread(workers, work))
+            assert await asyncio.to_thread(started.wait, 10)
+            task.cancel()
+            await asyncio.sleep(0.1)
+            assert not task.done()  # still waiting for the worker
+            task.cancel()  # cancelled again: still waiting
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert finished == [True]
+            assert await _in_thread(workers, lambda: 2) == 2
+
+    asyncio.run(main())
+
+
+def test_batches_take_turns_with_a_store_without_io_and_overlap_with_one_that_does_io() -> None:
+    engine = engine_for_tests()
+    try:
+        limiter = MemoryLimiter(MiB)
+        options: dict[str, Any] = {"max_body_bytes": MiB, "max_concurrent": 2, "wait_s": 1, "body_timeout_s": 1}
+        inside, release = threading.Semaphore(0), threading.Event()
+
+        def held(calls: Any) -> Any:
+            inside.release()
+            assert release.wait(10)
+            return []
+
+        engine.observe_many = held  # type: ignore[method-assign]
+        body = bytearray(protobuf_body(1))
+        for does_io, together in ((False, 1), (True, 2)):
+            engine.store.does_io = does_io  # type: ignore[misc]
+            receiver = TraceReceiver(engine, memory=limiter, **options)
+            release.clear()
+            threads = [
+                threading.Thread(
+                    target=receiver._ingest, args=([bytearray(body)], "", PROTOBUF, limiter.reservation(), TokenScope())
+                )
+                for _ in range(2)
+            ]
+            for thread in threads:
+                thread.start()
+            assert inside.acquire(timeout=10)
+            assert inside.acquire(timeout=0.3) is (together == 2)  # the second is inside at once only with I/O
+            release.set()
+            for thread in threads:
+                thread.join(10)
+            assert together == 2 or inside.acquire(timeout=10)  # and it goes in once the first is done
+    finally:
+        engine.close()
