@@ -115,7 +115,7 @@ def test_store_expires_old_counters_and_dedupe_keys() -> None:
     assert f"{c.span_id:016x}" not in str(engine._store._seen)  # type: ignore[attr-defined]
     store = engine._store
     # the first call's hour and day buckets are gone; the new call's remain, and one ring per rolling window
-    counters = [(unit, start, scope) for (unit, start), scopes in store._calendar.items() for scope in scopes]  # type: ignore[attr-defined]
+    counters = [(unit, start, scope) for (unit, start), (scopes, _) in store._calendar.items() for scope in scopes]  # type: ignore[attr-defined]
     assert sorted(unit for unit, _, _ in counters) == ["day", "hour"]
     assert all(start >= clock.now() - 86400 for _, start, _ in counters)
     rings = sorted((scope, label) for label, scopes in store._rings.items() for scope in scopes)  # type: ignore[attr-defined]

@@ -276,6 +276,9 @@ class TraceReceiver:
         del raw
         if not body:
             return 0, ""  # the spec: an empty request is a success
+        # Reserved before taking a turn: a batch over the memory left is refused at once, not after
+        # the batches ahead of it (tests/reliability/test_hostile_server.py holds one inside apply).
+        reservation.grow_to(decode_cost(body, media_type(content_type) == JSON))
         holder.append(body)  # handed over as the raw body was: freed once decoded
         del body
         with self._one_batch:
@@ -287,7 +290,6 @@ class TraceReceiver:
         """`_ingest` once the body is inflated: decode, apply, record, forward."""
         body = holder.pop()
         forwarder = self.forwarder
-        reservation.grow_to(decode_cost(body, media_type(content_type) == JSON))
         request = decode_traces(body, content_type)  # protobuf and `json` read a bytearray as they read bytes
         del body
         rejected_spans: dict[tuple[int, int], str] | None = {} if forwarder is not None else None
