@@ -169,8 +169,10 @@ class CallIndex:
             many = self._many.get(whole)
             self._keep(whole, key, until, many, None if many is not None else self._single(whole), undo=undo)
 
-    def joins_else_keep(self, keys: Sequence[CallKey], digests: Sequence[bytes], until: float) -> bool:
-        """`joins(keys, digests)`; if not, `keep(keys, until, digests=digests)` too, with the spans each
+    def joins_else_keep(
+        self, keys: Sequence[CallKey], digests: Sequence[bytes], until: float, undo: list[_Undo] | None = None
+    ) -> bool:
+        """`joins(keys, digests)`; if not, `keep(keys, until, undo, digests)` too, with the spans each
         key holds looked up once for both (again only where an earlier key's `keep` may have moved them:
         a span held in a string, or keys of one digest)."""
         found: list[tuple[_Kept | None, tuple[Records, int, int] | None]] = []
@@ -191,7 +193,7 @@ class CallIndex:
             if i and (single is not None or not distinct):
                 many = self._many.get(whole)
                 single = None if many is not None else self._single(whole)
-            self._keep(whole, key, until, many, single, undo=None)
+            self._keep(whole, key, until, many, single, undo=undo)
         return False
 
     def _keep(

@@ -54,6 +54,7 @@ from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.forward.sqlite_queue import SQLiteQueue
 from otel_puppy.ledger import COUNTS, MAX_LEDGER_ROWS, OTHER_DIMS
 from otel_puppy.store._call_index import CallIndex
+from otel_puppy.store._keyset import digest as _call_digest
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -622,21 +623,28 @@ class SQLiteStore:
                 append(ApplyResult.DUPLICATE)
                 continue
             seen[key] = record.dedupe_until
+            call_keys = record.call_keys
             if (
                 covered_key in covered
                 or covered_key in covered_before
                 or (parent is not None and (parent in seen or parent in seen_before))
-                or (record.call_keys and calls.joins(record.call_keys))
+                or (
+                    call_keys
+                    and (
+                        calls.joins(call_keys)
+                        if record.weak
+                        else calls.joins_else_keep(  # kept if applied: each key digested and found once
+                            call_keys, [_call_digest(key.key) for key in call_keys], record.keys_until, undo
+                        )
+                    )
+                )
             ):
                 if settling and record.decision_id is not None:
                     _release(db, self._held, record.decision_id, SETTLED, record.nanos)
                 append(ApplyResult.NESTED)
                 continue
-            if not record.weak:
-                if parent is not None:
-                    covered[parent] = record.dedupe_until
-                if record.call_keys:
-                    calls.keep(record.call_keys, record.keys_until, undo)
+            if not record.weak and parent is not None:
+                covered[parent] = record.dedupe_until
             if record.spread is not None:
                 spreads.add(record.spread)
             for inc in record.increments:
