@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import random
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from genai_prices import Usage, calc_price, data_snapshot
@@ -19,44 +21,50 @@ from otel_puppy.pricing import Price, PriceOverride, Pricer, Unpriced
 from otel_puppy.testing import make_call, make_span
 
 
-def test_matches_calc_price_for_every_model_genai_prices_knows() -> None:
-    pricer = Pricer()
-    rng = random.Random(3)
-    checked = 0
+def _every_model() -> Iterator[tuple[Any, Any]]:
+    """Every (provider, model) genai-prices knows, with its warnings (deprecated models) silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for provider in data_snapshot.get_snapshot().providers:
             for model in provider.models:
-                for input_tokens in (0, 1, 1_000, 150_000, 250_000, 1_500_000):
-                    cache_read = rng.randint(0, input_tokens // 2)
-                    cache_write = rng.randint(0, (input_tokens - cache_read) // 2)
-                    output = rng.randint(0, 5_000)
-                    reasoning = rng.randint(0, output)
-                    usage = {
-                        "input_tokens": input_tokens,
-                        "output_tokens": output,
-                        "cache_read_tokens": cache_read,
-                        "cache_write_tokens": cache_write,
-                        "output_reasoning_tokens": reasoning,
-                    }
-                    try:
-                        expected = calc_price(
-                            Usage(**{k: v for k, v in usage.items() if v}), model.id, provider_id=provider.id
-                        ).total_price
-                    except (ValueError, LookupError):
-                        continue  # genai-prices itself refuses this usage for this model
-                    got = pricer.price_usage(
-                        provider.id,
-                        model.id,
-                        input_tokens=input_tokens,
-                        output_tokens=output,
-                        cache_read_tokens=cache_read,
-                        cache_write_tokens=cache_write,
-                        reasoning_tokens=reasoning,
-                    )
-                    assert got.exact_usd == expected, (provider.id, model.id, usage)
-                    assert got.nanos == usd_to_nanos(expected)
-                    checked += 1
+                yield provider, model
+
+
+def test_matches_calc_price_for_every_model_genai_prices_knows() -> None:
+    pricer = Pricer()
+    rng = random.Random(3)
+    checked = 0
+    for provider, model in _every_model():
+        for input_tokens in (0, 1, 1_000, 150_000, 250_000, 1_500_000):
+            cache_read = rng.randint(0, input_tokens // 2)
+            cache_write = rng.randint(0, (input_tokens - cache_read) // 2)
+            output = rng.randint(0, 5_000)
+            reasoning = rng.randint(0, output)
+            usage = {
+                "input_tokens": input_tokens,
+                "output_tokens": output,
+                "cache_read_tokens": cache_read,
+                "cache_write_tokens": cache_write,
+                "output_reasoning_tokens": reasoning,
+            }
+            try:
+                expected = calc_price(
+                    Usage(**{k: v for k, v in usage.items() if v}), model.id, provider_id=provider.id
+                ).total_price
+            except (ValueError, LookupError):
+                continue  # genai-prices itself refuses this usage for this model
+            got = pricer.price_usage(
+                provider.id,
+                model.id,
+                input_tokens=input_tokens,
+                output_tokens=output,
+                cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write,
+                reasoning_tokens=reasoning,
+            )
+            assert got.exact_usd == expected, (provider.id, model.id, usage)
+            assert got.nanos == usd_to_nanos(expected)
+            checked += 1
     assert checked > 10_000
 
 
@@ -219,37 +227,34 @@ def test_cache_savings_are_pricing_the_call_again_without_its_cache_reads() -> N
     pricer = Pricer()
     rng = random.Random(5)
     checked = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for provider in data_snapshot.get_snapshot().providers:
-            for model in provider.models:
-                for input_tokens in (1, 1_000, 150_000, 250_000, 1_500_000):
-                    cache_read = rng.randint(1, input_tokens)
-                    output = rng.randint(0, 5_000)
-                    call = LLMCall(
-                        trace_id=1,
-                        span_id=2,
-                        parent_span_id=0,
-                        provider=provider.id,
-                        request_model=model.id,
-                        response_model=None,
-                        operation="chat",
-                        start_ns=1_767_225_600 * 10**9,
-                        end_ns=1_767_225_601 * 10**9,
-                        input_tokens=input_tokens,
-                        output_tokens=output,
-                        cache_read_tokens=cache_read,
-                        cache_write_tokens=rng.randint(0, input_tokens - cache_read),
-                        reasoning_tokens=rng.randint(0, output),
-                        has_usage=True,
-                    )
-                    price = pricer.price(call)
-                    if price.nanos is None:
-                        continue
-                    uncached = pricer._price(call, 0)
-                    expected = max((uncached.nanos or 0) - price.nanos, 0) if uncached.nanos is not None else 0
-                    assert pricer.cache_savings(call, price) == expected, (provider.id, model.id, input_tokens)
-                    checked += 1
+    for provider, model in _every_model():
+        for input_tokens in (1, 1_000, 150_000, 250_000, 1_500_000):
+            cache_read = rng.randint(1, input_tokens)
+            output = rng.randint(0, 5_000)
+            call = LLMCall(
+                trace_id=1,
+                span_id=2,
+                parent_span_id=0,
+                provider=provider.id,
+                request_model=model.id,
+                response_model=None,
+                operation="chat",
+                start_ns=1_767_225_600 * 10**9,
+                end_ns=1_767_225_601 * 10**9,
+                input_tokens=input_tokens,
+                output_tokens=output,
+                cache_read_tokens=cache_read,
+                cache_write_tokens=rng.randint(0, input_tokens - cache_read),
+                reasoning_tokens=rng.randint(0, output),
+                has_usage=True,
+            )
+            price = pricer.price(call)
+            if price.nanos is None:
+                continue
+            uncached = pricer._price(call, 0)
+            expected = max((uncached.nanos or 0) - price.nanos, 0) if uncached.nanos is not None else 0
+            assert pricer.cache_savings(call, price) == expected, (provider.id, model.id, input_tokens)
+            checked += 1
     assert checked > 5_000
 
 

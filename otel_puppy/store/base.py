@@ -44,7 +44,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
@@ -407,13 +407,12 @@ class CheckTerms:
     settles it (or it expires). Its `CheckState` token fields count calls."""
 
 
+@dataclass(frozen=True, slots=True, init=False)
 class BudgetCheck:
     """One budget instance in an admission: its scope, and its usable limit (for the request's
     priority) in its `terms`, read through the fields `window`, `limit_nanos`, `limit_tokens`,
-    `blocking` and `limit_calls`. Frozen; equal (and hashed) by scope and terms, as a dataclass of
-    the six fields was."""
-
-    __slots__ = ("scope", "terms")
+    `blocking` and `limit_calls`. Made from those six fields, as the dataclass of them it was;
+    frozen, equal and hashed by scope and terms."""
 
     scope: str
     terms: CheckTerms
@@ -463,30 +462,9 @@ class BudgetCheck:
         call budget (in the token slot), else the estimate."""
         return (0, 1) if self.terms.limit_calls is not None else (nanos, tokens)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self.scope == other.scope and self.terms == other.terms
-
-    def __hash__(self) -> int:
-        return hash((self.scope, self.terms))
-
-    def __repr__(self) -> str:
-        terms = self.terms
-        return (
-            f"{type(self).__name__}(scope={self.scope!r}, window={terms.window!r}, limit_nanos={terms.limit_nanos!r}, "
-            f"limit_tokens={terms.limit_tokens!r}, blocking={terms.blocking!r}, limit_calls={terms.limit_calls!r})"
-        )
-
 
 _set_field: Final = object.__setattr__
-"""How a frozen check's fields are set (its own `__setattr__` refuses)."""
+"""How a frozen check's fields are set (the dataclass's `__setattr__` refuses)."""
 
 
 class CheckState(NamedTuple):

@@ -138,7 +138,7 @@ def test_a_check_is_frozen_and_equal_by_its_six_fields() -> None:
         None,
     )
     with pytest.raises(FrozenInstanceError):
-        check.scope = "t"
+        check.scope = "t"  # type: ignore[misc]
     with pytest.raises(FrozenInstanceError):
         del check.terms
-    assert repr(check).startswith("BudgetCheck(scope='s', window=CalendarWindow(")
+    assert repr(check).startswith("BudgetCheck(scope='s', terms=CheckTerms(window=CalendarWindow(")
