@@ -175,25 +175,48 @@ class CallIndex:
         """`joins(keys, digests)`; if not, `keep(keys, until, undo, digests)` too, with the spans each
         key holds looked up once for both (again only where an earlier key's `keep` may have moved them:
         a span held in a string, or keys of one digest)."""
-        found: list[tuple[_Kept | None, tuple[Records, int, int] | None]] = []
+        if len(keys) == 1:  # nearly every span: its one key (a response id's), placed once
+            key, whole = keys[0], digests[0]
+            many = self._many.get(whole)
+            if many is not None:
+                if many.joins(key):
+                    return True
+                self._keep(whole, key, until, many, None, undo=undo)
+                return False
+            index, tail = self._bare.partition.place(whole)
+            single = self._single_at(index, tail)
+            if single is not None:
+                if _joins(self._decode(key.key, *single), key):
+                    return True
+                self._keep(whole, key, until, None, single, undo=undo)
+                return False
+            self._append_at(index, tail, key, self._buckets.take(until))
+            if undo is not None:
+                undo.append(("new", whole, key, None, until))
+            return False
+        found: list[tuple[_Kept | None, tuple[Records, int, int] | None, tuple[int, bytes] | None]] = []
+        place = self._bare.partition.place
         for key, whole in zip(keys, digests, strict=True):
             many = self._many.get(whole)
             if many is not None:
                 if many.joins(key):
                     return True
-                found.append((many, None))
+                found.append((many, None, None))
             else:
-                single = self._single(whole)
+                placed = place(whole)
+                single = self._single_at(*placed)
                 if single is not None and _joins(self._decode(key.key, *single), key):
                     return True
-                found.append((None, single))
+                found.append((None, single, placed))
         distinct = len(digests) == 1 or len(set(digests)) == len(digests)
         for i, (key, whole) in enumerate(zip(keys, digests, strict=True)):
-            many, single = found[i]
-            if i and (single is not None or not distinct):
-                many = self._many.get(whole)
-                single = None if many is not None else self._single(whole)
-            self._keep(whole, key, until, many, single, undo=undo)
+            many, single, at = found[i]
+            if i:  # an earlier key's keep may have split strings (places change) or moved its span
+                at = None
+                if single is not None or not distinct:
+                    many = self._many.get(whole)
+                    single = None if many is not None else self._single(whole)
+            self._keep(whole, key, until, many, single, undo=undo, at=at)
         return False
 
     def _keep(
@@ -205,8 +228,10 @@ class CallIndex:
         single: tuple[Records, int, int] | None,
         *,
         undo: list[_Undo] | None,
+        at: tuple[int, bytes] | None = None,
     ) -> None:
-        """`keep` one key of digest `whole`, whose spans kept are `many`, else `single` (`_single`)."""
+        """`keep` one key of digest `whole`, whose spans kept are `many`, else `single` (`_single`);
+        `at`, if known, is where `Partition.place` puts the digest now."""
         if many is not None:
             before = many.until
             dropped = many.keep(key)
@@ -215,7 +240,9 @@ class CallIndex:
                 undo.append(("many", whole, key, dropped, before))
             return
         if single is None:
-            self._append(whole, key, self._buckets.take(until))
+            if at is None:
+                at = self._bare.partition.place(whole)
+            self._append_at(*at, key, self._buckets.take(until))
             if undo is not None:
                 undo.append(("new", whole, key, None, until))
             return
@@ -281,7 +308,10 @@ class CallIndex:
 
     def _single(self, whole: bytes) -> tuple[Records, int, int] | None:
         """Where the one span a key holds is: its records, string and offset; None if none."""
-        index, tail = self._bare.partition.place(whole)
+        return self._single_at(*self._bare.partition.place(whole))
+
+    def _single_at(self, index: int, tail: bytes) -> tuple[Records, int, int] | None:
+        """`_single` of the digest `Partition.place` put at string `index` with `tail`."""
         for records in (self._bare, self._timeless, self._timed):
             found = records.strings[index]
             if found:
@@ -304,8 +334,11 @@ class CallIndex:
         return CallKey(key, start, end, self._sources[meta >> 1], bool(meta & 1))
 
     def _append(self, whole: bytes, key: CallKey, gen: int) -> None:
-        index, record = self._bare.partition.place(whole)
-        record += gen.to_bytes(2, "little")
+        self._append_at(*self._bare.partition.place(whole), key, gen)
+
+    def _append_at(self, index: int, tail: bytes, key: CallKey, gen: int) -> None:
+        """`_append` of the digest `Partition.place` put at string `index` with `tail`."""
+        record = tail + gen.to_bytes(2, "little")
         start, end = key.start, key.end
         timeless = start == 0 and end == CEILING
         if timeless and not key.source and not key.identified:

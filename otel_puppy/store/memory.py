@@ -886,28 +886,56 @@ class MemoryStore:
     def add_samples(self, samples: Sequence[Sample], *, keep: int, ttl_s: float, now: float) -> None:
         keep = max(1, min(keep, MAX_SAMPLES))
         until = now + ttl_s
+        # Per key, its samples of the batch in order; keys in the order of their last sample (each
+        # moved to the end again by a later one), the order in which writing sample by sample would
+        # leave them last written. With no key let go for room (below) that is the same write.
+        groups: dict[str, list[Sample]] = {}
+        pop = groups.pop
+        for sample in samples:
+            key = sample[0]
+            found = pop(key, None)
+            if found is None:
+                groups[key] = [sample]
+            else:
+                found.append(sample)
+                groups[key] = found
         with self._lock:
             series = self._samples
-            full = _SERIES.size + keep * _SAMPLE.size
-            header_of, write_header, write_sample = _SERIES.unpack_from, _SERIES.pack_into, _SAMPLE.pack_into
-            for key, at, nanos, tokens in samples:
-                kept = series.pop(key, None)  # put back last: the most recently written
-                if kept is None:
-                    while len(series) >= MAX_SAMPLE_KEYS:
-                        del series[next(iter(series))]  # the least recently written
-                    kept = _new_series(keep, until)
-                _, kept_keep, head = header_of(kept)
-                if kept_keep != keep:
-                    kept = _resized(kept, keep, until)
-                    head = 0
-                series[key] = kept
-                # One more sample, the oldest let go once `keep` are kept; the key lasts until `until`.
-                if len(kept) < full:
-                    _UNTIL.pack_into(kept, 0, until)
-                    kept += _SAMPLE.pack(at, clamp(nanos), clamp(tokens))
-                else:
-                    write_sample(kept, _SERIES.size + head * _SAMPLE.size, at, clamp(nanos), clamp(tokens))
-                    write_header(kept, 0, until, keep, (head + 1) % keep)
+            if len(series) + sum(key not in series for key in groups) > MAX_SAMPLE_KEYS:
+                # Keys are let go for room while the batch is written: which ones depends on the order
+                # of every sample, so sample by sample.
+                for sample in samples:
+                    self._add_series(series, sample[0], (sample,), keep, until)
+                return
+            for key, kept in groups.items():
+                self._add_series(series, key, kept, keep, until)
+
+    @staticmethod
+    def _add_series(series: dict[str, bytearray], key: str, samples: Sequence[Sample], keep: int, until: float) -> None:
+        """Write `samples` of `key` (in order) to its series, made the most recently written."""
+        kept = series.pop(key, None)  # put back last: the most recently written
+        if kept is None:
+            while len(series) >= MAX_SAMPLE_KEYS:
+                del series[next(iter(series))]  # the least recently written
+            kept = _new_series(keep, until)
+        _, kept_keep, head = _SERIES.unpack_from(kept)
+        if kept_keep != keep:
+            kept = _resized(kept, keep, until)
+            head = 0
+        series[key] = kept
+        # One more sample each, the oldest let go once `keep` are kept; the key lasts until `until`.
+        full = _SERIES.size + keep * _SAMPLE.size
+        write_sample, pack = _SAMPLE.pack_into, _SAMPLE.pack
+        _UNTIL.pack_into(kept, 0, until)
+        for _, at, spent, used in samples:
+            nanos = 0 if spent <= 0 else spent if spent < CEILING else CEILING  # `clamp`, inlined
+            tokens = 0 if used <= 0 else used if used < CEILING else CEILING
+            if len(kept) < full:
+                kept += pack(at, nanos, tokens)
+            else:
+                write_sample(kept, _SERIES.size + head * _SAMPLE.size, at, nanos, tokens)
+                head = head + 1 if head + 1 < keep else 0
+        _SERIES.pack_into(kept, 0, until, keep, head)
 
     def read_samples(self, keys: Sequence[str], since: float) -> list[list[tuple[int, int]]]:
         with self._lock:

@@ -87,6 +87,42 @@ def test_samples_are_the_newest_kept_as_a_deque_of_them_would_be() -> None:
         ]
 
 
+def test_a_batch_of_samples_writes_what_writing_them_one_at_a_time_writes() -> None:
+    # A batch is written per key (keys in the order of their last sample); with a key let go for room
+    # during it, sample by sample. Against a store fed the same samples one call each: the same
+    # samples, the same keys kept (which were let go depends on the order), the same expiry.
+    rng = random.Random(7)
+    for few_keys in (True, False):
+        batched, single = MemoryStore(), MemoryStore()
+        names = [f"k{i}" for i in range(40 if few_keys else MAX_SAMPLE_KEYS + 300)]
+        if not few_keys:  # near the bound: every batch lets keys go
+            seed = [Sample(name, T0, i, 0) for i, name in enumerate(names[: MAX_SAMPLE_KEYS - 5])]
+            for store in (batched, single):
+                store.add_samples(seed, keep=3, ttl_s=600, now=T0)
+            # The oldest key written again before a new key takes the room of the next oldest: by keys
+            # in order of their last sample, "new" would take k0's and k0 would come back emptied.
+            edge = [Sample("k0", T0, 1, 1)] + [Sample(f"new{i}", T0, 2, 2) for i in range(6)] + [Sample("k0", T0, 3, 3)]
+            batched.add_samples(edge, keep=3, ttl_s=600, now=T0)
+            for sample in edge:
+                single.add_samples([sample], keep=3, ttl_s=600, now=T0)
+            assert batched.read_samples(["k0", "k1"], T0) == [[(3, 3), (1, 1), (0, 0)], []]
+        for step in range(60):
+            now = T0 + step
+            keep = rng.choice((2, 3, 5)) if step % 7 == 0 else 3
+            batch = [
+                Sample(rng.choice(names[:12] if rng.random() < 0.7 else names), now, rng.randrange(-5, 10**6), 7)
+                for _ in range(rng.randrange(1, 60))
+            ]
+            batched.add_samples(batch, keep=keep, ttl_s=600 + step, now=now)
+            for sample in batch:
+                single.add_samples([sample], keep=keep, ttl_s=600 + step, now=now)
+            assert list(batched._samples) == list(single._samples)  # kept keys, least recently written first
+            assert batched._samples == single._samples  # each series' header and ring, byte for byte
+        assert batched.expire(T0 + 690) == single.expire(T0 + 690)
+        assert list(batched._samples) == list(single._samples)
+        assert batched.expire(T0 + 2000) == single.expire(T0 + 2000) > 0
+
+
 def test_a_series_lasts_until_its_latest_write_and_keeps_its_newest_through_any_keep() -> None:
     # A series holds its `until`, `keep` and `head` in its own header: every write sets `until` (one
     # into a full ring, one that changes `keep`), `expire` reads it, and a change of `keep` moves the
