@@ -173,50 +173,46 @@ class CallIndex:
         self, keys: Sequence[CallKey], digests: Sequence[bytes], until: float, undo: list[_Undo] | None = None
     ) -> bool:
         """`joins(keys, digests)`; if not, `keep(keys, until, undo, digests)` too, with the spans each
-        key holds looked up once for both (again only where an earlier key's `keep` may have moved them:
-        a span held in a string, or keys of one digest)."""
-        if len(keys) == 1:  # nearly every span: its one key (a response id's), placed once
-            key, whole = keys[0], digests[0]
-            many = self._many.get(whole)
-            if many is not None:
-                if many.joins(key):
+        key holds looked up once for both.
+
+        Keys of distinct digests (every span's: a response id's key and an agreement's) are taken one
+        at a time, each kept as soon as it is found joining nothing, and the keeps taken back should a
+        later key join (`restore`): keys of distinct digests never see each other's spans, so that is
+        the answer and the index of looking at all before keeping any, for half the work."""
+        if len(keys) == 1:  # most spans: one key
+            return self._joins_else_keep(keys[0], digests[0], until, undo)
+        if len(set(digests)) == len(digests):
+            taken: list[_Undo] = []
+            for key, whole in zip(keys, digests, strict=True):
+                if self._joins_else_keep(key, whole, until, taken):
+                    self.restore(taken)
                     return True
-                self._keep(whole, key, until, many, None, undo=undo)
-                return False
-            index, tail = self._bare.partition.place(whole)
-            single = self._single_at(index, tail)
-            if single is not None:
-                if _joins(self._decode(key.key, *single), key):
-                    return True
-                self._keep(whole, key, until, None, single, undo=undo)
-                return False
-            self._append_at(index, tail, key, self._buckets.take(until))
             if undo is not None:
-                undo.append(("new", whole, key, None, until))
+                undo += taken
             return False
-        found: list[tuple[_Kept | None, tuple[Records, int, int] | None, tuple[int, bytes] | None]] = []
-        place = self._bare.partition.place
-        for key, whole in zip(keys, digests, strict=True):
-            many = self._many.get(whole)
-            if many is not None:
-                if many.joins(key):
-                    return True
-                found.append((many, None, None))
-            else:
-                placed = place(whole)
-                single = self._single_at(*placed)
-                if single is not None and _joins(self._decode(key.key, *single), key):
-                    return True
-                found.append((None, single, placed))
-        distinct = len(digests) == 1 or len(set(digests)) == len(digests)
-        for i, (key, whole) in enumerate(zip(keys, digests, strict=True)):
-            many, single, at = found[i]
-            if i:  # an earlier key's keep may have split strings (places change) or moved its span
-                at = None
-                if single is not None or not distinct:
-                    many = self._many.get(whole)
-                    single = None if many is not None else self._single(whole)
-            self._keep(whole, key, until, many, single, undo=undo, at=at)
+        if self.joins(keys, digests):  # keys of one digest: each keep sees the one before
+            return True
+        self.keep(keys, until, undo, digests)
+        return False
+
+    def _joins_else_keep(self, key: CallKey, whole: bytes, until: float, undo: list[_Undo] | None) -> bool:
+        """`joins_else_keep` of one key of digest `whole`: its string placed once for both."""
+        many = self._many.get(whole)
+        if many is not None:
+            if many.joins(key):
+                return True
+            self._keep(whole, key, until, many, None, undo=undo)
+            return False
+        index, tail = self._bare.partition.place(whole)
+        single = self._single_at(index, tail)
+        if single is not None:
+            if _joins(self._decode(key.key, *single), key):
+                return True
+            self._keep(whole, key, until, None, single, undo=undo)
+            return False
+        self._append_at(index, tail, key, self._buckets.take(until))
+        if undo is not None:
+            undo.append(("new", whole, key, None, until))
         return False
 
     def _keep(
@@ -228,10 +224,8 @@ class CallIndex:
         single: tuple[Records, int, int] | None,
         *,
         undo: list[_Undo] | None,
-        at: tuple[int, bytes] | None = None,
     ) -> None:
-        """`keep` one key of digest `whole`, whose spans kept are `many`, else `single` (`_single`);
-        `at`, if known, is where `Partition.place` puts the digest now."""
+        """`keep` one key of digest `whole`, whose spans kept are `many`, else `single` (`_single`)."""
         if many is not None:
             before = many.until
             dropped = many.keep(key)
@@ -240,9 +234,7 @@ class CallIndex:
                 undo.append(("many", whole, key, dropped, before))
             return
         if single is None:
-            if at is None:
-                at = self._bare.partition.place(whole)
-            self._append_at(*at, key, self._buckets.take(until))
+            self._append(whole, key, self._buckets.take(until))
             if undo is not None:
                 undo.append(("new", whole, key, None, until))
             return
