@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -378,7 +379,9 @@ def test_new_call_builds_what_the_generated_init_builds() -> None:
     }
     names = [f.name for f in dataclasses.fields(LLMCall)]
     assert set(given) == set(names) - {"dedupe_namespace"}  # a new field is added here
-    built = _new_call(**given)  # type: ignore[arg-type]
+    # Positional only, in the fields' order: a parameter out of place would put a value in another slot.
+    assert list(inspect.signature(_new_call).parameters) == [name for name in names if name in given]
+    built = _new_call(*(given[name] for name in names if name in given))  # type: ignore[arg-type]
     assert built == LLMCall(**given)  # type: ignore[arg-type]
     assert [getattr(built, name) for name in names] == [given.get(name, "") for name in names]
 

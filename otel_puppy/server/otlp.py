@@ -46,7 +46,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from otel_puppy import semconv
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.bounds import DEFAULT_LIMITS, MAX_NUMBER_TEXT, CallLimits
-from otel_puppy.calls import LLMCall, call_from_parts
+from otel_puppy.calls import LLMCall, _call_from_parts
 from otel_puppy.exceptions import PuppyError
 
 __all__ = (
@@ -716,26 +716,26 @@ def _decode_call(
     """`span` as a call; `attributes`, when given, are its attributes as `_call_attributes` read them;
     `memo` is `call_from_parts`'s, for the spans of `resource`."""
     try:
-        error = span.status.code == _STATUS_ERROR
-        call = call_from_parts(
+        status = span.status
+        error = status.code == _STATUS_ERROR
+        call = _call_from_parts(  # positional (`call_from_parts`'s keywords, in order)
             attributes if attributes is not None else _attributes(span.attributes),
-            resource=resource,
-            trace_id=int.from_bytes(span.trace_id, "big"),
-            span_id=int.from_bytes(span.span_id, "big"),
-            parent_span_id=_id(span.parent_span_id, 8),
-            start_ns=span.start_time_unix_nano,
-            end_ns=span.end_time_unix_nano,
-            error=error,
-            status_message=span.status.message or None,
-            exception_events=[
-                _attributes(event.attributes) for event in span.events if event.name == semconv.EXCEPTION_EVENT
-            ]
+            resource,
+            int.from_bytes(span.trace_id, "big"),
+            int.from_bytes(span.span_id, "big"),
+            _id(span.parent_span_id, 8),
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+            error,
+            # The status message, the exception events and the name are read for a failure only.
+            (status.message or None) if error else None,
+            [_attributes(event.attributes) for event in span.events if event.name == semconv.EXCEPTION_EVENT]
             if error
             else (),
-            limits=limits,
-            instrumentation=instrumentation or None,
-            name=span.name,
-            memo=memo,
+            limits,
+            instrumentation or None,
+            span.name if error else None,
+            memo,
         )
     except Exception:
         # A bug reading one hostile span must not lose the batch: reject it, say so, log it.
