@@ -302,7 +302,13 @@ class SpreadSums:
         if not layout[3] <= ts < layout[4]:
             starts, ends = zip(*[bounds(ts) for bounds in layout[2]], strict=True) if layout[2] else ((), ())
             layout[3:] = max(starts, default=-math.inf), min(ends, default=math.inf), starts
-        found = (id(targets), *[ts // step for step in layout[1]], *layout[5])
+        steps = layout[1]
+        if len(steps) == 1:  # most batches: a comprehension's frame costs as much as the rest
+            found: tuple[Any, ...] = (id(targets), ts // steps[0], *layout[5])
+        elif len(steps) == 2:
+            found = (id(targets), ts // steps[0], ts // steps[1], *layout[5])
+        else:
+            found = (id(targets), *[ts // step for step in steps], *layout[5])
         group = self.groups.get(found)
         if group is None:
             self.groups[found] = [targets, ts, nanos, tokens, 1]
