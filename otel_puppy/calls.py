@@ -259,9 +259,8 @@ def extract_call(span: ReadableSpan, limits: CallLimits = DEFAULT_LIMITS) -> LLM
     )
 
 
-def call_from_parts(
+def call_from_parts(  # noqa: PLR0917 - positional too: the OTLP decoder calls it for every span
     attributes: Mapping[str, Any],
-    *,
     resource: Mapping[str, Any],
     trace_id: int,
     span_id: int,
@@ -289,44 +288,10 @@ def call_from_parts(
     `memo` (a dict, kept by the caller for spans of one `resource`) remembers what the attributes
     other than the numbers and ids say (`_Labels`), for spans with usage that did not fail: at most
     `MEMO_ENTRIES`, each keyed by short values only (`_memo_key`). The call is the same without it.
+
+    Every parameter may be passed by position, in this order: the OTLP decoder does, for every span
+    (fourteen keyword arguments cost more to match than most of what they pass).
     """
-    return _call_from_parts(
-        attributes,
-        resource,
-        trace_id,
-        span_id,
-        parent_span_id,
-        start_ns,
-        end_ns,
-        error,
-        status_message,
-        exception_events,
-        limits,
-        instrumentation,
-        name,
-        memo,
-    )
-
-
-def _call_from_parts(  # noqa: PLR0917 - positional: the decoder calls it for every span
-    attributes: Mapping[str, Any],
-    resource: Mapping[str, Any],
-    trace_id: int,
-    span_id: int,
-    parent_span_id: int,
-    start_ns: int,
-    end_ns: int,
-    error: bool,
-    status_message: str | None,
-    exception_events: Iterable[Mapping[str, Any]],
-    limits: CallLimits,
-    instrumentation: str | None,
-    name: str | None,
-    memo: dict[tuple[object, ...], Any] | None,
-    /,
-) -> LLMCall | None:
-    """`call_from_parts`, positional only: the OTLP decoder's call for every span (keyword arguments
-    cost more to match than most of what they pass)."""
     if not attributes:
         if not error:
             return None

@@ -46,7 +46,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from otel_puppy import semconv
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.bounds import DEFAULT_LIMITS, MAX_NUMBER_TEXT, CallLimits
-from otel_puppy.calls import LLMCall, _call_from_parts
+from otel_puppy.calls import LLMCall, call_from_parts
 from otel_puppy.exceptions import PuppyError
 
 __all__ = (
@@ -718,7 +718,7 @@ def _decode_call(
     try:
         status = span.status
         error = status.code == _STATUS_ERROR
-        call = _call_from_parts(  # positional (`call_from_parts`'s keywords, in order)
+        call = call_from_parts(  # by position (see its parameters)
             attributes if attributes is not None else _attributes(span.attributes),
             resource,
             int.from_bytes(span.trace_id, "big"),
