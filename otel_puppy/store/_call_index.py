@@ -178,7 +178,7 @@ class CallIndex:
         Keys of distinct digests (every span's: a response id's key and an agreement's) are taken one
         at a time, each kept as soon as it is found joining nothing, and the keeps taken back should a
         later key join (`restore`): keys of distinct digests never see each other's spans, so that is
-        the answer and the index of looking at all before keeping any, for half the work."""
+        the answer and the index of looking at all before keeping any, each key placed once."""
         if len(keys) == 1:  # most spans: one key
             return self._joins_else_keep(keys[0], digests[0], until, undo)
         if len(set(digests)) == len(digests):
