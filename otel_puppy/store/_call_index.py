@@ -169,6 +169,14 @@ class CallIndex:
             many = self._many.get(whole)
             self._keep(whole, key, until, many, None if many is not None else self._single(whole), undo=undo)
 
+    def recognises(self, keys: Sequence[CallKey], until: float, *, keep: bool, undo: list[_Undo] | None = None) -> bool:
+        """How a store applies a span's `keys`: whether they describe a kept span's call (`joins`); with
+        `keep`, kept until `until` when they do not (`joins_else_keep`, `undo` as there). A span that
+        reported no usage (`SpendRecord.weak`) is only recognised: it keeps nothing. Each key is
+        digested once, for both."""
+        digests = [digest(key.key) for key in keys]
+        return self.joins_else_keep(keys, digests, until, undo) if keep else self.joins(keys, digests)
+
     def joins_else_keep(
         self, keys: Sequence[CallKey], digests: Sequence[bytes], until: float, undo: list[_Undo] | None = None
     ) -> bool:

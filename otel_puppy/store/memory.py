@@ -397,25 +397,12 @@ class MemoryStore:
         weak = record.weak
         if not seen.add_digest(digest(record.span_key + "~") if weak else span, record.dedupe_until):  # `seen_key`
             return ApplyResult.DUPLICATE
-        calls = self._calls
         parent = None if record.parent_key is None else digest(record.parent_key)
         call_keys = record.call_keys
-        call_digests = [digest(key.key) for key in call_keys] if call_keys else None
         if (
             self._covered.has(span)
             or (parent is not None and seen.has(parent))
-            or (
-                call_digests is not None
-                and (
-                    calls.joins(call_keys, call_digests)
-                    if weak
-                    else calls.joins_else_keep(  # kept if applied
-                        call_keys,
-                        call_digests,
-                        record.dedupe_until if record.calls_until is None else record.calls_until,  # `keys_until`
-                    )
-                )
-            )
+            or (call_keys and self._calls.recognises(call_keys, record.keys_until, keep=not weak))  # kept if applied
         ):
             if record.decision_id is not None:
                 self._release(record.decision_id, SETTLED, record.nanos)

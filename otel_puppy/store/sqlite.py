@@ -54,7 +54,6 @@ from otel_puppy.forward.queue import ForwardQueue, MemoryQueue
 from otel_puppy.forward.sqlite_queue import SQLiteQueue
 from otel_puppy.ledger import COUNTS, MAX_LEDGER_ROWS, OTHER_DIMS
 from otel_puppy.store._call_index import CallIndex
-from otel_puppy.store._keyset import digest as _call_digest
 from otel_puppy.store.base import (
     CEILING,
     EXPIRED,
@@ -628,16 +627,7 @@ class SQLiteStore:
                 covered_key in covered
                 or covered_key in covered_before
                 or (parent is not None and (parent in seen or parent in seen_before))
-                or (
-                    call_keys
-                    and (
-                        calls.joins(call_keys)
-                        if record.weak
-                        else calls.joins_else_keep(  # kept if applied: each key digested and found once
-                            call_keys, [_call_digest(key.key) for key in call_keys], record.keys_until, undo
-                        )
-                    )
-                )
+                or (call_keys and calls.recognises(call_keys, record.keys_until, keep=not record.weak, undo=undo))
             ):
                 if settling and record.decision_id is not None:
                     _release(db, self._held, record.decision_id, SETTLED, record.nanos)
