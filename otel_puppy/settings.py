@@ -119,6 +119,10 @@ class PuppySettings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1, le=100_000)
     """`serve`: past this many open connections (or requests in progress) new requests get `503`
     (uvicorn's `limit_concurrency`), so file descriptors never run out."""
+    decode_processes: int | None = Field(default=None, ge=0, le=16)
+    """`serve`: processes that decode OTLP bodies and read their spans while the service's own applies
+    the batches before them (`server/decoder.py`; each about 80 MB). Unset: one when the service may run
+    on two CPUs or more, else none; 0: decoded in the service's own threads. At most 16."""
     ingest_memory_limit_bytes: int = Field(default=1024 * 1024 * 1024, ge=64 * 1024 * 1024, le=1 << 40)
     """`serve`: memory that OTLP bodies being read and decoded may reserve in all (an upper bound
     per body, see `server/memory.py`); over it an export gets `503` with `Retry-After`."""

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_puppy.cli import DENY_EXIT_CODE
+from otel_puppy.server.decoder import default_processes
 from tests._service import (
     NANOS,
     PRICE,
@@ -115,6 +116,34 @@ def test_serve_ingests_answers_and_keeps_its_state_in_sqlite_across_a_restart(tm
 
 
 @pytest.mark.long
+def _decoders(pid: int) -> list[int]:
+    """The decoding processes `pid` started (`server/decoder.py`): its children running `_serve_worker`."""
+    children = [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+    return [child for child in children if b"_serve_worker" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+@pytest.mark.parametrize("processes", [None, "0", "2"])
+def test_serve_decodes_in_its_decoding_processes_and_stops_them_with_it(tmp_path: Path, processes: str | None) -> None:
+    """By default one decoding process on two CPUs or more (as here), `OTEL_PUPPY_DECODE_PROCESSES` otherwise;
+    the spans it reads are counted as ever, and it stops with the service."""
+    policies = write_policies(tmp_path, BUDGETS)
+    env = environment() if processes is None else environment(decode_processes=processes)
+    with service(tmp_path, "--policies", str(policies), env=env) as running:
+        decoders = _decoders(running.process.pid)
+        assert len(decoders) == (default_processes() if processes is None else int(processes))
+        spans = chat_spans(3)
+        assert export(running.url, spans) is SpanExportResult.SUCCESS
+        assert export(running.url, spans) is SpanExportResult.SUCCESS  # a retry: counted once
+        labels = {"provider": "openai", "model": "gpt-4.1", "agent": "support", "service": "support-bot"}
+        assert metric(running.url, "otel_puppy_llm_cost_usd_total", **labels) == 3 * NANOS / 1e9
+        assert metric(running.url, "otel_puppy_spans_total", result="duplicate") == 3.0
+        assert running.stop() == 0
+    for decoder in decoders:  # stopped and waited for by the service before it exits
+        assert not Path(f"/proc/{decoder}").exists()
+
+
 def test_kill_9_mid_load_loses_no_acknowledged_span_and_counts_none_twice(tmp_path: Path) -> None:
     policies = write_policies(tmp_path, "budgets:\n  - {name: everything, limit_usd: 1000000, window: day}\n")
     args = ("--policies", str(policies), "--store", "sqlite:///state.db")

@@ -69,6 +69,10 @@ def test_the_dedupe_window_may_be_400_days(monkeypatch: pytest.MonkeyPatch) -> N
         ("OTEL_PUPPY_RESERVATION_TTL_S", "inf"),
         ("OTEL_PUPPY_RESERVATION_TTL_S", "nan"),
         ("OTEL_PUPPY_RESERVATION_TTL_S", "1e308"),
+        ("OTEL_PUPPY_DECODE_PROCESSES", "-1"),
+        ("OTEL_PUPPY_DECODE_PROCESSES", "17"),
+        ("OTEL_PUPPY_DECODE_PROCESSES", "1" + "0" * 4000),
+        ("OTEL_PUPPY_DECODE_PROCESSES", "1.5"),
     ],
 )
 def test_sizes_and_intervals_are_bounded(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -85,8 +89,10 @@ def test_sizes_and_intervals_may_be_their_largest(monkeypatch: pytest.MonkeyPatc
         ("OTEL_PUPPY_MAX_LABEL_VALUES", "10000"),
         ("OTEL_PUPPY_WATCH_POLICIES_S", "3600"),
         ("OTEL_PUPPY_RESERVATION_TTL_S", "86400"),
+        ("OTEL_PUPPY_DECODE_PROCESSES", "16"),
     ]:
         monkeypatch.setenv(variable, value)
     settings = PuppySettings.load()
+    assert settings.decode_processes == 16
     assert (settings.queue_size, settings.max_label_values) == (1_000_000, 10_000)
     assert (settings.watch_policies_s, settings.reservation_ttl_s) == (3600.0, 86400.0)

@@ -141,6 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
     from otel_puppy.engine import PolicyEngine
     from otel_puppy.policies.presence import CLI_ALLOW_HINT, missing_policies
     from otel_puppy.server.app import create_app
+    from otel_puppy.server.decoder import DecodePool, default_processes
     from otel_puppy.server.http import uvicorn_options
 
     # Settings first: a host beyond loopback without a token is refused before anything binds.
@@ -162,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print_error(str(exc))
         return 1
-    recorder = forwarder = None
+    recorder = forwarder = decoder = None
     try:
         recorder = _recorder(args, engine)
         if recorder is None and args.record is not None:
@@ -171,8 +172,11 @@ def _serve(args: argparse.Namespace) -> int:
             forwarder = _forwarder(settings, engine)
             if forwarder is None:
                 return 1
+        processes = default_processes() if settings.decode_processes is None else settings.decode_processes
+        if processes:
+            decoder = DecodePool(processes).start()
         try:
-            app = create_app(engine, recorder=recorder, forwarder=forwarder)
+            app = create_app(engine, recorder=recorder, forwarder=forwarder, decoder=decoder)
         except PolicyErrors as exc:  # the tokens file (`TokenFileErrors`): a service must not start without it
             print_policy_errors(exc)
             return 1
@@ -195,6 +199,8 @@ def _serve(args: argparse.Namespace) -> int:
     except SystemExit:  # uvicorn exits when it cannot start (the port is taken...); it has logged why
         return 1
     finally:
+        if decoder is not None:
+            decoder.close()
         if forwarder is not None:
             forwarder.close()
         if recorder is not None:

@@ -61,6 +61,7 @@ from otel_puppy.money import format_usd, nanos_to_usd
 from otel_puppy.policies.models import PolicyFile
 from otel_puppy.policies.presence import missing_policies
 from otel_puppy.server.auth import MAX_JSON_BODY_BYTES, AuthAudit, AuthGate, document_bearer_auth
+from otel_puppy.server.decoder import DecodePool
 from otel_puppy.server.docs import add_offline_docs
 from otel_puppy.server.errors import (
     CORRUPT_STORE_MESSAGE,
@@ -166,6 +167,7 @@ def create_app(
     recorder: SpanRecorder | None = None,
     keyring: Keyring | None = None,
     forwarder: Forwarder | None = None,
+    decoder: DecodePool | None = None,
 ) -> FastAPI:
     """The HTTP application over `engine`. Serve it with any ASGI server (uvicorn).
 
@@ -174,6 +176,8 @@ def create_app(
     (`otel-puppy serve --record`) appends every accepted OTLP export to its file; its owner closes it.
     A `forwarder` (`otel-puppy serve --forward-to`) enriches and queues every accepted export for
     the downstream, and `/readyz` fails while its queue is full; its owner starts and closes it.
+    With a `decoder` (`otel-puppy serve` on two CPUs or more), OTLP bodies are decoded and their spans
+    read in its processes (`server/decoder.py`); its owner starts and closes it.
     The tokens are `keyring`'s, by default the settings' tokens file (`tokens_path`) and `api_token`;
     while the application is served (its lifespan), the file is polled for changes.
 
@@ -243,6 +247,7 @@ def create_app(
         memory=memory,
         recorder=recorder,
         forwarder=forwarder,
+        decoder=decoder,
     )
 
     async def export_traces(request: Request) -> Response:

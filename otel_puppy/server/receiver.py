@@ -30,6 +30,7 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.forward.queue import QueueFull
 from otel_puppy.forward.sender import Forwarder
+from otel_puppy.server.decoder import DecodePool, DecoderUnavailable, ReadSpans, read_request
 from otel_puppy.server.errors import (
     CORRUPT_STORE_MESSAGE,
     PROTOBUF_TYPES,
@@ -45,13 +46,14 @@ from otel_puppy.server.errors import (
     otlp_status,
 )
 from otel_puppy.server.memory import MemoryFull, MemoryLimiter, Reservation, decode_cost
-from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, calls_from_request, decode_traces, encode_response
+from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, decode_traces, encode_response
 from otel_puppy.server.record import SpanRecorder
 from otel_puppy.server.scoping import stamp, token_scope
 from otel_puppy.server.tokens import TokenScope
 from otel_puppy.store.base import ApplyResult
 
 __all__ = (
+    "DECODER_RETRY_AFTER_S",
     "INGEST_WAIT_S",
     "MAX_BODY_BYTES",
     "MAX_CONCURRENT_INGEST",
@@ -78,6 +80,8 @@ OVERLOAD_RETRY_AFTER_S: Final = 1
 FORWARD_RETRY_AFTER_S: Final = 5
 """After a full forward queue: the downstream is away, and a retry every second would not help it."""
 MEMORY_RETRY_AFTER_S: Final = 1
+DECODER_RETRY_AFTER_S: Final = 1
+"""After a decoding process stopped: new ones are starting (`server/decoder.py`)."""
 
 _OTLP_TYPES: Final = PROTOBUF_TYPES | {JSON}
 _IDENTITY: Final = frozenset({"", "identity"})
@@ -118,8 +122,10 @@ class TraceReceiver:
         memory: MemoryLimiter,
         recorder: SpanRecorder | None = None,
         forwarder: Forwarder | None = None,
+        decoder: DecodePool | None = None,
     ) -> None:
         self.engine = engine
+        self.decoder = decoder
         self.recorder = recorder
         self.forwarder = forwarder
         self.max_body_bytes = max_body_bytes
@@ -200,6 +206,11 @@ class TraceReceiver:
                 return self._too_large(reply_type)
             except OtlpDecodeError as exc:
                 return otlp_status(400, RPC_INVALID_ARGUMENT, str(exc), reply_type)
+            except DecoderUnavailable:
+                self.engine.metrics.record_internal_error("server.decoder")
+                message = "the OTLP decoding process stopped, nothing was applied; retry after the Retry-After interval"
+                retry = {"Retry-After": str(DECODER_RETRY_AFTER_S)}
+                return otlp_status(503, RPC_UNAVAILABLE, message, reply_type, retry)
             except StoreCorruptError:
                 # 500, which exporters do not retry: a damaged file is not fixed by sending it again.
                 _LOG.error("traces:corrupt", "OTLP export refused, the store is damaged", exc_info=True)
@@ -279,27 +290,40 @@ class TraceReceiver:
         # Reserved before taking a turn: a batch over the memory left is refused at once, not after
         # the batches ahead of it (tests/reliability/test_hostile_server.py holds one inside apply).
         reservation.grow_to(decode_cost(body, media_type(content_type) == JSON))
+        read = None
+        if self.decoder is not None:  # read in a decoding process, while this one applies other batches
+            limits = self.engine.settings.call_limits
+            read = self.decoder.read(body, content_type, limits, _MAX_MESSAGES, self.forwarder is not None)
         holder.append(body)  # handed over as the raw body was: freed once decoded
         del body
         with self._one_batch:
-            return self._apply(holder, content_type, reservation, scope)
+            return self._apply(holder, content_type, reservation, scope, read)
 
     def _apply(
-        self, holder: list[bytearray], content_type: str, reservation: Reservation, scope: TokenScope
+        self,
+        holder: list[bytearray],
+        content_type: str,
+        reservation: Reservation,
+        scope: TokenScope,
+        read: ReadSpans | None = None,
     ) -> tuple[int, str]:
-        """`_ingest` once the body is inflated: decode, apply, record, forward."""
+        """`_ingest` once the body is inflated: decode (unless a decoding process has: `read`), apply,
+        record, forward."""
         body = holder.pop()
         forwarder = self.forwarder
-        request = decode_traces(body, content_type)  # protobuf and `json` read a bytearray as they read bytes
+        # the request itself only for those that write it out again (protobuf and `json` read a
+        # bytearray as they read bytes)
+        keep = read is None or forwarder is not None or self.recorder is not None
+        request = decode_traces(body, content_type) if keep else None
         del body
-        rejected_spans: dict[tuple[int, int], str] | None = {} if forwarder is not None else None
-        calls, rejected, problems = calls_from_request(
-            request, max_messages=_MAX_MESSAGES, limits=self.engine.settings.call_limits, rejected_spans=rejected_spans
-        )
+        if read is None:
+            assert request is not None
+            read = read_request(request, self.engine.settings.call_limits, _MAX_MESSAGES, forwarder is not None)
+        calls, rejected, problems, rejected_spans = read
         if scope:  # a scoped ingest token: its scope on every call, whatever the span claims
             calls = [stamp(call, scope) for call in calls]
         # Encoded now, written once applied: only accepted batches are recorded.
-        record = self.recorder.encode(request) if self.recorder is not None else None
+        record = self.recorder.encode(request) if self.recorder is not None and request is not None else None
         if forwarder is None:
             del request  # nothing else needs it: freed before the store round trip
         warnings: list[str] = []
@@ -310,6 +334,7 @@ class TraceReceiver:
                 span = f"span {call.trace_id:032x}/{call.span_id:016x}"
                 warnings.append(f"{span} counted but not priced: {', '.join(call.problems)}")
         if forwarder is not None:  # applied: now queued for the downstream, before the 200
+            assert request is not None
             try:
                 forwarder.accept(request, observations, rejected_spans or {})
             except (QueueFull, StoreError) as exc:  # `room` said yes, and another batch took it first

@@ -38,6 +38,7 @@ from otel_puppy.calls import ErrorClass
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
 from otel_puppy.server.app import create_app
+from otel_puppy.server.decoder import DecodePool
 from otel_puppy.server.thread import serving
 from otel_puppy.snapshot import Observation
 from otel_puppy.store import ApplyResult
@@ -313,11 +314,13 @@ def through_processor(case: Case) -> Replayed:
 
 
 class Receiver:
-    """One uvicorn server for every case; each POST goes to an app over a fresh engine of its own."""
+    """One uvicorn server for every case; each POST goes to an app over a fresh engine of its own,
+    its bodies read in a decoding process as `otel-puppy serve` reads them on two CPUs or more."""
 
-    def __init__(self, url: str, swap: Callable[[ASGIApp], None]) -> None:
+    def __init__(self, url: str, swap: Callable[[ASGIApp], None], decoder: DecodePool) -> None:
         self.url = url
         self._swap = swap
+        self._decoder = decoder
 
     def post(self, case: Case) -> Replayed:
         """`POST /v1/traces` of the recorded OTLP/JSON line(s), on a fresh engine."""
@@ -327,7 +330,7 @@ class Receiver:
         """`POST /v1/traces` of each OTLP/JSON body in turn, on a fresh engine."""
         engine = engine_for_tests(allow_no_policies=True)
         try:
-            self._swap(create_app(engine))
+            self._swap(create_app(engine, decoder=self._decoder))
             with observed(engine) as seen, httpx.Client(base_url=self.url, timeout=30) as client:
                 for body in bodies:
                     reply = client.post("/v1/traces", content=body, headers={"content-type": "application/json"})
@@ -357,8 +360,12 @@ def receiver() -> Iterator[Receiver]:
     def swap(new: ASGIApp) -> None:
         current[:] = [new]
 
-    with serving(app) as url:
-        yield Receiver(url, swap)
+    decoder = DecodePool(1).start()
+    try:
+        with serving(app) as url:
+            yield Receiver(url, swap, decoder)
+    finally:
+        decoder.close()
 
 
 # --- OTLP/JSON -> ReadableSpan ------------------------------------------------------------------

@@ -35,6 +35,7 @@ from otel_puppy.alerts import AlertEvent, WebhookSink
 from otel_puppy.decision import Severity
 from otel_puppy.exceptions import SettingsError
 from otel_puppy.server.app import create_app
+from otel_puppy.server.decoder import default_processes
 from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests
@@ -407,8 +408,18 @@ def test_an_audited_service_leaks_no_prompt_and_reaches_nothing_a_policy_names(t
     hook_port = int(hook.url.rsplit(":", 1)[1])
     connects = [args[1] for event, args in events if event == "socket.connect"]
     assert connects == [("127.0.0.1", hook_port)] * 2
-    others = [(event, args) for event, args in events if event not in ("open", "socket.connect", "urllib.Request")]
-    assert {event for event, _ in others} == {"sqlite3.connect"}  # no rename, remove, chmod, subprocess...
+    # the one process started is the decoding process (`server/decoder.py`): this interpreter on otel_puppy's
+    # code (on two CPUs or more, as here; none on one)
+    started = [args for event, args in events if event == "subprocess.Popen"]
+    boot = "from otel_puppy.server.decoder import _serve_worker; _serve_worker("
+    decoder = (sys.executable, True, (None, None))
+    assert [(args[0], boot in args[1], args[2:]) for args in started] == [decoder] * default_processes()
+    others = [
+        (event, args)
+        for event, args in events
+        if event not in ("open", "socket.connect", "urllib.Request", "subprocess.Popen")
+    ]
+    assert {event for event, _ in others} == {"sqlite3.connect"}  # no rename, remove, chmod, other process...
     assert {(workdir / args[0]).resolve() for _, args in others} == {(workdir / "state.db").resolve()}
     assert sqlite3.connect(workdir / "state.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
 

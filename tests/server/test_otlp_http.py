@@ -41,6 +41,7 @@ from otel_puppy.exceptions import StoreError
 from otel_puppy.money import nanos_to_usd, usd_to_nanos
 from otel_puppy.server import receiver as receiver_module
 from otel_puppy.server.app import MAX_BODY_BYTES, MAX_CONCURRENT_INGEST, create_app
+from otel_puppy.server.decoder import DecodePool
 from otel_puppy.server.memory import MemoryLimiter
 from otel_puppy.server.receiver import TraceReceiver, _in_thread
 from otel_puppy.server.tokens import TokenScope
@@ -500,8 +501,21 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def decoding_process() -> Iterator[DecodePool]:
+    pool = DecodePool(1).start()
+    yield pool
+    pool.close()
+
+
+@pytest.mark.parametrize("decoded", ["here", "in a decoding process"])
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_otlp_http_conformance(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_otlp_http_conformance(
+    case: Case, decoded: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Each case answers the same whether bodies are decoded in the service's process or in a decoding
+    process (`otel-puppy serve`'s default on two CPUs)."""
+    decoder = request.getfixturevalue("decoding_process") if decoded != "here" else None
     engine = engine_for_tests()
     body = case.body()
     headers = {"content-type": case.content_type}
@@ -511,7 +525,7 @@ def test_otlp_http_conformance(case: Case, monkeypatch: pytest.MonkeyPatch) -> N
     if case.chunked:
         content = iter([body[i : i + MiB] for i in range(0, len(body), MiB)] or [b""])
     with ExitStack() as stack:
-        url = stack.enter_context(serve(create_app(engine)))
+        url = stack.enter_context(serve(create_app(engine, decoder=decoder)))
         client = stack.enter_context(httpx.Client(base_url=url, timeout=30))
         stack.callback(engine.close)
         if case.prepare is not None:

@@ -1,0 +1,226 @@
+"""`DecodePool`: a decoding process reads what the service's own would, and its failures lose nothing.
+
+The processes here are real: `python -c` workers over pipes, as `otel-puppy serve` starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_puppy.bounds import DEFAULT_LIMITS, CallLimits
+from otel_puppy.money import nanos_to_usd
+from otel_puppy.server.app import create_app
+from otel_puppy.server.decoder import MAX_PROCESSES, DecodePool, DecoderUnavailable, default_processes, read_spans
+from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, UnsupportedContentType
+from otel_puppy.testing import engine_for_tests
+from tests.corpus._replay import load_cases
+from tests.server.test_app import serve
+from tests.server.test_otlp_http import NANOS, json_with_bad_ids, protobuf_body, sample, status_of, with_bad_ids
+
+STOP_WITHIN_S = 10.0
+
+
+@pytest.fixture
+def pool() -> Iterator[DecodePool]:
+    pool = DecodePool(1).start()
+    yield pool
+    pool.close()
+
+
+def bodies() -> list[tuple[str, bytes, str]]:
+    """Every recorded corpus body (OTLP/JSON from ten instrumentations), and protobuf and JSON bodies
+    with spans whose ids cannot be used, and one whose tokens are over the bound."""
+    out = [(case.id, line, JSON) for case in load_cases() for line in case.body().splitlines() if line.strip()]
+    out.append(("protobuf with bad ids", with_bad_ids(protobuf_body(3)), PROTOBUF))
+    out.append(("json with bad ids", json_with_bad_ids(), JSON))
+    request = ExportTraceServiceRequest.FromString(protobuf_body(2))
+    for attribute in request.resource_spans[0].scope_spans[0].spans[0].attributes:
+        if attribute.key == "gen_ai.usage.input_tokens":
+            attribute.value.int_value = 2**63 - 1  # over every bound: rejected
+    out.append(("tokens over the bound", request.SerializeToString(), PROTOBUF))
+    return out
+
+
+def test_a_decoding_process_reads_every_body_as_the_service_does(pool: DecodePool) -> None:
+    cases = bodies()
+    assert len(cases) > 100
+    for limits in (DEFAULT_LIMITS, CallLimits(max_tokens=500, max_cost_usd=Decimal("0.001"))):
+        for with_rejected in (False, True):
+            for name, body, content_type in cases:
+                here = read_spans(body, content_type, limits, 10, with_rejected)
+                there = pool.read(bytearray(body), content_type, limits, 10, with_rejected)
+                assert there == here, name
+    # the bad ids and the token bound were met, not skipped
+    rejected = {name: pool.read(body, content_type, DEFAULT_LIMITS, 10, True)[1] for name, body, content_type in cases}
+    assert (rejected["protobuf with bad ids"], rejected["json with bad ids"], rejected["tokens over the bound"]) == (
+        2,
+        2,
+        1,
+    )
+
+
+def test_a_body_that_is_not_otlp_is_the_same_error_from_a_decoding_process(pool: DecodePool) -> None:
+    for body, content_type in [
+        (b"\xff\x00 not protobuf", PROTOBUF),
+        (b'{"resourceSpans": [', JSON),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz"}]}]}]}', JSON),
+        (b"{}", "text/plain"),
+    ]:
+        with pytest.raises(OtlpDecodeError) as here:
+            read_spans(body, content_type, DEFAULT_LIMITS, 10, False)
+        with pytest.raises(OtlpDecodeError) as there:
+            pool.read(body, content_type, DEFAULT_LIMITS, 10, False)
+        assert (type(there.value), str(there.value)) == (type(here.value), str(here.value))
+    assert type(there.value) is UnsupportedContentType
+    assert "Traceback" in there.value.__notes__[-1]  # the worker's, for the service's log
+    [pid] = pool.pids()
+    assert pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)[0]  # the same worker goes on
+    assert pool.pids() == [pid]
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited (reaped, or a zombie nobody reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def wait_until_gone(pid: int) -> None:
+    deadline = time.monotonic() + STOP_WITHIN_S
+    while not gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.02)  # polling for an event (the process ending), not waiting out time
+
+
+def test_a_killed_worker_fails_the_batch_it_held_and_another_takes_its_place(
+    pool: DecodePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = protobuf_body(2)
+    [before] = pool.pids()
+    assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0]) == 2
+    os.kill(before, signal.SIGSTOP)  # it holds the next batch, unanswered
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    [worker] = pool._workers
+    deadline = time.monotonic() + STOP_WITHIN_S
+    while not worker.waiting:  # the batch is in its pipe
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(before, signal.SIGKILL)
+    sender.join(STOP_WITHIN_S)
+    [failure] = outcome
+    assert isinstance(failure, DecoderUnavailable)
+    assert str(failure) == "the OTLP decoding process stopped before answering"
+    [after] = pool.pids()
+    assert after != before
+    assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0]) == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "otel_puppy.server"] == [
+        "otel_puppy: an OTLP decoding process stopped (exit status -9); the batches it held were refused (503) "
+        "and another took its place"
+    ]
+
+
+def test_an_export_whose_worker_died_is_refused_with_503_and_counted_once_when_retried(pool: DecodePool) -> None:
+    engine = engine_for_tests()
+    body = protobuf_body(2)
+    headers = {"content-type": PROTOBUF}
+    try:
+        with serve(create_app(engine, decoder=pool)) as url, httpx.Client(base_url=url, timeout=30) as client:
+            [pid] = pool.pids()
+            os.kill(pid, signal.SIGKILL)
+            wait_until_gone(pid)
+            refused = client.post("/v1/traces", content=body, headers=headers)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert status_of(refused) == (
+                14,
+                "the OTLP decoding process stopped, nothing was applied; retry after the Retry-After interval",
+            )
+            assert engine.snapshot().spend("day") == 0
+            assert sample(client, "otel_puppy_internal_errors_total", component="server.decoder") == 1.0
+            retried = client.post("/v1/traces", content=body, headers=headers)
+            assert retried.status_code == 200
+            again = client.post("/v1/traces", content=body, headers=headers)  # a duplicate: counted once
+            assert again.status_code == 200
+            assert engine.snapshot().spend("day") == nanos_to_usd(2 * NANOS)
+            assert sample(client, "otel_puppy_spans_total", result="applied") == 2.0
+    finally:
+        engine.close()
+
+
+def test_a_closed_pool_refuses_and_its_workers_have_exited() -> None:
+    pool = DecodePool(2).start()
+    pids = pool.pids()
+    assert len(pids) == 2
+    pool.close()
+    for pid in pids:
+        wait_until_gone(pid)
+    with pytest.raises(DecoderUnavailable, match="the OTLP decoding processes are stopped"):
+        pool.read(protobuf_body(1), PROTOBUF, DEFAULT_LIMITS, 10, False)
+
+
+def test_workers_are_out_of_reach_of_a_terminals_ctrl_c(pool: DecodePool) -> None:
+    [pid] = pool.pids()
+    # A terminal signals its foreground process group; the workers are in a session of their own.
+    assert os.getpgid(pid) == os.getsid(pid) == pid
+    assert os.getpgid(pid) != os.getpgid(0)
+
+
+def test_workers_exit_when_the_service_is_killed(tmp_path: Path) -> None:
+    program = textwrap.dedent(
+        """
+        import sys, time
+        from otel_puppy.server.decoder import DecodePool
+        pool = DecodePool(2).start()
+        print(*pool.pids(), flush=True)
+        time.sleep(600)
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", program], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2], text=True
+    ) as service:
+        try:
+            assert service.stdout is not None
+            pids = [int(pid) for pid in service.stdout.readline().split()]
+            assert len(pids) == 2
+            assert not any(gone(pid) for pid in pids)
+        finally:
+            service.kill()
+            service.wait(STOP_WITHIN_S)
+    for pid in pids:
+        wait_until_gone(pid)
+
+
+def test_the_number_of_processes_is_bounded() -> None:
+    for processes in (0, -1, MAX_PROCESSES + 1):
+        with pytest.raises(ValueError, match=f"processes must be from 1 to 16, not {processes}"):
+            DecodePool(processes)
+
+
+def test_one_decoding_process_by_default_on_two_cpus_or_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cpus, expected in (({0}, 0), ({0, 1}, 1), (set(range(64)), 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, cpus=cpus: cpus)
+        assert default_processes() == expected
