@@ -265,8 +265,14 @@ class _Worker:
     def close(self) -> None:
         """End its request pipe: it answers what it holds, then exits (killed if it has not within
         `_STOP_WITHIN_S`)."""
-        with self._writing, contextlib.suppress(OSError):
-            self.requests.close()
+        if not self._writing.acquire(timeout=_STOP_WITHIN_S):  # a write stuck: the worker reads no more
+            self.process.kill()  # (the writer then fails: a broken pipe)
+            self._writing.acquire()
+        try:
+            with contextlib.suppress(OSError):
+                self.requests.close()
+        finally:
+            self._writing.release()
         try:
             self.process.wait(_STOP_WITHIN_S)
         except subprocess.TimeoutExpired:

@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_puppy.bounds import DEFAULT_LIMITS, CallLimits
 from otel_puppy.money import nanos_to_usd
+from otel_puppy.server import decoder as decoder_module
 from otel_puppy.server.app import create_app
 from otel_puppy.server.decoder import MAX_PROCESSES, DecodePool, DecoderUnavailable, default_processes, read_spans
 from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, UnsupportedContentType
@@ -224,3 +225,32 @@ def test_one_decoding_process_by_default_on_two_cpus_or_more(monkeypatch: pytest
     for cpus, expected in (({0}, 0), ({0, 1}, 1), (set(range(64)), 1)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, cpus=cpus: cpus)
         assert default_processes() == expected
+
+
+def test_closing_a_pool_whose_worker_hangs_kills_it_and_fails_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoder_module, "_STOP_WITHIN_S", 0.5)
+    pool = DecodePool(1).start()
+    [pid] = pool.pids()
+    os.kill(pid, signal.SIGSTOP)  # reads nothing more: a 4 MiB body fills its pipe, the write waits
+    outcome: list[BaseException | None] = []
+
+    def send() -> None:
+        try:
+            pool.read(bytes(4 * 1024 * 1024), PROTOBUF, DEFAULT_LIMITS, 10, False)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    [worker] = pool._workers
+    deadline = time.monotonic() + STOP_WITHIN_S
+    while not worker.waiting:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pool.close()  # does not wait for the write for ever: the worker is killed
+    sender.join(STOP_WITHIN_S)
+    assert not sender.is_alive()
+    [failure] = outcome
+    assert isinstance(failure, DecoderUnavailable)
+    assert worker.process.returncode == -signal.SIGKILL
