@@ -4,27 +4,31 @@ The service applies every batch in one process, the one that holds the state (th
 counters and keys, the breakers, the model statistics). Decoding a body and reading its spans
 (`otlp.calls_from_request`) needs none of that state: in another process it runs on another core
 while the service's process applies the batch before it. With message bodies, reading a span takes
-about as long as applying it, so on two cores the service ingests about 1.3x the spans a second, for
+about as long as applying it, so on two cores the service ingests about 1.4x the spans a second, for
 the CPU of handing each batch over (the body one way, each call back as a tuple of its fields).
 `otel-puppy serve` starts one by default when it may run on two CPUs or more (`default_processes`,
 `OTEL_PUPPY_DECODE_PROCESSES`); the library alone never does.
 
-A worker is `python -c` running `_serve_worker` over two pipes of its own: a request is a pickled
+A worker is this interpreter, isolated (`-I`: no current directory, no `PYTHON*` variables) with the
+service's own `sys.path`, running `_serve_worker` over two pipes of its own: a request is a pickled
 header (content type, limits, ...) and the body's bytes; the answer, the calls' fields or the error
 raised (an `OtlpDecodeError` is the client's `400` as before). Not `multiprocessing`: its `spawn`
 and `forkserver` run the service's main script again in every worker (a launcher without a
 `__main__` guard would start a second service), and its pool adds two threads per batch hand-over.
 
-A worker that dies (killed, out of memory, a crash) fails only the batch it held: answered `503`
-with `Retry-After` (`DecoderUnavailable`), nothing of it applied, and a new worker takes its place.
-Workers run in a session of their own (a terminal's Ctrl-C is for the service, which stops them),
-and exit when the service's process is gone, even killed: their request pipe ends.
+A worker that dies (killed, out of memory, a crash) fails the batches sent to it and not yet
+answered: each is answered `503` with `Retry-After` (`DecoderUnavailable`), nothing of it applied,
+and a new worker takes its place at once. One that answers nothing for `_STALLED_S` while batches
+wait is killed, and so replaced. Workers run in a session of their own (a terminal's Ctrl-C is for
+the service, which stops them), and exit when the service's process is gone, even killed: their
+request pipe ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -32,9 +36,10 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections import deque
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -100,23 +105,34 @@ def read_request(
 
 
 def _read_in_worker(
-    body: bytes | bytearray, content_type: str, limits: CallLimits, max_messages: int, with_rejected: bool
-) -> tuple[list[tuple[Any, ...]], int, list[str], dict[tuple[int, int], str] | None]:
-    """`read_spans` in a worker: each call as its fields (`calls.call_fields`)."""
-    calls, rejected, problems, rejected_spans = read_spans(body, content_type, limits, max_messages, with_rejected)
-    return [call_fields(call) for call in calls], rejected, problems, rejected_spans
+    body: bytes | bytearray, header: tuple[str, CallLimits, int, bool, bool]
+) -> tuple[list[tuple[Any, ...]], int, list[str], dict[tuple[int, int], str] | None, bytes | None]:
+    """`read_spans` in a worker (`header`: its other arguments, then `with_request`): each call as its
+    fields (`calls.call_fields`); with `with_request`, the decoded request too, as protobuf (which the
+    service parses in C, where a JSON body would be decoded a second time in Python)."""
+    content_type, limits, max_messages, with_rejected, with_request = header
+    request = decode_traces(body, content_type)
+    calls, rejected, problems, rejected_spans = read_request(request, limits, max_messages, with_rejected)
+    encoded = request.SerializeToString() if with_request else None
+    return [call_fields(call) for call in calls], rejected, problems, rejected_spans, encoded
 
 
 _HEADER: Final = struct.Struct("<II")
 """A request's lengths: its pickled header's, then its body's."""
 _LENGTH: Final = struct.Struct("<I")
 """An answer's length (its pickle follows)."""
-_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
+_READY: Final = _LENGTH.pack(0)
+"""What a worker writes first, once it has started (no answer is empty)."""
 _BOOT: Final = (
-    "import sys; sys.path.insert(0, sys.argv[3]); "
+    "import json, sys; sys.path[:] = json.loads(sys.argv[3]); "
     "from otel_puppy.server.decoder import _serve_worker; _serve_worker(int(sys.argv[1]), int(sys.argv[2]))"
 )
+"""A worker's program: the service's `sys.path` (so it imports what the service imports, and nothing
+from wherever it was started), then its loop."""
 _STOP_WITHIN_S: Final = 5.0
+_STALLED_S: Final = 30.0
+"""A worker that answers nothing for this long while batches wait for it is killed (a 16 MiB body
+decodes in a few seconds)."""
 
 
 class _Gone(Exception):
@@ -147,6 +163,7 @@ def _write_all(sink: io.RawIOBase, *parts: bytes | bytearray) -> None:
 def _serve_worker(requests_fd: int, answers_fd: int) -> None:
     """A worker's loop: answer each request on `requests_fd` on `answers_fd` until the first ends."""
     with open(requests_fd, "rb", buffering=0) as requests, open(answers_fd, "wb", buffering=0) as answers:
+        _write_all(answers, _READY)  # ready: its start is not time spent answering nothing
         while (lengths := _read_exactly(requests, _HEADER.size)) is not None:
             header_size, body_size = _HEADER.unpack(lengths)
             header = _read_exactly(requests, header_size)
@@ -154,7 +171,7 @@ def _serve_worker(requests_fd: int, answers_fd: int) -> None:
             if header is None or body is None:
                 return
             try:
-                answer: tuple[bool, Any] = (True, _read_in_worker(body, *pickle.loads(header)))  # noqa: S301 - the service's (`_Worker.ask`)
+                answer: tuple[bool, Any] = (True, _read_in_worker(body, pickle.loads(header)))  # noqa: S301 - the service's (`_Worker.ask`)
             except Exception as exc:  # the service answers the batch with it (400, or 500 for a bug)
                 answer = (False, _portable(exc))
             data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
@@ -190,15 +207,16 @@ class _Worker:
     Requests are written as they come, without waiting for the answers before them: the worker
     finds the next body in its pipe as soon as it is done with one (waiting would leave it idle
     until this process's thread got the interpreter back to send it, up to the switch interval).
-    It answers in order; `waiting` holds the requests not yet answered, in that order.
+    It answers in order; `waiting` holds the requests not yet answered, in that order. `on_gone`
+    is called (from the reader thread) once its pipe has ended.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_gone: Callable[[_Worker], None]) -> None:
         requests_read, requests_write = os.pipe()
         answers_read, answers_write = os.pipe()
         try:
             self.process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
-                [sys.executable, "-c", _BOOT, str(requests_read), str(answers_write), _PACKAGE_ROOT],
+                [sys.executable, "-I", "-c", _BOOT, str(requests_read), str(answers_write), json.dumps(sys.path)],
                 pass_fds=(requests_read, answers_write),
                 start_new_session=True,
             )
@@ -212,6 +230,9 @@ class _Worker:
         self.answers = open(answers_read, "rb", buffering=0)  # noqa: SIM115 - closed by its reader
         self.waiting: deque[_Waiting] = deque()
         self.gone = False
+        self.progress = time.monotonic()
+        """When it last answered, or was given a request with none waiting."""
+        self._on_gone = on_gone
         self._writing = threading.Lock()
         self._reader = threading.Thread(target=self._read_answers, name="otel-puppy-decoder", daemon=True)
         self._reader.start()
@@ -226,28 +247,38 @@ class _Worker:
         with self._writing:
             if self.gone:
                 raise _Gone
+            if not self.waiting:
+                self.progress = time.monotonic()
             self.waiting.append(waiting)  # before writing: its answer can come before `write` returns
             try:
                 _write_all(self.requests, _HEADER.pack(len(header), len(body)), header, body)
-            except OSError as exc:  # a broken pipe: gone while being written to (its reader says so)
+            except (OSError, ValueError) as exc:  # a broken pipe, or closed: gone (its reader says so)
                 raise _Gone from exc
-        waiting.done.wait()
+        while not waiting.done.wait(_STALLED_S / 4):
+            if time.monotonic() - self.progress >= _STALLED_S:  # its reader then fails every request waiting
+                _LOG.error("otel_puppy: an OTLP decoding process answered nothing for %gs; killing it", _STALLED_S)
+                self.process.kill()
+                waiting.done.wait()
         if waiting.answer is None:
             raise _Gone
         return waiting.answer
 
     def _read_answers(self) -> None:
         """Each answer to the request waiting longest, until the worker's pipe ends; then every request
-        still waiting is told it is gone."""
+        still waiting is told it is gone, and so is `on_gone`."""
         answers = self.answers
         try:
             while (length := _read_exactly(answers, _LENGTH.size)) is not None:
+                if length == _READY:
+                    self.progress = time.monotonic()
+                    continue
                 data = _read_exactly(answers, _LENGTH.unpack(length)[0])
                 if data is None:
                     break
                 # Pickles only ever cross the two pipes between the service and the worker it started:
                 # no one else holds an end (the descriptors go to that child alone).
                 answer: tuple[bool, Any] = pickle.loads(data)  # noqa: S301
+                self.progress = time.monotonic()
                 waiting = self.waiting.popleft()
                 waiting.answer = answer
                 waiting.done.set()
@@ -261,6 +292,7 @@ class _Worker:
             for waiting in left:
                 waiting.done.set()
             answers.close()
+        self._on_gone(self)
 
     def close(self) -> None:
         """End its request pipe: it answers what it holds, then exits (killed if it has not within
@@ -278,7 +310,8 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self._reader.join(_STOP_WITHIN_S)
+        if threading.current_thread() is not self._reader:
+            self._reader.join(_STOP_WITHIN_S)
 
 
 class DecodePool:
@@ -286,7 +319,7 @@ class DecodePool:
     goes to the worker with the fewest waiting (the ingest slots bound how many wait in all).
 
     >>> pool = DecodePool(1).start()  # doctest: +SKIP
-    >>> calls, rejected, problems, _ = pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)  # doctest: +SKIP
+    >>> (calls, rejected, problems, _), _ = pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)  # doctest: +SKIP
     >>> pool.close()  # doctest: +SKIP
     """
 
@@ -299,11 +332,19 @@ class DecodePool:
         self._workers: list[_Worker] = []
 
     def start(self) -> DecodePool:
-        """Start the workers (each takes under a second to import; a body sent meanwhile waits in its pipe)."""
+        """Start the workers (each takes under a second to import; a body sent meanwhile waits in its pipe).
+
+        Raises:
+            OSError: a worker could not be started (no process or file descriptor left).
+        """
         with self._lock:
-            while len(self._workers) < self.processes and not self._closed:
-                self._workers.append(_Worker())
+            self._fill()
         return self
+
+    def _fill(self) -> None:
+        """Start workers up to `processes` (the lock held)."""
+        while len(self._workers) < self.processes and not self._closed:
+            self._workers.append(_Worker(self._replace))
 
     def pids(self) -> list[int]:
         """The workers' process ids."""
@@ -311,38 +352,56 @@ class DecodePool:
             return sorted(worker.process.pid for worker in self._workers)
 
     def read(
-        self, body: bytes | bytearray, content_type: str, limits: CallLimits, max_messages: int, with_rejected: bool
-    ) -> ReadSpans:
-        """`read_spans` in a worker. Blocks the calling thread (not the interpreter) until it answers.
+        self,
+        body: bytes | bytearray,
+        content_type: str,
+        limits: CallLimits,
+        max_messages: int,
+        with_rejected: bool,
+        *,
+        with_request: bool = False,
+    ) -> tuple[ReadSpans, ExportTraceServiceRequest | None]:
+        """`read_spans` in a worker, and with `with_request` the decoded request. Blocks the calling
+        thread (not the interpreter) until it answers.
 
         Raises:
             OtlpDecodeError: the body is not a valid OTLP trace export.
-            DecoderUnavailable: the worker stopped before answering (another takes its place), or the
-                pool is closed.
+            DecoderUnavailable: the worker stopped before answering (another takes its place), none
+                could be started, or the pool is closed.
         """
         with self._lock:
             if self._closed:
                 raise DecoderUnavailable("the OTLP decoding processes are stopped")
+            if len(self._workers) < self.processes:  # one could not be started before: once more
+                try:
+                    self._fill()
+                except OSError as exc:
+                    if not self._workers:
+                        raise DecoderUnavailable(f"no OTLP decoding process could be started: {exc}") from None
             worker = min(self._workers, key=lambda worker: len(worker.waiting))
-        header = pickle.dumps((content_type, limits, max_messages, with_rejected), protocol=pickle.HIGHEST_PROTOCOL)
+        header = (content_type, limits, max_messages, with_rejected, with_request)
         try:
-            ok, value = worker.ask(header, body)
+            ok, value = worker.ask(pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL), body)
         except _Gone:
             self._replace(worker)
             raise DecoderUnavailable("the OTLP decoding process stopped before answering") from None
         if not ok:
             raise value
-        rows, rejected, problems, rejected_spans = value
-        return [call_from_fields(row) for row in rows], rejected, problems, rejected_spans
+        rows, rejected, problems, rejected_spans, encoded = value
+        request = None if encoded is None else ExportTraceServiceRequest.FromString(encoded)
+        return ([call_from_fields(row) for row in rows], rejected, problems, rejected_spans), request
 
     def _replace(self, gone: _Worker) -> None:
-        """A new worker in place of `gone` (once, whichever batch saw it first; none once closed)."""
+        """A new worker in place of `gone`, once (whichever of its reader and its batches sees it first;
+        none once closed). One that cannot be started now is started by the next `read`."""
         with self._lock:
             if gone not in self._workers:
                 return
             self._workers.remove(gone)
-            if not self._closed:
-                self._workers.append(_Worker())
+            try:
+                self._fill()
+            except OSError as exc:
+                _LOG.error("otel_puppy: no OTLP decoding process could be started: %s; trying again", exc)
         gone.close()
         _LOG.error(
             "otel_puppy: an OTLP decoding process stopped (exit status %s); the batches it held were refused "

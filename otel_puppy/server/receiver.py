@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 import anyio
 from fastapi import Request
 from fastapi.responses import Response
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from starlette.requests import ClientDisconnect
 
 from otel_puppy._logging import RateLimitedLog
@@ -290,14 +291,20 @@ class TraceReceiver:
         # Reserved before taking a turn: a batch over the memory left is refused at once, not after
         # the batches ahead of it (tests/reliability/test_hostile_server.py holds one inside apply).
         reservation.grow_to(decode_cost(body, media_type(content_type) == JSON))
-        read = None
+        read: ReadSpans | None = None
+        request: ExportTraceServiceRequest | None = None
         if self.decoder is not None:  # read in a decoding process, while this one applies other batches
             limits = self.engine.settings.call_limits
-            read = self.decoder.read(body, content_type, limits, _MAX_MESSAGES, self.forwarder is not None)
+            # The request itself for those that write it out again: a JSON body's from the decoding
+            # process, as protobuf (decoding JSON here too would cost as much again); protobuf's here.
+            again = (forwarder is not None or self.recorder is not None) and media_type(content_type) == JSON
+            read, request = self.decoder.read(
+                body, content_type, limits, _MAX_MESSAGES, forwarder is not None, with_request=again
+            )
         holder.append(body)  # handed over as the raw body was: freed once decoded
         del body
         with self._one_batch:
-            return self._apply(holder, content_type, reservation, scope, read)
+            return self._apply(holder, content_type, reservation, scope, read=read, request=request)
 
     def _apply(
         self,
@@ -305,16 +312,18 @@ class TraceReceiver:
         content_type: str,
         reservation: Reservation,
         scope: TokenScope,
+        *,
         read: ReadSpans | None = None,
+        request: ExportTraceServiceRequest | None = None,
     ) -> tuple[int, str]:
-        """`_ingest` once the body is inflated: decode (unless a decoding process has: `read`), apply,
-        record, forward."""
+        """`_ingest` once the body is inflated: decode (unless a decoding process has: `read`, and the
+        `request` when it was asked for it), apply, record, forward."""
         body = holder.pop()
         forwarder = self.forwarder
-        # the request itself only for those that write it out again (protobuf and `json` read a
-        # bytearray as they read bytes)
-        keep = read is None or forwarder is not None or self.recorder is not None
-        request = decode_traces(body, content_type) if keep else None
+        # The request itself only to read it here, or for those that write it out again (protobuf and
+        # `json` read a bytearray as they read bytes).
+        if request is None and (read is None or forwarder is not None or self.recorder is not None):
+            request = decode_traces(body, content_type)
         del body
         if read is None:
             assert request is not None

@@ -11,7 +11,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from otel_puppy.money import nanos_to_usd
 from otel_puppy.server import decoder as decoder_module
 from otel_puppy.server.app import create_app
 from otel_puppy.server.decoder import MAX_PROCESSES, DecodePool, DecoderUnavailable, default_processes, read_spans
-from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, UnsupportedContentType
+from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, UnsupportedContentType, decode_traces
 from otel_puppy.testing import engine_for_tests
 from tests.corpus._replay import load_cases
 from tests.server.test_app import serve
@@ -61,10 +62,13 @@ def test_a_decoding_process_reads_every_body_as_the_service_does(pool: DecodePoo
         for with_rejected in (False, True):
             for name, body, content_type in cases:
                 here = read_spans(body, content_type, limits, 10, with_rejected)
-                there = pool.read(bytearray(body), content_type, limits, 10, with_rejected)
+                there, request = pool.read(bytearray(body), content_type, limits, 10, with_rejected)
                 assert there == here, name
+                assert request is None
     # the bad ids and the token bound were met, not skipped
-    rejected = {name: pool.read(body, content_type, DEFAULT_LIMITS, 10, True)[1] for name, body, content_type in cases}
+    rejected = {
+        name: pool.read(body, content_type, DEFAULT_LIMITS, 10, True)[0][1] for name, body, content_type in cases
+    }
     assert (rejected["protobuf with bad ids"], rejected["json with bad ids"], rejected["tokens over the bound"]) == (
         2,
         2,
@@ -87,7 +91,7 @@ def test_a_body_that_is_not_otlp_is_the_same_error_from_a_decoding_process(pool:
     assert type(there.value) is UnsupportedContentType
     assert "Traceback" in there.value.__notes__[-1]  # the worker's, for the service's log
     [pid] = pool.pids()
-    assert pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)[0]  # the same worker goes on
+    assert pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)[0][0]  # the same worker goes on
     assert pool.pids() == [pid]
 
 
@@ -112,7 +116,7 @@ def test_a_killed_worker_fails_the_batch_it_held_and_another_takes_its_place(
 ) -> None:
     body = protobuf_body(2)
     [before] = pool.pids()
-    assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0]) == 2
+    assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0][0]) == 2
     os.kill(before, signal.SIGSTOP)  # it holds the next batch, unanswered
     outcome: list[BaseException | None] = []
 
@@ -137,11 +141,99 @@ def test_a_killed_worker_fails_the_batch_it_held_and_another_takes_its_place(
     assert str(failure) == "the OTLP decoding process stopped before answering"
     [after] = pool.pids()
     assert after != before
-    assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0]) == 2
-    assert [r.getMessage() for r in caplog.records if r.name == "otel_puppy.server"] == [
+    assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0][0]) == 2
+    expected = [
         "otel_puppy: an OTLP decoding process stopped (exit status -9); the batches it held were refused (503) "
         "and another took its place"
     ]
+    eventually(lambda: [r.getMessage() for r in caplog.records if r.name == "otel_puppy.server"] == expected)
+
+
+def eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + STOP_WITHIN_S
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.01)  # polling for an event (another thread's), not waiting out time
+
+
+def test_a_worker_that_dies_idle_is_replaced_at_once(pool: DecodePool) -> None:
+    [before] = pool.pids()
+    os.kill(before, signal.SIGKILL)
+    eventually(lambda: pool.pids() not in ([], [before]))
+    (calls, _, _, _), _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)  # no batch refused
+    assert len(calls) == 2
+
+
+def test_a_worker_that_answers_nothing_is_killed_and_replaced(
+    pool: DecodePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decoder_module, "_STALLED_S", 2.0)
+    [before] = pool.pids()
+    pool.read(protobuf_body(1), PROTOBUF, DEFAULT_LIMITS, 10, False)  # started
+    os.kill(before, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(DecoderUnavailable, match="stopped before answering"):
+        pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
+    assert time.monotonic() - started < STOP_WITHIN_S
+    assert gone(before)
+    [after] = pool.pids()
+    assert after != before
+    (calls, _, _, _), _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
+    assert len(calls) == 2
+
+
+def test_a_worker_that_cannot_be_started_is_started_by_the_next_batch(
+    pool: DecodePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = decoder_module._Worker
+
+    def no_process(*args: object) -> object:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(decoder_module, "_Worker", no_process)
+    [before] = pool.pids()
+    os.kill(before, signal.SIGKILL)
+    eventually(lambda: pool.pids() == [])
+    for _ in range(2):  # refused, to be retried: never a 500
+        with pytest.raises(DecoderUnavailable, match=r"no OTLP decoding process could be started: \[Errno 24\]"):
+            pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
+    monkeypatch.setattr(decoder_module, "_Worker", worker)
+    (calls, _, _, _), _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
+    assert len(calls) == 2
+    assert len(pool.pids()) == 1
+
+
+def test_a_decoding_process_gives_the_request_back_when_asked(pool: DecodePool) -> None:
+    for body, content_type in [(json_with_bad_ids(), JSON), (with_bad_ids(protobuf_body(2)), PROTOBUF)]:
+        (calls, rejected, _, spans), request = pool.read(
+            body, content_type, DEFAULT_LIMITS, 10, True, with_request=True
+        )
+        assert request == decode_traces(body, content_type)
+        assert (len(calls), rejected, len(spans or {})) == (2, 2, 2)
+
+
+def test_a_worker_imports_only_what_the_service_imports(tmp_path: Path) -> None:
+    """Not a stray `pickle.py` in the directory the service was started from (as `python -c` would)."""
+    (tmp_path / "pickle.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\nraise SystemExit(3)\n")
+    program = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+        from otel_puppy.bounds import DEFAULT_LIMITS
+        from otel_puppy.server.decoder import DecodePool
+        from tests.server.test_otlp_http import protobuf_body
+        pool = DecodePool(1).start()
+        (calls, _, _, _), _ = pool.read(protobuf_body(2), "application/x-protobuf", DEFAULT_LIMITS, 10, False)
+        pool.close()
+        print(len(calls))
+        """
+    )
+    # `-I`, as the installed `otel-puppy` command runs: its working directory is not on its path
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "2\n", "")
+    assert not (tmp_path / "imported").exists()
 
 
 def test_an_export_whose_worker_died_is_refused_with_503_and_counted_once_when_retried(pool: DecodePool) -> None:
@@ -151,9 +243,13 @@ def test_an_export_whose_worker_died_is_refused_with_503_and_counted_once_when_r
     try:
         with serve(create_app(engine, decoder=pool)) as url, httpx.Client(base_url=url, timeout=30) as client:
             [pid] = pool.pids()
-            os.kill(pid, signal.SIGKILL)
-            wait_until_gone(pid)
-            refused = client.post("/v1/traces", content=body, headers=headers)
+            [worker] = pool._workers
+            os.kill(pid, signal.SIGSTOP)  # the export waits in its pipe
+            with ThreadPoolExecutor(1) as sender:
+                sent = sender.submit(client.post, "/v1/traces", content=body, headers=headers)
+                eventually(lambda: bool(worker.waiting))
+                os.kill(pid, signal.SIGKILL)
+                refused = sent.result(STOP_WITHIN_S)
             assert refused.status_code == 503
             assert refused.headers["retry-after"] == "1"
             assert status_of(refused) == (
