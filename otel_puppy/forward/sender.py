@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.exceptions import SettingsError, StoreError
 from otel_puppy.forward.enrich import RunCosts
-from otel_puppy.forward.otlp import SpanKey, enrich_request
+from otel_puppy.forward.otlp import SpanFacts, SpanKey, enrich_request
 from otel_puppy.forward.queue import Claimed, ForwardQueue
 from otel_puppy.metrics import Metrics
 from otel_puppy.pricing import Price
@@ -162,9 +162,15 @@ class Forwarder:
         return self.queue.room(size)
 
     def accept(
-        self, request: ExportTraceServiceRequest, observations: Iterable[Observation], rejected: Mapping[SpanKey, str]
+        self,
+        request: ExportTraceServiceRequest,
+        observations: Iterable[Observation],
+        rejected: Mapping[SpanKey, str],
+        *,
+        facts: SpanFacts | None = None,
     ) -> None:
         """Enrich an applied batch and queue it; once this returns, the batch may be acknowledged.
+        `facts`: the request's `span_facts`, when a decoding process has read them.
 
         Raises:
             QueueFull: the queue has no room for it.
@@ -178,7 +184,7 @@ class Forwarder:
             priced[key] = observation.price
             if observation.result is ApplyResult.APPLIED and observation.price.nanos is not None:
                 counted[key] = observation.price.nanos
-        spans = enrich_request(request, priced, counted, rejected, self.runs)
+        spans = enrich_request(request, priced, counted, rejected, self.runs, facts=facts)
         body = request.SerializeToString()
         if self.target.gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)

@@ -47,6 +47,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_puppy.bounds import CallLimits
 from otel_puppy.calls import LLMCall, call_fields, call_from_fields
 from otel_puppy.exceptions import PuppyError
+from otel_puppy.forward.otlp import SpanFacts, span_facts
 from otel_puppy.server.otlp import calls_from_request, decode_traces
 
 __all__ = (
@@ -106,15 +107,17 @@ def read_request(
 
 def _read_in_worker(
     body: bytes | bytearray, header: tuple[str, CallLimits, int, bool, bool]
-) -> tuple[list[tuple[Any, ...]], int, list[str], dict[tuple[int, int], str] | None, bytes | None]:
+) -> tuple[list[tuple[Any, ...]], int, list[str], dict[tuple[int, int], str] | None, bytes | None, SpanFacts | None]:
     """`read_spans` in a worker (`header`: its other arguments, then `with_request`): each call as its
     fields (`calls.call_fields`); with `with_request`, the decoded request too, as protobuf (which the
-    service parses in C, where a JSON body would be decoded a second time in Python)."""
+    service parses in C, where a JSON body would be decoded a second time in Python); with
+    `with_rejected` (a batch to forward), its `span_facts` for enriching it."""
     content_type, limits, max_messages, with_rejected, with_request = header
     request = decode_traces(body, content_type)
     calls, rejected, problems, rejected_spans = read_request(request, limits, max_messages, with_rejected)
     encoded = request.SerializeToString() if with_request else None
-    return [call_fields(call) for call in calls], rejected, problems, rejected_spans, encoded
+    facts = span_facts(request) if with_rejected else None
+    return [call_fields(call) for call in calls], rejected, problems, rejected_spans, encoded, facts
 
 
 _HEADER: Final = struct.Struct("<II")
@@ -319,7 +322,7 @@ class DecodePool:
     goes to the worker with the fewest waiting (the ingest slots bound how many wait in all).
 
     >>> pool = DecodePool(1).start()  # doctest: +SKIP
-    >>> (calls, rejected, problems, _), _ = pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)  # doctest: +SKIP
+    >>> (calls, rejected, problems, _), _, _ = pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)  # doctest: +SKIP
     >>> pool.close()  # doctest: +SKIP
     """
 
@@ -360,9 +363,10 @@ class DecodePool:
         with_rejected: bool,
         *,
         with_request: bool = False,
-    ) -> tuple[ReadSpans, ExportTraceServiceRequest | None]:
-        """`read_spans` in a worker, and with `with_request` the decoded request. Blocks the calling
-        thread (not the interpreter) until it answers.
+    ) -> tuple[ReadSpans, ExportTraceServiceRequest | None, SpanFacts | None]:
+        """`read_spans` in a worker; with `with_request` the decoded request; with `with_rejected` (a
+        batch to forward) its `forward.otlp.span_facts`. Blocks the calling thread (not the
+        interpreter) until it answers.
 
         Raises:
             OtlpDecodeError: the body is not a valid OTLP trace export.
@@ -387,9 +391,9 @@ class DecodePool:
             raise DecoderUnavailable("the OTLP decoding process stopped before answering") from None
         if not ok:
             raise value
-        rows, rejected, problems, rejected_spans, encoded = value
+        rows, rejected, problems, rejected_spans, encoded, facts = value
         request = None if encoded is None else ExportTraceServiceRequest.FromString(encoded)
-        return ([call_from_fields(row) for row in rows], rejected, problems, rejected_spans), request
+        return ([call_from_fields(row) for row in rows], rejected, problems, rejected_spans), request, facts
 
     def _replace(self, gone: _Worker) -> None:
         """A new worker in place of `gone`, once (whichever of its reader and its batches sees it first;

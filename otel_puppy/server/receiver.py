@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from otel_puppy._logging import RateLimitedLog
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreCorruptError, StoreError
+from otel_puppy.forward.otlp import SpanFacts
 from otel_puppy.forward.queue import QueueFull
 from otel_puppy.forward.sender import Forwarder
 from otel_puppy.server.decoder import DecodePool, DecoderUnavailable, ReadSpans, read_request
@@ -293,18 +294,19 @@ class TraceReceiver:
         reservation.grow_to(decode_cost(body, media_type(content_type) == JSON))
         read: ReadSpans | None = None
         request: ExportTraceServiceRequest | None = None
+        facts: SpanFacts | None = None
         if self.decoder is not None:  # read in a decoding process, while this one applies other batches
             limits = self.engine.settings.call_limits
             # The request itself for those that write it out again: a JSON body's from the decoding
             # process, as protobuf (decoding JSON here too would cost as much again); protobuf's here.
             again = (forwarder is not None or self.recorder is not None) and media_type(content_type) == JSON
-            read, request = self.decoder.read(
+            read, request, facts = self.decoder.read(
                 body, content_type, limits, _MAX_MESSAGES, forwarder is not None, with_request=again
             )
         holder.append(body)  # handed over as the raw body was: freed once decoded
         del body
         with self._one_batch:
-            return self._apply(holder, content_type, reservation, scope, read=read, request=request)
+            return self._apply(holder, content_type, reservation, scope, read=read, request=request, facts=facts)
 
     def _apply(
         self,
@@ -315,9 +317,10 @@ class TraceReceiver:
         *,
         read: ReadSpans | None = None,
         request: ExportTraceServiceRequest | None = None,
+        facts: SpanFacts | None = None,
     ) -> tuple[int, str]:
         """`_ingest` once the body is inflated: decode (unless a decoding process has: `read`, and the
-        `request` when it was asked for it), apply, record, forward."""
+        `request` and its `facts` when asked for them), apply, record, forward."""
         body = holder.pop()
         forwarder = self.forwarder
         # The request itself only to read it here, or for those that write it out again (protobuf and
@@ -345,7 +348,7 @@ class TraceReceiver:
         if forwarder is not None:  # applied: now queued for the downstream, before the 200
             assert request is not None
             try:
-                forwarder.accept(request, observations, rejected_spans or {})
+                forwarder.accept(request, observations, rejected_spans or {}, facts=facts)
             except (QueueFull, StoreError) as exc:  # `room` said yes, and another batch took it first
                 raise _AppliedNotQueued(str(exc)) from exc
         if rejected:

@@ -21,7 +21,10 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_puppy.bounds import DEFAULT_LIMITS, CallLimits
+from otel_puppy.forward.enrich import RunCosts
+from otel_puppy.forward.otlp import enrich_request, span_facts
 from otel_puppy.money import nanos_to_usd
+from otel_puppy.pricing import Pricer
 from otel_puppy.server import decoder as decoder_module
 from otel_puppy.server.app import create_app
 from otel_puppy.server.decoder import MAX_PROCESSES, DecodePool, DecoderUnavailable, default_processes, read_spans
@@ -62,9 +65,11 @@ def test_a_decoding_process_reads_every_body_as_the_service_does(pool: DecodePoo
         for with_rejected in (False, True):
             for name, body, content_type in cases:
                 here = read_spans(body, content_type, limits, 10, with_rejected)
-                there, request = pool.read(bytearray(body), content_type, limits, 10, with_rejected)
+                there, request, facts = pool.read(bytearray(body), content_type, limits, 10, with_rejected)
                 assert there == here, name
                 assert request is None
+                # what forwarding reads of each span, read there for a batch to forward
+                assert facts == (span_facts(decode_traces(body, content_type)) if with_rejected else None), name
     # the bad ids and the token bound were met, not skipped
     rejected = {
         name: pool.read(body, content_type, DEFAULT_LIMITS, 10, True)[0][1] for name, body, content_type in cases
@@ -160,7 +165,7 @@ def test_a_worker_that_dies_idle_is_replaced_at_once(pool: DecodePool) -> None:
     [before] = pool.pids()
     os.kill(before, signal.SIGKILL)
     eventually(lambda: pool.pids() not in ([], [before]))
-    (calls, _, _, _), _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)  # no batch refused
+    (calls, _, _, _), _, _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)  # no batch refused
     assert len(calls) == 2
 
 
@@ -178,7 +183,7 @@ def test_a_worker_that_answers_nothing_is_killed_and_replaced(
     assert gone(before)
     [after] = pool.pids()
     assert after != before
-    (calls, _, _, _), _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
+    (calls, _, _, _), _, _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
     assert len(calls) == 2
 
 
@@ -198,14 +203,14 @@ def test_a_worker_that_cannot_be_started_is_started_by_the_next_batch(
         with pytest.raises(DecoderUnavailable, match=r"no OTLP decoding process could be started: \[Errno 24\]"):
             pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
     monkeypatch.setattr(decoder_module, "_Worker", worker)
-    (calls, _, _, _), _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
+    (calls, _, _, _), _, _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
     assert len(calls) == 2
     assert len(pool.pids()) == 1
 
 
 def test_a_decoding_process_gives_the_request_back_when_asked(pool: DecodePool) -> None:
     for body, content_type in [(json_with_bad_ids(), JSON), (with_bad_ids(protobuf_body(2)), PROTOBUF)]:
-        (calls, rejected, _, spans), request = pool.read(
+        (calls, rejected, _, spans), request, _ = pool.read(
             body, content_type, DEFAULT_LIMITS, 10, True, with_request=True
         )
         assert request == decode_traces(body, content_type)
@@ -223,7 +228,7 @@ def test_a_worker_imports_only_what_the_service_imports(tmp_path: Path) -> None:
         from otel_puppy.server.decoder import DecodePool
         from tests.server.test_otlp_http import protobuf_body
         pool = DecodePool(1).start()
-        (calls, _, _, _), _ = pool.read(protobuf_body(2), "application/x-protobuf", DEFAULT_LIMITS, 10, False)
+        (calls, _, _, _), _, _ = pool.read(protobuf_body(2), "application/x-protobuf", DEFAULT_LIMITS, 10, False)
         pool.close()
         print(len(calls))
         """
@@ -350,3 +355,22 @@ def test_closing_a_pool_whose_worker_hangs_kills_it_and_fails_its_batch(monkeypa
     [failure] = outcome
     assert isinstance(failure, DecoderUnavailable)
     assert worker.process.returncode == -signal.SIGKILL
+
+
+def test_a_batch_enriched_with_the_facts_a_decoding_process_read_is_the_batch_enriched_here(pool: DecodePool) -> None:
+    pricer = Pricer()
+    enriched = 0
+    for name, body, content_type in bodies():
+        (calls, _, _, rejected), _, facts = pool.read(body, content_type, DEFAULT_LIMITS, 10, True)
+        assert facts is not None
+        priced = {(call.trace_id, call.span_id): pricer.price(call) for call in calls}
+        counted = {key: price.nanos for key, price in priced.items() if price.nanos is not None}
+        here, there = decode_traces(body, content_type), decode_traces(body, content_type)
+        spans = enrich_request(here, priced, counted, rejected or {}, RunCosts())
+        assert enrich_request(there, priced, counted, rejected or {}, RunCosts(), facts=facts) == spans, name
+        assert there.SerializeToString() == here.SerializeToString(), name
+        enriched += here != decode_traces(body, content_type)
+    assert enriched > 100  # attributes were written, not nothing twice
+    request = decode_traces(protobuf_body(2), PROTOBUF)  # an agent run, two calls and an HTTP span
+    with pytest.raises(ValueError, match="facts of 3 spans for a request of 4"):
+        enrich_request(request, {}, {}, {}, RunCosts(), facts=span_facts(request)[:3])
