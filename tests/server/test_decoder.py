@@ -9,10 +9,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -116,6 +115,14 @@ def wait_until_gone(pid: int) -> None:
         time.sleep(0.02)  # polling for an event (the process ending), not waiting out time
 
 
+def held(pool: DecodePool, sender: ThreadPoolExecutor, body: bytes) -> Future[object]:
+    """`pool.read(body)` sent from `sender`'s thread, once its worker (stopped: SIGSTOP) holds it."""
+    [worker] = pool._workers
+    sent: Future[object] = sender.submit(pool.read, body, PROTOBUF, DEFAULT_LIMITS, 10, False)
+    eventually(lambda: bool(worker.waiting))  # the batch is in its pipe
+    return sent
+
+
 def test_a_killed_worker_fails_the_batch_it_held_and_another_takes_its_place(
     pool: DecodePool, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,25 +130,10 @@ def test_a_killed_worker_fails_the_batch_it_held_and_another_takes_its_place(
     [before] = pool.pids()
     assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0][0]) == 2
     os.kill(before, signal.SIGSTOP)  # it holds the next batch, unanswered
-    outcome: list[BaseException | None] = []
-
-    def send() -> None:
-        try:
-            pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    [worker] = pool._workers
-    deadline = time.monotonic() + STOP_WITHIN_S
-    while not worker.waiting:  # the batch is in its pipe
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(before, signal.SIGKILL)
-    sender.join(STOP_WITHIN_S)
-    [failure] = outcome
+    with ThreadPoolExecutor(1) as sender:
+        sent = held(pool, sender, body)
+        os.kill(before, signal.SIGKILL)
+        failure = sent.exception(STOP_WITHIN_S)
     assert isinstance(failure, DecoderUnavailable)
     assert str(failure) == "the OTLP decoding process stopped before answering"
     [after] = pool.pids()
@@ -333,26 +325,11 @@ def test_closing_a_pool_whose_worker_hangs_kills_it_and_fails_its_batch(monkeypa
     pool = DecodePool(1).start()
     [pid] = pool.pids()
     os.kill(pid, signal.SIGSTOP)  # reads nothing more: a 4 MiB body fills its pipe, the write waits
-    outcome: list[BaseException | None] = []
-
-    def send() -> None:
-        try:
-            pool.read(bytes(4 * 1024 * 1024), PROTOBUF, DEFAULT_LIMITS, 10, False)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    sender = threading.Thread(target=send)
-    sender.start()
     [worker] = pool._workers
-    deadline = time.monotonic() + STOP_WITHIN_S
-    while not worker.waiting:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    pool.close()  # does not wait for the write for ever: the worker is killed
-    sender.join(STOP_WITHIN_S)
-    assert not sender.is_alive()
-    [failure] = outcome
+    with ThreadPoolExecutor(1) as sender:
+        sent = held(pool, sender, bytes(4 * 1024 * 1024))
+        pool.close()  # does not wait for the write for ever: the worker is killed
+        failure = sent.exception(STOP_WITHIN_S)
     assert isinstance(failure, DecoderUnavailable)
     assert worker.process.returncode == -signal.SIGKILL
 
