@@ -115,7 +115,6 @@ def test_serve_ingests_answers_and_keeps_its_state_in_sqlite_across_a_restart(tm
         assert restarted.stop(signal.SIGINT) == 0
 
 
-@pytest.mark.long
 def _decoders(pid: int) -> list[int]:
     """The decoding processes `pid` started (`server/decoder.py`): its children running `_serve_worker`."""
     children = [
@@ -144,6 +143,7 @@ def test_serve_decodes_in_its_decoding_processes_and_stops_them_with_it(tmp_path
         assert not Path(f"/proc/{decoder}").exists()
 
 
+@pytest.mark.long
 def test_kill_9_mid_load_loses_no_acknowledged_span_and_counts_none_twice(tmp_path: Path) -> None:
     policies = write_policies(tmp_path, "budgets:\n  - {name: everything, limit_usd: 1000000, window: day}\n")
     args = ("--policies", str(policies), "--store", "sqlite:///state.db")
