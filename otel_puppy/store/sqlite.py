@@ -284,6 +284,10 @@ WHERE NOT EXISTS (
 # padding costs as keys do (a 100-span batch's 100 covered keys padded to 512 took twice as long as
 # to 128).
 _LOOKUP_SIZES: Final = (8, 16, 32, 64, 128, 256, 512)
+_SETTLE_KEY_LOOKUP: Final = {
+    n: f"SELECT DISTINCT settle_key FROM reservations WHERE settle_key IN ({', '.join('?' * n)})"  # noqa: S608 - placeholders only
+    for n in _LOOKUP_SIZES
+}
 _SEEN_LOOKUP: Final = {
     n: f"SELECT span_key FROM seen WHERE span_key IN ({', '.join('?' * n)})"  # noqa: S608 - placeholders only
     for n in _LOOKUP_SIZES
@@ -609,6 +613,13 @@ class SQLiteStore:
         covered_before = _lookup(db, _COVERED_LOOKUP, covered_keys)
         calls, undo = self._calls, self._undo  # taken back if the transaction does not commit
         settling = db.execute("SELECT EXISTS (SELECT 1 FROM reservations)").fetchone()[0] == 1
+        # The settle keys that have a reservation, read once: a record of any other key settles nothing,
+        # and no reservation is added while the batch is applied (the keys only go).
+        settle_keys = (
+            _lookup(db, _SETTLE_KEY_LOOKUP, list({r.settle_key for r in records if r.settle_key}))
+            if settling
+            else set()
+        )
         seen: dict[bytes, float] = {}
         covered: dict[bytes, float] = {}
         calendar: dict[tuple[str, str, float], list[float]] = {}
@@ -679,9 +690,10 @@ class SQLiteStore:
                     record.decision_id is not None
                     and _release(db, self._held, record.decision_id, SETTLED, record.nanos)
                 )
-                and record.settle_key
+                and record.settle_key in settle_keys
+                and not _settle_oldest(db, self._held, record.settle_key, record.nanos)
             ):
-                _settle_oldest(db, self._held, record.settle_key, record.nanos)
+                settle_keys.discard(record.settle_key)  # none left: its next records settle nothing
             append(ApplyResult.APPLIED)
         # The spreads' counters, as their increments would have been added above.
         for scope, window, ts, nanos, tokens, count in spreads.counters():
@@ -1513,13 +1525,16 @@ def _release(db: sqlite3.Connection, held: _Held, decision_id: str, outcome: str
     return True
 
 
-def _settle_oldest(db: sqlite3.Connection, held: _Held, settle_key: str, cost: int) -> None:
+def _settle_oldest(db: sqlite3.Connection, held: _Held, settle_key: str, cost: int) -> bool:
+    """Settle the oldest reservation of `settle_key` at `cost`; whether there was one."""
     row = db.execute(
         f"SELECT {_RESERVATION} FROM reservations WHERE settle_key = ? ORDER BY seq LIMIT 1",  # noqa: S608 - constants only
         (settle_key,),
     ).fetchone()
-    if row is not None:
-        _drop_reservation(db, held, row, SETTLED, cost)
+    if row is None:
+        return False
+    _drop_reservation(db, held, row, SETTLED, cost)
+    return True
 
 
 def _outcome(source: object, outcome: str, estimate: object, cost: int = 0) -> Outcome:

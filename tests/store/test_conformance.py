@@ -523,6 +523,29 @@ def test_a_decision_id_no_longer_open_falls_back_to_the_settle_key(store: Store)
     assert reserved(store) == (70, 0)
 
 
+def test_in_one_batch_each_span_settles_what_is_left_of_its_key(store: Store) -> None:
+    # (SQLite reads once which of the batch's keys have a reservation: a key only loses them.)
+    admit(store, "d1", nanos=500, settle_key="k")
+    admit(store, "d2", nanos=300, settle_key="k")
+    admit(store, "d3", nanos=70, settle_key="j")
+    admit(store, "d4", nanos=9, settle_key="j")
+    batch = [
+        rec("a", decision_id="d2", settle_key="k"),  # d2, by its id
+        rec("b", settle_key="k"),  # the oldest left of k: d1
+        rec("c", settle_key="k"),  # none left of k
+        rec("d", decision_id="d3", settle_key="k"),  # d3 by its id, though of j
+        rec("e", settle_key="j"),  # what is left of j: d4
+        rec("f", settle_key="j"),  # none left
+        rec("g", settle_key="never"),  # a key with no reservation
+    ]
+    assert store.apply(batch, T0) == [APPLIED] * 7
+    assert reserved(store) == (0, 0)
+    assert [store.release(d) for d in ("d1", "d2", "d3", "d4")] == [False] * 4
+    admit(store, "d5", nanos=40, settle_key="k")  # a later batch sees the key's new reservation
+    assert store.apply([rec("h", settle_key="k")], T0) == [APPLIED]
+    assert reserved(store) == (0, 0)
+
+
 def test_a_nested_span_releases_the_reservation_its_decision_id_names(store: Store) -> None:
     store.apply([rec("call")], T0)
     admit(store, "d1", nanos=500, settle_key="k")
