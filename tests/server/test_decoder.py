@@ -38,6 +38,15 @@ STOP_WITHIN_S = 10.0
 
 @pytest.fixture
 def pool() -> Iterator[DecodePool]:
+    """A pool of its own, for a test that stops, kills or starves its worker."""
+    pool = DecodePool(1).start()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[DecodePool]:
+    """One pool for the tests that only read through it."""
     pool = DecodePool(1).start()
     yield pool
     pool.close()
@@ -57,21 +66,21 @@ def bodies() -> list[tuple[str, bytes, str]]:
     return out
 
 
-def test_a_decoding_process_reads_every_body_as_the_service_does(pool: DecodePool) -> None:
+def test_a_decoding_process_reads_every_body_as_the_service_does(shared: DecodePool) -> None:
     cases = bodies()
     assert len(cases) > 100
     for limits in (DEFAULT_LIMITS, CallLimits(max_tokens=500, max_cost_usd=Decimal("0.001"))):
         for with_rejected in (False, True):
             for name, body, content_type in cases:
                 here = read_spans(body, content_type, limits, 10, with_rejected)
-                there, request, facts = pool.read(bytearray(body), content_type, limits, 10, with_rejected)
+                there, request, facts = shared.read(bytearray(body), content_type, limits, 10, with_rejected)
                 assert there == here, name
                 assert request is None
                 # what forwarding reads of each span, read there for a batch to forward
                 assert facts == (span_facts(decode_traces(body, content_type)) if with_rejected else None), name
     # the bad ids and the token bound were met, not skipped
     rejected = {
-        name: pool.read(body, content_type, DEFAULT_LIMITS, 10, True)[0][1] for name, body, content_type in cases
+        name: shared.read(body, content_type, DEFAULT_LIMITS, 10, True)[0][1] for name, body, content_type in cases
     }
     assert (rejected["protobuf with bad ids"], rejected["json with bad ids"], rejected["tokens over the bound"]) == (
         2,
@@ -80,7 +89,7 @@ def test_a_decoding_process_reads_every_body_as_the_service_does(pool: DecodePoo
     )
 
 
-def test_a_body_that_is_not_otlp_is_the_same_error_from_a_decoding_process(pool: DecodePool) -> None:
+def test_a_body_that_is_not_otlp_is_the_same_error_from_a_decoding_process(shared: DecodePool) -> None:
     for body, content_type in [
         (b"\xff\x00 not protobuf", PROTOBUF),
         (b'{"resourceSpans": [', JSON),
@@ -90,13 +99,13 @@ def test_a_body_that_is_not_otlp_is_the_same_error_from_a_decoding_process(pool:
         with pytest.raises(OtlpDecodeError) as here:
             read_spans(body, content_type, DEFAULT_LIMITS, 10, False)
         with pytest.raises(OtlpDecodeError) as there:
-            pool.read(body, content_type, DEFAULT_LIMITS, 10, False)
+            shared.read(body, content_type, DEFAULT_LIMITS, 10, False)
         assert (type(there.value), str(there.value)) == (type(here.value), str(here.value))
     assert type(there.value) is UnsupportedContentType
     assert "Traceback" in there.value.__notes__[-1]  # the worker's, for the service's log
-    [pid] = pool.pids()
-    assert pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)[0][0]  # the same worker goes on
-    assert pool.pids() == [pid]
+    [pid] = shared.pids()
+    assert shared.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)[0][0]  # the same worker goes on
+    assert shared.pids() == [pid]
 
 
 def gone(pid: int) -> bool:
@@ -200,9 +209,9 @@ def test_a_worker_that_cannot_be_started_is_started_by_the_next_batch(
     assert len(pool.pids()) == 1
 
 
-def test_a_decoding_process_gives_the_request_back_when_asked(pool: DecodePool) -> None:
+def test_a_decoding_process_gives_the_request_back_when_asked(shared: DecodePool) -> None:
     for body, content_type in [(json_with_bad_ids(), JSON), (with_bad_ids(protobuf_body(2)), PROTOBUF)]:
-        (calls, rejected, _, spans), request, _ = pool.read(
+        (calls, rejected, _, spans), request, _ = shared.read(
             body, content_type, DEFAULT_LIMITS, 10, True, with_request=True
         )
         assert request == decode_traces(body, content_type)
@@ -276,8 +285,8 @@ def test_a_closed_pool_refuses_and_its_workers_have_exited() -> None:
         pool.read(protobuf_body(1), PROTOBUF, DEFAULT_LIMITS, 10, False)
 
 
-def test_workers_are_out_of_reach_of_a_terminals_ctrl_c(pool: DecodePool) -> None:
-    [pid] = pool.pids()
+def test_workers_are_out_of_reach_of_a_terminals_ctrl_c(shared: DecodePool) -> None:
+    [pid] = shared.pids()
     # A terminal signals its foreground process group; the workers are in a session of their own.
     assert os.getpgid(pid) == os.getsid(pid) == pid
     assert os.getpgid(pid) != os.getpgid(0)
@@ -334,11 +343,11 @@ def test_closing_a_pool_whose_worker_hangs_kills_it_and_fails_its_batch(monkeypa
     assert worker.process.returncode == -signal.SIGKILL
 
 
-def test_a_batch_enriched_with_the_facts_a_decoding_process_read_is_the_batch_enriched_here(pool: DecodePool) -> None:
+def test_a_batch_enriched_with_the_facts_a_decoding_process_read_is_the_batch_enriched_here(shared: DecodePool) -> None:
     pricer = Pricer()
     enriched = 0
     for name, body, content_type in bodies():
-        (calls, _, _, rejected), _, facts = pool.read(body, content_type, DEFAULT_LIMITS, 10, True)
+        (calls, _, _, rejected), _, facts = shared.read(body, content_type, DEFAULT_LIMITS, 10, True)
         assert facts is not None
         priced = {(call.trace_id, call.span_id): pricer.price(call) for call in calls}
         counted = {key: price.nanos for key, price in priced.items() if price.nanos is not None}
