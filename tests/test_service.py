@@ -126,15 +126,15 @@ def _decoders(pid: int) -> list[int]:
 @pytest.mark.parametrize("processes", [None, "0"])
 def test_serve_decodes_in_its_decoding_processes_and_stops_them_with_it(tmp_path: Path, processes: str | None) -> None:
     """By default one decoding process on two CPUs or more (as here), `OTEL_PUPPY_DECODE_PROCESSES` otherwise,
-    started with the first batch; the spans it reads are counted as ever, and it stops with the service."""
+    started with the service; the spans it reads are counted as ever, and it stops with the service."""
     policies = write_policies(tmp_path, BUDGETS)
     env = environment() if processes is None else environment(decode_processes=processes)
     with service(tmp_path, "--policies", str(policies), env=env) as running:
-        assert _decoders(running.process.pid) == []  # started with the first batch
+        decoders = _decoders(running.process.pid)  # started with the service
+        assert len(decoders) == (default_processes() if processes is None else int(processes))
         spans = chat_spans(3)
         assert export(running.url, spans) is SpanExportResult.SUCCESS
-        decoders = _decoders(running.process.pid)
-        assert len(decoders) == (default_processes() if processes is None else int(processes))
+        assert _decoders(running.process.pid) == decoders
         assert export(running.url, spans) is SpanExportResult.SUCCESS  # a retry: counted once
         labels = {"provider": "openai", "model": "gpt-4.1", "agent": "support", "service": "support-bot"}
         assert metric(running.url, "otel_puppy_llm_cost_usd_total", **labels) == 3 * NANOS / 1e9

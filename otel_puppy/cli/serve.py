@@ -174,7 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
                 return 1
         processes = default_processes() if settings.decode_processes is None else settings.decode_processes
         if processes:
-            decoder = DecodePool(processes)  # its processes start with the first OTLP batch
+            decoder = DecodePool(processes).start()  # started now: the first batch does not wait for them
         try:
             app = create_app(engine, recorder=recorder, forwarder=forwarder, decoder=decoder)
         except PolicyErrors as exc:  # the tokens file (`TokenFileErrors`): a service must not start without it
