@@ -312,3 +312,33 @@ def test_a_batch_applied_then_not_queued_is_503_saying_a_retry_counts_once() -> 
     )
     assert engine.snapshot().spend("day") == 2 * NANOS / Decimal(10**9)  # counted once, retried or not
     sink.close()
+
+
+def test_readiness_fails_while_the_last_batch_refused_for_room_would_still_not_fit() -> None:
+    """The receiver asks `room` with the bytes received; `/readyz` must not say ready while it refuses
+    with "the forward queue is full", even with the queue under 95% of its bound."""
+    engine = engine_for_tests(raise_internal_errors=False)
+    forwarder = Forwarder(
+        ForwardTarget("http://downstream:4318", {}),
+        MemoryQueue(1000),
+        engine.metrics,
+        CollectorRegistry(),
+        max_bytes=1000,
+    )
+    try:
+        forwarder.queue.put(b"x" * 800, 1)  # 80% of the bound
+        assert forwarder.problem() is None
+        assert forwarder.room(150)  # fits: still ready
+        assert forwarder.problem() is None
+        assert not forwarder.room(300)  # refused
+        assert forwarder.problem() == (
+            "forward queue full: 1 batches, 800 of 1000 bytes waiting for the downstream; no room for the last "
+            "batch refused (300 bytes)"
+        )
+        claimed = forwarder.queue.claim(time.time())  # delivered downstream: room again
+        assert claimed is not None
+        forwarder.queue.done(claimed)
+        assert forwarder.problem() is None
+        assert forwarder.room(300)
+    finally:
+        forwarder.close()

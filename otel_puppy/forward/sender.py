@@ -41,7 +41,7 @@ from otel_puppy._logging import RateLimitedLog
 from otel_puppy.exceptions import SettingsError, StoreError
 from otel_puppy.forward.enrich import RunCosts
 from otel_puppy.forward.otlp import SpanFacts, SpanKey, enrich_request
-from otel_puppy.forward.queue import Claimed, ForwardQueue
+from otel_puppy.forward.queue import Claimed, ForwardQueue, QueueFull
 from otel_puppy.metrics import Metrics
 from otel_puppy.pricing import Price
 from otel_puppy.settings import PuppySettings, redact_url
@@ -113,6 +113,9 @@ class Forwarder:
         """The engine's: where an internal error of the delivery thread is counted."""
         self.max_bytes = max_bytes
         self.runs = RunCosts()
+        self._refused = 0
+        """The size of the last batch refused for want of room (0: none since one fitted): `/readyz`
+        fails while it would still not fit, as the receiver refuses with "the forward queue is full"."""
         self._client = httpx.Client(timeout=target.timeout_s, transport=transport, follow_redirects=False)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -159,7 +162,9 @@ class Forwarder:
 
     def room(self, size: int) -> bool:
         """Whether a batch of about `size` bytes fits in the queue now (asked before applying it)."""
-        return self.queue.room(size)
+        fits = self.queue.room(size)
+        self._refused = 0 if fits else size
+        return fits
 
     def accept(
         self,
@@ -188,7 +193,11 @@ class Forwarder:
         body = request.SerializeToString()
         if self.target.gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
-        self.queue.put(body, spans)
+        try:
+            self.queue.put(body, spans)
+        except QueueFull:
+            self._refused = len(body)
+            raise
         self._spans.labels("queued").inc(spans)
         self._wake.set()
 
@@ -200,6 +209,14 @@ class Forwarder:
             return f"forward queue unreadable: {exc}"
         if size > self.max_bytes * FULL_FRACTION:
             return f"forward queue full: {batches} batches, {size} of {self.max_bytes} bytes waiting for the downstream"
+        refused = self._refused
+        if refused:  # a batch was refused for want of room (the receiver said so): full until it would fit
+            if not self.queue.room(refused):
+                return (
+                    f"forward queue full: {batches} batches, {size} of {self.max_bytes} bytes waiting for the "
+                    f"downstream; no room for the last batch refused ({refused} bytes)"
+                )
+            self._refused = 0
         return None
 
     # --- delivery --------------------------------------------------------------------------------
