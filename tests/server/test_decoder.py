@@ -332,13 +332,16 @@ def test_one_decoding_process_by_default_on_two_cpus_or_more(monkeypatch: pytest
 def test_closing_a_pool_whose_worker_hangs_kills_it_and_fails_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decoder_module, "_STOP_WITHIN_S", 0.5)
     pool = DecodePool(1).start()
-    [pid] = pool.pids()
-    os.kill(pid, signal.SIGSTOP)  # reads nothing more: a 4 MiB body fills its pipe, the write waits
-    [worker] = pool._workers
-    with ThreadPoolExecutor(1) as sender:
-        sent = held(pool, sender, bytes(4 * 1024 * 1024))
-        pool.close()  # does not wait for the write for ever: the worker is killed
-        failure = sent.exception(STOP_WITHIN_S)
+    try:
+        [pid] = pool.pids()
+        os.kill(pid, signal.SIGSTOP)  # reads nothing more: a 4 MiB body fills its pipe, the write waits
+        [worker] = pool._workers
+        with ThreadPoolExecutor(1) as sender:
+            sent = held(pool, sender, bytes(4 * 1024 * 1024))
+            pool.close()  # does not wait for the write for ever: the worker is killed
+            failure = sent.exception(STOP_WITHIN_S)
+    finally:
+        pool.close()  # a stopped worker left behind would never see its pipe end: killed here too
     assert isinstance(failure, DecoderUnavailable)
     assert worker.process.returncode == -signal.SIGKILL
 
