@@ -87,6 +87,8 @@ MAX_LIMIT_CALLS: Final = 10**15
 """A budget's `limit_calls`."""
 MAX_ALERTS: Final = 20
 """Alert thresholds one budget may list (a hundred thousand took `otel-puppy check` five seconds)."""
+MAX_DECODE_PROCESSES: Final = 16
+"""`OTEL_PUPPY_DECODE_PROCESSES`: each is an interpreter of about 80 MB (`server/decoder.py`)."""
 
 _NUMBER: Final = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(?:[eE]([+-]?[0-9]+))?")
 _MAX_EXPONENT: Final = 9999

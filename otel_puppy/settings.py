@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS, MAX_SPAN_LATENESS_S, CallLimits
+from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS, MAX_DECODE_PROCESSES, MAX_SPAN_LATENESS_S, CallLimits
 from otel_puppy.exceptions import SettingsError
 from otel_puppy.store.base import MAX_SAMPLES, SCHEMES
 
@@ -119,7 +119,7 @@ class PuppySettings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1, le=100_000)
     """`serve`: past this many open connections (or requests in progress) new requests get `503`
     (uvicorn's `limit_concurrency`), so file descriptors never run out."""
-    decode_processes: int | None = Field(default=None, ge=0, le=16)
+    decode_processes: int | None = Field(default=None, ge=0, le=MAX_DECODE_PROCESSES)
     """`serve`: processes that decode OTLP bodies and read their spans while the service's own applies
     the batches before them (`server/decoder.py`; each about 80 MB). Unset: one when the service may run
     on two CPUs or more, else none; 0: decoded in the service's own threads. At most 16."""

@@ -45,30 +45,24 @@ from typing import Any, Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_puppy.bounds import CallLimits
+from otel_puppy.bounds import MAX_DECODE_PROCESSES, CallLimits
 from otel_puppy.calls import LLMCall, call_fields, call_from_fields
 from otel_puppy.exceptions import PuppyError
 from otel_puppy.forward.otlp import SpanFacts, span_facts
 from otel_puppy.server.otlp import calls_from_request, decode_traces
 
 __all__ = (
-    "MAX_PROCESSES",
     "DecodePool",
     "DecoderUnavailable",
     "ReadSpans",
     "default_processes",
     "read_request",
-    "read_spans",
 )
 
 _LOG: Final = logging.getLogger("otel_puppy.server")
 
-MAX_PROCESSES: Final = 16
-"""The most decoding processes a service may ask for (`OTEL_PUPPY_DECODE_PROCESSES`); each holds
-about 80 MB (an interpreter with the OTLP and pricing modules)."""
-
 ReadSpans = tuple[list[LLMCall], int, list[str], dict[tuple[int, int], str] | None]
-"""A body read: its calls, how many spans were rejected, why (the first few), and with `with_rejected`
+"""A request read: its calls, how many spans were rejected, why (the first few), and with `with_rejected`
 each rejected span's (trace id, span id) and reason (`otlp.calls_from_request`)."""
 
 
@@ -86,21 +80,10 @@ def default_processes() -> int:
     return 1 if cpus >= 2 else 0
 
 
-def read_spans(
-    body: bytes | bytearray, content_type: str, limits: CallLimits, max_messages: int, with_rejected: bool
-) -> ReadSpans:
-    """Decode `body` and read its calls (`otlp.calls_from_request`), here.
-
-    Raises:
-        OtlpDecodeError: the body is not a valid OTLP trace export.
-    """
-    return read_request(decode_traces(body, content_type), limits, max_messages, with_rejected)
-
-
 def read_request(
     request: ExportTraceServiceRequest, limits: CallLimits, max_messages: int, with_rejected: bool
 ) -> ReadSpans:
-    """The calls of a decoded request, as `read_spans` reads them."""
+    """The calls of a decoded request (`otlp.calls_from_request`), as a decoding process reads them."""
     rejected_spans: dict[tuple[int, int], str] | None = {} if with_rejected else None
     calls, rejected, problems = calls_from_request(request, max_messages, limits, rejected_spans)
     return calls, rejected, problems, rejected_spans
@@ -109,15 +92,15 @@ def read_request(
 def _read_in_worker(
     body: bytes | bytearray, header: tuple[str, CallLimits, int, bool, bool]
 ) -> tuple[list[tuple[Any, ...]], int, list[str], dict[tuple[int, int], str] | None, bytes | None, SpanFacts | None]:
-    """`read_spans` in a worker (`header`: its other arguments, then `with_request`): each call as its
+    """`body` decoded and read in a worker (`header`: `DecodePool.read`'s arguments): each call as its
     fields (`calls.call_fields`); with `with_request`, the decoded request too, as protobuf (which the
-    service parses in C, where a JSON body would be decoded a second time in Python); with
-    `with_rejected` (a batch to forward), its `span_facts` for enriching it."""
-    content_type, limits, max_messages, with_rejected, with_request = header
+    service parses in C, where a JSON body would be decoded a second time in Python); for a batch to
+    `forward`, its rejected spans and its `span_facts`."""
+    content_type, limits, max_messages, forward, with_request = header
     request = decode_traces(body, content_type)
-    calls, rejected, problems, rejected_spans = read_request(request, limits, max_messages, with_rejected)
+    calls, rejected, problems, rejected_spans = read_request(request, limits, max_messages, forward)
     encoded = request.SerializeToString() if with_request else None
-    facts = span_facts(request) if with_rejected else None
+    facts = span_facts(request) if forward else None
     return [call_fields(call) for call in calls], rejected, problems, rejected_spans, encoded, facts
 
 
@@ -328,8 +311,8 @@ class DecodePool:
     """
 
     def __init__(self, processes: int) -> None:
-        if not 1 <= processes <= MAX_PROCESSES:
-            raise ValueError(f"processes must be from 1 to {MAX_PROCESSES}, not {processes}")
+        if not 1 <= processes <= MAX_DECODE_PROCESSES:
+            raise ValueError(f"processes must be from 1 to {MAX_DECODE_PROCESSES}, not {processes}")
         self.processes = processes
         self._lock = threading.Lock()
         self._closed = False
@@ -361,13 +344,13 @@ class DecodePool:
         content_type: str,
         limits: CallLimits,
         max_messages: int,
-        with_rejected: bool,
+        forward: bool,
         *,
         with_request: bool = False,
     ) -> tuple[ReadSpans, ExportTraceServiceRequest | None, SpanFacts | None]:
-        """`read_spans` in a worker; with `with_request` the decoded request; with `with_rejected` (a
-        batch to forward) its `forward.otlp.span_facts`. Blocks the calling thread (not the
-        interpreter) until it answers.
+        """`body` decoded and read in a worker (`read_request`); for a batch to `forward`, its rejected
+        spans and its `forward.otlp.span_facts`; with `with_request`, the decoded request. Blocks the
+        calling thread (not the interpreter) until it answers.
 
         Raises:
             OtlpDecodeError: the body is not a valid OTLP trace export.
@@ -384,7 +367,7 @@ class DecodePool:
                     if not self._workers:
                         raise DecoderUnavailable(f"no OTLP decoding process could be started: {exc}") from None
             worker = min(self._workers, key=lambda worker: len(worker.waiting))
-        header = (content_type, limits, max_messages, with_rejected, with_request)
+        header = (content_type, limits, max_messages, forward, with_request)
         try:
             ok, value = worker.ask(pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL), body)
         except _Gone:

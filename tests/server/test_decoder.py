@@ -19,14 +19,14 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_puppy.bounds import DEFAULT_LIMITS, CallLimits
+from otel_puppy.bounds import DEFAULT_LIMITS, MAX_DECODE_PROCESSES, CallLimits
 from otel_puppy.forward.enrich import RunCosts
 from otel_puppy.forward.otlp import enrich_request, span_facts
 from otel_puppy.money import nanos_to_usd
 from otel_puppy.pricing import Pricer
 from otel_puppy.server import decoder as decoder_module
 from otel_puppy.server.app import create_app
-from otel_puppy.server.decoder import MAX_PROCESSES, DecodePool, DecoderUnavailable, default_processes, read_spans
+from otel_puppy.server.decoder import DecodePool, DecoderUnavailable, default_processes, read_request
 from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, UnsupportedContentType, decode_traces
 from otel_puppy.testing import engine_for_tests
 from tests.corpus._replay import load_cases
@@ -72,7 +72,7 @@ def test_a_decoding_process_reads_every_body_as_the_service_does(shared: DecodeP
     for limits in (DEFAULT_LIMITS, CallLimits(max_tokens=500, max_cost_usd=Decimal("0.001"))):
         for with_rejected in (False, True):
             for name, body, content_type in cases:
-                here = read_spans(body, content_type, limits, 10, with_rejected)
+                here = read_request(decode_traces(body, content_type), limits, 10, with_rejected)
                 there, request, facts = shared.read(bytearray(body), content_type, limits, 10, with_rejected)
                 assert there == here, name
                 assert request is None
@@ -97,7 +97,7 @@ def test_a_body_that_is_not_otlp_is_the_same_error_from_a_decoding_process(share
         (b"{}", "text/plain"),
     ]:
         with pytest.raises(OtlpDecodeError) as here:
-            read_spans(body, content_type, DEFAULT_LIMITS, 10, False)
+            read_request(decode_traces(body, content_type), DEFAULT_LIMITS, 10, False)
         with pytest.raises(OtlpDecodeError) as there:
             shared.read(body, content_type, DEFAULT_LIMITS, 10, False)
         assert (type(there.value), str(there.value)) == (type(here.value), str(here.value))
@@ -318,7 +318,7 @@ def test_workers_exit_when_the_service_is_killed(tmp_path: Path) -> None:
 
 
 def test_the_number_of_processes_is_bounded() -> None:
-    for processes in (0, -1, MAX_PROCESSES + 1):
+    for processes in (0, -1, MAX_DECODE_PROCESSES + 1):
         with pytest.raises(ValueError, match=f"processes must be from 1 to 16, not {processes}"):
             DecodePool(processes)
 
