@@ -18,7 +18,9 @@ estimate follows the new price once at most `n - ceil(q * n)` of the kept calls 
 The samples live in the store (`Store.add_samples`): they survive restarts and replicas share them.
 Each process caches the figures it computed and reads them again every `learned_refresh_s`; its own
 calls count at once (a memory store), or within a second (a store with I/O, whose samples are
-written in batches at most a second apart, so ingest pays one write per second, not one per batch).
+written in batches a second apart, so ingest pays one write per second, not one per batch). Waiting,
+a series keeps only its newest `learned_samples`, all the store would keep of them: a second of
+ingest writes at most that many rows per series, however many calls it saw.
 Every figure is bounded: a cost by `bounds.MAX_CALL_COST_USD`, tokens by `bounds.MAX_CALL_TOKENS`.
 """
 
@@ -36,15 +38,16 @@ from otel_puppy.bounds import MAX_CALL_COST_USD, MAX_CALL_TOKENS
 from otel_puppy.calls import LLMCall
 from otel_puppy.money import usd_to_nanos
 from otel_puppy.settings import PuppySettings
-from otel_puppy.store.base import Sample, Store
+from otel_puppy.store.base import Sample, Store, newest_samples
 
 __all__ = ("MAX_ESTIMATE_NANOS", "Learned", "LearnedEstimates", "nearest_rank", "series_key")
 
 MAX_ESTIMATE_NANOS: Final = usd_to_nanos(MAX_CALL_COST_USD)
 _FLUSH_EVERY_S: Final = 1.0
-"""A store with I/O gets this process's samples in batches at most this far apart."""
-_FLUSH_AT: Final = 512
-"""... or as soon as this many are waiting."""
+"""A store with I/O gets this process's samples in batches this far apart."""
+_COMPACT_AT: Final = 4096
+"""Waiting samples past this many are cut to each series' newest `learned_samples` (what writing them
+would leave); written at once if still past half of it (many series)."""
 _MAX_PENDING: Final = 10_000
 """Samples kept while the store does not answer; the oldest are dropped past this."""
 _CACHE_LIMIT: Final = 20_000
@@ -152,8 +155,12 @@ class LearnedEstimates:
         with self._lock:
             pending = self._pending
             pending += samples
-            if len(pending) > _MAX_PENDING:
-                del pending[: len(pending) - _MAX_PENDING]
+            crowded = False
+            if len(pending) > _COMPACT_AT:
+                pending[:] = newest_samples(pending, self._keep)
+                crowded = len(pending) > _COMPACT_AT // 2
+                if len(pending) > _MAX_PENDING:  # the store did not take them: the oldest go
+                    del pending[: len(pending) - _MAX_PENDING]
             # This process's new calls count at once (a memory store) or a second after the figure was
             # computed (a store with I/O: one read per second and figure, not one per decision).
             cache, batched = self._cache, self._batched
@@ -162,7 +169,7 @@ class LearnedEstimates:
                     entry = cache.get(asked)
                     if entry is not None:
                         entry[1] = min(entry[1], entry[2] + _FLUSH_EVERY_S) if batched else -math.inf
-            due = not self._batched or len(pending) >= _FLUSH_AT or now - self._flushed_at >= _FLUSH_EVERY_S
+            due = not self._batched or crowded or now - self._flushed_at >= _FLUSH_EVERY_S
         if due:
             self.flush(now)
 

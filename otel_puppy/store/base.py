@@ -86,6 +86,7 @@ __all__ = (
     "check_state",
     "clamp",
     "fullest_states",
+    "newest_samples",
     "open_store",
     "report_unrestored",
 )
@@ -133,6 +134,21 @@ class Sample(NamedTuple):
     at: float
     nanos: int
     tokens: int
+
+
+def newest_samples(samples: Sequence[Sample], keep: int) -> list[Sample]:
+    """The newest `keep` samples of each series, in order: what a store keeping each series' newest
+    `keep` would leave of them once all are written (its older ones go too, and the order of what is
+    left is the same)."""
+    counts: dict[str, int] = {}
+    newest: list[Sample] = []
+    for sample in reversed(samples):
+        count = counts.get(sample.key, 0)
+        if count < keep:
+            counts[sample.key] = count + 1
+            newest.append(sample)
+    newest.reverse()
+    return newest
 
 
 class CallKey(NamedTuple):

@@ -74,6 +74,7 @@ from otel_puppy.store.base import (
     SubBucket,
     clamp,
     fullest_states,
+    newest_samples,
 )
 from otel_puppy.windows import RollingWindow, Window
 
@@ -1102,6 +1103,8 @@ class RedisStore:
         if not samples:
             return
         keep = max(1, min(keep, MAX_SAMPLES))
+        if len(samples) > keep:
+            samples = newest_samples(samples, keep)  # what the script's trim would leave of them
         argv: list[str] = [self.prefix, str(keep), str(max(1, int(ttl_s * 1000))), str(MAX_SAMPLE_KEYS)]
         for key, at, nanos, tokens in samples:
             argv += (key, f"{at!r}:{clamp(nanos)}:{clamp(tokens)}")

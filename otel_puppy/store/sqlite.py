@@ -78,6 +78,7 @@ from otel_puppy.store.base import (
     check_state,
     clamp,
     fullest_states,
+    newest_samples,
 )
 from otel_puppy.windows import SUB_BUCKETS, RollingWindow, Window
 
@@ -984,7 +985,7 @@ class SQLiteStore:
         keep = max(1, min(keep, MAX_SAMPLES))
         until = now + ttl_s
         if len(samples) > keep:
-            samples = _newest(samples, keep)
+            samples = newest_samples(samples, keep)
         with self._transaction("add samples") as db:
             db.executemany(
                 "INSERT INTO samples (key, at, nanos, tokens) VALUES (?, ?, ?, ?)",
@@ -1073,20 +1074,6 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
-
-
-def _newest(samples: Sequence[Sample], keep: int) -> list[Sample]:
-    """The newest `keep` samples of each series, in order: what the trim after writing them all would
-    leave of them (the series' older rows go too, and the order of what is left is the same)."""
-    counts: dict[str, int] = {}
-    newest: list[Sample] = []
-    for sample in reversed(samples):
-        count = counts.get(sample.key, 0)
-        if count < keep:
-            counts[sample.key] = count + 1
-            newest.append(sample)
-    newest.reverse()
-    return newest
 
 
 class _Held:

@@ -237,6 +237,67 @@ def test_learned_figures_survive_a_restart_and_are_shared(
     second.close()
 
 
+def _writes(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[list[Sample]]:
+    """Every `add_samples` of `store` from now on, the samples of each."""
+    written: list[list[Sample]] = []
+    add = store.add_samples
+
+    def recorded(samples: list[Sample], **kwargs: Any) -> None:
+        written.append(list(samples))
+        add(samples, **kwargs)
+
+    monkeypatch.setattr(store, "add_samples", recorded)
+    return written
+
+
+def test_a_second_of_calls_writes_each_series_newest_samples_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store with I/O gets the samples once a second, however many calls came: those waiting are
+    cut to each series' newest `learned_samples` (100) once past `_COMPACT_AT`, all the store would
+    keep of them. The figure is the same: the p95 of the newest 100 calls."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    written = _writes(store, monkeypatch)
+    engine = engine_on(store)
+    per_batch = 2 * 300  # each call a sample of its agent's series and one of the model's
+    batches = learned._COMPACT_AT // per_batch + 2
+    assert (batches - 2) * per_batch <= learned._COMPACT_AT < (batches - 1) * per_batch  # the last one compacts
+    for _ in range(batches):
+        calls(engine, 300)  # calls 1..300, in the same second
+    assert [len(samples) for samples in written] == [per_batch]  # the first at once; the rest wait
+    later(engine, 1)
+    calls(engine, 1)  # call 1 (the cheapest), a second later: all that waits is written
+    assert [len(samples) for samples in written] == [per_batch, 2 * 100 + 2]
+    assert {key: [s.nanos for s in written[1] if s.key == key][-3:] for key in {s.key for s in written[1]}} == {
+        series_key(name, "self-hosted", "m"): [1_010_000 * 299, 1_010_000 * 300, 1_010_000]
+        for name in ("support", None)
+    }
+    # The newest 100 calls: 202..300 and 1; the 95th cheapest is call 295.
+    decision = ask(engine, agent="support")
+    assert (decision.estimate_source, decision.estimated_cost_usd) == ("learned", Decimal("0.29795"))
+    engine.close()
+
+
+def test_samples_of_many_series_are_written_at_once_past_half_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compacting does not shrink samples of many series (one call each): past half `_COMPACT_AT`
+    after it, they are written without waiting for the second."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    written = _writes(store, monkeypatch)
+    engine = engine_on(store)
+    calls(engine, 1)
+    agents = learned._COMPACT_AT // 2 + 1  # as many samples of the model's series: over the bound
+    engine.observe_many(
+        [
+            make_call(end_s=T0, provider="self-hosted", model="m", agent=f"a{i}", input_tokens=1000, output_tokens=10)
+            for i in range(agents)
+        ]
+    )
+    assert [len(samples) for samples in written] == [2, agents + 100]  # each agent's one, the model's newest 100
+    engine.close()
+
+
 # --- the store capability ---------------------------------------------------------------------
 
 
