@@ -312,7 +312,7 @@ def call_from_parts(  # noqa: PLR0917 - positional too: the OTLP decoder calls i
         attributes = _bare_failure(name, instrumentation)
     plan = _plan_of(attributes)
     if memo is not None and not error and plan.has_usage:
-        key = _memo_key(attributes, instrumentation)
+        key = _memo_key(attributes, plan, instrumentation)
         if key is None:
             labels = _labels(attributes, plan, resource, instrumentation, error)
         else:
@@ -401,28 +401,25 @@ _VARYING: Final = frozenset(
 _UNKNOWN: Final = object()
 
 
-def _memo_key(attributes: Mapping[str, Any], instrumentation: str | None) -> tuple[object, ...] | None:
-    """What `_labels` reads of a span with usage that did not fail: its other attributes' keys and
-    values (a value not a string with its type, as `True == 1 == 1.0`), and its instrumentation.
+def _memo_key(attributes: Mapping[str, Any], plan: _Plan, instrumentation: str | None) -> tuple[object, ...] | None:
+    """What `_labels` reads of a span with usage that did not fail: its plan (which names its other
+    attributes' keys, `_Plan.fixed`), their values (a value not a string after its type, as
+    `True == 1 == 1.0`; a type is never a string, so the parts read one way) and its instrumentation.
     `None` (no memo) for a value that is not a short string, bytes or number, or too many keys."""
-    if len(attributes) > _MEMO_KEYS or (instrumentation is not None and len(instrumentation) > _MEMO_TEXT):
+    names = plan.fixed
+    if names is None or (instrumentation is not None and len(instrumentation) > _MEMO_TEXT):
         return None
-    varying = _VARYING
-    parts: list[object] = [instrumentation]
+    parts: list[object] = [plan, instrumentation]
     append = parts.append
-    for name, value in attributes.items():
-        if name in varying:
-            continue
-        if len(name) > _MEMO_TEXT:
-            return None
-        append(name)
+    for name in names:
+        value = attributes[name]
         kind = type(value)
-        if kind is str or kind is bytes:
+        if kind is str:
             if len(value) > _MEMO_TEXT:
                 return None
-            if kind is bytes:
-                append(bytes)
-        elif kind is int or kind is float or kind is bool:
+        elif kind is int or kind is float or kind is bool or kind is bytes:
+            if kind is bytes and len(value) > _MEMO_TEXT:
+                return None
             append(kind)
         else:
             return None
@@ -547,6 +544,7 @@ class _Plan:
         "aggregated",
         "conversation",
         "environment",
+        "fixed",
         "has_usage",
         "operation",
         "prompt",
@@ -590,6 +588,9 @@ class _Plan:
         self.team = present(semconv.TEAM)
         self.environment = present(semconv.ENVIRONMENT)
         self.prompt = present(semconv.PROMPT)
+        fixed = tuple(key for key in keys if key not in _VARYING)
+        self.fixed = fixed if len(keys) <= _MEMO_KEYS and all(len(key) <= _MEMO_TEXT for key in fixed) else None
+        """The keys whose values `_memo_key` keys a memo by (those of `_labels`), `None` for no memo."""
 
 
 _PLANS: Final[dict[tuple[str, ...], _Plan]] = {}
