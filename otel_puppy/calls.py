@@ -627,14 +627,18 @@ def prompt_digest(prompt: object) -> str | None:
 
 
 def _message_text(value: object) -> str:
-    if isinstance(value, str):
+    """The roles and texts of `json.loads` output (exact `str`, `list` and `dict`: compared by type, a
+    little faster than `isinstance` on the prompt of every call)."""
+    if type(value) is str:
         return value
-    if isinstance(value, list):
+    if type(value) is list:
         return "\n".join([_message_text(item) for item in value])
-    if isinstance(value, dict):
+    if type(value) is dict:
         role = value.get("role")
-        parts = [f"{role}:"] if isinstance(role, str) else []
-        parts.extend(text for key in _MESSAGE_KEYS if key in value and (text := _message_text(value[key])))
+        parts = [f"{role}:"] if type(role) is str else []
+        for key in _MESSAGE_KEYS:  # a loop: a comprehension's frame costs half as much again here
+            if key in value and (text := _message_text(value[key])):
+                parts.append(text)  # noqa: PERF401
         return " ".join(parts)
     return ""
 
