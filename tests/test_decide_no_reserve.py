@@ -25,9 +25,9 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import RequestError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
-from otel_puppy.server.thread import serving
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
 from tests._service import cli, environment
+from tests._serving import serve
 
 POLICIES = """
 budgets:
@@ -133,7 +133,7 @@ def test_reserve_must_be_a_bool_in_process(value: object) -> None:
 @pytest.fixture
 def served() -> Iterator[tuple[PolicyEngine, str]]:
     puppy = engine()
-    with serving(create_app(puppy)) as url:
+    with serve(create_app(puppy)) as url:
         yield puppy, url
     puppy.close()
 

@@ -36,10 +36,10 @@ from otel_puppy.decision import Severity
 from otel_puppy.exceptions import SettingsError
 from otel_puppy.server.app import create_app
 from otel_puppy.server.decoder import default_processes
-from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests
 from tests._service import cli, environment, export, free_port, service, write_policies
+from tests._serving import serve
 
 TOKEN = "s3cret-token-of-a-decent-length"
 PROMPT = "PROMPT-TEXT-7f3a9c: tell me the launch codes"
@@ -69,7 +69,7 @@ def test_every_token_check_is_one_constant_time_comparison_of_equal_lengths(monk
         "Bearer": 401,
         f"Bearer é{TOKEN}": 401,
     }
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
         for path in ("/v1/budgets", "/metrics", "/v1/nothing-here"):
             for header, status in presented.items():
                 compared.clear()
@@ -454,7 +454,7 @@ def test_a_megabyte_of_headers_is_refused_before_the_app(tmp_path: Path) -> None
 
 def test_a_deeply_nested_decision_request_is_a_4xx(tmp_path: Path) -> None:
     engine = engine_for_tests(raise_internal_errors=False)
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
         try:
             response = client.post("/v1/decide", content=NESTED, headers={"content-type": JSON})
             status, body = response.status_code, response.json()

@@ -29,8 +29,8 @@ from otel_puppy.server.app import create_app
 from otel_puppy.server.decoder import DecodePool, DecoderUnavailable, default_processes, read_request
 from otel_puppy.server.otlp import JSON, PROTOBUF, OtlpDecodeError, UnsupportedContentType, decode_traces
 from otel_puppy.testing import engine_for_tests
+from tests._serving import serve
 from tests.corpus._replay import load_cases
-from tests.server.test_app import serve
 from tests.server.test_otlp_http import NANOS, json_with_bad_ids, protobuf_body, sample, status_of, with_bad_ids
 
 STOP_WITHIN_S = 10.0
