@@ -30,7 +30,7 @@ from otel_puppy.server.tokens import Keyring
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store import open_store
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
-from tests._service import cli
+from tests._service import cli_all
 from tests._serving import serve
 from tests.server.test_otlp import make_request, span
 from tests.test_tokens import Spec, write_tokens
@@ -220,10 +220,20 @@ def test_the_command_line_exports_from_a_store_and_a_service_alike(tmp_path: Pat
     )
     engine.observe(gpt_call(engine))
     with serve(create_app(engine)) as url:
-        remote = cli(tmp_path, "export", "focus", "--url", url, "--from", "2026-01", "--out", str(tmp_path / "r.csv"))
-        status = cli(tmp_path, "status", "--url", url, "--by", "team,agent")
+        remote, status = cli_all(
+            tmp_path,
+            ["export", "focus", "--url", url, "--from", "2026-01", "--out", str(tmp_path / "r.csv")],
+            ["status", "--url", url, "--by", "team,agent"],
+        )
     engine.close()
-    local = cli(tmp_path, "export", "focus", "--store", store, "--from", "2026-01", "--out", str(tmp_path / "l.csv"))
+    # the store closed: read by the command line alone; the refusals read nothing, or nothing of it
+    local, refused, too_long, wrong = cli_all(
+        tmp_path,
+        ["export", "focus", "--store", store, "--from", "2026-01", "--out", str(tmp_path / "l.csv")],
+        ["export", "focus", "--store", "memory://"],
+        ["export", "focus", "--store", store, "--billing-account", "a" * 257],
+        ["export", "focus", "--store", store, "--from", "soon"],
+    )
     assert (remote.returncode, local.returncode) == (0, 0), remote.stderr + local.stderr
     assert local.stderr == f"wrote 4 FOCUS rows to {tmp_path / 'l.csv'}\n"
     assert (tmp_path / "r.csv").read_text() == (tmp_path / "l.csv").read_text()
@@ -233,13 +243,10 @@ def test_the_command_line_exports_from_a_store_and_a_service_alike(tmp_path: Pat
     assert "payments" in status.stdout
     assert "$0.022" in status.stdout
     assert "total $0.022" in status.stdout
-    refused = cli(tmp_path, "export", "focus", "--store", "memory://")
     assert refused.returncode == 2
     assert "the memory store lives in its process" in refused.stderr
-    too_long = cli(tmp_path, "export", "focus", "--store", store, "--billing-account", "a" * 257)
     assert too_long.returncode == 2
     assert "--billing-account: must be 1 to 256 characters, not 257" in too_long.stderr
-    wrong = cli(tmp_path, "export", "focus", "--store", store, "--from", "soon")
     assert (wrong.returncode, wrong.stderr.strip()) == (
         2,
         "error: from: 'soon' is not a date (YYYY-MM-DD, YYYY-MM) or an ISO 8601 time",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -164,18 +165,20 @@ def test_a_scoped_ingest_tokens_spans_land_on_its_team_whatever_team_they_claim(
 
 def test_the_command_lines_clients_use_a_scoped_token(running: Running) -> None:
     env = environment(api_token=SEARCH_READ.secret)
-    status = cli(running.directory, "status", "--url", running.url, env=env)
+    where, url = running.directory, running.url
+    ask = ("decide", "--url", url, "--provider", "openai", "--model", "gpt-4.1")
+    with ThreadPoolExecutor(3) as clients:  # at once: they only read and ask, and each takes 0.6 s of CPU to start
+        reading = clients.submit(cli, where, "status", "--url", url, env=env)
+        asking = clients.submit(cli, where, *ask, env=env)
+        refusing = clients.submit(cli, where, "status", "--url", url, env=environment(api_token=INGEST.secret))
+    status, decide, refused = reading.result(), asking.result(), refusing.result()
     assert status.returncode == 0, status.stderr
     assert "policies: not shown to this token: GET /v1/policies is not split by scope" in status.stdout
     assert "health: not shown to this token" in status.stdout
     assert "search-daily" in status.stdout
     assert "ads-daily" not in status.stdout
-    decide = cli(
-        running.directory, "decide", "--url", running.url, "--provider", "openai", "--model", "gpt-4.1", env=env
-    )
     assert decide.returncode == 0, decide.stderr
     assert "search-daily" in decide.stdout
-    refused = cli(running.directory, "status", "--url", running.url, env=environment(api_token=INGEST.secret))
     assert refused.returncode == 1
     assert "needs the 'read' role; the token 'collector' has ingest" in refused.stderr
 
@@ -241,14 +244,17 @@ def test_serve_refuses_to_start_with_a_broken_tokens_file(tmp_path: Path) -> Non
     policies.mkdir()
     (policies / "budgets.yaml").write_text(POLICIES)
     (tmp_path / "tokens.yaml").write_text("tokens:\n  - name: a\n    roles: [read]\n")
-    result = cli(tmp_path, "serve", "--port", str(free_port()), "--policies", str(policies))
-    assert result.returncode == 1
-    assert f"{tmp_path / 'tokens.yaml'}:2:5: tokens[0].sha256: Field required" in result.stderr
     # nor binds beyond loopback without a token of any kind, and does with a tokens file
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = cli(
-        elsewhere, "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--policies", str(elsewhere / "p")
-    )
+    with ThreadPoolExecutor(2) as both:  # two processes at once: each takes a second of CPU to refuse
+        broken = both.submit(cli, tmp_path, "serve", "--port", str(free_port()), "--policies", str(policies))
+        beyond = both.submit(
+            cli, elsewhere, "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--policies", str(elsewhere / "p")
+        )
+    result = broken.result()
+    assert result.returncode == 1
+    assert f"{tmp_path / 'tokens.yaml'}:2:5: tokens[0].sha256: Field required" in result.stderr
+    result = beyond.result()
     assert result.returncode == 2
     assert "needs OTEL_PUPPY_API_TOKEN or a tokens file" in result.stderr

@@ -38,7 +38,7 @@ from otel_puppy.server.app import create_app
 from otel_puppy.server.decoder import default_processes
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests
-from tests._service import cli, environment, export, free_port, service, write_policies
+from tests._service import cli, cli_all, environment, export, free_port, service, write_policies
 from tests._serving import serve
 
 TOKEN = "s3cret-token-of-a-decent-length"
@@ -156,8 +156,8 @@ def test_settings_repr_and_errors_never_show_a_secret() -> None:
 
 def test_the_command_line_never_prints_a_secret(tmp_path: Path) -> None:
     env = environment(store=f"postgres://admin:{STORE_PASSWORD}@db/x", api_token=TOKEN)
-    for command in (["serve", "--port", str(free_port())], ["status"], ["decide", "--provider", "p", "--model", "m"]):
-        result = cli(tmp_path, *command, env=env)
+    commands = (["serve", "--port", str(free_port())], ["status"], ["decide", "--provider", "p", "--model", "m"])
+    for command, result in zip(commands, cli_all(tmp_path, *commands, env=env), strict=True):
         assert result.returncode == 2, (command, result.stderr)
         assert "OTEL_PUPPY_STORE" in result.stderr
         for secret in (STORE_PASSWORD, TOKEN):
