@@ -148,10 +148,12 @@ def test_stalled_uploads_do_not_hold_the_ingest_slots(tmp_path: Path) -> None:
 
 
 def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(tmp_path: Path) -> None:
-    with hostile_service(tmp_path, body_timeout_s="1") as running:
-        for path, content_type in (("/v1/traces", PROTOBUF), ("/v1/decide", "application/json")):
-            with closing(stalled_upload(running.url, path, content_type)) as sock:
-                answer = read_until_closed(sock)
+    with hostile_service(tmp_path, body_timeout_s="1") as running, ExitStack() as stack:
+        uploads = (("/v1/traces", PROTOBUF), ("/v1/decide", "application/json"))
+        # both stalled at once: each waits out the same second
+        stalled = [stack.enter_context(closing(stalled_upload(running.url, *upload))) for upload in uploads]
+        for (path, _), sock in zip(uploads, stalled, strict=True):
+            answer = read_until_closed(sock)
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
             assert b"connection: close" in head.lower()
