@@ -13,6 +13,7 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.metrics import claimant
 from otel_puppy.testing import engine_for_tests
 from tests._redis import RedisServer
+from tests._serving import close_servers
 
 
 @pytest.fixture
@@ -76,6 +77,13 @@ def _close_leftover_event_loop() -> Iterator[None]:
     # test's `ast.parse` (logfire parses sources when instrumenting) trips CPython 3.11's "AST
     # constructor recursion depth mismatch" SystemError.
     gc.collect()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_stopped_at_the_end() -> Iterator[None]:
+    """The uvicorn servers `tests._serving.serve` keeps for the session, stopped once it is over."""
+    yield
+    close_servers()
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,9 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import PolicyDenied, PuppyError, RequestError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
-from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests, make_call
+from tests._serving import serve as serve_app
 from tests.server.test_app import POLICIES
 
 TOKEN = "s3cret-token"
@@ -72,7 +72,7 @@ class Recorder:
 def serve(engine: PolicyEngine) -> Iterator[tuple[str, Seen]]:
     """`create_app(engine)` on uvicorn in a thread, on a free loopback port, with what reached it."""
     seen = Seen()
-    with serving(Recorder(create_app(engine), seen)) as url:
+    with serve_app(Recorder(create_app(engine), seen)) as url:
         yield url, seen
 
 

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.corpus._replay import TOKEN_FIELDS, Case, Receiver, compare, load_cases, receiver, through_processor
-from tests.corpus.coverage import README, generate, readme_table
+from tests.corpus._replay import TOKEN_FIELDS, Case, Replayed, compare, load_cases, receiver, through_processor
+from tests.corpus.coverage import README, Replay, generate, readme_table
 
 CASES = load_cases()
 INSTRUMENTATIONS = sorted({case.instrumentation for case in CASES})
@@ -50,9 +50,19 @@ logfire, and the Vercel AI SDK from Node."""
 
 
 @pytest.fixture(scope="module")
-def otlp() -> Iterator[Receiver]:
-    with receiver() as server:
-        yield server
+def both_doors() -> Iterator[Replay]:
+    """Each case through the span processor and through a real `POST /v1/traces` (each on a fresh
+    engine), once for the module: the per-case test and the README's table read the same replays,
+    whichever runs first makes them."""
+    replays: dict[str, tuple[Replayed, Replayed]] = {}
+    with receiver() as otlp:
+
+        def replay(case: Case) -> tuple[Replayed, Replayed]:
+            if case.id not in replays:
+                replays[case.id] = (through_processor(case), otlp.post(case))
+            return replays[case.id]
+
+        yield replay
 
 
 OPEN_GAPS: dict[str, str] = {}
@@ -65,9 +75,8 @@ def _marked(case: Case) -> object:
 
 
 @pytest.mark.parametrize("case", [_marked(case) for case in CASES], ids=[case.id for case in CASES])
-def test_every_call_once_and_exact_through_both_front_doors(case: Case, otlp: Receiver) -> None:
-    processed = through_processor(case)
-    posted = otlp.post(case)
+def test_every_call_once_and_exact_through_both_front_doors(case: Case, both_doors: Replay) -> None:
+    processed, posted = both_doors(case)
     assert compare(case, processed) == [], "through the span processor"
     assert compare(case, posted) == [], "through POST /v1/traces"
     assert [(o.call, o.price) for o in posted.applied] == [(o.call, o.price) for o in processed.applied]
@@ -136,9 +145,9 @@ def test_a_failed_call_with_a_cost_or_the_wrong_class_is_reported() -> None:
     assert any("error class" in p for p in compare(as_ok, replayed))
 
 
-def test_the_readme_coverage_table_is_the_one_the_corpus_gives() -> None:
+def test_the_readme_coverage_table_is_the_one_the_corpus_gives(both_doors: Replay) -> None:
     current = readme_table(README.read_text())
     assert current is not None, "README.md has lost the coverage table's markers (see tests/corpus/coverage.py)"
-    assert current == generate(), (
+    assert current == generate(both_doors), (
         "the README's coverage table is stale: .venv/bin/python -m tests.corpus.coverage --write"
     )

@@ -25,9 +25,9 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import RequestError
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
-from otel_puppy.server.thread import serving
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
-from tests._service import cli, environment
+from tests._service import cli, cli_all, environment
+from tests._serving import serve
 
 POLICIES = """
 budgets:
@@ -133,7 +133,7 @@ def test_reserve_must_be_a_bool_in_process(value: object) -> None:
 @pytest.fixture
 def served() -> Iterator[tuple[PolicyEngine, str]]:
     puppy = engine()
-    with serving(create_app(puppy)) as url:
+    with serve(create_app(puppy)) as url:
         yield puppy, url
     puppy.close()
 
@@ -202,11 +202,12 @@ def test_the_command_line_asks_unless_told_to_reserve(served: tuple[PolicyEngine
     puppy, url = served
     decide = ["decide", "--provider", "openai", "--model", "gpt-4.1", "--agent", "support", "--url", url]
     narrow = {**environment(), "COLUMNS": "40"}  # a pipe, and a narrow terminal's width: nothing may be cut
-    asked = cli(tmp_path, *decide, "--estimated-cost-usd", "0.01", env=narrow)
+    ask = [*decide, "--estimated-cost-usd", "0.01"]
+    asked, asked_json = cli_all(tmp_path, ask, [*ask, "--json"], env=narrow)  # asks hold nothing: at once
     assert asked.returncode == 0, asked.stderr
     assert "estimate  $0.01 (request, nothing reserved)" in asked.stdout
     assert "reserved" not in asked.stdout.replace("nothing reserved", "")
-    as_json = json.loads(cli(tmp_path, *decide, "--estimated-cost-usd", "0.01", "--json", env=narrow).stdout)
+    as_json = json.loads(asked_json.stdout)
     assert (as_json["action"], as_json["decision_id"], as_json["reserved_usd"]) == ("allow", None, None)
     with httpx.Client(base_url=url, timeout=10) as client:
         assert budgets_reserved(client) == dict.fromkeys(BUDGETS, "0.000000000")

@@ -12,8 +12,8 @@ import pytest
 from otel_puppy.policies import PolicySet
 from otel_puppy.server.app import create_app
 from otel_puppy.server.docs import assets_directory
-from otel_puppy.server.thread import serving
 from otel_puppy.testing import engine_for_tests
+from tests._serving import serve
 
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -45,7 +45,7 @@ def references(html: str) -> list[str]:
 def url() -> Iterator[str]:
     engine = engine_for_tests(PolicySet())
     try:
-        with serving(create_app(engine)) as base:
+        with serve(create_app(engine)) as base:
             yield base
     finally:
         engine.close()

@@ -26,12 +26,12 @@ from otel_puppy.ledger import LedgerRow, encode_dims, parse_period, read_rows
 from otel_puppy.policies import PolicySet
 from otel_puppy.server.app import create_app
 from otel_puppy.server.otlp import PROTOBUF
-from otel_puppy.server.thread import serving
 from otel_puppy.server.tokens import Keyring
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store import open_store
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
-from tests._service import cli
+from tests._service import cli_all
+from tests._serving import serve
 from tests.server.test_otlp import make_request, span
 from tests.test_tokens import Spec, write_tokens
 
@@ -159,7 +159,7 @@ def test_periods_default_to_last_month_and_refuse_what_is_not_one() -> None:
 
 
 def test_the_service_exports_and_adds_up_what_the_store_holds(engine: PolicyEngine) -> None:
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
         exported = client.get("/v1/export/focus", params={"from": "2026-01", "billing_account": "acme"})
         costs = client.get("/v1/costs", params={"by": "team,agent"})  # this month (the clock's: January)
         bad = client.get("/v1/costs", params={"by": "user"})
@@ -202,7 +202,7 @@ def test_a_retried_otlp_batch_does_not_double_the_ledger() -> None:
             trace_id=7, span_id=7, start_ns=int(T0 * 1e9) - 10**9,
         )
     ).SerializeToString()  # fmt: skip
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
         for _ in range(3):  # the Collector retries
             assert client.post("/v1/traces", content=body, headers={"content-type": PROTOBUF}).status_code == 200
         costs = client.get("/v1/costs", params={"by": "model"}).json()
@@ -219,11 +219,21 @@ def test_the_command_line_exports_from_a_store_and_a_service_alike(tmp_path: Pat
         registry=CollectorRegistry(auto_describe=True),
     )
     engine.observe(gpt_call(engine))
-    with serving(create_app(engine)) as url:
-        remote = cli(tmp_path, "export", "focus", "--url", url, "--from", "2026-01", "--out", str(tmp_path / "r.csv"))
-        status = cli(tmp_path, "status", "--url", url, "--by", "team,agent")
+    with serve(create_app(engine)) as url:
+        remote, status = cli_all(
+            tmp_path,
+            ["export", "focus", "--url", url, "--from", "2026-01", "--out", str(tmp_path / "r.csv")],
+            ["status", "--url", url, "--by", "team,agent"],
+        )
     engine.close()
-    local = cli(tmp_path, "export", "focus", "--store", store, "--from", "2026-01", "--out", str(tmp_path / "l.csv"))
+    # the store closed: read by the command line alone; the refusals read nothing, or nothing of it
+    local, refused, too_long, wrong = cli_all(
+        tmp_path,
+        ["export", "focus", "--store", store, "--from", "2026-01", "--out", str(tmp_path / "l.csv")],
+        ["export", "focus", "--store", "memory://"],
+        ["export", "focus", "--store", store, "--billing-account", "a" * 257],
+        ["export", "focus", "--store", store, "--from", "soon"],
+    )
     assert (remote.returncode, local.returncode) == (0, 0), remote.stderr + local.stderr
     assert local.stderr == f"wrote 4 FOCUS rows to {tmp_path / 'l.csv'}\n"
     assert (tmp_path / "r.csv").read_text() == (tmp_path / "l.csv").read_text()
@@ -233,13 +243,10 @@ def test_the_command_line_exports_from_a_store_and_a_service_alike(tmp_path: Pat
     assert "payments" in status.stdout
     assert "$0.022" in status.stdout
     assert "total $0.022" in status.stdout
-    refused = cli(tmp_path, "export", "focus", "--store", "memory://")
     assert refused.returncode == 2
     assert "the memory store lives in its process" in refused.stderr
-    too_long = cli(tmp_path, "export", "focus", "--store", store, "--billing-account", "a" * 257)
     assert too_long.returncode == 2
     assert "--billing-account: must be 1 to 256 characters, not 257" in too_long.stderr
-    wrong = cli(tmp_path, "export", "focus", "--store", store, "--from", "soon")
     assert (wrong.returncode, wrong.stderr.strip()) == (
         2,
         "error: from: 'soon' is not a date (YYYY-MM-DD, YYYY-MM) or an ISO 8601 time",
@@ -253,7 +260,7 @@ def test_a_scoped_token_gets_its_scopes_rows_alone(tmp_path: Path) -> None:
     engine = engine_for_tests(PolicySet())
     for name in ("search", "ads", None):
         engine.observe(gpt_call(engine, team=name))
-    with serving(create_app(engine, keyring=keyring)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine, keyring=keyring)) as url, httpx.Client(base_url=url, timeout=10) as client:
         costs = client.get("/v1/costs", params={"by": "team"}, headers=team.header).json()
         exported = client.get("/v1/export/focus", params={"from": "2026-01"}, headers=team.header)
         refused = client.get("/v1/costs", headers=user.header)

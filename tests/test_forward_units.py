@@ -29,8 +29,8 @@ from otel_puppy.server.app import create_app
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests
 from tests._service import NANOS, chat_spans
+from tests._serving import serve
 from tests.corpus._recording import otlp_json_line
-from tests.server.test_app import serve
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 

@@ -185,7 +185,8 @@ def fake_openai() -> Iterator[FakeOpenAI]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next look at it: every 0.5 s by default, 0.05 s here
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield FakeOpenAI(f"http://127.0.0.1:{server.server_address[1]}/v1", received)

@@ -28,7 +28,7 @@ from otel_puppy.server.app import create_app
 from otel_puppy.server.receiver import TRACES_PATH
 from otel_puppy.server.record import MAX_BYTES_LIMIT, SpanRecorder, otlp_json_line
 from otel_puppy.testing import engine_for_tests
-from tests._service import NANOS, chat_spans, cli, environment, export, service, spent_nanos
+from tests._service import NANOS, chat_spans, cli, cli_all, environment, export, service, spent_nanos
 from tests.server.test_otlp import make_request, otlp_json, span
 
 POLICIES = """
@@ -221,10 +221,15 @@ def test_the_smallest_and_largest_caps(tmp_path: Path) -> None:
 
 def test_serve_refuses_a_bad_cap_or_an_unwritable_file(tmp_path: Path) -> None:
     env = environment(allow_no_policies="true")
-    for bad in ("0", "-5", "1e9", "\uff11\uff12", str(MAX_BYTES_LIMIT + 1), "9" * 400):
-        result = cli(tmp_path, "serve", "--record", "x.jsonl", "--record-max-bytes", bad, env=env)
-        assert result.returncode == 2, bad
-        assert f"expected a whole number of bytes from 1 to {MAX_BYTES_LIMIT}" in result.stderr
-    result = cli(tmp_path, "serve", "--store", "memory://", "--record", str(tmp_path / "missing" / "x.jsonl"), env=env)
+    bad_caps = ("0", "-5", "1e9", "\uff11\uff12", str(MAX_BYTES_LIMIT + 1), "9" * 400)
+    *refused, result = cli_all(
+        tmp_path,
+        *(["serve", "--record", "x.jsonl", "--record-max-bytes", bad] for bad in bad_caps),
+        ["serve", "--store", "memory://", "--record", str(tmp_path / "missing" / "x.jsonl")],
+        env=env,
+    )
+    for bad, refusal in zip(bad_caps, refused, strict=True):
+        assert refusal.returncode == 2, bad
+        assert f"expected a whole number of bytes from 1 to {MAX_BYTES_LIMIT}" in refusal.stderr
     assert result.returncode == 1
     assert f"cannot record to {tmp_path / 'missing' / 'x.jsonl'}: No such file or directory" in result.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from otel_puppy.replay import ReplayTotal, read_spans, render, replay, report_json, summarize
-from tests._service import cli, environment
+from tests._service import cli, cli_all, environment
 from tests.server.test_otlp import make_request, otlp_json, span
 from tests.test_replay import EXPECTED_ROWS, T0, S, StubEngine, chat, recording, write_jsonl
 
@@ -83,8 +83,8 @@ def test_off_a_terminal_no_figure_is_cut(tmp_path: Path) -> None:
     path = real_recording(tmp_path)
     # A 20-column "terminal" would fold or ellipsize every cell; a pipe is no terminal, so none is.
     env = {**environment(), "COLUMNS": "20"}
-    for args in ((), ("--summary",)):
-        result = cli(tmp_path, "replay", str(path), *args, env=env)
+    rows, totals = cli_all(tmp_path, ["replay", str(path)], ["replay", str(path), "--summary"], env=env)
+    for result in (rows, totals):
         assert result.returncode == 0, result.stderr
         text = result.stdout
         assert "\N{HORIZONTAL ELLIPSIS}" not in text
@@ -92,7 +92,7 @@ def test_off_a_terminal_no_figure_is_cut(tmp_path: Path) -> None:
         lines = text.splitlines()
         assert any(LONG_AGENT in line and "openai:gpt-4.1-mini" in line and "$0.000560" in line for line in lines)
         assert "spend $0.003360 applied, $0.005600 prevented by denials" in text
-    summary = cli(tmp_path, "replay", str(path), "--summary", env=env).stdout
+    summary = totals.stdout
     assert "Replay: 4 calls by 2 agent and model pairs" in summary
     [support] = [line for line in summary.splitlines() if "openai:gpt-4.1 " in line]
     cells = [cell.strip() for cell in support.split("\N{BOX DRAWINGS LIGHT VERTICAL}")[1:-1]]
@@ -120,8 +120,9 @@ def test_an_empty_recording_in_json(tmp_path: Path) -> None:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "budgets.yaml").write_text(POLICIES)
     path = write_jsonl(tmp_path / "t.jsonl", [""])
-    for args, key in ((("--json",), "rows"), (("--json", "--summary"), "totals_by_agent_model")):
-        result = cli(tmp_path, "replay", str(path), *args)
+    keys = ("rows", "totals_by_agent_model")
+    results = cli_all(tmp_path, ["replay", str(path), "--json"], ["replay", str(path), "--json", "--summary"])
+    for key, result in zip(keys, results, strict=True):
         assert result.returncode == 0, result.stderr
         document = json.loads(result.stdout)
         assert document[key] == []

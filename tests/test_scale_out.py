@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._redis import RedisServer
-from tests._service import NANOS, Service, chat_spans, environment, export, metric, service, spent_nanos
+from tests._service import NANOS, Service, chat_spans, environment, export, metric, services, spent_nanos
 
 BUDGETS = """\
 budgets:
@@ -50,13 +50,13 @@ def replicas(stack: ExitStack, tmp_path: Path, redis: RedisServer, *fail_open: b
     if not policies.exists():
         policies.mkdir()
         (policies / "budgets.yaml").write_text(BUDGETS)
-    started = []
+    starts = []
     for i, mode in enumerate(fail_open):
         workdir = tmp_path / f"replica-{i}"
         workdir.mkdir(exist_ok=True)
         env = environment(store=redis.url, fail_open=str(mode).lower(), reservation_ttl_s="600")
-        started.append(stack.enter_context(service(workdir, "--policies", str(policies), env=env)))
-    return started
+        starts.append((workdir, ("--policies", str(policies)), env))
+    return stack.enter_context(services(*starts))  # started side by side, as a deployment's replicas
 
 
 def decide(url: str, agent: str, estimate: str | None = None) -> dict[str, object]:

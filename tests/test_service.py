@@ -12,6 +12,7 @@ import random
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests._service import (
     Service,
     chat_spans,
     cli,
+    cli_all,
     environment,
     export,
     free_port,
@@ -87,7 +89,11 @@ def test_serve_ingests_answers_and_keeps_its_state_in_sqlite_across_a_restart(tm
         assert Decimal(decision["estimated_cost_usd"]) == Decimal("0.02")
         assert [reason["policy"] for reason in decision["reasons"]] == ["everything"]
 
-        status = cli(tmp_path, "status", "--url", running.url, "--json")
+        wide = {**environment(), "COLUMNS": "200"}
+        with ThreadPoolExecutor(2) as both:  # two readers at once: each process takes 0.6 s of CPU to start
+            as_json = both.submit(cli, tmp_path, "status", "--url", running.url, "--json")
+            as_tables = both.submit(cli, tmp_path, "status", "--url", running.url, env=wide)
+        status, tables = as_json.result(), as_tables.result()
         assert status.returncode == 0, status.stderr
         state = json.loads(status.stdout)
         budgets = {b["policy"]: b for b in state["budgets"]}
@@ -97,7 +103,6 @@ def test_serve_ingests_answers_and_keeps_its_state_in_sqlite_across_a_restart(tm
         assert state["health"]["status"] in ("healthy", "degraded", "unhealthy")
         assert (state["breakers"], state["anomalies"]) == ([], [])
 
-        tables = cli(tmp_path, "status", "--url", running.url, env={**environment(), "COLUMNS": "200"})
         assert tables.returncode == 0, tables.stderr
         assert "support-daily" in tables.stdout
         assert "$0.0112 / $0.01" in tables.stdout
@@ -237,8 +242,11 @@ def test_with_a_token_every_request_without_it_is_401(tmp_path: Path) -> None:
         assert spent_nanos(running.url, "everything", {"Authorization": f"Bearer {TOKEN}"}) == 2 * NANOS
 
         # the commands send the token from the settings, and say what is wrong without it
-        assert cli(tmp_path, "status", "--url", running.url, env=env).returncode == 0
-        refused = cli(tmp_path, "status", "--url", running.url)
+        with ThreadPoolExecutor(2) as both:  # two readers at once: each process takes 0.6 s of CPU to start
+            with_token = both.submit(cli, tmp_path, "status", "--url", running.url, env=env)
+            without = both.submit(cli, tmp_path, "status", "--url", running.url)
+        assert with_token.result().returncode == 0
+        refused = without.result()
         assert refused.returncode == 1
         assert "OTEL_PUPPY_API_TOKEN" in refused.stderr
         assert running.stop() == 0
@@ -246,9 +254,10 @@ def test_with_a_token_every_request_without_it_is_401(tmp_path: Path) -> None:
 
 def test_commands_say_when_the_service_is_unreachable(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    status = cli(tmp_path, "status", "--url", url)
+    status, decide = cli_all(
+        tmp_path, ["status", "--url", url], ["decide", "--provider", "openai", "--model", "gpt-4.1", "--url", url]
+    )
     assert (status.returncode, status.stdout) == (1, "")
     assert f"cannot reach otel-puppy at {url}" in status.stderr
-    decide = cli(tmp_path, "decide", "--provider", "openai", "--model", "gpt-4.1", "--url", url)
     assert (decide.returncode, decide.stdout) == (1, "")
     assert f"cannot get a decision from {url}" in decide.stderr

@@ -15,11 +15,11 @@ from prometheus_client.registry import CollectorRegistry
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.policies import load_policies
 from otel_puppy.server.app import create_app
-from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.testing import FakeClock, make_call
 from tests._service import cli, environment
+from tests._serving import serve
 
 POLICIES = """\
 budgets:
@@ -46,7 +46,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         engine.observe(make_call(end_s=engine.clock.now(), agent="support"))
     decision = engine.decide(provider="openai", model="gpt-4.1", estimated_cost_usd="0.0123456789")
     assert str(decision.reserved_usd) == "0.012345679"
-    with serving(create_app(engine)) as url:
+    with serve(create_app(engine)) as url:
         yield url, folder
     engine.close()
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -477,6 +478,12 @@ def token_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def token_cli_all(cwd: Path, *commands: Sequence[str]) -> list[subprocess.CompletedProcess[str]]:
+    """`token_cli` for each of `commands`, all at once (they must not depend on each other)."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: token_cli(cwd, *command), commands))
+
+
 def test_token_create_prints_the_secret_once_and_writes_its_hash(tmp_path: Path) -> None:
     created = token_cli(tmp_path, "create", "search-agents", "--role", "decide", "--team", "search")
     assert created.returncode == 0, created.stderr
@@ -515,13 +522,14 @@ def test_token_create_prints_the_secret_once_and_writes_its_hash(tmp_path: Path)
 
 
 def test_token_create_refuses_what_the_file_would_refuse_and_never_edits_a_broken_file(tmp_path: Path) -> None:
-    for args, message in [
+    refusals = [
         (["create", "ops", "--role", "admin", "--team", "search"], "an admin token cannot be scoped"),
         (["create", "a b", "--role", "read"], "name: a token's name is 1 to 64"),
         (["create", "x", "--role", "read", "--team", "se*"], "scope: a scope value is one exact value"),
         (["create", "x", "--role", "read", "--expires", "2030-01-01T00:00:00"], "expires: give the time's UTC offset"),
-    ]:
-        result = token_cli(tmp_path, *args)
+    ]
+    results = token_cli_all(tmp_path, *(args for args, _ in refusals))
+    for (_, message), result in zip(refusals, results, strict=True):
         assert (result.returncode, result.stdout) == (2, ""), result.stderr
         assert message in result.stderr
     path = tmp_path / "tokens.yaml"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -81,11 +82,16 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield started
 
 
-def call(url: str, method: str, path: str, spec: Spec | None) -> httpx.Response:
+def call(client: httpx.Client, method: str, path: str, spec: Spec | None) -> httpx.Response:
     kwargs = BODIES.get(path, {})
     headers = {**kwargs.get("headers", {}), **(spec.header if spec is not None else {})}
     body = {k: v for k, v in kwargs.items() if k != "headers"}
-    return httpx.request(method, f"{url}{path}", headers=headers, timeout=10, **body)
+    return client.request(method, path, headers=headers, **body)
+
+
+def client_of(url: str) -> httpx.Client:
+    """One client for a test's many requests (building one, with its TLS context, takes 20 ms)."""
+    return httpx.Client(base_url=url, timeout=10)
 
 
 def team_spans(count: int, team: str) -> list[ReadableSpan]:
@@ -112,17 +118,18 @@ def budgets(url: str, spec: Spec) -> dict[tuple[str, str], int]:
 
 
 def test_every_endpoint_answers_every_role_as_the_table_says(running: Running) -> None:
-    for (method, path), role in ROUTE_ROLES.items():
-        for spec in (*SPECS, ALL):
-            response = call(running.url, method, path, spec)
-            allowed = role.value in spec.roles and not (spec.scope and path in SCOPED_READ_FORBIDDEN)
-            assert response.status_code == (200 if allowed else 403), (method, path, spec.name, response.text)
-            if not allowed and path != "/v1/traces":
-                assert role.value in response.json()["message"] or "scope" in response.json()["message"]
-        assert call(running.url, method, path, None).status_code == 401, (method, path)
-        assert call(running.url, method, path, Spec("stranger", ("read",))).status_code == 401, (method, path)
-    for path in ("/healthz", "/readyz"):
-        assert call(running.url, "GET", path, None).status_code == 200
+    with client_of(running.url) as client:
+        for (method, path), role in ROUTE_ROLES.items():
+            for spec in (*SPECS, ALL):
+                response = call(client, method, path, spec)
+                allowed = role.value in spec.roles and not (spec.scope and path in SCOPED_READ_FORBIDDEN)
+                assert response.status_code == (200 if allowed else 403), (method, path, spec.name, response.text)
+                if not allowed and path != "/v1/traces":
+                    assert role.value in response.json()["message"] or "scope" in response.json()["message"]
+            assert call(client, method, path, None).status_code == 401, (method, path)
+            assert call(client, method, path, Spec("stranger", ("read",))).status_code == 401, (method, path)
+        for path in ("/healthz", "/readyz"):
+            assert call(client, "GET", path, None).status_code == 200
 
 
 def test_a_team_scoped_decide_token_cannot_decide_nor_read_for_another_team(running: Running) -> None:
@@ -164,18 +171,20 @@ def test_a_scoped_ingest_tokens_spans_land_on_its_team_whatever_team_they_claim(
 
 def test_the_command_lines_clients_use_a_scoped_token(running: Running) -> None:
     env = environment(api_token=SEARCH_READ.secret)
-    status = cli(running.directory, "status", "--url", running.url, env=env)
+    where, url = running.directory, running.url
+    ask = ("decide", "--url", url, "--provider", "openai", "--model", "gpt-4.1")
+    with ThreadPoolExecutor(3) as clients:  # at once: they only read and ask, and each takes 0.6 s of CPU to start
+        reading = clients.submit(cli, where, "status", "--url", url, env=env)
+        asking = clients.submit(cli, where, *ask, env=env)
+        refusing = clients.submit(cli, where, "status", "--url", url, env=environment(api_token=INGEST.secret))
+    status, decide, refused = reading.result(), asking.result(), refusing.result()
     assert status.returncode == 0, status.stderr
     assert "policies: not shown to this token: GET /v1/policies is not split by scope" in status.stdout
     assert "health: not shown to this token" in status.stdout
     assert "search-daily" in status.stdout
     assert "ads-daily" not in status.stdout
-    decide = cli(
-        running.directory, "decide", "--url", running.url, "--provider", "openai", "--model", "gpt-4.1", env=env
-    )
     assert decide.returncode == 0, decide.stderr
     assert "search-daily" in decide.stdout
-    refused = cli(running.directory, "status", "--url", running.url, env=environment(api_token=INGEST.secret))
     assert refused.returncode == 1
     assert "needs the 'read' role; the token 'collector' has ingest" in refused.stderr
 
@@ -205,22 +214,22 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 def test_a_token_removed_from_the_file_stops_working_without_a_restart(tmp_path: Path) -> None:
-    with start(tmp_path) as running:
-        url, pid = running.url, running.service.process.pid
-        assert call(url, "GET", "/v1/budgets", READ).status_code == 200
+    with start(tmp_path) as running, client_of(running.url) as client:
+        pid = running.service.process.pid
+        assert call(client, "GET", "/v1/budgets", READ).status_code == 200
         write_tokens(running.tokens, [s for s in SPECS if s is not READ])
         removed = time.monotonic()
-        while call(url, "GET", "/v1/budgets", READ).status_code == 200:
+        while call(client, "GET", "/v1/budgets", READ).status_code == 200:
             assert time.monotonic() - removed < TOKENS_POLL_S + 2.0, "the revoked token still works"
             time.sleep(0.05)  # polling for the event (the reload), not waiting out time
-        assert call(url, "GET", "/v1/budgets", READ).json()["message"] == "invalid bearer token"
+        assert call(client, "GET", "/v1/budgets", READ).json()["message"] == "invalid bearer token"
         assert running.service.process.pid == pid
         assert running.service.process.poll() is None
 
         newcomer = Spec("newcomer", ("read",))
         write_tokens(running.tokens, [*SPECS, newcomer])
         added = time.monotonic()
-        while call(url, "GET", "/v1/budgets", newcomer).status_code != 200:
+        while call(client, "GET", "/v1/budgets", newcomer).status_code != 200:
             assert time.monotonic() - added < TOKENS_POLL_S + 2.0, "the new token does not work"
             time.sleep(0.05)
 
@@ -230,9 +239,9 @@ def test_a_token_removed_from_the_file_stops_working_without_a_restart(tmp_path:
             assert time.monotonic() - added < 2 * TOKENS_POLL_S + 10.0, running.service.output()
             time.sleep(0.05)
         assert f"{running.tokens}:5:5: tokens[1].sha256: Field required" in running.service.output()
-        assert call(url, "GET", "/v1/budgets", newcomer).status_code == 200
-        assert call(url, "GET", "/v1/budgets", INGEST).status_code == 403  # still known: the last good file
-        assert call(url, "GET", "/v1/budgets", ALL).status_code == 200  # the operator's token throughout
+        assert call(client, "GET", "/v1/budgets", newcomer).status_code == 200
+        assert call(client, "GET", "/v1/budgets", INGEST).status_code == 403  # still known: the last good file
+        assert call(client, "GET", "/v1/budgets", ALL).status_code == 200  # the operator's token throughout
         assert "otel_puppy.audit" in running.service.output()
 
 
@@ -241,14 +250,17 @@ def test_serve_refuses_to_start_with_a_broken_tokens_file(tmp_path: Path) -> Non
     policies.mkdir()
     (policies / "budgets.yaml").write_text(POLICIES)
     (tmp_path / "tokens.yaml").write_text("tokens:\n  - name: a\n    roles: [read]\n")
-    result = cli(tmp_path, "serve", "--port", str(free_port()), "--policies", str(policies))
-    assert result.returncode == 1
-    assert f"{tmp_path / 'tokens.yaml'}:2:5: tokens[0].sha256: Field required" in result.stderr
     # nor binds beyond loopback without a token of any kind, and does with a tokens file
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = cli(
-        elsewhere, "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--policies", str(elsewhere / "p")
-    )
+    with ThreadPoolExecutor(2) as both:  # two processes at once: each takes a second of CPU to refuse
+        broken = both.submit(cli, tmp_path, "serve", "--port", str(free_port()), "--policies", str(policies))
+        beyond = both.submit(
+            cli, elsewhere, "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--policies", str(elsewhere / "p")
+        )
+    result = broken.result()
+    assert result.returncode == 1
+    assert f"{tmp_path / 'tokens.yaml'}:2:5: tokens[0].sha256: Field required" in result.stderr
+    result = beyond.result()
     assert result.returncode == 2
     assert "needs OTEL_PUPPY_API_TOKEN or a tokens file" in result.stderr

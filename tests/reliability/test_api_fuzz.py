@@ -29,9 +29,9 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.money import nanos_to_usd
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
-from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import FakeClock, engine_for_tests
+from tests._serving import serve
 from tests.server.test_otlp_http import NANOS, json_body, protobuf_body
 
 PROTOBUF = "application/x-protobuf"
@@ -58,7 +58,7 @@ routing:
 def fuzzed() -> Iterator[tuple[PolicyEngine, httpx.Client]]:
     """One engine and server for the module: fuzzing accumulates state, as a long-running service does."""
     engine = engine_for_tests(parse_policy_text(POLICIES, Path("policies.yaml")))
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield engine, client
     engine.close()
 
@@ -247,7 +247,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         policies=parse_policy_text(POLICIES, policies / "policies.yaml"),
         clock=FakeClock(),
     )
-    with serving(create_app(engine)) as url:
+    with serve(create_app(engine)) as url:
         yield url
     engine.close()
 

@@ -36,7 +36,7 @@ from otel_puppy.settings import PuppySettings
 from otel_puppy.store.base import ApplyResult
 from otel_puppy.store.sqlite import SQLiteStore
 from otel_puppy.testing import FakeClock, make_call
-from tests._service import NANOS, chat_spans, cli, environment, service, spent_nanos, write_policies
+from tests._service import NANOS, Service, chat_spans, cli, environment, service, spent_nanos, write_policies
 
 PROTOBUF = "application/x-protobuf"
 EVERYTHING = "budgets:\n  - {name: everything, limit_usd: 1000000, window: day}\n"
@@ -72,9 +72,14 @@ def fill(path: Path) -> None:
             stream.flush()
 
 
-def post(url: str, spans: list[ReadableSpan]) -> httpx.Response:
+def post(client: httpx.Client, spans: list[ReadableSpan]) -> httpx.Response:
     body = encode_spans(spans).SerializeToString()
-    return httpx.post(f"{url}/v1/traces", content=body, headers={"content-type": PROTOBUF}, timeout=30)
+    return client.post("/v1/traces", content=body, headers={"content-type": PROTOBUF})
+
+
+def client_of(running: Service) -> httpx.Client:
+    """One client for a test's requests (building one, with its TLS context, takes 20 ms)."""
+    return httpx.Client(base_url=running.url, timeout=30)
 
 
 def test_a_full_disk_is_503_with_retry_after_and_recovers_losing_nothing(tmp_path: Path) -> None:
@@ -82,14 +87,18 @@ def test_a_full_disk_is_503_with_retry_after_and_recovers_losing_nothing(tmp_pat
     policies = write_policies(tmp_path, EVERYTHING)
     batches = [chat_spans(50) for _ in range(12)]
     store = f"sqlite:///{disk}/state.db"
-    with tmpfs(disk, "4m"), service(tmp_path, "--policies", str(policies), "--store", store) as running:
-        assert [post(running.url, batch).status_code for batch in batches[:2]] == [200, 200]
+    with (
+        tmpfs(disk, "4m"),
+        service(tmp_path, "--policies", str(policies), "--store", store) as running,
+        client_of(running) as client,
+    ):
+        assert [post(client, batch).status_code for batch in batches[:2]] == [200, 200]
         filler = disk / "filler"
         with pytest.raises(OSError, match="No space left on device"):
             fill(filler)
 
         # SQLite may still write a batch or two into space its files already hold; then it cannot
-        answers = [post(running.url, batch) for batch in batches[2:]]
+        answers = [post(client, batch) for batch in batches[2:]]
         refused = [r for r in answers if r.status_code != 200]
         assert len(refused) >= 3, [r.status_code for r in answers]
         assert {(r.status_code, r.headers.get("retry-after")) for r in refused} == {(503, "5")}
@@ -100,13 +109,13 @@ def test_a_full_disk_is_503_with_retry_after_and_recovers_losing_nothing(tmp_pat
         acknowledged = 2 + len(answers) - len(refused)
         print(f"\ndisk full: {len(refused)} of {len(answers)} exports refused 503, {acknowledged - 2} still fit")
         # the rest of the service answers: decisions fail open, reads work
-        decision = httpx.post(f"{running.url}/v1/decide", json={"provider": "openai", "model": "gpt-4.1"}, timeout=10)
+        decision = client.post("/v1/decide", json={"provider": "openai", "model": "gpt-4.1"}, timeout=10)
         assert decision.json()["action"] == "allow"
         assert spent_nanos(running.url, "everything") == acknowledged * 50 * NANOS  # what was acknowledged, kept
 
         filler.unlink()  # space again: the very next export is applied
-        assert [post(running.url, batch).status_code for batch in batches] == [200] * 12  # refused ones retried
-        assert [post(running.url, batch).status_code for batch in batches] == [200] * 12  # all again: duplicates
+        assert [post(client, batch).status_code for batch in batches] == [200] * 12  # refused ones retried
+        assert [post(client, batch).status_code for batch in batches] == [200] * 12  # all again: duplicates
         assert spent_nanos(running.url, "everything") == 12 * 50 * NANOS
         assert running.stop() == 0
     assert "Traceback" not in running.output()
@@ -117,8 +126,8 @@ def test_a_read_only_database_is_refused_at_start_with_its_name_and_kept(tmp_pat
     policies = write_policies(tmp_path, EVERYTHING)
     store = f"sqlite:///{disk}/state.db"
     with tmpfs(disk, "4m"):
-        with service(tmp_path, "--policies", str(policies), "--store", store) as running:
-            assert post(running.url, chat_spans(30)).status_code == 200
+        with service(tmp_path, "--policies", str(policies), "--store", store) as running, client_of(running) as client:
+            assert post(client, chat_spans(30)).status_code == 200
             assert running.stop() == 0
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         try:
@@ -138,19 +147,22 @@ def test_a_database_locked_by_another_process_is_503_then_applied_once(tmp_path:
     """A backup tool (or `sqlite3` in a shell) holds the write lock past the busy timeout (5 s)."""
     policies = write_policies(tmp_path, EVERYTHING)
     batches = [chat_spans(20) for _ in range(3)]
-    with service(tmp_path, "--policies", str(policies), "--store", "sqlite:///state.db") as running:
-        assert post(running.url, batches[0]).status_code == 200
+    with (
+        service(tmp_path, "--policies", str(policies), "--store", "sqlite:///state.db") as running,
+        client_of(running) as client,
+    ):
+        assert post(client, batches[0]).status_code == 200
         other = sqlite3.connect(tmp_path / "state.db", isolation_level=None, timeout=30)
         other.execute("BEGIN IMMEDIATE")
         try:
-            locked = post(running.url, batches[1])
+            locked = post(client, batches[1])
         finally:
             other.execute("ROLLBACK")
             other.close()
         assert (locked.status_code, locked.headers["retry-after"]) == (503, "5")
         assert b"state store unavailable, nothing was applied" in locked.content  # why: in the log only
         assert "database is locked (SQLITE_BUSY)" in running.output()
-        assert [post(running.url, batch).status_code for batch in batches] == [200] * 3
+        assert [post(client, batch).status_code for batch in batches] == [200] * 3
         assert spent_nanos(running.url, "everything") == 3 * 20 * NANOS
         assert running.stop() == 0
 

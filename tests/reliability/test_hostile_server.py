@@ -28,10 +28,10 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import StoreCorruptError, StoreError
 from otel_puppy.server.app import CORRUPT_STORE_MESSAGE, create_app
 from otel_puppy.server.memory import decode_cost
-from otel_puppy.server.thread import serving
 from otel_puppy.store.base import StoreHealth
 from otel_puppy.testing import engine_for_tests
 from tests._service import NANOS, Service, chat_spans, environment, export, service, spent_nanos, write_policies
+from tests._serving import serve
 
 PROTOBUF = "application/x-protobuf"
 MiB = 1024 * 1024
@@ -148,10 +148,12 @@ def test_stalled_uploads_do_not_hold_the_ingest_slots(tmp_path: Path) -> None:
 
 
 def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_closed(tmp_path: Path) -> None:
-    with hostile_service(tmp_path, body_timeout_s="1") as running:
-        for path, content_type in (("/v1/traces", PROTOBUF), ("/v1/decide", "application/json")):
-            with closing(stalled_upload(running.url, path, content_type)) as sock:
-                answer = read_until_closed(sock)
+    with hostile_service(tmp_path, body_timeout_s="1") as running, ExitStack() as stack:
+        uploads = (("/v1/traces", PROTOBUF), ("/v1/decide", "application/json"))
+        # both stalled at once: each waits out the same second
+        stalled = [stack.enter_context(closing(stalled_upload(running.url, *upload))) for upload in uploads]
+        for (path, _), sock in zip(uploads, stalled, strict=True):
+            answer = read_until_closed(sock)
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
             assert b"connection: close" in head.lower()
@@ -215,7 +217,7 @@ def test_past_max_connections_new_requests_get_503_until_connections_close(tmp_p
 
 def test_head_on_the_probes() -> None:
     engine = engine_for_tests()
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
         for path in ("/healthz", "/readyz"):
             response = client.head(path)
             assert (response.status_code, response.content) == (200, b"")
@@ -307,7 +309,7 @@ def test_a_request_over_the_memory_left_is_told_to_retry(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(engine, "observe_many", held)
     app = create_app(engine, ingest_memory_limit_bytes=limit)
-    with serving(app) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
+    with serve(app) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
         headers = {"content-type": PROTOBUF}
         first: list[int] = []
         thread = threading.Thread(
@@ -355,7 +357,7 @@ def test_a_damaged_store_is_a_non_retryable_export_error_and_not_ready(
     engine: PolicyEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     damaged = StoreCorruptError(f"{SECRET_PATH}: database disk image is malformed")
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
         monkeypatch.setattr(engine, "observe_many", _raise(damaged))
         response = client.post("/v1/traces", content=protobuf(1), headers={"content-type": PROTOBUF})
         # OTLP/HTTP exporters retry 429, 502, 503 and 504 only: 500 stops the retry loop
@@ -371,7 +373,7 @@ def test_a_damaged_store_is_a_non_retryable_export_error_and_not_ready(
 
 
 def test_a_store_reporting_unreadable_state_is_not_ready(engine: PolicyEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
         assert client.get("/readyz").json() == {"status": "ready"}
         problem = StoreHealth(0, 3, "memory: stored values could not be read within the last minute")
         monkeypatch.setattr(engine.store, "health", lambda: problem, raising=False)
@@ -385,7 +387,7 @@ def test_a_store_reporting_unreadable_state_is_not_ready(engine: PolicyEngine, m
 def test_a_store_failure_does_not_tell_exporters_where_the_file_is(
     engine: PolicyEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=GUARD_S) as client:
         monkeypatch.setattr(engine, "observe_many", _raise(StoreError(f"{SECRET_PATH}: database is locked")))
         response = client.post("/v1/traces", content=protobuf(1), headers={"content-type": PROTOBUF})
         assert (response.status_code, response.headers["retry-after"]) == (503, "5")

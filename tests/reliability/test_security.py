@@ -36,10 +36,10 @@ from otel_puppy.decision import Severity
 from otel_puppy.exceptions import SettingsError
 from otel_puppy.server.app import create_app
 from otel_puppy.server.decoder import default_processes
-from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests
-from tests._service import cli, environment, export, free_port, service, write_policies
+from tests._service import cli, cli_all, environment, export, free_port, service, write_policies
+from tests._serving import serve
 
 TOKEN = "s3cret-token-of-a-decent-length"
 PROMPT = "PROMPT-TEXT-7f3a9c: tell me the launch codes"
@@ -69,7 +69,7 @@ def test_every_token_check_is_one_constant_time_comparison_of_equal_lengths(monk
         "Bearer": 401,
         f"Bearer é{TOKEN}": 401,
     }
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
         for path in ("/v1/budgets", "/metrics", "/v1/nothing-here"):
             for header, status in presented.items():
                 compared.clear()
@@ -156,8 +156,8 @@ def test_settings_repr_and_errors_never_show_a_secret() -> None:
 
 def test_the_command_line_never_prints_a_secret(tmp_path: Path) -> None:
     env = environment(store=f"postgres://admin:{STORE_PASSWORD}@db/x", api_token=TOKEN)
-    for command in (["serve", "--port", str(free_port())], ["status"], ["decide", "--provider", "p", "--model", "m"]):
-        result = cli(tmp_path, *command, env=env)
+    commands = (["serve", "--port", str(free_port())], ["status"], ["decide", "--provider", "p", "--model", "m"])
+    for command, result in zip(commands, cli_all(tmp_path, *commands, env=env), strict=True):
         assert result.returncode == 2, (command, result.stderr)
         assert "OTEL_PUPPY_STORE" in result.stderr
         for secret in (STORE_PASSWORD, TOKEN):
@@ -195,7 +195,8 @@ def listening(status: int = 204, location: str | None = None) -> Iterator[Listen
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next look at it: every 0.5 s by default, 0.05 s here
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     listener.url = f"http://127.0.0.1:{server.server_port}"
     try:
@@ -454,7 +455,7 @@ def test_a_megabyte_of_headers_is_refused_before_the_app(tmp_path: Path) -> None
 
 def test_a_deeply_nested_decision_request_is_a_4xx(tmp_path: Path) -> None:
     engine = engine_for_tests(raise_internal_errors=False)
-    with serving(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
         try:
             response = client.post("/v1/decide", content=NESTED, headers={"content-type": JSON})
             status, body = response.status_code, response.json()

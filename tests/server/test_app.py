@@ -31,11 +31,11 @@ from otel_puppy.server.schemas import (
     HealthResponse,
     ModelsResponse,
 )
-from otel_puppy.server.thread import serving
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.store.sqlite import SQLiteStore
 from otel_puppy.testing import FakeClock, engine_for_tests, make_call
+from tests._serving import serve
 
 POLICIES = """
 budgets:
@@ -76,12 +76,9 @@ TOKEN = "s3cret-token"
 # --- a real server ----------------------------------------------------------------------------
 
 
-serve = serving
-"""Other server tests import `serve` from here: the app on uvicorn, in a thread, on a free loopback port."""
-
-
 @contextmanager
 def client_for(engine: PolicyEngine, **options: Any) -> Iterator[httpx.Client]:
+    """The app over `engine` on uvicorn, in a thread, on a loopback port (`tests._serving.serve`)."""
     with serve(create_app(engine, **options)) as url, httpx.Client(base_url=url, timeout=10) as client:
         yield client
 

@@ -28,11 +28,11 @@ from otel_puppy.server import auth
 from otel_puppy.server.app import ROUTE_ROLES, create_app
 from otel_puppy.server.auth import OPEN_PATHS
 from otel_puppy.server.scoping import SCOPED_READ_FORBIDDEN
-from otel_puppy.server.thread import serving
 from otel_puppy.server.tokens import Keyring
 from otel_puppy.settings import PuppySettings
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.testing import FakeClock, make_call
+from tests._serving import serve
 from tests.test_tokens import Spec, write_tokens
 
 POLICIES = """
@@ -95,7 +95,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     )
     keyring = Keyring(tokens, api_token=OPERATOR)
     assert settings.tokens_path == tokens  # found beside the policies
-    with serving(create_app(engine, keyring=keyring)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve(create_app(engine, keyring=keyring)) as url, httpx.Client(base_url=url, timeout=10) as client:
         yield Served(engine, keyring, client, clock, tokens)
     engine.close()
 

@@ -17,10 +17,10 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import ROUTE_ROLES, create_app
 from otel_puppy.server.scoping import SCOPED_READ_FORBIDDEN
-from otel_puppy.server.thread import serving
 from otel_puppy.server.tokens import Keyring
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import FakeClock, engine_for_tests
+from tests._serving import serve
 from tests.test_tokens import Spec, write_tokens
 
 POLICIES = """
@@ -67,7 +67,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         clock=FakeClock(),
         registry=CollectorRegistry(auto_describe=True),
     )
-    with serving(create_app(engine)) as url:
+    with serve(create_app(engine)) as url:
         yield url
     engine.close()
 

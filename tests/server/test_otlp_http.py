@@ -47,7 +47,7 @@ from otel_puppy.server.receiver import TraceReceiver, _in_thread
 from otel_puppy.server.tokens import TokenScope
 from otel_puppy.testing import engine_for_tests
 from tests._service import CHAT_CALL
-from tests.server.test_app import serve
+from tests._serving import serve
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from otel_puppy.settings import PuppySettings
 from otel_puppy.store.base import ApplyResult, Counter, open_store
 from otel_puppy.store.redis import RedisStore
 from tests._redis import RedisClusterServers
-from tests._service import NANOS, Service, chat_spans, environment, export, metric, service, spent_nanos
+from tests._service import NANOS, Service, chat_spans, environment, export, metric, services, spent_nanos
 from tests.store.test_conformance import DAY, H1, T0, admit, check, read, rec
 
 APPLIED, DUPLICATE = ApplyResult.APPLIED, ApplyResult.DUPLICATE
@@ -119,13 +118,13 @@ def cluster_replicas(tmp_path: Path, redis_cluster: RedisClusterServers) -> Iter
     policies.mkdir()
     (policies / "budgets.yaml").write_text(BUDGETS)
     url = f"{redis_cluster.url}?prefix={{serve-{tmp_path.name}}}"
-    with ExitStack() as stack:
-        started = []
-        for i in range(2):
-            workdir = tmp_path / f"replica-{i}"
-            workdir.mkdir()
-            env = environment(store=url, fail_open="false", reservation_ttl_s="600")
-            started.append(stack.enter_context(service(workdir, "--policies", str(policies), env=env)))
+    starts = []
+    for i in range(2):
+        workdir = tmp_path / f"replica-{i}"
+        workdir.mkdir()
+        env = environment(store=url, fail_open="false", reservation_ttl_s="600")
+        starts.append((workdir, ("--policies", str(policies)), env))
+    with services(*starts) as started:  # side by side, as a deployment's replicas start
         yield started
 
 
