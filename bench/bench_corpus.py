@@ -9,7 +9,7 @@ decode, and a read of every span's ids, times, status and name, and of every att
 value: `bench_service.decode_and_walk`). CPU time, per span of the recording (model calls, agent runs,
 tools and HTTP spans alike), best of 3.
 
-`python -m bench.bench_corpus` prints the figure.
+`python -m bench corpus --no-write` prints the figure.
 """
 
 from __future__ import annotations
@@ -93,12 +93,3 @@ def run() -> list[Result]:
             f"every span and attribute, CPU per span of the recording, best of 3: {each}",
         )
     ]
-
-
-def main() -> None:
-    for result in run():
-        print(f"{result.name}: {result.ours} vs {result.baseline} ({result.ratio_text}); {result.note}")
-
-
-if __name__ == "__main__":
-    main()
