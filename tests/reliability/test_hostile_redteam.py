@@ -293,35 +293,46 @@ def _hostile_service(answer: Callable[[socket.socket], None]) -> Iterator[str]:
         listener.close()
 
 
+DRIP_TIMEOUT_S = 0.25
+"""The dripping answer is waited out, twice (a retry): a short budget, still five of its 0.05 s drips
+(a per-read timeout would never fire). The other answers keep 0.5 s to be read and refused in."""
+
+
 @pytest.mark.timeout(60)  # a hang guard: before the fix the dripping answer held the caller for ever
 @pytest.mark.parametrize(
-    ("answer", "cause"),
+    ("answer", "timeout_s", "cause"),
     [
-        (_drip, "ReadTimeout after 0.5s"),
-        (_huge, "RemoteProtocolError: the answer is larger than 1048576 bytes"),
-        (_deep, "HTTP 200 without a decision: RecursionError"),
+        (_drip, DRIP_TIMEOUT_S, "ReadTimeout after 0.25s"),
+        (_huge, 0.5, "RemoteProtocolError: the answer is larger than 1048576 bytes"),
+        (_deep, 0.5, "HTTP 200 without a decision: RecursionError"),
     ],
 )
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_a_hostile_service_makes_the_client_fail_by_its_mode(
-    answer: Callable[[socket.socket], None], cause: str, fail_open: bool
+    answer: Callable[[socket.socket], None], timeout_s: float, cause: str, fail_open: bool
 ) -> None:
     # Before: a dripping answer was read for ever (httpx's timeout bounds each read, not the answer),
     # a 500 MB answer was read whole (1.1 GB of memory), and a deeply nested one raised
     # RecursionError into the agent.
-    with _hostile_service(answer) as url, DecisionClient(url, timeout_s=0.5, retries=1, fail_open=fail_open) as client:
+    with (
+        _hostile_service(answer) as url,
+        DecisionClient(url, timeout_s=timeout_s, retries=1, fail_open=fail_open) as client,
+    ):
         decision = client.decide(provider="openai", model="gpt-4.1")
     assert decision.action is (Action.ALLOW if fail_open else Action.DENY)
     assert cause in decision.reasons[0].message
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("answer", "cause"), [(_drip, "ReadTimeout after 0.5s"), (_deep, "RecursionError")])
+@pytest.mark.parametrize(
+    ("answer", "timeout_s", "cause"),
+    [(_drip, DRIP_TIMEOUT_S, "ReadTimeout after 0.25s"), (_deep, 0.5, "RecursionError")],
+)
 def test_a_hostile_service_makes_the_async_client_fail_by_its_mode(
-    answer: Callable[[socket.socket], None], cause: str
+    answer: Callable[[socket.socket], None], timeout_s: float, cause: str
 ) -> None:
     async def decide(url: str) -> Decision:
-        async with DecisionClient(url, timeout_s=0.5, retries=1) as client:
+        async with DecisionClient(url, timeout_s=timeout_s, retries=1) as client:
             return await client.adecide(provider="openai", model="gpt-4.1")
 
     with _hostile_service(answer) as url:
