@@ -112,7 +112,7 @@ def gone(pid: int) -> bool:
     """Whether process `pid` has exited (reaped, or a zombie nobody reaped yet)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped before the open, or between the open and the read
         return True
     return state == "Z"
 
