@@ -162,6 +162,25 @@ def eventually(condition: Callable[[], bool]) -> None:
         time.sleep(0.01)  # polling for an event (another thread's), not waiting out time
 
 
+def test_batches_wait_in_a_busy_workers_pipe_and_their_threads_go_on(pool: DecodePool) -> None:
+    """Four bodies of 150 KB (100 spans with message bodies inflate to about that) are written into the
+    pipe of a worker that reads none of them yet, each thread free again at once: with the pipe's
+    default 64 KiB, the first stayed in `write` until the worker read it, holding the pipe from the rest."""
+    body = protobuf_body(350)
+    assert 140_000 < len(body) < 160_000
+    [worker] = pool._workers
+    assert len(pool.read(body, PROTOBUF, DEFAULT_LIMITS, 10, False)[0][0]) == 350  # started
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    with ThreadPoolExecutor(4) as senders:
+        sent = [senders.submit(pool.read, body, PROTOBUF, DEFAULT_LIMITS, 10, False) for _ in range(4)]
+        try:
+            eventually(lambda: len(worker.waiting) == 4 and not worker._writing.locked())
+            assert not any(future.done() for future in sent)
+        finally:
+            os.kill(worker.process.pid, signal.SIGCONT)
+        assert [len(future.result(STOP_WITHIN_S)[0][0]) for future in sent] == [350] * 4
+
+
 def test_a_worker_that_dies_idle_is_replaced_at_once(pool: DecodePool) -> None:
     [before] = pool.pids()
     os.kill(before, signal.SIGKILL)
