@@ -18,6 +18,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from operator import attrgetter
 from typing import Annotated, Any, Final, Self
@@ -31,7 +32,7 @@ from otel_puppy._logging import RateLimitedLog
 from otel_puppy.alerts import AlertEvent
 from otel_puppy.bounds import MAX_ALERTS, MAX_LIMIT_CALLS, MAX_LIMIT_TOKENS, MAX_LIMIT_USD
 from otel_puppy.calls import LLMCall
-from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Priority, Severity, policy_hit_dict
+from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Priority, Severity
 from otel_puppy.exceptions import StoreError
 from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
@@ -194,6 +195,8 @@ class _PolicyParts:
 
     limit_nanos: int | None
     limit_text: str
+    limit_usd_text: str | None
+    """The limit as a hit's `limit_usd` has it in JSON (`format_usd` of the budget's own `limit_usd`)."""
     on_exceed: Action
     degrade: str | None
     fractions: tuple[float, ...]
@@ -227,6 +230,7 @@ class _PolicyParts:
         return cls(
             limit_nanos=limit_nanos,
             limit_text=format_usd(policy.limit_usd, dollar=True) if policy.limit_usd is not None else "",
+            limit_usd_text=format_usd(policy.limit_usd) if policy.limit_usd is not None else None,
             on_exceed=policy.on_exceed,
             degrade=policy.action.degrade if isinstance(policy.action, Degrade) else None,
             fractions=tuple(fractions),
@@ -613,20 +617,25 @@ def budget_hit_dict(
     never: str | None = None,
     reserved_tokens: int = 0,
 ) -> dict[str, Any]:
-    """`budget_hit(...).to_dict()` without the `PolicyHit` in between: what a decision over HTTP sends."""
-    return policy_hit_dict(
-        _hit_fields(
-            instance,
-            spent_nanos,
-            spent_tokens,
-            reserved_nanos,
-            exceeded=exceeded,
-            now=now,
-            wait_s=wait_s,
-            never=never,
-            reserved_tokens=reserved_tokens,
-        )
+    """`budget_hit(...).to_dict()` without the `PolicyHit` in between: what a decision over HTTP sends,
+    each value built in its JSON form (money printed from its nano-dollars, not through a `Decimal`)."""
+    values = _hit_fields(
+        instance,
+        spent_nanos,
+        spent_tokens,
+        reserved_nanos,
+        exceeded=exceeded,
+        now=now,
+        wait_s=wait_s,
+        never=never,
+        reserved_tokens=reserved_tokens,
+        text=True,
     )
+    return dict(zip(_HIT_KEYS, values, strict=True))
+
+
+_HIT_KEYS: Final = tuple(PolicyHit.__dataclass_fields__)
+"""`PolicyHit.to_dict()`'s keys: its fields, in order."""
 
 
 def budget_utilization(
@@ -771,22 +780,31 @@ def _hit_fields(
     wait_s: float | None,
     never: str | None,
     reserved_tokens: int = 0,
+    text: bool = False,
 ) -> tuple[Any, ...]:
-    """A budget hit's fields, in `PolicyHit`'s order (tests/policies/test_budget.py holds it to that)."""
-    policy = instance.policy
+    """A budget hit's fields, in `PolicyHit`'s order (tests/policies/test_budget.py holds it to that);
+    with `text`, as `PolicyHit.to_dict()` has them (money and times as text, enums as their values)."""
+    # A decision over HTTP builds one per matching budget: the instance's parts are read once each
+    # (its properties are a lookup or two apiece), and `head` and `budget_utilization` inlined.
+    shared, terms = instance.shared, instance.terms
+    policy, parts = shared.policy, shared.parts
+    label = instance.scope[len(policy.name) + 8 :]  # `label`
     used = spent_nanos + reserved_nanos
-    utilization = budget_utilization(instance, spent_nanos, spent_tokens, reserved_nanos, reserved_tokens)
     calls = policy.limit_calls
-    if instance.limit_nanos is not None:
-        amount = f"{format_usd(nanos_to_usd(used), dollar=True)} of {instance.limit_text}"
+    if terms.limit_nanos is not None:
+        utilization = used / terms.limit_nanos
+        amount = f"{_usd_text(used, dollar=True)} of {parts.limit_text}"
     elif calls is not None:
+        utilization = (spent_tokens + reserved_tokens) / calls
         held = f" ({reserved_tokens:,} in flight)" if reserved_tokens else ""
         amount = f"{spent_tokens + reserved_tokens:,} of {calls:,} model calls{held}"
     else:
+        utilization = spent_tokens / (policy.limit_tokens or 1)
         amount = f"{spent_tokens:,} of {policy.limit_tokens or 1:,} tokens"
-    action = instance.on_exceed if exceeded else Action.ALLOW
-    message = f"{instance.head}{amount} this {policy.window} ({utilization:.0%})"
-    window = instance.window
+    action = parts.on_exceed if exceeded else Action.ALLOW
+    head = f"budget {policy.name} for {label}: " if label else f"budget {policy.name}: "
+    message = f"{head}{amount} this {policy.window} ({utilization:.0%})"
+    window = terms.window
     resets_at = None
     retry_after_s = None
     if isinstance(window, CalendarWindow):
@@ -801,13 +819,36 @@ def _hit_fields(
         message += _OUTCOME[action]
         if never is not None:
             message += f": {never}"
+    severity = policy.severity(utilization)
+    if text:
+        return (
+            "budget",  # kind
+            policy.name,  # policy
+            _TEXT[action],  # action
+            message,  # message
+            label,  # scope
+            _TEXT[severity],  # severity
+            policy.shadow,  # shadow
+            _usd_text(spent_nanos),  # spent_usd
+            parts.limit_usd_text,  # limit_usd
+            spent_tokens if calls is None else None,  # spent_tokens
+            policy.limit_tokens,  # limit_tokens
+            _usd_text(reserved_nanos),  # reserved_usd
+            utilization,  # utilization
+            policy.window,  # window
+            None if resets_at is None else _iso(resets_at),  # resets_at
+            retry_after_s,  # retry_after_s
+            parts.degrade,  # model
+            spent_tokens + reserved_tokens if calls is not None else None,  # spent_calls
+            calls,  # limit_calls
+        )
     return (
         "budget",  # kind
         policy.name,  # policy
         action,  # action
         message,  # message
-        instance.label,  # scope
-        policy.severity(utilization),  # severity
+        label,  # scope
+        severity,  # severity
         policy.shadow,  # shadow
         Decimal(spent_nanos).scaleb(-9),  # spent_usd
         policy.limit_usd,  # limit_usd
@@ -818,13 +859,40 @@ def _hit_fields(
         policy.window,  # window
         resets_at,  # resets_at
         retry_after_s,  # retry_after_s
-        instance.degrade,  # model
+        parts.degrade,  # model
         spent_tokens + reserved_tokens if calls is not None else None,  # spent_calls
         calls,  # limit_calls
     )
 
 
 _OUTCOME: Final = {Action.DENY: "; denied", Action.WARN: "; over, warning only", Action.DEGRADE: "; degrading"}
+_NANOS_PER_USD: Final = 1_000_000_000
+_TEXT: Final[Mapping[Action | Severity, str]] = {member: member.value for member in (*Action, *Severity)}
+"""An action's or a severity's JSON value (a dict lookup: `.value` is a descriptor call)."""
+_ISO: Final[dict[datetime, str]] = {}
+"""`isoformat()` of the few end times hits give (each calendar window's current one, in UTC: an equal
+time in another zone is other text); cleared past `_ISO_LIMIT`."""
+_ISO_LIMIT: Final = 256
+
+
+def _iso(when: datetime) -> str:
+    if when.tzinfo is not UTC:
+        return when.isoformat()
+    text = _ISO.get(when)
+    if text is None:
+        if len(_ISO) >= _ISO_LIMIT:
+            _ISO.clear()
+        text = _ISO[when] = when.isoformat()
+    return text
+
+
+def _usd_text(nanos: int, *, dollar: bool = False) -> str:
+    """`format_usd(nanos_to_usd(nanos), dollar=dollar)`: for the amounts a store holds (never negative)
+    printed from the integer, a seventh of the time through a `Decimal`."""
+    if nanos < 0:
+        return format_usd(nanos_to_usd(nanos), dollar=dollar)
+    whole, nano = divmod(nanos, _NANOS_PER_USD)
+    return f"${whole}.{nano:09d}" if dollar else f"{whole}.{nano:09d}"
 
 
 _ID_DIMENSIONS: Final = frozenset({"user", "conversation", "trace"})

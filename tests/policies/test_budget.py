@@ -15,7 +15,7 @@ import pytest
 from otel_puppy.decision import Action, PolicyHit, Priority, Severity, policy_hit_dict
 from otel_puppy.policies import parse_policy_text
 from otel_puppy.policies.budget import BudgetBook, BudgetInstance, budget_hit, budget_hit_dict
-from otel_puppy.store.base import BudgetCheck
+from otel_puppy.store.base import CEILING, BudgetCheck
 from otel_puppy.windows import CalendarWindow
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC).timestamp()
@@ -33,20 +33,40 @@ def instances() -> tuple[BudgetInstance, ...]:
     return BudgetBook(budgets, ZoneInfo("UTC")).instances({"agent": "support", "user": "u1", "provider": "openai"})
 
 
+EVERY_KIND = POLICIES + """\
+  - {name: calls, per: [conversation], limit_calls: 3, window: day, action: deny}
+  - {name: cheap, per: [agent, user], limit_usd: 0.000000001, window: 24h, action: warn}
+  - {name: hourly, limit_usd: 1000000, window: hour, action: deny}
+"""
+
+
 @pytest.mark.parametrize(
-    ("spent_nanos", "spent_tokens", "reserved_nanos", "exceeded"),
-    [(0, 0, 0, False), (1_234_567_890, 400, 5_600_000, False), (10**10, 2000, 10**9, True), (7, 999, 3, True)],
+    ("spent_nanos", "spent_tokens", "reserved_nanos", "exceeded", "more"),
+    [
+        (0, 0, 0, False, {}),
+        (1_234_567_890, 400, 5_600_000, False, {}),
+        (10**10, 2000, 10**9, True, {}),
+        (7, 999, 3, True, {}),
+        (999_999_999, 1, 1, True, {"wait_s": 12.5, "reserved_tokens": 2}),
+        (CEILING, CEILING, CEILING, True, {"never": "too large", "reserved_tokens": CEILING}),
+        (-1, 0, -(10**9) - 1, False, {}),  # never from a store; printed as the Decimal prints it
+    ],
 )
 def test_budget_hit_dict_is_budget_hit_to_dict(
-    spent_nanos: int, spent_tokens: int, reserved_nanos: int, exceeded: bool
+    spent_nanos: int, spent_tokens: int, reserved_nanos: int, exceeded: bool, more: dict[str, Any]
 ) -> None:
-    for instance in instances():
+    budgets = parse_policy_text(EVERY_KIND, Path("policies/test.yaml")).budgets
+    scope = {"agent": "support", "user": "u1", "provider": "openai", "conversation": "c-1"}
+    every = BudgetBook(budgets, ZoneInfo("UTC")).instances(scope)
+    assert len(every) == 7
+    for instance in every:
         state: dict[str, Any] = {
             "spent_nanos": spent_nanos,
             "spent_tokens": spent_tokens,
             "reserved_nanos": reserved_nanos,
             "exceeded": exceeded,
             "now": NOW,
+            **more,
         }
         assert budget_hit_dict(instance, **state) == budget_hit(instance, **state).to_dict()
 
