@@ -385,6 +385,9 @@ class SQLiteStore:
             db.close()
             raise
         self._db = db
+        self._waits = True
+        """Whether the connection's busy timeout is the store's (else 0: `_begin_at_once` left it so)."""
+        self._wal = wal
         self._held = _Held()
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
         if wal:
@@ -509,6 +512,9 @@ class SQLiteStore:
                 if self._begun:  # in `uncontended`'s block: its write transaction is this one
                     self._begun = False
                 else:
+                    if not self._waits:
+                        db.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
+                        self._waits = True
                     db.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
                 try:
                     yield db
@@ -569,16 +575,27 @@ class SQLiteStore:
             self._lock.release()
 
     def _begin_at_once(self) -> bool:
-        """`BEGIN IMMEDIATE` without waiting (the busy timeout is 0 for it); whether it began."""
+        """`BEGIN IMMEDIATE` without waiting (the busy timeout is 0 for it); whether it began.
+
+        With a write-ahead log the timeout stays 0 for the transaction and after it, until the next
+        transaction that may wait sets it back (`_transaction`): the writer of a WAL file, holding its
+        write lock, waits for no one (its commit's checkpoint is a passive one, which never waits),
+        and the two statements that set the timeout and set it back were a tenth of a decision's
+        CPU in `serve`. A rollback journal's commit waits for readers: the timeout is set back at once.
+        """
         db = self._db
         if db is None:  # closed, or a forked child's first use: the ordinary path opens or raises
             return False
         try:
-            db.execute("PRAGMA busy_timeout = 0")
+            if self._waits:
+                db.execute("PRAGMA busy_timeout = 0")
+                self._waits = False
             try:
                 db.execute("BEGIN IMMEDIATE")
             finally:
-                db.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
+                if not self._wal:
+                    db.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
+                    self._waits = True
         except sqlite3.Error:
             _rollback(db)
             return False

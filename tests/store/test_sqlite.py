@@ -363,9 +363,19 @@ def test_uncontended_never_waits_for_another_connection(path: Path) -> None:
         db.execute("ROLLBACK")
     assert store._db is not None
     assert not store._db.in_transaction
-    with store.uncontended() as at_once:  # the busy timeout is the store's again
+    with store.uncontended() as at_once:  # the write lock is free again: begun at once
         assert at_once is True
-        assert store._db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    # After it, a transaction that may wait waits for another writer, up to the store's busy timeout
+    # (with the block's timeout of 0 it would fail at once: "database is locked").
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        releasing = threading.Timer(0.3, db.execute, ("ROLLBACK",))
+        releasing.start()
+        began = time.monotonic()
+        with store._transaction("probe"):
+            waited = time.monotonic() - began
+        releasing.join()
+    assert 0.25 <= waited < 5
     store.close()
 
 
