@@ -552,10 +552,20 @@ class SQLiteStore:
             # makes the next ones not wait for a while.
             now = time.monotonic()
             checkpointer = self._checkpointer
-            if checkpointer is not None and checkpointer.rewinding:
+            rewinding = checkpointer is not None and checkpointer.rewinding
+            waited = False
+            if not rewinding and now >= self._not_waiting_until:
+                rewinds = checkpointer.rewinds if checkpointer is not None else 0
+                waited = lock.acquire(timeout=_UNCONTENDED_WAIT_S)
+                # A rewind that took the lock just before saying so (its thread had yet to get the
+                # interpreter back), or that ended as the wait did: waited for as any rewind.
+                rewinding = (
+                    not waited
+                    and checkpointer is not None
+                    and (checkpointer.rewinding or checkpointer.rewinds != rewinds)
+                )
+            if rewinding:
                 waited = lock.acquire(timeout=_REWIND_WAIT_S)  # a few milliseconds, never more often than every second
-            else:
-                waited = now >= self._not_waiting_until and lock.acquire(timeout=_UNCONTENDED_WAIT_S)
             if not waited:
                 if now >= self._not_waiting_until and not (checkpointer is not None and checkpointer.rewinding):
                     self._not_waiting_until = now + _UNCONTENDED_PAUSE_S
@@ -1172,6 +1182,8 @@ class _Checkpointer:
         self._store_lock = store_lock
         self.rewinding = False
         """True while the last pass of a rewind holds the store's lock (`SQLiteStore.uncontended` waits for it)."""
+        self.rewinds = 0
+        """Rewinds done, counted before the store's lock is let go."""
         self._stopped = threading.Event()
         self.busy = threading.Lock()
         """Held while the thread is inside SQLite (opening and closing its connection included): a
@@ -1214,6 +1226,7 @@ class _Checkpointer:
                 _passive(db)
             finally:
                 self.rewinding = False
+                self.rewinds += 1
 
     def stop(self) -> None:
         self._stopped.set()

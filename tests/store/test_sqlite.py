@@ -408,6 +408,77 @@ def test_uncontended_waits_briefly_for_another_thread_then_not_for_a_while(path:
     store.close()
 
 
+def test_uncontended_waits_for_a_rewind_that_said_so_only_after_taking_the_lock(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointing thread takes the store's lock, then needs the interpreter to set `rewinding`:
+    a decision finding the lock taken before that waits for the rewind all the same (it used to give
+    up after `_UNCONTENDED_WAIT_S`, and the decisions of the next `_UNCONTENDED_PAUSE_S` went to threads)."""
+    store = SQLiteStore(path)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop()  # its thread: this test plays it
+    monkeypatch.setattr(sqlite_store, "_UNCONTENDED_WAIT_S", 0.2)
+    monkeypatch.setattr(sqlite_store, "_REWIND_WAIT_S", 5.0)
+    holding = threading.Event()
+
+    def rewind() -> None:
+        with store._lock:
+            holding.set()
+            time.sleep(0.05)  # waiting for the interpreter, as it were
+            checkpointer.rewinding = True
+            time.sleep(0.35)  # the held pass
+            checkpointer.rewinding = False
+            checkpointer.rewinds += 1
+
+    thread = threading.Thread(target=rewind)
+    thread.start()
+    holding.wait(10)
+    began = time.monotonic()
+    with store.uncontended() as at_once:
+        waited = time.monotonic() - began
+        assert at_once is True
+    thread.join()
+    assert 0.3 <= waited < 5
+    assert store._not_waiting_until == 0.0  # no pause: the next decisions wait as usual
+    store.close()
+
+
+def test_uncontended_takes_the_lock_of_a_rewind_that_ended_as_its_wait_did(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewind that held the lock, unannounced, for exactly the short wait: gone when the wait gives
+    up, and counted (`rewinds`), so the decision takes the lock now instead of pausing."""
+    store = SQLiteStore(path)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop()
+    ended = threading.Event()
+
+    class Deadline:  # the short wait: it fails, and the rewind ends, just then
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if not blocking:
+                return False
+            if timeout == sqlite_store._UNCONTENDED_WAIT_S:
+                assert checkpointer is not None
+                checkpointer.rewinds += 1  # the rewind's last act before letting go
+                ended.set()
+                return False
+            return store_lock.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            store_lock.release()
+
+    store_lock = store._lock
+    monkeypatch.setattr(store, "_lock", Deadline())
+    with store.uncontended() as at_once:
+        assert at_once is True
+    assert ended.is_set()
+    assert store._not_waiting_until == 0.0
+    monkeypatch.undo()
+    store.close()
+
+
 def test_a_long_log_is_caught_up_with_the_store_held_so_the_next_commit_rewinds_it(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
