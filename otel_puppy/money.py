@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 
-__all__ = ("NANOS_PER_USD", "format_usd", "nanos_to_float", "nanos_to_usd", "usd_to_nanos")
+__all__ = ("NANOS_PER_USD", "format_nanos", "format_usd", "nanos_to_float", "nanos_to_usd", "usd_to_nanos")
 
 NANOS_PER_USD = 1_000_000_000
 
@@ -16,6 +16,8 @@ NANOS_PER_USD = 1_000_000_000
 _FORMAT_CONTEXT = Context(prec=100, rounding=ROUND_HALF_EVEN)
 _multiply = _FORMAT_CONTEXT.multiply
 _NANOS_PER_USD_DECIMAL = Decimal(NANOS_PER_USD)
+_PLAIN_NANOS = 10**28
+"""Amounts below it have at most 28 digits: `nanos_to_usd` keeps every one (the default context's precision)."""
 
 
 def usd_to_nanos(usd: Decimal | int | str) -> int:
@@ -35,6 +37,21 @@ def usd_to_nanos(usd: Decimal | int | str) -> int:
 def nanos_to_usd(nanos: int) -> Decimal:
     """Exact `Decimal` USD for an integer amount of nano-dollars."""
     return Decimal(nanos).scaleb(-9)
+
+
+def format_nanos(nanos: int, *, dollar: bool = False) -> str:
+    """`format_usd(nanos_to_usd(nanos), dollar=dollar)`, for an amount a decision sends many of (every
+    budget hit's spent, reserved and used): printed from the integer, a seventh of the time through
+    a `Decimal`. An amount no store holds (negative, or past `Decimal`'s 28 digits, which `nanos_to_usd`
+    rounds to) still goes through it, so the text is always `format_usd`'s.
+
+    >>> format_nanos(5_600_000), format_nanos(1_234_567_890_123, dollar=True)
+    ('0.005600000', '$1234.567890123')
+    """
+    if not 0 <= nanos < _PLAIN_NANOS:
+        return format_usd(nanos_to_usd(nanos), dollar=dollar)
+    whole, nano = divmod(nanos, NANOS_PER_USD)
+    return f"${whole}.{nano:09d}" if dollar else f"{whole}.{nano:09d}"
 
 
 def nanos_to_float(nanos: int) -> float:

@@ -34,7 +34,7 @@ from otel_puppy.bounds import MAX_ALERTS, MAX_LIMIT_CALLS, MAX_LIMIT_TOKENS, MAX
 from otel_puppy.calls import LLMCall
 from otel_puppy.decision import Action, DecisionRequest, PolicyHit, Priority, Severity
 from otel_puppy.exceptions import StoreError
-from otel_puppy.money import format_usd, nanos_to_float, nanos_to_usd, usd_to_nanos
+from otel_puppy.money import format_nanos, format_usd, nanos_to_float, nanos_to_usd, usd_to_nanos
 from otel_puppy.policies.base import Degrade, LimitAction, NamedEntry
 from otel_puppy.policies.matching import DIMENSIONS, Dimension, Match, ScopeLike, scope_label
 from otel_puppy.policies.runtime import RuntimeContext, RuntimeEvent, StoreFailed
@@ -370,7 +370,8 @@ class BudgetInstance(BudgetCheck):
     @property
     def head(self) -> str:
         """The start of its hits' messages: `budget per-agent for agent=support: ` (built when a hit is)."""
-        return f"budget {self.policy.name}{f' for {self.label}' if self.label else ''}: "
+        label = self.label
+        return f"budget {self.policy.name} for {label}: " if label else f"budget {self.policy.name}: "
 
     @classmethod
     def of(cls, policy: BudgetPolicy, window: Window, label: str, parts: _PolicyParts | None = None) -> BudgetInstance:
@@ -784,26 +785,21 @@ def _hit_fields(
 ) -> tuple[Any, ...]:
     """A budget hit's fields, in `PolicyHit`'s order (tests/policies/test_budget.py holds it to that);
     with `text`, as `PolicyHit.to_dict()` has them (money and times as text, enums as their values)."""
-    # A decision over HTTP builds one per matching budget: the instance's parts are read once each
-    # (its properties are a lookup or two apiece), and `head` and `budget_utilization` inlined.
-    shared, terms = instance.shared, instance.terms
-    policy, parts = shared.policy, shared.parts
-    label = instance.scope[len(policy.name) + 8 :]  # `label`
+    # A decision over HTTP builds one per matching budget: the instance's parts are read once each.
+    policy, parts, terms = instance.policy, instance.parts, instance.terms
+    label = instance.label
     used = spent_nanos + reserved_nanos
+    utilization = budget_utilization(instance, spent_nanos, spent_tokens, reserved_nanos, reserved_tokens)
     calls = policy.limit_calls
     if terms.limit_nanos is not None:
-        utilization = used / terms.limit_nanos
-        amount = f"{_usd_text(used, dollar=True)} of {parts.limit_text}"
+        amount = f"{format_nanos(used, dollar=True)} of {parts.limit_text}"
     elif calls is not None:
-        utilization = (spent_tokens + reserved_tokens) / calls
         held = f" ({reserved_tokens:,} in flight)" if reserved_tokens else ""
         amount = f"{spent_tokens + reserved_tokens:,} of {calls:,} model calls{held}"
     else:
-        utilization = spent_tokens / (policy.limit_tokens or 1)
         amount = f"{spent_tokens:,} of {policy.limit_tokens or 1:,} tokens"
     action = parts.on_exceed if exceeded else Action.ALLOW
-    head = f"budget {policy.name} for {label}: " if label else f"budget {policy.name}: "
-    message = f"{head}{amount} this {policy.window} ({utilization:.0%})"
+    message = f"{instance.head}{amount} this {policy.window} ({utilization:.0%})"
     window = terms.window
     resets_at = None
     retry_after_s = None
@@ -820,44 +816,35 @@ def _hit_fields(
         if never is not None:
             message += f": {never}"
     severity = policy.severity(utilization)
-    if text:
-        return (
-            "budget",  # kind
-            policy.name,  # policy
-            _TEXT[action],  # action
-            message,  # message
-            label,  # scope
-            _TEXT[severity],  # severity
-            policy.shadow,  # shadow
-            _usd_text(spent_nanos),  # spent_usd
-            parts.limit_usd_text,  # limit_usd
-            spent_tokens if calls is None else None,  # spent_tokens
-            policy.limit_tokens,  # limit_tokens
-            _usd_text(reserved_nanos),  # reserved_usd
-            utilization,  # utilization
-            policy.window,  # window
-            None if resets_at is None else _iso(resets_at),  # resets_at
-            retry_after_s,  # retry_after_s
-            parts.degrade,  # model
-            spent_tokens + reserved_tokens if calls is not None else None,  # spent_calls
-            calls,  # limit_calls
-        )
+    spent_usd: Decimal | str
+    limit_usd: Decimal | str | None
+    reserved_usd: Decimal | str
+    when: datetime | str | None
+    if text:  # money printed from its nano-dollars, not through a `Decimal`
+        spent_usd, reserved_usd = format_nanos(spent_nanos), format_nanos(reserved_nanos)
+        limit_usd = parts.limit_usd_text
+        action_value, severity_value = _TEXT[action], _TEXT[severity]
+        when = None if resets_at is None else _iso(resets_at)
+    else:
+        spent_usd, reserved_usd = nanos_to_usd(spent_nanos), nanos_to_usd(reserved_nanos)
+        limit_usd = policy.limit_usd
+        action_value, severity_value, when = action, severity, resets_at
     return (
         "budget",  # kind
         policy.name,  # policy
-        action,  # action
+        action_value,  # action
         message,  # message
         label,  # scope
-        severity,  # severity
+        severity_value,  # severity
         policy.shadow,  # shadow
-        Decimal(spent_nanos).scaleb(-9),  # spent_usd
-        policy.limit_usd,  # limit_usd
+        spent_usd,  # spent_usd
+        limit_usd,  # limit_usd
         spent_tokens if calls is None else None,  # spent_tokens
         policy.limit_tokens,  # limit_tokens
-        Decimal(reserved_nanos).scaleb(-9),  # reserved_usd
+        reserved_usd,  # reserved_usd
         utilization,  # utilization
         policy.window,  # window
-        resets_at,  # resets_at
+        when,  # resets_at
         retry_after_s,  # retry_after_s
         parts.degrade,  # model
         spent_tokens + reserved_tokens if calls is not None else None,  # spent_calls
@@ -866,7 +853,6 @@ def _hit_fields(
 
 
 _OUTCOME: Final = {Action.DENY: "; denied", Action.WARN: "; over, warning only", Action.DEGRADE: "; degrading"}
-_NANOS_PER_USD: Final = 1_000_000_000
 _TEXT: Final[Mapping[Action | Severity, str]] = {member: member.value for member in (*Action, *Severity)}
 """An action's or a severity's JSON value (a dict lookup: `.value` is a descriptor call)."""
 _ISO: Final[dict[datetime, str]] = {}
@@ -884,15 +870,6 @@ def _iso(when: datetime) -> str:
             _ISO.clear()
         text = _ISO[when] = when.isoformat()
     return text
-
-
-def _usd_text(nanos: int, *, dollar: bool = False) -> str:
-    """`format_usd(nanos_to_usd(nanos), dollar=dollar)`: for the amounts a store holds (never negative)
-    printed from the integer, a seventh of the time through a `Decimal`."""
-    if nanos < 0:
-        return format_usd(nanos_to_usd(nanos), dollar=dollar)
-    whole, nano = divmod(nanos, _NANOS_PER_USD)
-    return f"${whole}.{nano:09d}" if dollar else f"{whole}.{nano:09d}"
 
 
 _ID_DIMENSIONS: Final = frozenset({"user", "conversation", "trace"})
