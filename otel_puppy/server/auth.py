@@ -145,6 +145,9 @@ class AuthGate:
     it needs (`HEAD` as `GET`); any other path needs only a valid token (the API documents, unknown
     paths). The OTLP path limits its own body, by streaming and after decompression. A JSON body must
     arrive within `body_timeout_s`, else `408` and the connection is closed.
+
+    `shortcuts`: by (method, path), an application serving that route itself, handed the request in
+    place of the rest of the stack once it has passed here (`server/app.py`'s `/v1/decide`).
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class AuthGate:
         max_json_body_bytes: int,
         body_timeout_s: float,
         clock: Callable[[], float],
+        shortcuts: Mapping[tuple[str, str], ASGIApp] | None = None,
     ) -> None:
         self.app = app
         self.keyring = keyring
@@ -165,6 +169,7 @@ class AuthGate:
         self.clock = clock
         self.body_timeout_s = body_timeout_s
         self.max_json_body_bytes = max_json_body_bytes
+        self.shortcuts = shortcuts if shortcuts is not None else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -195,7 +200,8 @@ class AuthGate:
             message = f"request body is over the limit of {self.max_json_body_bytes} bytes"
             await json_error(413, message)(scope, receive, send)
             return
-        await self.app(scope, _replay(body, receive), send)
+        shortcut = self.shortcuts.get((scope["method"], path))
+        await (shortcut or self.app)(scope, _replay(body, receive), send)
 
     def _authenticate(self, scope: Scope, path: str, needed: Role | None) -> Token | Response:
         """The request's token, if it may use this endpoint; else the refusal to send."""

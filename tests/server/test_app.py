@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import Depends, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client.registry import CollectorRegistry
 
 import otel_puppy
@@ -23,6 +24,7 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import PolicyErrors, StoreError
 from otel_puppy.policies import load_policies, parse_policy_text
 from otel_puppy.server.app import _RequestRoute, create_app
+from otel_puppy.server.auth import AuthGate
 from otel_puppy.server.schemas import (
     AnomaliesResponse,
     BreakersResponse,
@@ -854,3 +856,74 @@ def test_decide_reads_its_body_as_fastapi_reads_a_json_body(client: httpx.Client
         400,
         {"code": "bad_request", "message": "There was an error parsing the body"},
     )
+
+
+def _gate(app: FastAPI) -> AuthGate:
+    """The app's auth gate, in its middleware stack (built by the first request)."""
+    layer: Any = app.middleware_stack
+    while not isinstance(layer, AuthGate):
+        layer = layer.app
+    return layer
+
+
+def test_decide_is_served_by_the_gate_with_the_answers_of_the_whole_stack(engine: PolicyEngine) -> None:
+    """Past the auth gate, `POST /v1/decide` is the route's handler alone (`_served_directly`): each
+    answer, every error included, is the one FastAPI's exception middleware and router give."""
+    decision = {"provider": "openai", "model": "gpt-4.1", "agent": "research", "reserve": False}
+    bodies: list[tuple[bytes, str]] = [
+        (json.dumps(decision).encode(), "application/json"),
+        (json.dumps({**decision, "estimated_cost_usd": "0.001"}).encode(), "application/json"),
+        (b'{"provider": "openai"', "application/json"),  # not JSON
+        (b'{"model": "gpt-4.1"}', "application/json"),  # no provider
+        (json.dumps({**decision, "priority": "urgent"}).encode(), "application/json"),
+        (json.dumps({**decision, "estimated_cost_usd": "1e400"}).encode(), "application/json"),
+        (json.dumps({**decision, "trace_id": "0" * 32}).encode(), "application/json"),  # refused by the request
+        (json.dumps(decision).encode(), "text/plain"),
+        (b"", "application/json"),
+        ('{"provider": "été"}'.encode("latin-1"), "application/json"),
+    ]
+    app = create_app(engine)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+
+        def answers() -> list[tuple[int, Any]]:
+            out = []
+            for content, content_type in bodies:
+                response = client.post("/v1/decide", content=content, headers={"content-type": content_type})
+                answer = response.json()
+                answer.pop("created_at", None)  # the only field of a decision that differs between two asks
+                out.append((response.status_code, answer))
+            return out
+
+        served_by_gate = answers()
+        gate = _gate(app)
+        assert set(gate.shortcuts) == {("POST", "/v1/decide")}
+        shortcuts, gate.shortcuts = gate.shortcuts, {}
+        try:
+            served_by_stack = answers()
+        finally:
+            gate.shortcuts = shortcuts
+    assert [status for status, _ in served_by_gate] == [200, 200, 422, 422, 422, 422, 422, 422, 422, 400]
+    assert served_by_gate == served_by_stack
+
+
+def test_an_internal_error_deciding_over_http_is_a_logged_500(
+    engine: PolicyEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug past the gate's shortcut (here the answer cannot be built) reaches the server-error
+    middleware as in any route: `500`, the JSON error, counted and logged with its traceback."""
+
+    def broken(self: Decision) -> dict[str, Any]:
+        raise RuntimeError("cannot build the answer")
+
+    monkeypatch.setattr(Decision, "to_dict", broken)
+    with client_for(engine) as client:
+        response = client.post("/v1/decide", json={"provider": "openai", "model": "gpt-4.1", "reserve": False})
+    assert (response.status_code, response.json()) == (
+        500,
+        {"code": "internal_error", "message": "internal error; see the service log"},
+    )
+    assert engine.registry.get_sample_value("otel_puppy_internal_errors_total", {"component": "server"}) == 1
+    logged = [r for r in caplog.records if r.getMessage() == "otel_puppy internal error in POST /v1/decide"]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert str(logged[0].exc_info[1]) == "cannot build the answer"
