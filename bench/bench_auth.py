@@ -115,7 +115,7 @@ def run() -> list[Result]:
     return [
         Result(
             name="auth check, POST /v1/decide in-process (ASGI)",
-            ours=f"on {on_us:.1f} us (+{added:.1f}), scoped {scoped_us:.1f} us (+{added_scoped:.1f})",
+            ours=f"on {on_us:.1f} us ({added:+.1f}), scoped {scoped_us:.1f} us ({added_scoped:+.1f})",
             baseline=f"auth off {off_us:.1f} us",
             ratio=on_us / off_us,
             ratio_text=f"{on_us / off_us:.2f}x, scoped {scoped_us / off_us:.2f}x",
