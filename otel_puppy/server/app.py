@@ -555,11 +555,16 @@ def _served_directly(app: FastAPI, route: BaseRoute) -> ASGIApp:
         try:
             response = await handle(request)
         except Exception as exc:
-            # The handler of the nearest class, as Starlette looks it up; `Exception`'s is the outer one.
-            kind = next((kind for kind in type(exc).__mro__ if kind in handlers), Exception)
-            if kind is Exception:
+            # As Starlette's exception middleware looks it up: an HTTP error's status first, then the
+            # nearest class; `Exception`'s handler (and a 500's) is the outer middleware's.
+            key: int | type = Exception
+            if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers and exc.status_code != 500:
+                key = exc.status_code
+            else:
+                key = next((kind for kind in type(exc).__mro__ if kind in handlers), Exception)
+            if key is Exception:
                 raise
-            handled = handlers[kind](request, exc)
+            handled = handlers[key](request, exc)
             response = await handled if inspect.isawaitable(handled) else handled
         await response(scope, receive, send)
 

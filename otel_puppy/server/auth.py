@@ -25,6 +25,7 @@ from typing import Any, Final
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client.core import CounterMetricFamily, Metric
+from starlette._utils import get_route_path  # the router's own: the gate sees the path it routes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_puppy._logging import RateLimitedLog
@@ -175,7 +176,10 @@ class AuthGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
+        # The path the router routes (without a `--root-path` prefix, which the scope's `path` starts
+        # with): roles, the open paths and the shortcuts are keyed by it, so a prefixed request needs
+        # the role of the route it reaches.
+        path = get_route_path(scope)
         if self.keyring is not None and path not in OPEN_PATHS:
             method: str = scope["method"]
             needed = self.roles.get(("GET" if method == "HEAD" else method, path))
@@ -232,7 +236,7 @@ class AuthGate:
     def _refuse(self, scope: Scope, reason: str, needed: Role | None, token: Token | None) -> Response:
         """The answer to a refused request, counted and logged (only refusals pay for their words)."""
         method: str = scope["method"]
-        path: str = scope["path"]
+        path = get_route_path(scope)
         role = needed.value if needed is not None else "any"
         name = token.name if token is not None else ("none" if reason in ("missing", "malformed") else "unknown")
         self.audit.refused(
