@@ -552,20 +552,17 @@ class SQLiteStore:
             # makes the next ones not wait for a while.
             now = time.monotonic()
             checkpointer = self._checkpointer
-            rewinding = checkpointer is not None and checkpointer.rewinding
             waited = False
-            if not rewinding and now >= self._not_waiting_until:
+            if checkpointer is not None and checkpointer.rewinding:
+                waited = lock.acquire(timeout=_REWIND_WAIT_S)  # a few milliseconds, never more often than every second
+            elif now >= self._not_waiting_until:
                 rewinds = checkpointer.rewinds if checkpointer is not None else 0
                 waited = lock.acquire(timeout=_UNCONTENDED_WAIT_S)
-                # A rewind that took the lock just before saying so (its thread had yet to get the
-                # interpreter back), or that ended as the wait did: waited for as any rewind.
-                rewinding = (
-                    not waited
-                    and checkpointer is not None
-                    and (checkpointer.rewinding or checkpointer.rewinds != rewinds)
-                )
-            if rewinding:
-                waited = lock.acquire(timeout=_REWIND_WAIT_S)  # a few milliseconds, never more often than every second
+                if not waited and checkpointer is not None:
+                    if checkpointer.rewinding:  # it took the lock before saying so (it had yet to get the interpreter)
+                        waited = lock.acquire(timeout=_REWIND_WAIT_S - _UNCONTENDED_WAIT_S)
+                    elif checkpointer.rewinds != rewinds:  # it ended as the wait did: taken now, or by another
+                        waited = lock.acquire(blocking=False)
             if not waited:
                 if now >= self._not_waiting_until and not (checkpointer is not None and checkpointer.rewinding):
                     self._not_waiting_until = now + _UNCONTENDED_PAUSE_S

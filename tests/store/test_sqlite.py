@@ -457,8 +457,8 @@ def test_uncontended_takes_the_lock_of_a_rewind_that_ended_as_its_wait_did(
 
     class Deadline:  # the short wait: it fails, and the rewind ends, just then
         def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-            if not blocking:
-                return False
+            if not blocking:  # taken by the rewind until it ended
+                return ended.is_set() and store_lock.acquire(blocking=False)
             if timeout == sqlite_store._UNCONTENDED_WAIT_S:
                 assert checkpointer is not None
                 checkpointer.rewinds += 1  # the rewind's last act before letting go
@@ -477,6 +477,97 @@ def test_uncontended_takes_the_lock_of_a_rewind_that_ended_as_its_wait_did(
     assert store._not_waiting_until == 0.0
     monkeypatch.undo()
     store.close()
+
+
+def test_uncontended_never_blocks_the_event_loop_longer_than_the_rewind_wait(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`uncontended` runs on the event loop: `_REWIND_WAIT_S` is the longest it waits, the short wait
+    included, for a rewind that announces itself (`rewinding`) only during the short wait (the waits
+    scaled up here so the timing is unambiguous on a loaded machine)."""
+    store = SQLiteStore(path)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop()  # its thread: this test plays it
+    monkeypatch.setattr(sqlite_store, "_UNCONTENDED_WAIT_S", 0.2)
+    monkeypatch.setattr(sqlite_store, "_REWIND_WAIT_S", 0.3)
+    holding, done = threading.Event(), threading.Event()
+
+    def rewind() -> None:  # takes the lock, then says so; holds it longer than any wait
+        with store._lock:
+            holding.set()
+            time.sleep(0.05)
+            checkpointer.rewinding = True
+            done.wait(5)
+            checkpointer.rewinding = False
+            checkpointer.rewinds += 1
+
+    thread = threading.Thread(target=rewind)
+    thread.start()
+    holding.wait(10)
+    try:
+        began = time.monotonic()
+        with store.uncontended() as at_once:
+            waited = time.monotonic() - began
+            assert at_once is False
+    finally:
+        done.set()
+        thread.join()
+        store.close()
+    assert waited < sqlite_store._REWIND_WAIT_S + 0.05, f"the event loop waited {waited:.3f}s"
+
+
+def test_uncontended_does_not_wait_the_rewind_wait_behind_a_long_transaction_after_a_rewind(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewind that ended as the short wait did, its lock taken by a long transaction of another thread
+    (a large batch of spans queued on it): the decision takes the lock only if it is free at once, and
+    otherwise gives up and pauses waiting (`_UNCONTENDED_PAUSE_S`) as behind any long transaction,
+    never holding the event loop for the rewind's wait."""
+    store = SQLiteStore(path)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop()
+    store_lock = store._lock
+    taken, release = threading.Event(), threading.Event()
+
+    def batch() -> None:  # the worker thread that gets the lock as the rewind lets it go
+        with store_lock:  # as its `_transaction("apply")` holds it
+            taken.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=batch)
+
+    class Handover:  # the short wait fails as the rewind ends, and the lock goes to the worker
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if not blocking:
+                return False
+            if timeout == sqlite_store._UNCONTENDED_WAIT_S:
+                assert checkpointer is not None
+                checkpointer.rewinds += 1  # the rewind's last act
+                worker.start()
+                taken.wait(5)
+                return False
+            return store_lock.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            store_lock.release()
+
+    monkeypatch.setattr(store, "_lock", Handover())
+    try:
+        began = time.monotonic()
+        with store.uncontended() as at_once:
+            waited = time.monotonic() - began
+            assert at_once is False
+        paused = store._not_waiting_until > 0.0
+    finally:
+        release.set()
+        if worker.is_alive():
+            worker.join()
+        monkeypatch.undo()
+        store.close()
+    assert waited < sqlite_store._REWIND_WAIT_S / 2, f"the event loop waited {waited:.3f}s behind a batch"
+    assert paused
 
 
 def test_a_long_log_is_caught_up_with_the_store_held_so_the_next_commit_rewinds_it(
