@@ -38,11 +38,15 @@ class Bucket:
 class CalendarWindow:
     unit: str
     zone: ZoneInfo
-    _last: list[tuple[float, float, datetime]] = field(
-        default_factory=lambda: [(0.0, 0.0, datetime.min.replace(tzinfo=UTC))], compare=False, hash=False, repr=False
+    _last: list[tuple[float, float, datetime, str]] = field(
+        default_factory=lambda: [(0.0, 0.0, datetime.min.replace(tzinfo=UTC), "")],
+        compare=False,
+        hash=False,
+        repr=False,
     )
-    """The bucket computed last (start, end, end as a datetime): local-time arithmetic is the slow part,
-    and the current bucket is nearly always the answer. One list item, replaced whole: thread-safe."""
+    """The bucket computed last (start, end, end as a datetime and as ISO 8601 text): local-time
+    arithmetic is the slow part, and the current bucket is nearly always the answer. One list item,
+    replaced whole: thread-safe."""
 
     @property
     def name(self) -> str:
@@ -60,18 +64,27 @@ class CalendarWindow:
 
     def resets_at_datetime(self, now: float) -> datetime:
         """When the window current at `now` ends, as an aware UTC datetime."""
-        start, end, end_datetime = self._last[0]
+        start, end, end_datetime, _ = self._last[0]
         if start <= now < end:
             return end_datetime
         return datetime.fromtimestamp(self.bounds(now)[1], UTC)
 
+    def resets_at_text(self, now: float) -> str:
+        """`resets_at_datetime(now).isoformat()`, kept with the current bucket (every budget hit over
+        HTTP sends it)."""
+        start, end, _, text = self._last[0]
+        if start <= now < end:
+            return text
+        return self.resets_at_datetime(now).isoformat()
+
     def bounds(self, ts: float) -> tuple[float, float]:
-        start, end, _ = self._last[0]
+        start, end, _, _ = self._last[0]
         if start <= ts < end:
             return start, end
         start, end = self._compute(ts)
         if start >= self._last[0][0]:
-            self._last[0] = (start, end, datetime.fromtimestamp(end, UTC))
+            end_datetime = datetime.fromtimestamp(end, UTC)
+            self._last[0] = (start, end, end_datetime, end_datetime.isoformat())
         return start, end
 
     def _compute(self, ts: float) -> tuple[float, float]:

@@ -18,7 +18,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
 from typing import Annotated, Any, Final, Self
@@ -823,8 +823,8 @@ def _hit_fields(
     if text:  # money printed from its nano-dollars, not through a `Decimal`
         spent_usd, reserved_usd = format_nanos(spent_nanos), format_nanos(reserved_nanos)
         limit_usd = parts.limit_usd_text
-        action_value, severity_value = _TEXT[action], _TEXT[severity]
-        when = None if resets_at is None else _iso(resets_at)
+        action_value, severity_value = str.__str__(action), str.__str__(severity)  # as `policy_hit_dict`'s
+        when = window.resets_at_text(now) if isinstance(window, CalendarWindow) else None
     else:
         spent_usd, reserved_usd = nanos_to_usd(spent_nanos), nanos_to_usd(reserved_nanos)
         limit_usd = policy.limit_usd
@@ -853,25 +853,6 @@ def _hit_fields(
 
 
 _OUTCOME: Final = {Action.DENY: "; denied", Action.WARN: "; over, warning only", Action.DEGRADE: "; degrading"}
-_TEXT: Final[Mapping[Action | Severity, str]] = {member: member.value for member in (*Action, *Severity)}
-"""An action's or a severity's JSON value (a dict lookup: `.value` is a descriptor call)."""
-_ISO: Final[dict[datetime, str]] = {}
-"""`isoformat()` of the few end times hits give (each calendar window's current one, in UTC: an equal
-time in another zone is other text); cleared past `_ISO_LIMIT`."""
-_ISO_LIMIT: Final = 256
-
-
-def _iso(when: datetime) -> str:
-    if when.tzinfo is not UTC:
-        return when.isoformat()
-    text = _ISO.get(when)
-    if text is None:
-        if len(_ISO) >= _ISO_LIMIT:
-            _ISO.clear()
-        text = _ISO[when] = when.isoformat()
-    return text
-
-
 _ID_DIMENSIONS: Final = frozenset({"user", "conversation", "trace"})
 _SPEND: Final = "otel_puppy_budget_spend_usd"
 _LIMIT: Final = "otel_puppy_budget_limit_usd"

@@ -546,7 +546,8 @@ def _served_directly(app: FastAPI, route: BaseRoute) -> ASGIApp:
     gives, as FastAPI's exception middleware would; one without a handler of its own (a bug) goes
     on to the server-error middleware around the gate, which answers `500` and logs it.
     """
-    assert isinstance(route, APIRoute)
+    if not isinstance(route, APIRoute):
+        raise TypeError(f"{route!r}: a shortcut serves an APIRoute")
     handle = route.get_route_handler()
     handlers = app.exception_handlers
 

@@ -387,7 +387,6 @@ class SQLiteStore:
         self._db = db
         self._waits = True
         """Whether the connection's busy timeout is the store's (else 0: `_begin_at_once` left it so)."""
-        self._wal = wal
         self._held = _Held()
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
         if wal:
@@ -601,7 +600,7 @@ class SQLiteStore:
             try:
                 db.execute("BEGIN IMMEDIATE")
             finally:
-                if not self._wal:
+                if self._checkpointer is None:  # started exactly when the file has a write-ahead log
                     db.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
                     self._waits = True
         except sqlite3.Error:

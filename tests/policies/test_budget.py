@@ -162,3 +162,16 @@ def test_a_check_is_frozen_and_equal_by_its_six_fields() -> None:
     with pytest.raises(FrozenInstanceError):
         del check.terms
     assert repr(check).startswith("BudgetCheck(scope='s', terms=CheckTerms(window=CalendarWindow(")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kathmandu"])
+@pytest.mark.parametrize("unit", ["hour", "day", "week", "month"])
+def test_a_calendar_windows_reset_text_is_its_reset_time_in_iso_8601(zone: str, unit: str) -> None:
+    """`resets_at_text` is kept with the window's current bucket: the same text as the datetime's,
+    in the bucket, past its end, and back at an earlier moment than the bucket kept."""
+    window = CalendarWindow(unit, ZoneInfo(zone))
+    for now in (NOW, NOW + 1, NOW + 40 * 86400, NOW - 3600):
+        expected = window.resets_at_datetime(now).isoformat()
+        assert window.resets_at_text(now) == expected
+        assert window.resets_at_text(now) == expected  # from the kept bucket
+        assert expected.endswith("+00:00")
