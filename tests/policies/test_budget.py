@@ -33,11 +33,14 @@ def instances() -> tuple[BudgetInstance, ...]:
     return BudgetBook(budgets, ZoneInfo("UTC")).instances({"agent": "support", "user": "u1", "provider": "openai"})
 
 
-EVERY_KIND = POLICIES + """\
+EVERY_KIND = (
+    POLICIES
+    + """\
   - {name: calls, per: [conversation], limit_calls: 3, window: day, action: deny}
   - {name: cheap, per: [agent, user], limit_usd: 0.000000001, window: 24h, action: warn}
   - {name: hourly, limit_usd: 1000000, window: hour, action: deny}
 """
+)
 
 
 @pytest.mark.parametrize(
