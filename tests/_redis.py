@@ -3,7 +3,6 @@ real three-node Redis Cluster."""
 
 from __future__ import annotations
 
-import random
 import socket
 import subprocess
 import time
@@ -74,16 +73,15 @@ class RedisServer:
 
 
 def _cluster_port() -> int:
-    """A free loopback port whose cluster bus port (+10000) is free too (and below 65536)."""
-    rng = random.Random()
+    """A free loopback port of this test process's own (`free_port`) whose cluster bus port (+10000) is
+    free too."""
     for _ in range(200):
-        port = rng.randrange(20000, 30000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
+        port = free_port()
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
         return port
     raise RuntimeError("no free port pair for a cluster node")
 

@@ -7,7 +7,9 @@ the middle of a test.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Final
 
 import httpx
 from genai_prices import Usage, calc_price
@@ -85,11 +88,34 @@ def environment(**settings: str) -> dict[str, str]:
     return env
 
 
+def _own_ports() -> range:
+    """The loopback ports this test process hands out: its share of 10000-19999, by its pytest-xdist
+    worker number (`./scripts/test` runs one process per CPU). Disjoint shares, so a port one process
+    let go of (a Redis stopped to be restarted on it) is never taken meanwhile by a server another
+    process starts; and below the kernel's ephemeral ports (32768 and up), which clients' connections
+    take theirs from."""
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    share = 10_000 // count
+    return range(10_000 + worker * share, 10_000 + (worker + 1) * share)
+
+
+_PORTS: Final = _own_ports()
+_next_port = itertools.count(random.randrange(len(_PORTS)))
+"""In turn through `_PORTS` (from a random place): a port comes back only after all the others."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A loopback port of this test process's own (`_own_ports`) that nothing is bound to now."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[next(_next_port) % len(_PORTS)]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
+    raise RuntimeError(f"no free loopback port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 @dataclass

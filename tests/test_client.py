@@ -33,6 +33,7 @@ from otel_puppy.policies import parse_policy_text
 from otel_puppy.server.app import create_app
 from otel_puppy.settings import PuppySettings
 from otel_puppy.testing import engine_for_tests, make_call
+from tests._service import free_port
 from tests._serving import serve as serve_app
 from tests.server.test_app import POLICIES
 
@@ -74,14 +75,6 @@ def serve(engine: PolicyEngine) -> Iterator[tuple[str, Seen]]:
     seen = Seen()
     with serve_app(Recorder(create_app(engine), seen)) as url:
         yield url, seen
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on: connections to it are refused."""
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

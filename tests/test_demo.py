@@ -32,6 +32,7 @@ from otel_puppy.engine import PolicyEngine
 from otel_puppy.policies import load_policies
 from otel_puppy.policies.base import Degrade
 from otel_puppy.settings import PuppySettings
+from tests._service import free_port
 
 PROVIDERS = {"openai", "anthropic", "google", "self-hosted"}
 MODELS = {
@@ -81,13 +82,6 @@ breakers:
     half_open_max_calls: 3
     failures: [server_error, timeout, rate_limit, connection]
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def parse(text: str) -> dict[str, list[Sample]]:

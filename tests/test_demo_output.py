@@ -13,7 +13,7 @@ from otel_puppy import demo
 from otel_puppy.demo import display
 from otel_puppy.money import format_usd
 from otel_puppy.settings import PuppySettings
-from tests.test_demo import free_port
+from tests._service import free_port
 
 
 def test_off_a_terminal_the_live_view_prints_plain_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ruamel.yaml import YAML
+
+from tests._service import free_port
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 DASHBOARDS_DIR: Final = ROOT / "grafana" / "dashboards"
@@ -217,13 +218,6 @@ def exported_names(exposition: str) -> tuple[set[str], set[str]]:
 
 
 # --- the processes ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
