@@ -203,7 +203,8 @@ def test_a_worker_that_answers_nothing_is_killed_and_replaced(
         pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
     assert time.monotonic() - started < STOP_WITHIN_S
     monkeypatch.undo()
-    assert gone(before)
+    # Killed: its pipe ends as the kernel closes its files, a moment before the process itself is gone.
+    wait_until_gone(before)
     [after] = pool.pids()
     assert after != before
     (calls, _, _, _), _, _ = pool.read(protobuf_body(2), PROTOBUF, DEFAULT_LIMITS, 10, False)
