@@ -378,7 +378,10 @@ def test_service_down_fails_closed_sync_and_async() -> None:
 
 def test_a_hung_service_times_out_within_the_budget() -> None:
     with hung_server() as url:
-        client = DecisionClient(url, timeout_s=0.2, retries=2)
+        # Waits of at most 1 and 2 ms between the attempts, so the third one starts well inside the 0.6 s
+        # budget: with the default 25-50 and 50-100 ms, as little as 50 ms was to spare, and four test
+        # processes on two CPUs delayed the first two attempts by more (2 attempts, not 3).
+        client = DecisionClient(url, timeout_s=0.2, retries=2, backoff_s=0.001)
         started = time.monotonic()
         decision = client.decide(provider="openai", model="gpt-4.1")
         elapsed = time.monotonic() - started
