@@ -190,7 +190,11 @@ def test_the_command_lines_clients_use_a_scoped_token(running: Running) -> None:
 
 
 def test_no_secret_is_ever_printed_nor_exported(running: Running) -> None:
-    """Last in this module: every request above, refused or not, has gone through the log."""
+    """Every token, used here once more (the tests above may run in another test process), and every
+    request above that ran in this one, refused or not, has gone through the log."""
+    with client_of(running.url) as client:
+        for spec in (*SPECS, ALL):  # the ingest tokens and `decide` ones are refused, by name
+            call(client, "GET", "/v1/budgets", spec)
     scraped = httpx.get(f"{running.url}/metrics", headers=READ.header, timeout=10).text
     output = running.service.output()
     assert "auth: refused" in output  # the audit lines are there, by token name
