@@ -54,6 +54,16 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state.db"
 
 
+def checkpointed_by_hand(path: Path) -> tuple[SQLiteStore, sqlite_store._Checkpointer]:
+    """A store on `path` with its checkpointing thread stopped, and that checkpointer: the test plays
+    its thread (`rewinding`, `rewinds`) or checkpoints by hand."""
+    store = SQLiteStore(path)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop()
+    return store, checkpointer
+
+
 # --- opening ----------------------------------------------------------------------------------
 
 
@@ -414,10 +424,7 @@ def test_uncontended_waits_for_a_rewind_that_said_so_only_after_taking_the_lock(
     """The checkpointing thread takes the store's lock, then needs the interpreter to set `rewinding`:
     a decision finding the lock taken before that waits for the rewind all the same (it used to give
     up after `_UNCONTENDED_WAIT_S`, and the decisions of the next `_UNCONTENDED_PAUSE_S` went to threads)."""
-    store = SQLiteStore(path)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    checkpointer.stop()  # its thread: this test plays it
+    store, checkpointer = checkpointed_by_hand(path)
     monkeypatch.setattr(sqlite_store, "_UNCONTENDED_WAIT_S", 0.2)
     monkeypatch.setattr(sqlite_store, "_REWIND_WAIT_S", 5.0)
     holding = threading.Event()
@@ -449,10 +456,7 @@ def test_uncontended_takes_the_lock_of_a_rewind_that_ended_as_its_wait_did(
 ) -> None:
     """A rewind that held the lock, unannounced, for exactly the short wait: gone when the wait gives
     up, and counted (`rewinds`), so the decision takes the lock now instead of pausing."""
-    store = SQLiteStore(path)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    checkpointer.stop()
+    store, checkpointer = checkpointed_by_hand(path)
     ended = threading.Event()
 
     class Deadline:  # the short wait: it fails, and the rewind ends, just then
@@ -460,7 +464,6 @@ def test_uncontended_takes_the_lock_of_a_rewind_that_ended_as_its_wait_did(
             if not blocking:  # taken by the rewind until it ended
                 return ended.is_set() and store_lock.acquire(blocking=False)
             if timeout == sqlite_store._UNCONTENDED_WAIT_S:
-                assert checkpointer is not None
                 checkpointer.rewinds += 1  # the rewind's last act before letting go
                 ended.set()
                 return False
@@ -485,10 +488,7 @@ def test_uncontended_never_blocks_the_event_loop_longer_than_the_rewind_wait(
     """`uncontended` runs on the event loop: `_REWIND_WAIT_S` is the longest it waits, the short wait
     included, for a rewind that announces itself (`rewinding`) only during the short wait (the waits
     scaled up here so the timing is unambiguous on a loaded machine)."""
-    store = SQLiteStore(path)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    checkpointer.stop()  # its thread: this test plays it
+    store, checkpointer = checkpointed_by_hand(path)
     monkeypatch.setattr(sqlite_store, "_UNCONTENDED_WAIT_S", 0.2)
     monkeypatch.setattr(sqlite_store, "_REWIND_WAIT_S", 0.3)
     holding, done = threading.Event(), threading.Event()
@@ -524,10 +524,7 @@ def test_uncontended_does_not_wait_the_rewind_wait_behind_a_long_transaction_aft
     (a large batch of spans queued on it): the decision takes the lock only if it is free at once, and
     otherwise gives up and pauses waiting (`_UNCONTENDED_PAUSE_S`) as behind any long transaction,
     never holding the event loop for the rewind's wait."""
-    store = SQLiteStore(path)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    checkpointer.stop()
+    store, checkpointer = checkpointed_by_hand(path)
     store_lock = store._lock
     taken, release = threading.Event(), threading.Event()
 
@@ -543,7 +540,6 @@ def test_uncontended_does_not_wait_the_rewind_wait_behind_a_long_transaction_aft
             if not blocking:
                 return False
             if timeout == sqlite_store._UNCONTENDED_WAIT_S:
-                assert checkpointer is not None
                 checkpointer.rewinds += 1  # the rewind's last act
                 worker.start()
                 taken.wait(5)
@@ -573,10 +569,7 @@ def test_uncontended_does_not_wait_the_rewind_wait_behind_a_long_transaction_aft
 def test_a_long_log_is_caught_up_with_the_store_held_so_the_next_commit_rewinds_it(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SQLiteStore(path)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    checkpointer.stop()  # its thread: this test checkpoints by hand
+    store, checkpointer = checkpointed_by_hand(path)
     monkeypatch.setattr(sqlite_store, "_REWIND_FRAMES", 1)
     seen_rewinding: list[bool] = []
     lock_held: list[bool] = []
