@@ -193,6 +193,25 @@ def test_the_service_exports_and_adds_up_what_the_store_holds(engine: PolicyEngi
     assert "query.from" in long.json()["message"]
 
 
+def test_a_query_parameter_the_endpoint_does_not_take_is_refused_not_ignored(engine: PolicyEngine) -> None:
+    """A misspelt filter would otherwise be answered as if it were absent: with every account's rows."""
+    with serve(create_app(engine)) as url, httpx.Client(base_url=url, timeout=10) as client:
+        misspelt = client.get("/v1/export/focus", params={"from": "2026-01", "billing_acount": "acme"})
+        costs = client.get("/v1/costs", params={"by": "team", "agnet": "support"})
+        nameless = client.get("/v1/costs?=x")
+        both = client.get("/v1/export/focus", params={"from": "2026-01", "billing_account": "acme", "to": "2026-02"})
+    assert (misspelt.status_code, misspelt.json()) == (
+        422,
+        {"code": "invalid_request", "message": "query.billing_acount: Extra inputs are not permitted"},
+    )
+    assert (costs.status_code, costs.json()["message"]) == (422, "query.agnet: Extra inputs are not permitted")
+    assert (nameless.status_code, nameless.json()["message"]) == (422, "query.'': Extra inputs are not permitted")
+    assert both.status_code == 200  # every parameter it takes, at once
+    written = io.StringIO()
+    write_focus_csv(read_rows(engine.store, *JANUARY), written, billing_account="acme")
+    assert both.text == written.getvalue()
+
+
 def test_a_retried_otlp_batch_does_not_double_the_ledger() -> None:
     engine = engine_for_tests(PolicySet())
     body = make_request(

@@ -44,7 +44,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
@@ -147,6 +147,26 @@ _READY_WINDOW: Final = RollingWindow(3600, "1h")
 _PERIOD: Final = r"^\d{4}-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:?\d{2})?)?)?$"
 """What `from` and `to` may look like (`ledger.parse_period` reads them: a month or day must also exist)."""
 _BY: Final = r"^(provider|model|service|agent|team|environment)(,(provider|model|service|agent|team|environment))*$"
+
+
+class _PeriodQuery(BaseModel):
+    """A period's query parameters (`from`, `to`). Any other parameter is refused (422), never
+    ignored: a misspelt filter (`billing_acount=`) would otherwise be answered as if it were absent,
+    with every row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str | None = Field(None, alias="from", max_length=64, pattern=_PERIOD)
+    end: str | None = Field(None, alias="to", max_length=64, pattern=_PERIOD)
+
+
+class _FocusQuery(_PeriodQuery):
+    billing_account: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH)
+
+
+class _CostsQuery(_PeriodQuery):
+    by: str = Field("team", max_length=128, pattern=_BY)
+
 
 _NO_TELEMETRY: Final = {
     "tracing": False,
@@ -366,32 +386,23 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"text/csv": {}}, "description": "FOCUS 1.2 CSV."}, **JSON_ERRORS},
     )
-    def export_focus(
-        request: Request,
-        start: Annotated[str | None, Query(alias="from", max_length=64, pattern=_PERIOD)] = None,
-        end: Annotated[str | None, Query(alias="to", max_length=64, pattern=_PERIOD)] = None,
-        billing_account: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME_LENGTH)] = None,
-    ) -> Response:
+    def export_focus(request: Request, query: Annotated[_FocusQuery, Query()]) -> Response:
         """The cost ledger of a period as FOCUS 1.2 CSV (`from`, `to`: `YYYY-MM`, `YYYY-MM-DD` or ISO 8601
         times, UTC; by default last month), one row per hour, provider, model, service, agent, team,
         environment and token type (`billing_account`: BillingAccountId and Name; by default the provider's).
         A scoped token gets its scope's rows alone."""
-        found = ledger_rows(request, start, end)
+        found = ledger_rows(request, query.start, query.end)
         if isinstance(found, JSONResponse):
             return found
         return StreamingResponse(
-            focus_csv_lines(found[0], billing_account=billing_account), media_type="text/csv; charset=us-ascii"
+            focus_csv_lines(found[0], billing_account=query.billing_account), media_type="text/csv; charset=us-ascii"
         )
 
     @app.get("/v1/costs", tags=["chargeback"], response_model=CostsResponse, responses=JSON_ERRORS)
-    def costs(
-        request: Request,
-        by: Annotated[str, Query(max_length=128, pattern=_BY)] = "team",
-        start: Annotated[str | None, Query(alias="from", max_length=64, pattern=_PERIOD)] = None,
-        end: Annotated[str | None, Query(alias="to", max_length=64, pattern=_PERIOD)] = None,
-    ) -> JSONResponse:
+    def costs(request: Request, query: Annotated[_CostsQuery, Query()]) -> JSONResponse:
         """Cost and calls of a period (by default this month) per value of `by` (comma-separated:
         provider, model, service, agent, team, environment): the figures a FOCUS export adds up to."""
+        by, start, end = query.by, query.start, query.end
         names = [name.strip() for name in by.split(",") if name.strip()]
         if not names or len(names) > len(LEDGER_DIMENSIONS) or not LEDGER_DIMENSIONS.issuperset(names):
             allowed = ", ".join(sorted(LEDGER_DIMENSIONS))

@@ -156,15 +156,33 @@ def add_error_handlers(app: FastAPI, engine: PolicyEngine) -> None:
 
 
 def _validation_message(errors: Iterable[Any]) -> str:
-    """`body.priority: Input should be 'critical', ...; body.model: Field required`."""
+    """`body.priority: Input should be 'critical', ...; body.model: Field required`. The client's own
+    names (a query parameter's, a JSON key's) are shown up to `_NAME_SHOWN` characters, escaped when not
+    printable, and the first `_ERRORS_SHOWN` errors with a count of the rest: the message stays short
+    whatever the request held."""
     parts: list[str] = []
-    for error in errors:
+    errors = list(errors)
+    for error in errors[:_ERRORS_SHOWN]:
         where = ""
         for part in error.get("loc", ()):
-            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+            where += f"[{part}]" if isinstance(part, int) else (f".{_shown(part)}" if where else _shown(part))
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "invalid JSON")
             parts.append(f"body is not valid JSON: {reason}")
         else:
             parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    if len(errors) > _ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - _ERRORS_SHOWN} more")
     return "; ".join(parts) or "invalid request"
+
+
+_NAME_SHOWN: Final = 64
+_ERRORS_SHOWN: Final = 10
+
+
+def _shown(name: object) -> str:
+    """A location's part as a message shows it: as it is if short and printable, else escaped and cut."""
+    text = str(name)
+    if text and len(text) <= _NAME_SHOWN and text.isprintable() and text.isascii():
+        return text
+    return ascii(text[:_NAME_SHOWN]) + ("..." if len(text) > _NAME_SHOWN else "")

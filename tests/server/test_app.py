@@ -656,6 +656,23 @@ def test_every_endpoint_but_the_probes_needs_the_token(tmp_path: Path) -> None:
 # --- errors -------------------------------------------------------------------------------------
 
 
+def test_a_validation_message_stays_short_whatever_the_request_names(client: httpx.Client) -> None:
+    """The client's own names are cut at 64 characters and escaped when not printable, and at most ten
+    errors are listed: a request cannot make its error as long as itself."""
+    long_name = client.get("/v1/costs", params={"x" * 5000: "1"})
+    unprintable = client.get("/v1/costs?b%C3%BE=1&%0A=2")
+    many = client.get("/v1/costs", params={f"p{i}": "1" for i in range(1000)})
+    assert (long_name.status_code, long_name.json()["message"]) == (
+        422,
+        f"query.'{'x' * 64}'...: Extra inputs are not permitted",
+    )
+    assert unprintable.json()["message"] == (
+        "query.'b\\xfe': Extra inputs are not permitted; query.'\\n': Extra inputs are not permitted"
+    )
+    listed = "; ".join(f"query.p{i}: Extra inputs are not permitted" for i in range(10))
+    assert (many.status_code, many.json()["message"]) == (422, f"{listed}; and 990 more")
+
+
 def test_validation_errors_name_the_field(client: httpx.Client) -> None:
     response = client.post(
         "/v1/decide",
