@@ -388,6 +388,7 @@ class SQLiteStore:
         self._waits = True
         """Whether the connection's busy timeout is the store's (else 0: `_begin_at_once` left it so)."""
         self._held = _Held()
+        self._spent = _Spent()
         self._outcomes: deque[Outcome] = deque(maxlen=MAX_OUTCOMES)
         if wal:
             # The checkpoints are the checkpointer's; the commits' own only bound the log should it fall behind.
@@ -465,6 +466,7 @@ class SQLiteStore:
             self._reopen = True
         else:
             self._held.discard()
+            self._spent.discard()
 
     # --- transactions --------------------------------------------------------------------------
 
@@ -498,15 +500,18 @@ class SQLiteStore:
         return db
 
     @contextmanager
-    def _transaction(self, doing: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, doing: str, *, write: bool = True, counters: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction under the lock: committed if the block returns, rolled back if it raises.
 
         A write transaction takes the write lock at BEGIN (waiting up to the busy timeout), so it
-        never fails half-way for want of it.
+        never fails half-way for want of it. One that may write budget counters (`counters`, all but
+        `admit`'s and `read_budgets`') forgets the counters `admit` keeps (`_Spent`) before it begins.
         """
         with self._lock:
             db = self._connection()
             held = self._held
+            if write and counters:
+                self._spent.discard()
             try:
                 if self._begun:  # in `uncontended`'s block: its write transaction is this one
                     self._begun = False
@@ -522,6 +527,7 @@ class SQLiteStore:
                         self._outcomes.extend(held.outcomes)
                 except BaseException:
                     held.discard()
+                    self._spent.discard()
                     self._calls.restore(self._undo)
                     _rollback(db)
                     raise
@@ -775,7 +781,7 @@ class SQLiteStore:
         checks = admission.checks
         calls = any(check.limit_calls is not None for check in checks)
         may_reserve = admission.reserve and bool(nanos or tokens or calls) and bool(checks)
-        with self._transaction("admit") as db:
+        with self._transaction("admit", counters=False) as db:
             states, unreadable, previous = self._check(
                 db, checks, nanos, tokens, now, admission.decision_id if may_reserve else None
             )
@@ -815,7 +821,7 @@ class SQLiteStore:
         """
         if not checks:
             return []
-        with self._transaction("read budgets") as db:
+        with self._transaction("read budgets", counters=False) as db:
             states, unreadable, _ = self._check(db, checks, 0, 0, now)
         self._report.unreadable(unreadable, "read budgets")
         return states
@@ -840,7 +846,7 @@ class SQLiteStore:
 
         Everything is read by one statement per `_READ_CHUNK` checks (`_reads`): a decision's nine
         budgets were once fourteen statements, each a round trip through the sqlite3 module."""
-        version, expired, previous, spent = _read(db, checks, now, decision_id)
+        version, expired, previous, spent = self._spent.read(db, checks, now, decision_id)
         held_by = self._held
         if expired:
             _expire_reservations(db, held_by, now)
@@ -1432,29 +1438,24 @@ def _read_statement(first: bool, lookup: bool, rolling: tuple[bool, ...]) -> str
 
 
 def _read(
-    db: sqlite3.Connection, checks: Sequence[BudgetCheck], now: float, decision_id: str | None
+    db: sqlite3.Connection, keys: Sequence[_CounterKey], now: float, decision_id: str | None, *, head: bool = True
 ) -> tuple[int, bool, tuple[int, object, object] | None, list[tuple[int, int, int, int]]]:
-    """In one statement per `_READ_CHUNK` checks: `PRAGMA data_version`, whether any reservation
-    has expired at `now`, `decision_id`'s open reservation (None if none, or not asked), and each
-    check's counter as `_total` reads it."""
+    """In one statement per `_READ_CHUNK` counters (`_counter_key`s): with `head`, `PRAGMA data_version`,
+    whether any reservation has expired at `now` and `decision_id`'s open reservation (None if none, or
+    not asked); and each counter as `_total` reads it."""
     version = 0
     expired = False
     previous: tuple[int, object, object] | None = None
     spent: list[tuple[int, int, int, int]] = []
-    first = True
-    for start in range(0, max(len(checks), 1), _READ_CHUNK):
-        chunk = checks[start : start + _READ_CHUNK]
+    first = head
+    for start in range(0, max(len(keys), 1 if head else 0), _READ_CHUNK):
+        chunk = keys[start : start + _READ_CHUNK]
         lookup = first and decision_id is not None
         params: list[object] = [now, decision_id if lookup else None]
         rolling = []
-        for check in chunk:
-            window = check.window
-            if isinstance(window, RollingWindow):
-                rolling.append(True)
-                params += (check.scope, window.label, int(now // window.step))
-            else:
-                rolling.append(False)
-                params += (check.scope, window.unit, window.bounds(now)[0])
+        for key in chunk:
+            rolling.append(key[0])
+            params += key[1:]
         if not chunk and not lookup:  # the statement's parameters are numbered up to the highest used
             del params[1:]
         found = [_NO_SPEND] * len(chunk)
@@ -1471,6 +1472,85 @@ def _read(
         spent += found
         first = False
     return version, expired, previous, spent
+
+
+_CounterKey = tuple[bool, str, str, float]
+"""A counter as `_read` reads it: whether it is a rolling window's, its scope, and the window's label
+and current sub-bucket index (rolling) or its unit and current start (calendar)."""
+
+
+def _counter_key(check: BudgetCheck, now: float) -> _CounterKey:
+    window = check.window
+    if isinstance(window, RollingWindow):
+        return (True, check.scope, window.label, int(now // window.step))
+    return (False, check.scope, window.unit, window.bounds(now)[0])
+
+
+_SPENT_KEPT: Final = 65_536
+"""Counters `_Spent` keeps at most (all are forgotten past it, as a scrape of more budgets reads)."""
+
+
+class _Spent:
+    """The budget counters `admit` read, as the file held them, kept in memory while it holds them still.
+
+    A decision reads every matching budget's counter (nine for the bench's fifty policies), which was
+    the largest part of its statement; between two span batches the counters do not change. So the
+    counters read are kept, by `_counter_key` (a new window start or sub-bucket is a new key), with
+    `PRAGMA data_version` as it was when they were read: another connection's commit changes it, and
+    then they are read again. This connection's own writes do not change it, so every transaction that
+    may write a counter (`_transaction(counters=True)`, and any rollback) forgets them first.
+
+    While the file changes on every decision (another process deciding on it), keeping them would cost a
+    second statement each time for nothing: after a decision found the version changed, the next reads
+    everything in one statement, as without the cache (`stale`), until one finds it unchanged. Used under
+    the store's lock only.
+    """
+
+    __slots__ = ("counts", "stale", "version")
+
+    def __init__(self) -> None:
+        self.counts: dict[_CounterKey, tuple[int, int, int, int]] = {}
+        self.version: int | None = None
+        """`PRAGMA data_version` when `counts` were read; None: nothing is kept."""
+        self.stale = False
+        """The version changed at the last read: read everything in one statement next time."""
+
+    def discard(self) -> None:
+        self.counts = {}
+        self.version = None
+
+    def read(
+        self, db: sqlite3.Connection, checks: Sequence[BudgetCheck], now: float, decision_id: str | None
+    ) -> tuple[int, bool, tuple[int, object, object] | None, list[tuple[int, int, int, int]]]:
+        """`_read` of `checks`' counters, those kept answered from memory while the file is unchanged."""
+        keys = [_counter_key(check, now) for check in checks]
+        if self.version is None or self.stale:
+            version, expired, previous, spent = _read(db, keys, now, decision_id)
+            self.stale = self.version is not None and version != self.version
+            if version != self.version or len(self.counts) + len(keys) > _SPENT_KEPT:
+                self.counts = {}
+            if len(keys) <= _SPENT_KEPT:
+                self.counts.update(zip(keys, spent, strict=True))
+            self.version = version
+            return version, expired, previous, spent
+        version, expired, previous, _ = _read(db, (), now, decision_id)
+        if version != self.version:
+            self.counts = {}
+            self.version = version
+            self.stale = True
+        counts = self.counts
+        found = [counts.get(key) for key in keys]
+        missing = [i for i, counted in enumerate(found) if counted is None]
+        if missing:
+            _, _, _, read = _read(db, [keys[i] for i in missing], now, None, head=False)
+            if len(counts) + len(missing) > _SPENT_KEPT:
+                counts.clear()
+            keep = len(missing) <= _SPENT_KEPT
+            for i, counted in zip(missing, read, strict=True):
+                found[i] = counted
+                if keep:
+                    counts[keys[i]] = counted
+        return version, expired, previous, found  # type: ignore[return-value]
 
 
 _NO_SPEND: Final = (0, 0, 0, 0)

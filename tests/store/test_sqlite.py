@@ -39,6 +39,7 @@ from otel_puppy.store.base import (
 from otel_puppy.store.memory import MemoryStore
 from otel_puppy.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from otel_puppy.testing import FakeClock, make_call
+from otel_puppy.windows import Window
 from tests.store.test_conformance import DAY, H1, T0, admit, check, read, rec, reserved
 
 APPLIED, DUPLICATE, NESTED = ApplyResult.APPLIED, ApplyResult.DUPLICATE, ApplyResult.NESTED
@@ -680,6 +681,50 @@ def test_reserved_totals_follow_every_change_and_every_other_writer(path: Path) 
     reopened = SQLiteStore(path)
     assert reserved(reopened, "s") == (5, 0)
     reopened.close()
+
+
+def test_counters_decisions_keep_follow_every_writer(path: Path) -> None:
+    # A decision keeps the counters it read while the file is unchanged (`_Spent`): what this store
+    # applies, what another connection commits, a new day and a rolling window moving on all show.
+    store, other = SQLiteStore(path), SQLiteStore(path)
+
+    def spent(window: Window = DAY, now: float = T0) -> int:
+        return admit(store, "", check("s", window), reserve=False, now=now).states[0].spent_nanos
+
+    statements: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(statements.append)
+    assert (spent(), spent(H1)) == (0, 0)
+    assert any("FROM calendar" in s for s in statements)
+    statements.clear()
+    assert (spent(), spent(H1)) == (0, 0)
+    assert not any("FROM calendar" in s or "FROM rolling" in s for s in statements)  # kept
+    assert store.apply([rec("a")], T0) == [APPLIED]
+    assert (spent(), spent(H1)) == (100, 100)  # this store's own write
+    assert other.apply([rec("b", nanos=7)], T0) == [APPLIED]
+    assert (spent(), spent(H1)) == (107, 107)  # another connection's commit
+    for n in range(3):  # another connection committing between decisions: read anew every time
+        assert other.apply([rec(f"c{n}", nanos=1)], T0) == [APPLIED]
+        assert (spent(), spent(H1)) == (108 + n, 108 + n)
+    assert other.release("none") is False  # a write transaction that changes nothing
+    assert (spent(now=T0 + 86400), spent(H1, now=T0 + 7200)) == (0, 0)  # a new day; the hour moved on
+    assert (spent(), spent(H1)) == (110, 110)
+    store.close()
+    other.close()
+
+
+def test_counters_decisions_keep_are_bounded(path: Path) -> None:
+    store = SQLiteStore(path)
+    limit = sqlite_store._SPENT_KEPT
+    states = store.read_budgets([check(f"scope-{n}") for n in range(limit + 10)], T0)
+    assert len(states) == limit + 10
+    assert all(state.spent_nanos == 0 for state in states)
+    assert len(store._spent.counts) <= limit
+    assert store.apply([rec("a", scope=f"scope-{limit + 9}")], T0) == [APPLIED]
+    states = store.read_budgets([check(f"scope-{n}") for n in range(limit + 10)], T0)  # from memory, or not
+    assert [state.spent_nanos for state in states] == [0] * (limit + 9) + [100]
+    assert len(store._spent.counts) <= limit
+    store.close()
 
 
 def test_checkpoints_run_off_the_callers_thread_and_stop_with_the_store(path: Path) -> None:
