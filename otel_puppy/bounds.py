@@ -63,6 +63,7 @@ __all__ = (
     "check_name",
     "read_count",
     "read_decimal",
+    "shown",
 )
 
 MAX_CALL_TOKENS: Final = 100_000_000
@@ -159,7 +160,7 @@ def read_decimal(value: object, *, name: str, maximum: Decimal | int, minimum: D
         # Compared with int bounds: an int against a `Decimal` bound is converted first, which takes
         # seconds for a 10^6-digit int. For a whole number, v <= M exactly when v <= floor(M).
         if not math.ceil(minimum) <= value <= math.floor(maximum):
-            reason = f"is out of range: {_shown(value)} (allowed: {minimum} to {maximum})"
+            reason = f"is out of range: {shown(value)} (allowed: {minimum} to {maximum})"
             raise OutOfBounds(name, reason, below=value < minimum)
         return Decimal(value)
     if isinstance(value, float):
@@ -179,7 +180,7 @@ def read_decimal(value: object, *, name: str, maximum: Decimal | int, minimum: D
         raise NotANumber(name, "is not a number")
     # `Decimal` compares by exponent first: `1E+999999999 > 100000` is as cheap as `2 > 1`.
     if number.is_infinite() or not minimum <= number <= maximum:
-        reason = f"is out of range: {_shown(value)} (allowed: {minimum} to {maximum})"
+        reason = f"is out of range: {shown(value)} (allowed: {minimum} to {maximum})"
         raise OutOfBounds(name, reason, below=number < minimum)
     if number.as_tuple().exponent < -30:  # type: ignore[operator]  # finite: the exponent is an int
         try:
@@ -239,9 +240,14 @@ def _from_text(value: str, name: str) -> Decimal:
     return Decimal(f"{mantissa}e{max(-_MAX_EXPONENT, min(int(exponent), _MAX_EXPONENT))}")
 
 
-def _shown(value: object) -> str:
-    """A value fit to quote in a message: never more than a few dozen characters."""
+def shown(value: object) -> str:
+    """A value fit to quote in a message, whoever wrote it: never more than a few dozen characters, and
+    escaped (`ascii()`, quoted) unless it is printable ASCII, so that no control character, and no empty
+    text, hides in the message."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
         return f"an integer of {value.bit_length()} bits"
     text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+    plain = text != "" and text.isascii() and text.isprintable()
+    if len(text) <= 40:
+        return text if plain else ascii(text)
+    return f"{text[:20] if plain else ascii(text[:20])}...({len(text)} characters)"

@@ -97,6 +97,8 @@ def _own_ports() -> range:
     count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     share = 10_000 // count
+    if share == 0:
+        raise RuntimeError(f"{count} test processes: at most 10,000 can each have a loopback port of their own")
     return range(10_000 + worker * share, 10_000 + (worker + 1) * share)
 
 

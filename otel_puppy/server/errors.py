@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from otel_puppy._logging import RateLimitedLog
+from otel_puppy.bounds import shown
 from otel_puppy.engine import PolicyEngine
 from otel_puppy.exceptions import RequestError, StoreCorruptError, StoreError
 from otel_puppy.server.otlp import JSON, PROTOBUF, encode_status
@@ -157,15 +158,14 @@ def add_error_handlers(app: FastAPI, engine: PolicyEngine) -> None:
 
 def _validation_message(errors: Iterable[Any]) -> str:
     """`body.priority: Input should be 'critical', ...; body.model: Field required`. The client's own
-    names (a query parameter's, a JSON key's) are shown up to `_NAME_SHOWN` characters, escaped when not
-    printable, and the first `_ERRORS_SHOWN` errors with a count of the rest: the message stays short
-    whatever the request held."""
+    names (a query parameter's, a JSON key's) as `bounds.shown` quotes them, and the first
+    `_ERRORS_SHOWN` errors with a count of the rest: the message stays short whatever the request held."""
     parts: list[str] = []
     errors = list(errors)
     for error in errors[:_ERRORS_SHOWN]:
         where = ""
         for part in error.get("loc", ()):
-            where += f"[{part}]" if isinstance(part, int) else (f".{_shown(part)}" if where else _shown(part))
+            where += f"[{part}]" if isinstance(part, int) else (f".{shown(part)}" if where else shown(part))
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "invalid JSON")
             parts.append(f"body is not valid JSON: {reason}")
@@ -176,13 +176,4 @@ def _validation_message(errors: Iterable[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-_NAME_SHOWN: Final = 64
 _ERRORS_SHOWN: Final = 10
-
-
-def _shown(name: object) -> str:
-    """A location's part as a message shows it: as it is if short and printable, else escaped and cut."""
-    text = str(name)
-    if text and len(text) <= _NAME_SHOWN and text.isprintable() and text.isascii():
-        return text
-    return ascii(text[:_NAME_SHOWN]) + ("..." if len(text) > _NAME_SHOWN else "")

@@ -1527,30 +1527,30 @@ class _Spent:
         if self.version is None or self.stale:
             version, expired, previous, spent = _read(db, keys, now, decision_id)
             self.stale = self.version is not None and version != self.version
-            if version != self.version or len(self.counts) + len(keys) > _SPENT_KEPT:
+            if version != self.version:
                 self.counts = {}
-            if len(keys) <= _SPENT_KEPT:
-                self.counts.update(zip(keys, spent, strict=True))
             self.version = version
+            self._keep(keys, spent)
             return version, expired, previous, spent
         version, expired, previous, _ = _read(db, (), now, decision_id)
         if version != self.version:
             self.counts = {}
             self.version = version
             self.stale = True
-        counts = self.counts
-        found = [counts.get(key) for key in keys]
-        missing = [i for i, counted in enumerate(found) if counted is None]
+        found = {key: self.counts[key] for key in keys if key in self.counts}
+        missing = [key for key in keys if key not in found]
         if missing:
-            _, _, _, read = _read(db, [keys[i] for i in missing], now, None, head=False)
-            if len(counts) + len(missing) > _SPENT_KEPT:
-                counts.clear()
-            keep = len(missing) <= _SPENT_KEPT
-            for i, counted in zip(missing, read, strict=True):
-                found[i] = counted
-                if keep:
-                    counts[keys[i]] = counted
-        return version, expired, previous, found  # type: ignore[return-value]
+            read = _read(db, missing, now, None, head=False)[3]
+            found.update(zip(missing, read, strict=True))
+            self._keep(missing, read)
+        return version, expired, previous, [found[key] for key in keys]
+
+    def _keep(self, keys: Sequence[_CounterKey], spent: Sequence[tuple[int, int, int, int]]) -> None:
+        """Keep the counters just read, all of them forgotten first should they not fit with those kept."""
+        if len(self.counts) + len(keys) > _SPENT_KEPT:
+            self.counts = {}
+        if len(keys) <= _SPENT_KEPT:
+            self.counts.update(zip(keys, spent, strict=True))
 
 
 _NO_SPEND: Final = (0, 0, 0, 0)

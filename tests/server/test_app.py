@@ -657,14 +657,15 @@ def test_every_endpoint_but_the_probes_needs_the_token(tmp_path: Path) -> None:
 
 
 def test_a_validation_message_stays_short_whatever_the_request_names(client: httpx.Client) -> None:
-    """The client's own names are cut at 64 characters and escaped when not printable, and at most ten
-    errors are listed: a request cannot make its error as long as itself."""
+    """The client's own names are quoted as `bounds.shown` quotes any value (cut past 40 characters,
+    escaped when not printable ASCII), and at most ten errors are listed: a request cannot make its error
+    as long as itself."""
     long_name = client.get("/v1/costs", params={"x" * 5000: "1"})
     unprintable = client.get("/v1/costs?b%C3%BE=1&%0A=2")
     many = client.get("/v1/costs", params={f"p{i}": "1" for i in range(1000)})
     assert (long_name.status_code, long_name.json()["message"]) == (
         422,
-        f"query.'{'x' * 64}'...: Extra inputs are not permitted",
+        f"query.{'x' * 20}...(5000 characters): Extra inputs are not permitted",
     )
     assert unprintable.json()["message"] == (
         "query.'b\\xfe': Extra inputs are not permitted; query.'\\n': Extra inputs are not permitted"
