@@ -401,6 +401,11 @@ def test_an_older_sqlite_file_gets_the_reservation_columns(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:  # the file as version 4 wrote it
         db.execute("ALTER TABLE reservations DROP COLUMN source")
         db.execute("ALTER TABLE reservations DROP COLUMN estimate")
+        db.execute("ALTER TABLE reservations DROP COLUMN items")  # its items were rows of their own
+        db.execute(
+            "CREATE TABLE reservation_items (seq INTEGER NOT NULL, item INTEGER NOT NULL, scope TEXT NOT NULL, "
+            "nanos INTEGER NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (seq, item)) WITHOUT ROWID"
+        )
         db.execute("UPDATE schema_version SET version = 4")
     store = open_store(f"sqlite:///{path}")
     engine = engine_on(store)

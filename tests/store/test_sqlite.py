@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import re
@@ -772,7 +773,9 @@ def test_an_unreadable_count_reads_as_exhausted_and_is_reported(path: Path, pois
         value = 0 if poison is None else poison
         db.execute("UPDATE calendar SET nanos = ?", (value,))
         db.execute("UPDATE rolling SET tokens = ?", (value,))
-        db.execute("UPDATE reservation_items SET nanos = ?", (value,))
+        # a reservation's items are JSON: a count that is not one (a blob cannot be in JSON: an object)
+        item = '{"blob": "00"}' if isinstance(value, bytes) else json.dumps(value)
+        db.execute("UPDATE reservations SET items = json_replace(items, '$[0][1]', json(?))", (item,))
     assert store.health() == StoreHealth()
     tokens = check("s", window=H1, limit_nanos=None, limit_tokens=1000)
     states = admit(store, "d1", check("s"), tokens, check("r"), nanos=1, tokens=1)
@@ -831,6 +834,102 @@ def test_many_huge_reservations_never_overflow_a_sum(path: Path) -> None:
     admit(store, "expiring", warn, nanos=2**63 - 1, expires_at=T0 + 10)
     assert store.expire(T0 + 10) == 1
     assert reserved(store, "w") == (3, 0)
+    store.close()
+
+
+_V5_ITEMS = """CREATE TABLE reservation_items (
+    seq INTEGER NOT NULL, item INTEGER NOT NULL, scope TEXT NOT NULL, nanos INTEGER NOT NULL, tokens INTEGER NOT NULL,
+    PRIMARY KEY (seq, item)
+) WITHOUT ROWID"""
+"""Version 5's table of reservation items, as it created it."""
+
+
+def test_a_version_5_file_has_its_reservation_items_moved_into_their_reservations(path: Path) -> None:
+    store = SQLiteStore(path)
+    admit(store, "d1", check("a"), check("b"), nanos=5, tokens=1)
+    admit(store, "d2", check("a"), nanos=7, tokens=2)
+    admit(store, "d3", check("c"), nanos=3)
+    odd = "user=a\x00b\u00e9"  # a request's name may hold any character
+    admit(store, "d4", check(odd), nanos=4, tokens=4)
+    store.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # the file as version 5 left it
+        db.execute(_V5_ITEMS)
+        db.executemany(
+            "INSERT INTO reservation_items VALUES (?, ?, ?, ?, ?)",
+            [
+                (seq, item, scope, nanos, tokens)
+                for seq, items in db.execute("SELECT seq, items FROM reservations").fetchall()
+                for item, (scope, nanos, tokens) in enumerate(json.loads(items))
+            ],
+        )
+        db.execute("UPDATE reservation_items SET nanos = 'garbage' WHERE scope = 'c'")  # unreadable in version 5 too
+        db.execute("ALTER TABLE reservations DROP COLUMN items")
+        db.execute("UPDATE schema_version SET version = 5")
+    store = SQLiteStore(path)
+    opened = store._db
+    assert opened is not None
+    assert opened.execute("SELECT name FROM sqlite_master WHERE name LIKE 'reservation_items%'").fetchall() == []
+    assert opened.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert opened.execute("SELECT decision_id, items FROM reservations ORDER BY seq").fetchall() == [
+        ("d1", '[["a",5,1],["b",5,1]]'),
+        ("d2", '[["a",7,2]]'),
+        ("d3", '[["c",null,0]]'),
+        ("d4", '[["user=a\\u0000b\\u00e9",4,4]]'),
+    ]
+    assert (reserved(store, "a"), reserved(store, "b"), reserved(store, odd)) == ((12, 3), (5, 1), (4, 4))
+    assert reserved(store, "c") == (CEILING, CEILING)  # unreadable, as version 5 read it
+    assert store.release("d1") is True
+    assert store.release("d3") is True
+    assert (reserved(store, "a"), reserved(store, "b"), reserved(store, "c")) == ((7, 2), (0, 0), (0, 0))
+    store.close()
+    store = SQLiteStore(path)  # summed again from the file
+    assert (reserved(store, "a"), reserved(store, odd)) == ((7, 2), (4, 4))
+    assert store.release("d4") is True
+    assert reserved(store, odd) == (0, 0)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "items",
+    [b"[]", "not json", '{"a": 1}', "[5]", "[[7, 1, 1]]", '["a", 1, 1]', '[["a", 1]]', "null"],
+    ids=["blob", "not JSON", "an object", "an item not an array", "a scope not text", "flat", "short", "null"],
+)
+def test_a_reservation_whose_items_name_no_scope_exhausts_every_budget_until_it_is_gone(
+    path: Path, items: object
+) -> None:
+    store = SQLiteStore(path)
+    admit(store, "good", check("b"), nanos=3, expires_at=T0 + 600)
+
+    def damage(decision_id: str) -> None:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute("UPDATE reservations SET items = ? WHERE decision_id = ?", (items, decision_id))
+
+    admit(store, "bad", check("a"), nanos=5, tokens=1)
+    damage("bad")
+    exhausted = CheckState(0, 0, CEILING, CEILING, False)
+    assert admit(store, "d1", check("a"), check("z"), nanos=1) == Admitted(False, (exhausted, exhausted))
+    assert store.health().unreadable == 2
+    assert store.release("bad") is True  # its items cannot be taken back one by one: the file is summed again
+    assert (reserved(store, "a"), reserved(store, "b"), reserved(store, "z")) == ((0, 0), (3, 0), (0, 0))
+    admit(store, "expiring", check("a"), nanos=5, expires_at=T0 + 10)
+    damage("expiring")
+    assert reserved(store, "z") == (CEILING, CEILING)
+    assert store.expire(T0 + 10) == 1
+    assert (reserved(store, "b", T0 + 10), reserved(store, "z", T0 + 10)) == ((3, 0), (0, 0))
+    store.close()
+
+
+def test_a_reservation_on_thousands_of_budgets_is_held_and_taken_back_whole(path: Path) -> None:
+    # A decision matching every budget of a large policy set, with long scope names: one row of
+    # items (about 500 KB), summed again from the file by a store opening it.
+    checks = [check(f"{i:04d}" + "s" * 250, limit_nanos=None) for i in range(2_000)]
+    store = SQLiteStore(path)
+    assert admit(store, "wide", *checks, nanos=CEILING, tokens=1).reserved is True
+    store.close()
+    store = SQLiteStore(path)
+    assert {reserved(store, c.scope) for c in checks[::97]} == {(CEILING, 1)}
+    assert store.release("wide") is True
+    assert {reserved(store, c.scope) for c in checks[::97]} == {(0, 0)}
     store.close()
 
 
