@@ -105,9 +105,27 @@ def test_the_file_is_in_wal_mode_with_normal_sync(path: Path) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
     assert db.execute("PRAGMA foreign_keys").fetchone() == (0,)
+    assert db.execute("PRAGMA page_size").fetchone() == (2048,)
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone() == (81_920,)  # 160 MiB, the checkpointer's fallback
     store.close()
     with contextlib.closing(sqlite3.connect(path)) as other:
         assert other.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_file_made_with_another_page_size_keeps_it_and_the_same_log_bounds(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # as SQLite's default made it
+        db.execute("PRAGMA page_size = 4096")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE other (x)")
+    store = SQLiteStore(path)
+    opened = store._db
+    assert opened is not None
+    assert opened.execute("PRAGMA page_size").fetchone() == (4096,)
+    assert opened.execute("PRAGMA wal_autocheckpoint").fetchone() == (40_960,)  # 160 MiB in its pages
+    assert store._checkpointer is not None
+    assert store._checkpointer._page_size == 4096  # it rewinds at 64 MiB of its pages
+    assert store.apply([rec("a")], T0) == [APPLIED]
+    store.close()
 
 
 def test_a_file_from_a_newer_version_is_refused(path: Path) -> None:
@@ -572,7 +590,7 @@ def test_a_long_log_is_caught_up_with_the_store_held_so_the_next_commit_rewinds_
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, checkpointer = checkpointed_by_hand(path)
-    monkeypatch.setattr(sqlite_store, "_REWIND_FRAMES", 1)
+    monkeypatch.setattr(sqlite_store, "_REWIND_BYTES", 1)
     seen_rewinding: list[bool] = []
     lock_held: list[bool] = []
     passive = sqlite_store._passive
@@ -935,11 +953,15 @@ def test_a_reservation_on_thousands_of_budgets_is_held_and_taken_back_whole(path
 
 def _damage(path: Path) -> None:
     """Overwrite pages in the middle of a real database file with garbage (as a failing disk would)."""
-    page = 4096
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the schema's pages spared: its tables' are damaged
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        schema = {number for (number,) in db.execute("SELECT pageno FROM dbstat WHERE name = 'sqlite_schema'")}
     size = path.stat().st_size
     rng = random.Random(12)
     with path.open("r+b") as file:
         for number in range(2, size // page - 1, 3):
+            if number + 1 in schema:  # (dbstat counts pages from 1)
+                continue
             file.seek(number * page)
             file.write(rng.randbytes(page))
 
