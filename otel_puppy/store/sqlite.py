@@ -107,9 +107,9 @@ writes about five (its reservation's row and its three index entries, each on a 
 span batch about one per dedupe key it inserts. At 2 KiB a decision writes 11 KB of log where SQLite's
 default 4 KiB wrote 19, and a span batch half as much, so the log is rewound (`_Checkpointer`) about
 1.7 times less often; CPU per decision and per span, the FOCUS export and the bytes a dedupe key takes
-measured the same. Every row the store writes fits in a cell of a 2 KiB page (488 bytes in a table
-WITHOUT ROWID: the largest, a breaker's or detector's state, is about 290); at 1 KiB (231) they would
-spill onto overflow pages."""
+measured the same. A row of a table WITHOUT ROWID keeps up to 488 bytes in its page at 2 KiB (the
+largest the bench's fifty policies write, a detector's state, is about 290), where at 1 KiB (231) it
+would spill onto an overflow page."""
 _CACHE_KIB: Final = 32 * 1024
 _CHECKPOINT_BYTES: Final = 40 << 20
 _CHECKPOINT_EVERY_S: Final = 0.1
