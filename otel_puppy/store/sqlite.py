@@ -402,7 +402,15 @@ class SQLiteStore:
                 if column not in columns:
                     db.execute(f"ALTER TABLE reservations ADD COLUMN {column} {declared}")
             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reservation_items'").fetchone():
-                _move_items(db)
+                orphans = _move_items(db)
+                if orphans:
+                    logger.warning(
+                        "sqlite store %s: %d reserved items of no reservation (a damaged or hand-edited file) "
+                        "were dropped moving reservations to schema version %d",
+                        self.path,
+                        orphans,
+                        SCHEMA_VERSION,
+                    )
                 db.execute("DROP TABLE reservation_items")
             if version is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -776,7 +784,7 @@ class SQLiteStore:
         Raises:
             StoreError: the transaction failed; nothing was reserved.
         """
-        nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
+        nanos, tokens = _integral(clamp(admission.nanos)), _integral(clamp(admission.tokens))
         checks = admission.checks
         calls = any(check.limit_calls is not None for check in checks)
         may_reserve = admission.reserve and bool(nanos or tokens or calls) and bool(checks)
@@ -1137,8 +1145,8 @@ class _Held:
         if version != self._version:
             sums: dict[str, list[int]] = {}
             scopeless = 0
-            for (text,) in db.execute("SELECT items FROM reservations"):
-                for scope, nanos, tokens in _items(text):
+            for (raw,) in db.execute(f"SELECT {_ITEMS_READ} FROM reservations"):  # noqa: S608 - constants only
+                for scope, nanos, tokens in _items(raw):
                     if scope is None:
                         scopeless += 1
                         continue
@@ -1599,34 +1607,60 @@ _ITEMS_JSON: Final = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separa
 """A reservation's items, `[[scope, nanos, tokens], ...]`, as `reservations.items` holds them."""
 
 
-def _move_items(db: sqlite3.Connection) -> None:
+def _integral(amount: object) -> int:
+    """A clamped amount as the integer a reservation's items hold (`5.0` and `True` as the INTEGER
+    column they were once stored in took them: 5 and 1).
+
+    Raises:
+        TypeError: the amount is not a whole number.
+    """
+    if type(amount) is int:
+        return amount
+    if isinstance(amount, bool) or (isinstance(amount, float) and amount.is_integer()):
+        return int(amount)
+    raise TypeError(f"a reservation's amount must be a whole number, not {amount!r}")
+
+
+def _move_items(db: sqlite3.Connection) -> int:
     """Version 6: a file's `reservation_items` rows into their reservations' `items`, a thousand
-    reservations a statement. A value no item can hold becomes `null` (a scope that is not text, a
-    count that is not an integer): read as unreadable, as it was."""
-    rows = db.execute("SELECT seq, scope, nanos, tokens FROM reservation_items ORDER BY seq, item")
+    reservations a statement; how many rows belonged to no reservation (left behind: no version could
+    release them). A value no item can hold becomes `null` (a scope that is not UTF-8 text, a count
+    that is not an integer): read as unreadable, as it was."""
+    rows = db.execute(
+        "SELECT seq, CASE WHEN typeof(scope) = 'text' THEN CAST(scope AS BLOB) END, nanos, tokens "
+        "FROM reservation_items ORDER BY seq, item"
+    )
     reservations = (
         (seq, [_moved_item(scope, nanos, tokens) for _, scope, nanos, tokens in items])
         for seq, items in itertools.groupby(rows, key=itemgetter(0))
     )
     while chunk := list(itertools.islice(reservations, 1000)):
         db.executemany("UPDATE reservations SET items = ? WHERE seq = ?", [(_ITEMS_JSON(i), seq) for seq, i in chunk])
+    orphans = db.execute("SELECT COUNT(*) FROM reservation_items WHERE seq NOT IN (SELECT seq FROM reservations)")
+    return int(orphans.fetchone()[0])
 
 
-def _moved_item(scope: object, nanos: object, tokens: object) -> list[object]:
-    return [
-        scope if type(scope) is str else None,
-        nanos if type(nanos) is int else None,
-        tokens if type(tokens) is int else None,
-    ]
-
-
-def _items(text: object) -> list[tuple[str | None, int | None, int | None]]:
-    """A reservation's `items` column, read: `(scope, nanos, tokens)` of each item, None for what is
-    not a scope (text) or a count this store writes. A column that is not a JSON array reads as one
-    item naming no scope (whichever it held, every scope must read as exhausted)."""
+def _moved_item(scope: bytes | None, nanos: object, tokens: object) -> list[object]:
+    """One `reservation_items` row as an item (its scope as text's bytes: see `_ITEMS_READ`)."""
     try:
-        items = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
+        name = scope.decode() if scope is not None else None
+    except UnicodeDecodeError:
+        name = None
+    return [name, nanos if type(nanos) is int else None, tokens if type(tokens) is int else None]
+
+
+_ITEMS_READ: Final = "CASE WHEN typeof(items) = 'text' THEN CAST(items AS BLOB) END"
+"""A reservation's `items` as `_items` reads them: the text's bytes (text that is not UTF-8 would fail
+the statement that read it), or NULL for a value that is not text."""
+
+
+def _items(raw: object) -> list[tuple[str | None, int | None, int | None]]:
+    """A reservation's `items` column (`_ITEMS_READ`), read: `(scope, nanos, tokens)` of each item, None
+    for what is not a scope (text) or a count this store writes. A column that is not a JSON array in
+    UTF-8 reads as one item naming no scope (whichever it held, every scope must read as exhausted)."""
+    try:
+        items = json.loads(raw.decode()) if isinstance(raw, bytes) else None
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON (UnicodeDecodeError is a ValueError), nested too deep
         items = None
     if type(items) is not list:
         return [(None, None, None)]
@@ -1686,7 +1720,7 @@ def _drop_reservation(
     db: sqlite3.Connection, held: _Held, row: tuple[int, object, object], outcome: str, cost: int
 ) -> None:
     held.outcomes.append(_outcome(row[1], outcome, row[2], cost))
-    gone = db.execute("DELETE FROM reservations WHERE seq = ? RETURNING items", (row[0],)).fetchall()
+    gone = db.execute(f"DELETE FROM reservations WHERE seq = ? RETURNING {_ITEMS_READ}", (row[0],)).fetchall()  # noqa: S608 - constants only
     if gone:
         _take_back(held, gone[0][0])
 
@@ -1703,7 +1737,8 @@ def _take_back(held: _Held, items: object) -> None:
 
 def _expire_reservations(db: sqlite3.Connection, held: _Held, now: float) -> int:
     expired = db.execute(
-        "DELETE FROM reservations WHERE expires_at <= ? RETURNING source, estimate, items", (now,)
+        f"DELETE FROM reservations WHERE expires_at <= ? RETURNING source, estimate, {_ITEMS_READ}",  # noqa: S608 - constants only
+        (now,),
     ).fetchall()
     for source, estimate, items in expired:
         held.outcomes.append(_outcome(source, EXPIRED, estimate))

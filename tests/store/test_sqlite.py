@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import random
 import re
@@ -16,6 +17,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Final
 
 import pytest
 from prometheus_client.registry import CollectorRegistry
@@ -28,6 +30,7 @@ from otel_puppy.settings import PuppySettings
 from otel_puppy.store import sqlite as sqlite_store
 from otel_puppy.store.base import (
     CEILING,
+    Admission,
     Admitted,
     ApplyResult,
     CheckState,
@@ -855,11 +858,32 @@ def test_many_huge_reservations_never_overflow_a_sum(path: Path) -> None:
     store.close()
 
 
+_NOT_UTF8: Final = object()
+"""Stands for a text value whose bytes are not UTF-8 (only SQL can write one)."""
 _V5_ITEMS = """CREATE TABLE reservation_items (
     seq INTEGER NOT NULL, item INTEGER NOT NULL, scope TEXT NOT NULL, nanos INTEGER NOT NULL, tokens INTEGER NOT NULL,
     PRIMARY KEY (seq, item)
 ) WITHOUT ROWID"""
 """Version 5's table of reservation items, as it created it."""
+
+
+def _as_version_5(path: Path, *damage: str) -> None:
+    """The store's file at `path` as version 5 would have left it (its reservations' items as rows of
+    their own), after the `damage` statements run on those rows."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute(_V5_ITEMS)
+        db.executemany(
+            "INSERT INTO reservation_items VALUES (?, ?, ?, ?, ?)",
+            [
+                (seq, item, scope, nanos, tokens)
+                for seq, items in db.execute("SELECT seq, items FROM reservations").fetchall()
+                for item, (scope, nanos, tokens) in enumerate(json.loads(items))
+            ],
+        )
+        for statement in damage:
+            db.execute(statement)
+        db.execute("ALTER TABLE reservations DROP COLUMN items")
+        db.execute("UPDATE schema_version SET version = 5")
 
 
 def test_a_version_5_file_has_its_reservation_items_moved_into_their_reservations(path: Path) -> None:
@@ -870,19 +894,7 @@ def test_a_version_5_file_has_its_reservation_items_moved_into_their_reservation
     odd = "user=a\x00b\u00e9"  # a request's name may hold any character
     admit(store, "d4", check(odd), nanos=4, tokens=4)
     store.close()
-    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # the file as version 5 left it
-        db.execute(_V5_ITEMS)
-        db.executemany(
-            "INSERT INTO reservation_items VALUES (?, ?, ?, ?, ?)",
-            [
-                (seq, item, scope, nanos, tokens)
-                for seq, items in db.execute("SELECT seq, items FROM reservations").fetchall()
-                for item, (scope, nanos, tokens) in enumerate(json.loads(items))
-            ],
-        )
-        db.execute("UPDATE reservation_items SET nanos = 'garbage' WHERE scope = 'c'")  # unreadable in version 5 too
-        db.execute("ALTER TABLE reservations DROP COLUMN items")
-        db.execute("UPDATE schema_version SET version = 5")
+    _as_version_5(path, "UPDATE reservation_items SET nanos = 'garbage' WHERE scope = 'c'")  # unreadable in 5 too
     store = SQLiteStore(path)
     opened = store._db
     assert opened is not None
@@ -907,10 +919,68 @@ def test_a_version_5_file_has_its_reservation_items_moved_into_their_reservation
     store.close()
 
 
+def test_a_version_5_item_of_no_readable_scope_exhausts_every_budget_and_orphans_are_reported(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(path)
+    admit(store, "d1", check("a"), nanos=5, tokens=1, expires_at=T0 + 10)
+    admit(store, "d2", check("b"), nanos=7, expires_at=T0 + 600)
+    store.close()
+    _as_version_5(
+        path,
+        "UPDATE reservation_items SET scope = CAST(x'ff61' AS TEXT) WHERE scope = 'a'",  # text, not UTF-8
+        "INSERT INTO reservation_items VALUES (99, 0, 'zz', 50, 5)",  # of no reservation
+    )
+    with caplog.at_level(logging.WARNING, logger="otel_puppy"):
+        store = SQLiteStore(path)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"sqlite store {path}: 1 reserved items of no reservation (a damaged or hand-edited file) were dropped "
+        "moving reservations to schema version 6"
+    ]
+    assert (reserved(store, "b"), reserved(store, "zz")) == ((CEILING, CEILING), (CEILING, CEILING))
+    assert store.expire(T0 + 10) == 1
+    assert (reserved(store, "b", T0 + 10), reserved(store, "zz", T0 + 10)) == ((7, 0), (0, 0))
+    store.close()
+
+
+def test_a_reservation_amount_is_stored_as_the_whole_number_another_connection_reads(path: Path) -> None:
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    store.admit(Admission("d1", (check("a"),), 5.0, True, T0 + 300, None), T0)  # type: ignore[arg-type]
+    assert reserved(store, "a") == reserved(other, "a") == (5, 1)
+    with pytest.raises(TypeError, match=re.escape("a reservation's amount must be a whole number, not 5.5")):
+        store.admit(Admission("d2", (check("a"),), 5.5, 0, T0 + 300, None), T0)  # type: ignore[arg-type]
+    assert store.release("d1") is True
+    assert reserved(store, "a") == reserved(other, "a") == (0, 0)
+    store.close()
+    other.close()
+
+
 @pytest.mark.parametrize(
     "items",
-    [b"[]", "not json", '{"a": 1}', "[5]", "[[7, 1, 1]]", '["a", 1, 1]', '[["a", 1]]', "null"],
-    ids=["blob", "not JSON", "an object", "an item not an array", "a scope not text", "flat", "short", "null"],
+    [
+        b"[]",
+        "not json",
+        '{"a": 1}',
+        "[5]",
+        "[[7, 1, 1]]",
+        '["a", 1, 1]',
+        '[["a", 1]]',
+        "null",
+        "[" * 1_100 + "]" * 1_100,
+        _NOT_UTF8,
+    ],
+    ids=[
+        "blob",
+        "not JSON",
+        "an object",
+        "an item not an array",
+        "a scope not text",
+        "flat",
+        "short",
+        "null",
+        "nested past the parser",
+        "text not UTF-8",
+    ],
 )
 def test_a_reservation_whose_items_name_no_scope_exhausts_every_budget_until_it_is_gone(
     path: Path, items: object
@@ -920,14 +990,20 @@ def test_a_reservation_whose_items_name_no_scope_exhausts_every_budget_until_it_
 
     def damage(decision_id: str) -> None:
         with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-            db.execute("UPDATE reservations SET items = ? WHERE decision_id = ?", (items, decision_id))
+            if items is _NOT_UTF8:
+                db.execute(
+                    "UPDATE reservations SET items = CAST(x'ff5b5d' AS TEXT) WHERE decision_id = ?", (decision_id,)
+                )
+            else:
+                db.execute("UPDATE reservations SET items = ? WHERE decision_id = ?", (items, decision_id))
 
     admit(store, "bad", check("a"), nanos=5, tokens=1)
     damage("bad")
     exhausted = CheckState(0, 0, CEILING, CEILING, False)
     assert admit(store, "d1", check("a"), check("z"), nanos=1) == Admitted(False, (exhausted, exhausted))
     assert store.health().unreadable == 2
-    assert store.release("bad") is True  # its items cannot be taken back one by one: the file is summed again
+    # a span settles it: its items cannot be taken back one by one, so the file is summed again
+    assert store.apply([rec("settling", decision_id="bad", scope="other")], T0) == [APPLIED]
     assert (reserved(store, "a"), reserved(store, "b"), reserved(store, "z")) == ((0, 0), (3, 0), (0, 0))
     admit(store, "expiring", check("a"), nanos=5, expires_at=T0 + 10)
     damage("expiring")
