@@ -176,7 +176,18 @@ answers alike. A count at the ceiling is over every limit (limits are clamped to
 
 
 def clamp(amount: int) -> int:
-    """`amount` into `[0, CEILING]`: where an amount enters a store (hostile values included)."""
+    """`amount` into `[0, CEILING]`, an `int`: where an amount enters a store (hostile values
+    included). A whole-number float or a bool is its integer (`5.0` and `True` are 5 and 1, as an
+    INTEGER column once stored them), so every store and every process reads back what was written.
+
+    Raises:
+        TypeError: the amount is not a whole number.
+    """
+    if type(amount) is not int:
+        value: object = amount
+        if not (isinstance(value, bool) or (isinstance(value, float) and value.is_integer())):
+            raise TypeError(f"an amount must be a whole number, not {value!r}")
+        amount = int(value)
     return 0 if amount <= 0 else min(amount, CEILING)
 
 

@@ -509,7 +509,7 @@ class MemoryStore:
         # tests/store/test_memory.py holds the inlined rule to `check_state` over every case.
         checks = admission.checks
         nanos, tokens = admission.nanos, admission.tokens
-        if not (0 <= nanos <= CEILING and 0 <= tokens <= CEILING):
+        if not (type(nanos) is int and type(tokens) is int and 0 <= nanos <= CEILING and 0 <= tokens <= CEILING):
             nanos, tokens = clamp(nanos), clamp(tokens)
         with self._lock:
             heap = self._reservation_heap

@@ -784,7 +784,7 @@ class SQLiteStore:
         Raises:
             StoreError: the transaction failed; nothing was reserved.
         """
-        nanos, tokens = _integral(clamp(admission.nanos)), _integral(clamp(admission.tokens))
+        nanos, tokens = clamp(admission.nanos), clamp(admission.tokens)
         checks = admission.checks
         calls = any(check.limit_calls is not None for check in checks)
         may_reserve = admission.reserve and bool(nanos or tokens or calls) and bool(checks)
@@ -1605,20 +1605,6 @@ def _calendar_counts(row: Sequence[Any]) -> tuple[int, int, int, int]:
 
 _ITEMS_JSON: Final = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 """A reservation's items, `[[scope, nanos, tokens], ...]`, as `reservations.items` holds them."""
-
-
-def _integral(amount: object) -> int:
-    """A clamped amount as the integer a reservation's items hold (`5.0` and `True` as the INTEGER
-    column they were once stored in took them: 5 and 1).
-
-    Raises:
-        TypeError: the amount is not a whole number.
-    """
-    if type(amount) is int:
-        return amount
-    if isinstance(amount, bool) or (isinstance(amount, float) and amount.is_integer()):
-        return int(amount)
-    raise TypeError(f"a reservation's amount must be a whole number, not {amount!r}")
 
 
 def _move_items(db: sqlite3.Connection) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
+import re
 import signal
 import sqlite3
 from datetime import datetime
@@ -699,6 +701,23 @@ def test_the_ceiling_is_the_largest_integer_a_double_holds_exactly() -> None:
         CEILING,
         CEILING,
     )
+
+    assert (clamp(5.0), clamp(True), clamp(-2.0), clamp(2.0**60)) == (5, 1, 0, CEILING)  # type: ignore[arg-type]
+    assert {type(clamp(amount)) for amount in (5.0, True, -2.0, 2.0**60)} == {int}  # type: ignore[arg-type]
+    for amount in (5.5, math.nan, math.inf, "5", None):
+        with pytest.raises(TypeError, match=re.escape(f"an amount must be a whole number, not {amount!r}")):
+            clamp(amount)  # type: ignore[arg-type]
+
+
+def test_a_whole_number_amount_of_another_type_is_reserved_as_its_integer(store: Store) -> None:
+    states = store.admit(Admission("d1", (check(limit_nanos=None),), 5.0, True, T0 + 300, None), T0)  # type: ignore[arg-type]
+    assert states.reserved is True
+    held = reserved(store)
+    assert held == (5, 1)
+    assert {type(amount) for amount in held} == {int}
+    with pytest.raises(TypeError, match=re.escape("an amount must be a whole number, not 5.5")):
+        store.admit(Admission("d2", (check(),), 5.5, 0, T0 + 300, None), T0)  # type: ignore[arg-type]
+    assert reserved(store) == (5, 1)
 
 
 @pytest.mark.parametrize(

@@ -947,7 +947,7 @@ def test_a_reservation_amount_is_stored_as_the_whole_number_another_connection_r
     store, other = SQLiteStore(path), SQLiteStore(path)
     store.admit(Admission("d1", (check("a"),), 5.0, True, T0 + 300, None), T0)  # type: ignore[arg-type]
     assert reserved(store, "a") == reserved(other, "a") == (5, 1)
-    with pytest.raises(TypeError, match=re.escape("a reservation's amount must be a whole number, not 5.5")):
+    with pytest.raises(TypeError, match=re.escape("an amount must be a whole number, not 5.5")):
         store.admit(Admission("d2", (check("a"),), 5.5, 0, T0 + 300, None), T0)  # type: ignore[arg-type]
     assert store.release("d1") is True
     assert reserved(store, "a") == reserved(other, "a") == (0, 0)
